@@ -1,0 +1,338 @@
+"""Traces: inspection, JSON round trip (files and inline), load errors, HTML page, drawing."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visprog.draw import draw_objects, mask_to_image, thumbnail
+from visprog.errors import VisProgError
+from visprog.trace import StepRecord, Trace
+from visprog.trace_json import ReprValue, TraceLoadError, load_trace, save_trace
+from visprog.values import Objects, Region
+
+PROGRAM = ("OBJ0=Loc(image=IMAGE, object='cat')\n"
+           "IMAGE0=Crop(image=IMAGE, box=OBJ0)\n"
+           "ANSWER0=Vqa(image=IMAGE0, question='What colour is the cat?')\n"
+           "FINAL=Result(var=ANSWER0)")
+XSS_LABEL = "<script>alert(1)</script>"
+ANSWER = 'a "quoted" & <odd> answer'
+
+
+def _photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def _objects(size=(96, 64)) -> Objects:
+    w, h = size
+    mask = np.zeros((h, w), bool)
+    mask[10:30, 5:40] = True
+    return Objects((
+        Region(box=(5.0, 10.0, 40.0, 30.0), mask=mask, label="cat", score=0.91,
+               extra={"source": "owlv2", "rank": 1}),
+        Region(box=(50.5, 0.0, 96.0, 64.0), label=XSS_LABEL, score=0.4),
+        Region(box=(0.0, 0.0, 0.0, 0.0)),  # zero area, no label, no score
+    ), size)
+
+
+def _trace(*, failed: bool = False) -> Trace:
+    image = _photo()
+    objs = _objects()
+    crop = image.crop((5, 10, 40, 30))
+    steps = [
+        StepRecord(0, 1, "OBJ0=Loc(image=IMAGE, object='cat')", "OBJ0", "Loc",
+                   args={"image": image, "object": "cat"}, arg_vars={"image": "IMAGE"},
+                   output=objs, duration=0.12, draw_on="image"),
+        StepRecord(1, 2, "IMAGE0=Crop(image=IMAGE, box=OBJ0)", "IMAGE0", "Crop",
+                   args={"image": image, "box": objs}, arg_vars={"image": "IMAGE", "box": "OBJ0"},
+                   output=crop, duration=0.001, cached=True, draw_on="image"),
+    ]
+    if failed:
+        steps.append(StepRecord(2, 3, "ANSWER0=Vqa(image=IMAGE0, question='What colour is the cat?')",
+                                "ANSWER0", "Vqa", args={"image": crop, "question": "What colour?"},
+                                arg_vars={"image": "IMAGE0"}, error="CUDA out of <memory> & more"))
+        return Trace(PROGRAM, steps, inputs={"IMAGE": image}, error="step 3 failed: CUDA out of <memory>",
+                     events=[{"kind": "plan", "attempt": 1, "text": "<i>plan</i>"}])
+    steps += [
+        StepRecord(2, 3, "ANSWER0=Vqa(image=IMAGE0, question='What colour is the cat?')", "ANSWER0",
+                   "Vqa", args={"image": crop, "question": "What colour is the cat?"},
+                   arg_vars={"image": "IMAGE0"}, output=ANSWER, duration=0.5),
+        StepRecord(3, 4, "FINAL=Result(var=ANSWER0)", "FINAL", "Result",
+                   args={"var": ANSWER}, arg_vars={"var": "ANSWER0"}, output=ANSWER),
+    ]
+    return Trace(PROGRAM, steps, inputs={"IMAGE": image, "n": 3}, result=ANSWER,
+                 events=[{"kind": "plan", "attempt": 1, "ok": True, "text": "OBJ0=..."},
+                         {"kind": "model_load", "name": "owlv2", "seconds": 1.5}],
+                 meta={"preset": "tiny", "seed": 0, "tags": ["a", "b"],
+                       "pair": (1, 2), "inf": math.inf, "weird": {"$type": "not mine"},
+                       "arr": np.arange(6, dtype=np.int16).reshape(2, 3), "obj": object()})
+
+
+# -- inspection -------------------------------------------------------------------------
+
+def test_inspection_by_index_and_target():
+    t = _trace()
+    assert len(t) == 4 and t.ok
+    assert t[0].module == "Loc" and t[-1].target == "FINAL"
+    assert t["OBJ0"] is t[0]
+    assert t["IMAGE0"].inputs["box"] is t[0].output
+    assert t.duration == pytest.approx(0.621)
+
+
+def test_inspection_unknown_target_names_targets():
+    with pytest.raises(KeyError, match=r"no step wrote 'NOPE'.*OBJ0"):
+        _trace()["NOPE"]
+
+
+# -- JSON round trip ---------------------------------------------------------------------
+
+def _same_value(a, b):
+    if isinstance(a, Image.Image):
+        assert isinstance(b, Image.Image) and a.size == b.size and a.mode == b.mode
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    elif isinstance(a, Objects):
+        assert isinstance(b, Objects) and a.image_size == b.image_size and len(a) == len(b)
+        assert np.array_equal(a.boxes, b.boxes)
+        assert a.labels == b.labels and a.scores == b.scores
+        for ra, rb in zip(a, b):
+            assert (ra.mask is None) == (rb.mask is None)
+            if ra.mask is not None:
+                assert rb.mask.dtype == bool and np.array_equal(ra.mask, rb.mask)
+            assert dict(ra.extra) == dict(rb.extra)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b)
+        for k in a:
+            _same_value(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _same_value(x, y)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b)
+    elif type(a) is object:
+        assert isinstance(b, ReprValue) and b.type_name == "builtins.object"
+    else:
+        assert a == b and type(a) is type(b)
+
+
+def _same_trace(a: Trace, b: Trace):
+    assert a.program == b.program and a.error == b.error and len(a) == len(b)
+    for sa, sb in zip(a, b):
+        for f in ("index", "line", "source", "target", "module", "arg_vars", "duration",
+                  "cached", "error", "draw_on"):
+            assert getattr(sa, f) == getattr(sb, f), f
+        _same_value(sa.args, sb.args)
+        _same_value(sa.output, sb.output)
+    for f in ("inputs", "result", "events", "meta"):
+        _same_value(getattr(a, f), getattr(b, f))
+
+
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("failed", [False, True])
+def test_json_round_trip(tmp_path, inline, failed):
+    t = _trace(failed=failed)
+    path = save_trace(t, tmp_path / "run.json", inline=inline)
+    assert path == tmp_path / "run.json"
+    files = sorted((tmp_path / "run_files").glob("*.png")) if not inline else []
+    if inline:
+        assert not (tmp_path / "run_files").exists()
+    else:
+        # the input image is used by three steps but written once; crop once; one mask
+        assert len(files) == 3
+    loaded = load_trace(path)
+    _same_trace(t, loaded)
+    assert Trace.load_json(path).program == t.program  # the Trace method delegates here
+
+
+def test_json_is_plain_and_versioned(tmp_path):
+    path = _trace().save_json(tmp_path / "t.json", inline=True)
+    doc = json.loads(path.read_text())  # strict JSON: no NaN/Infinity literals
+    assert doc["format"] == "visprog-trace" and doc["version"] == 1
+    assert doc["steps"][2]["output"] == ANSWER
+    assert doc["steps"][0]["output"]["regions"][0]["label"] == "cat"
+
+
+def test_json_image_modes_round_trip(tmp_path):
+    modes = {"L": Image.new("L", (5, 4), 7), "RGBA": Image.new("RGBA", (3, 3), (1, 2, 3, 4)),
+             "1": Image.new("1", (6, 2), 1)}
+    t = Trace("X=Y", inputs=dict(modes))
+    loaded = load_trace(save_trace(t, tmp_path / "m.json"))
+    for k, im in modes.items():
+        _same_value(im, loaded.inputs[k])
+
+
+def _saved(tmp_path, inline=False):
+    return save_trace(_trace(), tmp_path / "run.json", inline=inline)
+
+
+def _edit(path, fn):
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("breaker, message", [
+    (lambda p: p.write_text("{not json"), r"run\.json: not valid JSON \(line 1"),
+    (lambda p: p.write_text("[1, 2]"), r"run\.json: not a visprog trace"),
+    (lambda p: _edit(p, lambda d: d.update(version=99)), r"format version 99 is not supported"),
+    (lambda p: _edit(p, lambda d: d.pop("program")), r"run\.json: malformed trace: KeyError"),
+    (lambda p: _edit(p, lambda d: d["steps"][0].update(output={"$type": "martian"})),
+     r"unknown value type 'martian'"),
+    (lambda p: _edit(p, lambda d: d["steps"][0]["args"].update(image={"$type": "image",
+                                                                        "file": "../../etc/x.png"})),
+     r"outside the trace's folder"),
+    (lambda p: next((p.parent / "run_files").glob("img_*.png")).unlink(),
+     r"run\.json: image file not found: .*run_files.img_\d\.png"),
+    (lambda p: next((p.parent / "run_files").glob("mask_*.png")).unlink(),
+     r"mask file not found: .*mask_\d\.png"),
+    (lambda p: next((p.parent / "run_files").glob("img_*.png")).write_bytes(b"not a png"),
+     r"could not read image file .*img_\d\.png"),
+])
+def test_load_errors_name_the_file(tmp_path, breaker, message):
+    path = _saved(tmp_path)
+    breaker(path)
+    with pytest.raises(TraceLoadError, match=message) as info:
+        load_trace(path)
+    assert isinstance(info.value, VisProgError) and isinstance(info.value, ValueError)
+
+
+def test_load_missing_file_and_bad_inline_blob(tmp_path):
+    with pytest.raises(TraceLoadError, match=r"trace file not found: .*nothing\.json"):
+        load_trace(tmp_path / "nothing.json")
+    path = _saved(tmp_path, inline=True)
+    _edit(path, lambda d: d["blobs"].update({k: "@@@" for k in d["blobs"]}))
+    with pytest.raises(TraceLoadError, match=r"inline image is not valid base64"):
+        load_trace(path)
+    _edit(path, lambda d: d.pop("blobs"))
+    with pytest.raises(TraceLoadError, match=r"missing from \"blobs\""):
+        load_trace(path)
+
+
+# -- HTML --------------------------------------------------------------------------------
+
+def test_html_is_self_contained_and_escaped():
+    t = _trace()
+    page = t.to_html()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # images are embedded, nothing is fetched from anywhere
+    assert len(re.findall(r'<img src="data:image/(?:png|jpeg);base64,', page)) >= 5
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r'<(?:script|link|iframe)\b', page, re.I)
+    assert not re.search(r'src="(?!data:)', page)
+    # user and model text is escaped, never raw
+    assert XSS_LABEL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert ANSWER not in page
+    assert html_escape(ANSWER) in page
+    assert "OBJ0=Loc(image=IMAGE, object=&#x27;cat&#x27;)" in page  # the source, escaped
+    # step details: cached badge, module names, region table, events
+    assert page.count('class="badge cached"') == 1
+    for module in ("Loc", "Crop", "Vqa", "Result"):
+        assert f"module {module}" in page
+    assert "<td>cat</td><td>0.910</td>" in page
+    assert "<details><summary>Events (2)</summary>" in page
+
+
+def html_escape(text):
+    import html
+    return html.escape(text, quote=True)
+
+
+def test_html_failed_trace_shows_error_and_omits_later_steps():
+    t = _trace(failed=True)
+    # a record after the failure (which an interpreter would not write) must not show
+    t.steps.append(StepRecord(3, 4, "FINAL=Result(var=ANSWER0)", "FINAL", "Result"))
+    page = t.to_html()
+    assert 'class="card failed"' in page
+    assert "CUDA out of &lt;memory&gt; &amp; more" in page
+    assert "CUDA out of <memory>" not in page
+    assert "Step 4" not in page and "module Result" not in page
+    assert '<div class="bad"><span class="ln">3</span>' in page  # failing line highlighted
+    assert "&lt;i&gt;plan&lt;/i&gt;" in page and "<i>plan</i>" not in page
+
+
+def test_html_of_loaded_trace_and_objects_without_image(tmp_path):
+    t = _trace()
+    t.result = _objects()  # an Objects result has no image to be drawn over
+    loaded = load_trace(save_trace(t, tmp_path / "r.json"))
+    page = loaded.to_html()
+    assert "3 regions on a 96x64 image" in page
+    assert isinstance(loaded.meta["obj"], ReprValue)
+    assert "&lt;object object at 0x" in page  # kept as its (escaped) repr
+    assert "Steps after the failed one" not in page
+
+
+def test_html_thumbnails_are_bounded():
+    big = _photo(1600, 1000, seed=1)
+    t = Trace("X=Y", [StepRecord(0, 1, "X=Y", "X", "Y", args={"image": big}, output=big)],
+              result=big)
+    page = t.to_html()
+    import base64
+    import io
+    uris = re.findall(r'src="data:image/\w+;base64,([^"]+)"', page)
+    assert uris
+    for b64 in uris:
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+            assert max(im.size) <= 320
+    assert len(page) < 200_000  # one encoding per distinct image
+
+
+# -- drawing -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{}, {"masks": False}, {"labels": False, "scores": False},
+                                    {"width": 5}])
+def test_draw_objects_returns_new_image_and_leaves_input(kwargs):
+    image = _photo()
+    before = np.asarray(image).copy()
+    out = draw_objects(image, _objects(), **kwargs)
+    assert out is not image and out.size == image.size and out.mode == "RGB"
+    assert np.array_equal(np.asarray(image), before)
+    assert not np.array_equal(np.asarray(out), before)
+
+
+def test_draw_objects_mask_tints_inside_only():
+    image = Image.new("RGB", (96, 64), (128, 128, 128))
+    objs = _objects()[:1]
+    with_mask = np.asarray(draw_objects(image, objs, labels=False, scores=False))
+    no_mask = np.asarray(draw_objects(image, objs, masks=False, labels=False, scores=False))
+    assert not np.array_equal(with_mask[20, 20], [128, 128, 128])  # inside the mask: tinted
+    assert np.array_equal(no_mask[20, 20], [128, 128, 128])
+    assert np.array_equal(with_mask[50, 70], [128, 128, 128])  # far outside: untouched
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 200), (96, 64)])
+def test_draw_objects_edge_cases(size):
+    image = Image.new("L", size, 50)  # not RGB: converted on the copy
+    empty = draw_objects(image, Objects.empty(size))
+    assert empty is not image and empty.mode == "RGB" and empty.size == size
+    border = Objects.from_boxes([[0, 0, size[0], size[1]], [size[0], size[1], size[0], size[1]]],
+                                size, labels=["edge", "point"], scores=[1.0, 0.0])
+    assert draw_objects(image, border).size == size
+
+
+def test_draw_objects_scales_to_a_thumbnail():
+    image = _photo(400, 300)
+    objs = Objects.from_boxes([[100, 100, 300, 200]], (400, 300),
+                              masks=[np.ones((300, 400), bool)])
+    small = thumbnail(image, 100)
+    assert small.size == (100, 75) and image.size == (400, 300)
+    assert draw_objects(small, objs).size == (100, 75)
+    assert thumbnail(small, 1000).size == (100, 75)  # never enlarged
+
+
+def test_mask_to_image():
+    m = np.zeros((4, 5), bool)
+    m[1, 2] = True
+    im = mask_to_image(m)
+    assert im.mode == "L" and im.size == (5, 4) and im.getpixel((2, 1)) == 255
+    assert mask_to_image(m.astype(float) * 0.9).getpixel((2, 1)) == 255
+    with pytest.raises(ValueError, match="H x W"):
+        mask_to_image(np.zeros((2, 2, 3)))
