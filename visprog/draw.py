@@ -96,7 +96,7 @@ def draw_objects(image: Image.Image, objects: Objects, *, masks: bool = True, la
     boxes, region_masks = _scaled(objects, out.size)
     short = min(w, h)
     line = max(1, int(round(short / 200))) if width is None else max(1, int(width))
-    font = _font(max(9, min(48, int(round(short / 32)))))
+    font = _font(max(10, min(48, int(round(short / 28)))))
 
     if masks and any(m is not None for m in region_masks):
         arr = np.asarray(out, dtype=np.float32).copy()
