@@ -1,0 +1,176 @@
+"""Runs a checked program over bound inputs, one step at a time, recording a trace.
+
+Each step's arguments are resolved (variables to values, declared defaults filled in), a
+content key is made from the tool's declaration and those values, and the cache is asked
+before the tool is called. A tool that raises ends the run with a `StepError` naming the step;
+the trace up to it is kept on the error.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .checker import check_or_raise
+from .errors import StepError
+from .program import Program, Step, Var
+from .registry import Registry, Tool
+from .trace import StepRecord, Trace
+from .values import type_of
+
+StepCallback = Callable[[StepRecord], None]
+
+
+@dataclass
+class Call:
+    """A step ready to run: its tool, its keyword arguments and its cache key."""
+
+    step: Step
+    tool: Tool
+    kwargs: dict[str, Any]
+    arg_vars: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+
+
+def resolve(value: Any, env: Mapping[str, Any]) -> Any:
+    """An argument as written -> its runtime value (lists become Python lists)."""
+    if isinstance(value, Var):
+        return env[value.name]
+    if isinstance(value, tuple):
+        return [resolve(v, env) for v in value]
+    return value
+
+
+def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool) -> Call:
+    """Resolve a call step's arguments by declared name, defaults included (so that
+    `Loc(image=X)` and `Loc(image=X, threshold=<default>)` share a cache entry)."""
+    kwargs: dict[str, Any] = {}
+    arg_vars: dict[str, str] = {}
+    for arg in step.args:
+        param = tool.param(arg.name)
+        assert param is not None, "checked programs only name declared arguments"
+        kwargs[param.name] = resolve(arg.value, env)
+        if isinstance(arg.value, Var):
+            arg_vars[param.name] = arg.value.name
+    for param in tool.params:
+        if param.name not in kwargs and not param.required:
+            kwargs[param.name] = param.default
+    refs = [p for p in tool.params if p.refs is not None]
+    if refs:
+        names: list[str] = []
+        for p in refs:
+            if isinstance(kwargs.get(p.name), str):
+                names += [n for n in p.refs(kwargs[p.name]) if n not in names]
+        kwargs["variables"] = {n: env[n] for n in names}
+    key = None
+    if cache_key:
+        from .cache import step_key
+        try:
+            key = step_key(tool.name, tool.version, tool.settings, kwargs)
+        except TypeError:  # a value the cache can't hash: run uncached
+            key = None
+    return Call(step, tool, kwargs, arg_vars, key)
+
+
+def check_output(tool: Tool, value: Any) -> None:
+    """A tool must return what it declared; a third-party tool that doesn't fails here,
+    at its own step, instead of confusing a later one."""
+    if "Any" in tool.returns:
+        return
+    got = type_of(value)
+    if got not in tool.returns and not (got == "TextList" and "TextList" in tool.returns):
+        raise TypeError(f"{tool.name} returned {got} ({type(value).__name__}), "
+                        f"declared {'|'.join(sorted(tool.returns))}")
+
+
+class Interpreter:
+    """Runs programs with one registry and one cache.
+
+    Args:
+        registry: the tools.
+        cache: a `visprog.cache.StepCache`, or None for no caching.
+    """
+
+    def __init__(self, registry: Registry, cache: Any = None):
+        self.registry = registry
+        self.cache = cache
+
+    def run(self, program: Program, inputs: Mapping[str, Any], *, use_cache: bool = True,
+            no_cache: Iterable[str] = (), on_step: StepCallback | None = None,
+            check: bool = True) -> tuple[Any, Trace]:
+        """Run `program` with `inputs` bound; return (result, trace).
+
+        Args:
+            use_cache: False runs every step afresh (and stores nothing).
+            no_cache: module names whose results are neither read from nor written to the cache.
+            on_step: called with each finished step's record (progress display).
+            check: check the program first (against the inputs' actual types).
+
+        Raises:
+            CheckError: the program does not fit the registry or the inputs.
+            StepError: a step failed; `.trace` holds the steps up to and including it.
+        """
+        if check:
+            check_or_raise(program, self.registry, {k: type_of(v) for k, v in inputs.items()})
+        skip = {self.registry.find(n).name for n in no_cache if self.registry.find(n)}
+        env: dict[str, Any] = dict(inputs)
+        trace = Trace(program=program.source, inputs=dict(inputs))
+        result: Any = None
+        have_result = False
+        for index, step in enumerate(program):
+            record = self._run_step(index, step, env, use_cache, skip, trace)
+            if on_step is not None:
+                on_step(record)
+            env[step.target] = record.output
+            if record.module == "Result":
+                result, have_result = record.output, True
+        if not have_result and program.steps:
+            result = env[program.steps[-1].target]
+        trace.result = result
+        return result, trace
+
+    def _run_step(self, index: int, step: Step, env: dict[str, Any], use_cache: bool,
+                  skip: set[str], trace: Trace) -> StepRecord:
+        started = time.perf_counter()
+        if step.module is None:  # alias: a new name for a value, nothing to run
+            value = env[step.alias_of or ""]
+            record = StepRecord(index, step.line, step.source, step.target, None,
+                                args={"var": value}, arg_vars={"var": step.alias_of or ""},
+                                output=value, draw_on=None)
+            trace.steps.append(record)
+            return record
+        tool = self.registry.get(step.module)
+        caching = use_cache and self.cache is not None and tool.cacheable and tool.name not in skip
+        call = prepare(step, tool, env, cache_key=caching)
+        shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
+        shown.update(call.kwargs.get("variables", {}))
+        record = StepRecord(index, step.line, step.source, step.target, tool.name, args=shown,
+                            arg_vars=call.arg_vars, draw_on=tool.draw_on)
+        trace.steps.append(record)
+        try:
+            record.output, record.cached = self._call(call)
+        except Exception as e:
+            record.duration = time.perf_counter() - started
+            record.error = f"{type(e).__name__}: {e}"
+            trace.error = record.error
+            raise StepError(str(e) or type(e).__name__, index=index, line=step.line,
+                            target=step.target, module=tool.name, cause=e, trace=trace) from e
+        record.duration = time.perf_counter() - started
+        return record
+
+    def _call(self, call: Call) -> tuple[Any, bool]:
+        cache = self.cache
+        if call.key is not None:
+            from .cache import MISS
+            hit = cache.get(call.key)
+            if hit is not MISS:
+                return hit, True
+        value = call.tool(**call.kwargs)
+        check_output(call.tool, value)
+        if call.key is not None:
+            try:
+                cache.put(call.key, value)
+            except Exception as e:  # a cache that fails must not fail the run
+                warnings.warn(f"visprog: could not cache {call.tool.name}: {e}", stacklevel=2)
+        return value, False

@@ -1,0 +1,211 @@
+"""Program text -> `Program`, with `grammars/visprog.lark` as the only parser.
+
+Lark builds a tree (LALR, positions on); a small Transformer turns it into the frozen
+dataclasses of `program.py`, so nothing downstream sees Lark. Syntax errors become
+`ParseError`s whose `Diagnostic` has the line, column, the offending text and a hint.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterator
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from .errors import Diagnostic, ParseError
+from .program import Arg, Program, Step, Var
+
+# Readable names for the terminals Lark mentions in "expected" lists.
+_TERMINAL_NAMES = {
+    "NAME": "a name", "STRING": "a string", "SIGNED_NUMBER": "a number", "EQUAL": "'='",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','",
+    "_NL": "a new line", "TRUE": "True", "FALSE": "False", "NONE": "None", "$END": "end of program",
+}
+_OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSERS = {"RPAR", "RSQB"}
+
+
+class _JoinBracketedLines:
+    """Post-lexer: a newline inside ( ) or [ ] is whitespace, so a call may span lines."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        depth = 0
+        for tok in stream:
+            if tok.type in _OPENERS:
+                depth += 1
+            elif tok.type in _CLOSERS:
+                depth = max(0, depth - 1)
+            elif tok.type == "_NL" and depth:
+                continue
+            yield tok
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = resources.files("visprog.grammars").joinpath("visprog.lark").read_text(encoding="utf-8")
+    # The transformer runs inside the LALR parser (no tree is built): positions come from
+    # tokens, which is why the closing ')' of a call is a named terminal.
+    return Lark(text, parser="lalr", postlex=_JoinBracketedLines(), maybe_placeholders=True,
+                transformer=_ToProgram())
+
+
+def _unescape(body: str) -> str:
+    """Backslash escapes of a quoted string (without its quotes)."""
+    simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+    out, i = [], 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\" or i + 1 == len(body):
+            out.append(c)
+            i += 1
+            continue
+        nxt = body[i + 1]
+        if nxt in simple:
+            out.append(simple[nxt])
+            i += 2
+        elif nxt in "uU" or nxt == "x":
+            width = {"x": 2, "u": 4, "U": 8}[nxt]
+            digits = body[i + 2:i + 2 + width]
+            try:
+                out.append(chr(int(digits, 16)))
+                i += 2 + width
+            except ValueError:  # not a valid escape: keep it as written
+                out.append(c)
+                i += 1
+        else:
+            out.append(nxt)  # unknown escapes drop the backslash
+            i += 2
+    return "".join(out)
+
+
+@v_args(inline=True)
+class _ToProgram(Transformer):
+    """Rules -> dataclasses, run while parsing. Steps keep their line span; the parse
+    function fills in their source text afterwards."""
+
+    def var(self, tok: Token) -> Var:
+        return Var(str(tok))
+
+    def string(self, tok: Token) -> str:
+        return _unescape(str(tok)[1:-1])
+
+    def number(self, tok: Token) -> int | float:
+        s = str(tok)
+        return float(s) if any(c in s for c in ".eE") else int(s)
+
+    def true(self) -> bool:
+        return True
+
+    def false(self) -> bool:
+        return False
+
+    def none(self) -> None:
+        return None
+
+    def list(self, *items: Any) -> tuple:
+        return () if items == (None,) else items  # `[]` arrives as one None placeholder
+
+    def arg(self, name: Token, value: Any) -> Arg:
+        return Arg(str(name), value, name.line, name.column)
+
+    def args(self, *items: Any) -> tuple[Arg, ...]:
+        return tuple(i for i in items if isinstance(i, Arg))
+
+    def call(self, target: Token, module: Token, args: Any, rpar: Token) -> Step:
+        # `source` temporarily holds the last line number; parse() swaps in the text.
+        return Step(str(target), str(module), args or (), target.line, target.column,
+                    str(rpar.end_line), module_column=module.column)
+
+    def alias(self, target: Token, source: Token) -> Step:
+        return Step(str(target), None, (), target.line, target.column, str(source.end_line),
+                    alias_of=str(source), module_column=source.column)
+
+    def start(self, *steps: Step) -> tuple[Step, ...]:
+        return steps
+
+
+
+def parse(text: str) -> Program:
+    """Parse program text.
+
+    Programs are immutable, so the last few hundred parses are remembered by text: planners,
+    voting and evaluations parse the same program many times.
+
+    Raises:
+        ParseError: with one `Diagnostic` for the first syntax error.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"program text must be a str, got {type(text).__name__}")
+    return _parse_text(text)
+
+
+@lru_cache(maxsize=512)
+def _parse_text(text: str) -> Program:
+    try:
+        steps = _parser().parse(text)
+    except UnexpectedInput as e:
+        raise ParseError([_diagnose(e, text)], text) from None
+    lines = text.splitlines()
+    return Program(tuple(
+        replace(s, source="\n".join(lines[s.line - 1:int(s.source)]).strip()) for s in steps), text)
+
+
+def _expected(e: UnexpectedInput) -> list[str]:
+    names = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    return [_TERMINAL_NAMES.get(n, n) for n in names]
+
+
+def _diagnose(e: UnexpectedInput, text: str) -> Diagnostic:
+    """One readable diagnostic, with a hint for the common mistakes."""
+    lines = text.splitlines() or [""]
+    line = max(1, getattr(e, "line", 0) or len(lines))
+    col = max(1, getattr(e, "column", 0) or 1)
+    src = lines[line - 1].strip() if line - 1 < len(lines) else ""
+    expected = _expected(e)
+    exp = f"; expected {', '.join(expected)}" if expected else ""
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        if ch in "\"'":
+            return Diagnostic(line, col, src, "unterminated string",
+                              f"close the string with {ch} on the same line")
+        return Diagnostic(line, col, src, f"unexpected character {ch!r}",
+                          _char_hint(ch))
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        hint = "a ')' or ']' is missing" if {"')'", "']'"} & set(expected) else \
+            "the last step is incomplete"
+        return Diagnostic(line, col, src, f"unexpected end of program{exp}", hint)
+    assert isinstance(e, UnexpectedToken)
+    tok = e.token
+    shown = "a new line" if tok.type == "_NL" else repr(str(tok))
+    hint = _token_hint(tok, set(e.expected or ()))
+    return Diagnostic(line, col, src, f"unexpected {shown}{exp}", hint)
+
+
+def _char_hint(ch: str) -> str:
+    if ch in "{}":
+        return "braces belong inside an Eval expression string: Eval(expr='{X} > 0')"
+    if ch in "+-*/<>!.":
+        return "operators are only allowed inside Eval(expr='...')"
+    return "steps look like TARGET=Module(arg=value, ...)"
+
+
+def _token_hint(tok: Token, expected: set[str]) -> str:
+    if tok.type == "LPAR":
+        return "a step assigns its result: TARGET=Module(...)"
+    if tok.type in _CLOSERS and "_NL" in expected:
+        return f"there is one {str(tok)!r} too many"
+    if tok.type == "_NL" and "EQUAL" in expected:
+        return "a step is TARGET=Module(arg=value, ...) or TARGET=VAR"
+    if tok.type == "_NL":
+        return "the step ends too early: is a ')' or a value missing?"
+    if expected == {"EQUAL"} or ("EQUAL" in expected and tok.type in ("RPAR", "COMMA")):
+        return "arguments are written name=value"
+    if "COMMA" in expected and "RPAR" in expected:
+        return "separate arguments with ',' and close the call with ')'"
+    if "_NL" in expected:
+        return "put each step on its own line"
+    return "steps look like TARGET=Module(arg=value, ...)"
