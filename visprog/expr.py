@@ -35,7 +35,7 @@ from importlib import resources
 from typing import Any, Callable, Mapping
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import EvalError
 
@@ -448,7 +448,8 @@ def read_value(name: str, value: Any, *, as_text: bool = False) -> Value:
 def _kind(value: Any) -> str:
     from .values import type_of
     kind = type_of(value)
-    return f"a {kind}" if kind not in ("Any",) else f"a {type(value).__name__}"
+    kind = type(value).__name__ if kind == "Any" else kind
+    return ("an " if kind[:1].lower() in "aeiou" else "a ") + kind
 
 
 def _describe(value: Value) -> str:
@@ -588,10 +589,6 @@ def _unary(op: str, v: Value) -> Value:
     return _number_result(-v if op == "-" else +v)
 
 
-def _truth(v: Value) -> bool:
-    return bool(v)
-
-
 # --------------------------------------------------------------------------- evaluation
 
 class _Evaluator:
@@ -618,16 +615,16 @@ class _Evaluator:
                 left = right
             return True
         if isinstance(node, Logic):
-            left = _truth(self.eval(node.left))
+            left = bool(self.eval(node.left))
             if node.op == "and":
-                return left and _truth(self.eval(node.right))
+                return left and bool(self.eval(node.right))
             if node.op == "or":
-                return left or _truth(self.eval(node.right))
-            return left != _truth(self.eval(node.right))
+                return left or bool(self.eval(node.right))
+            return left != bool(self.eval(node.right))
         if isinstance(node, Not):
-            return not _truth(self.eval(node.operand))
+            return not bool(self.eval(node.operand))
         if isinstance(node, Conditional):
-            chosen = node.if_true if _truth(self.eval(node.condition)) else node.if_false
+            chosen = node.if_true if bool(self.eval(node.condition)) else node.if_false
             return self.eval(chosen)
         raise EvalError(f"unknown expression node {type(node).__name__}")
 
