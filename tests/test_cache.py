@@ -211,6 +211,9 @@ def test_step_key_depends_on_everything_it_should():
         step_key("Loc", "1", {"threshold": 0.3}, {"image": "cat", "object": im}),
     ]
     assert base not in different and len(set(different)) == len(different)
+    precomputed = {"image": codec.digest(im)}
+    assert step_key("Loc", "1", {"threshold": 0.3}, {"image": None, "object": "cat"},
+                    digests=precomputed) == base
     assert len(base) == 64 and int(base, 16) >= 0
 
 

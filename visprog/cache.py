@@ -90,7 +90,7 @@ def default_cache_dir() -> Path:
 
 
 def step_key(tool_name: str, version: str, settings: Mapping[str, Any],
-             args: Mapping[str, Any]) -> str:
+             args: Mapping[str, Any], *, digests: Mapping[str, str] | None = None) -> str:
     """The cache key of one step: sha256 hex over everything its result depends on.
 
     Args:
@@ -98,6 +98,9 @@ def step_key(tool_name: str, version: str, settings: Mapping[str, Any],
         version: the tool's implementation version.
         settings: the tool's result-changing configuration; must be JSON-serialisable.
         args: the resolved argument values by name (names match case-insensitively).
+        digests: optional `codec.digest` values already computed, by argument name (as
+            spelled in `args`), e.g. an input image's digest computed once per run rather
+            than once per step that reads it.
 
     Raises:
         TypeError: settings are not JSON-serialisable, or an argument has no content hash
@@ -109,19 +112,20 @@ def step_key(tool_name: str, version: str, settings: Mapping[str, Any],
                                    ensure_ascii=False, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"tool {tool_name}: settings are not JSON-serialisable: {e}") from e
-    named = {}
+    known = digests or {}
+    named: dict[str, str] = {}
     for name, value in args.items():
         key = name.lower()
         if key in named:
             raise ValueError(f"tool {tool_name}: argument {name!r} given twice")
-        named[key] = value
+        named[key] = known[name] if name in known else codec.digest(value)
     h = hashlib.sha256(_KEY_SCHEME)
     for part in (normalize_name(tool_name), str(version), settings_json):
         data = part.encode("utf-8", "surrogatepass")
         h.update(struct.pack("<Q", len(data)) + data)
     h.update(struct.pack("<Q", len(named)))
     for name in sorted(named):
-        h.update(name.encode("utf-8") + b"=" + codec.digest(named[name]).encode("ascii") + b";")
+        h.update(name.encode("utf-8") + b"=" + named[name].encode("ascii") + b";")
     return h.hexdigest()
 
 
