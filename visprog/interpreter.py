@@ -42,7 +42,28 @@ def resolve(value: Any, env: Mapping[str, Any]) -> Any:
     return value
 
 
-def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool) -> Call:
+class DigestMemo:
+    """Content digests of a run's values, computed once per value object.
+
+    A big input image read by ten steps is hashed once, not ten times. Keyed by identity,
+    which is sound because no step mutates its inputs; the memo holds a reference to each
+    value so an id can't be reused while the run lasts."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Any, str]] = {}
+
+    def digest(self, value: Any) -> str:
+        hit = self._seen.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        from .codec import digest
+        d = digest(value)
+        self._seen[id(value)] = (value, d)
+        return d
+
+
+def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
+            memo: DigestMemo | None = None) -> Call:
     """Resolve a call step's arguments by declared name, defaults included (so that
     `Loc(image=X)` and `Loc(image=X, threshold=<default>)` share a cache entry)."""
     kwargs: dict[str, Any] = {}
@@ -66,8 +87,10 @@ def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool) 
     key = None
     if cache_key:
         from .cache import step_key
+        memo = memo or DigestMemo()
         try:
-            key = step_key(tool.name, tool.version, tool.settings, kwargs)
+            digests = {name: memo.digest(kwargs[name]) for name in arg_vars}
+            key = step_key(tool.name, tool.version, tool.settings, kwargs, digests=digests)
         except TypeError:  # a value the cache can't hash: run uncached
             key = None
     return Call(step, tool, kwargs, arg_vars, key)
@@ -116,10 +139,11 @@ class Interpreter:
         skip = {self.registry.find(n).name for n in no_cache if self.registry.find(n)}
         env: dict[str, Any] = dict(inputs)
         trace = Trace(program=program.source, inputs=dict(inputs))
+        memo = DigestMemo()
         result: Any = None
         have_result = False
         for index, step in enumerate(program):
-            record = self._run_step(index, step, env, use_cache, skip, trace)
+            record = self._run_step(index, step, env, use_cache, skip, trace, memo)
             if on_step is not None:
                 on_step(record)
             env[step.target] = record.output
@@ -131,7 +155,7 @@ class Interpreter:
         return result, trace
 
     def _run_step(self, index: int, step: Step, env: dict[str, Any], use_cache: bool,
-                  skip: set[str], trace: Trace) -> StepRecord:
+                  skip: set[str], trace: Trace, memo: DigestMemo) -> StepRecord:
         started = time.perf_counter()
         if step.module is None:  # alias: a new name for a value, nothing to run
             value = env[step.alias_of or ""]
@@ -142,7 +166,7 @@ class Interpreter:
             return record
         tool = self.registry.get(step.module)
         caching = use_cache and self.cache is not None and tool.cacheable and tool.name not in skip
-        call = prepare(step, tool, env, cache_key=caching)
+        call = prepare(step, tool, env, cache_key=caching, memo=memo)
         shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
         shown.update(call.kwargs.get("variables", {}))
         record = StepRecord(index, step.line, step.source, step.target, tool.name, args=shown,

@@ -1,0 +1,146 @@
+"""The Python facade: `VisProg` ties configuration, tools, cache and interpreter together.
+
+    >>> vp = VisProg(preset="tiny")                                   # doctest: +SKIP
+    >>> out = vp.execute("N=Count(box=Loc(...))", image="street.jpg") # doctest: +SKIP
+    >>> out.value, out.trace["N"].output                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from PIL import Image
+
+from .checker import check as check_program
+from .checker import check_or_raise
+from .errors import Diagnostic
+from .interpreter import Interpreter, StepCallback
+from .parser import parse
+from .program import Program
+from .registry import Registry, Tool
+from .trace import Trace
+from .values import DEFAULT_MAX_PIXELS, load_image, type_of
+
+ImageLike = Any  # a path, bytes, PIL image or numpy array
+
+
+@dataclass
+class RunResult:
+    """What a run gives back: the program's value, the program, and its trace."""
+
+    value: Any
+    program: Program
+    trace: Trace
+
+    def save_html(self, path: str | Path) -> Path:
+        return self.trace.save_html(path)
+
+    def save_json(self, path: str | Path, *, inline: bool = False) -> Path:
+        return self.trace.save_json(path, inline=inline)
+
+
+class VisProg:
+    """Runs visprog programs (and, with an LLM, questions) on images.
+
+    Args:
+        preset: "default" (real checkpoints, downloaded on first use) or "tiny" (small random
+            models built offline: every code path runs, answers are meaningless).
+        config: a TOML file path, or a mapping of overrides (`{"Loc": {"box_threshold": .3}}`),
+            merged over the preset key by key.
+        cache: True for the in-memory and on-disk step cache, False for none, or a
+            `visprog.cache.StepCache`.
+        cache_dir: where the on-disk cache lives (default: the user cache dir, or
+            VISPROG_CACHE_DIR).
+        llm: the planner's LLM client (see `visprog.llm`), also used by the List module.
+        device: "cpu", "cuda", "mps"... overrides the config's device.
+        max_pixels: input images over this many pixels are refused.
+        plugins: also register tools that installed packages advertise (entry points).
+    """
+
+    def __init__(self, preset: str = "default", config: str | os.PathLike | Mapping | None = None,
+                 *, cache: Any = True, cache_dir: str | os.PathLike | None = None,
+                 llm: Any = None, device: str | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, plugins: bool = True):
+        from .config import load_config
+        from .tools import ToolContext, builtin_tools
+        from .tools.models import ModelManager
+
+        if isinstance(config, Mapping):
+            self.config = load_config(preset, overrides=config)
+        else:
+            self.config = load_config(preset, config)
+        self.preset = preset
+        manager_cfg = self.config.get("models", {})
+        self.models = ModelManager(device=device or manager_cfg.get("device"),
+                                   half=manager_cfg.get("half"))
+        self.llm = llm
+        self.max_pixels = max_pixels
+        self.registry = Registry(builtin_tools(self.config, ToolContext(self.models, llm)))
+        if plugins:
+            self.registry.load_entry_points(config=self.config)
+        self.cache = _make_cache(cache, cache_dir)
+        self.interpreter = Interpreter(self.registry, self.cache)
+
+    # -- tools ------------------------------------------------------------------------------
+    def register(self, tool: Tool, *, replace: bool = False) -> Tool:
+        """Add a module (see `visprog.registry.tool`)."""
+        return self.registry.register(tool, replace=replace)
+
+    @property
+    def tools(self) -> list[Tool]:
+        return list(self.registry)
+
+    # -- programs ---------------------------------------------------------------------------
+    def parse(self, program: str | Program) -> Program:
+        return program if isinstance(program, Program) else parse(program)
+
+    def check(self, program: str | Program,
+              inputs: Mapping[str, str] | None = None) -> list[Diagnostic]:
+        """Every problem of the program (empty when it may run). `inputs` maps input names
+        to types; by default IMAGE, LEFT and RIGHT are images."""
+        return check_program(self.parse(program), self.registry, inputs)
+
+    def bind(self, image: ImageLike = None, *, left: ImageLike = None, right: ImageLike = None,
+             inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The input variables of a run: images are read (paths, arrays, PIL) and converted to
+        RGB; other values are bound as given."""
+        bound: dict[str, Any] = {}
+        for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
+            if value is not None:
+                bound[name] = load_image(value, max_pixels=self.max_pixels)
+        for name, value in (inputs or {}).items():
+            if isinstance(value, Image.Image) or type(value).__module__ == "numpy":
+                value = load_image(value, max_pixels=self.max_pixels)
+            bound[name] = value
+        return bound
+
+    def execute(self, program: str | Program, image: ImageLike = None, *,
+                left: ImageLike = None, right: ImageLike = None,
+                inputs: Mapping[str, Any] | None = None, use_cache: bool = True,
+                no_cache: Iterable[str] = (), on_step: StepCallback | None = None) -> RunResult:
+        """Parse, check and run a program.
+
+        Raises:
+            ParseError, CheckError: the program can't run (nothing ran).
+            ImageError: an input image can't be read.
+            StepError: a step failed; `.trace` holds the steps up to it.
+        """
+        prog = self.parse(program)
+        bound = self.bind(image, left=left, right=right, inputs=inputs)
+        check_or_raise(prog, self.registry, {k: type_of(v) for k, v in bound.items()})
+        value, trace = self.interpreter.run(prog, bound, use_cache=use_cache, no_cache=no_cache,
+                                            on_step=on_step, check=False)
+        trace.meta.update({"preset": self.preset})
+        return RunResult(value, prog, trace)
+
+
+def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
+    from .cache import StepCache, default_cache_dir
+
+    if cache is True:
+        return StepCache(memory=True, disk_dir=Path(cache_dir) if cache_dir else default_cache_dir())
+    if cache is False or cache is None:
+        return None
+    return cache

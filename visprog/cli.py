@@ -1,0 +1,232 @@
+"""The `visprog` command.
+
+Exit codes: 0 ok; 1 a program or runtime error (message on stderr, no traceback unless
+--debug); 2 a usage error (bad flags, a program file that can't be read).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .errors import ProgramError, StepError, VisProgError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+def _read_program(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"program file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"could not read program file {p}: {e}") from None
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--input takes NAME=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
+def _show_value(value: Any) -> str:
+    from .values import Objects
+
+    if isinstance(value, Objects):
+        return json.dumps(value.to_list())
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), ensure_ascii=False)
+    return str(value)
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="default",
+                   help="model preset: default (real checkpoints) or tiny (offline, random)")
+    p.add_argument("--config", help="TOML file overriding the preset's module settings")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--no-cache", action="store_true", help="run every step afresh")
+    p.add_argument("--cache-dir", help="on-disk step cache folder")
+
+
+def _engine(args: argparse.Namespace, **extra: Any):
+    from .api import VisProg
+
+    return VisProg(preset=args.preset, config=args.config, device=args.device,
+                   cache=not args.no_cache, cache_dir=args.cache_dir, **extra)
+
+
+def _write_outputs(args: argparse.Namespace, trace: Any) -> None:
+    if getattr(args, "html", None):
+        trace.save_html(args.html)
+        print(f"trace: {args.html}", file=sys.stderr)
+    if getattr(args, "json", None):
+        trace.save_json(args.json)
+        print(f"trace: {args.json}", file=sys.stderr)
+
+
+def _print_result(args: argparse.Namespace, value: Any) -> None:
+    if isinstance(value, Image.Image):
+        out = Path(args.out or "visprog_result.png")
+        value.save(out)
+        print(f"result: image {value.width}x{value.height} saved to {out}")
+    else:
+        print(_show_value(value))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checker import DEFAULT_INPUTS
+
+    text = _read_program(args.file)
+    vp = _engine(args)
+    inputs = dict(DEFAULT_INPUTS)
+    inputs.update(_parse_inputs(args.input))
+    problems = vp.check(text, inputs)
+    if problems:
+        for d in problems:
+            print(f"{args.file}:{d}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"ok: {len(vp.parse(text))} steps")
+    return EXIT_OK
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    text = _read_program(args.file)
+    if not (args.image or args.left or args.right):
+        raise UsageError("give an input image: --image PATH (or --left/--right for pairs)")
+    vp = _engine(args)
+    on_step = None
+    if args.verbose:
+        def on_step(rec: Any) -> None:
+            tag = " (cached)" if rec.cached else ""
+            print(f"  [{rec.index + 1}] {rec.source}  {rec.duration * 1000:.0f} ms{tag}",
+                  file=sys.stderr)
+    try:
+        out = vp.execute(text, args.image, left=args.left, right=args.right,
+                         inputs=_parse_inputs(args.input), on_step=on_step)
+    except StepError as e:
+        if e.trace is not None:
+            _write_outputs(args, e.trace)  # the steps that ran are not lost
+        raise
+    _write_outputs(args, out.trace)
+    _print_result(args, out.value)
+    return EXIT_OK
+
+
+def cmd_trace_show(args: argparse.Namespace) -> int:
+    from .trace import Trace
+
+    trace = Trace.load_json(args.file)
+    print("program:")
+    for i, line in enumerate(trace.program.splitlines(), 1):
+        print(f"  {i:3d}  {line}")
+    print("steps:")
+    for rec in trace.steps:
+        status = f"ERROR {rec.error}" if rec.error else _short(rec.output)
+        cached = " cached" if rec.cached else ""
+        print(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = {rec.module or 'alias'}"
+              f"  {rec.duration * 1000:.1f} ms{cached}  -> {status}")
+    print("result:" if trace.ok else "error:", _short(trace.result) if trace.ok else trace.error)
+    if args.html:
+        trace.save_html(args.html)
+        print(f"html: {args.html}")
+    return EXIT_OK
+
+
+def _short(value: Any) -> str:
+    from .values import Objects
+
+    if isinstance(value, Image.Image):
+        return f"<image {value.width}x{value.height}>"
+    if isinstance(value, Objects):
+        return f"<{len(value)} objects: {', '.join(str(l) for l in value.labels[:5])}>"
+    text = _show_value(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    vp = _engine(args)
+    for tool in sorted(vp.tools, key=lambda t: t.name):
+        print(f"{tool.signature()}\n    {tool.doc}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visprog", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="parse and check a program without running it")
+    p.add_argument("file", help="program file, or - for standard input")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=TYPE",
+                   help="declare an extra input variable and its type")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("exec", help="run a program on an image")
+    p.add_argument("file", help="program file, or - for standard input")
+    p.add_argument("--image", help="the IMAGE input")
+    p.add_argument("--left", help="the LEFT image (pairs)")
+    p.add_argument("--right", help="the RIGHT image (pairs)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=TEXT",
+                   help="bind another input variable to a text value")
+    p.add_argument("--html", help="write the trace as one HTML page")
+    p.add_argument("--json", help="write the trace as JSON (images beside it)")
+    p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each step as it ends")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("trace", help="look at a saved trace")
+    tsub = p.add_subparsers(dest="trace_command", required=True)
+    t = tsub.add_parser("show", help="print a saved JSON trace")
+    t.add_argument("file")
+    t.add_argument("--html", help="also render it as an HTML page")
+    t.set_defaults(func=cmd_trace_show)
+
+    p = sub.add_parser("tools", help="list the modules and their signatures")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_tools)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on bad flags
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"visprog: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ProgramError as e:
+        if args.debug:
+            raise
+        for d in e.diagnostics:
+            print(f"{getattr(args, 'file', '')}:{d}", file=sys.stderr)
+        return EXIT_ERROR
+    except VisProgError as e:
+        if args.debug:
+            raise
+        print(f"visprog: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("visprog: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
