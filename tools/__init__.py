@@ -17,7 +17,9 @@ from typing import Any, Mapping
 from visprog.registry import Tool
 
 PLAIN_MODULES = ["result", "eval_expr", "count", "crop", "colorpop", "bgblur", "emoji", "tag"]
-MODEL_MODULES: dict[str, str] = {}  # canonical tool name -> module file (filled by the model tools)
+MODEL_MODULES: dict[str, str] = {  # canonical tool name -> module file (filled by the model tools)
+    "Loc": "loc", "Select": "select_objects", "Classify": "classify", "Vqa": "vqa",
+}
 
 
 @dataclass
