@@ -154,8 +154,20 @@ def _parse_text(text: str) -> Program:
         replace(s, source="\n".join(lines[s.line - 1:int(s.source)]).strip()) for s in steps), text)
 
 
+def _expected_terminals(e: UnexpectedInput) -> set[str]:
+    # The parser state's own answer: `e.expected` can come from the contextual lexer, which
+    # adds the always-accepted newline even inside a call.
+    parser = getattr(e, "interactive_parser", None)
+    if parser is not None:
+        try:
+            return set(parser.accepts())
+        except Exception:  # fall back to what the error says
+            pass
+    return set(getattr(e, "expected", None) or getattr(e, "allowed", None) or ())
+
+
 def _expected(e: UnexpectedInput) -> list[str]:
-    names = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    names = sorted(_expected_terminals(e) - {"$END"})
     return [_TERMINAL_NAMES.get(n, n) for n in names]
 
 
@@ -176,12 +188,13 @@ def _diagnose(e: UnexpectedInput, text: str) -> Diagnostic:
                           _char_hint(ch))
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         hint = "a ')' or ']' is missing" if {"')'", "']'"} & set(expected) else \
+            "a step is TARGET=Module(arg=value, ...) or TARGET=VAR" if expected == ["'='"] else \
             "the last step is incomplete"
         return Diagnostic(line, col, src, f"unexpected end of program{exp}", hint)
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     shown = "a new line" if tok.type == "_NL" else repr(str(tok))
-    hint = _token_hint(tok, set(e.expected or ()))
+    hint = _token_hint(tok, _expected_terminals(e))
     return Diagnostic(line, col, src, f"unexpected {shown}{exp}", hint)
 
 
@@ -196,8 +209,20 @@ def _char_hint(ch: str) -> str:
 def _token_hint(tok: Token, expected: set[str]) -> str:
     if tok.type == "LPAR":
         return "a step assigns its result: TARGET=Module(...)"
+    if tok.type == "EQUAL":
+        return "one '=' per step: TARGET=Module(...) or TARGET=VAR"
     if tok.type in _CLOSERS and "_NL" in expected:
         return f"there is one {str(tok)!r} too many"
+    if tok.type == "SIGNED_NUMBER" and str(tok)[0] in "+-" and "COMMA" in expected:
+        return "operators are only allowed inside Eval(expr='...')"
+    if "SIGNED_NUMBER" in expected and tok.type in ("RPAR", "COMMA", "RSQB", "_NL"):
+        return "a value is missing after '='"
+    if tok.type == "COMMA" and "NAME" in expected:
+        return "an argument is missing: remove the extra ','"
+    if expected == {"NAME", "RPAR"}:
+        return "arguments are written name=value"
+    if tok.type == "RPAR" and "RSQB" in expected:
+        return "a ']' is missing"
     if tok.type == "_NL" and "EQUAL" in expected:
         return "a step is TARGET=Module(arg=value, ...) or TARGET=VAR"
     if tok.type == "_NL":
@@ -206,6 +231,8 @@ def _token_hint(tok: Token, expected: set[str]) -> str:
         return "arguments are written name=value"
     if "COMMA" in expected and "RPAR" in expected:
         return "separate arguments with ',' and close the call with ')'"
+    if "_NL" in expected and "NAME" in expected:  # at the start of a step
+        return "a step starts with the name it assigns: TARGET=Module(arg=value, ...)"
     if "_NL" in expected:
         return "put each step on its own line"
     return "steps look like TARGET=Module(arg=value, ...)"
