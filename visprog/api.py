@@ -135,6 +135,25 @@ class VisProg:
         trace.meta.update({"preset": self.preset})
         return RunResult(value, prog, trace)
 
+    def run_batch(self, items: Iterable[Any], *, batch_size: int | str = "auto",
+                  use_cache: bool = True, no_cache: Iterable[str] = (),
+                  on_item: Any = None) -> list[Any]:
+        """Run many programs together, batching model calls across them (`visprog.batch`).
+
+        Args:
+            items: `visprog.batch.BatchItem`s, or mappings with keys program, image, left,
+                right, inputs, id.
+            batch_size: calls per batched module call, or "auto" (by device, measured).
+            on_item: called with each `ItemResult` as soon as its program ends.
+
+        Returns:
+            one `ItemResult` (id, value, program, trace, error) per item, in order; an
+            item's failure is in its result and does not stop the others.
+        """
+        from .batch import run_batch
+        return run_batch(self, items, batch_size=batch_size, use_cache=use_cache,
+                         no_cache=no_cache, on_item=on_item)
+
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
     from .cache import StepCache, default_cache_dir
