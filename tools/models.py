@@ -85,10 +85,18 @@ def _ensure_builders_registered(name: str) -> None:
             return
 
 
+def tiny_dir() -> Path:
+    """Where tiny models are built: `VISPROG_TINY_DIR`, else `<cache>/tiny` (a test suite
+    can share one folder of tiny models while each test gets a fresh step cache)."""
+    env = os.environ.get("VISPROG_TINY_DIR")
+    return Path(env).expanduser() if env else cache_dir() / "tiny"
+
+
 def resolve_checkpoint(checkpoint: str) -> str:
     """What `from_pretrained` should read for a configured checkpoint.
 
-    `tiny:<name>` is built on first use into `<cache>/tiny/<name>/` and that path returned;
+    `tiny:<name>` is built on first use into `<cache>/tiny/<name>/` (or
+    `$VISPROG_TINY_DIR/<name>/`) and that path returned;
     anything else (a local path or a hub id) is returned unchanged.
 
     Raises:
@@ -102,7 +110,7 @@ def resolve_checkpoint(checkpoint: str) -> str:
         known = ", ".join(TINY_PREFIX + n for n in sorted(_TINY_BUILDERS)) or "none"
         raise ModelLoadError(f"unknown tiny checkpoint {checkpoint!r}; known: {known}", checkpoint)
     builder, version = _TINY_BUILDERS[name]
-    target = cache_dir() / "tiny" / name
+    target = tiny_dir() / name
     marker = target / "visprog_tiny.json"
     with _TINY_LOCK:
         if _marker_version(marker) == version:
@@ -220,7 +228,7 @@ class ModelManager:
 
     Args:
         device: "cuda", "cuda:1", "mps", "cpu", or None/"auto" to pick the best available.
-        half: load in float16. None means yes on CUDA, no elsewhere.
+        half: load in float16 on CUDA (None or True: yes; False: no). Ignored elsewhere.
 
     Example:
         >>> mm = ModelManager(device="cpu")
@@ -242,11 +250,10 @@ class ModelManager:
         return self._device
 
     def dtype(self, half: bool | None = None) -> Any:
-        """The dtype loaders should use: float16 on CUDA unless told otherwise, else None."""
+        """The dtype loaders should use: float16 on CUDA unless `half` is False, else None
+        (float32). Half precision is never used on CPU or MPS, whatever `half` says."""
         want = self._half if half is None else half
-        if want is None:
-            want = self.device.startswith("cuda")
-        if not want:
+        if want is False or not self.device.startswith("cuda"):
             return None
         import torch
 

@@ -1,0 +1,265 @@
+"""Select(image, object, query, category=None) -> Objects: the candidates that `query` names.
+
+Backend "sam" (default, LangSAM style): GroundingDINO grounds each query to boxes, SAM turns
+those boxes into masks, and each grounded mask is matched to the candidates by mask IoU
+(a candidate without a mask counts as its filled box). For each query the candidates whose
+IoU reaches `match_iou` are selected, best match first; when none reaches it, the single
+best-overlapping candidate is taken (the grounder saw the thing but the two segmentations
+disagree), and when nothing overlaps at all the query selects nothing.
+
+Backend "clip": each candidate's crop is scored by CLIP against each query and the best
+candidate per query is selected (no masks are made).
+
+Shared rules:
+- `category`, when given, narrows the candidates to those whose label names it (case and a
+  plural 's' ignored; a word of a label like 'tree-merged' counts). If no candidate's label
+  names it, all candidates are kept: labels from Seg (COCO names) often differ from the
+  planner's words.
+- a query `'a,b'` selects each of a and b; a candidate selected twice is returned once.
+- selected regions keep their box, score and mask; a candidate without a mask gets SAM's
+  mask. The label becomes the query part that selected it (the old one is kept in
+  `extra["candidate_label"]`), with `extra["match_iou"]` or `extra["clip_score"]`.
+- no candidates, or an empty query, select nothing (no model runs).
+
+Settings (section `[Select]`):
+    backend: "sam" or "clip".
+    checkpoints: {grounding_dino, sam, clip} checkpoints.
+    box_threshold, text_threshold: GroundingDINO's thresholds.
+    match_iou: mask IoU at which a grounded mask selects a candidate.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from visprog.config import load_config, merge
+from visprog.errors import ConfigError
+from visprog.registry import Param, Tool, parse_types
+from visprog.values import Objects, Region
+
+from .classify import clip_logits, crop_region, load_clip
+from .loc import as_image, clean_detections, ground, load_grounding_dino
+from .models import manager_of, model_dtype, register_tiny, to_model_inputs
+
+VERSION = "1"
+BACKENDS = ("sam", "clip")
+MAX_GROUNDED = 10     # grounded boxes per query sent to SAM
+IOU_GRID = 512        # masks are compared on a grid of at most this many pixels a side
+
+
+# -- SAM -------------------------------------------------------------------------------------
+
+def load_sam(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
+    """SAM model and processor (PIL image processor)."""
+    from transformers import SamModel, SamProcessor
+
+    processor = SamProcessor.from_pretrained(path)
+    model = SamModel.from_pretrained(path, dtype=dtype).to(device)
+    return model, processor
+
+
+def sam_masks(bundle: tuple[Any, Any], image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+    """One bool mask of the image's H x W per box (xyxy, image pixels), in one SAM forward."""
+    import torch
+
+    w, h = image.size
+    if len(boxes) == 0:
+        return np.zeros((0, h, w), dtype=bool)
+    model, processor = bundle
+    inputs = processor(images=image, input_boxes=[[list(map(float, b)) for b in boxes]],
+                       return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)),
+                    multimask_output=False)
+    masks = processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
+                                         inputs["reshaped_input_sizes"])[0]
+    return masks[:, 0].numpy().astype(bool)  # (n_boxes, H, W)
+
+
+def build_tiny_sam(folder) -> None:
+    """A SAM of about 0.1M random parameters, 256-pixel inputs."""
+    import torch
+    from transformers import (SamConfig, SamImageProcessorPil, SamMaskDecoderConfig,
+                              SamModel, SamProcessor, SamPromptEncoderConfig, SamVisionConfig)
+
+    torch.manual_seed(0)
+    side, width = 256, 32  # vision output channels == prompt encoder == mask decoder width
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, output_channels=width, num_hidden_layers=2,
+                                      num_attention_heads=2, window_size=4, global_attn_indexes=[1],
+                                      num_pos_feats=width // 2, mlp_dim=64, image_size=side),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=width, image_size=side),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=width, mlp_dim=64,
+                                                 num_attention_heads=2, iou_head_hidden_dim=32))
+    processor = SamProcessor(image_processor=SamImageProcessorPil(
+        size={"longest_edge": side}, pad_size={"height": side, "width": side}))
+    SamModel(cfg).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+register_tiny("sam", build_tiny_sam)
+
+
+# -- matching --------------------------------------------------------------------------------
+
+def _norm_word(word: str) -> str:
+    w = word.strip().lower()
+    return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+
+
+def names_category(label: str | None, category: str) -> bool:
+    """Whether a candidate's label names the category ('Dogs' ~ 'dog', 'tree-merged' ~ 'tree')."""
+    if not label:
+        return False
+    cat = _norm_word(category)
+    return _norm_word(label) == cat or cat in {_norm_word(p) for p in re.split(r"[-_\s/]+", label)}
+
+
+def narrow(candidates: Objects, category: str | None) -> Objects:
+    """The candidates whose label names `category`; all of them when none does."""
+    if not category or not str(category).strip():
+        return candidates
+    keep = np.array([names_category(r.label, str(category)) for r in candidates], dtype=bool)
+    return candidates[keep] if keep.any() else candidates
+
+
+def split_query(query: str) -> list[str]:
+    """'man, woman' -> ['man', 'woman']; empty parts dropped, order kept, repeats once."""
+    return list(dict.fromkeys(p.strip() for p in str(query).split(",") if p.strip()))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of bool masks a (n, H, W) and b (m, H, W), on a grid of <= IOU_GRID."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    step = max(1, int(np.ceil(max(a.shape[1:]) / IOU_GRID)))
+    fa = a[:, ::step, ::step].reshape(len(a), -1).astype(np.float32)
+    fb = b[:, ::step, ::step].reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def pick_by_iou(ious: np.ndarray, match_iou: float) -> list[tuple[int, int, float]]:
+    """From IoUs (grounded, candidates): (candidate, grounded, iou) selected, best first."""
+    if ious.size == 0:
+        return []
+    best_g = ious.argmax(axis=0)                       # best grounded mask per candidate
+    best = ious[best_g, np.arange(ious.shape[1])]
+    order = np.argsort(-best, kind="stable")
+    chosen = [int(c) for c in order if best[c] >= match_iou]
+    if not chosen and best[order[0]] > 0:
+        chosen = [int(order[0])]
+    return [(c, int(best_g[c]), float(best[c])) for c in chosen]
+
+
+def _selected(cand: Region, query: str, mask: np.ndarray | None, **extra: float) -> Region:
+    return replace(cand, label=query, mask=cand.mask if cand.mask is not None else mask,
+                   extra={**cand.extra, "candidate_label": cand.label, **extra})
+
+
+# -- the tool --------------------------------------------------------------------------------
+
+def select_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    s = merge(load_config("default")["Select"], settings)
+    if s["backend"] not in BACKENDS:
+        raise ConfigError(f"Select: unknown backend {s['backend']!r}; "
+                          f"choose one of {', '.join(BACKENDS)}")
+    return s
+
+
+def build(settings: dict[str, Any], ctx: Any) -> Tool:
+    """The Select tool with its section of the configuration (see the module docstring)."""
+    s = select_settings(settings)
+    backend, cks = s["backend"], dict(s["checkpoints"])
+    box_t, text_t, match_iou = (float(s["box_threshold"]), float(s["text_threshold"]),
+                                float(s["match_iou"]))
+    used = ["grounding_dino", "sam"] if backend == "sam" else ["clip"]
+    checkpoints = {k: cks[k] for k in used}
+
+    def prepare(call: dict[str, Any]) -> tuple[Image.Image, Objects, list[str]]:
+        image, cands = as_image(call["image"]), call["object"]
+        if not isinstance(cands, Objects):
+            raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
+        if cands.image_size != image.size:
+            raise ValueError(f"Select: the objects belong to an image of size "
+                             f"{cands.image_size}, not {image.size}")
+        return image, narrow(cands, call.get("category")), split_query(call["query"])
+
+    def run_sam(jobs: list[tuple[Image.Image, Objects, list[str]]]) -> list[Objects]:
+        mm = manager_of(ctx)
+        pairs = [(j, q) for j, (_, cands, qs) in enumerate(jobs) if len(cands) for q in qs]
+        if not pairs:
+            return [Objects.empty(im.size) for im, _, _ in jobs]
+        gd = mm.get("grounding_dino", checkpoints["grounding_dino"], load_grounding_dino)
+        found = ground(gd, [jobs[j][0] for j, _ in pairs], [q for _, q in pairs], box_t, text_t)
+        sam = mm.get("sam", checkpoints["sam"], load_sam)
+        out = []
+        for j, (image, cands, _) in enumerate(jobs):
+            mine = [(q, clean_detections(b, sc, image.size, 0.5, MAX_GROUNDED))
+                    for (jj, q), (b, sc) in zip(pairs, found) if jj == j]
+            boxes = [b for _, (b, _) in mine]
+            all_masks = sam_masks(sam, image, np.concatenate(boxes) if boxes else np.zeros((0, 4)))
+            cand_masks = np.stack([cands.region_mask(i) for i in range(len(cands))]) \
+                if len(cands) else np.zeros((0, image.size[1], image.size[0]), bool)
+            regions, taken, start = [], set(), 0
+            for q, (b, _) in mine:
+                masks = all_masks[start:start + len(b)]
+                start += len(b)
+                for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), match_iou):
+                    if c not in taken:
+                        taken.add(c)
+                        regions.append(_selected(cands[c], q, masks[g], match_iou=iou))
+            out.append(Objects(tuple(regions), image.size))
+        return out
+
+    def run_clip(jobs: list[tuple[Image.Image, Objects, list[str]]]) -> list[Objects]:
+        work = [j for j, (_, cands, qs) in enumerate(jobs) if len(cands) and qs]
+        out = [Objects.empty(im.size) for im, _, _ in jobs]
+        if not work:
+            return out
+        crops, owner = [], []
+        for j in work:
+            image, cands, _ = jobs[j]
+            crops += [crop_region(image, r.box, 0.1) for r in cands]
+            owner += [j] * len(cands)
+        texts = sorted({f"a photo of {q}" for j in work for q in jobs[j][2]})
+        logits = clip_logits(manager_of(ctx).get("clip", checkpoints["clip"], load_clip),
+                             crops, texts)
+        col, owner_arr = {t: i for i, t in enumerate(texts)}, np.array(owner)
+        for j in work:
+            image, cands, qs = jobs[j]
+            sub = logits[owner_arr == j]
+            regions, taken = [], set()
+            for q in qs:
+                scores = sub[:, col[f"a photo of {q}"]]
+                c = int(scores.argmax())
+                if c not in taken:
+                    taken.add(c)
+                    regions.append(_selected(cands[c], q, None, clip_score=float(scores[c])))
+            out[j] = Objects(tuple(regions), image.size)
+        return out
+
+    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
+        jobs = [prepare(c) for c in calls]
+        return run_sam(jobs) if backend == "sam" else run_clip(jobs)
+
+    def select(image, object, query, category=None):  # noqa: A002 - catalogue's names
+        return run_batch([{"image": image, "object": object, "query": query,
+                           "category": category}])[0]
+
+    return Tool(
+        name="Select",
+        params=(Param("image", parse_types("Image")), Param("object", parse_types("Objects")),
+                Param("query", parse_types("Text")),
+                Param("category", parse_types("Text|None"), default=None)),
+        returns=parse_types("Objects"), fn=select,
+        doc="the objects of `object` that `query` names ('a,b' selects each); "
+            "`category` narrows them by label first",
+        version=VERSION, batch_fn=run_batch,
+        settings={"backend": backend, "checkpoints": checkpoints, "box_threshold": box_t,
+                  "text_threshold": text_t, "match_iou": match_iou})
