@@ -19,6 +19,7 @@ from visprog.registry import Tool
 PLAIN_MODULES = ["result", "eval_expr", "count", "crop", "colorpop", "bgblur", "emoji", "tag"]
 MODEL_MODULES: dict[str, str] = {  # canonical tool name -> module file (filled by the model tools)
     "Loc": "loc", "Select": "select_objects", "Classify": "classify", "Vqa": "vqa",
+    "FaceDet": "facedet", "Seg": "seg", "Replace": "replace", "List": "list_items",
 }
 
 

@@ -1,0 +1,231 @@
+"""FaceDet: the faces in an image (SPEC 4), as Objects labelled "face".
+
+Two backends, both small and able to run offline:
+
+- `yunet` (default): OpenCV's YuNet, a ~230 KB ONNX CNN run by `cv2.FaceDetectorYN`
+  (opencv-python-headless, in the `models` extra). It finds faces down to ~10 px, in profile
+  and partly hidden, gives a score and five landmarks per face, and takes milliseconds on a
+  CPU, so it suits a tool users run locally. Its model file is not inside the OpenCV wheel: it
+  is fetched once into visprog's cache folder (from the Hugging Face hub file `hub_repo` /
+  `hub_file`, else from `url`) and read from there afterwards, offline. Set `model` to a
+  local .onnx path to skip fetching.
+- `cascade`: the LBP frontal-face cascade that ships inside the scikit-image wheel, run by
+  `skimage.feature.Cascade`. Nothing to download, so the `tiny` preset and the tests use it;
+  it finds upright frontal faces only, has no score, and makes more false detections.
+  (OpenCV 5 no longer ships its Haar cascades, hence scikit-image's.)
+
+Both run on a copy scaled down to at most `max_side` pixels (boxes are scaled back to
+original pixels): detection time grows with the pixel count and faces stay findable.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visprog.registry import Tool, tool
+from visprog.tools.models import ModelLoadError, cache_dir, manager_of
+from visprog.values import Objects, Region, load_image
+
+VERSION = "1"
+
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "yunet": {
+        "model": "",  # a local .onnx path; empty: fetched once into the cache folder
+        "hub_repo": "opencv/face_detection_yunet",
+        "hub_file": YUNET_FILE,
+        "url": ("https://github.com/opencv/opencv_zoo/raw/main/models/"
+                f"face_detection_yunet/{YUNET_FILE}"),
+        "score_threshold": 0.7,
+        "nms_threshold": 0.3,
+        "top_k": 5000,
+        "max_side": 1280,
+    },
+    "cascade": {
+        "cascade": "",  # an OpenCV cascade XML; empty: scikit-image's LBP frontal face one
+        "scale_factor": 1.2,
+        "step_ratio": 1.0,
+        "min_size": 24,
+        "min_neighbors": 4,
+        "max_side": 512,
+    },
+}
+
+
+def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
+    """The backend's defaults with the given settings over them."""
+    backend = settings.get("backend", "yunet")
+    if backend not in DEFAULTS:
+        raise ValueError(f"FaceDet: unknown backend {backend!r}; backends are "
+                         f"{', '.join(DEFAULTS)}")
+    return {"backend": backend, **DEFAULTS[backend], **settings}
+
+
+# -- finding the model files ------------------------------------------------------------------
+
+def yunet_model_path(s: dict[str, Any]) -> str:
+    """The YuNet .onnx file: the configured path, the cached copy, or a fresh download.
+
+    Raises:
+        ModelLoadError: no local file and it could not be fetched; says where to put it.
+    """
+    if s["model"]:
+        path = Path(s["model"]).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"FaceDet: the YuNet model file {str(path)!r} (setting "
+                                 f"[FaceDet] model) does not exist", str(path))
+        return str(path)
+    target = cache_dir() / "models" / s["hub_file"]
+    if target.is_file():
+        return str(target)
+    errors = []
+    try:  # the hub's own cache, honouring HF_HUB_OFFLINE
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(s["hub_repo"], s["hub_file"])
+    except Exception as e:  # not installed, offline, not cached, no network
+        errors.append(f"hub {s['hub_repo']}/{s['hub_file']}: {type(e).__name__}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if s["url"] and not offline:
+        try:
+            _download(s["url"], target)
+            return str(target)
+        except Exception as e:
+            errors.append(f"{s['url']}: {type(e).__name__}: {e}")
+    raise ModelLoadError(
+        f"FaceDet: the YuNet face detector model {s['hub_file']!r} is not on this machine and "
+        f"could not be fetched ({'; '.join(errors) or 'offline'}).\n  how to fix: download it "
+        f"once from {s['url'] or 'the OpenCV model zoo'} and put it at {target}, or set "
+        f"[FaceDet] model = \"/path/to/{s['hub_file']}\" in your config, or use "
+        f"[FaceDet] backend = \"cascade\" (ships with scikit-image, no download)",
+        s["hub_file"])
+
+
+def _download(url: str, target: Path) -> None:
+    """Fetch `url` into `target` atomically (a half-written file is never left there)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            tmp.write_bytes(r.read())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cascade_path(s: dict[str, Any]) -> str:
+    if s["cascade"]:
+        return str(Path(s["cascade"]).expanduser())
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise ModelLoadError("FaceDet: backend 'cascade' needs scikit-image "
+                             "(pip install scikit-image)", "cascade") from e
+    return data.lbp_frontal_face_cascade_filename()
+
+
+# -- loaders (bundles the model manager keeps) ------------------------------------------------
+
+def load_yunet(path: str, device: str, dtype: Any) -> dict[str, Any]:
+    import cv2
+
+    # input size and thresholds are set before each detect
+    det = cv2.FaceDetectorYN.create(path, "", (320, 320))
+    return {"detector": det, "lock": threading.Lock()}
+
+
+def load_cascade(path: str, device: str, dtype: Any) -> dict[str, Any]:
+    from skimage.feature import Cascade
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no cascade file at {path}")
+    return {"detector": Cascade(path), "lock": threading.Lock()}
+
+
+# -- detection --------------------------------------------------------------------------------
+
+def _scaled(image: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+    """The image as an RGB array at most `max_side` long, and the scale used."""
+    w, h = image.size
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                             Image.BILINEAR)
+    return np.asarray(image), scale
+
+
+def detect_yunet(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) -> Objects:
+    rgb, scale = _scaled(image, s["max_side"])
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    with bundle["lock"]:  # the detector keeps the input size as state
+        det = bundle["detector"]  # shared by tools with other thresholds: set them each call
+        det.setScoreThreshold(float(s["score_threshold"]))
+        det.setNMSThreshold(float(s["nms_threshold"]))
+        det.setTopK(int(s["top_k"]))
+        det.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = det.detect(bgr)
+    regions = []
+    for f in ([] if faces is None else faces):
+        x, y, w, h = (float(v) / scale for v in f[:4])
+        landmarks = tuple((float(f[4 + 2 * i]) / scale, float(f[5 + 2 * i]) / scale)
+                          for i in range(5))
+        regions.append(Region(box=(x, y, x + w, y + h), label="face", score=float(f[14]),
+                              extra={"landmarks": landmarks}))
+    regions.sort(key=lambda r: -(r.score or 0.0))
+    return Objects(tuple(regions), image.size)
+
+
+def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) -> Objects:
+    rgb, scale = _scaled(image, s["max_side"])
+    h, w = rgb.shape[:2]
+    size = int(s["min_size"])
+    if min(w, h) < size:  # no window fits
+        return Objects.empty(image.size)
+    with bundle["lock"]:
+        found = bundle["detector"].detect_multi_scale(
+            img=rgb, scale_factor=float(s["scale_factor"]), step_ratio=float(s["step_ratio"]),
+            min_size=(size, size), max_size=(h, w),
+            min_neighbor_number=int(s["min_neighbors"]))
+    boxes = [(d["c"] / scale, d["r"] / scale, (d["c"] + d["width"]) / scale,
+              (d["r"] + d["height"]) / scale) for d in found]
+    boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))  # no score: larger first
+    return Objects.from_boxes(boxes, image.size, labels=["face"] * len(boxes))
+
+
+def build(settings: dict[str, Any], ctx: Any) -> Tool:
+    """The FaceDet tool for these settings (see DEFAULTS)."""
+    s = settings_for(settings)
+    manager = manager_of(ctx)
+
+    def bundle() -> dict[str, Any]:
+        if s["backend"] == "yunet":
+            return manager.get("yunet", yunet_model_path(s), load_yunet)
+        return manager.get("face_cascade", cascade_path(s), load_cascade)
+
+    detect = detect_yunet if s["backend"] == "yunet" else detect_cascade
+
+    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
+        # OpenCV and scikit-image detect one image at a time; the batch is a loop.
+        b = bundle()
+        return [detect(_rgb(c["image"]), b, s) for c in calls]
+
+    @tool("FaceDet", params={"image": "Image"}, returns="Objects", version=VERSION,
+          settings=s)
+    def face_det(image: Image.Image) -> Objects:
+        """Finds the faces in the image."""
+        return run_batch([{"image": image}])[0]
+
+    return replace(face_det, batch_fn=run_batch)
+
+
+def _rgb(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        return image
+    return load_image(image)

@@ -1,0 +1,218 @@
+"""Replace: inpaints the objects with what a text prompt describes (SPEC 4).
+
+Stable Diffusion inpainting (diffusers `StableDiffusionInpaintPipeline`) on the union of the
+objects' masks (an object without a mask counts as its box):
+
+1. the mask is dilated by `mask_dilation` pixels, so the seam falls just outside the object
+   (objects' edges from segmentation are rarely exact and leftover rim pixels look bad);
+2. image and mask are resized to the model's working size: the longer side becomes
+   `resolution` (512 for SD 1.x/2.x inpainting, 64 for the tiny model), both sides rounded
+   to multiples of 8 (the VAE and the pipeline's check need it), aspect ratio kept;
+3. the pipeline inpaints there; the result is resized back to the original size and pasted
+   into the ORIGINAL image only inside the dilated mask, so every pixel outside it is
+   exactly the input's (the VAE round trip would otherwise change them all slightly).
+
+No objects, or objects with no area: the image comes back unchanged (a copy).
+
+`seed` (an int) makes results repeatable: each call draws its noise from a CPU
+`torch.Generator` seeded with it, so the same inputs give the same image on any device and in
+any batch. With `seed` unset the tool samples afresh each call and is not cacheable.
+
+Safety checker: the tiny preset has none. With a real checkpoint the checkpoint's own safety
+checker is loaded when it has one (SD 1.x inpainting does; it blacks out images it flags
+NSFW and diffusers logs a warning); `safety_checker = false` in the config drops it.
+"""
+from __future__ import annotations
+
+from dataclasses import replace as with_fields
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from visprog.registry import Tool, tool
+from visprog.tools.models import manager_of, register_tiny
+from visprog.values import Objects
+
+from .crop import check_objects_image
+
+VERSION = "1"
+
+DEFAULTS: dict[str, Any] = {
+    "checkpoint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    "steps": 30,
+    "guidance": 7.5,
+    "seed": 0,                # an int: repeatable and cacheable; "random": fresh each call
+    "resolution": 512,        # the working size's longer side
+    "mask_dilation": 4,       # pixels at the original size
+    "negative_prompt": "",
+    "strength": 1.0,
+    "safety_checker": True,
+}
+
+
+def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
+    s = {**DEFAULTS, **settings}
+    # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
+    if s["seed"] in ("", "random", False) or (isinstance(s["seed"], int) and s["seed"] < 0):
+        s["seed"] = None
+    if s["seed"] is not None and not isinstance(s["seed"], int):
+        raise ValueError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
+    if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
+        raise ValueError("Replace: resolution must be at least 8 and steps at least 1")
+    return s
+
+
+def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """(width, height) with the longer side `resolution`, both multiples of 8 (at least 8)."""
+    w, h = size
+    scale = resolution / max(w, h)
+    return (max(8, round(w * scale / 8) * 8), max(8, round(h * scale / 8) * 8))
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """The mask grown by `pixels` in every direction (a square max filter)."""
+    if pixels <= 0 or not mask.any():
+        return mask
+    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * pixels + 1))
+    return np.asarray(grown) > 0
+
+
+def load_inpaint(safety_checker: bool):
+    """A manager loader: (path, device, dtype) -> a StableDiffusionInpaintPipeline."""
+
+    def load(path: str, device: str, dtype: Any) -> Any:
+        import torch
+        from diffusers import StableDiffusionInpaintPipeline
+        from diffusers.pipelines import pipeline_utils
+
+        extra: dict[str, Any] = {} if safety_checker else {"safety_checker": None,
+                                                            "requires_safety_checker": False}
+        # newer diffusers take `dtype` and warn on `torch_dtype`; older ones know only the latter
+        key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+        extra[key] = dtype or torch.float32
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(path, **extra)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return load
+
+
+def _generators(seed: int | None, n: int) -> list[Any] | None:
+    import torch
+
+    if seed is None:
+        return None
+    return [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in range(n)]
+
+
+def inpaint(pipe: Any, jobs: list[dict[str, Any]], s: dict[str, Any]) -> list[Image.Image]:
+    """Inpaint jobs that share one working size, as one pipeline batch.
+
+    Each job has `image` (RGB, original size), `mask` (bool H x W, dilated) and `prompt`.
+    """
+    import torch
+
+    w, h = working_size(jobs[0]["image"].size, int(s["resolution"]))
+    images = [j["image"].resize((w, h), Image.LANCZOS) for j in jobs]
+    # a working pixel is repainted when any of the original pixels under it is
+    masks = [Image.fromarray(j["mask"].astype(np.uint8) * 255).resize((w, h), Image.BOX)
+             .point(lambda v: 255 if v > 0 else 0) for j in jobs]
+    with torch.inference_mode():
+        out = pipe(prompt=[j["prompt"] for j in jobs], image=images, mask_image=masks,
+                   height=h, width=w, num_inference_steps=int(s["steps"]),
+                   guidance_scale=float(s["guidance"]), strength=float(s["strength"]),
+                   negative_prompt=[s["negative_prompt"]] * len(jobs) if s["negative_prompt"]
+                   else None,
+                   generator=_generators(s["seed"], len(jobs)), output_type="pil")
+    results = []
+    for j, painted in zip(jobs, out.images):
+        back = np.asarray(painted.convert("RGB").resize(j["image"].size, Image.LANCZOS))
+        keep = np.asarray(j["image"])
+        results.append(Image.fromarray(np.where(j["mask"][:, :, None], back, keep)
+                                       .astype(np.uint8), mode="RGB"))
+    return results
+
+
+def build(settings: dict[str, Any], ctx: Any) -> Tool:
+    """The Replace tool for these settings (see DEFAULTS)."""
+    s = settings_for(settings)
+    manager = manager_of(ctx)
+    loader = load_inpaint(bool(s["safety_checker"]))
+    kind = "sd_inpaint" if s["safety_checker"] else "sd_inpaint_no_safety"
+
+    def run_batch(calls: list[dict[str, Any]]) -> list[Image.Image]:
+        out: list[Image.Image | None] = [None] * len(calls)
+        groups: dict[tuple[int, int], list[int]] = {}
+        jobs = []
+        for i, c in enumerate(calls):
+            image = check_objects_image(c["image"], c["object"], "Replace")
+            mask = dilate(c["object"].union_mask(), int(s["mask_dilation"])) \
+                if len(c["object"]) else np.zeros((image.height, image.width), bool)
+            if not isinstance(c["prompt"], str):
+                raise TypeError(f"Replace: prompt must be text, got {type(c['prompt']).__name__}")
+            jobs.append({"image": image, "mask": mask, "prompt": c["prompt"]})
+            if not mask.any():  # nothing to repaint
+                out[i] = image.copy()
+            else:
+                groups.setdefault(working_size(image.size, int(s["resolution"])), []).append(i)
+        if groups:
+            pipe = manager.get(kind, s["checkpoint"], loader)
+            for idx in groups.values():
+                for i, im in zip(idx, inpaint(pipe, [jobs[i] for i in idx], s)):
+                    out[i] = im
+        return out  # type: ignore[return-value]
+
+    @tool("Replace", params={"image": "Image", "object": "Objects", "prompt": "Text"},
+          returns="Image", version=VERSION, settings=s, cacheable=s["seed"] is not None)
+    def replace_objects(image: Image.Image, object: Objects, prompt: str  # noqa: A002
+                        ) -> Image.Image:
+        """Replaces the objects with what the prompt describes (inpainting)."""
+        return run_batch([{"image": image, "object": object, "prompt": prompt}])[0]
+
+    return with_fields(replace_objects, batch_fn=run_batch)
+
+
+# -- tiny offline checkpoint ------------------------------------------------------------------
+
+TINY_WORDS = ["a", "photo", "of", "red", "blue", "green", "car", "dog", "cat", "sky", "tree",
+              "with", "sunglasses", "hat", "flower"]
+
+
+def build_tiny_sd_inpaint(folder) -> None:
+    """A small random Stable Diffusion inpainting pipeline (UNet with 9 input channels, VAE,
+    CLIP text encoder with a hand-made BPE vocabulary, DDIM), no safety checker."""
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from visprog.tools.models import tiny_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer(TINY_WORDS)
+    tok.model_max_length = 77  # the pipeline pads prompts to this
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, eos_token_id=eot,
+        pad_token_id=eot, bos_token_id=eot - 1))
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=9, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=64)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+
+
+register_tiny("sd_inpaint", build_tiny_sd_inpaint)

@@ -1,0 +1,208 @@
+"""Seg: panoptic segmentation (SPEC 4) with Mask2Former (default) or MaskFormer.
+
+Every segment becomes one region with its mask (the image's H x W), its COCO panoptic label
+from the checkpoint's `id2label` and the box around its mask, best score first.
+
+How it works:
+- the processor resizes the image (shortest edge, size divisible by 32) and the model predicts
+  one mask and class per query; `post_process_panoptic_segmentation` turns them into a map of
+  segment ids at the requested size.
+- that map is made at the original size, so masks are in original pixels. For very large
+  images it is made at most `mask_max_side` pixels long and scaled up with nearest-neighbour,
+  because the post-processing holds one float mask per kept query at that size.
+- panoptic labels such as `sky-other-merged` are shortened to `sky` (`clean_labels`); the
+  checkpoint's own name stays in `region.extra["raw_label"]`.
+- batches: images of the same size run as one model batch. The post-processing maps the
+  model's whole (padded) input onto each target size, so images of different sizes padded
+  into one batch would get shifted masks; they run as separate batches instead.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visprog.registry import Tool, tool
+from visprog.tools.models import (manager_of, model_dtype, register_tiny,
+                                  to_model_inputs)
+from visprog.values import Objects, Region, load_image
+
+VERSION = "1"
+
+# backend -> (transformers model class, processor class, default checkpoint)
+BACKENDS = {
+    "mask2former": ("Mask2FormerForUniversalSegmentation", "Mask2FormerImageProcessor",
+                    "facebook/mask2former-swin-tiny-coco-panoptic"),
+    "maskformer": ("MaskFormerForInstanceSegmentation", "MaskFormerImageProcessor",
+                   "facebook/maskformer-swin-tiny-coco"),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "backend": "mask2former",
+    "threshold": 0.5,                    # a query's class score must reach this
+    "mask_threshold": 0.5,               # a mask pixel is on when its probability reaches this
+    "overlap_mask_area_threshold": 0.8,  # drop segments mostly covered by better ones
+    "clean_labels": True,
+    "mask_max_side": 2048,
+}
+
+
+def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
+    """The defaults, the given settings over them, and the backend's default checkpoint."""
+    s = {**DEFAULTS, **settings}
+    if s["backend"] not in BACKENDS:
+        raise ValueError(f"Seg: unknown backend {s['backend']!r}; "
+                         f"backends are {', '.join(BACKENDS)}")
+    checkpoints = s.pop("checkpoints", None) or {}
+    s.setdefault("checkpoint", checkpoints.get(s["backend"]) or BACKENDS[s["backend"]][2])
+    return s
+
+
+def clean_label(name: str) -> str:
+    """'sky-other-merged' -> 'sky', 'wall-brick' -> 'wall brick', 'person' -> 'person'."""
+    name = re.sub(r"-(merged|other|stuff)\b", "", name)
+    return name.replace("-", " ").replace("_", " ").strip()
+
+
+def load_segmenter(backend: str):
+    """A manager loader for `backend`: (path, device, dtype) -> (model, processor)."""
+
+    def load(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
+        import transformers
+
+        model_cls, proc_cls, _ = BACKENDS[backend]
+        model = getattr(transformers, model_cls).from_pretrained(path, dtype=dtype)
+        # AutoImageProcessor picks the PIL processor when torchvision is missing.
+        processor = transformers.AutoImageProcessor.from_pretrained(path)
+        return model.to(device).eval(), processor
+
+    return load
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The box (x1, y1, x2, y2) around a mask's on pixels, in pixel-edge coordinates."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def _post_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(height, width) to post-process at: the image's, scaled down past `max_side`."""
+    w, h = size
+    scale = min(1.0, max_side / max(w, h))
+    return (max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def _regions(result: dict[str, Any], size: tuple[int, int], id2label: dict[int, str],
+             clean: bool) -> Objects:
+    """Objects from one image's post-processed panoptic result."""
+    w, h = size
+    seg = result["segmentation"].cpu().numpy().astype(np.int32)
+    if seg.shape != (h, w):  # made smaller for a large image: scale the id map up
+        seg = np.asarray(Image.fromarray(seg, mode="I").resize((w, h), Image.NEAREST))
+    regions = []
+    for info in result["segments_info"]:
+        mask = seg == info["id"]
+        if not mask.any():
+            continue
+        raw = id2label.get(int(info["label_id"]), str(info["label_id"]))
+        regions.append(Region(box=mask_box(mask), mask=mask,
+                              label=clean_label(raw) if clean else raw,
+                              score=float(info["score"]),
+                              extra={"raw_label": raw, "label_id": int(info["label_id"])}))
+    regions.sort(key=lambda r: -(r.score or 0.0))
+    return Objects(tuple(regions), (w, h))
+
+
+def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any]
+            ) -> list[Objects]:
+    """Panoptic segmentation of images of one size, as one model batch."""
+    import torch
+
+    model, processor = bundle
+    inputs = processor(images=images, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
+        # post-processing in float32: fp16 sigmoid/interpolation loses small masks
+        out.class_queries_logits = out.class_queries_logits.float()
+        out.masks_queries_logits = out.masks_queries_logits.float()
+        results = processor.post_process_panoptic_segmentation(
+            out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
+            overlap_mask_area_threshold=s["overlap_mask_area_threshold"],
+            label_ids_to_fuse=set(),
+            target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in images])
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    return [_regions(r, im.size, id2label, s["clean_labels"]) for r, im in zip(results, images)]
+
+
+def _rgb(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        return image
+    return load_image(image)
+
+
+def build(settings: dict[str, Any], ctx: Any) -> Tool:
+    """The Seg tool for these settings (see DEFAULTS; `checkpoint` or `checkpoints`)."""
+    s = settings_for(settings)
+    manager = manager_of(ctx)
+    loader = load_segmenter(s["backend"])
+
+    def bundle() -> tuple[Any, Any]:
+        return manager.get(s["backend"], s["checkpoint"], loader)
+
+    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
+        images = [_rgb(c["image"]) for c in calls]
+        out: list[Objects | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.size, []).append(i)
+        model = bundle()
+        for idx in groups.values():
+            for i, objs in zip(idx, segment([images[i] for i in idx], model, s)):
+                out[i] = objs
+        return out  # type: ignore[return-value]
+
+    @tool("Seg", params={"image": "Image"}, returns="Objects", version=VERSION, settings=s)
+    def seg(image: Image.Image) -> Objects:
+        """Panoptic segmentation: every thing and stuff region, with masks and labels."""
+        return run_batch([{"image": image}])[0]
+
+    return replace(seg, batch_fn=run_batch)
+
+
+# -- tiny offline checkpoint ------------------------------------------------------------------
+
+TINY_LABELS = ["person", "car", "dog", "sky-other-merged", "grass-merged", "wall-brick"]
+
+
+def build_tiny_mask2former(folder) -> None:
+    """A small random Mask2Former (tiny Swin backbone) with a few COCO panoptic names."""
+    import torch
+    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
+                              SwinConfig)
+    from transformers.models.mask2former.image_processing_pil_mask2former import (
+        Mask2FormerImageProcessorPil)
+
+    torch.manual_seed(0)
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    id2label = dict(enumerate(TINY_LABELS))
+    cfg = Mask2FormerConfig(
+        backbone_config=swin, use_timm_backbone=False, use_pretrained_backbone=False,
+        feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
+        dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+        num_queries=10, num_labels=len(id2label), id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        # a wide init: with the usual 0.02 every random mask is ~0.5 everywhere and the
+        # panoptic post-processing keeps no segment, so no code path past it would run
+        init_std=1.0)
+    Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(folder)
+    # a small working size keeps the tiny model fast
+    Mask2FormerImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 256}
+                                 ).save_pretrained(folder)
+
+
+register_tiny("mask2former", build_tiny_mask2former, version="2")
