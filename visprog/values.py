@@ -204,8 +204,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         arr = np.asarray(im, dtype=np.float64)
         hi = arr.max() if arr.size else 0.0
         lo = arr.min() if arr.size else 0.0
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        arr8 = ((arr - lo) * scale).clip(0, 255).astype(np.uint8)
+        if im.mode.startswith("I") and lo >= 0 and hi <= 65535:
+            # 16-bit data (I;16, or I holding 16-bit values): a fixed scale, so a grey stays
+            # that grey (a min-max stretch would turn a flat image black).
+            arr8 = np.rint(arr / 257.0).astype(np.uint8)
+        else:
+            scale = 255.0 / (hi - lo) if hi > lo else 0.0
+            arr8 = ((arr - lo) * scale).clip(0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
