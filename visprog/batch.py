@@ -485,3 +485,76 @@ def _runner_for(vp: Any, batch_size: Any) -> BatchRunner:
     runner = runners[key]
     runner.registry, runner.cache = vp.registry, vp.cache  # follow a vp that swapped them
     return runner
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def batch_size_arg(text: str) -> int | str:
+    """argparse type of --batch-size: "auto" or a positive int."""
+    import argparse
+
+    if text == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return value
+
+
+def add_batch_arguments(p: Any) -> None:
+    """The flags of `visprog batch` (the engine flags are added by the CLI)."""
+    p.add_argument("items", help="JSONL, one item a line: {id, program or program_file, "
+                                 "image | left and right, inputs}")
+    p.add_argument("--out", help="results JSONL (default: standard output)")
+    p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
+    p.add_argument("--batch-size", type=batch_size_arg, default=AUTO,
+                   help="calls per batched module call, or auto (default: by device)")
+
+
+def cmd_batch(args: Any, vp: Any) -> int:
+    """`visprog batch`: run every item of a JSONL file; one result line per item. Returns
+    the number of items that failed."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from .answers import show
+    from .datasets import DatasetError, _json_lines
+
+    base = Path(args.items).parent
+    items = []
+    for lineno, row in _json_lines(Path(args.items)):
+        row = dict(row)
+        if "program_file" in row:
+            row["program"] = (base / row.pop("program_file")).read_text(encoding="utf-8")
+        if "program" not in row:
+            raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
+        for key in ("image", "left", "right"):
+            if isinstance(row.get(key), str):
+                row[key] = str(base / row[key])
+        row.setdefault("id", lineno)
+        items.append(BatchItem(**{k: row.get(k) for k in
+                                  ("program", "image", "left", "right", "inputs", "id")}))
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    failed = 0
+    try:
+        for res in vp.run_batch(items, batch_size=args.batch_size, use_cache=not args.no_cache):
+            failed += not res.ok
+            if args.traces and res.trace is not None:
+                Path(args.traces).mkdir(parents=True, exist_ok=True)
+                res.trace.save_json(Path(args.traces) / f"{res.id}.json")
+            value = res.value
+            if hasattr(value, "to_list"):
+                value = value.to_list()
+            elif not isinstance(value, (str, int, float, bool, list, type(None))):
+                value = show(value)
+            out.write(json.dumps({"id": res.id, "ok": res.ok, "value": value,
+                                  "error": None if res.ok else str(res.error)},
+                                 ensure_ascii=False, default=str) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return failed
