@@ -165,6 +165,20 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import cmd_eval as run_eval
+
+    run_eval(args, _engine(args))
+    return EXIT_OK
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import cmd_batch as run_batch
+
+    failed = run_batch(args, _engine(args))
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visprog", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -197,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file")
     t.add_argument("--html", help="also render it as an HTML page")
     t.set_defaults(func=cmd_trace_show)
+
+    from .batch import add_batch_arguments
+    from .evaluate import add_eval_arguments
+
+    p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
+    add_eval_arguments(p)
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("batch", help="run many programs together (model calls batched)")
+    add_batch_arguments(p)
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("tools", help="list the modules and their signatures")
     _add_engine_flags(p)
