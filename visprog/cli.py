@@ -179,6 +179,26 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    # The demo lives in demos/app.py (gradio is the `demo` extra), imported only here.
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
+    from importlib import import_module
+
+    try:
+        app = import_module("visprog.demos.app")  # when packaged under visprog
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parent.parent  # a source checkout
+        if not (root / "demos" / "app.py").exists():
+            raise UsageError("demos/app.py not found; run from a source checkout") from None
+        sys.path.insert(0, str(root))
+        from demos import app
+    app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visprog", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -224,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(p)
     _add_engine_flags(p)
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("demo", help="start the web demo (needs the demo extra: gradio)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 serves other machines)")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("tools", help="list the modules and their signatures")
     _add_engine_flags(p)
