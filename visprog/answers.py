@@ -28,9 +28,9 @@ NUMBER_WORDS = {
 ARTICLES = {"a", "an", "the"}
 BOOL_WORDS = {"true": "yes", "false": "no"}
 
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
 _POINT = "\u2024"  # stands in for a decimal point while punctuation is removed
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_PUNCTUATION = re.compile(r"[^\w\s\u2024]|_")
 
 
 def normalize(answer: Any) -> str:
