@@ -44,6 +44,12 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _diagnostic_line(file: str, d: Any) -> str:
+    """`FILE:LINE:COL: message (hint: ...)`, the form editors and terminals link to."""
+    hint = f" (hint: {d.hint})" if d.hint else ""
+    return f"{file or '<program>'}:{d.line}:{d.column}: {d.message}{hint}"
+
+
 def _show_value(value: Any) -> str:
     from .values import Objects
 
@@ -98,7 +104,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = vp.check(text, inputs)
     if problems:
         for d in problems:
-            print(f"{args.file}:{d}", file=sys.stderr)
+            print(_diagnostic_line(args.file, d), file=sys.stderr)
         return EXIT_ERROR
     print(f"ok: {len(vp.parse(text))} steps")
     return EXIT_OK
@@ -270,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         for d in e.diagnostics:
-            print(f"{getattr(args, 'file', '')}:{d}", file=sys.stderr)
+            print(_diagnostic_line(getattr(args, "file", ""), d), file=sys.stderr)
         return EXIT_ERROR
     except VisProgError as e:
         if args.debug:
