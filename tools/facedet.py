@@ -86,13 +86,14 @@ def yunet_model_path(s: dict[str, Any]) -> str:
     if target.is_file():
         return str(target)
     errors = []
-    try:  # the hub's own cache, honouring HF_HUB_OFFLINE
+    # read here, not from huggingface_hub's constants, which are fixed when it is imported
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:  # the hub's own cache (a download when online)
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(s["hub_repo"], s["hub_file"])
+        return hf_hub_download(s["hub_repo"], s["hub_file"], local_files_only=offline)
     except Exception as e:  # not installed, offline, not cached, no network
         errors.append(f"hub {s['hub_repo']}/{s['hub_file']}: {type(e).__name__}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if s["url"] and not offline:
         try:
             _download(s["url"], target)
