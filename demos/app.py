@@ -1,0 +1,542 @@
+"""The visprog web demo: ask a question, see the program, run it, read its trace.
+
+The logic lives in plain functions that know nothing of Gradio (`run_program`,
+`plan_program`, `diagnostics_html`, `trace_view_html`, ...), so they are unit-tested without a
+browser; `build_app(vp)` only wires them to widgets, and `launch(...)` starts a server.
+
+    python -m demos.app --preset tiny        # or: visprog demo --preset tiny
+
+Every piece of text that came from a user or a model is HTML-escaped before it reaches the
+page. The trace is shown in a sandboxed iframe (no scripts) holding the same self-contained
+page that "Download trace (HTML)" gives, so what you see is what you download.
+"""
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from visprog.errors import ImageError, ProgramError, StepError, VisProgError
+from visprog.trace import StepRecord, Trace
+from visprog.values import Objects, load_image
+
+# -- limits (what one demo request may ask for) ---------------------------------------------
+MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo; larger uploads are refused with a message
+MAX_UPLOAD_SIZE = "25mb"  # Gradio refuses bigger files before they reach us
+MAX_PROGRAM_CHARS = 4_000
+MAX_PROGRAM_LINES = 60
+MAX_QUESTION_CHARS = 500
+KEEP_RUNS = 20  # per-run download folders kept on disk; older ones are deleted
+
+# task -> the input variables its programs read (SPEC 6)
+TASKS: dict[str, tuple[str, ...]] = {
+    "gqa": ("IMAGE",),
+    "nlvr": ("LEFT", "RIGHT"),
+    "imgedit": ("IMAGE",),
+    "knowtag": ("IMAGE",),
+}
+TASK_HELP = {
+    "gqa": "a question about the image, e.g. 'Is there a red ball left of the box?'",
+    "nlvr": "a statement about a LEFT/RIGHT pair, e.g. 'There are more circles on the left.'",
+    "imgedit": "an editing instruction, e.g. 'Blur the background behind the ball.'",
+    "knowtag": "a tagging instruction needing knowledge, e.g. 'Tag the planets.'",
+}
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+NO_LLM_MESSAGE = ("Planning needs an LLM: set OPENAI_API_KEY (and OPENAI_BASE_URL for a "
+                  "compatible server) before starting the demo. You can still write a program "
+                  "in the code box, or click an example, and press Run.")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# -- results --------------------------------------------------------------------------------
+@dataclass
+class RunOutput:
+    """What one press of "Run" shows.
+
+    Attributes:
+        ok: the program ran to the end.
+        result_text: the result as text ("" when there is none).
+        result_image: the result when it is an image, else None.
+        trace_html: the trace view (an iframe holding the trace page), or "".
+        files: downloads (trace as HTML and JSON) as paths.
+        message: a status or error box, HTML (escaped).
+        trace: the trace itself, when there is one.
+    """
+
+    ok: bool
+    result_text: str = ""
+    result_image: Image.Image | None = None
+    trace_html: str = ""
+    files: list[str] = field(default_factory=list)
+    message: str = ""
+    trace: Trace | None = None
+
+
+def format_result(value: Any, task: str = "gqa") -> str:
+    """A program's value as text. Booleans read yes/no for GQA and True/False for NLVR
+    (SPEC 3: the caller decides)."""
+    if isinstance(value, (bool, np.bool_)):
+        if task == "nlvr":
+            return str(bool(value))
+        return "yes" if value else "no"
+    if isinstance(value, Image.Image):
+        return f"an image, {value.width}x{value.height} (shown below)"
+    if isinstance(value, Objects):
+        labels = ", ".join(str(l) for l in value.labels if l) or "no labels"
+        return f"{len(value)} object{'s' if len(value) != 1 else ''} ({labels})"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def message_box(kind: str, title: str, body_html: str = "") -> str:
+    """A status box. `title` is escaped here; `body_html` must be escaped by the caller."""
+    body = f'<div class="vp-body">{body_html}</div>' if body_html else ""
+    return (f'<div class="vp-msg vp-{kind}" role="status"><b>{_esc(title)}</b>{body}</div>')
+
+
+def diagnostics_html(program: str, diagnostics: Sequence[Any]) -> str:
+    """The program with its numbered lines; each bad line highlighted and followed by its
+    problems (a caret at the column, the message, the hint)."""
+    by_line: dict[int, list[Any]] = {}
+    for d in diagnostics:
+        by_line.setdefault(int(d.line), []).append(d)
+    lines = program.splitlines() or [""]
+    rows = []
+    for n, text in enumerate(lines, start=1):
+        bad = n in by_line
+        cls = "vp-line vp-bad" if bad else "vp-line"
+        rows.append(f'<div class="{cls}"><span class="vp-ln">{n}</span>{_esc(text)}</div>')
+        for d in by_line.get(n, []):
+            rows.append(_diag_row(d))
+    # problems whose line is outside the text (e.g. "empty program") still show
+    for d in (d for ln, ds in sorted(by_line.items()) if ln < 1 or ln > len(lines) for d in ds):
+        rows.append(_diag_row(d))
+    return f'<div class="vp-src">{"".join(rows)}</div>'
+
+
+def _diag_row(d: Any) -> str:
+    col = max(int(getattr(d, "column", 1) or 1), 1)
+    hint = f'<div class="vp-hint">hint: {_esc(d.hint)}</div>' if getattr(d, "hint", "") else ""
+    return (f'<div class="vp-diag"><span class="vp-ln"></span><span class="vp-caret">'
+            f'{"&nbsp;" * (col - 1)}^</span> line {int(d.line)}, column {col}: '
+            f'{_esc(d.message)}{hint}</div>')
+
+
+def trace_view_html(trace: Trace, height: int = 900) -> str:
+    """The trace page inside a sandboxed iframe (no scripts can run in it).
+
+    The page is put in `srcdoc`, so it is escaped once more for the attribute; braces are
+    written as entities because Gradio's HTML component treats its value as a template.
+    """
+    doc = html.escape(trace.to_html(), quote=True)
+    doc = doc.replace("{", "&#123;").replace("}", "&#125;").replace("$", "&#36;")
+    return (f'<iframe class="vp-trace" title="visprog trace" sandbox="allow-same-origin" '
+            f'style="width:100%;height:{int(height)}px;border:1px solid #ddd;border-radius:8px;'
+            f'resize:vertical" srcdoc="{doc}"></iframe>')
+
+
+# -- limits ---------------------------------------------------------------------------------
+def program_problem(program: str) -> str | None:
+    """Why a program text is refused before parsing (empty, too long), or None."""
+    if not program or not program.strip():
+        return "The program is empty: click Plan, pick an example, or write one (one step a line)."
+    if len(program) > MAX_PROGRAM_CHARS:
+        return (f"The program is {len(program):,} characters; the demo runs programs of up to "
+                f"{MAX_PROGRAM_CHARS:,}.")
+    n = len(program.splitlines())
+    if n > MAX_PROGRAM_LINES:
+        return f"The program has {n} lines; the demo runs programs of up to {MAX_PROGRAM_LINES}."
+    return None
+
+
+def read_inputs(image: Any, left: Any, right: Any,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Image.Image]:
+    """The uploaded images as input variables, each checked against the pixel limit.
+
+    Raises:
+        ImageError: an upload is not an image or is too large (message names which one).
+    """
+    bound = {}
+    for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
+        if value is None:
+            continue
+        try:
+            bound[name] = load_image(value, max_pixels=max_pixels)
+        except ImageError as e:
+            raise ImageError(f"the {name} image: {e}") from e
+    return bound
+
+
+def _missing_inputs_hint(program: str, bound: dict[str, Any]) -> str:
+    wanted = [n for n in ("IMAGE", "LEFT", "RIGHT") if n in program and n not in bound]
+    if not wanted:
+        return ""
+    return ("This program reads " + ", ".join(wanted) + ": upload "
+            + ("a LEFT/RIGHT pair (task nlvr)" if "LEFT" in wanted or "RIGHT" in wanted
+               else "an image") + ".")
+
+
+# -- run ------------------------------------------------------------------------------------
+class RunFolders:
+    """Per-run folders for downloads, under one base folder; only the newest `keep` stay."""
+
+    def __init__(self, base: str | Path | None = None, keep: int = KEEP_RUNS):
+        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="visprog-demo-"))
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def new(self) -> Path:
+        with self._lock:
+            self._count += 1
+            folder = self.base / f"run{self._count:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            runs = sorted(p for p in self.base.iterdir() if p.is_dir() and p.name.startswith("run"))
+            for old in runs[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            return folder
+
+
+def save_downloads(trace: Trace, folder: Path) -> list[str]:
+    """The trace as one HTML page and one JSON file (images inline), for download."""
+    page = trace.save_html(folder / "visprog_trace.html")
+    data = trace.save_json(folder / "visprog_trace.json", inline=True)
+    return [str(page), str(data)]
+
+
+def run_program(vp: Any, program: str, image: Any = None, left: Any = None, right: Any = None,
+                *, task: str = "gqa", folders: RunFolders | None = None,
+                on_step: Callable[[StepRecord], None] | None = None,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> RunOutput:
+    """Run a (possibly hand-edited) program on the uploaded images; never raises for bad
+    input: every failure comes back as a message.
+
+    Args:
+        vp: a `visprog.api.VisProg`.
+        program: the program text.
+        image, left, right: uploads (paths, PIL images, arrays or None).
+        task: decides how a yes/no result is printed.
+        folders: where the downloads go (a fresh temporary base when None).
+        on_step: called with each finished step (progress display).
+        max_pixels: input images over this are refused.
+    """
+    program = program or ""
+    problem = program_problem(program)
+    if problem:
+        return RunOutput(False, message=message_box("error", problem))
+    try:
+        bound = read_inputs(image, left, right, max_pixels)
+    except ImageError as e:
+        return RunOutput(False, message=message_box("error", "Can't use the uploaded image",
+                                                    _esc(e)))
+    if not bound:
+        return RunOutput(False, message=message_box(
+            "error", "Upload an image first (or a LEFT/RIGHT pair for nlvr), or click an example."))
+    folders = folders or RunFolders()
+    try:
+        out = vp.execute(program, inputs=bound, on_step=on_step)
+    except ProgramError as e:
+        n = len(e.diagnostics)
+        first = e.diagnostics[0] if e.diagnostics else None
+        kind = "does not parse" if type(e).__name__ == "ParseError" else "does not check"
+        title = (f"The program {kind}: {n} problem{'s' if n != 1 else ''}"
+                 + (f", first on line {first.line}" if first else ""))
+        hint = _missing_inputs_hint(program, bound)
+        body = diagnostics_html(program, e.diagnostics)
+        if hint:
+            body += f'<div class="vp-hint">{_esc(hint)}</div>'
+        return RunOutput(False, message=message_box("error", title, body))
+    except StepError as e:
+        trace = e.trace
+        files = save_downloads(trace, folders.new()) if trace is not None else []
+        what = f"{e.target}={e.module}(...)" if e.module else e.target
+        cause = str(e.cause) if e.cause is not None else str(e)
+        title = f"Step {e.index + 1} failed (line {e.line}, {what})"
+        body = (f'<div class="vp-err">{_esc(cause)}</div><div>The trace below shows the steps '
+                f'up to the failed one.</div>')
+        return RunOutput(False, message=message_box("error", title, body), files=files,
+                         trace_html=trace_view_html(trace) if trace is not None else "",
+                         trace=trace)
+    except VisProgError as e:
+        return RunOutput(False, message=message_box("error", "The run stopped", _esc(e)))
+    except Exception as e:  # a bug must not take the page down; say what happened
+        return RunOutput(False, message=message_box(
+            "error", "Internal error (please report it)", _esc(f"{type(e).__name__}: {e}")))
+    trace = out.trace
+    files = save_downloads(trace, folders.new())
+    value = out.value
+    n = len(trace)
+    hits = sum(1 for s in trace if s.cached)
+    title = (f"Ran {n} step{'s' if n != 1 else ''} in {trace.duration:.2f} s"
+             + (f" ({hits} from the cache)" if hits else ""))
+    return RunOutput(True, result_text=format_result(value, task),
+                     result_image=value if isinstance(value, Image.Image) else None,
+                     trace_html=trace_view_html(trace), files=files,
+                     message=message_box("ok", title), trace=trace)
+
+
+# -- plan -----------------------------------------------------------------------------------
+def plan_program(vp: Any, question: str, task: str) -> tuple[str | None, str]:
+    """Ask the planner for a program.
+
+    Returns:
+        (program text or None, status message HTML). With no LLM configured the message says
+        so and how to go on by hand.
+    """
+    question = (question or "").strip()
+    if task not in TASKS:
+        return None, message_box("error", f"Unknown task {task!r}; pick one of {', '.join(TASKS)}.")
+    if not question:
+        return None, message_box("error", f"Type {TASK_HELP[task]}")
+    if len(question) > MAX_QUESTION_CHARS:
+        return None, message_box("error", f"The question is {len(question)} characters; "
+                                          f"the demo takes up to {MAX_QUESTION_CHARS}.")
+    plan = getattr(vp, "plan", None)
+    if plan is None:
+        return None, message_box("warn", "This visprog has no planner.", _esc(NO_LLM_MESSAGE))
+    try:
+        result = plan(question, task=task)
+    except ProgramError as e:
+        return None, message_box("error", "The planner's program has errors",
+                                 "<br>".join(_esc(d) for d in e.diagnostics))
+    except VisProgError as e:
+        return None, message_box("warn", "Planning is not available", _esc(f"{e} ") + "<br>"
+                                 + _esc(NO_LLM_MESSAGE))
+    except Exception as e:  # network and client errors of the LLM backend
+        return None, message_box("error", "The planner failed",
+                                 _esc(f"{type(e).__name__}: {e}"))
+    text = getattr(result, "text", result)
+    return str(text), message_box("ok", "Planned. Edit the program if you like, then press Run.")
+
+
+# -- examples -------------------------------------------------------------------------------
+def _scene(size: tuple[int, int], shapes: Sequence[tuple[str, tuple[int, int, int, int],
+                                                         tuple[int, int, int]]],
+           sky: tuple[int, int, int] = (170, 210, 245),
+           ground: tuple[int, int, int] = (120, 170, 90)) -> Image.Image:
+    w, h = size
+    im = Image.new("RGB", size, sky)
+    d = ImageDraw.Draw(im)
+    d.rectangle((0, int(h * 0.62), w, h), fill=ground)
+    for kind, box, color in shapes:
+        if kind == "circle":
+            d.ellipse(box, fill=color, outline=(30, 30, 30), width=2)
+        else:
+            d.rectangle(box, fill=color, outline=(30, 30, 30), width=2)
+    return im
+
+
+def example_images(folder: str | Path = EXAMPLES_DIR) -> dict[str, Path]:
+    """Write the demo's example images into `folder` (when missing) and return their paths.
+
+    They are drawn here, so the repository ships no downloaded pictures: a park scene with a
+    ball, a box and the sun, and a LEFT/RIGHT pair with different numbers of balls.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = {
+        "park.png": _scene((320, 240), [
+            ("circle", (250, 20, 300, 70), (250, 210, 40)),      # sun
+            ("circle", (60, 140, 120, 200), (220, 40, 40)),       # red ball
+            ("rect", (180, 120, 270, 200), (60, 90, 200)),        # blue box
+        ]),
+        "pair_left.png": _scene((240, 180), [
+            ("circle", (20, 100, 60, 140), (220, 40, 40)),
+            ("circle", (90, 95, 140, 145), (240, 150, 30)),
+            ("circle", (170, 105, 205, 140), (140, 60, 190)),
+        ]),
+        "pair_right.png": _scene((240, 180), [
+            ("circle", (100, 95, 150, 145), (220, 40, 40)),
+        ], sky=(200, 200, 220)),
+    }
+    paths = {}
+    for name, im in specs.items():
+        path = folder / name
+        if not path.exists():
+            im.save(path, optimize=True)
+        paths[name] = path
+    return paths
+
+
+def example_rows(paths: dict[str, Path]) -> list[list[Any]]:
+    """Rows for gr.Examples: task, question, program, image, left, right. The programs use
+    only modules that run without a planner."""
+    park, left, right = (str(paths[n]) for n in ("park.png", "pair_left.png", "pair_right.png"))
+    return [
+        ["gqa", "Is there a ball?",
+         "BALL=Loc(image=IMAGE, object='ball')\nN=Count(box=BALL)\n"
+         "ANSWER=Eval(expr=\"'yes' if {N} > 0 else 'no'\")\nRESULT=Result(var=ANSWER)",
+         park, None, None],
+        ["imgedit", "Keep the left half in colour.",
+         "HALF=Loc(image=IMAGE, object='LEFT')\nIMAGE0=ColorPop(image=IMAGE, object=HALF)\n"
+         "RESULT=Result(var=IMAGE0)",
+         park, None, None],
+        ["knowtag", "Tag the bottom half.",
+         "PART=Loc(image=IMAGE, object='BOTTOM')\nIMAGE0=Tag(image=IMAGE, object=PART)\n"
+         "RESULT=Result(var=IMAGE0)",
+         park, None, None],
+        ["nlvr", "There are more balls on the left than on the right.",
+         "A=Loc(image=LEFT, object='ball')\nB=Loc(image=RIGHT, object='ball')\n"
+         "NA=Count(box=A)\nNB=Count(box=B)\nANSWER=Eval(expr='{NA} > {NB}')\n"
+         "RESULT=Result(var=ANSWER)",
+         None, left, right],
+    ]
+
+
+# -- UI -------------------------------------------------------------------------------------
+CSS = """
+.vp-msg{border-radius:6px;padding:.6em .8em;margin:.2em 0}
+.vp-ok{background:#d8f3dc;color:#1b4332}.vp-error{background:#f8d7da;color:#842029}
+.vp-warn{background:#fff3cd;color:#664d03}.vp-body{margin-top:.4em}
+.vp-src{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;background:#fff;
+ color:#1d1d1f;border:1px solid #ddd;border-radius:6px;padding:.4em 0;margin-top:.4em;
+ overflow-x:auto}
+.vp-line,.vp-diag{white-space:pre;padding:0 .6em}.vp-bad{background:#fde2e2}
+.vp-diag{color:#842029;white-space:pre-wrap}.vp-ln{display:inline-block;width:2.4em;
+ color:#999;text-align:right;margin-right:.8em}.vp-caret{color:#d9534f;font-weight:700}
+.vp-hint{color:#555;font-style:italic}.vp-err{white-space:pre-wrap;font-family:monospace}
+"""
+
+
+def build_app(vp: Any, *, folders: RunFolders | None = None,
+              examples_dir: str | Path | None = None) -> Any:
+    """The Gradio Blocks of the demo, around one `VisProg` engine."""
+    import gradio as gr
+
+    folders = folders or RunFolders()
+    paths = example_images(examples_dir or EXAMPLES_DIR)
+
+    def on_task(task: str):
+        pair = TASKS.get(task, ("IMAGE",)) == ("LEFT", "RIGHT")
+        return (gr.update(visible=not pair), gr.update(visible=pair),
+                gr.update(placeholder=TASK_HELP.get(task, "")))
+
+    def on_plan(question: str, task: str):
+        text, message = plan_program(vp, question, task)
+        return (gr.update() if text is None else text), message
+
+    def on_run(program: str, task: str, image: Any, left: Any, right: Any,
+               progress=gr.Progress()):
+        try:
+            total = len(vp.parse(program or "")) if not program_problem(program or "") else 0
+        except VisProgError:
+            total = 0  # the run reports the parse error itself
+
+        def on_step(rec: StepRecord) -> None:
+            if total:
+                progress((rec.index + 1, total), desc=f"step {rec.index + 1}/{total}: "
+                                                      f"{rec.source.strip()[:60]}")
+
+        if total:
+            progress((0, total), desc="starting")
+        out = run_program(vp, program, image, left, right, task=task, folders=folders,
+                          on_step=on_step)
+        return (out.message, out.result_text, out.result_image, out.trace_html,
+                out.files or None)
+
+    with gr.Blocks(title="visprog demo") as app:
+        gr.Markdown("## visprog: visual programs, step by step\n"
+                    "Upload an image (or a LEFT/RIGHT pair), ask a question, press **Plan** "
+                    "to get a program, edit it if you like, and press **Run**. "
+                    f"Engine preset: `{_esc(getattr(vp, 'preset', '?'))}`.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                task = gr.Radio(list(TASKS), value="gqa", label="Task", elem_id="task")
+                with gr.Group(visible=True) as single:
+                    image = gr.Image(type="filepath", image_mode=None, label="IMAGE",
+                                     sources=["upload", "clipboard"], elem_id="image-input",
+                                     height=280)
+                with gr.Row(visible=False) as pair:
+                    left = gr.Image(type="filepath", image_mode=None, label="LEFT",
+                                    sources=["upload", "clipboard"], elem_id="left-input",
+                                    height=200)
+                    right = gr.Image(type="filepath", image_mode=None, label="RIGHT",
+                                     sources=["upload", "clipboard"], elem_id="right-input",
+                                     height=200)
+                question = gr.Textbox(label="Question or instruction", lines=2,
+                                      placeholder=TASK_HELP["gqa"], elem_id="question",
+                                      max_length=MAX_QUESTION_CHARS)
+                plan_btn = gr.Button("Plan", elem_id="plan-btn")
+            with gr.Column(scale=1):
+                program = gr.Code(label="Program (editable)", language="python", lines=8,
+                                  interactive=True, elem_id="program")
+                run_btn = gr.Button("Run", variant="primary", elem_id="run-btn")
+                status = gr.HTML(elem_id="status")
+                result_text = gr.Textbox(label="Result", interactive=False, elem_id="result-text")
+                result_image = gr.Image(label="Result image", type="pil", interactive=False,
+                                        elem_id="result-image", height=280)
+        gr.Markdown("### Trace")
+        trace_view = gr.HTML(elem_id="trace-view")
+        downloads = gr.File(label="Download the trace (HTML, JSON)", file_count="multiple",
+                            interactive=False, elem_id="downloads")
+        gr.Examples(example_rows(paths), inputs=[task, question, program, image, left, right],
+                    label="Examples (click one, then Run)", elem_id="examples")
+
+        task.change(on_task, [task], [single, pair, question])
+        plan_btn.click(on_plan, [question, task], [program, status])
+        question.submit(on_plan, [question, task], [program, status])
+        run_btn.click(on_run, [program, task, image, left, right],
+                      [status, result_text, result_image, trace_view, downloads])
+    return app
+
+
+def launch(preset: str = "default", *, port: int | None = None, host: str = "127.0.0.1",
+           cache: bool = True, cache_dir: str | None = None, block: bool = True,
+           vp: Any = None, **launch_kwargs: Any) -> Any:
+    """Build the engine and start the demo server.
+
+    Args:
+        preset: the engine preset ("default" or "tiny").
+        port: the port (Gradio picks a free one from 7860 when None).
+        host: the address to listen on; "0.0.0.0" to serve other machines.
+        cache: use the step cache.
+        cache_dir: the on-disk cache folder.
+        block: keep serving until interrupted; False returns once the server is up.
+        vp: an engine to use instead of building one.
+
+    Returns:
+        The Gradio Blocks (call `.close()` to stop a non-blocking server).
+    """
+    import gradio as gr
+
+    from visprog.api import VisProg
+
+    vp = vp or VisProg(preset=preset, cache=cache, cache_dir=cache_dir)
+    app = build_app(vp)
+    app.queue(default_concurrency_limit=1)  # one engine, one run at a time
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
+               max_file_size=MAX_UPLOAD_SIZE, allowed_paths=[str(EXAMPLES_DIR)],
+               css=CSS, theme=gr.themes.Soft(), footer_links=[], quiet=not block)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m demos.app", description="the visprog web demo")
+    p.add_argument("--preset", default="default", help="default (real models) or tiny (offline)")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--no-cache", action="store_true")
+    args = p.parse_args(argv)
+    launch(args.preset, port=args.port, host=args.host, cache=not args.no_cache)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

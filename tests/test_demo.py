@@ -1,0 +1,236 @@
+"""The demo's logic without a browser: run, errors, limits, planning, examples, escaping."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demos import app as demo
+from visprog.api import VisProg
+from visprog.errors import Diagnostic, VisProgError
+from visprog.trace import Trace
+
+HALF_PROGRAM = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
+                "IMAGE0=ColorPop(image=IMAGE, object=HALF)\n"
+                "N=Count(box=HALF)\n"
+                "RESULT=Result(var=IMAGE0)")
+
+
+@pytest.fixture(scope="module")
+def vp():
+    return VisProg(preset="tiny", cache=False, plugins=False)
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    return demo.RunFolders(tmp_path / "runs")
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+
+
+def test_run_image_result_gives_trace_and_downloads(vp, folders, photo):
+    seen = []
+    out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders, on_step=seen.append)
+    assert out.ok, out.message
+    assert out.result_image is not None and out.result_image.size == (80, 60)
+    assert "image, 80x60" in out.result_text
+    assert [s.target for s in seen] == ["HALF", "IMAGE0", "N", "RESULT"]
+    assert "Ran 4 steps" in out.message and "vp-ok" in out.message
+    assert out.trace_html.startswith("<iframe") and 'sandbox="allow-same-origin"' in out.trace_html
+    html_path, json_path = out.files
+    assert html_path.endswith(".html") and "<img" in open(html_path, encoding="utf-8").read()
+    loaded = Trace.load_json(json_path)  # inline JSON: one file, loads back whole
+    assert [s.target for s in loaded] == ["HALF", "IMAGE0", "N", "RESULT"]
+    assert isinstance(loaded["IMAGE0"].output, Image.Image)
+
+
+@pytest.mark.parametrize("value,task,text", [
+    (True, "gqa", "yes"), (False, "gqa", "no"), (np.bool_(True), "gqa", "yes"),
+    (True, "nlvr", "True"), (False, "nlvr", "False"),
+    (3, "gqa", "3"), (0.125, "gqa", "0.125"), ("red", "gqa", "red"),
+    (["Mars", "Venus"], "knowtag", "Mars, Venus"), (None, "gqa", ""),
+])
+def test_format_result(value, task, text):
+    assert demo.format_result(value, task) == text
+
+
+def test_bool_result_reads_yes_no_for_gqa_and_true_false_for_nlvr(vp, folders, photo):
+    prog = "HALF=Loc(image=IMAGE, object='TOP')\nN=Count(box=HALF)\nA=Eval(expr='{N} == 1')"
+    assert demo.run_program(vp, prog, photo, folders=folders).result_text == "yes"
+    pair = prog.replace("IMAGE", "LEFT")
+    out = demo.run_program(vp, pair, left=photo, right=photo, task="nlvr", folders=folders)
+    assert out.ok and out.result_text == "True"
+
+
+@pytest.mark.parametrize("program,line,needle", [
+    ("HALF=Loc(image=IMAGE, object='LEFT')\nN=Count(box=HALF\n", 2, ""),   # unclosed paren
+    ("HALF=Loc(image=IMAGE, object='LEFT')\nX=Sgment(image=IMAGE)", 2, "Sgment"),
+    ("N=Count(box=NOPE)", 1, "NOPE"),
+])
+def test_program_errors_show_inline_with_line_numbers(vp, folders, photo, program, line, needle):
+    out = demo.run_program(vp, program, photo, folders=folders)
+    assert not out.ok and out.files == [] and out.trace_html == ""
+    assert "vp-error" in out.message
+    assert f"first on line {line}" in out.message
+    assert f"line {line}, column" in out.message
+    assert 'class="vp-line vp-bad"><span class="vp-ln">' + str(line) in out.message
+    assert needle in out.message
+
+
+def test_unknown_module_hint_is_shown(vp, folders, photo):
+    out = demo.run_program(vp, "X=Sgment(image=IMAGE)", photo, folders=folders)
+    assert "hint:" in out.message and "Seg" in out.message
+
+
+def test_program_reading_a_pair_without_one_says_what_to_upload(vp, folders, photo):
+    out = demo.run_program(vp, "A=Loc(image=LEFT, object='TOP')", photo, folders=folders)
+    assert not out.ok and "LEFT/RIGHT pair" in out.message
+
+
+def test_failing_step_names_it_and_keeps_the_trace_up_to_it(vp, folders, photo):
+    prog = ("HALF=Loc(image=IMAGE, object='LEFT')\nN=Count(box=HALF)\n"
+            "Z=Eval(expr='{N} / 0')\nRESULT=Result(var=Z)")
+    out = demo.run_program(vp, prog, photo, folders=folders)
+    assert not out.ok
+    assert "Step 3 failed (line 3, Z=Eval(...))" in out.message
+    assert [s.target for s in out.trace] == ["HALF", "N", "Z"]
+    assert out.trace[-1].error and out.trace_html.startswith("<iframe")
+    assert len(out.files) == 2 and all(f for f in out.files)
+    assert "Steps after the failed one did not run" in open(out.files[0], encoding="utf-8").read()
+
+
+@pytest.mark.parametrize("program,needle", [
+    ("", "empty"),
+    ("   \n\n", "empty"),
+    ("A=Eval(expr='1')\n" * (demo.MAX_PROGRAM_LINES + 1), f"up to {demo.MAX_PROGRAM_LINES}"),
+    ("A=Eval(expr='" + "1+" * demo.MAX_PROGRAM_CHARS + "1')", "characters"),
+])
+def test_program_limits(vp, folders, photo, program, needle):
+    out = demo.run_program(vp, program, photo, folders=folders)
+    assert not out.ok and needle in out.message
+
+
+def test_image_limits_and_bad_uploads(vp, folders, photo, tmp_path):
+    out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders, max_pixels=1000)
+    assert not out.ok and "IMAGE image" in out.message and "over the limit" in out.message
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    out = demo.run_program(vp, HALF_PROGRAM, str(fake), folders=folders)
+    assert not out.ok and "not an image" in out.message
+    out = demo.run_program(vp, HALF_PROGRAM, None, folders=folders)
+    assert not out.ok and "Upload an image first" in out.message
+
+
+def test_big_upload_is_refused_before_decoding(vp, folders, tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (5000, 4000)).save(path)  # 20 MP > 16 MP, tiny file
+    out = demo.run_program(vp, HALF_PROGRAM, str(path), folders=folders)
+    assert not out.ok and "20,000,000 pixels" in out.message
+
+
+def test_everything_from_users_and_models_is_escaped(vp, folders, photo):
+    prog = 'A=Eval(expr="\'<script>alert(1)</script>\'")\nB=Nope(x="<b>bold</b>")'
+    out = demo.run_program(vp, prog, photo, folders=folders)
+    assert "<script>" not in out.message and "<b>bold" not in out.message
+    assert "&lt;script&gt;" in out.message
+    ok = demo.run_program(vp, 'A=Eval(expr="\'<img src=x onerror=alert(1)>\'")', photo,
+                          folders=folders)
+    assert ok.ok and ok.result_text == "<img src=x onerror=alert(1)>"
+    # the iframe attribute holds the page escaped once more; no raw tag, no template braces
+    assert "<img src=x" not in ok.trace_html and "{" not in ok.trace_html
+    assert "&amp;lt;img src=x onerror" in ok.trace_html
+
+
+def test_diagnostics_outside_the_text_still_show():
+    d = [Diagnostic(line=0, column=0, text="", message="empty <program>", hint="write a step")]
+    out = demo.diagnostics_html("", d)
+    assert "empty &lt;program&gt;" in out and "hint: write a step" in out
+
+
+class _Planner:
+    """Stands in for `VisProg.plan` to test the demo's handling of its answers."""
+
+    def __init__(self, result=None, error=None):
+        self.result, self.error, self.calls = result, error, []
+
+    def plan(self, question, task="gqa"):
+        self.calls.append((question, task))
+        if self.error:
+            raise self.error
+        return self.result
+
+
+class _Plan:
+    text = "A=Eval(expr='1 + 1')"
+
+
+@pytest.mark.parametrize("vp_like,question,task,program,needle", [
+    (_Planner(_Plan()), "How many?", "gqa", _Plan.text, "Planned"),
+    (_Planner(error=VisProgError("no LLM configured")), "Q?", "gqa", None, "OPENAI_API_KEY"),
+    (_Planner(error=RuntimeError("connection refused")), "Q?", "gqa", None, "connection refused"),
+    (object(), "Q?", "gqa", None, "OPENAI_API_KEY"),
+    (_Planner(_Plan()), "  ", "gqa", None, "Type a question"),
+    (_Planner(_Plan()), "x" * (demo.MAX_QUESTION_CHARS + 1), "gqa", None, "characters"),
+    (_Planner(_Plan()), "Q?", "vqa2", None, "Unknown task"),
+])
+def test_plan_program(vp_like, question, task, program, needle):
+    text, message = demo.plan_program(vp_like, question, task)
+    assert text == program
+    assert needle in message
+
+
+def test_planning_without_llm_says_so(vp, monkeypatch):
+    if not hasattr(vp, "plan"):
+        pytest.skip("VisProg.plan is not there yet")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    text, message = demo.plan_program(vp, "Is there a ball?", "gqa")
+    assert text is None and "Planning is not available" in message
+
+
+def test_examples_are_drawn_and_their_programs_check(vp, tmp_path):
+    paths = demo.example_images(tmp_path / "ex")
+    assert set(paths) == {"park.png", "pair_left.png", "pair_right.png"}
+    assert Image.open(paths["park.png"]).size == (320, 240)
+    rows = demo.example_rows(paths)
+    assert {r[0] for r in rows} == set(demo.TASKS)
+    for task, question, program, image, left, right in rows:
+        inputs = {name: "Image" for name in demo.TASKS[task]}
+        assert vp.check(program, inputs) == [], (task, program)
+        assert (image is not None) == ("IMAGE" in inputs)
+        assert question and len(question) <= demo.MAX_QUESTION_CHARS
+
+
+def test_committed_examples_match_the_drawing_code(tmp_path):
+    fresh = demo.example_images(tmp_path)
+    for name, path in demo.example_images().items():
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(fresh[name])))
+
+
+def test_run_folders_keep_only_the_newest(tmp_path):
+    folders = demo.RunFolders(tmp_path, keep=2)
+    made = [folders.new() for _ in range(4)]
+    assert [p.exists() for p in made] == [False, False, True, True]
+
+
+def test_build_app_wires_the_widgets(vp, tmp_path):
+    pytest.importorskip("gradio")
+    app = demo.build_app(vp, folders=demo.RunFolders(tmp_path), examples_dir=tmp_path / "ex")
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"program", "run-btn", "plan-btn", "status", "trace-view", "downloads",
+            "image-input", "left-input", "right-input", "result-text"} <= ids
+    config = json.dumps(app.get_config_file(), default=str)
+    assert "Run" in config and "Plan" in config
+
+
+def test_cli_has_demo_subcommand():
+    from visprog.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--preset", "tiny", "--port", "7999"])
+    assert args.port == 7999 and args.host == "127.0.0.1" and args.func.__name__ == "cmd_demo"
