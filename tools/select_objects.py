@@ -5,17 +5,18 @@ those boxes into masks, and each grounded mask is matched to the candidates by m
 (a candidate without a mask counts as its filled box). For each query the candidates whose
 IoU reaches `match_iou` are selected, best match first; when none reaches it, the single
 best-overlapping candidate is taken (the grounder saw the thing but the two segmentations
-disagree), and when nothing overlaps at all the query selects nothing.
+disagree), and when nothing overlaps at all the query selects nothing. A candidate already
+selected by an earlier part of an 'a,b' query is not selected again.
 
 Backend "clip": each candidate's crop is scored by CLIP against each query and the best
-candidate per query is selected (no masks are made).
+candidate per query (not taken by an earlier part) is selected; no masks are made.
 
 Shared rules:
 - `category`, when given, narrows the candidates to those whose label names it (case and a
   plural 's' ignored; a word of a label like 'tree-merged' counts). If no candidate's label
   names it, all candidates are kept: labels from Seg (COCO names) often differ from the
   planner's words.
-- a query `'a,b'` selects each of a and b; a candidate selected twice is returned once.
+- a query `'a,b'` selects each of a and b, each part a different candidate.
 - selected regions keep their box, score and mask; a candidate without a mask gets SAM's
   mask. The label becomes the query part that selected it (the old one is kept in
   `extra["candidate_label"]`), with `extra["match_iou"]` or `extra["clip_score"]`.
@@ -144,16 +145,21 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def pick_by_iou(ious: np.ndarray, match_iou: float) -> list[tuple[int, int, float]]:
-    """From IoUs (grounded, candidates): (candidate, grounded, iou) selected, best first."""
+def pick_by_iou(ious: np.ndarray, match_iou: float,
+                taken: set[int] = frozenset()) -> list[tuple[int, int, float]]:
+    """From IoUs (grounded, candidates): (candidate, grounded, iou) selected, best first.
+
+    Candidates in `taken` (selected by an earlier query part) are skipped, so 'a,b' can
+    select a different candidate for b than for a.
+    """
     if ious.size == 0:
         return []
     best_g = ious.argmax(axis=0)                       # best grounded mask per candidate
     best = ious[best_g, np.arange(ious.shape[1])]
-    order = np.argsort(-best, kind="stable")
-    chosen = [int(c) for c in order if best[c] >= match_iou]
-    if not chosen and best[order[0]] > 0:
-        chosen = [int(order[0])]
+    order = [int(c) for c in np.argsort(-best, kind="stable") if int(c) not in taken]
+    chosen = [c for c in order if best[c] >= match_iou]
+    if not chosen and order and best[order[0]] > 0:
+        chosen = [order[0]]
     return [(c, int(best_g[c]), float(best[c])) for c in chosen]
 
 
@@ -210,10 +216,9 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
             for q, (b, _) in mine:
                 masks = all_masks[start:start + len(b)]
                 start += len(b)
-                for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), match_iou):
-                    if c not in taken:
-                        taken.add(c)
-                        regions.append(_selected(cands[c], q, masks[g], match_iou=iou))
+                for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), match_iou, taken):
+                    taken.add(c)
+                    regions.append(_selected(cands[c], q, masks[g], match_iou=iou))
             out.append(Objects(tuple(regions), image.size))
         return out
 
@@ -237,10 +242,11 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
             regions, taken = [], set()
             for q in qs:
                 scores = sub[:, col[f"a photo of {q}"]]
-                c = int(scores.argmax())
-                if c not in taken:
-                    taken.add(c)
-                    regions.append(_selected(cands[c], q, None, clip_score=float(scores[c])))
+                free = [int(c) for c in np.argsort(-scores, kind="stable") if int(c) not in taken]
+                if free:  # the best candidate no earlier query part took
+                    taken.add(free[0])
+                    regions.append(_selected(cands[free[0]], q, None,
+                                             clip_score=float(scores[free[0]])))
             out[j] = Objects(tuple(regions), image.size)
         return out
 
