@@ -162,14 +162,14 @@ def test_same_text_gives_equal_programs():
 
 ERROR_CASES = [
     # (id, program, line, column, message part, hint part)
-    ("missing close paren", "A=Foo(x=1", 1, 9, "end of program", "')'"),
+    ("missing close paren", "A=Foo(x=1", 1, 10, "end of program", "')'"),
     ("missing close paren mid-program", "A=Foo(x=1\nB=Bar(y=2)", 2, 1, "unexpected 'B'", "','"),
     ("missing comma", "A=Foo(x=1 y=2)", 1, 11, "unexpected 'y'", "separate arguments with ','"),
     ("unterminated single quote", "A=Foo(x='abc)", 1, 9, "unterminated string", "'"),
     ("unterminated double quote", 'A=Foo(x=1)\nB=Foo(y="abc\nC=D', 2, 9, "unterminated string",
      '"'),
     ("bare call", "Foo(x=1)", 1, 4, "unexpected '('", "TARGET=Module"),
-    ("bare name", "A", 1, 1, "end of program", "TARGET=Module"),
+    ("bare name", "A", 1, 2, "end of program", "TARGET=Module"),
     ("bare name then a step", "A\nB=C", 1, 2, "new line", "TARGET=Module"),
     ("chained assignment", "A=B=C", 1, 4, "unexpected '='", "one '=' per step"),
     ("braces outside Eval", "A=Foo(x={N})", 1, 9, "'{'", "Eval"),
@@ -186,7 +186,7 @@ ERROR_CASES = [
     ("stray paren on its own line", "A=Foo(x=1)\n)", 2, 1, "unexpected ')'", "one ')' too many"),
     ("list not closed", "A=Foo(x=[1,2)", 1, 13, "unexpected ')'", "']'"),
     ("two steps on a line", "A=Foo(x=1) B=Bar()", 1, 12, "unexpected 'B'", "own line"),
-    ("missing module after =", "A=Foo(x=1)\nB=", 2, 2, "end of program", "incomplete"),
+    ("missing module after =", "A=Foo(x=1)\nB=", 2, 3, "end of program", "incomplete"),
     ("target is a string", "'A'=Foo()", 1, 1, "unexpected \"'A'", "name it assigns"),
     ("target is a number", "1=Foo()", 1, 1, "unexpected '1'", "name it assigns"),
     ("dotted module", "A=vis.Foo()", 1, 6, "'.'", "operators"),

@@ -176,6 +176,9 @@ def _diagnose(e: UnexpectedInput, text: str) -> Diagnostic:
     lines = text.splitlines() or [""]
     line = max(1, getattr(e, "line", 0) or len(lines))
     col = max(1, getattr(e, "column", 0) or 1)
+    token = getattr(e, "token", None)
+    if token is not None and token.type == "$END" and getattr(token, "end_line", None) == line:
+        col = token.end_column or col  # just after the last token: where something is missing
     src = lines[line - 1].strip() if line - 1 < len(lines) else ""
     expected = _expected(e)
     exp = f"; expected {', '.join(expected)}" if expected else ""
