@@ -110,9 +110,9 @@ def _looks_like_step(line: str) -> bool:
 def _strip_prefix(line: str) -> str:
     """Drop list numbering ('1.', '2)', '-', 'Step 3:') and labels ('Program:') before a step."""
     s = line.strip()
-    if s.startswith("`") and s.endswith("`") and len(s) > 1:
-        s = s.strip("`").strip()
-    for _ in range(3):  # e.g. "Step 1: Program: X=..." peels off in turns
+    for _ in range(4):  # e.g. "Step 1: Program: X=..." peels off in turns
+        if s.startswith("`") and s.endswith("`") and len(s) > 1:
+            s = s.strip("`").strip()  # inline code
         if _looks_like_step(s):
             return s
         words = s.split(None, 1)
@@ -163,11 +163,13 @@ def clean_reply(reply: str) -> str:
     """
     lines = reply.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     lines = _fenced_block(lines) or lines
-    lines = [_strip_prefix(x) for x in lines]
+    lines = [_strip_prefix(x) if _strip_prefix(x) != x.strip() else x.rstrip() for x in lines]
     steps = [i for i, x in enumerate(lines) if _looks_like_step(x)]
     if not steps:
         return "\n".join(x for x in lines if x.strip()).strip()
     first, last = steps[0], steps[-1]
+    while first > 0 and lines[first - 1].strip().startswith("#"):
+        first -= 1  # a comment heading the program belongs to it
     # A call may continue on the lines after its step (the language allows it).
     while last + 1 < len(lines) and _continues_call(lines[first:last + 1]):
         last += 1

@@ -1,0 +1,305 @@
+"""The planner: prompts and examples, reply cleaning, the repair loop (through the real
+`openai` client and a loopback server), the program cache, voting."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from llm_server import Reply, ScriptedServer
+from visprog.api import RunResult
+from visprog.checker import check
+from visprog.llm import OpenAIChat
+from visprog.parser import parse
+from visprog.planner import Plan, Planner, PlanningError, answer_key, clean_reply, majority, vote
+from visprog.program_cache import ProgramCache, default_program_cache_dir
+from visprog.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
+                             load_examples, module_descriptions, select_examples, system_prompt)
+from visprog.registry import Registry, tool
+from visprog.tools import builtin_tools
+from visprog.trace import Trace
+
+GOOD = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
+BAD = "CATS=Lco(image=IMAGE, object='cat')\nN=Count(box=DOGS)\nFINAL=Result(var=N)"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(builtin_tools())
+
+
+@pytest.fixture(autouse=True)
+def no_llm_env(monkeypatch):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "VISPROG_LLM_BACKEND",
+                 "VISPROG_LLM_PATH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def llm_for(server: ScriptedServer) -> OpenAIChat:
+    return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", backoff=0.01)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_examples_parse_check_and_cover_the_task_modules(registry, task):
+    spec = TASKS[task]
+    examples = load_examples(task)
+    assert len(examples) >= 4
+    used = set()
+    for ex in examples:
+        program = parse(ex.program)
+        assert check(program, registry, spec.inputs) == [], (task, ex.question)
+        assert program[len(program) - 1].module == "Result"
+        used |= {s.module for s in program}
+    assert used == set(spec.modules), f"{task}: unused {set(spec.modules) - used}"
+    assert set(spec.modules) <= set(registry.names())
+
+
+def test_module_descriptions_come_from_the_registry(registry):
+    @tool("Caption", params={"image": "Image", "style": "Text"}, returns="Text")
+    def caption(image, style="short"):
+        """Describes the image in one sentence."""
+        return "a picture"
+
+    extended = Registry([*registry, caption])
+    for spec in TASKS.values():
+        text = system_prompt(extended, spec)
+        # A new module shows in every task's prompt, signature and doc, without edits.
+        assert "Caption(image: Image, style: Text = 'short') -> Text: Describes the image" in text
+        for name in spec.modules:
+            assert registry.get(name).signature() in text
+    gqa = module_descriptions(registry, TASKS["gqa"])
+    assert "Replace(" not in gqa and "Loc(image: Image, object: Text) -> Objects" in gqa
+    assert "LEFT (Image), RIGHT (Image)" in system_prompt(registry, TASKS["nlvr"])
+
+
+def test_example_selection():
+    examples = load_examples("gqa")
+    q = "Are there more trucks than cars on the road?"
+    assert select_examples(examples, q, "all") == examples
+    similar = select_examples(examples, q, 3, how="similar")
+    assert len(similar) == 3 and similar[-1].question == "Are there more cars than trucks?"
+    r1 = select_examples(examples, q, 4, how="random", seed=1)
+    assert r1 == select_examples(examples, q, 4, how="random", seed=1)
+    assert any(select_examples(examples, q, 4, how="random", seed=s) != r1 for s in range(2, 6))
+    assert select_examples(examples, q, 100) == examples
+    for bad in (-1, "some"):
+        with pytest.raises(ValueError):
+            select_examples(examples, q, bad)
+    with pytest.raises(ValueError):
+        select_examples(examples, q, 2, how="best")
+    assert bow_cosine("a red car", "the red car!") > bow_cosine("a red car", "blue sky")
+    assert bow_cosine("", "x") == 0.0
+
+
+def test_messages_layout(registry):
+    ex = [Example("How many cups?", "C=Loc(image=IMAGE, object='cup')\nR=Result(var=C)")]
+    msgs = build_messages(registry, TASKS["nlvr"], "Both images show cats.", ex)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[1]["content"] == "Statement: How many cups?"
+    assert msgs[-1]["content"] == "Statement: Both images show cats."
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (GOOD, GOOD),
+    ("Here is the program:\n```python\n" + GOOD + "\n```\nThis counts the cats.", GOOD),
+    ("```\n" + GOOD + "\n```", GOOD),
+    ("Program:\n" + GOOD + "\n\nExplanation: Loc finds cats, Count counts them.", GOOD),
+    ("Program: " + GOOD, GOOD),
+    ("1. CATS=Loc(image=IMAGE, object='cat')\n2. N=Count(box=CATS)\n3. FINAL=Result(var=N)", GOOD),
+    ("Step 1: CATS=Loc(image=IMAGE, object='cat')\nStep 2: N=Count(box=CATS)\n"
+     "Step 3: FINAL=Result(var=N)", GOOD),
+    ("- `CATS=Loc(image=IMAGE, object='cat')`\n- `N=Count(box=CATS)`\n- `FINAL=Result(var=N)`",
+     GOOD),
+    # a call over several lines keeps its continuation lines
+    ("Sure!\nCATS=Loc(image=IMAGE,\n    object='cat')\nFINAL=Result(var=CATS)\nDone.",
+     "CATS=Loc(image=IMAGE,\n    object='cat')\nFINAL=Result(var=CATS)"),
+    # prose between steps goes; a malformed step stays for the parser to report
+    ("A=Loc(image=IMAGE, object='cat')\nNow we count them\nB=Count(box A)\nR=Result(var=B)",
+     "A=Loc(image=IMAGE, object='cat')\nB=Count(box A)\nR=Result(var=B)"),
+    ("# count the cats\n" + GOOD, "# count the cats\n" + GOOD),
+    ("I cannot help with that.", "I cannot help with that."),
+    ("", ""),
+])
+def test_clean_reply(reply, expected):
+    assert clean_reply(reply) == expected
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_valid_program(registry):
+    with ScriptedServer([GOOD]) as server:
+        plan = Planner(llm_for(server), registry, task="gqa", cache=False).plan("How many cats?")
+    assert isinstance(plan, Plan) and plan.text == GOOD and not plan.cached
+    assert [s.target for s in plan.program] == ["CATS", "N", "FINAL"]
+    assert len(plan.attempts) == 1 and plan.attempts[0].ok
+    assert plan.usage["completion_tokens"] == len(GOOD.split())
+    sent = server.requests[0]["messages"]
+    assert sent[0]["role"] == "system" and "Count(box: Objects) -> Number" in sent[0]["content"]
+    assert sent[-1] == {"role": "user", "content": "Question: How many cats?"}
+    assert len(sent) == 2 + 2 * len(load_examples("gqa"))
+
+
+def test_plan_cleans_prose_and_fences(registry):
+    wrapped = "Sure, here you go:\n\n```\n" + GOOD + "\n```\n\nThe answer is the count."
+    with ScriptedServer([wrapped]) as server:
+        plan = Planner(llm_for(server), registry, cache=False).plan("How many cats?")
+    assert plan.text == GOOD
+    assert plan.attempts[0].reply == wrapped
+    assert len(server.requests) == 1
+
+
+def test_invalid_then_repaired(registry):
+    with ScriptedServer([BAD, GOOD]) as server:
+        plan = Planner(llm_for(server), registry, cache=False).plan("How many cats?")
+    assert plan.text == GOOD
+    assert [a.ok for a in plan.attempts] == [False, True]
+    first = plan.attempts[0]
+    assert {d.message for d in first.diagnostics} >= {"unknown module 'Lco'",
+                                                       "undefined variable 'DOGS'"}
+    second = server.requests[1]["messages"]
+    assert second[-2] == {"role": "assistant", "content": BAD}
+    repair = second[-1]["content"]
+    assert "1. line 1" in repair and "2. line 2" in repair and "did you mean 'Loc'" in repair
+    assert second[:-2] == server.requests[0]["messages"]
+    events = plan.events()
+    assert [e["kind"] for e in events] == ["plan_attempt", "plan_attempt"]
+    assert events[0]["errors"] and events[0]["usage"]["total_tokens"] > 0 and events[1]["ok"]
+
+
+def test_never_valid_lists_every_attempt(registry):
+    replies = ["I am not sure how to do that.", BAD]
+    with ScriptedServer(replies) as server:
+        with pytest.raises(PlanningError) as err:
+            Planner(llm_for(server), registry, attempts=2, cache=False).plan("How many cats?")
+    e = err.value
+    assert len(e.attempts) == 2 and len(server.requests) == 2
+    msg = str(e)
+    assert "after 2 attempts" in msg and "attempt 1:" in msg and "attempt 2:" in msg
+    assert "unknown module 'Lco'" in msg
+
+
+def test_planner_needs_an_llm(registry):
+    with pytest.raises(Exception, match="VISPROG_LLM_MODEL"):
+        Planner(None, registry)
+
+
+def test_program_cache_hit_makes_no_request(registry, tmp_path):
+    cache = ProgramCache(tmp_path / "programs")
+    with ScriptedServer([GOOD, GOOD.replace("'cat'", "'dog'")]) as server:
+        llm = llm_for(server)
+        first = Planner(llm, registry, cache=cache).plan("How many cats?")
+        again = Planner(llm, registry, cache=cache).plan("How many cats?")
+        assert len(server.requests) == 1
+        assert again.cached and again.attempts == [] and again.text == first.text
+        assert [e["kind"] for e in again.events()] == ["plan_cache_hit"]
+        # Another question (or other sampling) is another key.
+        other = Planner(llm, registry, cache=cache).plan("How many dogs?")
+        assert not other.cached and len(server.requests) == 2
+    assert cache.hits == 1 and cache.writes == 2
+    assert len(list((tmp_path / "programs").glob("??/*.json"))) == 2
+
+
+def test_program_cache_key_and_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISPROG_CACHE_DIR", str(tmp_path))
+    assert default_program_cache_dir() == tmp_path / "programs"
+    cache = ProgramCache()
+    key = {"llm": {"backend": "openai", "model": "m"}, "prompt_version": PROMPT_VERSION,
+           "task": "gqa", "question": "q", "temperature": 0.0}
+    assert cache.get(key) is None
+    assert cache.put(key, ["A=Eval(expr=\"1\")"])
+    assert cache.get(key) == ["A=Eval(expr=\"1\")"]
+    assert cache.get({**key, "temperature": 0.7}) is None
+    assert cache.get({**key, "llm": {"backend": "openai", "model": "other"}}) is None
+    cache.path_for(key).write_text("{not json")  # a corrupt entry is a miss, not a crash
+    assert cache.get(key) is None
+    assert not list(cache.path_for(key).parent.glob(".tmp-*"))
+    assert cache.clear() == 1
+
+
+def test_program_cache_unwritable_warns_once(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = ProgramCache(blocker / "programs")  # under a file: can't be created
+    with pytest.warns(UserWarning, match="not writable"):
+        assert cache.put({"q": 1}, ["A=Eval(expr=\"1\")"]) is False
+    assert cache.put({"q": 2}, ["A=Eval(expr=\"1\")"]) is False
+
+
+def test_plan_k_samples_and_repairs_each(registry):
+    samples = [GOOD, BAD, GOOD.replace("'cat'", "'kitten'")]
+    with ScriptedServer([samples, GOOD]) as server:
+        plans = Planner(llm_for(server), registry, cache=False, seed=4).plan_k(
+            "How many cats?", 3, temperature=0.8)
+    assert len(plans) == 3 and all(p.program for p in plans)
+    assert [len(p.attempts) for p in plans] == [1, 2, 1]
+    first = server.requests[0]
+    assert first["n"] == 3 and first["temperature"] == 0.8 and first["seed"] == 4
+    assert "n" not in server.requests[1]  # a repair asks for one program
+    assert server.requests[1]["messages"][-2]["content"] == BAD
+    with pytest.raises(ValueError):
+        Planner(llm_for(server), registry, cache=False).plan_k("q", 0)
+
+
+# --------------------------------------------------------------------------- voting
+
+
+@pytest.mark.parametrize("value, key", [
+    ("Yes.", "yes"), (True, "yes"), ("  TRUE ", "yes"), (False, "no"), ("no", "no"),
+    (3, "3"), (3.0, "3"), ("3", "3"), (" the red  Car ", "red car"), (2.5, "2.5"),
+    (None, "none"),
+])
+def test_answer_key(value, key):
+    assert answer_key(value) == key
+
+
+def _run(value, source="A=Eval(expr=\"1\")\nR=Result(var=A)"):
+    program = parse(source)
+    return RunResult(value, program, Trace(program=source))
+
+
+def test_vote_majority_keeps_every_run():
+    runs = [_run("no"), _run("Yes"), RuntimeError("step 2 failed"), _run(True), _run("yes.")]
+    chosen = vote(runs)
+    assert chosen is runs[1]
+    event = chosen.trace.events[-1]
+    assert event["kind"] == "vote" and event["chosen"] == 1
+    assert event["counts"] == {"no": 1, "yes": 3}
+    assert [r["answer"] for r in event["runs"]] == ["no", "yes", None, "yes", "yes"]
+    assert event["runs"][2]["error"] == "step 2 failed"
+    assert majority(["b", "a", "a", "b"]) == (0, {"b": 2, "a": 2})  # ties: the earliest
+    img = Image.new("RGB", (4, 4), "red")
+    assert answer_key(img) == answer_key(img.copy()) != answer_key(Image.new("RGB", (4, 4)))
+    with pytest.raises(ValueError):
+        vote([RuntimeError("x")])
+    with pytest.raises(ValueError):
+        vote([])
+
+
+# --------------------------------------------------------------------------- local model
+
+
+def test_planner_with_constrained_local_model(registry, tmp_path):
+    torch = pytest.importorskip("torch")
+    from test_llm import _tiny_gpt2
+
+    from visprog.llm_local import LocalConstrained
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        llm = LocalConstrained(_tiny_gpt2(tmp_path / "lm"), max_steps=3, max_string=10)
+        planner = Planner(llm, registry, task="nlvr", examples=2, cache=False,
+                          max_tokens=100)
+        plan = planner.plan("Both images show a dog.")
+    finally:
+        torch.set_num_threads(before)
+    # A random model, but constrained: the first attempt is valid, for nlvr's inputs.
+    assert len(plan.attempts) == 1 and plan.attempts[0].ok
+    assert check(plan.program, registry, {"LEFT": "Image", "RIGHT": "Image"}) == []
+    assert "IMAGE" not in plan.text
