@@ -359,3 +359,24 @@ def test_no_cache_object_at_all(registry):
     for _ in range(2):
         interp.run(parse(gqa("what")), {"IMAGE": gradient()})
     assert CALLS == Counter({"FakeLoc": 2, "Answer": 2})
+
+
+def test_a_warm_run_hashes_only_its_inputs(registry, monkeypatch):
+    """Outputs read back from the cache keep the digest learnt when first hashed; the keys
+    are the same as when everything is hashed by content (a fresh interpreter agrees)."""
+    from visprog import codec
+
+    hashed = []
+    real = codec.digest
+    monkeypatch.setattr(codec, "digest", lambda v: hashed.append(type(v).__name__) or real(v))
+    cache = StepCache(disk_dir=None)
+    interp = Interpreter(registry, cache)
+    interp.run(parse(gqa("what")), {"IMAGE": gradient()})
+    assert hashed.count("Image") == 2  # the input and the crop, each once
+    hashed.clear()
+    _, trace = interp.run(parse(gqa("what")), {"IMAGE": gradient()})
+    assert all(r.cached for r in trace)
+    assert hashed.count("Image") == 1  # the input only, not the cached crop
+    hashed.clear()
+    _, trace = Interpreter(registry, cache).run(parse(gqa("what")), {"IMAGE": gradient()})
+    assert all(r.cached for r in trace) and hashed.count("Image") == 2

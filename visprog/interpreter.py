@@ -49,8 +49,11 @@ class DigestMemo:
     which is sound because no step mutates its inputs; the memo holds a reference to each
     value so an id can't be reused while the run lasts."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: dict[str, str] | None = None) -> None:
         self._seen: dict[int, tuple[Any, str]] = {}
+        self._produced: dict[int, tuple[Any, str]] = {}
+        # step key -> digest of that step's output, kept by the interpreter across runs
+        self._known = known if known is not None else {}
 
     def digest(self, value: Any) -> str:
         hit = self._seen.get(id(value))
@@ -59,7 +62,25 @@ class DigestMemo:
         from .codec import digest
         d = digest(value)
         self._seen[id(value)] = (value, d)
+        made = self._produced.get(id(value))
+        if made is not None and made[0] is value:
+            self._known[made[1]] = d
         return d
+
+    def output(self, value: Any, key: str, *, cached: bool) -> None:
+        """`value` is the output of the step with cache key `key`.
+
+        A value read back from the cache has the content its key stands for, so its digest
+        is the one learnt when that content was first hashed: a warm run re-hashes no
+        intermediate image (only the inputs). A freshly computed value is hashed when a
+        later step first reads it, and that digest is learnt for its key."""
+        known = self._known.get(key) if cached else None
+        if known is not None:
+            self._seen.setdefault(id(value), (value, known))
+            return
+        if not cached:
+            self._known.pop(key, None)
+        self._produced[id(value)] = (value, key)
 
 
 def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
@@ -118,6 +139,7 @@ class Interpreter:
     def __init__(self, registry: Registry, cache: Any = None):
         self.registry = registry
         self.cache = cache
+        self._output_digests: dict[str, str] = {}  # see DigestMemo.output
 
     def run(self, program: Program, inputs: Mapping[str, Any], *, use_cache: bool = True,
             no_cache: Iterable[str] = (), on_step: StepCallback | None = None,
@@ -139,7 +161,9 @@ class Interpreter:
         skip = {self.registry.find(n).name for n in no_cache if self.registry.find(n)}
         env: dict[str, Any] = dict(inputs)
         trace = Trace(program=program.source, inputs=dict(inputs))
-        memo = DigestMemo()
+        if len(self._output_digests) > 100_000:  # a bound, not an LRU: cheap to rebuild
+            self._output_digests.clear()
+        memo = DigestMemo(self._output_digests)
         result: Any = None
         have_result = False
         for index, step in enumerate(program):
@@ -174,6 +198,8 @@ class Interpreter:
         trace.steps.append(record)
         try:
             record.output, record.cached = self._call(call)
+            if call.key is not None:
+                memo.output(record.output, call.key, cached=record.cached)
         except Exception as e:
             record.duration = time.perf_counter() - started
             record.error = f"{type(e).__name__}: {e}"
