@@ -1,0 +1,202 @@
+"""Ray Serve deployments of the model modules, and the `visprog serve` launcher.
+
+One Serve application per hosted module, named `<ray_app>-<Module>` (see visprog/hosting.py
+for the config keys). Each replica builds the module exactly as an in-process interpreter
+does (`build(settings, ctx)` with its own model manager, memory budget included) and serves:
+
+- `__call__(request bytes) -> reply bytes`: one call. Ray Serve's `@serve.batch` coalesces the
+  requests that arrive together (up to `max_batch_size`, waiting at most `batch_wait_s`) into
+  one call of the module's batched entry point. If that batch raises, its calls run one by one
+  so an error reaches only the request that caused it.
+- `describe()`: the module's declaration (name, version, settings), which clients check.
+- `stats()`: counters for tests and monitoring: batches run, calls served, batch sizes, and
+  the replica's model load/unload events.
+
+    visprog serve --config cluster.toml --preset default            # local Ray, blocks
+    visprog serve --config cluster.toml --address 10.0.0.5:6379     # deploy to a cluster, exit
+
+Requires the `ray` extra (`pip install "visprog[ray]"`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from importlib import import_module
+from typing import Any, Mapping, Sequence
+
+from ray import serve
+
+from .hosting import (HostSpec, decode_request, encode_error, encode_result, host_spec,
+                      split_config)
+
+
+class ModuleServer:
+    """One replica of a module's deployment.
+
+    Args:
+        module: the tool name ("Vqa").
+        config: the whole configuration (preset merged with the user's file); the replica
+            uses `[models]` and the module's section.
+        max_batch_size, batch_wait_s: Ray Serve batching of this replica.
+    """
+
+    def __init__(self, module: str, config: Mapping[str, Any], max_batch_size: int = 16,
+                 batch_wait_s: float = 0.01):
+        from .memory import make_manager
+        from .tools import MODEL_MODULES, ToolContext
+
+        tools_config, _ = split_config(config)
+        self.models = make_manager(tools_config.get("models", {}))
+        self.tool = import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
+            dict(tools_config.get(module, {})), ToolContext(self.models, None))
+        self.run_batch.set_max_batch_size(max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self.batches = 0
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+
+    async def __call__(self, request: bytes) -> bytes:
+        return await self.run_batch(request)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def run_batch(self, requests: list[bytes]) -> list[bytes]:
+        # The model runs in a worker thread so the replica keeps taking requests meanwhile.
+        return await asyncio.to_thread(self._run, requests)
+
+    def _run(self, requests: list[bytes]) -> list[bytes]:
+        self.batches += 1
+        self.batch_sizes.append(len(requests))
+        replies: list[bytes | None] = [None] * len(requests)
+        calls: dict[int, dict[str, Any]] = {}
+        for i, data in enumerate(requests):
+            try:
+                calls[i] = decode_request(data)
+            except ValueError as e:
+                replies[i] = encode_error(e)
+        self.calls += len(calls)
+        order = list(calls)
+        outputs: list[Any] | None = None
+        if order and self.tool.batch_fn is not None:
+            try:
+                outputs = list(self.tool.batch_fn([calls[i] for i in order]))
+                if len(outputs) != len(order):
+                    raise RuntimeError(f"{self.tool.name} returned {len(outputs)} outputs "
+                                       f"for {len(order)} calls")
+            except Exception:  # find which call failed: run them one by one below
+                outputs = None
+        for n, i in enumerate(order):
+            try:
+                value = outputs[n] if outputs is not None else self.tool.fn(**calls[i])
+                replies[i] = encode_result(value)
+            except Exception as e:  # the tool's own error goes back to its caller
+                replies[i] = encode_error(e)
+        return replies  # type: ignore[return-value]
+
+    def describe(self) -> dict[str, Any]:
+        from .hosting import _settings_json
+
+        return {"name": self.tool.name, "version": self.tool.version,
+                "settings": _settings_json(self.tool.settings), "pid": os.getpid(),
+                "device": self.models.device}
+
+    def stats(self) -> dict[str, Any]:
+        return {"batches": self.batches, "calls": self.calls,
+                "batch_sizes": list(self.batch_sizes), "pid": os.getpid(),
+                "events": [dict(e) for e in self.models.events],
+                "loaded": self.models.loaded()}
+
+
+def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
+    """The bound Serve application of one module."""
+    options = {"num_cpus": spec.num_cpus}
+    if spec.gpu_fraction:
+        options["num_gpus"] = spec.gpu_fraction
+    dep = serve.deployment(ModuleServer).options(
+        name=spec.app_name, num_replicas=spec.replicas, ray_actor_options=options,
+        # Enough requests in a replica at once to fill a batch.
+        max_ongoing_requests=max(2 * spec.max_batch_size, 8),
+        health_check_period_s=2.0, health_check_timeout_s=30.0)
+    return dep.bind(spec.module, dict(config), spec.max_batch_size, spec.batch_wait_s)
+
+
+def hosted_specs(config: Mapping[str, Any], modules: Sequence[str] = ()) -> list[HostSpec]:
+    """The modules to deploy: those named, else every module whose config says host = "ray"."""
+    from .errors import ConfigError
+    from .tools import MODEL_MODULES
+
+    _, hosts = split_config(config)
+    if not modules:
+        return list(hosts.values())
+    specs = []
+    for name in modules:
+        canonical = next((m for m in MODEL_MODULES if m.lower() == name.lower()), None)
+        if canonical is None:
+            raise ConfigError(f"can't serve {name!r}: model modules are "
+                              f"{', '.join(sorted(MODEL_MODULES))}")
+        specs.append(hosts.get(canonical)
+                     or host_spec(canonical, {**config.get(canonical, {}), "host": "ray"}))
+    return specs
+
+
+def deploy(config: Mapping[str, Any], modules: Sequence[str] = ()) -> dict[str, Any]:
+    """Start (or update) the deployments of the hosted modules on the connected Ray cluster
+    and wait until they are ready.
+
+    Returns:
+        module name -> its `DeploymentHandle`.
+    """
+    serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy
+    return {spec.module: serve.run(deployment_for(spec, config), name=spec.app_name,
+                                   route_prefix=None)
+            for spec in hosted_specs(config, modules)}
+
+
+def main(args: Any) -> int:
+    """`visprog serve`: connect to (or start) Ray, deploy, and wait (see `add_parser`)."""
+    import ray
+
+    from .config import load_config
+
+    config = load_config(args.preset, args.config)
+    specs = hosted_specs(config, args.module or ())
+    if not specs:
+        print("visprog serve: no module to serve; set host = \"ray\" in a module's section "
+              "of the config, or name modules with --module", file=sys.stderr)
+        return 2
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
+    deploy(config, [s.module for s in specs])
+    address = ray.get_runtime_context().gcs_address
+    for s in specs:
+        print(f"serving {s.module} as {s.app_name!r} ({s.replicas} replica(s), "
+              f"{s.gpu_fraction} GPU each, batches up to {s.max_batch_size})")
+    print(f"clients: set ray_address = \"{address}\" for these modules")
+    sys.stdout.flush()
+    if args.address and not args.block:
+        return 0  # the deployments live on in the cluster
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The `serve` subcommand's flags (called from visprog/cli.py)."""
+    p = sub.add_parser("serve", help="serve model modules on Ray Serve (needs the ray extra)")
+    p.add_argument("--config", help="TOML file: the modules with host = \"ray\" are served")
+    p.add_argument("--preset", default="default", help="model preset (default or tiny)")
+    p.add_argument("--module", action="append",
+                   help="serve this module even if its config doesn't say host = \"ray\" "
+                        "(repeatable)")
+    p.add_argument("--address", help="an existing Ray cluster ('auto', 'HOST:6379'); "
+                                     "default: start a local Ray instance and keep serving")
+    p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance")
+    p.add_argument("--block", action="store_true",
+                   help="with --address: keep running (and shut Serve down on Ctrl-C)")
