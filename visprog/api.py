@@ -64,8 +64,9 @@ class VisProg:
                  llm: Any = None, device: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, plugins: bool = True):
         from .config import load_config
+        from .hosting import host_tools, split_config
+        from .memory import make_manager
         from .tools import ToolContext, builtin_tools
-        from .tools.models import ModelManager
 
         if isinstance(config, Mapping):
             self.config = load_config(preset, overrides=config)
@@ -73,11 +74,14 @@ class VisProg:
             self.config = load_config(preset, config)
         self.preset = preset
         manager_cfg = self.config.get("models", {})
-        self.models = ModelManager(device=device or manager_cfg.get("device"),
-                                   half=manager_cfg.get("half"))
+        self.models = make_manager(manager_cfg, device=device)  # with its memory budget, if any
         self.llm = llm
         self.max_pixels = max_pixels
-        self.registry = Registry(builtin_tools(self.config, ToolContext(self.models, llm)))
+        # Hosting keys (host = "ray", ...) leave the module sections before the tools are
+        # built, so cache keys don't depend on where a module runs; hosted tools call out.
+        tools_config, hosts = split_config(self.config)
+        self.registry = Registry(host_tools(
+            builtin_tools(tools_config, ToolContext(self.models, llm)), hosts))
         if plugins:
             self.registry.load_entry_points(config=self.config)
         self.cache = _make_cache(cache, cache_dir)
