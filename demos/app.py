@@ -13,6 +13,7 @@ page that "Download trace (HTML)" gives, so what you see is what you download.
 from __future__ import annotations
 
 import html
+import re
 import shutil
 import tempfile
 import threading
@@ -181,8 +182,11 @@ def read_inputs(image: Any, left: Any, right: Any,
     return bound
 
 
-def _missing_inputs_hint(program: str, bound: dict[str, Any]) -> str:
-    wanted = [n for n in ("IMAGE", "LEFT", "RIGHT") if n in program and n not in bound]
+def _missing_inputs_hint(diagnostics: Sequence[Any], bound: dict[str, Any]) -> str:
+    """What to upload when the checker found an input variable undefined."""
+    wanted = sorted({m.group(1) for d in diagnostics
+                     if (m := re.search(r"undefined variable '(IMAGE|LEFT|RIGHT)'", d.message))}
+                    - set(bound))
     if not wanted:
         return ""
     return ("This program reads " + ", ".join(wanted) + ": upload "
@@ -256,7 +260,7 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
         kind = "does not parse" if type(e).__name__ == "ParseError" else "does not check"
         title = (f"The program {kind}: {n} problem{'s' if n != 1 else ''}"
                  + (f", first on line {first.line}" if first else ""))
-        hint = _missing_inputs_hint(program, bound)
+        hint = _missing_inputs_hint(e.diagnostics, bound)
         body = diagnostics_html(program, e.diagnostics)
         if hint:
             body += f'<div class="vp-hint">{_esc(hint)}</div>'
@@ -282,7 +286,9 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
     value = out.value
     n = len(trace)
     hits = sum(1 for s in trace if s.cached)
-    title = (f"Ran {n} step{'s' if n != 1 else ''} in {trace.duration:.2f} s"
+    took = trace.duration
+    title = (f"Ran {n} step{'s' if n != 1 else ''} in "
+             + (f"{took:.2f} s" if took >= 1 else f"{took * 1000:.0f} ms")
              + (f" ({hits} from the cache)" if hits else ""))
     return RunOutput(True, result_text=format_result(value, task),
                      result_image=value if isinstance(value, Image.Image) else None,
@@ -398,6 +404,29 @@ def example_rows(paths: dict[str, Path]) -> list[list[Any]]:
     ]
 
 
+def count_steps(vp: Any, program: str) -> int:
+    """How many steps a program has (0 when it is refused or does not parse)."""
+    if program_problem(program or ""):
+        return 0
+    try:
+        return len(vp.parse(program))
+    except VisProgError:
+        return 0  # the run reports the parse error itself
+
+
+def step_progress(report: Callable[..., Any], total: int) -> Callable[[StepRecord], None]:
+    """An `on_step` callback that reports "step i/n: line" to `report(fraction, desc=...)`
+    (a `gr.Progress`), so a long run shows how far it got."""
+    if total:
+        report((0, total), desc="starting")
+
+    def on_step(rec: StepRecord) -> None:
+        if total:
+            report((min(rec.index + 1, total), total),
+                   desc=f"step {rec.index + 1}/{total}: {rec.source.strip()[:60]}")
+    return on_step
+
+
 # -- UI -------------------------------------------------------------------------------------
 CSS = """
 .vp-msg{border-radius:6px;padding:.6em .8em;margin:.2em 0}
@@ -432,20 +461,8 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
 
     def on_run(program: str, task: str, image: Any, left: Any, right: Any,
                progress=gr.Progress()):
-        try:
-            total = len(vp.parse(program or "")) if not program_problem(program or "") else 0
-        except VisProgError:
-            total = 0  # the run reports the parse error itself
-
-        def on_step(rec: StepRecord) -> None:
-            if total:
-                progress((rec.index + 1, total), desc=f"step {rec.index + 1}/{total}: "
-                                                      f"{rec.source.strip()[:60]}")
-
-        if total:
-            progress((0, total), desc="starting")
         out = run_program(vp, program, image, left, right, task=task, folders=folders,
-                          on_step=on_step)
+                          on_step=step_progress(progress, count_steps(vp, program)))
         return (out.message, out.result_text, out.result_image, out.trace_html,
                 out.files or None)
 

@@ -90,7 +90,14 @@ def test_unknown_module_hint_is_shown(vp, folders, photo):
 
 def test_program_reading_a_pair_without_one_says_what_to_upload(vp, folders, photo):
     out = demo.run_program(vp, "A=Loc(image=LEFT, object='TOP')", photo, folders=folders)
-    assert not out.ok and "LEFT/RIGHT pair" in out.message
+    assert not out.ok and "reads LEFT: upload a LEFT/RIGHT pair" in out.message
+    # 'LEFT' inside a string is no input; a broken program reading IMAGE gets no such hint
+    out = demo.run_program(vp, "A=Loc(image=IMAGE, object='LEFT')\nB=Count(box=A))", photo,
+                           folders=folders)
+    assert not out.ok and "upload" not in out.message
+    out = demo.run_program(vp, "A=Loc(image=IMAGE, object='TOP')", left=photo, right=photo,
+                           folders=folders)
+    assert not out.ok and "reads IMAGE: upload an image" in out.message
 
 
 def test_failing_step_names_it_and_keeps_the_trace_up_to_it(vp, folders, photo):
@@ -151,6 +158,16 @@ def test_diagnostics_outside_the_text_still_show():
     d = [Diagnostic(line=0, column=0, text="", message="empty <program>", hint="write a step")]
     out = demo.diagnostics_html("", d)
     assert "empty &lt;program&gt;" in out and "hint: write a step" in out
+
+
+def test_progress_reports_each_step(vp, folders, photo):
+    reports = []
+    total = demo.count_steps(vp, HALF_PROGRAM)
+    on_step = demo.step_progress(lambda frac, desc: reports.append((frac, desc)), total)
+    assert demo.run_program(vp, HALF_PROGRAM, photo, folders=folders, on_step=on_step).ok
+    assert [r[0] for r in reports] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert reports[2][1] == "step 2/4: IMAGE0=ColorPop(image=IMAGE, object=HALF)"
+    assert demo.count_steps(vp, "N=Count(box=") == 0 and demo.count_steps(vp, "") == 0
 
 
 class _Planner:

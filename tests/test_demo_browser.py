@@ -1,0 +1,168 @@
+"""The demo in a real headless Chromium: upload, run, trace, errors, examples, downloads, and
+the standalone trace page. Screenshots go to artifacts/ (look at them).
+
+Needs: `pip install playwright gradio` and Debian's `chromium` (apt-get install -y chromium);
+Playwright's own browser download is not used.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="browser tests need the playwright package")
+pytest.importorskip("gradio", reason="browser tests need gradio (the demo extra)")
+CHROMIUM = os.environ.get("VISPROG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("browser tests need Chromium: apt-get install -y chromium "
+                "(or set VISPROG_CHROMIUM)", allow_module_level=True)
+
+from demos import app as demo  # noqa: E402
+from visprog.api import VisProg  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+HALF_PROGRAM = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
+                "IMAGE0=ColorPop(image=IMAGE, object=HALF)\n"
+                "N=Count(box=HALF)\n"
+                "RESULT=Result(var=IMAGE0)")
+BROKEN_PROGRAM = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
+                  "N=Count(box=HALF))\n"
+                  "RESULT=Result(var=N)")
+FAILING_PROGRAM = ("HALF=Loc(image=IMAGE, object='TOP')\nN=Count(box=HALF)\n"
+                   "Z=Eval(expr='{N} / 0')\nRESULT=Result(var=Z)")
+TIMEOUT_MS = 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # No LLM: planning must say so, and programs must still run.
+    saved = {k: os.environ.pop(k) for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+             if k in os.environ}
+    port = _free_port()
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    blocks = demo.launch(vp=vp, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    blocks.close()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server)
+    pg.wait_for_selector("#run-btn")
+    yield pg
+    pg.close()
+
+
+def _set_program(page, text: str) -> None:
+    editor = page.locator("#program .cm-content")
+    editor.click()
+    editor.fill(text)
+
+
+def _run(page) -> None:
+    page.click("#run-btn")
+    page.wait_for_selector("#status .vp-msg")
+
+
+def test_upload_run_shows_result_trace_and_downloads(page):
+    park = demo.example_images()["park.png"]
+    page.locator("#image-input input[type=file]").set_input_files(str(park))
+    page.wait_for_selector("#image-input img")
+    _set_program(page, HALF_PROGRAM)
+    _run(page)
+    assert "Ran 4 steps" in page.locator("#status").inner_text()
+    assert page.locator("#result-text textarea").input_value() == "an image, 320x240 (shown below)"
+    page.wait_for_selector("#result-image img")
+    trace = page.frame_locator("iframe.vp-trace")
+    cards = trace.locator("section.card")
+    assert cards.count() == 4
+    assert "ColorPop" in cards.nth(1).inner_text()
+    widths = trace.locator("img").evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 5 and all(w > 0 for w in widths)
+    links = page.locator("#downloads a")
+    names = page.locator("#downloads").inner_text().replace("\n", "")
+    assert "visprog_trace.html" in names and "visprog_trace.json" in names
+    href = links.first.get_attribute("href")
+    resp = page.request.get(href if href.startswith("http") else page.url.rstrip("/") + href)
+    assert resp.ok and b"visprog trace" in resp.body()
+    page.screenshot(path=str(ARTIFACTS / "demo_run.png"), full_page=True)
+
+
+def test_broken_program_shows_error_with_its_line(page):
+    page.locator("#image-input input[type=file]").set_input_files(
+        str(demo.example_images()["park.png"]))
+    _set_program(page, BROKEN_PROGRAM)
+    _run(page)
+    status = page.locator("#status")
+    text = status.inner_text()
+    assert "does not parse" in text and "line 2" in text
+    bad = status.locator(".vp-bad")
+    assert bad.count() == 1 and bad.inner_text().startswith("2")
+    assert "N=Count(box=HALF))" in bad.inner_text()
+    assert page.locator("iframe.vp-trace").count() == 0
+    status.screenshot(path=str(ARTIFACTS / "demo_parse_error.png"))
+
+
+def test_failing_step_shows_which_and_the_trace_up_to_it(page):
+    page.locator("#image-input input[type=file]").set_input_files(
+        str(demo.example_images()["park.png"]))
+    _set_program(page, FAILING_PROGRAM)
+    _run(page)
+    assert "Step 3 failed (line 3" in page.locator("#status").inner_text()
+    trace = page.frame_locator("iframe.vp-trace")
+    assert trace.locator("section.card").count() == 3
+    assert trace.locator("section.card.failed").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "demo_step_error.png"), full_page=True)
+
+
+def test_pair_example_and_plan_without_llm(page):
+    rows = page.locator("#examples table tbody tr")
+    rows.filter(has_text="more balls on the left").first.click()
+    page.wait_for_selector("#left-input img")
+    page.wait_for_selector("#right-input img")
+    assert "LEFT" in page.locator("#program .cm-content").inner_text()
+    assert page.locator("#task input[value=nlvr]").is_checked()
+    page.click("#plan-btn")
+    page.wait_for_selector("#status .vp-msg")
+    assert "OPENAI_API_KEY" in page.locator("#status").inner_text()
+    # the program is kept, so it can still be run by hand
+    assert "LEFT" in page.locator("#program .cm-content").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "demo_pair_example.png"), full_page=True)
+
+
+def test_standalone_trace_page_renders(page, tmp_path):
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    out = demo.run_program(vp, HALF_PROGRAM, demo.example_images()["park.png"],
+                           folders=demo.RunFolders(tmp_path))
+    html_path = Path(out.files[0])
+    page.goto(html_path.as_uri())
+    assert page.title() == "visprog trace"
+    widths = page.locator("img").evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 5 and all(w > 0 for w in widths)
+    assert page.locator("section.card").count() == 4
+    assert page.locator("table.regions").count() >= 1  # the half box, listed under its drawing
+    page.screenshot(path=str(ARTIFACTS / "trace_page.png"), full_page=True)
