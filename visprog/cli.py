@@ -261,7 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tools", help="list the modules and their signatures")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_tools)
+
+    from .serve import add_serve_arguments  # imports no ray: that happens in cmd_serve
+
+    p = sub.add_parser("serve", help="serve model modules on Ray Serve (needs the ray extra)")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import main as serve_main
+
+    return serve_main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
