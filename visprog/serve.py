@@ -26,8 +26,6 @@ import time
 from importlib import import_module
 from typing import Any, Mapping, Sequence
 
-from ray import serve
-
 from .hosting import (HostSpec, decode_request, encode_error, encode_result, host_spec,
                       split_config)
 
@@ -47,12 +45,16 @@ class ModuleServer:
         from .memory import make_manager
         from .tools import MODEL_MODULES, ToolContext
 
+        from ray import serve
+
         tools_config, _ = split_config(config)
         self.models = make_manager(tools_config.get("models", {}))
         self.tool = import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
             dict(tools_config.get(module, {})), ToolContext(self.models, None))
-        self.run_batch.set_max_batch_size(max_batch_size)
-        self.run_batch.set_batch_wait_timeout_s(batch_wait_s)
+        # Ray Serve's batching, made here so this module imports without ray (the CLI
+        # builds its parser from it) and each deployment gets its own batch size.
+        self.run_batch = serve.batch(max_batch_size=max_batch_size,
+                                     batch_wait_timeout_s=batch_wait_s)(self._run_async)
         self.batches = 0
         self.calls = 0
         self.batch_sizes: list[int] = []
@@ -60,8 +62,7 @@ class ModuleServer:
     async def __call__(self, request: bytes) -> bytes:
         return await self.run_batch(request)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def run_batch(self, requests: list[bytes]) -> list[bytes]:
+    async def _run_async(self, requests: list[bytes]) -> list[bytes]:
         # The model runs in a worker thread so the replica keeps taking requests meanwhile.
         return await asyncio.to_thread(self._run, requests)
 
@@ -110,6 +111,8 @@ class ModuleServer:
 
 def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
     """The bound Serve application of one module."""
+    from ray import serve
+
     options = {"num_cpus": spec.num_cpus}
     if spec.gpu_fraction:
         options["num_gpus"] = spec.gpu_fraction
@@ -147,15 +150,24 @@ def deploy(config: Mapping[str, Any], modules: Sequence[str] = ()) -> dict[str, 
     Returns:
         module name -> its `DeploymentHandle`.
     """
+    from ray import serve
+
     serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy
-    return {spec.module: serve.run(deployment_for(spec, config), name=spec.app_name,
-                                   route_prefix=None)
-            for spec in hosted_specs(config, modules)}
+    specs = hosted_specs(config, modules)
+    # run_many starts the applications together (each replica loads its libraries at once).
+    handles = serve.run_many([serve.RunTarget(deployment_for(s, config), name=s.app_name,
+                                              route_prefix=None) for s in specs])
+    return {s.module: h for s, h in zip(specs, handles)}
 
 
 def main(args: Any) -> int:
     """`visprog serve`: connect to (or start) Ray, deploy, and wait (see `add_parser`)."""
-    import ray
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print("visprog serve needs Ray Serve: pip install 'visprog[ray]'", file=sys.stderr)
+        return 2
 
     from .config import load_config
 
@@ -187,9 +199,8 @@ def main(args: Any) -> int:
     return 0
 
 
-def add_parser(sub: Any) -> None:
-    """The `serve` subcommand's flags (called from visprog/cli.py)."""
-    p = sub.add_parser("serve", help="serve model modules on Ray Serve (needs the ray extra)")
+def add_serve_arguments(p: Any) -> None:
+    """The `serve` subcommand's flags (visprog/cli.py makes the subparser)."""
     p.add_argument("--config", help="TOML file: the modules with host = \"ray\" are served")
     p.add_argument("--preset", default="default", help="model preset (default or tiny)")
     p.add_argument("--module", action="append",
