@@ -15,7 +15,7 @@ from PIL import Image
 
 from .checker import check as check_program
 from .checker import check_or_raise
-from .errors import Diagnostic
+from .errors import Diagnostic, StepError
 from .interpreter import Interpreter, StepCallback
 from .parser import parse
 from .program import Program
@@ -75,6 +75,11 @@ class VisProg:
         self.preset = preset
         manager_cfg = self.config.get("models", {})
         self.models = make_manager(manager_cfg, device=device)  # with its memory budget, if any
+        # The planner's LLM: given, else from the config's [llm] table or the environment
+        # (visprog.llm.make_llm); a misconfiguration is reported when planning.
+        self._llm_error: Exception | None = None
+        if llm is None:
+            llm, self._llm_error = _llm_from_config(self.config.get("llm"))
         self.llm = llm
         self.max_pixels = max_pixels
         # Hosting keys (host = "ray", ...) leave the module sections before the tools are
@@ -159,6 +164,89 @@ class VisProg:
                          no_cache=no_cache, on_item=on_item)
 
 
+    # -- planning: an LLM writes the program (visprog.planner) -----------------------------
+    def planner(self, task: str = "gqa", **options: Any) -> Any:
+        """A `visprog.planner.Planner` for one task, with this engine's tools and LLM.
+
+        Options (attempts, examples, select, seed, temperature, max_tokens, cache) override
+        the config's `[planner]` table.
+
+        Raises:
+            LLMError: no LLM is configured (the message says what to set).
+        """
+        from .llm import LLMError
+        from .planner import Planner
+
+        if self.llm is None:
+            if self._llm_error is not None:
+                raise self._llm_error
+            raise LLMError("no LLM configured for planning: set VISPROG_LLM_MODEL and "
+                           "OPENAI_API_KEY (plus OPENAI_BASE_URL for a local server such as "
+                           "vLLM or Ollama), or VISPROG_LLM_PATH for a local model, or pass "
+                           "VisProg(llm=...)")
+        settings = {**dict(self.config.get("planner", {})), **options}
+        if self.cache is None:
+            settings.setdefault("cache", False)
+        return Planner(self.llm, self.registry, task=task, **settings)
+
+    def plan(self, question: str, task: str = "gqa", **options: Any) -> Any:
+        """Ask the LLM for a valid program (`visprog.planner.Plan`: program, text, attempts).
+
+        Raises:
+            PlanningError: no valid program within the allowed attempts.
+            LLMError: no LLM configured, or it could not be reached.
+        """
+        return self.planner(task, **options).plan(question)
+
+    def run(self, image: ImageLike, question: str, task: str = "gqa", *,
+            right: ImageLike = None, vote: int = 1, use_cache: bool = True,
+            **options: Any) -> RunResult:
+        """Plan a program for `question`, then run it.
+
+        For `task="nlvr"` pass the pair: `run((left, right), statement, task="nlvr")` or
+        `run(left, statement, task="nlvr", right=right)`. The planner's attempts (errors and
+        token usage) go into `trace.events`. With `vote=k`, k programs are sampled and run
+        and the majority answer wins (every run is listed in the trace's "vote" event).
+
+        Raises:
+            PlanningError, LLMError: no program.
+            ImageError: an input image can't be read (checked before the LLM is asked).
+            StepError: a step failed (with vote > 1: every run failed).
+        """
+        from .planner import vote as majority_vote
+
+        left = None
+        if isinstance(image, (tuple, list)):
+            if len(image) != 2:
+                raise ValueError(f"a pair of images is (left, right); got {len(image)} items")
+            image, right = image
+        if task == "nlvr" or right is not None:
+            left, image = image, None
+        bound = self.bind(image, left=left, right=right)  # bad images fail before planning
+        inputs = {name: type_of(v) for name, v in bound.items()}
+        planner = self.planner(task, **options)
+        plans = ([planner.plan(question, inputs)] if vote <= 1
+                 else planner.plan_k(question, vote, inputs=inputs))
+        results: list[Any] = []
+        for plan in plans:
+            try:
+                out = self.execute(plan.program, bound.get("IMAGE"), left=bound.get("LEFT"),
+                                   right=bound.get("RIGHT"), use_cache=use_cache)
+                _add_plan_events(out.trace, plan, task, question)
+                results.append(out)
+            except StepError as e:
+                if e.trace is not None:
+                    _add_plan_events(e.trace, plan, task, question)
+                if vote <= 1:
+                    raise
+                results.append(e)
+        if vote <= 1:
+            return results[0]
+        if not any(isinstance(r, RunResult) for r in results):
+            raise next(r for r in results if isinstance(r, StepError))
+        return majority_vote(results)
+
+
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
     from .cache import StepCache, default_cache_dir
 
@@ -167,3 +255,20 @@ def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
     if cache is False or cache is None:
         return None
     return cache
+
+
+def _llm_from_config(section: Any) -> tuple[Any, Exception | None]:
+    from .llm import LLMError, make_llm
+
+    try:
+        return make_llm(section if isinstance(section, Mapping) else None), None
+    except LLMError as e:
+        return None, e
+
+
+def _add_plan_events(trace: Trace, plan: Any, task: str, question: str) -> None:
+    """How the program was obtained: each planner attempt (or the cache hit) as an event."""
+    for event in plan.events():
+        event = dict(event)
+        trace.add_event(event.pop("kind"), **event)
+    trace.meta.update({"task": task, "question": question})
