@@ -133,6 +133,63 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    vp = _engine(args)
+    plan = vp.plan(args.question, task=args.task, **_planner_options(args))
+    print(plan.text)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.image:
+        raise UsageError("give an input image: --image PATH (and --right PATH for --task nlvr)")
+    if args.task == "nlvr" and not args.right:
+        raise UsageError("--task nlvr compares two images: give --image LEFT --right RIGHT")
+    vp = _engine(args)
+    try:
+        out = vp.run(args.image, args.question, task=args.task, right=args.right,
+                     vote=args.vote, **_planner_options(args))
+    except StepError as e:
+        if e.trace is not None:
+            _write_outputs(args, e.trace)  # the plan and the steps that ran are not lost
+        raise
+    if args.verbose:
+        for event in out.trace.events:
+            if event["kind"] in ("plan_attempt", "plan_cache_hit"):
+                errors = len(event.get("errors", []))
+                state = "cached" if event["kind"] == "plan_cache_hit" else \
+                    ("ok" if event.get("ok") else f"{errors} errors")
+                print(f"  plan: {state}", file=sys.stderr)
+        print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
+              file=sys.stderr)
+    _write_outputs(args, out.trace)
+    _print_result(args, out.value)
+    return EXIT_OK
+
+
+def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.attempts is not None:
+        options["attempts"] = args.attempts
+    if args.examples is not None:
+        options["examples"] = args.examples if args.examples == "all" else int(args.examples)
+    if args.no_plan_cache:
+        options["cache"] = False
+    return options
+
+
+def _add_planner_flags(p: argparse.ArgumentParser) -> None:
+    from .prompts import TASKS
+
+    p.add_argument("question", help="the question, statement or instruction")
+    p.add_argument("--task", default="gqa", choices=sorted(TASKS),
+                   help="which kind of question (default gqa)")
+    p.add_argument("--attempts", type=int, help="tries per program, repairs included (default 3)")
+    p.add_argument("--examples", help="in-context examples: 'all' (default) or how many")
+    p.add_argument("--no-plan-cache", action="store_true",
+                   help="ask the LLM even if this question was planned before")
+
+
 def cmd_trace_show(args: argparse.Namespace) -> int:
     from .trace import Trace
 
@@ -230,6 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="print each step as it ends")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_exec)
+
+    # The planner (an LLM from VISPROG_LLM_MODEL + OPENAI_API_KEY [+ OPENAI_BASE_URL], or
+    # VISPROG_LLM_PATH for a local model) writes the program.
+    p = sub.add_parser("plan", help="ask the LLM for a program and print it (nothing runs)")
+    _add_planner_flags(p)
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="plan a program for a question, then run it on an image")
+    _add_planner_flags(p)
+    p.add_argument("--image", help="the IMAGE input (the LEFT image for --task nlvr)")
+    p.add_argument("--right", help="the RIGHT image (--task nlvr)")
+    p.add_argument("--vote", type=int, default=1,
+                   help="sample this many programs, run each, keep the majority answer")
+    p.add_argument("--html", help="write the trace as one HTML page")
+    p.add_argument("--json", help="write the trace as JSON (images beside it)")
+    p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the planner's attempts and the program")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("trace", help="look at a saved trace")
     tsub = p.add_subparsers(dest="trace_command", required=True)
