@@ -303,3 +303,92 @@ def test_planner_with_constrained_local_model(registry, tmp_path):
     assert len(plan.attempts) == 1 and plan.attempts[0].ok
     assert check(plan.program, registry, {"LEFT": "Image", "RIGHT": "Image"}) == []
     assert "IMAGE" not in plan.text
+
+
+# --------------------------------------------------------------------------- API and CLI
+
+EVAL_GQA = 'TWO=Eval(expr="1 + 1")\nFINAL=Result(var=TWO)'
+EVAL_BAD = 'TWO=Evl(expr="1 + 1")\nFINAL=Result(var=TWO)'
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (32, 24), (90, 140, 200)).save(path)
+    return path
+
+
+def test_visprog_run_plans_executes_and_traces(picture):
+    from visprog.api import VisProg
+
+    with ScriptedServer([EVAL_BAD, EVAL_GQA]) as server:
+        vp = VisProg(preset="tiny", cache=False, llm=llm_for(server))
+        out = vp.run(picture, "What is one plus one?", task="gqa")
+    assert out.value == 2 and out.program.source == EVAL_GQA
+    events = [e for e in out.trace.events if e["kind"] == "plan_attempt"]
+    assert [e["ok"] for e in events] == [False, True]
+    assert "unknown module 'Evl'" in events[0]["errors"][0]["message"]
+    assert all(e["usage"]["total_tokens"] > 0 for e in events)
+    assert out.trace.meta["task"] == "gqa" and out.trace.meta["question"] == "What is one plus one?"
+
+
+def test_visprog_run_nlvr_pair_and_vote(picture):
+    from visprog.api import VisProg
+
+    yes = 'A=Eval(expr="2 > 1")\nFINAL=Result(var=A)'
+    no = 'A=Eval(expr="2 < 1")\nFINAL=Result(var=A)'
+    with ScriptedServer([yes, [no, yes, yes]]) as server:
+        vp = VisProg(preset="tiny", cache=False, llm=llm_for(server))
+        out = vp.run((picture, picture), "Both images are blue.", task="nlvr")
+        assert out.value is True
+        system = server.requests[0]["messages"][0]["content"]
+        assert "LEFT (Image), RIGHT (Image)" in system
+        voted = vp.run(picture, "Both images are blue.", task="nlvr", right=picture, vote=3)
+    assert voted.value is True
+    event = voted.trace.events[-1]
+    assert event["kind"] == "vote" and event["counts"] == {"no": 1, "yes": 2}
+    assert len(event["runs"]) == 3 and event["chosen"] == 1
+    assert server.requests[1]["n"] == 3
+
+
+def test_visprog_plan_cache_and_errors(picture, monkeypatch):
+    from visprog.api import VisProg
+    from visprog.errors import ImageError
+    from visprog.llm import LLMError
+
+    with ScriptedServer([EVAL_GQA]) as server:
+        vp = VisProg(preset="tiny", llm=llm_for(server))  # cache on: programs cached too
+        assert vp.plan("What is one plus one?").text == EVAL_GQA
+        assert vp.plan("What is one plus one?").cached
+        with pytest.raises(ImageError):
+            vp.run(picture.parent / "missing.png", "What is one plus one?")
+        assert len(server.requests) == 1  # cache hit, and a bad image fails before planning
+    with pytest.raises(LLMError, match="VISPROG_LLM_MODEL"):
+        VisProg(preset="tiny", cache=False).plan("q")
+    monkeypatch.setenv("VISPROG_LLM_MODEL", "m")  # a model but no key: said when planning
+    vp = VisProg(preset="tiny", cache=False)
+    with pytest.raises(LLMError, match="OPENAI_API_KEY"):
+        vp.plan("q")
+
+
+def test_cli_plan_and_run(picture, monkeypatch, capsys, tmp_path):
+    from visprog.cli import main
+
+    with ScriptedServer([EVAL_GQA, EVAL_GQA]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        monkeypatch.setenv("VISPROG_LLM_MODEL", "cli-model")
+        assert main(["plan", "What is one plus one?", "--preset", "tiny", "--no-plan-cache"]) == 0
+        assert capsys.readouterr().out.strip() == EVAL_GQA
+        html = tmp_path / "t.html"
+        code = main(["run", "--image", str(picture), "What is one plus one?", "--preset", "tiny",
+                     "--no-cache", "--html", str(html), "-v"])
+        captured = capsys.readouterr()
+        assert code == 0 and captured.out.strip() == "2"
+        assert "plan: ok" in captured.err and html.exists()
+    assert server.requests[0]["model"] == "cli-model"
+    monkeypatch.delenv("VISPROG_LLM_MODEL")
+    assert main(["plan", "q", "--preset", "tiny"]) == 1
+    assert "VISPROG_LLM_MODEL" in capsys.readouterr().err
+    assert main(["run", "q", "--preset", "tiny"]) == 2  # no image
+    assert main(["run", "q", "--image", str(picture), "--task", "nlvr", "--preset", "tiny"]) == 2
