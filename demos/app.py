@@ -51,9 +51,9 @@ TASK_HELP = {
 }
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
-NO_LLM_MESSAGE = ("Planning needs an LLM: set OPENAI_API_KEY (and OPENAI_BASE_URL for a "
-                  "compatible server) before starting the demo. You can still write a program "
-                  "in the code box, or click an example, and press Run.")
+BY_HAND = "You can still write a program in the code box, or click an example, and press Run."
+NO_LLM_MESSAGE = ("Planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY (and "
+                  "OPENAI_BASE_URL for a compatible server) before starting the demo. " + BY_HAND)
 
 
 def _esc(value: Any) -> str:
@@ -321,8 +321,9 @@ def plan_program(vp: Any, question: str, task: str) -> tuple[str | None, str]:
         return None, message_box("error", "The planner's program has errors",
                                  "<br>".join(_esc(d) for d in e.diagnostics))
     except VisProgError as e:
-        return None, message_box("warn", "Planning is not available", _esc(f"{e} ") + "<br>"
-                                 + _esc(NO_LLM_MESSAGE))
+        # the planner's own message says what to configure
+        return None, message_box("warn", "Planning is not available",
+                                 _esc(e) + "<br>" + _esc(BY_HAND))
     except Exception as e:  # network and client errors of the LLM backend
         return None, message_box("error", "The planner failed",
                                  _esc(f"{type(e).__name__}: {e}"))

@@ -189,7 +189,8 @@ class _Plan:
 
 @pytest.mark.parametrize("vp_like,question,task,program,needle", [
     (_Planner(_Plan()), "How many?", "gqa", _Plan.text, "Planned"),
-    (_Planner(error=VisProgError("no LLM configured")), "Q?", "gqa", None, "OPENAI_API_KEY"),
+    (_Planner(error=VisProgError("no <LLM> configured")), "Q?", "gqa", None,
+     "no &lt;LLM&gt; configured<br>You can still write a program"),
     (_Planner(error=RuntimeError("connection refused")), "Q?", "gqa", None, "connection refused"),
     (object(), "Q?", "gqa", None, "OPENAI_API_KEY"),
     (_Planner(_Plan()), "  ", "gqa", None, "Type a question"),
