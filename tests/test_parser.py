@@ -163,7 +163,7 @@ def test_same_text_gives_equal_programs():
 ERROR_CASES = [
     # (id, program, line, column, message part, hint part)
     ("missing close paren", "A=Foo(x=1", 1, 10, "end of program", "')'"),
-    ("missing close paren mid-program", "A=Foo(x=1\nB=Bar(y=2)", 2, 1, "unexpected 'B'", "','"),
+    ("missing close paren mid-program", "A=Foo(x=1\nB=Bar(y=2)", 1, 6, "'(' is never closed", "add ')' at the end of line 1"),
     ("missing comma", "A=Foo(x=1 y=2)", 1, 11, "unexpected 'y'", "separate arguments with ','"),
     ("unterminated single quote", "A=Foo(x='abc)", 1, 9, "unterminated string", "'"),
     ("unterminated double quote", 'A=Foo(x=1)\nB=Foo(y="abc\nC=D', 2, 9, "unterminated string",

@@ -196,9 +196,29 @@ def _diagnose(e: UnexpectedInput, text: str) -> Diagnostic:
         return Diagnostic(line, col, src, f"unexpected end of program{exp}", hint)
     assert isinstance(e, UnexpectedToken)
     tok = e.token
+    opener = _unclosed_bracket(e)
+    starts_line = not lines[line - 1][:col - 1].strip() if line - 1 < len(lines) else False
+    if opener is not None and opener.line < line and starts_line:
+        # Newlines inside brackets are joined, so an unclosed '(' surfaces as an odd token at
+        # the start of a later line: point at the bracket itself.
+        closer = ")" if opener.type == "LPAR" else "]"
+        return Diagnostic(opener.line, opener.column, lines[opener.line - 1].strip(),
+                          f"{str(opener)!r} is never closed (line {line} starts with "
+                          f"{str(tok)!r})",
+                          f"add {closer!r} at the end of line {opener.line}, or a ',' before "
+                          f"line {line} if the call goes on there")
     shown = "a new line" if tok.type == "_NL" else repr(str(tok))
     hint = _token_hint(tok, _expected_terminals(e))
     return Diagnostic(line, col, src, f"unexpected {shown}{exp}", hint)
+
+
+def _unclosed_bracket(e: UnexpectedInput) -> Token | None:
+    """The innermost '(' or '[' still open when the parser stopped: closed ones have been
+    reduced away, so any bracket token left on the parser's value stack is unclosed."""
+    state = getattr(getattr(e, "interactive_parser", None), "parser_state", None)
+    stack = getattr(state, "value_stack", None) or []
+    brackets = [v for v in stack if isinstance(v, Token) and v.type in _OPENERS]
+    return brackets[-1] if brackets else None
 
 
 def _char_hint(ch: str) -> str:
