@@ -248,16 +248,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
-    from importlib import import_module
+    from .demos import app  # demos/ installs as visprog.demos
 
-    try:
-        app = import_module("visprog.demos.app")  # when packaged under visprog
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parent.parent  # a source checkout
-        if not (root / "demos" / "app.py").exists():
-            raise UsageError("demos/app.py not found; run from a source checkout") from None
-        sys.path.insert(0, str(root))
-        from demos import app
     app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
     return EXIT_OK
 
