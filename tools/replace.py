@@ -54,9 +54,11 @@ DEFAULTS: dict[str, Any] = {
 def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
     s = {**DEFAULTS, **settings}
     # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
-    if s["seed"] in ("", "random", False) or (isinstance(s["seed"], int) and s["seed"] < 0):
+    seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
+    if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
+            isinstance(seed, int) and not isinstance(seed, bool) and seed < 0):
         s["seed"] = None
-    if s["seed"] is not None and not isinstance(s["seed"], int):
+    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
     if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
         raise ValueError("Replace: resolution must be at least 8 and steps at least 1")
