@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demos import app as demo
+from visprog.demos import app as demo
 from visprog.api import VisProg
 from visprog.errors import Diagnostic, VisProgError
 from visprog.trace import Trace

@@ -23,7 +23,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("browser tests need Chromium: apt-get install -y chromium "
                 "(or set VISPROG_CHROMIUM)", allow_module_level=True)
 
-from demos import app as demo  # noqa: E402
+from visprog.demos import app as demo  # noqa: E402
 from visprog.api import VisProg  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
