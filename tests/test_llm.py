@@ -10,6 +10,7 @@ import pytest
 
 from llm_server import Reply, ScriptedServer
 from visprog.checker import check
+from visprog.errors import ParseError
 from visprog.llm import LLMError, LLMReply, OpenAIChat, make_llm
 from visprog.llm_grammar import StepGrammar, fits, program_grammar, type_set
 from visprog.parser import parse
@@ -130,12 +131,15 @@ def test_fewer_choices_than_n_asks_again():
 
 
 def test_grammar_is_passed_when_asked(registry):
-    with ScriptedServer([PROGRAM]) as server:
+    with ScriptedServer([PROGRAM, PROGRAM]) as server:
         c = client(server, grammar="vllm")
-        c.constrain_to(registry, {"IMAGE": "Image"})
-        c.chat(MESSAGES)
+        c.constrain_to(registry, {"IMAGE": "Image"}).chat(MESSAGES)
+        c.chat(MESSAGES)  # the client itself (e.g. for List) sends no grammar
+        plain = client(server)
+        assert plain.constrain_to(registry, {"IMAGE": "Image"}) is plain
     sent = server.requests[0]["guided_grammar"]
     assert "\"Loc(\"" in sent and "\"object=\"" in sent
+    assert "guided_grammar" not in server.requests[1]
     with pytest.raises(LLMError, match="grammar mode"):
         OpenAIChat(model="m", api_key="k", grammar="xgrammar-ish")
 
@@ -233,7 +237,7 @@ def _tiny_gpt2(directory) -> str:
                                   bos_token="<|endoftext|>")
     torch.manual_seed(0)
     eos = vocab["<|endoftext|>"]
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2,
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=1, n_head=2,
                                        n_positions=2048, bos_token_id=eos, eos_token_id=eos))
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -260,13 +264,13 @@ def test_constrained_samples_always_parse_and_check(tiny_lm, registry, task, one
     from visprog.llm_local import LocalConstrained
 
     inputs = dict(TASKS[task].inputs)
-    llm = LocalConstrained(tiny_lm, max_steps=4, max_string=12, max_list=3)
-    llm.constrain_to(registry, inputs)
+    base = LocalConstrained(tiny_lm, max_steps=4, max_string=8, max_list=2)
+    llm = base.constrain_to(registry, inputs)
     modules = set()
-    seeds = range(20) if task == "gqa" else range(8)
+    seeds = range(20) if task == "gqa" else range(6)
     reply = None
     for seed in seeds:
-        reply = llm.chat(MESSAGES, temperature=1.0, max_tokens=120, seed=seed)
+        reply = llm.chat(MESSAGES, temperature=1.0, max_tokens=90, seed=seed)
         program = parse(reply.text)  # raises ParseError if not a program
         assert check(program, registry, inputs) == [], reply.text
         assert 1 <= len(program) <= 4
@@ -289,6 +293,21 @@ def test_constrained_greedy_is_deterministic_and_n_samples(tiny_lm, registry, on
     assert len(many.texts) == 3 and many.text == many.texts[0]
     for text in many.texts:
         assert check(parse(text), registry, {"IMAGE": "Image"}) == []
+
+
+def test_unconstrained_local_text_and_stop(tiny_lm, one_thread):
+    from visprog.llm_local import LocalConstrained
+
+    llm = LocalConstrained(tiny_lm)
+    reply = llm.chat(MESSAGES, temperature=1.0, max_tokens=12, seed=1)
+    assert 0 < reply.usage["completion_tokens"] <= 12
+    with pytest.raises(ParseError):  # free text from a random model is not a program
+        parse(reply.text)
+    again = llm.chat(MESSAGES, temperature=1.0, max_tokens=12, seed=1)
+    assert again.text == reply.text
+    stop = reply.text[3:5]
+    cut = llm.chat(MESSAGES, temperature=1.0, max_tokens=12, seed=1, stop=[stop])
+    assert cut.text == reply.text[:reply.text.find(stop)]
 
 
 def test_local_backend_errors(tmp_path):

@@ -5,9 +5,10 @@ Every client has
     chat(messages, *, temperature=0.0, max_tokens=512, n=1, seed=None, stop=None) -> LLMReply
     describe() -> {"backend": ..., "model": ..., "base_url": ...}   # part of cache keys
 
-and, optionally, `constrain_to(registry, inputs)`: the planner calls it so that a backend
-that can constrain its output (a local model, or a server that accepts a grammar) knows
-which modules, arguments and input variables exist.
+and, optionally, `constrain_to(registry, inputs) -> client`: the planner plans with the
+client it returns, so a backend that can constrain its output (a local model, or a server
+that accepts a grammar) knows which modules, arguments and input variables exist, while
+other users of the client (the List module) still get free text.
 
 - `OpenAIChat`: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama,
   llama.cpp server...) through the official `openai` client, with bounded retries.
@@ -19,6 +20,7 @@ which modules, arguments and input variables exist.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -139,11 +141,15 @@ class OpenAIChat:
                 "base_url": self.base_url or "https://api.openai.com/v1",
                 "grammar": self.grammar}
 
-    def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> None:
-        """Remember the program grammar for servers that accept one (when `grammar` is set)."""
-        if self.grammar:
-            from .llm_grammar import program_grammar
-            self.grammar_text = program_grammar(registry)
+    def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> "OpenAIChat":
+        """The client for planning: when `grammar` is set, a copy (same connection) whose
+        requests carry the program grammar of `registry`; else this client."""
+        if not self.grammar:
+            return self
+        from .llm_grammar import program_grammar
+        view = copy.copy(self)
+        view.grammar_text = program_grammar(registry)
+        return view
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
              max_tokens: int = 512, n: int = 1, seed: int | None = None,

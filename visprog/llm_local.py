@@ -1,6 +1,8 @@
-"""A local Hugging Face causal LM that can only write valid programs.
+"""A local Hugging Face causal LM that, when planning, can only write valid programs.
 
-Sampling is constrained with llguidance: before each token, a matcher for the grammar of
+`constrain_to(registry, inputs)` returns a constrained view of the client (sharing the
+loaded model); the client itself samples free text (e.g. for the List module's queries).
+In the constrained view, sampling is constrained with llguidance: before each token, a matcher for the grammar of
 the current step (`visprog.llm_grammar.StepGrammar`) masks every token that would not keep
 the text a valid prefix. The program is written a step (line) at a time; after each line the
 real parser reads it and the defined variables and their types are updated, so the next
@@ -13,6 +15,7 @@ ends at a `Result` step, which is the only step allowed once `max_steps` lines o
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 from .llm import LLMError, LLMReply
@@ -26,15 +29,23 @@ _MAX_LINE_TOKENS = 4096
 DEFAULT_INPUTS = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
 
 
+class _Loaded:
+    """The model, tokenizer and llguidance tokenizer, shared by a client and its views."""
+
+    model: Any = None
+    tokenizer: Any = None
+    lltok: Any = None
+
+
 class LocalConstrained:
-    """Grammar-constrained sampling from a transformers causal LM.
+    """A transformers causal LM; grammar-constrained for programs.
 
     Args:
         model_path: a local directory (or a hub id already in the local cache).
         model, tokenizer: an already loaded model and fast tokenizer instead of a path.
-        registry: the tools programs may call; set later by the planner through
-            `constrain_to`, else the built-in tools.
-        inputs: input variable -> type, e.g. {"IMAGE": "Image"}; also set by `constrain_to`.
+        registry: when given, every chat writes a program calling these tools (as the view
+            `constrain_to` returns does); without it, chat samples free text.
+        inputs: input variable -> type, e.g. {"IMAGE": "Image"} (default IMAGE, LEFT, RIGHT).
         device: "cpu", "cuda", ...
         dtype: torch dtype name for loading ("float32", "bfloat16"...); None: the default.
         max_steps: most lines in a program (the last one is the Result).
@@ -54,9 +65,9 @@ class LocalConstrained:
         self.max_steps = max(1, int(max_steps))
         self.max_string = int(max_string)
         self.max_list = int(max_list)
-        self._model = model
-        self._tokenizer = tokenizer
-        self._lltok: Any = None
+        self._shared = _Loaded()
+        self._shared.model, self._shared.tokenizer = model, tokenizer
+        self._constrained = registry is not None
         self._registry = registry
         self._inputs = {k: type_set(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
         self._grammar: StepGrammar | None = None
@@ -64,23 +75,28 @@ class LocalConstrained:
     # ------------------------------------------------------------------ protocol
 
     def describe(self) -> dict[str, Any]:
-        name = self.model_path or getattr(getattr(self._model, "config", None),
-                                          "name_or_path", "") or type(self._model).__name__
+        model = self._shared.model
+        name = self.model_path or getattr(getattr(model, "config", None),
+                                          "name_or_path", "") or type(model).__name__
         return {"backend": "local", "model": str(name), "base_url": None,
                 "constrained": "llguidance", "max_steps": self.max_steps,
                 "max_string": self.max_string}
 
-    def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> None:
-        """Programs may call `registry`'s tools and read `inputs` (name -> type)."""
-        self._registry = registry
-        self._inputs = {k: type_set(v) for k, v in inputs.items()}
-        self._grammar = None
+    def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> "LocalConstrained":
+        """A view of this client (same loaded model) whose replies are programs that call
+        `registry`'s tools and read `inputs` (name -> type), and that parse and check."""
+        view = copy.copy(self)
+        view._constrained = True
+        view._registry = registry
+        view._inputs = {k: type_set(v) for k, v in inputs.items()}
+        view._grammar = None
+        return view
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
              max_tokens: int = 512, n: int = 1, seed: int | None = None,
              stop: list[str] | None = None) -> LLMReply:
-        """Write `n` programs for the conversation. `stop` is not needed (the grammar ends
-        each program) and is ignored.
+        """`n` replies: programs when constrained (then `stop` is not needed: the grammar
+        ends each program), else free text up to `max_tokens`, end of text or a `stop`.
 
         Raises:
             LLMError: the model can't be loaded, or the prompt leaves no room to write.
@@ -98,7 +114,10 @@ class LocalConstrained:
         texts, completion = [], 0
         for i in range(max(1, n)):
             gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed + i)
-            text, used = self._sample_program(ids, temperature, max_tokens, gen)
+            if self._constrained:
+                text, used = self._sample_program(ids, temperature, max_tokens, gen)
+            else:
+                text, used = self._sample_text(ids, temperature, max_tokens, gen, stop or [])
             texts.append(text)
             completion += used
         usage = {"prompt_tokens": len(ids) * len(texts), "completion_tokens": completion,
@@ -108,7 +127,8 @@ class LocalConstrained:
     # ------------------------------------------------------------------ internals
 
     def _load(self) -> tuple[Any, Any]:
-        if self._model is None or self._tokenizer is None:
+        shared = self._shared
+        if shared.model is None or shared.tokenizer is None:
             try:
                 import torch
                 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,22 +136,23 @@ class LocalConstrained:
                 raise LLMError("the local LLM needs torch and transformers: "
                                "pip install 'visprog[models,llm]'") from e
             try:
-                self._tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(self.model_path)
+                shared.tokenizer = shared.tokenizer or AutoTokenizer.from_pretrained(
+                    self.model_path)
                 kw = {"dtype": getattr(torch, self.dtype)} if self.dtype else {}
-                self._model = self._model or AutoModelForCausalLM.from_pretrained(
+                shared.model = shared.model or AutoModelForCausalLM.from_pretrained(
                     self.model_path, **kw)
             except (OSError, ValueError) as e:
                 raise LLMError(f"cannot load the local LLM {self.model_path!r}: {e}") from e
-        if self._lltok is None:
+        if shared.lltok is None:
             try:
                 import llguidance.hf
             except ImportError as e:  # pragma: no cover - environment
                 raise LLMError("constrained decoding needs llguidance: "
                                "pip install 'visprog[llm]'") from e
-            self._model.to(self.device).eval()
-            n_vocab = self._model.get_output_embeddings().weight.shape[0]
-            self._lltok = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=n_vocab)
-        return self._model, self._tokenizer
+            shared.model.to(self.device).eval()
+            n_vocab = shared.model.get_output_embeddings().weight.shape[0]
+            shared.lltok = llguidance.hf.from_tokenizer(shared.tokenizer, n_vocab=n_vocab)
+        return shared.model, shared.tokenizer
 
     def _step_grammar(self) -> StepGrammar:
         if self._grammar is None:
@@ -144,7 +165,7 @@ class LocalConstrained:
         return self._grammar
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        tok = self._tokenizer
+        tok = self._shared.tokenizer
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         else:  # a base model: a plain transcript ending where the answer goes
@@ -163,11 +184,12 @@ class LocalConstrained:
 
         from .parser import parse
 
-        model, tok = self._model, self._tokenizer
+        model, tok = self._shared.model, self._shared.tokenizer
+        lltok = self._shared.lltok
         grammar = self._step_grammar()
         registry = self._registry
         env = dict(self._inputs)
-        mask = llt_np.allocate_token_bitmask(1, self._lltok.vocab_size)
+        mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
         lines: list[str] = []
         used = 0
         with torch.no_grad():
@@ -176,7 +198,7 @@ class LocalConstrained:
             for step in range(self.max_steps):
                 final = step == self.max_steps - 1 or used >= max_tokens
                 matcher = llguidance.LLMatcher(
-                    self._lltok, llguidance.grammar_from("lark", grammar.text(env, final=final)))
+                    lltok, llguidance.grammar_from("lark", grammar.text(env, final=final)))
                 if matcher.is_error():
                     raise LLMError(f"internal: step grammar rejected: {matcher.get_error()}")
                 line_ids: list[int] = []
@@ -205,6 +227,30 @@ class LocalConstrained:
                 if tool.name == "Result" or (final and step == self.max_steps - 1):
                     break
         return "".join(lines).rstrip("\n"), used
+
+
+    def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
+                     stop: list[str]) -> tuple[str, int]:
+        """Free text: up to `max_tokens` tokens, the end-of-text token, or a stop string."""
+        import torch
+
+        model, tok = self._shared.model, self._shared.tokenizer
+        eos = getattr(tok, "eos_token_id", None)
+        out_ids: list[int] = []
+        with torch.no_grad():
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            for _ in range(max_tokens):
+                token = _pick(out.logits[0, -1].float(), temperature, gen)
+                if token == eos:
+                    break
+                out_ids.append(token)
+                text = tok.decode(out_ids)
+                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+                if cut >= 0:
+                    return text[:cut], len(out_ids)
+                out = model(torch.tensor([[token]], device=self.device),
+                            past_key_values=out.past_key_values, use_cache=True)
+        return tok.decode(out_ids), len(out_ids)
 
 
 def _pick(scores: Any, temperature: float, gen: Any) -> int:

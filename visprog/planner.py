@@ -294,18 +294,18 @@ class Planner:
                 plans = [self._cached_plan(question, t, inputs) for t in texts]
                 if all(p is not None for p in plans):
                     return plans  # type: ignore[return-value]
+        # A backend that can constrain its output to programs gives a client that does.
         constrain = getattr(self.llm, "constrain_to", None)
-        if constrain is not None:
-            constrain(self.registry, inputs)
-        reply = self.llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
-                              n=k, seed=self.seed)
+        llm = (constrain(self.registry, inputs) if constrain is not None else None) or self.llm
+        reply = llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
+                         n=k, seed=self.seed)
         texts = reply.texts or [reply.text]
         plans: list[Plan] = []
         failed: list[Attempt] = []
         for i, raw in enumerate(texts[:k]):
             # The first reply's usage covers all k samples; count it once.
             usage = dict(reply.usage) if i == 0 else {}
-            attempts = self._repair(question, messages, raw, usage, temperature, inputs)
+            attempts = self._repair(llm, messages, raw, usage, temperature, inputs)
             if attempts[-1].ok:
                 plans.append(Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
                                   question=question, task=self.task.name))
@@ -317,7 +317,7 @@ class Planner:
             self.cache.put(key, [p.text for p in plans])
         return plans
 
-    def _repair(self, question: str, messages: list[dict], raw: str, usage: dict[str, int],
+    def _repair(self, llm: Any, messages: list[dict], raw: str, usage: dict[str, int],
                 temperature: float, inputs: Mapping[str, str]) -> list[Attempt]:
         """Judge a reply; while it is invalid and tries remain, ask again with its errors."""
         attempts = [self.judge(raw, inputs, usage)]
@@ -326,8 +326,8 @@ class Planner:
             convo += [{"role": "assistant", "content": attempts[-1].reply},
                       {"role": "user", "content": repair_message(attempts[-1].diagnostics)}]
             seed = None if self.seed is None else self.seed + len(attempts)
-            reply = self.llm.chat(convo, temperature=temperature, max_tokens=self.max_tokens,
-                                  n=1, seed=seed)
+            reply = llm.chat(convo, temperature=temperature, max_tokens=self.max_tokens,
+                             n=1, seed=seed)
             attempts.append(self.judge(reply.text, inputs, reply.usage))
         return attempts
 
