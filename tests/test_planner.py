@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from llm_server import Reply, ScriptedServer
+from llm_server import ScriptedServer
 from visprog.api import RunResult
 from visprog.checker import check
 from visprog.llm import OpenAIChat
