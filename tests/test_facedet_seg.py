@@ -141,9 +141,10 @@ SEG_SIZES = {"landscape 320x240": (320, 240), "odd 97x61": (97, 61),
              "tall 61x200": (61, 200), "square 300x300": (300, 300)}
 
 
+@pytest.mark.parametrize("backend", ["mask2former", "maskformer"])
 @pytest.mark.parametrize("size", SEG_SIZES.values(), ids=SEG_SIZES.keys())
-def test_seg_masks_labels_boxes(ctx, size):
-    tool = seg.build(TINY_SEG, ctx)
+def test_seg_masks_labels_boxes(ctx, size, backend):
+    tool = seg.build({**TINY_SEG, "backend": backend, "checkpoint": f"tiny:{backend}"}, ctx)
     found = tool(image=scene(*size))
     w, h = size
     assert found.image_size == size and len(found) >= 1

@@ -32,12 +32,11 @@ from visprog.values import Objects, Region, load_image
 
 VERSION = "1"
 
-# backend -> (transformers model class, processor class, default checkpoint)
+# backend -> (transformers model class, default checkpoint)
 BACKENDS = {
-    "mask2former": ("Mask2FormerForUniversalSegmentation", "Mask2FormerImageProcessor",
+    "mask2former": ("Mask2FormerForUniversalSegmentation",
                     "facebook/mask2former-swin-tiny-coco-panoptic"),
-    "maskformer": ("MaskFormerForInstanceSegmentation", "MaskFormerImageProcessor",
-                   "facebook/maskformer-swin-tiny-coco"),
+    "maskformer": ("MaskFormerForInstanceSegmentation", "facebook/maskformer-swin-tiny-coco"),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -57,7 +56,7 @@ def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"Seg: unknown backend {s['backend']!r}; "
                          f"backends are {', '.join(BACKENDS)}")
     checkpoints = s.pop("checkpoints", None) or {}
-    s.setdefault("checkpoint", checkpoints.get(s["backend"]) or BACKENDS[s["backend"]][2])
+    s.setdefault("checkpoint", checkpoints.get(s["backend"]) or BACKENDS[s["backend"]][1])
     return s
 
 
@@ -73,7 +72,7 @@ def load_segmenter(backend: str):
     def load(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
         import transformers
 
-        model_cls, proc_cls, _ = BACKENDS[backend]
+        model_cls = BACKENDS[backend][0]
         model = getattr(transformers, model_cls).from_pretrained(path, dtype=dtype)
         # AutoImageProcessor picks the PIL processor when torchvision is missing.
         processor = transformers.AutoImageProcessor.from_pretrained(path)
@@ -178,31 +177,58 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
 TINY_LABELS = ["person", "car", "dog", "sky-other-merged", "grass-merged", "wall-brick"]
 
 
+def _tiny_swin():
+    from transformers import SwinConfig
+
+    return SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+
+
+def _tiny_labels() -> dict[str, Any]:
+    id2label = dict(enumerate(TINY_LABELS))
+    return {"num_labels": len(id2label), "id2label": id2label,
+            "label2id": {v: k for k, v in id2label.items()},
+            # a wide init: with the usual 0.02 every random mask is ~0.5 everywhere and the
+            # panoptic post-processing keeps no segment, so no code path past it would run
+            "init_std": 1.0}
+
+
 def build_tiny_mask2former(folder) -> None:
     """A small random Mask2Former (tiny Swin backbone) with a few COCO panoptic names."""
     import torch
-    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
-                              SwinConfig)
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
     from transformers.models.mask2former.image_processing_pil_mask2former import (
         Mask2FormerImageProcessorPil)
 
     torch.manual_seed(0)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
-                      out_features=["stage1", "stage2", "stage3", "stage4"])
-    id2label = dict(enumerate(TINY_LABELS))
     cfg = Mask2FormerConfig(
-        backbone_config=swin, use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=_tiny_swin(), use_timm_backbone=False, use_pretrained_backbone=False,
         feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
         dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
-        num_queries=10, num_labels=len(id2label), id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        # a wide init: with the usual 0.02 every random mask is ~0.5 everywhere and the
-        # panoptic post-processing keeps no segment, so no code path past it would run
-        init_std=1.0)
+        num_queries=10, **_tiny_labels())
     Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(folder)
     # a small working size keeps the tiny model fast
     Mask2FormerImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 256}
                                  ).save_pretrained(folder)
 
 
+def build_tiny_maskformer(folder) -> None:
+    """A small random MaskFormer (tiny Swin backbone, 1+1 layer DETR decoder)."""
+    import torch
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation
+    from transformers.models.maskformer.image_processing_pil_maskformer import (
+        MaskFormerImageProcessorPil)
+
+    torch.manual_seed(0)
+    decoder = dict(model_type="detr", d_model=32, encoder_layers=1, decoder_layers=1,
+                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                   decoder_ffn_dim=64, num_queries=10)
+    cfg = MaskFormerConfig(backbone_config=_tiny_swin(), decoder_config=decoder,
+                           fpn_feature_size=32, mask_feature_size=32, **_tiny_labels())
+    MaskFormerForInstanceSegmentation(cfg).eval().save_pretrained(folder)
+    MaskFormerImageProcessorPil(size={"shortest_edge": 128, "longest_edge": 256}
+                                ).save_pretrained(folder)
+
+
 register_tiny("mask2former", build_tiny_mask2former, version="2")
+register_tiny("maskformer", build_tiny_maskformer)
