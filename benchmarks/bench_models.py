@@ -13,7 +13,7 @@ Figures per module and device: load seconds (from_pretrained + move to device), 
 call, the median of `--calls` further calls, optionally the per-item time of one batched call
 of `--batch` items, parameter bytes, the peak resident memory above the process's size before
 loading (VmHWM - VmRSS from /proc/self/status; torch's CPU tensors count in it), and on CUDA
-the peak allocated GPU memory.
+the peak allocated GPU memory. Importing the libraries is not counted in the load time.
 
 Adding a module: write `save(folder)` (random full-size checkpoint(s) with save_pretrained),
 `tool(folder, ctx)` (the module's Tool, settings pointing into folder) and `kwargs()` (one
@@ -48,6 +48,17 @@ class Bench:
     tool: Callable[[Path, Any], Any]
     kwargs: Callable[[], dict[str, Any]]
     note: str = ""
+    warm: Callable[[], None] | None = None  # imports done before timing the load
+
+
+def hf_classes(*names: str) -> Callable[[], None]:
+    """A `warm` that imports these transformers classes (their import is not load time)."""
+    def warm() -> None:
+        import transformers
+
+        for n in names:
+            getattr(transformers, n)
+    return warm
 
 
 def sample_image(size=(640, 480)):
@@ -121,7 +132,9 @@ def save_clip(folder: Path) -> None:
     _save(folder, CLIPModel(cfg), CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tok))
 
 
-def _save_blip(folder: Path, large: bool) -> None:
+def save_blip(folder: Path) -> None:
+    """The architecture of blip-vqa-base and blip-vqa-capfilt-large (both ViT-B/16 at 384 px
+    + BERT-base; 'capfilt-large' names the captioner/filter that made its data)."""
     from transformers import (BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil,
                               BlipProcessor, BlipTextConfig, BlipVisionConfig)
 
@@ -130,23 +143,12 @@ def _save_blip(folder: Path, large: bool) -> None:
     tok = tiny_bert_tokenizer(BENCH_WORDS, extra_special=["[DEC]"])
     tok.add_special_tokens({"bos_token": "[DEC]"})
     v = tok.get_vocab()
-    vision = (BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                               num_attention_heads=16) if large else BlipVisionConfig())
+    vision = BlipVisionConfig()
     text = BlipTextConfig(encoder_hidden_size=vision.hidden_size, pad_token_id=v["[PAD]"],
                           bos_token_id=v["[DEC]"], sep_token_id=v["[SEP]"], eos_token_id=v["[SEP]"])
     cfg = BlipConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
     _save(folder, BlipForQuestionAnswering(cfg),
           BlipProcessor(image_processor=BlipImageProcessorPil(), tokenizer=tok))
-
-
-def save_blip_large(folder: Path) -> None:
-    """blip-vqa-capfilt-large's architecture: ViT-L/16 at 384 px + BERT-base."""
-    _save_blip(folder, large=True)
-
-
-def save_blip_base(folder: Path) -> None:
-    """blip-vqa-base's architecture: ViT-B/16 at 384 px + BERT-base."""
-    _save_blip(folder, large=False)
 
 
 def save_vilt(folder: Path) -> None:
@@ -164,6 +166,59 @@ def save_vilt(folder: Path) -> None:
 def save_grounding_dino_and_sam(folder: Path) -> None:
     save_grounding_dino(folder / "gd")
     save_sam(folder / "sam")
+
+
+def save_mask2former(folder: Path) -> None:
+    """mask2former-swin-tiny-coco-panoptic's architecture: Swin-T, 100 queries, 133 classes,
+    384 px shortest edge."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+    from transformers.models.mask2former.image_processing_pil_mask2former import (
+        Mask2FormerImageProcessorPil)
+
+    swin = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                      drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"])
+    labels = {i: f"class{i}" for i in range(133)}
+    cfg = Mask2FormerConfig(backbone_config=swin, use_timm_backbone=False,
+                            use_pretrained_backbone=False, num_labels=133, id2label=labels,
+                            label2id={v: k for k, v in labels.items()})
+    _save(folder, Mask2FormerForUniversalSegmentation(cfg),
+          Mask2FormerImageProcessorPil(size={"shortest_edge": 384, "longest_edge": 1333}))
+
+
+def save_sd_inpaint(folder: Path) -> None:
+    """stable-diffusion-inpainting (SD 1.5)'s architecture: UNet 9-channel 860M, VAE, CLIP
+    ViT-L/14 text encoder (full 49408-token embedding; a small BPE vocabulary in the
+    tokenizer), PNDM scheduler; no safety checker (the real default loads one)."""
+    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from visprog.tools.models import tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer(BENCH_WORDS)
+    tok.model_max_length = 77
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12,
+                                        projection_dim=768, max_position_embeddings=77,
+                                        eos_token_id=eot, pad_token_id=eot, bos_token_id=eot - 1))
+    unet = UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4,
+                                cross_attention_dim=768)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                        block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
+                        sample_size=512)
+    sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          skip_prk_steps=True, steps_offset=1)
+    StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).save_pretrained(folder)
+
+
+def save_nothing(folder: Path) -> None:
+    """FaceDet's cascade ships inside scikit-image: nothing to save."""
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 # -- the benchmarks --------------------------------------------------------------------------
@@ -197,27 +252,70 @@ def _vqa(backend: str):
     return tool
 
 
+def _seg(folder: Path, ctx: Any):
+    from visprog.tools import seg
+
+    return seg.build({"backend": "mask2former", "checkpoint": str(folder)}, ctx)
+
+
+def _facedet(folder: Path, ctx: Any):
+    from visprog.tools import facedet
+
+    return facedet.build({"backend": "cascade"}, ctx)
+
+
+def _replace(folder: Path, ctx: Any):
+    from visprog.tools import replace
+
+    return replace.build({"checkpoint": str(folder), "steps": 2, "resolution": 512,
+                          "safety_checker": False, "seed": 0}, ctx)
+
+
+def face_image():
+    """skimage's astronaut (one face) on a 640x480 canvas."""
+    from PIL import Image
+
+    try:
+        from skimage import data
+        face = Image.fromarray(data.astronaut()).resize((400, 400))
+    except ImportError:
+        face = sample_image((400, 400))
+    image = Image.new("RGB", (640, 480), (120, 120, 120))
+    image.paste(face, (120, 40))
+    return image
+
+
 BENCHES: dict[str, Bench] = {
     "Loc": Bench(save_grounding_dino, _loc("grounding_dino"),
-                 lambda: {"image": sample_image(), "object": "dog"}, "GroundingDINO-T, 640x480"),
+                 lambda: {"image": sample_image(), "object": "dog"}, "GroundingDINO-T, 640x480",
+                 hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor")),
     "Loc[owlv2]": Bench(save_owlv2, _loc("owlv2"),
-                        lambda: {"image": sample_image(), "object": "dog"}, "OWLv2 B/16 960px"),
+                        lambda: {"image": sample_image(), "object": "dog"}, "OWLv2 B/16 960px",
+                        hf_classes("Owlv2ForObjectDetection", "Owlv2Processor")),
     "Select": Bench(save_grounding_dino_and_sam, _select,
                     lambda: {"image": sample_image(), "object": candidates(), "query": "dog,cat"},
-                    "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries"),
+                    "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries",
+                    hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor",
+                               "SamModel", "SamProcessor")),
     "Classify": Bench(save_clip, _classify,
                       lambda: {"image": sample_image(), "object": candidates(n=8),
                                "categories": ["dog", "cat", "person", "car"]},
-                      "CLIP B/32, 8 crops x 4 categories"),
-    "Vqa": Bench(save_blip_large, _vqa("blip"),
+                      "CLIP B/32, 8 crops x 4 categories", hf_classes("CLIPModel", "CLIPProcessor")),
+    "Vqa": Bench(save_blip, _vqa("blip"),
                  lambda: {"image": sample_image(), "question": "what color is the car?"},
-                 "BLIP ViT-L (capfilt-large)"),
-    "Vqa[blip-base]": Bench(save_blip_base, _vqa("blip"),
-                            lambda: {"image": sample_image(), "question": "what color is the car?"},
-                            "BLIP ViT-B"),
+                 "BLIP ViT-B/16 384px", hf_classes("BlipForQuestionAnswering", "BlipProcessor")),
     "Vqa[vilt]": Bench(save_vilt, _vqa("vilt"),
                        lambda: {"image": sample_image(), "question": "what color is the car?"},
-                       "ViLT B/32"),
+                       "ViLT B/32", hf_classes("ViltForQuestionAnswering", "ViltProcessor")),
+    "Seg": Bench(save_mask2former, _seg, lambda: {"image": sample_image()},
+                 "Mask2Former Swin-T panoptic (133 classes), 640x480 -> 384x512"),
+    "FaceDet": Bench(save_nothing, _facedet, lambda: {"image": face_image()},
+                     "LBP cascade (scikit-image, CPU only), 640x480 -> 512x384; YuNet needs its "
+                     "model file, not available offline"),
+    "Replace": Bench(save_sd_inpaint, _replace,
+                     lambda: {"image": sample_image(), "object": candidates(n=2)[:1],
+                              "prompt": "a photo of a red car"},
+                     "SD 1.5 inpainting, 512x384, only 2 steps (default 30: ~15x the UNet part)"),
 }
 
 
@@ -239,6 +337,8 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
     from visprog.tools.models import ModelManager
 
     bench = BENCHES[name]
+    if bench.warm:
+        bench.warm()
     mm = ModelManager(device=device)
     tool = bench.tool(folder, ToolContext(models=mm))
     kwargs = bench.kwargs()
@@ -369,10 +469,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(json.loads(out))
                 except Exception as e:
                     rows.append({"module": name, "device": d, "error": str(e)})
-                print(f"done {name} on {d}", file=sys.stderr, flush=True)
+                print(f"done {name} on {d}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+                if a.json:  # written as it goes, so a run cut short keeps what it measured
+                    Path(a.json).write_text(json.dumps(rows, indent=2))
     print_table(rows)
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
