@@ -306,6 +306,7 @@ def test_auto_batch_size_rule():
     assert cpu.size("Vqa") == 1
     cpu.observe("Vqa", 1, 1.0)
     assert cpu.size("Vqa") == 2  # measured at 1: try 2
+    cpu.observe("Vqa", 2, 50.0)  # first chunk at a new size: ignored
     cpu.observe("Vqa", 2, 2.1)  # 1.05 s per call: no better
     assert cpu.size("Vqa") == 1
     cpu.observe("Vqa", 1, 0.01)  # settled: no more probing
@@ -314,10 +315,11 @@ def test_auto_batch_size_rule():
     gpu.observe("Loc", 8, 0.8)
     gpu.observe("Loc", 5, 0.01)  # a partial chunk says nothing
     assert gpu.size("Loc") == 16
-    gpu.observe("Loc", 16, 0.8)  # 0.05 s per call vs 0.1: keep growing
-    gpu.observe("Loc", 32, 0.8)
-    gpu.observe("Loc", 64, 0.8)
+    for size in (16, 32, 64):  # 0.05 s per call vs 0.1, then no worse: keep growing
+        gpu.observe("Loc", size, 99.0)
+        gpu.observe("Loc", size, 0.8)
     assert gpu.size("Loc") == 64
+    assert gpu.sizes() == {"Loc": 64, "Vqa": 8}
 
 
 @pytest.mark.parametrize("spec, expected", [(4, 4), ("4", 4), ("auto", None)])

@@ -27,7 +27,8 @@ Semantics, chosen so that a batched run and a lone run can be compared step by s
 Batch size: an int, or "auto" (`AutoBatchSize`): it starts at 1 on a CPU (a full-size model is
 compute-bound there: batching saves nothing and a big batch can be slower) and at 8 on CUDA,
 and doubles per module while the measured time per call improves by at least 15%, up to 64;
-the first chunk a module runs is not measured (it includes loading the model).
+the first chunk at each size is not measured (it pays for loading the model, and on a GPU for
+the allocator and kernel choice of a new shape). The sizes are kept across runs.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class AutoBatchSize:
 
     def _get(self, module: str) -> dict[str, Any]:
         return self._state.setdefault(module, {"size": self.start, "best": None,
-                                               "warm": False, "settled": False})
+                                               "warm": 0, "settled": False})
 
     def size(self, module: str) -> int:
         return self._get(module)["size"]
@@ -124,8 +125,10 @@ class AutoBatchSize:
         s = self._get(module)
         if s["settled"] or calls != s["size"]:
             return  # only full chunks at the size being tried say anything about it
-        if not s["warm"]:
-            s["warm"] = True  # the first chunk pays for loading the model
+        if s["warm"] != calls:
+            # the first chunk at each size pays for one-off work (loading the model, the
+            # GPU allocator and kernel choice for a new shape): not measured
+            s["warm"] = calls
             return
         per_call = seconds / calls
         best = s["best"]
