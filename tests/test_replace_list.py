@@ -7,19 +7,19 @@ in for the planner's LLM (SPEC allows a test double for the LLM).
 """
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from visprog.errors import ConfigError
 from visprog.tools import ToolContext, list_items
+from visprog.tools import replace as rep
+from visprog.tools.models import ModelLoadError, ModelManager
 from visprog.values import Objects, Region
 
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from visprog.tools import replace as rep  # noqa: E402
-from visprog.tools.models import ModelLoadError, ModelManager  # noqa: E402
+HAS_SD = bool(find_spec("torch") and find_spec("diffusers") and find_spec("transformers"))
 
 TINY_REPLACE = {"checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
                 "mask_dilation": 2, "safety_checker": False, "seed": 0}
@@ -38,6 +38,8 @@ def share_tiny_models(tiny_models_dir, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ctx():
+    if not HAS_SD:  # List's tests below run without the models extra
+        pytest.skip("Replace needs torch, transformers and diffusers")
     return ToolContext(models=ModelManager(device="cpu"))
 
 
@@ -147,7 +149,7 @@ def test_replace_missing_checkpoint_names_it(tmp_path):
         tool(image=image, object=Objects.from_boxes([(0, 0, 9, 9)], image.size), prompt="a")
 
 
-def test_replace_through_the_interpreter():
+def test_replace_through_the_interpreter(ctx):
     from visprog.api import VisProg
 
     vp = VisProg(preset="tiny", cache=False, plugins=False)
