@@ -281,3 +281,22 @@ def test_missing_user_file_and_bad_override(tmp_path):
         load_config("default", tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="dotted key"):
         load_config("default", overrides={"Loc": 0.3})
+
+
+# -- the model tools' declarations ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["Loc", "Select", "Classify", "Vqa"])
+def test_model_tools_declare_settings_version_and_batch(name):
+    import json
+    from importlib import import_module
+
+    from visprog.tools import MODEL_MODULES, ToolContext
+
+    mod = import_module(f"visprog.tools.{MODEL_MODULES[name]}")
+    mm = ModelManager(device="cpu")
+    tiny = mod.build(load_config("tiny")[name], ToolContext(models=mm))
+    default = mod.build(load_config("default")[name], ToolContext(models=mm))
+    assert tiny.name == default.name == name and tiny.version and callable(tiny.batch_fn)
+    json.dumps(dict(tiny.settings))  # part of the cache key: must serialise
+    assert tiny.settings != default.settings  # another checkpoint, another cache key
+    assert mm.loaded() == []  # building a tool loads nothing
