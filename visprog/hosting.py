@@ -13,6 +13,7 @@ Hosting is configuration, not code. A module's section names its host:
     batch_wait_s = 0.01          # (server side) how long a replica waits to fill a batch
     timeout_s = 120              # (client side) per request
     retries = 2                  # (client side) extra attempts when the host fails
+    warmup = true                # (server side) load the models when a replica starts
 
 These keys are taken out of the section before the module is built, so the tool's declared
 settings, and with them the step cache keys, are the same wherever it runs.
@@ -76,6 +77,7 @@ class HostSpec:
     batch_wait_s: float = 0.01
     timeout_s: float = 120.0
     retries: int = 2
+    warmup: bool = True
 
     @property
     def app_name(self) -> str:
@@ -104,7 +106,8 @@ def host_spec(module: str, section: Mapping[str, Any]) -> HostSpec:
             ray_app=str(spec.ray_app), replicas=int(spec.replicas),
             gpu_fraction=float(spec.gpu_fraction), num_cpus=float(spec.num_cpus),
             max_batch_size=int(spec.max_batch_size), batch_wait_s=float(spec.batch_wait_s),
-            timeout_s=float(spec.timeout_s), retries=int(spec.retries))
+            timeout_s=float(spec.timeout_s), retries=int(spec.retries),
+            warmup=bool(spec.warmup))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[{module}]: bad hosting setting: {e}") from e
     if spec.host not in HOSTS:

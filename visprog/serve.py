@@ -41,7 +41,7 @@ class ModuleServer:
     """
 
     def __init__(self, module: str, config: Mapping[str, Any], max_batch_size: int = 16,
-                 batch_wait_s: float = 0.01):
+                 batch_wait_s: float = 0.01, warmup: bool = True):
         from .memory import make_manager
         from .tools import MODEL_MODULES, ToolContext
 
@@ -58,6 +58,8 @@ class ModuleServer:
         self.batches = 0
         self.calls = 0
         self.batch_sizes: list[int] = []
+        self.warmup_error = warm_up(self.tool) if warmup else None
+
 
     async def __call__(self, request: bytes) -> bytes:
         return await self.run_batch(request)
@@ -106,7 +108,36 @@ class ModuleServer:
         return {"batches": self.batches, "calls": self.calls,
                 "batch_sizes": list(self.batch_sizes), "pid": os.getpid(),
                 "events": [dict(e) for e in self.models.events],
+                "warmup_error": self.warmup_error,
                 "loaded": self.models.loaded()}
+
+
+def warm_up(tool: Any) -> str | None:
+    """Call the tool once on made-up arguments of its declared types, so that its libraries
+    and models load while the replica starts rather than on the first request. Returns the
+    error, if any (a warm-up that fails is not fatal: the first request will say why)."""
+    from PIL import Image
+
+    from .values import Objects
+
+    size = (64, 48)
+    samples = {"Image": Image.new("RGB", size, (127, 127, 127)), "Text": "object",
+               "TextList": ["object"], "Number": 1, "Bool": True,
+               "Objects": Objects.from_boxes([(8, 8, 40, 40)], size, labels=["object"])}
+    kwargs = {}
+    for p in tool.params:
+        if not p.required:
+            continue
+        kind = next((t for t in ("Image", "Objects", "TextList", "Text", "Number", "Bool")
+                     if t in p.types), None)
+        if kind is None:
+            return f"no sample value for {p.name}: {p.type_str}"
+        kwargs[p.name] = samples[kind]
+    try:
+        tool.fn(**kwargs)
+    except Exception as e:  # reported by stats(); requests still get their own errors
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
@@ -121,7 +152,8 @@ def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
         # Enough requests in a replica at once to fill a batch.
         max_ongoing_requests=max(2 * spec.max_batch_size, 8),
         health_check_period_s=2.0, health_check_timeout_s=30.0)
-    return dep.bind(spec.module, dict(config), spec.max_batch_size, spec.batch_wait_s)
+    return dep.bind(spec.module, dict(config), spec.max_batch_size, spec.batch_wait_s,
+                    spec.warmup)
 
 
 def hosted_specs(config: Mapping[str, Any], modules: Sequence[str] = ()) -> list[HostSpec]:

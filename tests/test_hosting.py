@@ -1,0 +1,303 @@
+"""Model modules hosted on Ray Serve (visprog/hosting.py, visprog/serve.py), against a local
+Ray instance started once for this file (CPU, the tiny preset).
+
+Covered: remote and in-process runs give the same values, traces and cache keys; concurrent
+requests are coalesced into batches by the replica; a tool's own error comes back as itself;
+a replica killed mid-call gives a clear HostError (no retries) or a retried, correct answer,
+and nothing is cached for a failed step; a missing host and a mismatched deployment fail
+clearly; `visprog serve` deploys to a running cluster.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("ray", reason="the hosting tests need Ray Serve: pip install 'visprog[ray]'")
+pytest.importorskip("ray.serve", reason="the hosting tests need Ray Serve: pip install 'visprog[ray]'")
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from visprog import codec  # noqa: E402
+from visprog.api import VisProg  # noqa: E402
+from visprog.cache import StepCache  # noqa: E402
+from visprog.config import load_config  # noqa: E402
+from visprog.errors import ConfigError, StepError  # noqa: E402
+from visprog.hosting import HostError, client_of, split_config  # noqa: E402
+from visprog.serve import deploy  # noqa: E402
+
+HOSTED = ("Loc", "Vqa", "Classify")
+HOST = {"host": "ray", "num_cpus": 0.25, "max_batch_size": 8, "batch_wait_s": 0.05,
+        "timeout_s": 60, "retries": 2}
+
+PROGRAM = """\
+OBJ=Loc(image=IMAGE, object='dog')
+N=Count(box=OBJ)
+CROP=Crop(image=IMAGE, box=OBJ)
+LABELED=Classify(image=IMAGE, object=OBJ, categories=['dog', 'cat'])
+ANSWER=Vqa(image=CROP, question='what color is the dog?')
+OUT=Eval(expr="'{ANSWER}' if {N} > 0 else 'none'")
+FINAL=Result(var=OUT)
+"""
+
+
+def hosted(app: str = "visprog", modules=HOSTED, **extra) -> dict:
+    return {m: {**HOST, "ray_app": app, **extra} for m in modules}
+
+
+def picture(seed: int, size=(160, 120)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local Ray instance and the deployments of Loc, Vqa and Classify for the file.
+
+    The tiny models are built here first, in a folder the replicas see too (they inherit
+    this process's environment), so no replica builds them."""
+    tiny = tmp_path_factory.mktemp("tiny-models")
+    cache = tmp_path_factory.mktemp("replica-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISPROG_TINY_DIR", str(tiny))
+        mp.setenv("VISPROG_CACHE_DIR", str(cache))
+        VisProg(preset="tiny", cache=False).execute(PROGRAM, image=picture(0))
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            deploy(load_config("tiny", overrides=hosted()))
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_vp(cluster):
+    return VisProg(preset="tiny", cache=False)
+
+
+def fingerprint(trace) -> list:
+    """What must match between runs: per step its module, arguments and output (by content)."""
+    return [(r.target, r.module, {k: codec.digest(v) for k, v in r.args.items()},
+             codec.digest(r.output), r.error) for r in trace.steps]
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+def test_hosting_keys_leave_the_settings():
+    cfg = load_config("tiny", overrides=hosted(modules=("Vqa",)))
+    tools_cfg, hosts = split_config(cfg)
+    assert set(hosts) == {"Vqa"} and hosts["Vqa"].app_name == "visprog-Vqa"
+    assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "blip"
+    local = VisProg(preset="tiny", cache=False).registry.get("Vqa")
+    remote = VisProg(preset="tiny", cache=False, config=cfg).registry.get("Vqa")
+    assert client_of(remote) is not None and client_of(local) is None
+    for field in ("name", "params", "returns", "version", "settings", "doc", "cacheable"):
+        assert getattr(remote, field) == getattr(local, field), field
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"Vqa": {"host": "gpu-box"}}, "choose one of"),
+    ({"Vqa": {"host": "ray", "replicas": 0}}, "out of range"),
+    ({"Vqa": {"host": "ray", "timeout_s": "soon"}}, "bad hosting setting"),
+    ({"Count": {"host": "ray"}}, "only model modules"),
+    ({"List": {"host": "ray"}}, "LLM"),
+])
+def test_bad_hosting_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        VisProg(preset="tiny", cache=False, config=override)
+
+
+# -- same results ------------------------------------------------------------------------------
+
+def test_remote_and_in_process_runs_match(cluster, local_vp):
+    cache = StepCache(memory=True)
+    remote = VisProg(preset="tiny", cache=cache, config=hosted())
+    for seed in (1, 2):
+        image = picture(seed, size=(160 + 40 * seed, 120))
+        here = local_vp.execute(PROGRAM, image=image)
+        there = remote.execute(PROGRAM, image=image)
+        assert there.value == here.value
+        assert fingerprint(there.trace) == fingerprint(here.trace)
+        assert not any(r.cached for r in there.trace.steps if r.module in HOSTED)
+        # Same cache keys: an in-process interpreter sharing the cache finds every step.
+        again = VisProg(preset="tiny", cache=cache).execute(PROGRAM, image=image)
+        assert all(r.cached for r in again.trace.steps if r.module)
+        assert fingerprint(again.trace) == fingerprint(here.trace)
+
+
+def test_concurrent_requests_are_coalesced(cluster, local_vp):
+    remote = VisProg(preset="tiny", cache=False, config=hosted())
+    client = client_of(remote.registry.get("Vqa"))
+    before = client.stats()
+    items = [{"program": "A=Vqa(image=IMAGE, question='what color is the car?')",
+              "image": picture(10 + i)} for i in range(16)]
+    results = remote.run_batch(items, batch_size=16)
+    after = client.stats()
+    calls = after["calls"] - before["calls"]
+    batches = after["batches"] - before["batches"]
+    assert calls == 16
+    assert batches < calls, after["batch_sizes"]
+    assert max(after["batch_sizes"][len(before["batch_sizes"]):]) > 1
+    expected = [local_vp.execute(i["program"], image=i["image"]).value for i in items]
+    assert [r.value for r in results] == expected
+    # The replica's model manager loaded BLIP once, and says so.
+    assert [e["kind"] for e in after["events"] if e["event"] == "load"] == ["blip_vqa"]
+
+
+def test_tool_error_comes_back_as_itself(cluster, local_vp):
+    program = "A=Vqa(image=IMAGE, question='  ')"
+    with pytest.raises(StepError) as here:
+        local_vp.execute(program, image=picture(3))
+    remote = VisProg(preset="tiny", cache=False, config=hosted())
+    with pytest.raises(StepError) as there:
+        remote.execute(program, image=picture(3))
+    assert there.value.trace.steps[-1].error == here.value.trace.steps[-1].error
+    assert client_of(remote.registry.get("Vqa")).retried == 0   # not a host failure
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+def test_missing_host_fails_clearly_and_caches_nothing(cluster):
+    cache = StepCache(memory=True)
+    vp = VisProg(preset="tiny", cache=cache,
+                 config=hosted(app="nowhere", modules=("Vqa",), retries=1))
+    started = time.perf_counter()
+    with pytest.raises(StepError) as err:
+        vp.execute("A=Vqa(image=IMAGE, question='what is it?')", image=picture(4))
+    cause = err.value.__cause__
+    assert isinstance(cause, HostError)
+    assert cause.module == "Vqa" and cluster in cause.address
+    assert "nowhere-Vqa" in str(cause) and "after 2 attempts" in str(cause)
+    assert time.perf_counter() - started < 30
+    assert len(cache.memory) == 0
+
+
+def test_deployment_with_other_settings_is_refused(cluster):
+    vp = VisProg(preset="tiny", cache=False,
+                 config={"Vqa": {**HOST, "max_new_tokens": 3}})
+    with pytest.raises(StepError) as err:
+        vp.execute("A=Vqa(image=IMAGE, question='what is it?')", image=picture(5))
+    assert isinstance(err.value.__cause__, HostError)
+    assert "same config" in str(err.value.__cause__)
+
+
+def _replica_actors(app: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}-Vqa#")]
+
+
+def _wait_ready(app: str, timeout: float = 90.0) -> None:
+    handle = serve.get_app_handle(f"{app}-Vqa")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            handle.describe.remote().result(timeout_s=5)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def served_by_cli(cluster, tmp_path_factory):
+    """`visprog serve` run in another process deploys Vqa (app 'cli') to the test cluster and
+    exits. Its replica waits 2 s to fill a batch, which gives the kill test its window."""
+    config = tmp_path_factory.mktemp("serve-cli") / "cluster.toml"
+    config.write_text('[Vqa]\nhost = "ray"\nray_app = "cli"\nnum_cpus = 0.25\n'
+                      'batch_wait_s = 2.0\nmax_batch_size = 64\n')
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "visprog.cli", "serve", "--preset", "tiny",
+             "--config", str(config), "--address", cluster],
+            capture_output=True, text=True, timeout=180, env=env)
+        yield proc, config
+    finally:
+        serve.delete("cli-Vqa")
+
+
+def test_serve_command_deploys_to_a_running_cluster(cluster, served_by_cli, local_vp):
+    proc, config = served_by_cli
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "serving Vqa as 'cli-Vqa'" in proc.stdout
+    assert f'ray_address = "{cluster}"' in proc.stdout
+    vp = VisProg(preset="tiny", cache=False, config=str(config))
+    program = "A=Vqa(image=IMAGE, question='how many dogs are there?')"
+    assert vp.execute(program, image=picture(7)).value == \
+        local_vp.execute(program, image=picture(7)).value
+
+
+def _replica_actors(app: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{app}-Vqa#")]
+
+
+def _kill_replica_soon(app: str, delay: float) -> threading.Thread:
+    def kill():
+        time.sleep(delay)
+        for name in _replica_actors(app):
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+def test_replica_killed_mid_call(cluster, served_by_cli, local_vp):
+    """The replica (waiting 2 s to fill a batch) is killed while our request waits in it.
+    Without retries: a HostError naming the module and address, and no cache entry. With
+    retries: Serve starts a new replica and the retried request gives the right answer (or,
+    if that takes too long, the same clear error: never a wrong answer)."""
+    assert served_by_cli[0].returncode == 0, served_by_cli[0].stderr[-2000:]
+    app = "cli"
+    program = "A=Vqa(image=IMAGE, question='is there a cat?')"
+    image = picture(6)
+    expected = local_vp.execute(program, image=image).value
+    cache = StepCache(memory=True)
+    no_retry = VisProg(preset="tiny", cache=cache,
+                       config=hosted(app=app, modules=("Vqa",), retries=0))
+    client_of(no_retry.registry.get("Vqa"))._connect()   # connected before the kill
+    killer = _kill_replica_soon(app, delay=0.7)
+    with pytest.raises(StepError) as err:
+        no_retry.execute(program, image=image)
+    killer.join()
+    cause = err.value.__cause__
+    assert isinstance(cause, HostError) and cause.module == "Vqa"
+    assert "died" in str(cause)
+    assert f"{app}-Vqa" in str(cause) and cluster in str(cause)
+    assert len(cache.memory) == 0
+
+    _wait_ready(app)  # Serve has replaced the killed replica
+    retrying = VisProg(preset="tiny", cache=cache,
+                       config=hosted(app=app, modules=("Vqa",), retries=6))
+    client = client_of(retrying.registry.get("Vqa"))
+    client._connect()
+    killer = _kill_replica_soon(app, delay=0.7)
+    try:
+        out = retrying.execute(program, image=image)
+    except StepError as e:
+        assert isinstance(e.__cause__, HostError)
+        assert len(cache.memory) == 0
+    else:
+        assert out.value == expected
+        assert client.retried >= 1
+        assert len(cache.memory) == 1
+    killer.join()
+
+
+def test_serve_command_without_hosted_modules():
+    from visprog.cli import main
+
+    assert main(["serve", "--preset", "tiny"]) == 2
