@@ -91,7 +91,8 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
              summary_path: str | os.PathLike | None = None, batch_size: int | str = AUTO,
              limit: int | None = None, shuffle: bool = False, seed: int = 0,
              chunk_size: int = DEFAULT_CHUNK, use_cache: bool = True, progress: bool = True,
-             dataset: str = "") -> dict[str, Any]:
+             dataset: str = "", executor: Callable[..., Iterable[dict[str, Any]]] | None = None,
+             ) -> dict[str, Any]:
     """Evaluate `vp` on `items`, resuming from `results_path`; return the summary.
 
     Args:
@@ -104,6 +105,9 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         chunk_size: items per batched run.
         progress: show a progress bar (stderr) with rate and ETA.
         dataset: a name for the summary.
+        executor: runs the chunks elsewhere, e.g. on a Ray cluster
+            (`visprog.hosting.ray_executor`): called with the list of chunks (and
+            batch_size=, use_cache=), it yields their result lines as chunks finish.
     """
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
@@ -123,8 +127,13 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
             bar.update(1)
             bar.set_postfix(acc=f"{tally['correct'] / tally['n']:.3f}", refresh=False)
 
-        for start in range(0, len(todo), max(1, chunk_size)):
-            _run_chunk(vp, todo[start:start + chunk_size], write, batch_size, use_cache)
+        chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), max(1, chunk_size))]
+        if executor is None:
+            for chunk in chunks:
+                _run_chunk(vp, chunk, write, batch_size, use_cache)
+        else:
+            for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
+                write(record)
         os.fsync(out.fileno())
     bar.close()
     elapsed = time.perf_counter() - started
@@ -310,6 +319,10 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"items run together per batch (default {DEFAULT_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="spread the chunks over a Ray cluster ('auto', 'HOST:6379'): planning "
+                        "and execution run there (needs the ray extra; image paths must be "
+                        "readable on the workers)")
 
 
 def cmd_eval(args: Any, vp: Any) -> dict[str, Any]:
@@ -318,10 +331,15 @@ def cmd_eval(args: Any, vp: Any) -> dict[str, Any]:
 
     items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
     out = args.out or str(Path(args.dataset).with_suffix("")) + ".results.jsonl"
+    executor = None
+    if getattr(args, "ray", None):
+        from .hosting import ray_executor
+        executor = ray_executor(args.ray, vp)
     summary = evaluate(vp, items, out, summary_path=args.summary, batch_size=args.batch_size,
                        limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                        chunk_size=args.chunk, use_cache=not args.no_cache,
-                       progress=not args.no_progress, dataset=str(args.dataset))
+                       progress=not args.no_progress, dataset=str(args.dataset),
+                       executor=executor)
     print(format_summary(summary))
     print(f"results: {out}\nsummary: {summary['summary']}")
     return summary
