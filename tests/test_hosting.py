@@ -297,6 +297,43 @@ def test_replica_killed_mid_call(cluster, served_by_cli, local_vp):
     killer.join()
 
 
+def test_eval_spread_over_the_cluster(cluster, tmp_path):
+    """`evaluate` with the Ray executor: the same result lines and summary as on one machine,
+    and a rerun resumes from the file."""
+    import json
+
+    from visprog.datasets import load_dataset
+    from visprog.evaluate import evaluate, read_results
+    from visprog.hosting import ray_executor
+
+    questions = ["is there a dog?", "what color is the car?", "how many cats are there?"]
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for i in range(6):
+            picture(20 + i).save(tmp_path / f"{i}.png")
+            f.write(json.dumps({"id": f"q{i}", "image": f"{i}.png", "question": questions[i % 3],
+                                "answer": "yes" if i % 2 else "red", "type": f"t{i % 2}",
+                                "program": f"A=Vqa(image=IMAGE, question='{questions[i % 3]}')"
+                                           if i != 4 else "A=Vqa(image=IMAGE"}) + "\n")
+    items = load_dataset(tmp_path / "data.jsonl")
+    vp = VisProg(preset="tiny", cache=False)
+    here = evaluate(vp, items, tmp_path / "here.jsonl", chunk_size=2, progress=False)
+    executor = ray_executor(cluster, vp, num_cpus=0.25)
+    first = evaluate(vp, items, tmp_path / "there.jsonl", chunk_size=2, progress=False,
+                     limit=3, executor=executor)
+    assert first["this_run"]["items"] == 3
+    there = evaluate(vp, items, tmp_path / "there.jsonl", chunk_size=2, progress=False,
+                     executor=executor)
+    assert there["this_run"]["items"] == 3          # resumed: only the rest ran
+
+    def by_id(path):
+        return sorted(read_results(path), key=lambda r: r["id"])
+
+    assert by_id(tmp_path / "there.jsonl") == by_id(tmp_path / "here.jsonl")
+    for key in ("total", "done", "correct", "accuracy", "failures", "by_type"):
+        assert there[key] == here[key], key
+    assert {r["status"] for r in by_id(tmp_path / "here.jsonl")} >= {"no_program"}
+
+
 def test_serve_command_without_hosted_modules():
     from visprog.cli import main
 
