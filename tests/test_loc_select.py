@@ -276,3 +276,15 @@ def test_select_bad_input(ctx):
         tool(image=image((50, 50)), object=[(0, 0, 1, 1)], query="dog")
     with pytest.raises(ConfigError, match="sam, clip"):
         make_select(ctx, backend="yolo")
+
+
+def test_nms_limit_keeps_the_same_best_boxes():
+    from visprog.tools.loc import nms
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 600, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 100, (300, 2))], axis=1)
+    scores = rng.uniform(size=300)
+    full = nms(boxes, scores, 0.5)
+    assert list(nms(boxes, scores, 0.5, limit=7)) == list(full[:7])
+    assert len(nms(boxes, scores, 0.5, limit=0)) == 0

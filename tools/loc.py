@@ -64,12 +64,16 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the kept boxes, best score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+        limit: int | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the kept boxes, best score first.
+
+    Stops once `limit` boxes are kept: the loop is then bounded by the number of detections
+    wanted, not by the hundreds of candidates a detector can propose."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     keep: list[int] = []
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    while order.size:
+    while order.size and (limit is None or len(keep) < limit):
         i = int(order[0])
         keep.append(i)
         if order.size == 1:
@@ -89,7 +93,7 @@ def clean_detections(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int
                       boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1)
     ok = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & np.isfinite(scores)
     boxes, scores = boxes[ok], scores[ok]
-    keep = nms(boxes, scores, nms_iou)[:max(0, int(max_detections))]
+    keep = nms(boxes, scores, nms_iou, limit=max(0, int(max_detections)))
     return boxes[keep], scores[keep]
 
 
