@@ -1,0 +1,222 @@
+"""The cost of hosting: 64 GQA-style programs in-process versus through Ray Serve.
+
+Loc and Vqa (the model modules of the programs) run either in this process or on Ray Serve
+deployments of a local Ray instance that this script starts (one replica each). The same
+programs run two ways each:
+
+- sequential: `VisProg.execute`, one program after another (each model step is one request);
+- batched: `VisProg.run_batch` (steps of many programs sent together; through Ray Serve each
+  call is a request and the replica's `@serve.batch` coalesces them again).
+
+Everything runs once untimed first (models loaded, replicas warm), then `--reps` timed runs;
+the step cache is off. The values of the two hosts are checked to be identical. Printed:
+programs/s for each mode and host, the overhead of hosting per program and per model request,
+and the replicas' batch counts.
+
+    python benchmarks/bench_hosting.py                              # tiny preset, CPU
+    python benchmarks/bench_hosting.py --full --device cuda         # full-size BLIP VQA and
+                                                                    # GroundingDINO-tiny, fp16
+
+`--full` uses the full-size architectures built from default configs with random weights
+(the builder and Loc threshold calibration of benchmarks/bench_batch.py; nothing is
+downloaded); on CUDA each replica gets `--gpu-fraction` of the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TEMPLATES = [
+    "BOX0=Loc(image=IMAGE, object='car')\nN=Count(box=BOX0)\n"
+    "FINAL=Eval(expr=\"'yes' if {N} > 0 else 'no'\")",
+    "BOX0=Loc(image=IMAGE, object='car')\nIMAGE0=Crop(image=IMAGE, box=BOX0)\n"
+    "ANSWER0=Vqa(image=IMAGE0, question='what color is the car?')\nFINAL=Result(var=ANSWER0)",
+    "ANSWER0=Vqa(image=IMAGE, question='is it daytime?')\nFINAL=Result(var=ANSWER0)",
+    "BOX0=Loc(image=IMAGE, object='person')\nIMAGE0=CropLeftOf(image=IMAGE, box=BOX0)\n"
+    "ANSWER0=Vqa(image=IMAGE0, question='what is to the left of the person?')\n"
+    "FINAL=Result(var=ANSWER0)",
+]
+HOSTED = ("Loc", "Vqa")
+
+
+def make_images(n: int, size: tuple[int, int]) -> list:
+    """Synthetic scenes: a background, a road, a few coloured boxes."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(60, 200, 3)))
+        d = ImageDraw.Draw(img)
+        d.rectangle([0, size[1] * 2 // 3, size[0], size[1]], fill=(70, 70, 70))
+        for _ in range(3 + i % 3):
+            x, y = rng.integers(0, size[0] - 80), rng.integers(size[1] // 3, size[1] - 60)
+            d.rectangle([x, y, x + rng.integers(30, 80), y + rng.integers(20, 60)],
+                        fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        out.append(img)
+    return out
+
+
+def workload(n_programs: int, n_images: int, size: tuple[int, int]) -> list[dict]:
+    images = make_images(n_images, size)
+    return [{"program": TEMPLATES[i % len(TEMPLATES)], "image": images[(i // len(TEMPLATES))
+                                                                      % n_images], "id": i}
+            for i in range(n_programs)]
+
+
+def full_size_config(work: Path, device: str) -> dict:
+    """Loc and Vqa on the full-size random checkpoints (built once into `work`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_batch import build_checkpoints, calibrate_loc
+
+    from visprog.api import VisProg
+
+    edge = 800 if device.startswith("cuda") else 224
+    blip, gdino = build_checkpoints(work, edge)
+    probe = VisProg(preset="default", cache=False, plugins=False, device=device,
+                    config={"Vqa": {"checkpoint": str(blip)}})
+    threshold = calibrate_loc(probe, gdino, make_images(1, (640, 480))[0])
+    probe.models.unload()
+    return {"Vqa": {"checkpoint": str(blip)},
+            "Loc": {"checkpoint": str(gdino), "box_threshold": threshold, "text_threshold": 0.0}}
+
+
+def timed(fn, reps: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run_modes(vp, items: list[dict], reps: int, batch_size) -> dict:
+    def sequential():
+        return [vp.execute(it["program"], image=it["image"]).value for it in items]
+
+    def batched():
+        results = vp.run_batch(items, batch_size=batch_size)
+        bad = [r for r in results if not r.ok]
+        if bad:
+            raise RuntimeError(f"{len(bad)} programs failed: {bad[0].error}")
+        return [r.value for r in results]
+
+    sequential(), batched()  # warm: models loaded, replicas warm, libraries imported
+    seq_s, seq_values = timed(sequential, reps)
+    bat_s, bat_values = timed(batched, reps)
+    return {"sequential_s": seq_s, "batched_s": bat_s, "values": seq_values,
+            "batched_values": bat_values}
+
+
+def model_steps(items: list[dict]) -> int:
+    return sum(sum(line.split("=", 1)[1].startswith(HOSTED) for line in it["program"].splitlines())
+               for it in items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--programs", type=int, default=64)
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--image-size", default="640x480", help="WxH")
+    p.add_argument("--reps", type=int, default=1, help="timed repetitions (median)")
+    p.add_argument("--batch-size", default="16", help="run_batch batch size, or auto")
+    p.add_argument("--max-batch-size", type=int, default=16, help="Serve batch size")
+    p.add_argument("--batch-wait", type=float, default=0.005, help="Serve batch wait (s)")
+    p.add_argument("--full", action="store_true",
+                   help="full-size BLIP VQA and GroundingDINO-tiny (random weights)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (models in both hosts)")
+    p.add_argument("--gpu-fraction", type=float, default=0.0,
+                   help="GPU per replica (default: 0.4 on cuda)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in this process on CPU; each replica gets one CPU, so "
+                        "Ray gives it one thread too (a fair comparison)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "visprog-bench"),
+                   help="folder for --full checkpoints")
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+
+    import ray
+    import torch
+
+    from visprog.api import VisProg
+    from visprog.hosting import client_of
+    from visprog.serve import deploy
+
+    w, h = (int(v) for v in args.image_size.lower().split("x"))
+    items = workload(args.programs, args.images, (w, h))
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    cuda = args.device.startswith("cuda")
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    preset = "default" if args.full else "tiny"
+    config: dict = {"models": {"device": args.device, "half": cuda}}
+    if args.full:
+        config.update(full_size_config(Path(args.work), args.device))
+    gpu = args.gpu_fraction or (0.4 if cuda else 0.0)
+    hosted = {m: {**config.get(m, {}), "host": "ray", "replicas": 1, "gpu_fraction": gpu,
+                  "num_cpus": 1, "max_batch_size": args.max_batch_size,
+                  "batch_wait_s": args.batch_wait, "timeout_s": 600} for m in HOSTED}
+    hosted_config = {**config, **hosted}
+
+    print(f"workload: {len(items)} programs over {args.images} images {w}x{h}, "
+          f"{model_steps(items)} model steps; preset {preset}"
+          f"{' (full-size random)' if args.full else ''}, device {args.device}")
+    local = VisProg(preset=preset, cache=False, plugins=False, config=config)
+    here = run_modes(local, items, args.reps, batch_size)
+    local.models.unload()  # the replicas get the memory (and the GPU) to themselves
+
+    t = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+             num_cpus=args.num_cpus or max(2, os.cpu_count() or 2))
+    deploy(VisProg(preset=preset, cache=False, plugins=False, config=hosted_config).config)
+    startup = time.perf_counter() - t
+    remote = VisProg(preset=preset, cache=False, plugins=False, config=hosted_config)
+    clients = {m: client_of(remote.registry.get(m)) for m in HOSTED}
+    before = {m: c.stats() for m, c in clients.items()}
+    there = run_modes(remote, items, args.reps, batch_size)
+    after = {m: c.stats() for m, c in clients.items()}
+    ray.shutdown()
+
+    same = here["values"] == there["values"] and here["batched_values"] == there["batched_values"]
+    n, steps = len(items), model_steps(items)
+    figures = {"programs": n, "model_steps": steps, "preset": preset, "full": args.full,
+               "device": args.device, "ray_startup_s": round(startup, 2),
+               "identical_values": same, "modes": {}}
+    print(f"\nRay start + deploy (replicas warm up): {startup:.1f} s; values identical: {same}")
+    print(f"{'mode':<11}{'in-process':>16}{'Ray Serve':>16}{'overhead':>14}{'per request':>14}")
+    for mode in ("sequential", "batched"):
+        a, b = here[f"{mode}_s"], there[f"{mode}_s"]
+        per_prog = (b - a) / n * 1000
+        per_req = (b - a) / steps * 1000
+        figures["modes"][mode] = {"in_process_s": round(a, 3), "ray_s": round(b, 3),
+                                  "in_process_programs_per_s": round(n / a, 2),
+                                  "ray_programs_per_s": round(n / b, 2),
+                                  "overhead_ms_per_program": round(per_prog, 2),
+                                  "overhead_ms_per_request": round(per_req, 2)}
+        print(f"{mode:<11}{n / a:>10.1f} pr/s{n / b:>10.1f} pr/s{per_prog:>9.1f} ms/pr"
+              f"{per_req:>9.1f} ms/rq")
+    for m in HOSTED:
+        calls = after[m]["calls"] - before[m]["calls"]
+        batches = after[m]["batches"] - before[m]["batches"]
+        sizes = after[m]["batch_sizes"][len(before[m]["batch_sizes"]):]
+        figures[f"{m}_replica"] = {"calls": calls, "batches": batches,
+                                   "max_batch": max(sizes) if sizes else 0}
+        print(f"{m} replica: {calls} calls in {batches} batches "
+              f"(largest {max(sizes) if sizes else 0})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
