@@ -90,6 +90,99 @@ def full_size_config(work: Path, device: str) -> dict:
             "Loc": {"checkpoint": str(gdino), "box_threshold": threshold, "text_threshold": 0.0}}
 
 
+# -- which default models fit together (parameter counts on the meta device) ----------------
+
+def default_architectures() -> dict:
+    """name -> (what it is, constructor of the model of the default checkpoint's architecture,
+    modules that use it). Configs follow the default checkpoints of visprog/presets.toml."""
+    from transformers import (BlipConfig, BlipForQuestionAnswering, CLIPConfig, CLIPModel,
+                              CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                              GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
+                              Owlv2Config, Owlv2ForObjectDetection, SamConfig, SamModel,
+                              SwinConfig, ViltConfig, ViltForQuestionAnswering)
+
+    def blip_large():  # blip-vqa-capfilt-large: ViT-L/16 at 384 px, BERT-base text
+        vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                  "num_attention_heads": 16, "image_size": 384, "patch_size": 16}
+        return BlipForQuestionAnswering(BlipConfig(vision_config=vision,
+                                                   text_config={"encoder_hidden_size": 1024}))
+
+    def mask2former_swin_tiny():  # 133 COCO panoptic classes
+        swin = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                          window_size=7, out_features=["stage1", "stage2", "stage3", "stage4"])
+        return Mask2FormerForUniversalSegmentation(Mask2FormerConfig(backbone_config=swin,
+                                                                     num_labels=133))
+
+    def sd_inpaint():  # SD 1.5 inpainting: UNet (9 input channels), VAE, CLIP ViT-L/14 text
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        unet = UNet2DConditionModel(in_channels=9, out_channels=4, cross_attention_dim=768,
+                                    attention_head_dim=8, sample_size=64)
+        vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                            latent_channels=4, sample_size=512)
+        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12,
+                                            max_position_embeddings=77, vocab_size=49408))
+        import torch
+        return torch.nn.ModuleList([unet, vae, text])
+
+    def sd_safety_checker():  # CLIP ViT-L/14 vision tower
+        from transformers import CLIPVisionModel
+        return CLIPVisionModel(CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
+                                                num_hidden_layers=24, num_attention_heads=16,
+                                                patch_size=14, image_size=224))
+
+    return {
+        "grounding-dino-tiny": (lambda: GroundingDinoForObjectDetection(GroundingDinoConfig()),
+                                "Loc, Select"),
+        "sam-vit-base": (lambda: SamModel(SamConfig()), "Select"),
+        "clip-vit-base-patch32": (lambda: CLIPModel(CLIPConfig()), "Classify (Select: clip)"),
+        "blip-vqa-capfilt-large": (blip_large, "Vqa"),
+        "vilt-b32-vqa": (lambda: ViltForQuestionAnswering(ViltConfig(num_labels=3129)),
+                         "Vqa: vilt"),
+        "owlv2-base-patch16": (lambda: Owlv2ForObjectDetection(Owlv2Config()), "Loc: owlv2"),
+        "mask2former-swin-tiny-coco-panoptic": (mask2former_swin_tiny, "Seg"),
+        "sd-inpainting (unet+vae+text)": (sd_inpaint, "Replace"),
+        "sd safety checker": (sd_safety_checker, "Replace (safety_checker = true)"),
+    }
+
+
+def model_sizes() -> dict:
+    """Parameter and buffer counts of each default architecture, built on the meta device
+    (no memory, no download), and their fp16 bytes."""
+    import torch
+
+    out = {}
+    for name, (make, used_by) in default_architectures().items():
+        with torch.device("meta"):
+            model = make()
+        params = sum(p.numel() for p in model.parameters())
+        buffers = sum(b.numel() for b in model.buffers())
+        out[name] = {"params": params, "buffers": buffers, "used_by": used_by,
+                     "fp16_bytes": 2 * (params + buffers), "fp32_bytes": 4 * (params + buffers)}
+    return out
+
+
+def print_sizes(sizes: dict) -> None:
+    print(f"{'default model':<38}{'params':>9}{'fp16':>10}{'fp32':>10}  used by")
+    for name, s in sizes.items():
+        print(f"{name:<38}{s['params'] / 1e6:>8.1f}M{s['fp16_bytes'] / 1e9:>8.2f}GB"
+              f"{s['fp32_bytes'] / 1e9:>8.2f}GB  {s['used_by']}")
+    sets = {
+        "GQA set (Loc, Select, Classify, Vqa)": ["grounding-dino-tiny", "sam-vit-base",
+                                                 "clip-vit-base-patch32", "blip-vqa-capfilt-large"],
+        "every default module": ["grounding-dino-tiny", "sam-vit-base", "clip-vit-base-patch32",
+                                 "blip-vqa-capfilt-large", "mask2former-swin-tiny-coco-panoptic",
+                                 "sd-inpainting (unet+vae+text)", "sd safety checker"],
+    }
+    for label, names in sets.items():
+        total = sum(sizes[n]["fp16_bytes"] for n in names)
+        print(f"{label}: {total / 1e9:.2f} GB of weights in fp16")
+
+
 def timed(fn, reps: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(reps):
@@ -143,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "visprog-bench"),
                    help="folder for --full checkpoints")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--sizes", action="store_true",
+                   help="only print the default models' sizes (meta device) and exit")
     args = p.parse_args(argv)
+    if args.sizes:
+        sizes = model_sizes()
+        print_sizes(sizes)
+        if args.json:
+            Path(args.json).write_text(json.dumps(sizes, indent=2))
+        return 0
 
     import ray
     import torch
