@@ -125,27 +125,37 @@ def host_spec(module: str, section: Mapping[str, Any]) -> HostSpec:
 
 
 def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, HostSpec]]:
-    """(the config with hosting keys removed, the `HostSpec` of every hosted module).
+    """(the config with hosting keys removed from model modules' sections, the `HostSpec` of
+    every hosted module).
 
-    Only model modules (`visprog.tools.MODEL_MODULES`) can be hosted; `[models]` and
-    non-table entries pass through.
+    Only model modules (`visprog.tools.MODEL_MODULES`) can be hosted; a plain module's section
+    that sets `host` is an error. Other tables (`[models]`, `[llm]`...) pass through.
     """
     from .tools import MODEL_MODULES
 
     tools_config: dict[str, Any] = {}
     hosts: dict[str, HostSpec] = {}
     for name, section in config.items():
-        if not isinstance(section, Mapping) or not any(k in section for k in HOST_KEYS):
+        if name not in MODEL_MODULES or not isinstance(section, Mapping):
+            if isinstance(section, Mapping) and "host" in section and name in _plain_tools():
+                hostable = sorted(set(MODEL_MODULES) - NOT_HOSTABLE)
+                raise ConfigError(f"[{name}] sets host, but only model modules can be "
+                                  f"hosted: {', '.join(hostable)}")
             tools_config[name] = section
             continue
-        if name not in MODEL_MODULES:
-            raise ConfigError(f"[{name}] has hosting settings, but only model modules can be "
-                              f"hosted: {', '.join(sorted(MODEL_MODULES))}")
         spec = host_spec(name, section)
         tools_config[name] = {k: v for k, v in section.items() if k not in HOST_KEYS}
         if spec.remote:
             hosts[name] = spec
     return tools_config, hosts
+
+
+def _plain_tools() -> set[str]:
+    from importlib import import_module
+
+    from .tools import PLAIN_MODULES
+
+    return {t.name for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS}
 
 
 def host_tools(tools: Sequence[Tool], hosts: Mapping[str, HostSpec]) -> list[Tool]:
