@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 TEMPLATES = [
     "BOX0=Loc(image=IMAGE, object='car')\nN=Count(box=BOX0)\n"

@@ -70,6 +70,7 @@ def cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VISPROG_TINY_DIR", str(tiny))
         mp.setenv("VISPROG_CACHE_DIR", str(cache))
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry from a test run
         VisProg(preset="tiny", cache=False).execute(PROGRAM, image=picture(0))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
