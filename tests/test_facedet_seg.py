@@ -24,17 +24,6 @@ FACE = (170.0, 60.0, 270.0, 165.0)
 
 
 @pytest.fixture(scope="module")
-def tiny_models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-@pytest.fixture(autouse=True)
-def share_tiny_models(tiny_models_dir, monkeypatch):
-    """Build each tiny model once for this file (conftest gives every test a fresh cache)."""
-    monkeypatch.setenv("VISPROG_TINY_DIR", str(tiny_models_dir))
-
-
-@pytest.fixture(scope="module")
 def ctx():
     return ToolContext(models=ModelManager(device="cpu"))
 

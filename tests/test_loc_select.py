@@ -24,17 +24,6 @@ CFG = load_config("tiny")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-@pytest.fixture(autouse=True)
-def shared_tiny_models(tiny_dir, monkeypatch):
-    """Build the tiny models once for this file (each test still gets a fresh step cache)."""
-    monkeypatch.setenv("VISPROG_TINY_DIR", str(tiny_dir))
-
-
-@pytest.fixture(scope="module")
 def ctx():
     return ToolContext(models=ModelManager(device="cpu"))
 

@@ -75,16 +75,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-@pytest.fixture(autouse=True)
-def shared_tiny_models(tiny_dir, monkeypatch):
-    monkeypatch.setenv("VISPROG_TINY_DIR", str(tiny_dir))
-
-
 def picture(seed=0, size=(96, 72)):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

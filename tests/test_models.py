@@ -34,7 +34,8 @@ def linear_loader(calls: list):
 
 # -- resolve_checkpoint / register_tiny -----------------------------------------------------
 
-def test_tiny_checkpoint_is_built_once_atomically(tmp_cache):
+def test_tiny_checkpoint_is_built_once_atomically(tmp_cache, monkeypatch):
+    monkeypatch.delenv("VISPROG_TINY_DIR")  # the default place: <cache>/tiny
     built = []
 
     def builder(folder: Path):
@@ -52,7 +53,8 @@ def test_tiny_checkpoint_is_built_once_atomically(tmp_cache):
     assert sorted(p.name for p in path.parent.iterdir()) == ["unit_test_model"]
 
 
-def test_tiny_builder_version_change_rebuilds(tmp_cache):
+def test_tiny_builder_version_change_rebuilds(tmp_cache, monkeypatch):
+    monkeypatch.delenv("VISPROG_TINY_DIR")
     register_tiny("unit_versioned", lambda f: (f / "v").write_text("1"), version="1")
     p = Path(resolve_checkpoint("tiny:unit_versioned"))
     register_tiny("unit_versioned", lambda f: (f / "v").write_text("2"), version="2")

@@ -26,17 +26,6 @@ TINY_REPLACE = {"checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
 
 
 @pytest.fixture(scope="module")
-def tiny_models_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny-models")
-
-
-@pytest.fixture(autouse=True)
-def share_tiny_models(tiny_models_dir, monkeypatch):
-    """Build each tiny model once for this file (conftest gives every test a fresh cache)."""
-    monkeypatch.setenv("VISPROG_TINY_DIR", str(tiny_models_dir))
-
-
-@pytest.fixture(scope="module")
 def ctx():
     if not HAS_SD:  # List's tests below run without the models extra
         pytest.skip("Replace needs torch, transformers and diffusers")
