@@ -139,10 +139,24 @@ class VisProg:
         prog = self.parse(program)
         bound = self.bind(image, left=left, right=right, inputs=inputs)
         check_or_raise(prog, self.registry, {k: type_of(v) for k, v in bound.items()})
-        value, trace = self.interpreter.run(prog, bound, use_cache=use_cache, no_cache=no_cache,
-                                            on_step=on_step, check=False)
-        trace.meta.update({"preset": self.preset})
+        seen = len(self.models.events)
+        try:
+            value, trace = self.interpreter.run(prog, bound, use_cache=use_cache,
+                                                no_cache=no_cache, on_step=on_step, check=False)
+        except StepError as e:
+            if e.trace is not None:
+                self._record_model_events(e.trace, seen)
+            raise
+        self._record_model_events(trace, seen)
         return RunResult(value, prog, trace)
+
+    def _record_model_events(self, trace: Trace, seen: int) -> None:
+        """Copy the model loads and unloads that happened during a run into its trace."""
+        trace.meta.update({"preset": self.preset})
+        for event in self.models.events[seen:]:
+            # the manager's "kind" is the model's kind; the trace's is the event's
+            data = {("model" if k == "kind" else k): v for k, v in event.items() if k != "event"}
+            trace.add_event(f"model_{event.get('event', 'event')}", **data)
 
     def run_batch(self, items: Iterable[Any], *, batch_size: int | str = "auto",
                   use_cache: bool = True, no_cache: Iterable[str] = (),
