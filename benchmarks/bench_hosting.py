@@ -47,24 +47,8 @@ TEMPLATES = [
 ]
 HOSTED = ("Loc", "Vqa")
 
-
-def make_images(n: int, size: tuple[int, int]) -> list:
-    """Synthetic scenes: a background, a road, a few coloured boxes."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(60, 200, 3)))
-        d = ImageDraw.Draw(img)
-        d.rectangle([0, size[1] * 2 // 3, size[0], size[1]], fill=(70, 70, 70))
-        for _ in range(3 + i % 3):
-            x, y = rng.integers(0, size[0] - 80), rng.integers(size[1] // 3, size[1] - 60)
-            d.rectangle([x, y, x + rng.integers(30, 80), y + rng.integers(20, 60)],
-                        fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-        out.append(img)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch import make_images  # noqa: E402  (the same synthetic scenes)
 
 
 def workload(n_programs: int, n_images: int, size: tuple[int, int]) -> list[dict]:

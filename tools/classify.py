@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.config import load_config, merge
+from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects
 
@@ -115,7 +115,7 @@ register_tiny("clip", build_tiny_clip)
 
 
 def classify_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return merge(load_config("default")["Classify"], settings)
+    return module_settings("Classify", settings)
 
 
 def build(settings: dict[str, Any], ctx: Any) -> Tool:

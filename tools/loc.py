@@ -24,8 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.config import load_config, merge
-from visprog.errors import ConfigError
+from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects, load_image
 
@@ -230,11 +229,7 @@ register_tiny("owlv2", build_tiny_owlv2)
 
 def loc_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The effective settings: the default preset's [Loc] under the given ones."""
-    s = merge(load_config("default")["Loc"], settings)
-    if s["backend"] not in BACKENDS:
-        raise ConfigError(f"Loc: unknown backend {s['backend']!r}; choose one of {', '.join(BACKENDS)}")
-    s["checkpoint"] = s.get("checkpoint") or s["checkpoints"][s["backend"]]
-    return s
+    return module_settings("Loc", settings, BACKENDS)
 
 
 def build(settings: dict[str, Any], ctx: Any) -> Tool:

@@ -37,8 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.config import load_config, merge
-from visprog.errors import ConfigError
+from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects, Region
 
@@ -171,11 +170,7 @@ def _selected(cand: Region, query: str, mask: np.ndarray | None, **extra: float)
 # -- the tool --------------------------------------------------------------------------------
 
 def select_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    s = merge(load_config("default")["Select"], settings)
-    if s["backend"] not in BACKENDS:
-        raise ConfigError(f"Select: unknown backend {s['backend']!r}; "
-                          f"choose one of {', '.join(BACKENDS)}")
-    return s
+    return module_settings("Select", settings, BACKENDS, pick_checkpoint=False)
 
 
 def build(settings: dict[str, Any], ctx: Any) -> Tool:

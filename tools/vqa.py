@@ -16,8 +16,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.config import load_config, merge
-from visprog.errors import ConfigError
+from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 
 from .loc import as_image
@@ -133,11 +132,7 @@ register_tiny("vilt", build_tiny_vilt)
 # -- the tool --------------------------------------------------------------------------------
 
 def vqa_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    s = merge(load_config("default")["Vqa"], settings)
-    if s["backend"] not in BACKENDS:
-        raise ConfigError(f"Vqa: unknown backend {s['backend']!r}; choose one of {', '.join(BACKENDS)}")
-    s["checkpoint"] = s.get("checkpoint") or s["checkpoints"][s["backend"]]
-    return s
+    return module_settings("Vqa", settings, BACKENDS)
 
 
 def build(settings: dict[str, Any], ctx: Any) -> Tool:

@@ -10,7 +10,7 @@ import difflib
 from typing import Any, Mapping
 
 from .errors import CheckError, Diagnostic, VisProgError
-from .program import Arg, Program, Step, Var
+from .program import Arg, Program, Step, Var, var_refs
 from .registry import Registry, Tool
 from .values import type_of
 
@@ -106,15 +106,7 @@ def _undefined_hint(name: str, env: Mapping[str, Types]) -> str:
 def _undefined(arg: Arg, env: Mapping[str, Types]) -> list[Diagnostic]:
     return [Diagnostic(arg.line, arg.column, arg.name, f"undefined variable {v.name!r}",
                        _undefined_hint(v.name, env))
-            for v in _vars(arg.value) if v.name not in env]
-
-
-def _vars(value: Any) -> list[Var]:
-    if isinstance(value, Var):
-        return [value]
-    if isinstance(value, tuple):
-        return [v for item in value for v in _vars(item)]
-    return []
+            for v in var_refs(arg.value) if v.name not in env]
 
 
 def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagnostic]:

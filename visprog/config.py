@@ -111,3 +111,24 @@ def load_config(preset: str = "default", path: str | Path | None = None,
         _check_sections(nested, "overrides")
         cfg = merge(cfg, nested)
     return cfg
+
+
+def module_settings(module: str, settings: Mapping[str, Any],
+                    backends: tuple[str, ...] | None = None, *,
+                    pick_checkpoint: bool = True) -> dict[str, Any]:
+    """A model module's effective settings: the default preset's section under `settings`.
+
+    With `backends`, the chosen backend is checked, and (with `pick_checkpoint`) `checkpoint`
+    defaults to that backend's entry of the `checkpoints` table.
+
+    Raises:
+        ConfigError: an unknown backend.
+    """
+    s = merge(load_config("default")[module], settings)
+    if backends is not None:
+        if s["backend"] not in backends:
+            raise ConfigError(f"{module}: unknown backend {s['backend']!r}; "
+                              f"choose one of {', '.join(backends)}")
+        if pick_checkpoint:
+            s["checkpoint"] = s.get("checkpoint") or s["checkpoints"][s["backend"]]
+    return s
