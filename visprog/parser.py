@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -23,25 +23,8 @@ _TERMINAL_NAMES = {
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','",
     "_NL": "a new line", "TRUE": "True", "FALSE": "False", "NONE": "None", "$END": "end of program",
 }
-_OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_OPENERS = {"LPAR", "LSQB"}
 _CLOSERS = {"RPAR", "RSQB"}
-
-
-class _JoinBracketedLines:
-    """Post-lexer: a newline inside ( ) or [ ] is whitespace, so a call may span lines."""
-
-    always_accept = ("_NL",)
-
-    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        depth = 0
-        for tok in stream:
-            if tok.type in _OPENERS:
-                depth += 1
-            elif tok.type in _CLOSERS:
-                depth = max(0, depth - 1)
-            elif tok.type == "_NL" and depth:
-                continue
-            yield tok
 
 
 @lru_cache(maxsize=1)
@@ -49,8 +32,7 @@ def _parser() -> Lark:
     text = resources.files("visprog.grammars").joinpath("visprog.lark").read_text(encoding="utf-8")
     # The transformer runs inside the LALR parser (no tree is built): positions come from
     # tokens, which is why the closing ')' of a call is a named terminal.
-    return Lark(text, parser="lalr", postlex=_JoinBracketedLines(), maybe_placeholders=True,
-                transformer=_ToProgram())
+    return Lark(text, parser="lalr", maybe_placeholders=True, transformer=_ToProgram())
 
 
 def _unescape(body: str) -> str:
@@ -167,7 +149,10 @@ def _expected_terminals(e: UnexpectedInput) -> set[str]:
 
 
 def _expected(e: UnexpectedInput) -> list[str]:
-    names = sorted(_expected_terminals(e) - {"$END"})
+    names = _expected_terminals(e) - {"$END"}
+    if names & {"RPAR", "RSQB", "COMMA"}:
+        names.discard("_NL")  # inside brackets a line break is allowed but never the point
+    names = sorted(names)
     return [_TERMINAL_NAMES.get(n, n) for n in names]
 
 
@@ -230,32 +215,36 @@ def _char_hint(ch: str) -> str:
 
 
 def _token_hint(tok: Token, expected: set[str]) -> str:
+    # A newline may stand almost anywhere inside brackets, so it says little there: decide
+    # on the other terminals, and on the newline only where it would end a step.
+    inner = expected - {"_NL"}
+    step_may_end = "_NL" in expected and not inner - {"$END", "NAME"}
     if tok.type == "LPAR":
         return "a step assigns its result: TARGET=Module(...)"
     if tok.type == "EQUAL":
         return "one '=' per step: TARGET=Module(...) or TARGET=VAR"
-    if tok.type in _CLOSERS and "_NL" in expected:
-        return f"there is one {str(tok)!r} too many"
-    if tok.type == "SIGNED_NUMBER" and str(tok)[0] in "+-" and "COMMA" in expected:
-        return "operators are only allowed inside Eval(expr='...')"
-    if "SIGNED_NUMBER" in expected and tok.type in ("RPAR", "COMMA", "RSQB", "_NL"):
-        return "a value is missing after '='"
-    if tok.type == "COMMA" and "NAME" in expected:
-        return "an argument is missing: remove the extra ','"
-    if expected == {"NAME", "RPAR"}:
-        return "arguments are written name=value"
-    if tok.type == "RPAR" and "RSQB" in expected:
+    if tok.type == "RPAR" and "RSQB" in inner:
         return "a ']' is missing"
-    if tok.type == "_NL" and "EQUAL" in expected:
+    if tok.type in _CLOSERS and step_may_end:
+        return f"there is one {str(tok)!r} too many"
+    if tok.type == "SIGNED_NUMBER" and str(tok)[0] in "+-" and "COMMA" in inner:
+        return "operators are only allowed inside Eval(expr='...')"
+    if "SIGNED_NUMBER" in inner and tok.type in ("RPAR", "COMMA", "RSQB", "_NL"):
+        return "a value is missing after '='"
+    if tok.type == "COMMA" and "NAME" in inner:
+        return "an argument is missing: remove the extra ','"
+    if inner == {"NAME", "RPAR"}:
+        return "arguments are written name=value"
+    if tok.type == "_NL" and "EQUAL" in inner:
         return "a step is TARGET=Module(arg=value, ...) or TARGET=VAR"
     if tok.type == "_NL":
         return "the step ends too early: is a ')' or a value missing?"
-    if expected == {"EQUAL"} or ("EQUAL" in expected and tok.type in ("RPAR", "COMMA")):
+    if inner == {"EQUAL"} or ("EQUAL" in inner and tok.type in ("RPAR", "COMMA")):
         return "arguments are written name=value"
-    if "COMMA" in expected and "RPAR" in expected:
+    if "COMMA" in inner and "RPAR" in inner:
         return "separate arguments with ',' and close the call with ')'"
-    if "_NL" in expected and "NAME" in expected:  # at the start of a step
+    if step_may_end and "NAME" in inner:  # at the start of a step
         return "a step starts with the name it assigns: TARGET=Module(arg=value, ...)"
-    if "_NL" in expected:
+    if step_may_end:
         return "put each step on its own line"
     return "steps look like TARGET=Module(arg=value, ...)"
