@@ -2,16 +2,18 @@
 
 Two backends, both small and able to run offline:
 
-- `yunet` (default): OpenCV's YuNet, a ~230 KB ONNX CNN run by `cv2.FaceDetectorYN`
+- `yunet`: OpenCV's YuNet, a ~230 KB ONNX CNN run by `cv2.FaceDetectorYN`
   (opencv-python-headless, in the `models` extra). It finds faces down to ~10 px, in profile
   and partly hidden, gives a score and five landmarks per face, and takes milliseconds on a
   CPU, so it suits a tool users run locally. Its model file is not inside the OpenCV wheel: it
   is fetched once into visprog's cache folder (from the Hugging Face hub file `hub_repo` /
   `hub_file`, else from `url`) and read from there afterwards, offline. Set `model` to a
   local .onnx path to skip fetching.
-- `cascade`: the LBP frontal-face cascade that ships inside the scikit-image wheel, run by
-  `skimage.feature.Cascade`. Nothing to download, so the `tiny` preset and the tests use it;
-  it finds upright frontal faces only, has no score, and makes more false detections.
+- `cascade` (default): the LBP frontal-face cascade that ships inside the scikit-image wheel,
+  run by `skimage.feature.Cascade`. Nothing to download, so it works offline from the start
+  and the tests run it on a real face; it finds upright frontal faces only, has no score, and
+  makes more false detections. It is the default because YuNet's detection path could not be
+  run where visprog is tested (its file can't be fetched there); choose `yunet` for accuracy.
   (OpenCV 5 no longer ships its Haar cascades, hence scikit-image's.)
 
 Both run on a copy scaled down to at most `max_side` pixels (boxes are scaled back to
@@ -61,7 +63,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
     """The backend's defaults with the given settings over them."""
-    backend = settings.get("backend", "yunet")
+    backend = settings.get("backend", "cascade")
     if backend not in DEFAULTS:
         raise ValueError(f"FaceDet: unknown backend {backend!r}; backends are "
                          f"{', '.join(DEFAULTS)}")
