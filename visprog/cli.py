@@ -69,6 +69,14 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="on-disk step cache folder")
 
 
+def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
+    """Where a run's trace and image result go (exec and run)."""
+    p.add_argument("--html", help="write the trace as one HTML page")
+    p.add_argument("--json", help="write the trace as JSON (images beside it)")
+    p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
+
+
 def _engine(args: argparse.Namespace, **extra: Any):
     from .api import VisProg
 
@@ -273,10 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image (pairs)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=TEXT",
                    help="bind another input variable to a text value")
-    p.add_argument("--html", help="write the trace as one HTML page")
-    p.add_argument("--json", help="write the trace as JSON (images beside it)")
-    p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print each step as it ends")
+    _add_output_flags(p, verbose="print each step as it ends")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_exec)
 
@@ -293,11 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
-    p.add_argument("--html", help="write the trace as one HTML page")
-    p.add_argument("--json", help="write the trace as JSON (images beside it)")
-    p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="print the planner's attempts and the program")
+    _add_output_flags(p, verbose="print the planner's attempts and the program")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_run)
 
