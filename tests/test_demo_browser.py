@@ -166,3 +166,50 @@ def test_standalone_trace_page_renders(page, tmp_path):
     assert page.locator("section.card").count() == 4
     assert page.locator("table.regions").count() >= 1  # the half box, listed under its drawing
     page.screenshot(path=str(ARTIFACTS / "trace_page.png"), full_page=True)
+
+
+PLANNED = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
+           "N=Count(box=HALF)\n"
+           "FINAL=Result(var=N)")
+
+
+@pytest.fixture(scope="module")
+def planning_server():
+    """The demo with a real LLM client talking to a scripted chat-completions server on
+    127.0.0.1: Plan must fill the program box with what the model wrote."""
+    from llm_server import ScriptedServer
+    from visprog.llm import OpenAIChat
+
+    reply = f"Here is the program:\n```\n{PLANNED}\n```"
+    with ScriptedServer([reply]) as llm_server:
+        llm = OpenAIChat(model="test-model", base_url=llm_server.url, api_key="test-key",
+                         backoff=0.01)
+        vp = VisProg(preset="tiny", cache=False, plugins=False, llm=llm)
+        port = _free_port()
+        blocks = demo.launch(vp=vp, port=port, block=False)
+        yield f"http://127.0.0.1:{port}/", llm_server
+        blocks.close()
+
+
+def test_plan_fills_the_program_then_run_answers(browser, planning_server):
+    url, llm_server = planning_server
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(url)
+    pg.wait_for_selector("#run-btn")
+    pg.locator("#image-input input[type=file]").set_input_files(
+        str(demo.example_images()["park.png"]))
+    pg.wait_for_selector("#image-input img")
+    pg.locator("#question textarea").fill("How many halves are on the left?")
+    pg.click("#plan-btn")
+    pg.wait_for_function(
+        "() => document.querySelector('#program .cm-content').innerText.includes('FINAL=')")
+    program = pg.locator("#program .cm-content").inner_text()
+    assert "N=Count(box=HALF)" in program and "```" not in program  # cleaned of the fences
+    assert len(llm_server.requests) == 1
+    assert "How many halves are on the left?" in str(llm_server.requests[0])
+    _run(pg)
+    assert "Ran 3 steps" in pg.locator("#status").inner_text()
+    assert pg.locator("#result-text textarea").input_value() == "1"
+    pg.screenshot(path=str(ARTIFACTS / "demo_plan_run.png"), full_page=True)
+    pg.close()
