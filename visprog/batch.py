@@ -33,14 +33,14 @@ the allocator and kernel choice of a new shape). The sizes are kept across runs.
 from __future__ import annotations
 
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .checker import check_or_raise
 from .errors import StepError, VisProgError
-from .interpreter import Call, DigestMemo, check_output, prepare
+from .interpreter import (Call, DigestMemo, alias_record, cache_put, call_record,
+                          check_output, prepare)
 from .program import Program, Step
 from .registry import Registry, Tool
 from .trace import StepRecord, Trace
@@ -302,12 +302,9 @@ class BatchRunner:
         """Alias steps run at once: they call nothing."""
         while run.active and run.program.steps[run.pc].module is None:
             step = run.program.steps[run.pc]
-            value = run.env[step.alias_of or ""]
-            run.trace.steps.append(StepRecord(run.pc, step.line, step.source, step.target, None,
-                                              args={"var": value},
-                                              arg_vars={"var": step.alias_of or ""},
-                                              output=value, draw_on=None))
-            self._store(run, step, value, None)
+            record = alias_record(run.pc, step, run.env)
+            run.trace.steps.append(record)
+            self._store(run, step, record.output, None)
 
     def _store(self, run: _Run, step: Step, value: Any, module: str | None) -> None:
         run.env[step.target] = value
@@ -326,10 +323,7 @@ class BatchRunner:
             started = time.perf_counter()
             # the key is made even without a cache: it is how identical calls are found
             call = prepare(step, tool, run.env, cache_key=tool.cacheable, memo=memo)
-            shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
-            shown.update(call.kwargs.get("variables", {}))
-            record = StepRecord(run.pc, step.line, step.source, step.target, tool.name,
-                                args=shown, arg_vars=call.arg_vars, draw_on=tool.draw_on)
+            record = call_record(run.pc, call)
             run.trace.steps.append(record)
             pending = _Pending(run, call, record, started)
             stats.steps += 1
@@ -364,10 +358,7 @@ class BatchRunner:
             served = sum(len(g) for g in chunk)
             for group, (ok, value) in zip(chunk, outcomes):
                 if ok and caching and group[0].call.key is not None:
-                    try:
-                        self.cache.put(group[0].call.key, value)
-                    except Exception as e:  # a cache that fails must not fail the run
-                        warnings.warn(f"visprog: could not cache {tool.name}: {e}", stacklevel=2)
+                    cache_put(self.cache, group[0].call.key, tool, value)
                 for pending in group:
                     pending.run.trace.meta.setdefault("batch", []).append(
                         {"step": pending.record.index, "chunk": len(chunk),

@@ -128,6 +128,31 @@ def check_output(tool: Tool, value: Any) -> None:
                         f"declared {'|'.join(sorted(tool.returns))}")
 
 
+def alias_record(index: int, step: Step, env: Mapping[str, Any]) -> StepRecord:
+    """The record of an alias step (`A=B`): a new name for a value, nothing runs."""
+    value = env[step.alias_of or ""]
+    return StepRecord(index, step.line, step.source, step.target, None, args={"var": value},
+                      arg_vars={"var": step.alias_of or ""}, output=value, draw_on=None)
+
+
+def call_record(index: int, call: Call) -> StepRecord:
+    """The record of a prepared call before it runs: its arguments as resolved, with the
+    variables an Eval-like argument refers to shown beside them."""
+    shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
+    shown.update(call.kwargs.get("variables", {}))
+    step = call.step
+    return StepRecord(index, step.line, step.source, step.target, call.tool.name, args=shown,
+                      arg_vars=call.arg_vars, draw_on=call.tool.draw_on)
+
+
+def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> None:
+    """Store a step result; a cache that fails must not fail the run."""
+    try:
+        cache.put(key, value)
+    except Exception as e:
+        warnings.warn(f"visprog: could not cache {tool.name}: {e}", stacklevel=3)
+
+
 class Interpreter:
     """Runs programs with one registry and one cache.
 
@@ -182,19 +207,13 @@ class Interpreter:
                   skip: set[str], trace: Trace, memo: DigestMemo) -> StepRecord:
         started = time.perf_counter()
         if step.module is None:  # alias: a new name for a value, nothing to run
-            value = env[step.alias_of or ""]
-            record = StepRecord(index, step.line, step.source, step.target, None,
-                                args={"var": value}, arg_vars={"var": step.alias_of or ""},
-                                output=value, draw_on=None)
+            record = alias_record(index, step, env)
             trace.steps.append(record)
             return record
         tool = self.registry.get(step.module)
         caching = use_cache and self.cache is not None and tool.cacheable and tool.name not in skip
         call = prepare(step, tool, env, cache_key=caching, memo=memo)
-        shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
-        shown.update(call.kwargs.get("variables", {}))
-        record = StepRecord(index, step.line, step.source, step.target, tool.name, args=shown,
-                            arg_vars=call.arg_vars, draw_on=tool.draw_on)
+        record = call_record(index, call)
         trace.steps.append(record)
         try:
             record.output, record.cached = self._call(call)
@@ -219,8 +238,5 @@ class Interpreter:
         value = call.tool(**call.kwargs)
         check_output(call.tool, value)
         if call.key is not None:
-            try:
-                cache.put(call.key, value)
-            except Exception as e:  # a cache that fails must not fail the run
-                warnings.warn(f"visprog: could not cache {call.tool.name}: {e}", stacklevel=2)
+            cache_put(cache, call.key, call.tool, value)
         return value, False
