@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
