@@ -118,7 +118,7 @@ def bench_overhead(runs: int, size: tuple[int, int]) -> None:
     def row(name: str, us: float) -> None:
         print(f"   {name:44s} {us:11.1f} us {us / steps:7.2f} us")
 
-    row("parse (new text, Lark LALR)", parse_cold)
+    row("parse (new text)", parse_cold)
     row("parse (same text, remembered)", parse_hit)
     row("check", check)
     row("run + trace, no cache", run_plain)

@@ -1,20 +1,23 @@
-"""Program text -> `Program`, with `grammars/visprog.lark` as the only parser.
+"""Program text -> `Program`, with `grammars/visprog.lark` as the only grammar.
 
-Lark builds a tree (LALR, positions on); a small Transformer turns it into the frozen
-dataclasses of `program.py`, so nothing downstream sees Lark. Syntax errors become
-`ParseError`s whose `Diagnostic` has the line, column, the offending text and a hint.
+Lark compiles the grammar to an LALR table; a small Transformer, run inside the parser (no
+tree is built), turns rules into the frozen dataclasses of `program.py`, so nothing
+downstream sees Lark. Text goes first through `fastparse.FastPath` (the same table and
+transformer, a leaner loop); what it can't parse goes through Lark itself, whose syntax
+errors become `ParseError`s whose `Diagnostic` has the line, column, the offending text and a
+hint.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import NamedTuple
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostic, ParseError
+from .fastparse import FastPath, NoFastPath
 from .program import Arg, Program, Step, Var
 
 # Readable names for the terminals Lark mentions in "expected" lists.
@@ -33,6 +36,11 @@ def _parser() -> Lark:
     # The transformer runs inside the LALR parser (no tree is built): positions come from
     # tokens, which is why the closing ')' of a call is a named terminal.
     return Lark(text, parser="lalr", maybe_placeholders=True, transformer=_ToProgram())
+
+
+@lru_cache(maxsize=1)
+def _fast_path() -> FastPath:
+    return FastPath(_parser())
 
 
 def _unescape(body: str) -> str:
@@ -64,51 +72,65 @@ def _unescape(body: str) -> str:
     return "".join(out)
 
 
-@v_args(inline=True)
 class _ToProgram(Transformer):
-    """Rules -> dataclasses, run while parsing. Steps keep their line span; the parse
-    function fills in their source text afterwards."""
+    """Rules -> values, run while parsing. Each method gets the rule's kept children as a
+    list (no `v_args` wrapper: this runs a few times per step, so its call layers count).
+    Steps come out as `_StepParts`; `_parse_text` adds their source lines."""
 
-    def var(self, tok: Token) -> Var:
-        return Var(str(tok))
+    def var(self, c: list) -> Var:
+        return Var(str(c[0]))
 
-    def string(self, tok: Token) -> str:
-        return _unescape(str(tok)[1:-1])
+    def string(self, c: list) -> str:
+        return _unescape(c[0][1:-1])
 
-    def number(self, tok: Token) -> int | float:
-        s = str(tok)
-        return float(s) if any(c in s for c in ".eE") else int(s)
+    def number(self, c: list) -> int | float:
+        s = str(c[0])
+        return float(s) if any(ch in s for ch in ".eE") else int(s)
 
-    def true(self) -> bool:
+    def true(self, c: list) -> bool:
         return True
 
-    def false(self) -> bool:
+    def false(self, c: list) -> bool:
         return False
 
-    def none(self) -> None:
+    def none(self, c: list) -> None:
         return None
 
-    def list(self, *items: Any) -> tuple:
-        return () if items == (None,) else items  # `[]` arrives as one None placeholder
+    def list(self, c: list) -> tuple:
+        return () if c == [None] else tuple(c)  # `[]` arrives as one None placeholder
 
-    def arg(self, name: Token, value: Any) -> Arg:
+    def arg(self, c: list) -> Arg:
+        name, value = c
         return Arg(str(name), value, name.line, name.column)
 
-    def args(self, *items: Any) -> tuple[Arg, ...]:
-        return tuple(i for i in items if isinstance(i, Arg))
+    def args(self, c: list) -> tuple[Arg, ...]:
+        return tuple(i for i in c if isinstance(i, Arg))
 
-    def call(self, target: Token, module: Token, args: Any, rpar: Token) -> Step:
-        # `source` temporarily holds the last line number; parse() swaps in the text.
-        return Step(str(target), str(module), args or (), target.line, target.column,
-                    str(rpar.end_line), module_column=module.column)
+    def call(self, c: list) -> _StepParts:
+        target, module, args, rpar = c
+        return _StepParts(str(target), str(module), args or (), target.line, target.column,
+                          rpar.end_line, None, module.column)
 
-    def alias(self, target: Token, source: Token) -> Step:
-        return Step(str(target), None, (), target.line, target.column, str(source.end_line),
-                    alias_of=str(source), module_column=source.column)
+    def alias(self, c: list) -> _StepParts:
+        target, source = c
+        return _StepParts(str(target), None, (), target.line, target.column, source.end_line,
+                          str(source), source.column)
 
-    def start(self, *steps: Step) -> tuple[Step, ...]:
-        return steps
+    def start(self, c: list) -> list:
+        return c
 
+
+class _StepParts(NamedTuple):
+    """A parsed step before its source text is known (the grammar sees tokens, not lines)."""
+
+    target: str
+    module: str | None
+    args: tuple[Arg, ...]
+    line: int
+    column: int
+    end_line: int
+    alias_of: str | None
+    module_column: int
 
 
 def parse(text: str) -> Program:
@@ -128,12 +150,17 @@ def parse(text: str) -> Program:
 @lru_cache(maxsize=512)
 def _parse_text(text: str) -> Program:
     try:
-        steps = _parser().parse(text)
-    except UnexpectedInput as e:
-        raise ParseError([_diagnose(e, text)], text) from None
+        steps = _fast_path().parse(text)
+    except NoFastPath:
+        try:  # Lark itself: its errors carry the positions and expected tokens we report
+            steps = _parser().parse(text)
+        except UnexpectedInput as e:
+            raise ParseError([_diagnose(e, text)], text) from None
     lines = text.splitlines()
     return Program(tuple(
-        replace(s, source="\n".join(lines[s.line - 1:int(s.source)]).strip()) for s in steps), text)
+        Step(p.target, p.module, p.args, p.line, p.column,
+             "\n".join(lines[p.line - 1:p.end_line]).strip(), p.alias_of, p.module_column)
+        for p in steps), text)
 
 
 def _expected_terminals(e: UnexpectedInput) -> set[str]:

@@ -1,0 +1,137 @@
+"""A fast path through a Lark LALR parser, for text that parses.
+
+Lark's lexer and parser loop spend a few microseconds a token on generality that a valid
+program doesn't need (lexer states, line counters, per-token checks); for a 20-step program
+that was most of the engine's overhead. `FastPath` runs the same grammar from the artifacts
+of the `Lark` object that `parser.py` builds: its terminals (their order, ignored ones,
+keywords), its LALR table and its rule callbacks (the transformer). Only the loop is ours:
+one compiled alternation for the lexer, the table lookups inline.
+
+It gives up (`NoFastPath`) at the first character no terminal matches or the first token the
+table has no action for; the caller then parses with Lark itself, whose errors, positions and
+expected-token lists are the ones users see. So this module never reports errors, and a
+difference from Lark could only be in accepted text: the tests compare the two on valid
+programs (`tests/test_parser.py`).
+
+Lark internals used (lark 1.x): `Lark.parser.parser._parse_table` (states, start and end
+states), `Lark.parser.parser.parser.callbacks`, `Lark.terminals`, `Lark.ignore_tokens`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lark import Lark, Token
+from lark.lexer import PatternStr
+from lark.parsers.lalr_analysis import Shift
+
+_new_str = str.__new__
+
+
+class NoFastPath(Exception):
+    """The fast path can't parse this text (it may still be valid: ask Lark)."""
+
+
+class FastPath:
+    """Parse with a `Lark(parser="lalr", transformer=...)` object's grammar and callbacks."""
+
+    def __init__(self, lark: Lark, start: str = "start") -> None:
+        lalr = lark.parser.parser
+        table = lalr._parse_table
+        callbacks = lalr.parser.callbacks
+        self._start = table.start_states[start]
+        self._end = table.end_states[start]
+        self._token_callbacks = {k: v for k, v in callbacks.items() if isinstance(k, str)}
+        # Per state: terminal -> the next state (an int: shift) or (rule size, rule origin,
+        # callback) for a reduction; and the goto of each rule origin.
+        self._actions: dict[int, dict[str, Any]] = {}
+        self._goto: dict[int, dict[str, int]] = {}
+        for state, actions in table.states.items():
+            row, goto = {}, {}
+            for name, (action, arg) in actions.items():
+                name = str(name)  # Lark's names can be Tokens, whose == is slow
+                if action is Shift:
+                    row[name] = goto[name] = arg
+                else:
+                    row[name] = (len(arg.expansion), str(arg.origin.name), callbacks[arg])
+            self._actions[state], self._goto[state] = row, goto
+        self._lexer_from(lark)
+
+    def _lexer_from(self, lark: Lark) -> None:
+        # Lark's own order: priority, then longest possible match, then pattern length.
+        terminals = sorted(lark.terminals, key=lambda t: (
+            -t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name))
+        flags = lark.options.g_regex_flags
+        words = [t for t in terminals if isinstance(t.pattern, PatternStr)]
+        # A string terminal ("True") that a regex terminal (NAME) matches whole is found as
+        # the regex and becomes the string terminal only where the parser accepts it, as
+        # Lark's contextual lexer does.
+        self._keywords: dict[str, dict[str, str]] = {}
+        embedded = set()
+        for t in terminals:
+            if isinstance(t.pattern, PatternStr):
+                continue
+            rx = re.compile(t.pattern.to_regexp(), flags)
+            for w in words:
+                if w.priority == t.priority and rx.fullmatch(w.pattern.value):
+                    self._keywords.setdefault(t.name, {})[w.pattern.value] = w.name
+                    embedded.add(w.name)
+        kept = [t for t in terminals if t.name not in embedded]
+        self._regex = re.compile(
+            "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in kept), flags)
+        self._ignore = frozenset(lark.ignore_tokens)
+
+    def parse(self, text: str) -> Any:
+        """The transformer's result for `text`. Raises `NoFastPath`."""
+        match = self._regex.match
+        actions, goto, keywords = self._actions, self._goto, self._keywords
+        ignore, token_callbacks = self._ignore, self._token_callbacks
+        states, values = [self._start], []
+        pos, end, line, line_start = 0, len(text), 1, 0
+        final = self._end
+        while True:
+            if pos < end:
+                m = match(text, pos)
+                if m is None or m.end() == pos:
+                    raise NoFastPath(pos)
+                kind, value, stop = m.lastgroup, m.group(), m.end()
+                if kind in ignore:
+                    if "\n" in value:
+                        line += value.count("\n")
+                        line_start = pos + value.rindex("\n") + 1
+                    pos = stop
+                    continue
+                row = actions[states[-1]]
+                if kind in keywords and value in keywords[kind] and keywords[kind][value] in row:
+                    kind = keywords[kind][value]
+                tok = _new_str(Token, value)  # Token() costs ~1 us a token: fill its slots
+                tok.type, tok.value, tok.start_pos, tok.end_pos = kind, value, pos, stop
+                tok.line, tok.column = line, pos - line_start + 1
+                if "\n" in value:
+                    line += value.count("\n")
+                    line_start = pos + value.rindex("\n") + 1
+                tok.end_line, tok.end_column = line, stop - line_start + 1
+                pos = stop
+            else:  # end of text: reduce to the start rule
+                kind, tok, row = "$END", None, actions[states[-1]]
+            while True:  # reduce until the token shifts
+                act = row.get(kind)
+                if act is None:
+                    raise NoFastPath(pos)
+                if act.__class__ is int:
+                    if tok is None:
+                        raise NoFastPath(pos)
+                    states.append(act)
+                    values.append(token_callbacks[kind](tok) if kind in token_callbacks else tok)
+                    break
+                size, origin, callback = act
+                if size:
+                    children = values[-size:]
+                    del states[-size:], values[-size:]
+                else:
+                    children = []
+                values.append(callback(children))
+                states.append(goto[states[-1]][origin])
+                if tok is None and states[-1] == final:
+                    return values[-1]
+                row = actions[states[-1]]
