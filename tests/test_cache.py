@@ -190,6 +190,17 @@ def test_digest_of_a_big_image_is_fast():
 
 # -- keys ---------------------------------------------------------------------------------
 
+def test_step_keys_are_stable():
+    """Keys name entries on disk across versions of visprog: a change of the key scheme must
+    be deliberate (bump `_KEY_SCHEME`), never a side effect of making keys faster."""
+    args = {"image": "x", "object": "cat", "threshold": 0.3,
+            "box": Objects.from_boxes([(1, 2, 3, 4)], (10, 10))}
+    assert step_key("Loc", "1", {}, args) == \
+        "4937777d7344a5b109dd29d6a158948be68b7da20abe01d798b13698a99b23b2"
+    assert step_key("Loc", "1", {"model": "m", "dtype": "fp16"}, args) == \
+        "88583caa02076775adcb0d527ffb440e86db17bdd720c6141d6fdb4888e5c9cb"
+
+
 def test_step_key_depends_on_everything_it_should():
     im = rgb()
     base = step_key("Loc", "1", {"threshold": 0.3}, {"image": im, "object": "cat"})

@@ -49,6 +49,7 @@ EVICT_TO_FRACTION = 0.9
 STALE_TEMP_SECONDS = 3600.0
 
 _KEY_SCHEME = b"visprog-step-key/1\0"
+_U64 = struct.Struct("<Q")
 _KEY_RE = re.compile(r"[0-9a-f]{16,128}")
 
 
@@ -109,7 +110,7 @@ def step_key(tool_name: str, version: str, settings: Mapping[str, Any],
     """
     try:
         settings_json = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"),
-                                   ensure_ascii=False, allow_nan=True)
+                                   ensure_ascii=False, allow_nan=True) if settings else "{}"
     except (TypeError, ValueError) as e:
         raise TypeError(f"tool {tool_name}: settings are not JSON-serialisable: {e}") from e
     known = digests or {}
@@ -122,8 +123,8 @@ def step_key(tool_name: str, version: str, settings: Mapping[str, Any],
     h = hashlib.sha256(_KEY_SCHEME)
     for part in (normalize_name(tool_name), str(version), settings_json):
         data = part.encode("utf-8", "surrogatepass")
-        h.update(struct.pack("<Q", len(data)) + data)
-    h.update(struct.pack("<Q", len(named)))
+        h.update(_U64.pack(len(data)) + data)
+    h.update(_U64.pack(len(named)))
     for name in sorted(named):
         h.update(name.encode("utf-8") + b"=" + named[name].encode("ascii") + b";")
     return h.hexdigest()

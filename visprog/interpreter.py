@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from . import codec
+from .cache import MISS, step_key
 from .checker import check_or_raise
 from .errors import StepError
 from .program import Program, Step, Var
@@ -59,8 +61,7 @@ class DigestMemo:
         hit = self._seen.get(id(value))
         if hit is not None and hit[0] is value:
             return hit[1]
-        from .codec import digest
-        d = digest(value)
+        d = codec.digest(value)
         self._seen[id(value)] = (value, d)
         made = self._produced.get(id(value))
         if made is not None and made[0] is value:
@@ -107,7 +108,6 @@ def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
         kwargs["variables"] = {n: env[n] for n in names}
     key = None
     if cache_key:
-        from .cache import step_key
         memo = memo or DigestMemo()
         try:
             digests = {name: memo.digest(kwargs[name]) for name in arg_vars}
@@ -231,7 +231,6 @@ class Interpreter:
     def _call(self, call: Call) -> tuple[Any, bool]:
         cache = self.cache
         if call.key is not None:
-            from .cache import MISS
             hit = cache.get(call.key)
             if hit is not MISS:
                 return hit, True
