@@ -42,6 +42,13 @@ class FastPath:
         self._start = table.start_states[start]
         self._end = table.end_states[start]
         self._token_callbacks = {k: v for k, v in callbacks.items() if isinstance(k, str)}
+        # Terminals that every rule filters out ("=", "(", _NL...) never reach a callback:
+        # their plain text stands on the stack instead of a Token.
+        kept = {sym.name for rule in lark.rules for sym in rule.expansion
+                if sym.is_term and (rule.options.keep_all_tokens or not sym.filter_out)}
+        self._untokened = frozenset(
+            t.name for t in lark.terminals if t.name not in kept and t.name not in
+            self._token_callbacks)
         # Per state: terminal -> the next state (an int: shift) or (rule size, rule origin,
         # callback) for a reduction; and the goto of each rule origin.
         self._actions: dict[int, dict[str, Any]] = {}
@@ -85,40 +92,42 @@ class FastPath:
         """The transformer's result for `text`. Raises `NoFastPath`."""
         match = self._regex.match
         actions, goto, keywords = self._actions, self._goto, self._keywords
-        ignore, token_callbacks = self._ignore, self._token_callbacks
+        ignore, token_callbacks, untokened = self._ignore, self._token_callbacks, self._untokened
         states, values = [self._start], []
         pos, end, line, line_start = 0, len(text), 1, 0
         final = self._end
         while True:
             if pos < end:
                 m = match(text, pos)
-                if m is None or m.end() == pos:
+                if m is None:
                     raise NoFastPath(pos)
                 kind, value, stop = m.lastgroup, m.group(), m.end()
+                if stop == pos:
+                    raise NoFastPath(pos)
+                start, start_line, column = pos, line, pos - line_start + 1
+                if "\n" in value:
+                    line += value.count("\n")
+                    line_start = pos + value.rindex("\n") + 1
+                pos = stop
                 if kind in ignore:
-                    if "\n" in value:
-                        line += value.count("\n")
-                        line_start = pos + value.rindex("\n") + 1
-                    pos = stop
                     continue
                 row = actions[states[-1]]
                 if kind in keywords and value in keywords[kind] and keywords[kind][value] in row:
                     kind = keywords[kind][value]
-                tok = _new_str(Token, value)  # Token() costs ~1 us a token: fill its slots
-                tok.type, tok.value, tok.start_pos, tok.end_pos = kind, value, pos, stop
-                tok.line, tok.column = line, pos - line_start + 1
-                if "\n" in value:
-                    line += value.count("\n")
-                    line_start = pos + value.rindex("\n") + 1
-                tok.end_line, tok.end_column = line, stop - line_start + 1
-                pos = stop
+                if kind in untokened:
+                    tok = value
+                else:
+                    tok = _new_str(Token, value)  # Token() costs ~1 us: fill its slots
+                    tok.type, tok.value, tok.start_pos, tok.end_pos = kind, value, start, stop
+                    tok.line, tok.column = start_line, column
+                    tok.end_line, tok.end_column = line, stop - line_start + 1
             else:  # end of text: reduce to the start rule
                 kind, tok, row = "$END", None, actions[states[-1]]
             while True:  # reduce until the token shifts
                 act = row.get(kind)
                 if act is None:
                     raise NoFastPath(pos)
-                if act.__class__ is int:
+                if act.__class__ is int:  # shift
                     if tok is None:
                         raise NoFastPath(pos)
                     states.append(act)
