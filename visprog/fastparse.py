@@ -10,11 +10,12 @@ one compiled alternation for the lexer, the table lookups inline.
 It gives up (`NoFastPath`) at the first character no terminal matches or the first token the
 table has no action for; the caller then parses with Lark itself, whose errors, positions and
 expected-token lists are the ones users see. So this module never reports errors, and a
-difference from Lark could only be in accepted text: the tests compare the two on valid
-programs (`tests/test_parser.py`).
+difference from Lark could only be in accepted text: `tests/test_fastparse.py` compares the
+two on edge cases, the shipped programs and thousands of random and broken programs.
 
-Lark internals used (lark 1.x): `Lark.parser.parser._parse_table` (states, start and end
-states), `Lark.parser.parser.parser.callbacks`, `Lark.terminals`, `Lark.ignore_tokens`.
+Lark internals used (lark 1.x, pinned below 2): `Lark.parser.parser._parse_table` (states,
+start and end states), `Lark.parser.parser.parser.callbacks`, `Lark.terminals`, `Lark.rules`,
+`Lark.ignore_tokens`.
 """
 from __future__ import annotations
 
