@@ -273,12 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     after = {m: c.stats() for m, c in clients.items()}
     ray.shutdown()
 
-    same = here["values"] == there["values"] and here["batched_values"] == there["batched_values"]
+    def differ(a: list, b: list) -> int:
+        return sum(x != y for x, y in zip(a, b))
+
+    # Sequential requests reach a replica one at a time, as in-process calls do: same values.
+    # Batched ones are grouped by arrival on the replica, not as run_batch groups them; on a
+    # GPU in fp16 a different batch (other padding, other kernels) can move a score across a
+    # threshold of these random-weight models, as batching alone does in-process.
+    diffs = {"sequential": differ(here["values"], there["values"]),
+             "batched": differ(here["batched_values"], there["batched_values"]),
+             "in_process_batched_vs_sequential": differ(here["values"], here["batched_values"])}
+    same = diffs["sequential"] == 0 and diffs["batched"] == 0
     n, steps = len(items), model_steps(items)
     figures = {"programs": n, "model_steps": steps, "preset": preset, "full": args.full,
                "device": args.device, "ray_startup_s": round(startup, 2),
-               "identical_values": same, "modes": {}}
+               "identical_values": same, "values_differing": diffs, "modes": {}}
     print(f"\nRay start + deploy (replicas warm up): {startup:.1f} s; values identical: {same}")
+    print(f"values differing from in-process, of {len(items)}: sequential {diffs['sequential']}, "
+          f"batched {diffs['batched']} (in-process batched vs sequential: "
+          f"{diffs['in_process_batched_vs_sequential']})")
     print(f"{'mode':<11}{'in-process':>16}{'Ray Serve':>16}{'overhead':>14}{'per request':>14}")
     for mode in ("sequential", "batched"):
         a, b = here[f"{mode}_s"], there[f"{mode}_s"]
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(largest {max(sizes) if sizes else 0})")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if same else 1
+    return 0 if diffs["sequential"] == 0 else 1
 
 
 if __name__ == "__main__":

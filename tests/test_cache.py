@@ -92,12 +92,37 @@ ROUND_TRIPS = {
 }
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["png", "raw"])
 @pytest.mark.parametrize("value", list(ROUND_TRIPS.values()), ids=list(ROUND_TRIPS))
-def test_codec_round_trip(value):
-    data = codec.encode(value)
+def test_codec_round_trip(value, raw):
+    data = codec.encode(value, raw_images=raw)
     assert isinstance(data, bytes)
     assert_same(value, codec.decode(data))
     assert codec.digest(codec.decode(data)) == codec.digest(value)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "RGB", "RGBA"])
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (640, 480)])
+def test_raw_images_keep_every_pixel(mode, size):
+    im = Image.frombytes("RGB", size, np.random.default_rng(1).integers(
+        0, 256, size[0] * size[1] * 3, np.uint8).tobytes()).convert(mode)
+    raw = codec.encode(im, raw_images=True)
+    back = codec.decode(raw)
+    assert (back.mode, back.size, back.tobytes()) == (mode, size, im.tobytes())
+    assert b'"format":"raw"' in raw and b'"format"' not in codec.encode(im)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d[:-1],  # a pixel short (the blob length no longer adds up either)
+    lambda d: d.replace(b'"size":[8,6]', b'"size":[6,8]').replace(b'"mode":"RGB"', b'"mode":"L"'),
+    lambda d: d.replace(b'"size":[8,6]', b'"size":[8,5]'),
+    lambda d: d.replace(b'"size":[8,6]', b'"size":[0,6]'),
+    lambda d: d.replace(b'"mode":"RGB"', b'"mode":"CMYK"'),
+    lambda d: d.replace(b'"mode":"RGB"', b'"mode":"XYZ"'),
+], ids=["truncated", "other mode", "wrong size", "zero size", "cmyk", "unknown mode"])
+def test_decode_rejects_bad_raw_images(edit):
+    with pytest.raises(ValueError):
+        codec.decode(edit(codec.encode(rgb(), raw_images=True)))
 
 
 @pytest.mark.parametrize("value", [object(), {1: "int key"}, np.zeros(3), b"bytes",
