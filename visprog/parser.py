@@ -45,6 +45,8 @@ def _fast_path() -> FastPath:
 
 def _unescape(body: str) -> str:
     """Backslash escapes of a quoted string (without its quotes)."""
+    if "\\" not in body:
+        return body
     simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
     out, i = [], 0
     while i < len(body):
