@@ -1,8 +1,9 @@
 """Model modules hosted on Ray Serve (visprog/hosting.py, visprog/serve.py), against a local
 Ray instance started once for this file (CPU, the tiny preset).
 
-Covered: remote and in-process runs give the same values, traces and cache keys; concurrent
-requests are coalesced into batches by the replica; a tool's own error comes back as itself;
+Covered: remote and in-process runs give the same values, traces and cache keys; a batch
+travels as requests of `max_batch_size` calls; concurrent requests are coalesced into batches
+by the replica; a tool's own error comes back as itself;
 a replica killed mid-call gives a clear HostError (no retries) or a retried, correct answer,
 and nothing is cached for a failed step; a missing host and a mismatched deployment fail
 clearly; `visprog serve` deploys to a running cluster.
@@ -137,23 +138,50 @@ def test_remote_and_in_process_runs_match(cluster, local_vp):
         assert fingerprint(again.trace) == fingerprint(here.trace)
 
 
-def test_concurrent_requests_are_coalesced(cluster, local_vp):
+def test_a_batch_travels_as_requests_of_max_batch_size(cluster, local_vp):
+    """run_batch's 16 Vqa calls go as 2 requests of 8 (max_batch_size), each run as one batch
+    of the module's batched entry point; the values are the in-process ones."""
     remote = VisProg(preset="tiny", cache=False, config=hosted())
     client = client_of(remote.registry.get("Vqa"))
-    before = client.stats()
+    before, sent = client.stats(), client.requests
     items = [{"program": "A=Vqa(image=IMAGE, question='what color is the car?')",
               "image": picture(10 + i)} for i in range(16)]
     results = remote.run_batch(items, batch_size=16)
     after = client.stats()
-    calls = after["calls"] - before["calls"]
-    batches = after["batches"] - before["batches"]
-    assert calls == 16
-    assert batches < calls, after["batch_sizes"]
-    assert max(after["batch_sizes"][len(before["batch_sizes"]):]) > 1
+    assert client.requests - sent == 2
+    assert after["calls"] - before["calls"] == 16
+    assert after["batch_sizes"][len(before["batch_sizes"]):] == [8, 8]
     expected = [local_vp.execute(i["program"], image=i["image"]).value for i in items]
     assert [r.value for r in results] == expected
     # The replica's model manager loaded BLIP once, and says so.
     assert [e["kind"] for e in after["events"] if e["event"] == "load"] == ["blip_vqa"]
+
+
+def test_concurrent_requests_are_coalesced(cluster, local_vp):
+    """Single-call requests from many threads at once: Ray Serve's batching puts them
+    together (fewer batches than calls), and each caller gets its own answer."""
+    remote = VisProg(preset="tiny", cache=False, config=hosted())
+    client = client_of(remote.registry.get("Vqa"))
+    before = client.stats()
+    program = "A=Vqa(image=IMAGE, question='what color is the car?')"
+    images = [picture(40 + i) for i in range(12)]
+    values: list = [None] * len(images)
+    start = threading.Barrier(len(images))
+
+    def ask(i: int) -> None:
+        start.wait()
+        values[i] = remote.execute(program, image=images[i]).value
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = client.stats()
+    sizes = after["batch_sizes"][len(before["batch_sizes"]):]
+    assert after["calls"] - before["calls"] == len(images)
+    assert len(sizes) < len(images) and max(sizes) > 1, sizes
+    assert values == [local_vp.execute(program, image=im).value for im in images]
 
 
 def test_tool_error_comes_back_as_itself(cluster, local_vp):
@@ -339,3 +367,58 @@ def test_serve_command_without_hosted_modules():
     from visprog.cli import main
 
     assert main(["serve", "--preset", "tiny"]) == 2
+
+
+# -- the wire format (no cluster) --------------------------------------------------------------
+
+def test_wire_round_trip_of_a_request_and_its_reply():
+    from visprog.hosting import (decode_reply, decode_request, encode_reply, encode_request,
+                                 outcome_ok)
+
+    calls = [{"image": picture(1), "question": "what?"}, {"image": picture(2), "question": ""}]
+    back = decode_request(encode_request(calls))
+    assert [c["question"] for c in back] == ["what?", ""]
+    assert [c["image"].tobytes() for c in back] == [c["image"].tobytes() for c in calls]
+    reply = encode_reply([outcome_ok("red"), outcome_ok(picture(3))])
+    values = decode_reply(reply, "Vqa", 2)
+    assert values[0] == "red" and values[1].tobytes() == picture(3).tobytes()
+
+
+def test_wire_errors_come_back_in_call_order():
+    from visprog.hosting import decode_reply, encode_error, encode_reply, outcome_error, outcome_ok
+
+    reply = encode_reply([outcome_ok(1), outcome_error(ValueError("first")),
+                          outcome_error(KeyError("second"))])
+    with pytest.raises(ValueError, match="first"):
+        decode_reply(reply, "Vqa", 3)
+    with pytest.raises(ValueError, match="unreadable"):
+        decode_reply(encode_error(ValueError("unreadable")), "Vqa", 1)
+
+
+@pytest.mark.parametrize("body", [{"results": ["x"]}, {"results": [{"ok": 1}]}, [1, 2], "ok"],
+                         ids=["not an outcome", "wrong count", "a list", "a string"])
+def test_wire_refuses_replies_that_are_not_results(body):
+    from visprog.hosting import decode_reply
+
+    with pytest.raises(HostError, match="not a visprog result"):
+        decode_reply(codec.encode(body), "Vqa", 2)
+
+
+@pytest.mark.parametrize("body", [{"calls": []}, {"calls": [1]}, {"call": {}}, "x"],
+                         ids=["no calls", "not a dict", "old single form", "a string"])
+def test_wire_refuses_requests_that_are_not_calls(body):
+    from visprog.hosting import decode_request
+
+    with pytest.raises(ValueError, match="not a visprog request"):
+        decode_request(codec.encode(body))
+
+
+def test_a_value_the_wire_cannot_carry_fails_only_its_own_call():
+    from visprog.hosting import decode_reply, outcome_ok
+    from visprog.serve import ModuleServer
+
+    reply = ModuleServer._encode([outcome_ok(1), outcome_ok(object()), outcome_ok("x")])
+    with pytest.raises(TypeError, match="object"):
+        decode_reply(reply, "Vqa", 3)
+    body = codec.decode(reply)["results"]
+    assert body[0] == {"ok": 1} and body[2] == {"ok": "x"} and "error" in body[1]

@@ -165,27 +165,40 @@ def host_tools(tools: Sequence[Tool], hosts: Mapping[str, HostSpec]) -> list[Too
 
 # -- the wire format -------------------------------------------------------------------------
 
-def encode_request(kwargs: Mapping[str, Any], module: str = "") -> bytes:
+def encode_request(calls: Sequence[Mapping[str, Any]], module: str = "") -> bytes:
+    """One request: one or more calls of a module (a batch travels as one request, so the
+    replica gets it whole instead of as pieces that arrive apart)."""
     try:
         # raw pixels: PNG would cost tens of ms a photo at each end of every request
-        return codec.encode({"call": dict(kwargs)}, raw_images=True)
+        return codec.encode({"calls": [dict(c) for c in calls]}, raw_images=True)
     except TypeError as e:
         raise VisProgError(f"{module}: an argument can't be sent to a remote host: {e}") from e
 
 
-def decode_request(data: bytes) -> dict[str, Any]:
+def decode_request(data: bytes) -> list[dict[str, Any]]:
     body = codec.decode(data)
-    if not isinstance(body, dict) or not isinstance(body.get("call"), dict):
+    calls = body.get("calls") if isinstance(body, dict) else None
+    if not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
         raise ValueError("not a visprog request")
-    return body["call"]
+    return calls
 
 
-def encode_result(value: Any) -> bytes:
-    return codec.encode({"ok": value}, raw_images=True)
+def outcome_ok(value: Any) -> dict[str, Any]:
+    return {"ok": value}
+
+
+def outcome_error(error: BaseException) -> dict[str, Any]:
+    return {"error": {"type": type(error).__name__, "message": str(error)}}
+
+
+def encode_reply(outcomes: Sequence[Mapping[str, Any]]) -> bytes:
+    """The reply to a request: one `outcome_ok`/`outcome_error` per call, in order."""
+    return codec.encode({"results": list(outcomes)}, raw_images=True)
 
 
 def encode_error(error: BaseException) -> bytes:
-    return codec.encode({"error": {"type": type(error).__name__, "message": str(error)}})
+    """The reply to a request that could not be read at all."""
+    return codec.encode(outcome_error(error))
 
 
 _REMOTE_ERRORS = {name: getattr(builtins, name) for name in (
@@ -193,25 +206,36 @@ _REMOTE_ERRORS = {name: getattr(builtins, name) for name in (
     "NotImplementedError")}
 
 
-def decode_result(data: bytes, module: str) -> Any:
-    """The value a replica sent, or the error it sent raised again here."""
-    body = codec.decode(data)
-    if isinstance(body, dict) and "ok" in body:
-        return body["ok"]
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        kind, message = body["error"].get("type", ""), body["error"].get("message", "")
-        from . import errors
+def _raise_remote(error: Any) -> None:
+    kind = error.get("type", "") if isinstance(error, dict) else ""
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    from . import errors
 
-        cls = _REMOTE_ERRORS.get(kind) or getattr(errors, kind, None)
-        error = None
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            try:
-                error = cls(message)
-            except TypeError:  # an error class with a different constructor
-                error = None
-        raise error or RemoteToolError(f"{kind}: {message}")
-    raise HostError(f"{module}: the host sent a reply that is not a visprog result",
-                    module=module, address="?")
+    cls = _REMOTE_ERRORS.get(kind) or getattr(errors, kind, None)
+    raised = None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            raised = cls(message)
+        except TypeError:  # an error class with a different constructor
+            raised = None
+    raise raised or RemoteToolError(f"{kind}: {message}")
+
+
+def decode_reply(data: bytes, module: str, calls: int) -> list[Any]:
+    """The values a replica sent for a request of `calls` calls; a call's error is raised
+    again here (the first one, in call order)."""
+    body = codec.decode(data)
+    if isinstance(body, dict) and "error" in body:
+        _raise_remote(body["error"])
+    results = body.get("results") if isinstance(body, dict) else None
+    if (not isinstance(results, list) or len(results) != calls
+            or not all(isinstance(r, dict) and ("ok" in r or "error" in r) for r in results)):
+        raise HostError(f"{module}: the host sent a reply that is not a visprog result",
+                        module=module, address="?")
+    for r in results:
+        if "ok" not in r:
+            _raise_remote(r["error"])
+    return [r["ok"] for r in results]
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -288,7 +312,8 @@ class RayModuleClient:
             return handle
 
     def call(self, calls: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Send each call as one request (concurrently) and return the outputs in order.
+        """Send the calls, `max_batch_size` to a request (requests sent concurrently, so
+        several replicas can share a big batch), and return the outputs in order.
 
         Host failures are retried (only the failed requests); a tool's own error is raised
         as it came (the first one, in call order).
@@ -296,7 +321,9 @@ class RayModuleClient:
         Raises:
             HostError: the host failed on some request `retries + 1` times.
         """
-        payloads = [encode_request(c, self.spec.module) for c in calls]
+        size = max(1, self.spec.max_batch_size)
+        groups = [calls[i:i + size] for i in range(0, len(calls), size)]
+        payloads = [encode_request(g, self.spec.module) for g in groups]
         replies: list[bytes | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         attempts, last_error = 0, None
@@ -327,7 +354,8 @@ class RayModuleClient:
                     failed.append(i)
                     last_error = e
             pending = failed
-        return [decode_result(r, self.spec.module) for r in replies]  # type: ignore[arg-type]
+        return [value for group, reply in zip(groups, replies)
+                for value in decode_reply(reply, self.spec.module, len(group))]  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, Any]:
         """The deployment's counters (batches, calls, batch sizes, model events), asked of

@@ -4,10 +4,11 @@ One Serve application per hosted module, named `<ray_app>-<Module>` (see visprog
 for the config keys). Each replica builds the module exactly as an in-process interpreter
 does (`build(settings, ctx)` with its own model manager, memory budget included) and serves:
 
-- `__call__(request bytes) -> reply bytes`: one call. Ray Serve's `@serve.batch` coalesces the
-  requests that arrive together (up to `max_batch_size`, waiting at most `batch_wait_s`) into
-  one call of the module's batched entry point. If that batch raises, its calls run one by one
-  so an error reaches only the request that caused it.
+- `__call__(request bytes) -> reply bytes`: one or more calls (a client sends a batch's calls
+  together, up to `max_batch_size` a request). Ray Serve's `@serve.batch` coalesces the
+  requests that arrive together (up to `max_batch_size` requests, waiting at most
+  `batch_wait_s`); their calls go to the module's batched entry point `max_batch_size` at a
+  time. If a batch raises, its calls run one by one so an error reaches only its own call.
 - `describe()`: the module's declaration (name, version, settings), which clients check.
 - `stats()`: counters for tests and monitoring: batches run, calls served, batch sizes, and
   the replica's model load/unload events.
@@ -26,8 +27,8 @@ import time
 from importlib import import_module
 from typing import Any, Mapping, Sequence
 
-from .hosting import (HostSpec, decode_request, encode_error, encode_result, host_spec,
-                      split_config)
+from .hosting import (HostSpec, decode_request, encode_error, encode_reply, host_spec,
+                      outcome_error, outcome_ok, split_config)
 
 
 class ModuleServer:
@@ -53,6 +54,7 @@ class ModuleServer:
             dict(tools_config.get(module, {})), ToolContext(self.models, None))
         # Ray Serve's batching, made here so this module imports without ray (the CLI
         # builds its parser from it) and each deployment gets its own batch size.
+        self.max_batch_size = max_batch_size
         self.run_batch = serve.batch(max_batch_size=max_batch_size,
                                      batch_wait_timeout_s=batch_wait_s)(self._run_async)
         self.batches = 0
@@ -69,33 +71,64 @@ class ModuleServer:
         return await asyncio.to_thread(self._run, requests)
 
     def _run(self, requests: list[bytes]) -> list[bytes]:
-        self.batches += 1
-        self.batch_sizes.append(len(requests))
         replies: list[bytes | None] = [None] * len(requests)
-        calls: dict[int, dict[str, Any]] = {}
+        outcomes: dict[int, list[Any]] = {}
+        flat: list[tuple[int, int, dict[str, Any]]] = []  # (request, call in it, kwargs)
         for i, data in enumerate(requests):
             try:
-                calls[i] = decode_request(data)
+                calls = decode_request(data)
             except ValueError as e:
                 replies[i] = encode_error(e)
-        self.calls += len(calls)
-        order = list(calls)
-        outputs: list[Any] | None = None
-        if order and self.tool.batch_fn is not None:
-            try:
-                outputs = list(self.tool.batch_fn([calls[i] for i in order]))
-                if len(outputs) != len(order):
-                    raise RuntimeError(f"{self.tool.name} returned {len(outputs)} outputs "
-                                       f"for {len(order)} calls")
-            except Exception:  # find which call failed: run them one by one below
-                outputs = None
-        for n, i in enumerate(order):
-            try:
-                value = outputs[n] if outputs is not None else self.tool.fn(**calls[i])
-                replies[i] = encode_result(value)
-            except Exception as e:  # the tool's own error goes back to its caller
-                replies[i] = encode_error(e)
+                continue
+            outcomes[i] = [None] * len(calls)
+            flat += [(i, j, c) for j, c in enumerate(calls)]
+        size = max(1, self.max_batch_size)
+        for start in range(0, len(flat), size):
+            chunk = flat[start:start + size]
+            self.batches += 1
+            self.batch_sizes.append(len(chunk))
+            self.calls += len(chunk)
+            for (i, j, _), result in zip(chunk, self._run_calls([c for _, _, c in chunk])):
+                outcomes[i][j] = result
+        for i, results in outcomes.items():
+            replies[i] = self._encode(results)
         return replies  # type: ignore[return-value]
+
+    @staticmethod
+    def _encode(results: list[dict[str, Any]]) -> bytes:
+        try:
+            return encode_reply(results)
+        except TypeError:  # a value the wire can't carry: an error for that call alone
+            fixed = []
+            for r in results:
+                try:
+                    encode_reply([r])
+                    fixed.append(r)
+                except TypeError as e:
+                    fixed.append(outcome_error(e))
+            return encode_reply(fixed)
+
+    def _run_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One outcome per call: the batched entry point, or one by one if it raises (so an
+        error reaches only the call that caused it)."""
+        outputs: list[Any] | None = None
+        if self.tool.batch_fn is not None:
+            try:
+                outputs = list(self.tool.batch_fn(calls))
+                if len(outputs) != len(calls):
+                    raise RuntimeError(f"{self.tool.name} returned {len(outputs)} outputs "
+                                       f"for {len(calls)} calls")
+            except Exception:
+                outputs = None
+        if outputs is not None:
+            return [outcome_ok(v) for v in outputs]
+        results = []
+        for c in calls:
+            try:
+                results.append(outcome_ok(self.tool.fn(**c)))
+            except Exception as e:  # the tool's own error goes back to its caller
+                results.append(outcome_error(e))
+        return results
 
     def describe(self) -> dict[str, Any]:
         from .hosting import _settings_json
