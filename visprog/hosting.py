@@ -9,7 +9,7 @@ Hosting is configuration, not code. A module's section names its host:
     replicas = 1                 # (server side) replicas of the deployment
     gpu_fraction = 0.5           # (server side) GPUs per replica; 0 on a CPU cluster
     num_cpus = 1                 # (server side) CPUs per replica
-    max_batch_size = 16          # (server side) requests Ray Serve coalesces into one batched call
+    max_batch_size = 16          # calls a request carries; calls a replica's batched call takes
     batch_wait_s = 0.01          # (server side) how long a replica waits to fill a batch
     timeout_s = 120              # (client side) per request
     retries = 2                  # (client side) extra attempts when the host fails
@@ -20,11 +20,11 @@ settings, and with them the step cache keys, are the same wherever it runs.
 
 `visprog serve --config FILE` (visprog/serve.py) starts the deployments. Here, on the client
 side, `host_tools` swaps each hosted tool for a `Tool` with the same name, arguments, returns,
-version and settings whose calls go to the deployment: every call is one request, and the
-replica's `@serve.batch` coalesces concurrent requests (from one batched run, or from many
-interpreters) into one call of the module's batched entry point.
+version and settings whose calls go to the deployment: the calls of a batch go together, up
+to `max_batch_size` a request, and the replica's `@serve.batch` coalesces concurrent requests
+(from many threads or interpreters) into calls of the module's batched entry point.
 
-Values cross the wire as `visprog.codec` bytes (PNG images, packed masks, JSON), never as
+Values cross the wire as `visprog.codec` bytes (raw pixels, packed masks, JSON), never as
 pickles of user data. A tool's own error (a bad argument) comes back as that error; a failure
 of the host (unreachable, no such deployment, a replica that died, a timeout) is retried
 `retries` times and then raised as `HostError`, naming the module and the address. Nothing is
