@@ -1,7 +1,8 @@
 """FaceDet and Seg: contracts with real detectors and tiny random models, offline.
 
 FaceDet's `cascade` backend is a real face detector (the LBP cascade inside scikit-image), so
-these tests check it finds the astronaut's face wherever the picture is put. Seg runs a tiny
+these tests check it finds the astronaut's face wherever the picture is put. Its `yunet`
+backend runs through OpenCV on `tiny:yunet`, a random network with YuNet's contract. Seg runs a tiny
 random Mask2Former built with save_pretrained and loaded through the model manager like a
 real checkpoint: its segments are meaningless, so only the contracts are checked.
 """
@@ -109,6 +110,72 @@ def test_facedet_yunet_configured_path_missing(ctx, tmp_path):
     tool = facedet.build({"backend": "yunet", "model": str(missing)}, ctx)
     with pytest.raises(ModelLoadError, match="nowhere/yunet.onnx"):
         tool(image=Image.new("RGB", (64, 64)))
+
+
+# YuNet's detection path, through OpenCV, on `tiny:yunet` (a random network with YuNet's
+# inputs and outputs): its faces are meaningless, so the contract and the scaling are checked.
+TINY_YUNET = {"backend": "yunet", "model": "tiny:yunet", "score_threshold": 0.5}
+
+
+def noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def yunet(ctx):
+    pytest.importorskip("onnx", reason="tiny:yunet is exported with torch.onnx, which needs onnx")
+    pytest.importorskip("cv2")
+    return facedet.build({**TINY_YUNET, "max_side": 320}, ctx)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (640, 480), (1000, 1600)])
+def test_facedet_yunet_boxes_are_opencvs_scaled_back(yunet, size):
+    """What `cv2.FaceDetectorYN` finds on the scaled-down copy, in original pixels, with its
+    landmarks and scores, best first."""
+    import cv2
+
+    from visprog.tools.models import resolve_checkpoint
+
+    image = noise(*size)
+    found = yunet(image=image)
+    assert isinstance(found, Objects) and found.image_size == image.size
+    assert len(found) > 0 and set(found.labels) == {"face"}
+    w, h = size
+    assert ((found.boxes >= 0) & (found.boxes <= [w, h, w, h])).all()
+    assert list(found.scores) == sorted(found.scores, reverse=True)
+    assert all(0.5 <= s <= 1.0 for s in found.scores)
+    assert all(len(r.extra["landmarks"]) == 5 for r in found.regions)
+
+    scale = min(1.0, 320 / max(w, h))
+    small = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR) if scale < 1 else image
+    det = cv2.FaceDetectorYN.create(resolve_checkpoint("tiny:yunet") + "/yunet.onnx", "",
+                                    small.size, 0.5, 0.3, 5000)
+    _, faces = det.detect(np.ascontiguousarray(np.asarray(small)[:, :, ::-1]))
+    assert faces is not None and len(faces) == len(found)
+    best = faces[np.argsort(-faces[:, 14], kind="stable")]
+    x, y, bw, bh = (best[0, :4] / scale).tolist()
+    expected = np.clip([x, y, x + bw, y + bh], 0, [w, h, w, h])
+    assert np.allclose(found.boxes[0], expected, atol=1e-3)
+    assert np.allclose(found.regions[0].extra["landmarks"][0], best[0, 4:6] / scale, atol=1e-3)
+
+
+def test_facedet_yunet_thresholds_and_top_k(ctx, yunet):
+    image = noise(320, 240, seed=3)
+    loose = facedet.build({**TINY_YUNET, "score_threshold": 0.3}, ctx)(image=image)
+    strict = facedet.build({**TINY_YUNET, "score_threshold": 0.99}, ctx)(image=image)
+    few = facedet.build({**TINY_YUNET, "score_threshold": 0.3, "top_k": 3}, ctx)(image=image)
+    assert len(strict) < len(loose) and min(strict.scores) >= 0.99
+    assert 0 < len(few) <= 3
+
+
+def test_facedet_yunet_batch_equals_one_by_one_and_loads_once(ctx, yunet):
+    images = [noise(320, 240, seed=i) for i in range(3)] + [noise(64, 48, seed=9)]
+    batch = yunet.batch_fn([{"image": im} for im in images])
+    for one, im in zip(batch, images):
+        alone = yunet(image=im)
+        assert np.array_equal(one.boxes, alone.boxes) and one.scores == alone.scores
+    assert [m["kind"] for m in ctx.models.loaded()].count("yunet") == 1
 
 
 # -- Seg --------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ Two backends, both small and able to run offline:
   CPU, so it suits a tool users run locally. Its model file is not inside the OpenCV wheel: it
   is fetched once into visprog's cache folder (from the Hugging Face hub file `hub_repo` /
   `hub_file`, else from `url`) and read from there afterwards, offline. Set `model` to a
-  local .onnx path to skip fetching.
+  local .onnx path to skip fetching, or to `tiny:yunet` for a tiny random network with
+  YuNet's inputs and outputs (built with torch and onnx; the tests run the detection path
+  through OpenCV with it).
 - `cascade` (default): the LBP frontal-face cascade that ships inside the scikit-image wheel,
   run by `skimage.feature.Cascade`. Nothing to download, so it works offline from the start
   and the tests run it on a real face; it finds upright frontal faces only, has no score, and
-  makes more false detections. It is the default because YuNet's detection path could not be
-  run where visprog is tested (its file can't be fetched there); choose `yunet` for accuracy.
+  makes more false detections. It is the default because it needs no download; choose
+  `yunet` for accuracy.
   (OpenCV 5 no longer ships its Haar cascades, hence scikit-image's.)
 
 Both run on a copy scaled down to at most `max_side` pixels (boxes are scaled back to
@@ -32,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from visprog.registry import Tool, tool
-from visprog.tools.models import ModelLoadError, cache_dir, manager_of
+from visprog.tools.models import (TINY_PREFIX, ModelLoadError, cache_dir, manager_of,
+                                  register_tiny, resolve_checkpoint)
 from visprog.values import Objects, Region, load_image
 
 VERSION = "1"
@@ -78,6 +81,8 @@ def yunet_model_path(s: dict[str, Any]) -> str:
     Raises:
         ModelLoadError: no local file and it could not be fetched; says where to put it.
     """
+    if s["model"].startswith(TINY_PREFIX):
+        return str(Path(resolve_checkpoint(s["model"])) / "yunet.onnx")
     if s["model"]:
         path = Path(s["model"]).expanduser()
         if not path.is_file():
@@ -226,6 +231,43 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
         return run_batch([{"image": image}])[0]
 
     return replace(face_det, batch_fn=run_batch)
+
+
+def build_tiny_yunet(folder: Path) -> None:
+    """`tiny:yunet`: a random 3-conv network with YuNet's contract, as ONNX: input [1,3,H,W]
+    (H, W multiples of 32), and for each stride s in 8, 16, 32 over N = H*W/s^2 anchors the
+    outputs cls_s, obj_s [1,N,1], bbox_s [1,N,4] and kps_s [1,N,10], which
+    `cv2.FaceDetectorYN` decodes into boxes, landmarks and scores."""
+    import torch
+    from torch import nn
+
+    class TinyYuNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stride8 = nn.Conv2d(3, 8, 3, stride=8, padding=1)
+            self.stride16 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.stride32 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+            self.heads = nn.ModuleList(nn.Conv2d(8, 16, 1) for _ in range(3))
+
+        def forward(self, x: Any) -> tuple:
+            f8 = torch.relu(self.stride8(x))
+            f16 = torch.relu(self.stride16(f8))
+            f32 = torch.relu(self.stride32(f16))
+            per_stride = []
+            for feature, head in zip((f8, f16, f32), self.heads):
+                y = head(feature).flatten(2).transpose(1, 2)  # [1, N, 16]
+                per_stride.append((torch.sigmoid(y[:, :, :1]), torch.sigmoid(y[:, :, 1:2]),
+                                   y[:, :, 2:6], y[:, :, 6:]))
+            return tuple(out[k] for k in range(4) for out in per_stride)
+
+    torch.manual_seed(0)
+    names = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)]
+    torch.onnx.export(TinyYuNet().eval(), (torch.zeros(1, 3, 320, 320),),
+                      str(folder / "yunet.onnx"), input_names=["input"], output_names=names,
+                      dynamo=False, opset_version=13)
+
+
+register_tiny("yunet", build_tiny_yunet)
 
 
 def _rgb(image: Any) -> Image.Image:
