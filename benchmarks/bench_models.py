@@ -369,7 +369,9 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
         sync()
         per_item = (time.perf_counter() - t0) / batch
     return {
-        "module": name, "device": device, "dtype": loaded[0]["dtype"] if loaded else "-",
+        # a bundle without weights (FaceDet's cascade) has no dtype, whatever the device's
+        "module": name, "device": device,
+        "dtype": loaded[0]["dtype"] if loaded and loaded[0]["bytes"] else "-",
         "note": bench.note,
         "load_s": sum(m["load_seconds"] for m in loaded),
         "first_call_s": first, "median_call_s": statistics.median(times) if times else first,
