@@ -84,8 +84,14 @@ def _set_program(page, text: str) -> None:
 
 
 def _run(page) -> None:
+    """Press Run and wait for the run's own status message (a message shown before, e.g.
+    Plan's, stays on screen while the run is in progress)."""
+    msg = page.locator("#status .vp-msg")
+    before = msg.first.inner_text() if msg.count() else None
     page.click("#run-btn")
-    page.wait_for_selector("#status .vp-msg")
+    page.wait_for_function(
+        "(before) => { const m = document.querySelector('#status .vp-msg');"
+        " return m !== null && m.innerText !== before; }", arg=before)
 
 
 def test_upload_run_shows_result_trace_and_downloads(page):
