@@ -23,3 +23,11 @@ def tmp_cache(tmp_path_factory, tiny_models_dir, monkeypatch):
     monkeypatch.setenv("VISPROG_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("VISPROG_TINY_DIR", str(tiny_models_dir))
     return cache_dir
+
+
+@pytest.fixture
+def no_llm_env(monkeypatch):
+    """The test sees only the LLM settings it makes itself (use with `usefixtures`)."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "VISPROG_LLM_BACKEND",
+                 "VISPROG_LLM_PATH"):
+        monkeypatch.delenv(name, raising=False)

@@ -7,7 +7,7 @@ daemon thread; every reply (delays included) is bounded, and `stop()` wakes dela
 so nothing outlives the test.
 
     with ScriptedServer([Reply("X=Loc(image=IMAGE, object='cat')")]) as server:
-        client = OpenAIChat(model="m", base_url=server.url, api_key="test")
+        client = scripted_client(server)
         ...
         server.requests  # the JSON bodies received, in order
 """
@@ -141,3 +141,11 @@ class ScriptedServer:
                     pass  # the client gave up (a timeout test): nothing to answer
 
         return Handler
+
+
+def scripted_client(server: ScriptedServer, **kw: Any) -> Any:
+    """The real `OpenAIChat` client pointed at `server`, retrying without long backoffs."""
+    from visprog.llm import OpenAIChat
+
+    kw.setdefault("backoff", 0.01)
+    return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", **kw)

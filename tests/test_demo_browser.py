@@ -183,13 +183,11 @@ PLANNED = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
 def planning_server():
     """The demo with a real LLM client talking to a scripted chat-completions server on
     127.0.0.1: Plan must fill the program box with what the model wrote."""
-    from llm_server import ScriptedServer
-    from visprog.llm import OpenAIChat
+    from llm_server import ScriptedServer, scripted_client
 
     reply = f"Here is the program:\n```\n{PLANNED}\n```"
     with ScriptedServer([reply]) as llm_server:
-        llm = OpenAIChat(model="test-model", base_url=llm_server.url, api_key="test-key",
-                         backoff=0.01)
+        llm = scripted_client(llm_server)
         vp = VisProg(preset="tiny", cache=False, plugins=False, llm=llm)
         port = _free_port()
         blocks = demo.launch(vp=vp, port=port, block=False)

@@ -8,7 +8,7 @@ import time
 import lark
 import pytest
 
-from llm_server import Reply, ScriptedServer
+from llm_server import Reply, ScriptedServer, scripted_client
 from visprog.checker import check
 from visprog.errors import ParseError
 from visprog.llm import LLMError, LLMReply, OpenAIChat, make_llm
@@ -21,23 +21,12 @@ from visprog.tools import builtin_tools
 PROGRAM = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 MESSAGES = [{"role": "user", "content": "Question: how many cats?"}]
 
+pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a test makes
+
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return Registry(builtin_tools())
-
-
-@pytest.fixture(autouse=True)
-def no_llm_env(monkeypatch):
-    """Tests see only the LLM settings they make themselves."""
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "VISPROG_LLM_BACKEND",
-                 "VISPROG_LLM_PATH"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def client(server: ScriptedServer, **kw) -> OpenAIChat:
-    kw.setdefault("backoff", 0.01)
-    return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", **kw)
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible
@@ -45,8 +34,8 @@ def client(server: ScriptedServer, **kw) -> OpenAIChat:
 
 def test_reply_through_openai_client():
     with ScriptedServer([PROGRAM]) as server:
-        reply = client(server).chat(MESSAGES, temperature=0.0, max_tokens=64, seed=3,
-                                    stop=["\n\n\n"])
+        reply = scripted_client(server).chat(MESSAGES, temperature=0.0, max_tokens=64, seed=3,
+                                             stop=["\n\n\n"])
     assert isinstance(reply, LLMReply)
     assert reply.text == PROGRAM and reply.texts == [PROGRAM]
     assert reply.model == "test-model"
@@ -62,7 +51,7 @@ def test_reply_through_openai_client():
 def test_429_then_success_retries():
     script = [Reply("slow down", status=429, headers={"retry-after": "0"}), Reply(PROGRAM)]
     with ScriptedServer(script) as server:
-        reply = client(server, max_retries=2).chat(MESSAGES)
+        reply = scripted_client(server, max_retries=2).chat(MESSAGES)
     assert reply.text == PROGRAM
     assert len(server.requests) == 2
 
@@ -71,7 +60,7 @@ def test_429_then_success_retries():
 def test_5xx_retries_are_bounded(status):
     with ScriptedServer([Reply("boom", status=status)] * 3) as server:
         with pytest.raises(LLMError) as err:
-            client(server, max_retries=2).chat(MESSAGES)
+            scripted_client(server, max_retries=2).chat(MESSAGES)
     assert len(server.requests) == 3
     msg = str(err.value)
     assert "after 3 attempts" in msg and f"HTTP {status}" in msg and "boom" in msg
@@ -81,7 +70,7 @@ def test_reply_slower_than_timeout_fails_in_bounded_time():
     with ScriptedServer([Reply(PROGRAM, delay=5.0)] * 2) as server:
         t0 = time.monotonic()
         with pytest.raises(LLMError, match="timeout"):
-            client(server, timeout=0.3, max_retries=1).chat(MESSAGES)
+            scripted_client(server, timeout=0.3, max_retries=1).chat(MESSAGES)
         elapsed = time.monotonic() - t0
     assert elapsed < 3.0, elapsed
     assert len(server.requests) == 2
@@ -92,7 +81,7 @@ def test_reply_slower_than_timeout_fails_in_bounded_time():
 def test_client_errors_are_not_retried(status, needle):
     with ScriptedServer([Reply("nope", status=status)] * 3) as server:
         with pytest.raises(LLMError, match=needle):
-            client(server, max_retries=3).chat(MESSAGES)
+            scripted_client(server, max_retries=3).chat(MESSAGES)
     assert len(server.requests) == 1
 
 
@@ -123,7 +112,7 @@ def test_missing_key_and_model_name_what_to_set(monkeypatch):
 
 def test_fewer_choices_than_n_asks_again():
     with ScriptedServer(["A=Eval(expr=\"1\")", ["B=Eval(expr=\"2\")", "C=Eval(expr=\"3\")"]]) as server:
-        reply = client(server).chat(MESSAGES, n=3, seed=10, temperature=0.7)
+        reply = scripted_client(server).chat(MESSAGES, n=3, seed=10, temperature=0.7)
     assert reply.texts == ['A=Eval(expr="1")', 'B=Eval(expr="2")', 'C=Eval(expr="3")']
     assert [r["n"] for r in server.requests] == [3, 2]
     assert [r["seed"] for r in server.requests] == [10, 11]
@@ -132,10 +121,10 @@ def test_fewer_choices_than_n_asks_again():
 
 def test_grammar_is_passed_when_asked(registry):
     with ScriptedServer([PROGRAM, PROGRAM]) as server:
-        c = client(server, grammar="vllm")
+        c = scripted_client(server, grammar="vllm")
         c.constrain_to(registry, {"IMAGE": "Image"}).chat(MESSAGES)
         c.chat(MESSAGES)  # the client itself (e.g. for List) sends no grammar
-        plain = client(server)
+        plain = scripted_client(server)
         assert plain.constrain_to(registry, {"IMAGE": "Image"}) is plain
     sent = server.requests[0]["guided_grammar"]
     assert "\"Loc(\"" in sent and "\"object=\"" in sent

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from llm_server import ScriptedServer
+from llm_server import ScriptedServer, scripted_client
 from visprog.api import RunResult
 from visprog.checker import check
-from visprog.llm import OpenAIChat
 from visprog.parser import parse
 from visprog.planner import Plan, Planner, PlanningError, answer_key, clean_reply, majority, vote
 from visprog.program_cache import ProgramCache, default_program_cache_dir
@@ -21,21 +20,12 @@ from visprog.trace import Trace
 GOOD = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 BAD = "CATS=Lco(image=IMAGE, object='cat')\nN=Count(box=DOGS)\nFINAL=Result(var=N)"
 
+pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a test makes
+
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return Registry(builtin_tools())
-
-
-@pytest.fixture(autouse=True)
-def no_llm_env(monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "VISPROG_LLM_BACKEND",
-                 "VISPROG_LLM_PATH"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def llm_for(server: ScriptedServer) -> OpenAIChat:
-    return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", backoff=0.01)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -134,7 +124,7 @@ def test_clean_reply(reply, expected):
 
 def test_plan_valid_program(registry):
     with ScriptedServer([GOOD]) as server:
-        plan = Planner(llm_for(server), registry, task="gqa", cache=False).plan("How many cats?")
+        plan = Planner(scripted_client(server), registry, task="gqa", cache=False).plan("How many cats?")
     assert isinstance(plan, Plan) and plan.text == GOOD and not plan.cached
     assert [s.target for s in plan.program] == ["CATS", "N", "FINAL"]
     assert len(plan.attempts) == 1 and plan.attempts[0].ok
@@ -148,7 +138,7 @@ def test_plan_valid_program(registry):
 def test_plan_cleans_prose_and_fences(registry):
     wrapped = "Sure, here you go:\n\n```\n" + GOOD + "\n```\n\nThe answer is the count."
     with ScriptedServer([wrapped]) as server:
-        plan = Planner(llm_for(server), registry, cache=False).plan("How many cats?")
+        plan = Planner(scripted_client(server), registry, cache=False).plan("How many cats?")
     assert plan.text == GOOD
     assert plan.attempts[0].reply == wrapped
     assert len(server.requests) == 1
@@ -156,7 +146,7 @@ def test_plan_cleans_prose_and_fences(registry):
 
 def test_invalid_then_repaired(registry):
     with ScriptedServer([BAD, GOOD]) as server:
-        plan = Planner(llm_for(server), registry, cache=False).plan("How many cats?")
+        plan = Planner(scripted_client(server), registry, cache=False).plan("How many cats?")
     assert plan.text == GOOD
     assert [a.ok for a in plan.attempts] == [False, True]
     first = plan.attempts[0]
@@ -176,7 +166,7 @@ def test_never_valid_lists_every_attempt(registry):
     replies = ["I am not sure how to do that.", BAD]
     with ScriptedServer(replies) as server:
         with pytest.raises(PlanningError) as err:
-            Planner(llm_for(server), registry, attempts=2, cache=False).plan("How many cats?")
+            Planner(scripted_client(server), registry, attempts=2, cache=False).plan("How many cats?")
     e = err.value
     assert len(e.attempts) == 2 and len(server.requests) == 2
     msg = str(e)
@@ -192,7 +182,7 @@ def test_planner_needs_an_llm(registry):
 def test_program_cache_hit_makes_no_request(registry, tmp_path):
     cache = ProgramCache(tmp_path / "programs")
     with ScriptedServer([GOOD, GOOD.replace("'cat'", "'dog'")]) as server:
-        llm = llm_for(server)
+        llm = scripted_client(server)
         first = Planner(llm, registry, cache=cache).plan("How many cats?")
         again = Planner(llm, registry, cache=cache).plan("How many cats?")
         assert len(server.requests) == 1
@@ -234,7 +224,7 @@ def test_program_cache_unwritable_warns_once(tmp_path):
 def test_plan_k_samples_and_repairs_each(registry):
     samples = [GOOD, BAD, GOOD.replace("'cat'", "'kitten'")]
     with ScriptedServer([samples, GOOD]) as server:
-        plans = Planner(llm_for(server), registry, cache=False, seed=4).plan_k(
+        plans = Planner(scripted_client(server), registry, cache=False, seed=4).plan_k(
             "How many cats?", 3, temperature=0.8)
     assert len(plans) == 3 and all(p.program for p in plans)
     assert [len(p.attempts) for p in plans] == [1, 2, 1]
@@ -243,7 +233,7 @@ def test_plan_k_samples_and_repairs_each(registry):
     assert "n" not in server.requests[1]  # a repair asks for one program
     assert server.requests[1]["messages"][-2]["content"] == BAD
     with pytest.raises(ValueError):
-        Planner(llm_for(server), registry, cache=False).plan_k("q", 0)
+        Planner(scripted_client(server), registry, cache=False).plan_k("q", 0)
 
 
 # --------------------------------------------------------------------------- voting
@@ -322,7 +312,7 @@ def test_visprog_run_plans_executes_and_traces(picture):
     from visprog.api import VisProg
 
     with ScriptedServer([EVAL_BAD, EVAL_GQA]) as server:
-        vp = VisProg(preset="tiny", cache=False, llm=llm_for(server))
+        vp = VisProg(preset="tiny", cache=False, llm=scripted_client(server))
         out = vp.run(picture, "What is one plus one?", task="gqa")
     assert out.value == 2 and out.program.source == EVAL_GQA
     events = [e for e in out.trace.events if e["kind"] == "plan_attempt"]
@@ -338,7 +328,7 @@ def test_visprog_run_nlvr_pair_and_vote(picture):
     yes = 'A=Eval(expr="2 > 1")\nFINAL=Result(var=A)'
     no = 'A=Eval(expr="2 < 1")\nFINAL=Result(var=A)'
     with ScriptedServer([yes, [no, yes, yes]]) as server:
-        vp = VisProg(preset="tiny", cache=False, llm=llm_for(server))
+        vp = VisProg(preset="tiny", cache=False, llm=scripted_client(server))
         out = vp.run((picture, picture), "Both images are blue.", task="nlvr")
         assert out.value is True
         system = server.requests[0]["messages"][0]["content"]
@@ -357,7 +347,7 @@ def test_visprog_plan_cache_and_errors(picture, monkeypatch):
     from visprog.llm import LLMError
 
     with ScriptedServer([EVAL_GQA]) as server:
-        vp = VisProg(preset="tiny", llm=llm_for(server))  # cache on: programs cached too
+        vp = VisProg(preset="tiny", llm=scripted_client(server))  # cache on: programs cached too
         assert vp.plan("What is one plus one?").text == EVAL_GQA
         assert vp.plan("What is one plus one?").cached
         with pytest.raises(ImageError):
