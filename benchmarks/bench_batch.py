@@ -60,7 +60,7 @@ def build_checkpoints(work: Path, loc_edge: int) -> tuple[Path, Path]:
                               BlipProcessor, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessorPil, GroundingDinoProcessor)
 
-    from visprog.tools.models import tiny_bert_tokenizer
+    from visprog.models import tiny_bert_tokenizer
 
     blip, gdino = work / "blip_vqa_full", work / f"gdino_tiny_full_{loc_edge}"
     if not (blip / "config.json").exists():
@@ -146,7 +146,7 @@ def calibrate_loc(vp, gdino: Path, image, keep: int = 8) -> float:
 
     from visprog.tools import ToolContext
     from visprog.tools.loc import build, grounding_prompt, load_grounding_dino
-    from visprog.tools.models import model_dtype, to_model_inputs
+    from visprog.models import model_dtype, to_model_inputs
 
     model, processor = vp.models.get("grounding_dino", str(gdino), load_grounding_dino)
     inputs = processor(images=[image], text=[grounding_prompt("car")], return_tensors="pt")
@@ -164,7 +164,7 @@ def profile_models(vp, blip: Path, gdino: Path, images: list, n: int, sync) -> N
     import torch
 
     from visprog.tools.loc import load_grounding_dino
-    from visprog.tools.models import model_dtype, to_model_inputs
+    from visprog.models import model_dtype, to_model_inputs
     from visprog.tools.vqa import load_blip
 
     mm = vp.models
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from visprog.api import VisProg
-    from visprog.tools.models import pick_device
+    from visprog.models import pick_device
 
     device = pick_device(None if args.device == "auto" else args.device)
     on_cuda = device.startswith("cuda")

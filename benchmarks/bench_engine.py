@@ -19,10 +19,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from visprog.cache import StepCache
-from visprog.checker import check_or_raise
-from visprog.interpreter import Interpreter
-from visprog.parser import _parse_text, parse
+from visprog.engine.cache import StepCache
+from visprog.language.checker import check_or_raise
+from visprog.engine.interpreter import Interpreter
+from visprog.language.parser import _parse_text, parse
 from visprog.registry import Registry, tool
 from visprog.values import Objects
 
@@ -90,7 +90,7 @@ def median_us(fn: Callable[[], object], runs: int, blocks: int = 5) -> float:
 
 
 def bench_overhead(runs: int, size: tuple[int, int]) -> None:
-    from visprog.codec import digest
+    from visprog.values.codec import digest
 
     registry = Registry([noop_loc, noop_count, noop_crop, noop_answer])
     text = twenty_step_program()

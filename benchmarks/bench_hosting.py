@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from visprog.api import VisProg
-    from visprog.hosting import client_of
-    from visprog.serve import deploy
+    from visprog.hosting.client import client_of
+    from visprog.hosting.serve import deploy
 
     w, h = (int(v) for v in args.image_size.lower().split("x"))
     items = workload(args.programs, args.images, (w, h))

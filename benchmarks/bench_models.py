@@ -89,7 +89,7 @@ def save_grounding_dino(folder: Path) -> None:
     from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessorPil, GroundingDinoProcessor)
 
-    from visprog.tools.models import tiny_bert_tokenizer
+    from visprog.models import tiny_bert_tokenizer
 
     proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
                                   tokenizer=tiny_bert_tokenizer(BENCH_WORDS))
@@ -100,7 +100,7 @@ def save_owlv2(folder: Path) -> None:
     """owlv2-base-patch16-ensemble's architecture: ViT-B/16 at 960 px."""
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor
 
-    from visprog.tools.models import tiny_clip_tokenizer
+    from visprog.models import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(BENCH_WORDS)
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -123,7 +123,7 @@ def save_clip(folder: Path) -> None:
     """clip-vit-base-patch32's architecture."""
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-    from visprog.tools.models import tiny_clip_tokenizer
+    from visprog.models import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(BENCH_WORDS)
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -138,7 +138,7 @@ def save_blip(folder: Path) -> None:
     from transformers import (BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil,
                               BlipProcessor, BlipTextConfig, BlipVisionConfig)
 
-    from visprog.tools.models import tiny_bert_tokenizer
+    from visprog.models import tiny_bert_tokenizer
 
     tok = tiny_bert_tokenizer(BENCH_WORDS, extra_special=["[DEC]"])
     tok.add_special_tokens({"bos_token": "[DEC]"})
@@ -155,7 +155,7 @@ def save_vilt(folder: Path) -> None:
     """vilt-b32-finetuned-vqa's architecture: ViT-B/32, 3129 answers."""
     from transformers import ViltConfig, ViltForQuestionAnswering, ViltImageProcessorPil, ViltProcessor
 
-    from visprog.tools.models import tiny_bert_tokenizer
+    from visprog.models import tiny_bert_tokenizer
 
     answers = {i: f"answer{i}" for i in range(3129)}
     cfg = ViltConfig(num_labels=3129, id2label=answers, label2id={a: i for i, a in answers.items()})
@@ -193,7 +193,7 @@ def save_sd_inpaint(folder: Path) -> None:
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from visprog.tools.models import tiny_clip_tokenizer
+    from visprog.models import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(BENCH_WORDS)
     tok.model_max_length = 77
@@ -334,7 +334,7 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
     import torch
 
     from visprog.tools import ToolContext
-    from visprog.tools.models import ModelManager
+    from visprog.models import ModelManager
 
     bench = BENCHES[name]
     if bench.warm:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from visprog.errors import ImageError, ProgramError, StepError, VisProgError
-from visprog.trace import StepRecord, Trace
+from visprog.traces.records import StepRecord, Trace
 from visprog.values import Objects, load_image
 
 # -- limits (what one demo request may ask for) ---------------------------------------------

@@ -145,7 +145,7 @@ class ScriptedServer:
 
 def scripted_client(server: ScriptedServer, **kw: Any) -> Any:
     """The real `OpenAIChat` client pointed at `server`, retrying without long backoffs."""
-    from visprog.llm import OpenAIChat
+    from visprog.planning.llm import OpenAIChat
 
     kw.setdefault("backoff", 0.01)
     return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", **kw)

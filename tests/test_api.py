@@ -12,7 +12,7 @@ from PIL import Image
 from visprog.api import RunResult, VisProg
 from visprog.errors import CheckError, ImageError, ParseError, StepError
 from visprog.registry import tool
-from visprog.trace import Trace
+from visprog.traces.records import Trace
 from visprog.values import Objects
 
 CALLS: Counter = Counter()

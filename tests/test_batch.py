@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog.batch import AutoBatchSize, BatchRunner, FixedBatchSize, make_batch_size
-from visprog.cache import StepCache
-from visprog.codec import digest
+from visprog.engine.batch import AutoBatchSize, BatchRunner, FixedBatchSize, make_batch_size
+from visprog.engine.cache import StepCache
+from visprog.values.codec import digest
 from visprog.errors import CheckError, ParseError, StepError
-from visprog.interpreter import Interpreter
-from visprog.parser import parse
+from visprog.engine.interpreter import Interpreter
+from visprog.language.parser import parse
 from visprog.registry import Registry, tool
 from visprog.values import Objects
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog import codec
-from visprog.cache import (MISS, CacheWarning, DiskCache, MemoryCache, StepCache,
+from visprog.values import codec
+from visprog.engine.cache import (MISS, CacheWarning, DiskCache, MemoryCache, StepCache,
                            default_cache_dir, step_key)
 from visprog.values import Objects, Region
 

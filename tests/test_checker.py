@@ -5,9 +5,9 @@ from importlib import import_module
 
 import pytest
 
-from visprog.checker import DEFAULT_INPUTS, check, check_or_raise
+from visprog.language.checker import DEFAULT_INPUTS, check, check_or_raise
 from visprog.errors import CheckError
-from visprog.parser import parse
+from visprog.language.parser import parse
 from visprog.registry import Registry, tool
 from visprog.tools import PLAIN_MODULES
 from visprog.values import Objects

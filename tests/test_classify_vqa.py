@@ -14,7 +14,7 @@ from visprog.errors import ConfigError  # noqa: E402
 from visprog.tools import ToolContext  # noqa: E402
 from visprog.tools import classify as cls_mod  # noqa: E402
 from visprog.tools import vqa as vqa_mod  # noqa: E402
-from visprog.tools.models import ModelManager  # noqa: E402
+from visprog.models import ModelManager  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 CFG = load_config("tiny")

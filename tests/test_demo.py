@@ -10,7 +10,7 @@ from PIL import Image
 from visprog.demos import app as demo
 from visprog.api import VisProg
 from visprog.errors import Diagnostic, VisProgError
-from visprog.trace import Trace
+from visprog.traces.records import Trace
 
 HALF_PROGRAM = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
                 "IMAGE0=ColorPop(image=IMAGE, object=HALF)\n"

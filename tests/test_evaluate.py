@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog.answers import is_correct, normalize, show
-from visprog.datasets import DatasetError, EvalItem, detect_format, load_dataset
-from visprog.evaluate import evaluate, format_summary, read_results, select, summarize
+from visprog.evaluation.answers import is_correct, normalize, show
+from visprog.evaluation.datasets import DatasetError, EvalItem, detect_format, load_dataset
+from visprog.evaluation.harness import evaluate, format_summary, read_results, select, summarize
 from visprog.registry import tool
 
 # -- normalisation ------------------------------------------------------------------------
@@ -343,8 +343,8 @@ KILL_SCRIPT = """
 import sys, time
 from dataclasses import replace
 from visprog.api import VisProg
-from visprog.datasets import load_dataset
-from visprog.evaluate import evaluate
+from visprog.evaluation.datasets import load_dataset
+from visprog.evaluation.harness import evaluate
 from visprog.registry import tool
 
 @tool("Slow", params={"image": "Image"}, returns="Text")

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from visprog import expr as E
+from visprog.language import expr as E
 from visprog.errors import EvalError
-from visprog.expr import (Binary, Conditional, Const, Var, evaluate, parse_expr,
+from visprog.language.expr import (Binary, Conditional, Const, Var, evaluate, parse_expr,
                           referenced_names)
 from visprog.registry import Registry
 from visprog.tools.eval_expr import TOOLS, eval_tool

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
 
 from visprog.tools import ToolContext, facedet, seg  # noqa: E402
-from visprog.tools.models import ModelLoadError, ModelManager  # noqa: E402
+from visprog.models import ModelLoadError, ModelManager  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 # the astronaut's face in skimage.data.astronaut() (512 x 512), by eye
@@ -135,7 +135,7 @@ def test_facedet_yunet_boxes_are_opencvs_scaled_back(yunet, size):
     landmarks and scores, best first."""
     import cv2
 
-    from visprog.tools.models import resolve_checkpoint
+    from visprog.models import resolve_checkpoint
 
     image = noise(*size)
     found = yunet(image=image)

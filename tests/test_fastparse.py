@@ -16,8 +16,8 @@ import pytest
 from lark.exceptions import UnexpectedInput
 
 from visprog.errors import ParseError
-from visprog.fastparse import FastPath, NoFastPath
-from visprog.parser import _fast_path, _parser, parse
+from visprog.language.fastparse import FastPath, NoFastPath
+from visprog.language.parser import _fast_path, _parser, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_edge_cases_match_lark(text):
 
 def shipped_programs() -> list[str]:
     texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples").glob("*.vp"))]
-    for f in sorted(resources.files("visprog.planner_examples").iterdir()):
+    for f in sorted(resources.files("visprog.planning").joinpath("examples").iterdir()):
         if f.name.endswith(".toml"):
             data = tomllib.loads(f.read_text(encoding="utf-8"))
             texts += [ex["program"] for ex in data.get("example", []) if "program" in ex]

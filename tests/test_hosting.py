@@ -28,13 +28,13 @@ pytest.importorskip("ray.serve", reason="the hosting tests need Ray Serve: pip i
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from visprog import codec  # noqa: E402
+from visprog.values import codec  # noqa: E402
 from visprog.api import VisProg  # noqa: E402
-from visprog.cache import StepCache  # noqa: E402
+from visprog.engine.cache import StepCache  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError, StepError  # noqa: E402
-from visprog.hosting import HostError, client_of, split_config  # noqa: E402
-from visprog.serve import deploy  # noqa: E402
+from visprog.hosting.client import HostError, client_of, split_config  # noqa: E402
+from visprog.hosting.serve import deploy  # noqa: E402
 
 HOSTED = ("Loc", "Vqa", "Classify")
 HOST = {"host": "ray", "num_cpus": 0.25, "max_batch_size": 8, "batch_wait_s": 0.05,
@@ -331,9 +331,9 @@ def test_eval_spread_over_the_cluster(cluster, tmp_path):
     and a rerun resumes from the file."""
     import json
 
-    from visprog.datasets import load_dataset
-    from visprog.evaluate import evaluate, read_results
-    from visprog.hosting import ray_executor
+    from visprog.evaluation.datasets import load_dataset
+    from visprog.evaluation.harness import evaluate, read_results
+    from visprog.hosting.client import ray_executor
 
     questions = ["is there a dog?", "what color is the car?", "how many cats are there?"]
     with open(tmp_path / "data.jsonl", "w") as f:
@@ -372,7 +372,7 @@ def test_serve_command_without_hosted_modules():
 # -- the wire format (no cluster) --------------------------------------------------------------
 
 def test_wire_round_trip_of_a_request_and_its_reply():
-    from visprog.hosting import (decode_reply, decode_request, encode_reply, encode_request,
+    from visprog.hosting.client import (decode_reply, decode_request, encode_reply, encode_request,
                                  outcome_ok)
 
     calls = [{"image": picture(1), "question": "what?"}, {"image": picture(2), "question": ""}]
@@ -385,7 +385,7 @@ def test_wire_round_trip_of_a_request_and_its_reply():
 
 
 def test_wire_errors_come_back_in_call_order():
-    from visprog.hosting import decode_reply, encode_error, encode_reply, outcome_error, outcome_ok
+    from visprog.hosting.client import decode_reply, encode_error, encode_reply, outcome_error, outcome_ok
 
     reply = encode_reply([outcome_ok(1), outcome_error(ValueError("first")),
                           outcome_error(KeyError("second"))])
@@ -398,7 +398,7 @@ def test_wire_errors_come_back_in_call_order():
 @pytest.mark.parametrize("body", [{"results": ["x"]}, {"results": [{"ok": 1}]}, [1, 2], "ok"],
                          ids=["not an outcome", "wrong count", "a list", "a string"])
 def test_wire_refuses_replies_that_are_not_results(body):
-    from visprog.hosting import decode_reply
+    from visprog.hosting.client import decode_reply
 
     with pytest.raises(HostError, match="not a visprog result"):
         decode_reply(codec.encode(body), "Vqa", 2)
@@ -407,15 +407,15 @@ def test_wire_refuses_replies_that_are_not_results(body):
 @pytest.mark.parametrize("body", [{"calls": []}, {"calls": [1]}, {"call": {}}, "x"],
                          ids=["no calls", "not a dict", "old single form", "a string"])
 def test_wire_refuses_requests_that_are_not_calls(body):
-    from visprog.hosting import decode_request
+    from visprog.hosting.client import decode_request
 
     with pytest.raises(ValueError, match="not a visprog request"):
         decode_request(codec.encode(body))
 
 
 def test_a_value_the_wire_cannot_carry_fails_only_its_own_call():
-    from visprog.hosting import decode_reply, outcome_ok
-    from visprog.serve import ModuleServer
+    from visprog.hosting.client import decode_reply, outcome_ok
+    from visprog.hosting.serve import ModuleServer
 
     reply = ModuleServer._encode([outcome_ok(1), outcome_ok(object()), outcome_ok("x")])
     with pytest.raises(TypeError, match="object"):

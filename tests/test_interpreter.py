@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog.cache import StepCache
+from visprog.engine.cache import StepCache
 from visprog.errors import CheckError, StepError
-from visprog.interpreter import Interpreter
-from visprog.parser import parse
+from visprog.engine.interpreter import Interpreter
+from visprog.language.parser import parse
 from visprog.registry import Registry, tool
 from visprog.tools import PLAIN_MODULES
 from visprog.values import Objects
@@ -364,7 +364,7 @@ def test_no_cache_object_at_all(registry):
 def test_a_warm_run_hashes_only_its_inputs(registry, monkeypatch):
     """Outputs read back from the cache keep the digest learnt when first hashed; the keys
     are the same as when everything is hashed by content (a fresh interpreter agrees)."""
-    from visprog import codec
+    from visprog.values import codec
 
     hashed = []
     real = codec.digest

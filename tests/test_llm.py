@@ -9,12 +9,12 @@ import lark
 import pytest
 
 from llm_server import Reply, ScriptedServer, scripted_client
-from visprog.checker import check
+from visprog.language.checker import check
 from visprog.errors import ParseError
-from visprog.llm import LLMError, LLMReply, OpenAIChat, make_llm
-from visprog.llm_grammar import StepGrammar, fits, program_grammar, type_set
-from visprog.parser import parse
-from visprog.prompts import TASKS, load_examples
+from visprog.planning.llm import LLMError, LLMReply, OpenAIChat, make_llm
+from visprog.planning.llm_grammar import StepGrammar, fits, program_grammar, type_set
+from visprog.language.parser import parse
+from visprog.planning.prompts import TASKS, load_examples
 from visprog.registry import Registry, tool
 from visprog.tools import builtin_tools
 
@@ -250,7 +250,7 @@ def one_thread():
 
 @pytest.mark.parametrize("task", ["gqa", "nlvr"])
 def test_constrained_samples_always_parse_and_check(tiny_lm, registry, task, one_thread):
-    from visprog.llm_local import LocalConstrained
+    from visprog.planning.llm_local import LocalConstrained
 
     inputs = dict(TASKS[task].inputs)
     base = LocalConstrained(tiny_lm, max_steps=4, max_string=8, max_list=2)
@@ -271,7 +271,7 @@ def test_constrained_samples_always_parse_and_check(tiny_lm, registry, task, one
 
 
 def test_constrained_greedy_is_deterministic_and_n_samples(tiny_lm, registry, one_thread):
-    from visprog.llm_local import LocalConstrained
+    from visprog.planning.llm_local import LocalConstrained
 
     llm = LocalConstrained(tiny_lm, registry=registry, inputs={"IMAGE": "Image"}, max_steps=3,
                            max_string=8)
@@ -285,7 +285,7 @@ def test_constrained_greedy_is_deterministic_and_n_samples(tiny_lm, registry, on
 
 
 def test_unconstrained_local_text_and_stop(tiny_lm, one_thread):
-    from visprog.llm_local import LocalConstrained
+    from visprog.planning.llm_local import LocalConstrained
 
     llm = LocalConstrained(tiny_lm)
     reply = llm.chat(MESSAGES, temperature=1.0, max_tokens=12, seed=1)
@@ -300,7 +300,7 @@ def test_unconstrained_local_text_and_stop(tiny_lm, one_thread):
 
 
 def test_local_backend_errors(tmp_path):
-    from visprog.llm_local import LocalConstrained
+    from visprog.planning.llm_local import LocalConstrained
 
     with pytest.raises(LLMError, match="model_path"):
         LocalConstrained()

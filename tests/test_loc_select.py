@@ -16,7 +16,7 @@ from visprog.errors import ConfigError  # noqa: E402
 from visprog.tools import ToolContext  # noqa: E402
 from visprog.tools import loc as loc_mod  # noqa: E402
 from visprog.tools import select_objects as sel_mod  # noqa: E402
-from visprog.tools.models import ModelManager  # noqa: E402
+from visprog.models import ModelManager  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 SIZES = [(97, 31), (640, 480), (300, 900)]

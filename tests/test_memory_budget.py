@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from visprog.errors import ConfigError
-from visprog.memory import BudgetedModelManager, MemoryBudget, make_manager, parse_budget
-from visprog.tools.models import ModelManager
+from visprog.models.memory import BudgetedModelManager, MemoryBudget, make_manager, parse_budget
+from visprog.models import ModelManager
 
 
 @pytest.mark.parametrize("value, total, expected", [

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 
 from visprog.config import load_config, preset_names  # noqa: E402
 from visprog.errors import ConfigError, VisProgError  # noqa: E402
-from visprog.tools import models  # noqa: E402
-from visprog.tools.models import (ModelLoadError, ModelManager, load_error,  # noqa: E402
+from visprog.models import manager as models  # noqa: E402
+from visprog.models import (ModelLoadError, ModelManager, load_error,  # noqa: E402
                                   register_tiny, resolve_checkpoint)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from visprog.errors import ParseError
-from visprog.parser import parse
-from visprog.program import Var
+from visprog.language.parser import parse
+from visprog.language.program import Var
 
 
 def only_step(text: str):

@@ -7,15 +7,15 @@ from PIL import Image
 
 from llm_server import ScriptedServer, scripted_client
 from visprog.api import RunResult
-from visprog.checker import check
-from visprog.parser import parse
-from visprog.planner import Plan, Planner, PlanningError, answer_key, clean_reply, majority, vote
-from visprog.program_cache import ProgramCache, default_program_cache_dir
-from visprog.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
+from visprog.language.checker import check
+from visprog.language.parser import parse
+from visprog.planning.planner import Plan, Planner, PlanningError, answer_key, clean_reply, majority, vote
+from visprog.planning.program_cache import ProgramCache, default_program_cache_dir
+from visprog.planning.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
                              load_examples, module_descriptions, select_examples, system_prompt)
 from visprog.registry import Registry, tool
 from visprog.tools import builtin_tools
-from visprog.trace import Trace
+from visprog.traces.records import Trace
 
 GOOD = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 BAD = "CATS=Lco(image=IMAGE, object='cat')\nN=Count(box=DOGS)\nFINAL=Result(var=N)"
@@ -278,7 +278,7 @@ def test_planner_with_constrained_local_model(registry, tmp_path):
     torch = pytest.importorskip("torch")
     from test_llm import _tiny_gpt2
 
-    from visprog.llm_local import LocalConstrained
+    from visprog.planning.llm_local import LocalConstrained
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -344,7 +344,7 @@ def test_visprog_run_nlvr_pair_and_vote(picture):
 def test_visprog_plan_cache_and_errors(picture, monkeypatch):
     from visprog.api import VisProg
     from visprog.errors import ImageError
-    from visprog.llm import LLMError
+    from visprog.planning.llm import LLMError
 
     with ScriptedServer([EVAL_GQA]) as server:
         vp = VisProg(preset="tiny", llm=scripted_client(server))  # cache on: programs cached too

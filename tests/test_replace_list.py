@@ -16,7 +16,7 @@ from PIL import Image
 from visprog.errors import ConfigError
 from visprog.tools import ToolContext, list_items
 from visprog.tools import replace as rep
-from visprog.tools.models import ModelLoadError, ModelManager
+from visprog.models import ModelLoadError, ModelManager
 from visprog.values import Objects, Region
 
 HAS_SD = bool(find_spec("torch") and find_spec("diffusers") and find_spec("transformers"))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog.draw import draw_objects, mask_to_image, thumbnail
+from visprog.traces.draw import draw_objects, mask_to_image, thumbnail
 from visprog.errors import VisProgError
-from visprog.trace import StepRecord, Trace
-from visprog.trace_json import ReprValue, TraceLoadError, load_trace, save_trace
+from visprog.traces.records import StepRecord, Trace
+from visprog.traces.json_io import ReprValue, TraceLoadError, load_trace, save_trace
 from visprog.values import Objects, Region
 
 PROGRAM = ("OBJ0=Loc(image=IMAGE, object='cat')\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Mapping
 
+from visprog.models import add_tiny_source
 from visprog.registry import Tool
 
 PLAIN_MODULES = ["result", "eval_expr", "count", "crop", "colorpop", "bgblur", "emoji", "tag"]
@@ -44,3 +45,15 @@ def builtin_tools(config: Mapping[str, Mapping[str, Any]] | None = None,
     for name, mod in MODEL_MODULES.items():
         tools.append(import_module(f"{__name__}.{mod}").build(dict(config.get(name, {})), ctx))
     return tools
+
+
+def _import_model_tools() -> None:
+    """Import every model tool file, so their tiny builders are registered."""
+    for mod in MODEL_MODULES.values():
+        try:
+            import_module(f"{__name__}.{mod}")
+        except ImportError:  # a module whose optional dependency is missing
+            continue
+
+
+add_tiny_source(_import_model_tools)

@@ -26,7 +26,7 @@ from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects
 
 from .loc import TINY_WORDS, as_image
-from .models import manager_of, model_dtype, register_tiny, tiny_clip_tokenizer, to_model_inputs
+from visprog.models import manager_of, model_dtype, register_tiny, tiny_clip_tokenizer, to_model_inputs
 
 VERSION = "1"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from visprog.expr import evaluate, referenced_names
+from visprog.language.expr import evaluate, referenced_names
 from visprog.registry import tool
 
 

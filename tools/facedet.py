@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from visprog.registry import Tool, tool
-from visprog.tools.models import (TINY_PREFIX, ModelLoadError, cache_dir, manager_of,
+from visprog.models import (TINY_PREFIX, ModelLoadError, cache_dir, manager_of,
                                   register_tiny, resolve_checkpoint)
 from visprog.values import Objects, Region, load_image
 

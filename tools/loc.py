@@ -28,7 +28,7 @@ from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects, load_image
 
-from .models import (manager_of, model_dtype, register_tiny, tiny_bert_tokenizer,
+from visprog.models import (manager_of, model_dtype, register_tiny, tiny_bert_tokenizer,
                      tiny_clip_tokenizer, to_model_inputs)
 
 VERSION = "1"

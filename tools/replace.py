@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from visprog.registry import Tool, tool
-from visprog.tools.models import manager_of, register_tiny
+from visprog.models import manager_of, register_tiny
 from visprog.values import Objects
 
 from .crop import check_objects_image
@@ -190,7 +190,7 @@ def build_tiny_sd_inpaint(folder) -> None:
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from visprog.tools.models import tiny_clip_tokenizer
+    from visprog.models import tiny_clip_tokenizer
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer(TINY_WORDS)

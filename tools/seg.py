@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from visprog.registry import Tool, tool
-from visprog.tools.models import (manager_of, model_dtype, register_tiny,
+from visprog.models import (manager_of, model_dtype, register_tiny,
                                   to_model_inputs)
 from visprog.values import Objects, Region, load_image
 

@@ -43,7 +43,7 @@ from visprog.values import Objects, Region
 
 from .classify import clip_logits, crop_region, load_clip
 from .loc import as_image, clean_detections, ground, load_grounding_dino
-from .models import manager_of, model_dtype, register_tiny, to_model_inputs
+from visprog.models import manager_of, model_dtype, register_tiny, to_model_inputs
 
 VERSION = "1"
 BACKENDS = ("sam", "clip")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from visprog.draw import draw_objects
+from visprog.traces.draw import draw_objects
 from visprog.registry import tool
 from visprog.values import Objects
 

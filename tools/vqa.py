@@ -20,7 +20,7 @@ from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 
 from .loc import as_image
-from .models import manager_of, model_dtype, register_tiny, tiny_bert_tokenizer, to_model_inputs
+from visprog.models import manager_of, model_dtype, register_tiny, tiny_bert_tokenizer, to_model_inputs
 
 VERSION = "1"
 BACKENDS = ("blip", "vilt")

@@ -1,12 +1,16 @@
 """visprog: visual programming with vision modules, an interpreter and traces."""
-from .api import RunResult, VisProg
-from .errors import (CheckError, Diagnostic, EvalError, ImageError, ParseError, ProgramError,
+from visprog import _moved
+
+_moved.install()  # old flat import paths, for one release
+
+from visprog.api import RunResult, VisProg
+from visprog.errors import (CheckError, Diagnostic, EvalError, ImageError, ParseError, ProgramError,
                      StepError, VisProgError)
-from .parser import parse
-from .program import Program
-from .registry import Param, Registry, Tool, tool
-from .trace import StepRecord, Trace
-from .values import Objects, Region, load_image
+from visprog.language.parser import parse
+from visprog.language.program import Program
+from visprog.registry import Param, Registry, Tool, tool
+from visprog.traces.records import StepRecord, Trace
+from visprog.values import Objects, Region, load_image
 
 __all__ = ["VisProg", "RunResult", "parse", "Program", "tool", "Tool", "Param", "Registry",
            "Trace", "StepRecord", "Objects", "Region", "load_image", "VisProgError",

@@ -13,15 +13,15 @@ from typing import Any, Iterable, Mapping
 
 from PIL import Image
 
-from .checker import check as check_program
-from .checker import check_or_raise
-from .errors import Diagnostic, StepError
-from .interpreter import Interpreter, StepCallback
-from .parser import parse
-from .program import Program
-from .registry import Registry, Tool
-from .trace import Trace
-from .values import DEFAULT_MAX_PIXELS, load_image, type_of
+from visprog.language.checker import check as check_program
+from visprog.language.checker import check_or_raise
+from visprog.errors import Diagnostic, StepError
+from visprog.engine.interpreter import Interpreter, StepCallback
+from visprog.language.parser import parse
+from visprog.language.program import Program
+from visprog.registry import Registry, Tool
+from visprog.traces.records import Trace
+from visprog.values import DEFAULT_MAX_PIXELS, load_image, type_of
 
 ImageLike = Any  # a path, bytes, PIL image or numpy array
 
@@ -63,10 +63,10 @@ class VisProg:
                  *, cache: Any = True, cache_dir: str | os.PathLike | None = None,
                  llm: Any = None, device: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, plugins: bool = True):
-        from .config import load_config
-        from .hosting import host_tools, split_config
-        from .memory import make_manager
-        from .tools import ToolContext, builtin_tools
+        from visprog.config import load_config
+        from visprog.hosting.client import host_tools, split_config
+        from visprog.models.memory import make_manager
+        from visprog.tools import ToolContext, builtin_tools
 
         if isinstance(config, Mapping):
             self.config = load_config(preset, overrides=config)
@@ -173,7 +173,7 @@ class VisProg:
             one `ItemResult` (id, value, program, trace, error) per item, in order; an
             item's failure is in its result and does not stop the others.
         """
-        from .batch import run_batch
+        from visprog.engine.batch import run_batch
         return run_batch(self, items, batch_size=batch_size, use_cache=use_cache,
                          no_cache=no_cache, on_item=on_item)
 
@@ -188,8 +188,8 @@ class VisProg:
         Raises:
             LLMError: no LLM is configured (the message says what to set).
         """
-        from .llm import LLMError
-        from .planner import Planner
+        from visprog.planning.llm import LLMError
+        from visprog.planning.planner import Planner
 
         if self.llm is None:
             if self._llm_error is not None:
@@ -227,7 +227,7 @@ class VisProg:
             ImageError: an input image can't be read (checked before the LLM is asked).
             StepError: a step failed (with vote > 1: every run failed).
         """
-        from .planner import vote as majority_vote
+        from visprog.planning.planner import vote as majority_vote
 
         left = None
         if isinstance(image, (tuple, list)):
@@ -262,7 +262,7 @@ class VisProg:
 
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
-    from .cache import StepCache, default_cache_dir
+    from visprog.engine.cache import StepCache, default_cache_dir
 
     if cache is True:
         return StepCache(memory=True, disk_dir=Path(cache_dir) if cache_dir else default_cache_dir())
@@ -272,7 +272,7 @@ def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
 
 
 def _llm_from_config(section: Any) -> tuple[Any, Exception | None]:
-    from .llm import LLMError, make_llm
+    from visprog.planning.llm import LLMError, make_llm
 
     try:
         return make_llm(section if isinstance(section, Mapping) else None), None

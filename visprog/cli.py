@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from .errors import ProgramError, StepError, VisProgError
+from visprog.errors import ProgramError, StepError, VisProgError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -51,7 +51,7 @@ def _diagnostic_line(file: str, d: Any) -> str:
 
 
 def _show_value(value: Any) -> str:
-    from .values import Objects
+    from visprog.values import Objects
 
     if isinstance(value, Objects):
         return json.dumps(value.to_list())
@@ -78,7 +78,7 @@ def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
 
 
 def _engine(args: argparse.Namespace, **extra: Any):
-    from .api import VisProg
+    from visprog.api import VisProg
 
     return VisProg(preset=args.preset, config=args.config, device=args.device,
                    cache=not args.no_cache, cache_dir=args.cache_dir, **extra)
@@ -103,7 +103,7 @@ def _print_result(args: argparse.Namespace, value: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checker import DEFAULT_INPUTS
+    from visprog.language.checker import DEFAULT_INPUTS
 
     text = _read_program(args.file)
     vp = _engine(args)
@@ -187,7 +187,7 @@ def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_planner_flags(p: argparse.ArgumentParser) -> None:
-    from .prompts import TASKS
+    from visprog.planning.prompts import TASKS
 
     p.add_argument("question", help="the question, statement or instruction")
     p.add_argument("--task", default="gqa", choices=sorted(TASKS),
@@ -199,7 +199,7 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
-    from .trace import Trace
+    from visprog.traces.records import Trace
 
     trace = Trace.load_json(args.file)
     print("program:")
@@ -219,7 +219,7 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
 
 
 def _short(value: Any) -> str:
-    from .values import Objects
+    from visprog.values import Objects
 
     if isinstance(value, Image.Image):
         return f"<image {value.width}x{value.height}>"
@@ -237,14 +237,14 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import cmd_eval as run_eval
+    from visprog.evaluation.harness import cmd_eval as run_eval
 
     run_eval(args, _engine(args))
     return EXIT_OK
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import cmd_batch as run_batch
+    from visprog.engine.batch import cmd_batch as run_batch
 
     failed = run_batch(args, _engine(args))
     return EXIT_ERROR if failed else EXIT_OK
@@ -256,7 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
-    from .demos import app  # demos/ installs as visprog.demos
+    from visprog.demos import app  # demos/ installs as visprog.demos
 
     app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
     return EXIT_OK
@@ -309,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--html", help="also render it as an HTML page")
     t.set_defaults(func=cmd_trace_show)
 
-    from .batch import add_batch_arguments
-    from .evaluate import add_eval_arguments
+    from visprog.engine.batch import add_batch_arguments
+    from visprog.evaluation.harness import add_eval_arguments
 
     p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
     add_eval_arguments(p)
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(p)
     p.set_defaults(func=cmd_tools)
 
-    from .serve import add_serve_arguments  # imports no ray: that happens in cmd_serve
+    from visprog.hosting.serve import add_serve_arguments  # imports no ray: that happens in cmd_serve
 
     p = sub.add_parser("serve", help="serve model modules on Ray Serve (needs the ray extra)")
     add_serve_arguments(p)
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import main as serve_main
+    from visprog.hosting.serve import main as serve_main
 
     return serve_main(args)
 

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from visprog.errors import ConfigError
 
 PRESETS_FILE = "presets.toml"
 

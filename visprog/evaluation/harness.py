@@ -1,0 +1,345 @@
+"""Scoring visprog on a data set: run every item, write one result line each, summarise.
+
+    >>> items = load_dataset("testdev_balanced_questions.json", images="gqa/images")  # doctest: +SKIP
+    >>> summary = evaluate(vp, items, "gqa.results.jsonl", limit=500)                 # doctest: +SKIP
+
+Each item's program is the one it carries, else one planned by the LLM (`vp.plan`). Items run
+in chunks through `VisProg.run_batch`, so model calls are batched across questions. Every
+finished item is appended to the results file at once (flushed), so a killed run loses at
+most the items in flight: a rerun skips the ids already in the file, after cutting off a last
+line that the kill left half-written.
+
+Each result line: id, task, question, answer, program, prediction (as the benchmark writes
+it), correct, status and error. Status is one of:
+
+- `correct`;
+- `wrong`: the program ran, the answer differs after normalisation (`visprog.answers`);
+- `no_program`: no valid program (no LLM, the planner failed, or the given program does not
+  parse or check);
+- `error`: the program failed while running (a step error, an unreadable image).
+
+The summary (JSON) has the accuracy overall and per question type, and the failure counts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from visprog.evaluation.answers import is_correct, show
+from visprog.engine.batch import AUTO, BatchItem, ItemResult, batch_size_arg
+from visprog.evaluation.datasets import EvalItem
+from visprog.errors import CheckError, ParseError, VisProgError
+
+STATUSES = ("correct", "wrong", "no_program", "error")
+DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
+
+
+def select(items: Sequence[EvalItem], *, limit: int | None = None, shuffle: bool = False,
+           seed: int = 0) -> list[EvalItem]:
+    """The items to evaluate: shuffled with `seed` first (so `--limit` takes a random
+    sample), then the first `limit`."""
+    chosen = list(items)
+    if shuffle:
+        random.Random(seed).shuffle(chosen)
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        chosen = chosen[:limit]
+    return chosen
+
+
+def read_results(path: str | os.PathLike, *, repair: bool = True) -> list[dict[str, Any]]:
+    """The result lines already written. A last line cut short by a kill is dropped, and with
+    `repair` cut off the file, so that appending continues on a clean line."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    data = p.read_bytes()
+    records: list[dict[str, Any]] = []
+    good_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        line = data[pos:end]
+        try:
+            row = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = False
+        if nl < 0 and line.strip():
+            break  # a half-written last line (even if it parses: its newline never came)
+        if row is False:  # damaged in the middle: its item runs again, later lines count
+            warnings.warn(f"visprog: skipping a damaged line in {p} at byte {pos}", stacklevel=2)
+        if isinstance(row, dict) and "id" in row:
+            records.append(row)
+        good_end = end
+        pos = end
+    if repair and good_end < len(data):
+        with open(p, "r+b") as f:
+            f.truncate(good_end)
+    return records
+
+
+def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike, *,
+             summary_path: str | os.PathLike | None = None, batch_size: int | str = AUTO,
+             limit: int | None = None, shuffle: bool = False, seed: int = 0,
+             chunk_size: int = DEFAULT_CHUNK, use_cache: bool = True, progress: bool = True,
+             dataset: str = "", executor: Callable[..., Iterable[dict[str, Any]]] | None = None,
+             ) -> dict[str, Any]:
+    """Evaluate `vp` on `items`, resuming from `results_path`; return the summary.
+
+    Args:
+        vp: a `VisProg`.
+        items: from `visprog.datasets.load_dataset`.
+        results_path: the JSONL of result lines (appended to; existing ids are skipped).
+        summary_path: where to write the summary JSON (default: results path + .summary.json).
+        batch_size: for `run_batch` ("auto" by device).
+        limit, shuffle, seed: which items (`select`).
+        chunk_size: items per batched run.
+        progress: show a progress bar (stderr) with rate and ETA.
+        dataset: a name for the summary.
+        executor: runs the chunks elsewhere, e.g. on a Ray cluster
+            (`visprog.hosting.ray_executor`): called with the list of chunks (and
+            batch_size=, use_cache=), it yields their result lines as chunks finish.
+    """
+    results_path = Path(results_path)
+    summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
+    chosen = select(items, limit=limit, shuffle=shuffle, seed=seed)
+    done = {str(r["id"]) for r in read_results(results_path)}
+    todo = [it for it in chosen if it.id not in done]
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    bar = _progress(len(chosen), len(chosen) - len(todo), enabled=progress)
+    tally = {"n": 0, "correct": 0}
+    with open(results_path, "a", encoding="utf-8") as out:
+        def write(record: dict[str, Any]) -> None:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            tally["n"] += 1
+            tally["correct"] += record["correct"]
+            bar.update(1)
+            bar.set_postfix(acc=f"{tally['correct'] / tally['n']:.3f}", refresh=False)
+
+        chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), max(1, chunk_size))]
+        if executor is None:
+            for chunk in chunks:
+                _run_chunk(vp, chunk, write, batch_size, use_cache)
+        else:
+            for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
+                write(record)
+        os.fsync(out.fileno())
+    bar.close()
+    elapsed = time.perf_counter() - started
+    summary = summarize(read_results(results_path), [it.id for it in chosen])
+    summary.update({"dataset": dataset, "results": str(results_path),
+                    "preset": getattr(vp, "preset", None), "batch_size": batch_size,
+                    "this_run": {"items": tally["n"], "seconds": round(elapsed, 3),
+                                 "items_per_s": round(tally["n"] / elapsed, 3) if elapsed else None}})
+    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    summary["summary"] = str(summary_path)
+    return summary
+
+
+def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy overall and by question type, and the failure counts, over the records whose
+    id is in `ids` (all when None). A repeated id counts once (its last line)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in records:
+        by_id[str(r["id"])] = r
+    wanted = list(by_id) if ids is None else [i for i in ids if i in by_id]
+    rows = [by_id[i] for i in wanted]
+    counts = {s: 0 for s in STATUSES}
+    by_type: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        counts[r.get("status", "error")] = counts.get(r.get("status", "error"), 0) + 1
+        for kind, value in (r.get("types") or {}).items():
+            cell = by_type[kind].setdefault(str(value), {"n": 0, "correct": 0})
+            cell["n"] += 1
+            cell["correct"] += bool(r.get("correct"))
+    for cells in by_type.values():
+        for cell in cells.values():
+            cell["accuracy"] = round(cell["correct"] / cell["n"], 4)
+    n = len(rows)
+    return {"total": len(ids) if ids is not None else n, "done": n,
+            "correct": counts["correct"],
+            "accuracy": round(counts["correct"] / n, 4) if n else None,
+            "failures": {s: counts[s] for s in ("no_program", "error", "wrong")},
+            "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())}}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    acc = summary["accuracy"]
+    lines = [f"accuracy: {acc:.2%} ({summary['correct']}/{summary['done']}"
+             f"{'' if summary['done'] == summary['total'] else ', of ' + str(summary['total'])})"
+             if acc is not None else "accuracy: - (nothing evaluated)"]
+    f = summary["failures"]
+    lines.append(f"failures: no valid program {f['no_program']}, runtime error {f['error']}, "
+                 f"wrong answer {f['wrong']}")
+    for kind, cells in summary["by_type"].items():
+        parts = ", ".join(f"{name} {c['accuracy']:.1%} (n={c['n']})" for name, c in cells.items())
+        lines.append(f"by {kind}: {parts}")
+    return "\n".join(lines)
+
+
+# -- one chunk ------------------------------------------------------------------------------
+
+def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
+               batch_size: int | str, use_cache: bool) -> None:
+    batch: list[BatchItem] = []
+    by_id: dict[str, EvalItem] = {}
+    for item in items:
+        program, error = item.program, None
+        if program is None:
+            program, error = _plan(vp, item)
+        if program is None:
+            write(_record(item, None, None, "no_program", error))
+            continue
+        by_id[item.id] = item
+        batch.append(BatchItem(program, image=item.image, left=item.left, right=item.right,
+                               id=item.id))
+    if not batch:
+        return
+
+    def finished(res: ItemResult) -> None:
+        item = by_id[res.id]
+        source = res.program.source if res.program is not None else str(
+            next(b.program for b in batch if b.id == res.id))
+        if res.error is None:
+            status = "correct" if is_correct(res.value, item.answer) else "wrong"
+            write(_record(item, source, res.value, status, None))
+        else:
+            status = "no_program" if isinstance(res.error, (ParseError, CheckError)) else "error"
+            write(_record(item, source, None, status, res.error))
+
+    vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished)
+
+
+def _plan(vp: Any, item: EvalItem) -> tuple[Any, Any]:
+    """(program, None) from the planner, or (None, why not)."""
+    if getattr(vp, "llm", None) is None or not hasattr(vp, "plan"):
+        return None, "no program given and no LLM configured to plan one"
+    try:
+        planned = vp.plan(item.question, task=item.task)
+    except VisProgError as e:
+        return None, e
+    except Exception as e:  # an LLM client can fail in many ways; the item records it
+        return None, e
+    program = getattr(planned, "program", planned)
+    return (program, None) if program else (None, "the planner returned no program")
+
+
+def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any) -> dict[str, Any]:
+    if program is not None and not isinstance(program, str):
+        program = getattr(program, "source", str(program))
+    return {"id": item.id, "task": item.task, "question": item.question, "answer": item.answer,
+            "program": program, "prediction": show(value, item.task) if status in
+            ("correct", "wrong") else None, "correct": status == "correct", "status": status,
+            "error": None if error is None else (error if isinstance(error, str)
+                                                 else f"{type(error).__name__}: {error}"),
+            "types": item.types}
+
+
+def _summary_path(results: Path) -> Path:
+    name = results.name[:-len(".jsonl")] if results.name.endswith(".jsonl") else results.name
+    return results.with_name(name + ".summary.json")
+
+
+class _PlainProgress:
+    """A fallback progress line when tqdm is not installed: done/total, rate and ETA."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self.start_n = total, initial, initial
+        self.t0 = time.perf_counter()
+        self.postfix = ""
+
+    def update(self, k: int) -> None:
+        self.n += k
+        elapsed = time.perf_counter() - self.t0
+        rate = (self.n - self.start_n) / elapsed if elapsed else 0.0
+        eta = (self.total - self.n) / rate if rate else float("inf")
+        print(f"\r{self.n}/{self.total} {rate:.2f} it/s ETA {eta:.0f}s {self.postfix}",
+              end="", file=sys.stderr, flush=True)
+
+    def set_postfix(self, refresh: bool = True, **kw: Any) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
+class _NoProgress:
+    def update(self, k: int) -> None:
+        pass
+
+    def set_postfix(self, refresh: bool = True, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _PlainProgress(total, initial)
+    # tqdm's default format shows done/total, elapsed<remaining (ETA) and the rate
+    return tqdm(total=total, initial=initial, unit="q", desc="eval", dynamic_ncols=True,
+                file=sys.stderr, smoothing=0.1)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def add_eval_arguments(p: Any) -> None:
+    """The flags of `visprog eval` (the engine flags are added by the CLI)."""
+    p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL or JSONL "
+                                   "of {image, question, answer[, program]}")
+    p.add_argument("--format", choices=("gqa", "nlvr2", "jsonl"),
+                   help="data set format (default: detected from the file)")
+    p.add_argument("--images", help="images folder (default: beside the data set file)")
+    p.add_argument("--programs", help="JSONL of {id, program}: ready programs for the items")
+    p.add_argument("--out", help="results JSONL (default: <dataset>.results.jsonl); "
+                                 "a rerun resumes from it")
+    p.add_argument("--summary", help="summary JSON (default: beside the results)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the items before --limit")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--batch-size", type=batch_size_arg, default=AUTO,
+                   help="calls per batched module call, or auto (default: by device)")
+    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                   help=f"items run together per batch (default {DEFAULT_CHUNK})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="spread the chunks over a Ray cluster ('auto', 'HOST:6379'): planning "
+                        "and execution run there (needs the ray extra; image paths must be "
+                        "readable on the workers)")
+
+
+def cmd_eval(args: Any, vp: Any) -> dict[str, Any]:
+    """Run `visprog eval` with parsed `args` on `vp`; print and return the summary."""
+    from visprog.evaluation.datasets import load_dataset
+
+    items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
+    out = args.out or str(Path(args.dataset).with_suffix("")) + ".results.jsonl"
+    executor = None
+    if getattr(args, "ray", None):
+        from visprog.hosting.client import ray_executor
+        executor = ray_executor(args.ray, vp)
+    summary = evaluate(vp, items, out, summary_path=args.summary, batch_size=args.batch_size,
+                       limit=args.limit, shuffle=args.shuffle, seed=args.seed,
+                       chunk_size=args.chunk, use_cache=not args.no_cache,
+                       progress=not args.no_progress, dataset=str(args.dataset),
+                       executor=executor)
+    print(format_summary(summary))
+    print(f"results: {out}\nsummary: {summary['summary']}")
+    return summary

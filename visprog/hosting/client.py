@@ -1,0 +1,469 @@
+"""Where a model module runs: in this process (the default) or on a Ray Serve deployment.
+
+Hosting is configuration, not code. A module's section names its host:
+
+    [Vqa]
+    host = "ray"                 # "local" (default): in this process
+    ray_address = "auto"         # the Ray cluster: "auto", "10.0.0.5:6379", "ray://head:10001"
+    ray_app = "visprog"          # deployments are Serve applications named "<ray_app>-<Module>"
+    replicas = 1                 # (server side) replicas of the deployment
+    gpu_fraction = 0.5           # (server side) GPUs per replica; 0 on a CPU cluster
+    num_cpus = 1                 # (server side) CPUs per replica
+    max_batch_size = 16          # calls a request carries; calls a replica's batched call takes
+    batch_wait_s = 0.01          # (server side) how long a replica waits to fill a batch
+    timeout_s = 120              # (client side) per request
+    retries = 2                  # (client side) extra attempts when the host fails
+    warmup = true                # (server side) load the models when a replica starts
+
+These keys are taken out of the section before the module is built, so the tool's declared
+settings, and with them the step cache keys, are the same wherever it runs.
+
+`visprog serve --config FILE` (visprog/serve.py) starts the deployments. Here, on the client
+side, `host_tools` swaps each hosted tool for a `Tool` with the same name, arguments, returns,
+version and settings whose calls go to the deployment: the calls of a batch go together, up
+to `max_batch_size` a request, and the replica's `@serve.batch` coalesces concurrent requests
+(from many threads or interpreters) into calls of the module's batched entry point.
+
+Values cross the wire as `visprog.codec` bytes (raw pixels, packed masks, JSON), never as
+pickles of user data. A tool's own error (a bad argument) comes back as that error; a failure
+of the host (unreachable, no such deployment, a replica that died, a timeout) is retried
+`retries` times and then raised as `HostError`, naming the module and the address. Nothing is
+returned for a failed call, so the interpreter caches nothing for it.
+"""
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from visprog.values import codec
+from visprog.errors import ConfigError, VisProgError
+from visprog.registry import Tool
+
+HOSTS = ("local", "ray")
+# Modules that can't be hosted: List asks the planner's LLM client, which lives with the caller.
+NOT_HOSTABLE = frozenset({"List"})
+
+
+class HostError(VisProgError):
+    """A hosted module could not be reached, or its host failed, after the retries."""
+
+    def __init__(self, message: str, *, module: str, address: str):
+        self.module = module
+        self.address = address
+        super().__init__(message)
+
+
+class RemoteToolError(VisProgError):
+    """A hosted tool raised an error that has no local class of the same name."""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Where and how one module is hosted (the hosting keys of its config section)."""
+
+    module: str
+    host: str = "local"
+    ray_address: str = "auto"
+    ray_app: str = "visprog"
+    replicas: int = 1
+    gpu_fraction: float = 0.0
+    num_cpus: float = 1.0
+    max_batch_size: int = 16
+    batch_wait_s: float = 0.01
+    timeout_s: float = 120.0
+    retries: int = 2
+    warmup: bool = True
+
+    @property
+    def app_name(self) -> str:
+        """The Serve application (and deployment) that serves this module."""
+        return f"{self.ray_app}-{self.module}"
+
+    @property
+    def remote(self) -> bool:
+        return self.host != "local"
+
+
+HOST_KEYS = tuple(f.name for f in dataclasses.fields(HostSpec) if f.name != "module")
+
+
+def host_spec(module: str, section: Mapping[str, Any]) -> HostSpec:
+    """The `HostSpec` of a module's config section (defaults for keys it doesn't set).
+
+    Raises:
+        ConfigError: an unknown host, a bad value, or a module that can't be hosted.
+    """
+    values = {k: section[k] for k in HOST_KEYS if k in section}
+    try:
+        spec = HostSpec(module=module, **values)
+        spec = dataclasses.replace(
+            spec, host=str(spec.host).lower(), ray_address=str(spec.ray_address),
+            ray_app=str(spec.ray_app), replicas=int(spec.replicas),
+            gpu_fraction=float(spec.gpu_fraction), num_cpus=float(spec.num_cpus),
+            max_batch_size=int(spec.max_batch_size), batch_wait_s=float(spec.batch_wait_s),
+            timeout_s=float(spec.timeout_s), retries=int(spec.retries),
+            warmup=bool(spec.warmup))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{module}]: bad hosting setting: {e}") from e
+    if spec.host not in HOSTS:
+        raise ConfigError(f"[{module}] host = {spec.host!r}; choose one of {', '.join(HOSTS)}")
+    if spec.remote and module in NOT_HOSTABLE:
+        raise ConfigError(f"[{module}] can't be hosted remotely: it calls the planner's LLM "
+                          "client, which lives with the caller; remove its host setting")
+    bad = [k for k in ("replicas", "max_batch_size") if getattr(spec, k) < 1]
+    bad += [k for k in ("timeout_s",) if getattr(spec, k) <= 0]
+    bad += [k for k in ("gpu_fraction", "num_cpus", "batch_wait_s", "retries")
+            if getattr(spec, k) < 0]
+    if bad:
+        raise ConfigError(f"[{module}]: {', '.join(bad)} out of range")
+    return spec
+
+
+def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, HostSpec]]:
+    """(the config with hosting keys removed from model modules' sections, the `HostSpec` of
+    every hosted module).
+
+    Only model modules (`visprog.tools.MODEL_MODULES`) can be hosted; a plain module's section
+    that sets `host` is an error. Other tables (`[models]`, `[llm]`...) pass through.
+    """
+    from visprog.tools import MODEL_MODULES
+
+    tools_config: dict[str, Any] = {}
+    hosts: dict[str, HostSpec] = {}
+    for name, section in config.items():
+        if name not in MODEL_MODULES or not isinstance(section, Mapping):
+            if isinstance(section, Mapping) and "host" in section and name in _plain_tools():
+                hostable = sorted(set(MODEL_MODULES) - NOT_HOSTABLE)
+                raise ConfigError(f"[{name}] sets host, but only model modules can be "
+                                  f"hosted: {', '.join(hostable)}")
+            tools_config[name] = section
+            continue
+        spec = host_spec(name, section)
+        tools_config[name] = {k: v for k, v in section.items() if k not in HOST_KEYS}
+        if spec.remote:
+            hosts[name] = spec
+    return tools_config, hosts
+
+
+def _plain_tools() -> set[str]:
+    from importlib import import_module
+
+    from visprog.tools import PLAIN_MODULES
+
+    return {t.name for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS}
+
+
+def host_tools(tools: Sequence[Tool], hosts: Mapping[str, HostSpec]) -> list[Tool]:
+    """The tools, with each hosted one replaced by its remote twin (see `remote_tool`)."""
+    return [remote_tool(t, hosts[t.name]) if t.name in hosts else t for t in tools]
+
+
+# -- the wire format -------------------------------------------------------------------------
+
+def encode_request(calls: Sequence[Mapping[str, Any]], module: str = "") -> bytes:
+    """One request: one or more calls of a module (a batch travels as one request, so the
+    replica gets it whole instead of as pieces that arrive apart)."""
+    try:
+        # raw pixels: PNG would cost tens of ms a photo at each end of every request
+        return codec.encode({"calls": [dict(c) for c in calls]}, raw_images=True)
+    except TypeError as e:
+        raise VisProgError(f"{module}: an argument can't be sent to a remote host: {e}") from e
+
+
+def decode_request(data: bytes) -> list[dict[str, Any]]:
+    body = codec.decode(data)
+    calls = body.get("calls") if isinstance(body, dict) else None
+    if not isinstance(calls, list) or not calls or not all(isinstance(c, dict) for c in calls):
+        raise ValueError("not a visprog request")
+    return calls
+
+
+def outcome_ok(value: Any) -> dict[str, Any]:
+    return {"ok": value}
+
+
+def outcome_error(error: BaseException) -> dict[str, Any]:
+    return {"error": {"type": type(error).__name__, "message": str(error)}}
+
+
+def encode_reply(outcomes: Sequence[Mapping[str, Any]]) -> bytes:
+    """The reply to a request: one `outcome_ok`/`outcome_error` per call, in order."""
+    return codec.encode({"results": list(outcomes)}, raw_images=True)
+
+
+def encode_error(error: BaseException) -> bytes:
+    """The reply to a request that could not be read at all."""
+    return codec.encode(outcome_error(error))
+
+
+_REMOTE_ERRORS = {name: getattr(builtins, name) for name in (
+    "ValueError", "TypeError", "KeyError", "IndexError", "RuntimeError", "ZeroDivisionError",
+    "NotImplementedError")}
+
+
+def _raise_remote(error: Any) -> None:
+    kind = error.get("type", "") if isinstance(error, dict) else ""
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    from visprog import errors
+
+    cls = _REMOTE_ERRORS.get(kind) or getattr(errors, kind, None)
+    raised = None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            raised = cls(message)
+        except TypeError:  # an error class with a different constructor
+            raised = None
+    raise raised or RemoteToolError(f"{kind}: {message}")
+
+
+def decode_reply(data: bytes, module: str, calls: int) -> list[Any]:
+    """The values a replica sent for a request of `calls` calls; a call's error is raised
+    again here (the first one, in call order)."""
+    body = codec.decode(data)
+    if isinstance(body, dict) and "error" in body:
+        _raise_remote(body["error"])
+    results = body.get("results") if isinstance(body, dict) else None
+    if (not isinstance(results, list) or len(results) != calls
+            or not all(isinstance(r, dict) and ("ok" in r or "error" in r) for r in results)):
+        raise HostError(f"{module}: the host sent a reply that is not a visprog result",
+                        module=module, address="?")
+    for r in results:
+        if "ok" not in r:
+            _raise_remote(r["error"])
+    return [r["ok"] for r in results]
+
+
+# -- the client ------------------------------------------------------------------------------
+
+def _settings_json(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+class RayModuleClient:
+    """Sends one module's calls to its Ray Serve deployment.
+
+    Args:
+        spec: where the deployment is and how to call it.
+        declaration: the local tool; the deployment's version and settings must match it
+            (else cache keys would name results computed with other settings).
+    """
+
+    def __init__(self, spec: HostSpec, declaration: Tool):
+        self.spec = spec
+        self.declaration = declaration
+        self._handle: Any = None
+        self._lock = threading.Lock()
+        self.requests = 0        # requests sent, retries included
+        self.retried = 0         # requests sent again after a host failure
+
+    @property
+    def address(self) -> str:
+        """The configured address, with the cluster's own address once connected."""
+        spec = self.spec.ray_address
+        try:
+            import ray
+
+            if ray.is_initialized():
+                actual = ray.get_runtime_context().gcs_address
+                if actual and actual != spec:
+                    return f"{spec} ({actual})"
+        except Exception:  # only for messages
+            pass
+        return spec
+
+    def _fail(self, what: str, error: BaseException | None, attempts: int) -> HostError:
+        detail = f": {type(error).__name__}: {_first_line(error)}" if error else ""
+        return HostError(
+            f"{self.spec.module}: the Ray Serve host at {self.address} (application "
+            f"{self.spec.app_name!r}) {what} after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}{detail}\n  how to fix: start it with "
+            f"`visprog serve --config FILE` (the same config), check `ray_address`, or set "
+            f"host = \"local\" for [{self.spec.module}]",
+            module=self.spec.module, address=self.address)
+
+    def _connect(self) -> Any:
+        """The deployment handle, connecting to the cluster and checking the declaration
+        the first time."""
+        with self._lock:
+            if self._handle is not None:
+                return self._handle
+            import ray
+            from ray import serve
+
+            if not ray.is_initialized():  # else: the cluster this process already joined
+                ray.init(address=self.spec.ray_address, log_to_driver=False)
+            handle = serve.get_app_handle(self.spec.app_name)
+            served = handle.describe.remote().result(timeout_s=self.spec.timeout_s)
+            mine = {"name": self.declaration.name, "version": self.declaration.version,
+                    "settings": _settings_json(self.declaration.settings)}
+            theirs = {k: served.get(k) for k in mine}
+            if theirs != mine:
+                raise HostError(
+                    f"{self.spec.module}: the deployment {self.spec.app_name!r} at "
+                    f"{self.address} serves {theirs}, but this interpreter is configured "
+                    f"with {mine}; start the server with the same config (results and cache "
+                    "keys would not match)", module=self.spec.module, address=self.address)
+            self._handle = handle
+            return handle
+
+    def call(self, calls: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Send the calls, `max_batch_size` to a request (requests sent concurrently, so
+        several replicas can share a big batch), and return the outputs in order.
+
+        Host failures are retried (only the failed requests); a tool's own error is raised
+        as it came (the first one, in call order).
+
+        Raises:
+            HostError: the host failed on some request `retries + 1` times.
+        """
+        size = max(1, self.spec.max_batch_size)
+        groups = [calls[i:i + size] for i in range(0, len(calls), size)]
+        payloads = [encode_request(g, self.spec.module) for g in groups]
+        replies: list[bytes | None] = [None] * len(payloads)
+        pending = list(range(len(payloads)))
+        attempts, last_error = 0, None
+        while pending:
+            if attempts > self.spec.retries:
+                raise self._fail("failed", last_error, attempts)
+            if attempts:
+                self.retried += len(pending)
+                time.sleep(min(0.5 * 2 ** (attempts - 1), 5.0))
+            attempts += 1
+            try:
+                handle = self._connect()
+            except HostError:
+                raise
+            except Exception as e:  # unreachable cluster, no such application...
+                last_error = e
+                continue
+            deadline = time.monotonic() + self.spec.timeout_s
+            sent = [(i, handle.remote(payloads[i])) for i in pending]
+            self.requests += len(sent)
+            failed = []
+            for i, response in sent:
+                try:
+                    replies[i] = response.result(timeout_s=max(0.0, deadline - time.monotonic()))
+                except Exception as e:  # replica died, timed out, unavailable...
+                    if isinstance(e, TimeoutError):
+                        response.cancel()
+                    failed.append(i)
+                    last_error = e
+            pending = failed
+        return [value for group, reply in zip(groups, replies)
+                for value in decode_reply(reply, self.spec.module, len(group))]  # type: ignore[arg-type]
+
+    def stats(self) -> dict[str, Any]:
+        """The deployment's counters (batches, calls, batch sizes, model events), asked of
+        one replica."""
+        handle = self._connect()
+        return handle.stats.remote().result(timeout_s=self.spec.timeout_s)
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def remote_tool(tool: Tool, spec: HostSpec, client: RayModuleClient | None = None) -> Tool:
+    """A `Tool` with `tool`'s declaration whose calls go to the module's deployment.
+
+    The connection is made on the first call, so building a VisProg with hosted modules
+    needs no running cluster (and `visprog check` works offline).
+    """
+    client = client or RayModuleClient(spec, tool)
+
+    def call_remote(**kwargs: Any) -> Any:
+        return client.call([kwargs])[0]
+
+    def call_remote_batch(calls: list[dict[str, Any]]) -> list[Any]:
+        return client.call(calls)
+
+    call_remote.host = client  # type: ignore[attr-defined]
+    call_remote_batch.host = client  # type: ignore[attr-defined]
+    return dataclasses.replace(tool, fn=call_remote, batch_fn=call_remote_batch)
+
+
+def client_of(tool: Tool) -> RayModuleClient | None:
+    """The `RayModuleClient` behind a hosted tool, or None for an in-process one."""
+    return getattr(tool.fn, "host", None)
+
+
+# -- evaluation on a cluster -----------------------------------------------------------------
+
+# Environment a worker needs to build the same engine (LLM settings, model cache, offline
+# flags); forwarded to the Ray tasks.
+FORWARDED_ENV = ("VISPROG_", "OPENAI_", "HF_", "TRANSFORMERS_")
+
+_ENGINES: dict[str, Any] = {}  # per worker process: token -> VisProg (models load once)
+
+
+def ray_executor(address: str, vp: Any, *, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0) -> Any:
+    """An `executor` for `visprog.evaluate.evaluate` that spreads chunks of items over a Ray
+    cluster: each chunk is one Ray task that plans and runs its items with a `VisProg`
+    built like `vp` (same preset and merged config, so the same models, settings and
+    hosting), and returns its result lines. The caller writes the lines as chunks finish,
+    so resume and the summary work as on one machine.
+
+    Image paths must be readable on the workers (a shared file system), as on one machine.
+
+    Args:
+        address: the Ray cluster ("auto", "HOST:6379", "ray://HOST:10001").
+        vp: the `VisProg` whose configuration the workers copy.
+        num_cpus, num_gpus: resources of each task (a task holds its models while it runs).
+    """
+    import os
+    import uuid
+
+    preset, config = vp.preset, dict(vp.config)
+    cache = getattr(vp, "cache", None) is not None
+    token = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+    def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        task = ray.remote(_eval_chunk).options(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
+            runtime_env={"env_vars": env} if env else None)
+        pending = [task.remote(token, preset, config, cache, list(chunk), batch_size, use_cache)
+                   for chunk in chunks if chunk]
+        failures: list[BaseException] = []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                lines = ray.get(done[0])
+            except Exception as e:  # a chunk whose task failed after Ray's retries
+                failures.append(e)
+                continue
+            yield from lines
+        if failures:
+            raise HostError(
+                f"evaluation on the Ray cluster at {address}: {len(failures)} chunk(s) failed "
+                f"after retries ({type(failures[0]).__name__}: {_first_line(failures[0])}); "
+                "their items are not in the results file, so a rerun resumes with them",
+                module="eval", address=address)
+
+    return run
+
+
+def _eval_chunk(token: str, preset: str, config: dict[str, Any], cache: bool,
+                items: list[Any], batch_size: Any, use_cache: bool) -> list[dict[str, Any]]:
+    """One chunk of evaluation items, in a Ray worker: their result lines."""
+    from visprog.api import VisProg
+    from visprog.evaluation.harness import _run_chunk
+
+    vp = _ENGINES.get(token)
+    if vp is None:
+        _ENGINES.clear()  # an earlier evaluation's engine: free its models
+        vp = _ENGINES[token] = VisProg(preset=preset, config=config, cache=cache)
+    lines: list[dict[str, Any]] = []
+    _run_chunk(vp, items, lines.append, batch_size, use_cache)
+    return lines

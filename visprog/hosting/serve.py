@@ -1,0 +1,278 @@
+"""Ray Serve deployments of the model modules, and the `visprog serve` launcher.
+
+One Serve application per hosted module, named `<ray_app>-<Module>` (see visprog/hosting.py
+for the config keys). Each replica builds the module exactly as an in-process interpreter
+does (`build(settings, ctx)` with its own model manager, memory budget included) and serves:
+
+- `__call__(request bytes) -> reply bytes`: one or more calls (a client sends a batch's calls
+  together, up to `max_batch_size` a request). Ray Serve's `@serve.batch` coalesces the
+  requests that arrive together (up to `max_batch_size` requests, waiting at most
+  `batch_wait_s`); their calls go to the module's batched entry point `max_batch_size` at a
+  time. If a batch raises, its calls run one by one so an error reaches only its own call.
+- `describe()`: the module's declaration (name, version, settings), which clients check.
+- `stats()`: counters for tests and monitoring: batches run, calls served, batch sizes, and
+  the replica's model load/unload events.
+
+    visprog serve --config cluster.toml --preset default            # local Ray, blocks
+    visprog serve --config cluster.toml --address 10.0.0.5:6379     # deploy to a cluster, exit
+
+Requires the `ray` extra (`pip install "visprog[ray]"`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from importlib import import_module
+from typing import Any, Mapping, Sequence
+
+from visprog.hosting.client import (HostSpec, decode_request, encode_error, encode_reply, host_spec,
+                      outcome_error, outcome_ok, split_config)
+
+
+class ModuleServer:
+    """One replica of a module's deployment.
+
+    Args:
+        module: the tool name ("Vqa").
+        config: the whole configuration (preset merged with the user's file); the replica
+            uses `[models]` and the module's section.
+        max_batch_size, batch_wait_s: Ray Serve batching of this replica.
+    """
+
+    def __init__(self, module: str, config: Mapping[str, Any], max_batch_size: int = 16,
+                 batch_wait_s: float = 0.01, warmup: bool = True):
+        from visprog.models.memory import make_manager
+        from visprog.tools import MODEL_MODULES, ToolContext
+
+        from ray import serve
+
+        tools_config, _ = split_config(config)
+        self.models = make_manager(tools_config.get("models", {}))
+        self.tool = import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
+            dict(tools_config.get(module, {})), ToolContext(self.models, None))
+        # Ray Serve's batching, made here so this module imports without ray (the CLI
+        # builds its parser from it) and each deployment gets its own batch size.
+        self.max_batch_size = max_batch_size
+        self.run_batch = serve.batch(max_batch_size=max_batch_size,
+                                     batch_wait_timeout_s=batch_wait_s)(self._run_async)
+        self.batches = 0
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        self.warmup_error = warm_up(self.tool) if warmup else None
+
+
+    async def __call__(self, request: bytes) -> bytes:
+        return await self.run_batch(request)
+
+    async def _run_async(self, requests: list[bytes]) -> list[bytes]:
+        # The model runs in a worker thread so the replica keeps taking requests meanwhile.
+        return await asyncio.to_thread(self._run, requests)
+
+    def _run(self, requests: list[bytes]) -> list[bytes]:
+        replies: list[bytes | None] = [None] * len(requests)
+        outcomes: dict[int, list[Any]] = {}
+        flat: list[tuple[int, int, dict[str, Any]]] = []  # (request, call in it, kwargs)
+        for i, data in enumerate(requests):
+            try:
+                calls = decode_request(data)
+            except ValueError as e:
+                replies[i] = encode_error(e)
+                continue
+            outcomes[i] = [None] * len(calls)
+            flat += [(i, j, c) for j, c in enumerate(calls)]
+        size = max(1, self.max_batch_size)
+        for start in range(0, len(flat), size):
+            chunk = flat[start:start + size]
+            self.batches += 1
+            self.batch_sizes.append(len(chunk))
+            self.calls += len(chunk)
+            for (i, j, _), result in zip(chunk, self._run_calls([c for _, _, c in chunk])):
+                outcomes[i][j] = result
+        for i, results in outcomes.items():
+            replies[i] = self._encode(results)
+        return replies  # type: ignore[return-value]
+
+    @staticmethod
+    def _encode(results: list[dict[str, Any]]) -> bytes:
+        try:
+            return encode_reply(results)
+        except TypeError:  # a value the wire can't carry: an error for that call alone
+            fixed = []
+            for r in results:
+                try:
+                    encode_reply([r])
+                    fixed.append(r)
+                except TypeError as e:
+                    fixed.append(outcome_error(e))
+            return encode_reply(fixed)
+
+    def _run_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One outcome per call: the batched entry point, or one by one if it raises (so an
+        error reaches only the call that caused it)."""
+        outputs: list[Any] | None = None
+        if self.tool.batch_fn is not None:
+            try:
+                outputs = list(self.tool.batch_fn(calls))
+                if len(outputs) != len(calls):
+                    raise RuntimeError(f"{self.tool.name} returned {len(outputs)} outputs "
+                                       f"for {len(calls)} calls")
+            except Exception:
+                outputs = None
+        if outputs is not None:
+            return [outcome_ok(v) for v in outputs]
+        results = []
+        for c in calls:
+            try:
+                results.append(outcome_ok(self.tool.fn(**c)))
+            except Exception as e:  # the tool's own error goes back to its caller
+                results.append(outcome_error(e))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        from visprog.hosting.client import _settings_json
+
+        return {"name": self.tool.name, "version": self.tool.version,
+                "settings": _settings_json(self.tool.settings), "pid": os.getpid(),
+                "device": self.models.device}
+
+    def stats(self) -> dict[str, Any]:
+        return {"batches": self.batches, "calls": self.calls,
+                "batch_sizes": list(self.batch_sizes), "pid": os.getpid(),
+                "events": [dict(e) for e in self.models.events],
+                "warmup_error": self.warmup_error,
+                "loaded": self.models.loaded()}
+
+
+def warm_up(tool: Any) -> str | None:
+    """Call the tool once on made-up arguments of its declared types, so that its libraries
+    and models load while the replica starts rather than on the first request. Returns the
+    error, if any (a warm-up that fails is not fatal: the first request will say why)."""
+    from PIL import Image
+
+    from visprog.values import Objects
+
+    size = (64, 48)
+    samples = {"Image": Image.new("RGB", size, (127, 127, 127)), "Text": "object",
+               "TextList": ["object"], "Number": 1, "Bool": True,
+               "Objects": Objects.from_boxes([(8, 8, 40, 40)], size, labels=["object"])}
+    kwargs = {}
+    for p in tool.params:
+        if not p.required:
+            continue
+        kind = next((t for t in ("Image", "Objects", "TextList", "Text", "Number", "Bool")
+                     if t in p.types), None)
+        if kind is None:
+            return f"no sample value for {p.name}: {p.type_str}"
+        kwargs[p.name] = samples[kind]
+    try:
+        tool.fn(**kwargs)
+    except Exception as e:  # reported by stats(); requests still get their own errors
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
+    """The bound Serve application of one module."""
+    from ray import serve
+
+    options = {"num_cpus": spec.num_cpus}
+    if spec.gpu_fraction:
+        options["num_gpus"] = spec.gpu_fraction
+    dep = serve.deployment(ModuleServer).options(
+        name=spec.app_name, num_replicas=spec.replicas, ray_actor_options=options,
+        # Enough requests in a replica at once to fill a batch.
+        max_ongoing_requests=max(2 * spec.max_batch_size, 8),
+        health_check_period_s=2.0, health_check_timeout_s=30.0)
+    return dep.bind(spec.module, dict(config), spec.max_batch_size, spec.batch_wait_s,
+                    spec.warmup)
+
+
+def hosted_specs(config: Mapping[str, Any], modules: Sequence[str] = ()) -> list[HostSpec]:
+    """The modules to deploy: those named, else every module whose config says host = "ray"."""
+    from visprog.errors import ConfigError
+    from visprog.tools import MODEL_MODULES
+
+    _, hosts = split_config(config)
+    if not modules:
+        return list(hosts.values())
+    specs = []
+    for name in modules:
+        canonical = next((m for m in MODEL_MODULES if m.lower() == name.lower()), None)
+        if canonical is None:
+            raise ConfigError(f"can't serve {name!r}: model modules are "
+                              f"{', '.join(sorted(MODEL_MODULES))}")
+        specs.append(hosts.get(canonical)
+                     or host_spec(canonical, {**config.get(canonical, {}), "host": "ray"}))
+    return specs
+
+
+def deploy(config: Mapping[str, Any], modules: Sequence[str] = ()) -> dict[str, Any]:
+    """Start (or update) the deployments of the hosted modules on the connected Ray cluster
+    and wait until they are ready.
+
+    Returns:
+        module name -> its `DeploymentHandle`.
+    """
+    from ray import serve
+
+    serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy
+    specs = hosted_specs(config, modules)
+    # run_many starts the applications together (each replica loads its libraries at once).
+    handles = serve.run_many([serve.RunTarget(deployment_for(s, config), name=s.app_name,
+                                              route_prefix=None) for s in specs])
+    return {s.module: h for s, h in zip(specs, handles)}
+
+
+def main(args: Any) -> int:
+    """`visprog serve`: connect to (or start) Ray, deploy, and wait (see `add_parser`)."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        print("visprog serve needs Ray Serve: pip install 'visprog[ray]'", file=sys.stderr)
+        return 2
+
+    from visprog.config import load_config
+
+    config = load_config(args.preset, args.config)
+    specs = hosted_specs(config, args.module or ())
+    if not specs:
+        print("visprog serve: no module to serve; set host = \"ray\" in a module's section "
+              "of the config, or name modules with --module", file=sys.stderr)
+        return 2
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
+    deploy(config, [s.module for s in specs])
+    address = ray.get_runtime_context().gcs_address
+    for s in specs:
+        print(f"serving {s.module} as {s.app_name!r} ({s.replicas} replica(s), "
+              f"{s.gpu_fraction} GPU each, batches up to {s.max_batch_size})")
+    print(f"clients: set ray_address = \"{address}\" for these modules")
+    sys.stdout.flush()
+    if args.address and not args.block:
+        return 0  # the deployments live on in the cluster
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def add_serve_arguments(p: Any) -> None:
+    """The `serve` subcommand's flags (visprog/cli.py makes the subparser)."""
+    p.add_argument("--config", help="TOML file: the modules with host = \"ray\" are served")
+    p.add_argument("--preset", default="default", help="model preset (default or tiny)")
+    p.add_argument("--module", action="append",
+                   help="serve this module even if its config doesn't say host = \"ray\" "
+                        "(repeatable)")
+    p.add_argument("--address", help="an existing Ray cluster ('auto', 'HOST:6379'); "
+                                     "default: start a local Ray instance and keep serving")
+    p.add_argument("--num-cpus", type=float, help="CPUs of the local Ray instance")
+    p.add_argument("--block", action="store_true",
+                   help="with --address: keep running (and shut Serve down on Ctrl-C)")

@@ -1,0 +1,173 @@
+"""Static checks of a parsed program, all at once, before anything runs.
+
+Unknown modules and arguments (with the nearest name as a hint, never substituted), missing
+arguments, variables read before any step defines them, and type mismatches between a
+variable's producer and its consumer, using the tools' declared signatures.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+from visprog.errors import CheckError, Diagnostic, VisProgError
+from visprog.language.program import Arg, Program, Step, Var, var_refs
+from visprog.registry import Registry, Tool
+from visprog.values import type_of
+
+# What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
+DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
+
+Types = frozenset[str]
+ANY: Types = frozenset({"Any"})
+
+
+def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
+    """The possible types of an argument value as written."""
+    if isinstance(value, Var):
+        return env.get(value.name, ANY)
+    if isinstance(value, tuple):
+        items = [literal_types(v, env) for v in value]
+        if all(("Text" in t or "Any" in t) for t in items):
+            return frozenset({"TextList"})
+        return ANY if any("Any" in t for t in items) else frozenset({"List"})
+    return frozenset({type_of(value)})
+
+
+def fits(given: Types, accepted: Types) -> bool:
+    return "Any" in given or "Any" in accepted or bool(given & accepted)
+
+
+def _describe(types: Types) -> str:
+    return " or ".join(sorted(types))
+
+
+def check(program: Program, registry: Registry,
+          inputs: Mapping[str, str] | None = None) -> list[Diagnostic]:
+    """Every problem of `program`, in line order; an empty list means it may run.
+
+    Args:
+        program: the parsed program.
+        registry: the tools it may call.
+        inputs: pre-bound variables and their types; defaults to IMAGE, LEFT and RIGHT images.
+    """
+    env: dict[str, Types] = {name: frozenset(t.split("|")) for name, t in
+                             (DEFAULT_INPUTS if inputs is None else inputs).items()}
+    out: list[Diagnostic] = []
+    for step in program:
+        if step.module is None:
+            out.extend(_check_alias(step, env))
+            env[step.target] = env.get(step.alias_of or "", ANY)
+            continue
+        tool = registry.find(step.module)
+        if tool is None:
+            suggestion = registry.suggest(step.module)
+            out.append(Diagnostic(step.line, step.module_column, step.source,
+                                  f"unknown module {step.module!r}",
+                                  f"did you mean {suggestion!r}?" if suggestion else
+                                  f"known modules: {', '.join(sorted(registry.names()))}"))
+            for arg in step.args:  # still report undefined variables it reads
+                out.extend(_undefined(arg, env))
+            env[step.target] = ANY
+            continue
+        out.extend(_check_call(step, tool, env))
+        env[step.target] = _output_types(step, tool, env)
+    return out
+
+
+def check_or_raise(program: Program, registry: Registry,
+                   inputs: Mapping[str, str] | None = None) -> None:
+    problems = check(program, registry, inputs)
+    if problems:
+        raise CheckError(problems, program.source)
+
+
+def _output_types(step: Step, tool: Tool, env: Mapping[str, Types]) -> Types:
+    # A pass-through tool declared as Any -> Any (Result) carries its argument's type on.
+    if tool.returns == ANY and len(tool.params) == 1 and step.args:
+        return literal_types(step.args[0].value, env)
+    return tool.returns
+
+
+def _check_alias(step: Step, env: Mapping[str, Types]) -> list[Diagnostic]:
+    name = step.alias_of or ""
+    if name in env:
+        return []
+    return [Diagnostic(step.line, step.module_column, step.source,
+                       f"undefined variable {name!r}", _undefined_hint(name, env))]
+
+
+def _undefined_hint(name: str, env: Mapping[str, Types]) -> str:
+    close = difflib.get_close_matches(name, list(env), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "no earlier step or input defines it; strings need quotes"
+
+
+def _undefined(arg: Arg, env: Mapping[str, Types]) -> list[Diagnostic]:
+    return [Diagnostic(arg.line, arg.column, arg.name, f"undefined variable {v.name!r}",
+                       _undefined_hint(v.name, env))
+            for v in var_refs(arg.value) if v.name not in env]
+
+
+def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    seen: set[str] = set()
+    for arg in step.args:
+        param = tool.param(arg.name)
+        if param is None:
+            names = [p.name for p in tool.params]
+            close = difflib.get_close_matches(arg.name.lower(), names, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else \
+                f"{tool.name} takes {', '.join(names) or 'no arguments'}"
+            out.append(Diagnostic(arg.line, arg.column, arg.name,
+                                  f"{tool.name} has no argument {arg.name!r}", hint))
+            out.extend(_undefined(arg, env))
+            continue
+        if param.name in seen:
+            out.append(Diagnostic(arg.line, arg.column, arg.name,
+                                  f"argument {param.name!r} given twice", "keep one of them"))
+            continue
+        seen.add(param.name)
+        undefined = _undefined(arg, env)
+        if undefined:
+            out.extend(undefined)
+            continue
+        given = literal_types(arg.value, env)
+        accepted = param.types | ({"None"} if param.default is None else set())
+        if not fits(given, accepted):
+            source = f"{arg.value.name} is {_describe(given)}" if isinstance(arg.value, Var) \
+                else f"got {_describe(given)}"
+            out.append(Diagnostic(
+                arg.line, arg.column, arg.name,
+                f"{tool.name}'s {param.name!r} takes {_describe(param.types)}; {source}",
+                _type_hint(given, param.types)))
+            continue
+        if param.refs is not None and isinstance(arg.value, str):
+            out.extend(_check_refs(arg, param.refs, env))
+    for param in tool.params:
+        if param.required and param.name not in seen:
+            out.append(Diagnostic(step.line, step.module_column, step.source,
+                                  f"{tool.name} needs argument {param.name!r}",
+                                  f"add {param.name}=<{param.type_str}>"))
+    return out
+
+
+def _type_hint(given: Types, wanted: Types) -> str:
+    if "Text" in wanted and given & {"Number", "Bool"}:
+        return "put the value in quotes to pass it as text"
+    if "Objects" in wanted and "Image" in given:
+        return "pass the result of Loc, Seg, Select, FaceDet or Classify"
+    if "Image" in wanted and "Objects" in given:
+        return "pass the image itself (e.g. IMAGE), and the objects as box=/object="
+    return f"pass a {' or '.join(sorted(wanted))}"
+
+
+def _check_refs(arg: Arg, refs: Any, env: Mapping[str, Types]) -> list[Diagnostic]:
+    try:
+        names = refs(arg.value)
+    except VisProgError as e:
+        return [Diagnostic(arg.line, arg.column, arg.value, f"bad expression: {e}",
+                           "see the Eval section of the language")]
+    return [Diagnostic(arg.line, arg.column, arg.value,
+                       f"expression reads undefined variable {n!r}", _undefined_hint(n, env))
+            for n in names if n not in env]

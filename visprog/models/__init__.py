@@ -1,0 +1,14 @@
+"""Models: the model manager (lazy, shared loading; device and dtype), the memory budget,
+checkpoints (hub ids, local paths, tiny random models built offline), tiny tokenizers, and
+the base that model tools are built on."""
+from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, add_tiny_source, cache_dir,
+                                        load_error, looks_like_path, register_tiny,
+                                        resolve_checkpoint, tiny_dir)
+from visprog.models.manager import (Loader, ModelManager, default_manager, manager_of,
+                                    model_dtype, pick_device, to_model_inputs)
+from visprog.models.tokenizers import tiny_bert_tokenizer, tiny_clip_tokenizer
+
+__all__ = ["TINY_PREFIX", "ModelLoadError", "add_tiny_source", "cache_dir", "load_error",
+           "looks_like_path", "register_tiny", "resolve_checkpoint", "tiny_dir", "Loader",
+           "ModelManager", "default_manager", "manager_of", "model_dtype", "pick_device",
+           "to_model_inputs", "tiny_bert_tokenizer", "tiny_clip_tokenizer"]

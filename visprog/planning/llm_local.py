@@ -1,0 +1,271 @@
+"""A local Hugging Face causal LM that, when planning, can only write valid programs.
+
+`constrain_to(registry, inputs)` returns a constrained view of the client (sharing the
+loaded model); the client itself samples free text (e.g. for the List module's queries).
+In the constrained view, sampling is constrained with llguidance: before each token, a matcher for the grammar of
+the current step (`visprog.llm_grammar.StepGrammar`) masks every token that would not keep
+the text a valid prefix. The program is written a step (line) at a time; after each line the
+real parser reads it and the defined variables and their types are updated, so the next
+line may only read what exists with a type that fits. The result parses and checks.
+
+Termination is bounded: each line's grammar is finite (bounded names, strings, lists and
+expressions) and a line stops as soon as its matcher accepts (at its newline); the program
+ends at a `Result` step, which is the only step allowed once `max_steps` lines or
+`max_tokens` tokens have been written.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from visprog.planning.llm import LLMError, LLMReply
+from visprog.planning.llm_grammar import StepGrammar, type_set
+
+# Room kept for the program after the prompt (tokens), on top of `max_tokens`: the last
+# lines may run past `max_tokens` before the closing Result is forced.
+_GENERATION_MARGIN = 512
+# A line longer than this is a bug in the grammar bounds, not a long line.
+_MAX_LINE_TOKENS = 4096
+DEFAULT_INPUTS = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
+
+
+class _Loaded:
+    """The model, tokenizer and llguidance tokenizer, shared by a client and its views."""
+
+    model: Any = None
+    tokenizer: Any = None
+    lltok: Any = None
+
+
+class LocalConstrained:
+    """A transformers causal LM; grammar-constrained for programs.
+
+    Args:
+        model_path: a local directory (or a hub id already in the local cache).
+        model, tokenizer: an already loaded model and fast tokenizer instead of a path.
+        registry: when given, every chat writes a program calling these tools (as the view
+            `constrain_to` returns does); without it, chat samples free text.
+        inputs: input variable -> type, e.g. {"IMAGE": "Image"} (default IMAGE, LEFT, RIGHT).
+        device: "cpu", "cuda", ...
+        dtype: torch dtype name for loading ("float32", "bfloat16"...); None: the default.
+        max_steps: most lines in a program (the last one is the Result).
+        max_string, max_list: bounds of string and list literals.
+    """
+
+    def __init__(self, model_path: str | None = None, *, model: Any = None,
+                 tokenizer: Any = None, registry: Any = None,
+                 inputs: Mapping[str, str] | None = None, device: str = "cpu",
+                 dtype: str | None = None, max_steps: int = 12, max_string: int = 60,
+                 max_list: int = 6):
+        if model_path is None and (model is None or tokenizer is None):
+            raise LLMError("LocalConstrained needs model_path=... or both model= and tokenizer=")
+        self.model_path = model_path
+        self.device = device
+        self.dtype = dtype
+        self.max_steps = max(1, int(max_steps))
+        self.max_string = int(max_string)
+        self.max_list = int(max_list)
+        self._shared = _Loaded()
+        self._shared.model, self._shared.tokenizer = model, tokenizer
+        self._constrained = registry is not None
+        self._registry = registry
+        self._inputs = {k: type_set(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
+        self._grammar: StepGrammar | None = None
+
+    # ------------------------------------------------------------------ protocol
+
+    def describe(self) -> dict[str, Any]:
+        model = self._shared.model
+        name = self.model_path or getattr(getattr(model, "config", None),
+                                          "name_or_path", "") or type(model).__name__
+        return {"backend": "local", "model": str(name), "base_url": None,
+                "constrained": "llguidance", "max_steps": self.max_steps,
+                "max_string": self.max_string}
+
+    def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> "LocalConstrained":
+        """A view of this client (same loaded model) whose replies are programs that call
+        `registry`'s tools and read `inputs` (name -> type), and that parse and check."""
+        view = copy.copy(self)
+        view._constrained = True
+        view._registry = registry
+        view._inputs = {k: type_set(v) for k, v in inputs.items()}
+        view._grammar = None
+        return view
+
+    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
+             max_tokens: int = 512, n: int = 1, seed: int | None = None,
+             stop: list[str] | None = None) -> LLMReply:
+        """`n` replies: programs when constrained (then `stop` is not needed: the grammar
+        ends each program), else free text up to `max_tokens`, end of text or a `stop`.
+
+        Raises:
+            LLMError: the model can't be loaded, or the prompt leaves no room to write.
+        """
+        import torch
+
+        model, tok = self._load()
+        ids = self._prompt_ids(messages)
+        ctx = _context_size(model)
+        keep = ctx - max_tokens - _GENERATION_MARGIN
+        if keep < 16:
+            raise LLMError(f"the model's context ({ctx} tokens) is too small for "
+                           f"max_tokens={max_tokens}")
+        ids = ids[-keep:]  # the end of the prompt (the question) matters most
+        texts, completion = [], 0
+        for i in range(max(1, n)):
+            gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed + i)
+            if self._constrained:
+                text, used = self._sample_program(ids, temperature, max_tokens, gen)
+            else:
+                text, used = self._sample_text(ids, temperature, max_tokens, gen, stop or [])
+            texts.append(text)
+            completion += used
+        usage = {"prompt_tokens": len(ids) * len(texts), "completion_tokens": completion,
+                 "total_tokens": len(ids) * len(texts) + completion}
+        return LLMReply(text=texts[0], texts=texts, usage=usage, model=self.describe()["model"])
+
+    # ------------------------------------------------------------------ internals
+
+    def _load(self) -> tuple[Any, Any]:
+        shared = self._shared
+        if shared.model is None or shared.tokenizer is None:
+            try:
+                import torch
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+            except ImportError as e:  # pragma: no cover - environment
+                raise LLMError("the local LLM needs torch and transformers: "
+                               "pip install 'visprog[models,llm]'") from e
+            try:
+                shared.tokenizer = shared.tokenizer or AutoTokenizer.from_pretrained(
+                    self.model_path)
+                kw = {"dtype": getattr(torch, self.dtype)} if self.dtype else {}
+                shared.model = shared.model or AutoModelForCausalLM.from_pretrained(
+                    self.model_path, **kw)
+            except (OSError, ValueError) as e:
+                raise LLMError(f"cannot load the local LLM {self.model_path!r}: {e}") from e
+        if shared.lltok is None:
+            try:
+                import llguidance.hf
+            except ImportError as e:  # pragma: no cover - environment
+                raise LLMError("constrained decoding needs llguidance: "
+                               "pip install 'visprog[llm]'") from e
+            shared.model.to(self.device).eval()
+            n_vocab = shared.model.get_output_embeddings().weight.shape[0]
+            shared.lltok = llguidance.hf.from_tokenizer(shared.tokenizer, n_vocab=n_vocab)
+        return shared.model, shared.tokenizer
+
+    def _step_grammar(self) -> StepGrammar:
+        if self._grammar is None:
+            if self._registry is None:
+                from visprog.registry import Registry
+                from visprog.tools import builtin_tools
+                self._registry = Registry(builtin_tools())
+            self._grammar = StepGrammar(self._registry, max_string=self.max_string,
+                                        max_list=self.max_list)
+        return self._grammar
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self._shared.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:  # a base model: a plain transcript ending where the answer goes
+            text = "".join(f"{m['role']}:\n{m['content']}\n\n" for m in messages) + "assistant:\n"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        bos = getattr(tok, "bos_token_id", None)
+        return ([bos] if bos is not None and not getattr(tok, "chat_template", None) else []) + ids
+
+    def _sample_program(self, prompt: list[int], temperature: float, max_tokens: int,
+                        gen: Any) -> tuple[str, int]:
+        """One program, a line at a time. Returns (text, tokens generated)."""
+        import llguidance
+        import llguidance.numpy as llt_np
+        import numpy as np
+        import torch
+
+        from visprog.language.parser import parse
+
+        model, tok = self._shared.model, self._shared.tokenizer
+        lltok = self._shared.lltok
+        grammar = self._step_grammar()
+        registry = self._registry
+        env = dict(self._inputs)
+        mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
+        lines: list[str] = []
+        used = 0
+        with torch.no_grad():
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1]
+            for step in range(self.max_steps):
+                final = step == self.max_steps - 1 or used >= max_tokens
+                matcher = llguidance.LLMatcher(
+                    lltok, llguidance.grammar_from("lark", grammar.text(env, final=final)))
+                if matcher.is_error():
+                    raise LLMError(f"internal: step grammar rejected: {matcher.get_error()}")
+                line_ids: list[int] = []
+                while not matcher.is_accepting():
+                    if len(line_ids) >= _MAX_LINE_TOKENS:
+                        raise LLMError("internal: a constrained line did not end")
+                    llt_np.fill_next_token_bitmask(matcher, mask, 0)
+                    # Bit i of the packed int32 mask allows token i (little-endian words).
+                    allowed = np.unpackbits(mask[0].view(np.uint8), bitorder="little")
+                    scores = logits.float().clone()
+                    keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
+                    scores[~keep.to(scores.device)] = float("-inf")
+                    token = _pick(scores, temperature, gen)
+                    if not matcher.consume_token(token):
+                        raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
+                    line_ids.append(token)
+                    out = model(torch.tensor([[token]], device=self.device),
+                                past_key_values=past, use_cache=True)
+                    past, logits = out.past_key_values, out.logits[0, -1]
+                used += len(line_ids)
+                line = tok.decode(line_ids)
+                lines.append(line)
+                written = parse(line).steps[0]
+                tool = registry.get(written.module)
+                env[written.target] = frozenset(tool.returns)
+                if tool.name == "Result" or (final and step == self.max_steps - 1):
+                    break
+        return "".join(lines).rstrip("\n"), used
+
+
+    def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
+                     stop: list[str]) -> tuple[str, int]:
+        """Free text: up to `max_tokens` tokens, the end-of-text token, or a stop string."""
+        import torch
+
+        model, tok = self._shared.model, self._shared.tokenizer
+        eos = getattr(tok, "eos_token_id", None)
+        out_ids: list[int] = []
+        with torch.no_grad():
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            for _ in range(max_tokens):
+                token = _pick(out.logits[0, -1].float(), temperature, gen)
+                if token == eos:
+                    break
+                out_ids.append(token)
+                text = tok.decode(out_ids)
+                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+                if cut >= 0:
+                    return text[:cut], len(out_ids)
+                out = model(torch.tensor([[token]], device=self.device),
+                            past_key_values=out.past_key_values, use_cache=True)
+        return tok.decode(out_ids), len(out_ids)
+
+
+def _pick(scores: Any, temperature: float, gen: Any) -> int:
+    import torch
+
+    if temperature <= 0:
+        return int(torch.argmax(scores))
+    probs = torch.softmax(scores / temperature, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _context_size(model: Any) -> int:
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 4096

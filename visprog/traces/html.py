@@ -1,0 +1,239 @@
+"""A trace as one self-contained HTML page (SPEC 5).
+
+Images are embedded as data URIs, CSS is inline, and there is no script and no external
+resource, so the page can be mailed or attached to an issue as it is. Every piece of text that
+came from a user or a model (program source, labels, answers, errors, event data) goes through
+`html.escape`: a label like ``<script>`` must show as text, never run.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visprog.traces.draw import color_for, draw_objects, thumbnail
+from visprog.traces.records import StepRecord, Trace
+from visprog.values import Objects
+
+THUMB_SIDE = 320  # longest side of an image shown in the page
+MAX_TABLE_ROWS = 50  # regions listed per Objects value; the rest are counted
+MAX_TEXT_CHARS = 2000  # longer text values are cut (the JSON trace keeps them whole)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em auto;
+ max-width:1100px;padding:0 1em;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.2em 0 .4em}
+pre,code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
+.src{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em 0;overflow-x:auto}
+.src div{white-space:pre;padding:0 .8em}.src .ln{color:#999;display:inline-block;width:2.5em;
+ text-align:right;margin-right:1em;user-select:none}.src .bad{background:#fde2e2}
+.badge{display:inline-block;border-radius:4px;padding:0 .45em;font-size:.8em;margin-left:.4em;
+ vertical-align:middle}.ok{background:#d8f3dc;color:#1b4332}.fail{background:#f8d7da;
+ color:#842029}.cached{background:#e2e3f3;color:#27306b}
+.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.7em 1em;margin:.8em 0}
+.card.failed{border:2px solid #d9534f;background:#fff7f7}
+.card h3{font-size:1em;margin:0 0 .4em}.card .meta{color:#666;font-size:.85em}
+.err{color:#842029;background:#f8d7da;border-radius:4px;padding:.4em .6em;white-space:pre-wrap}
+table.kv{border-collapse:collapse;margin:.3em 0}table.kv td{vertical-align:top;padding:.25em .6em;
+ border-top:1px solid #eee}table.kv td.k{font-weight:600;white-space:nowrap}
+table.regions{border-collapse:collapse;font-size:.85em;margin-top:.3em}
+table.regions td,table.regions th{border:1px solid #ddd;padding:.1em .5em;text-align:left}
+img{max-width:100%;border:1px solid #ccc;border-radius:3px;image-rendering:auto}
+.text{white-space:pre-wrap}.muted{color:#888}.swatch{display:inline-block;width:.8em;
+ height:.8em;border-radius:2px;margin-right:.3em;vertical-align:middle}
+details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+class _Page:
+    """Builds one page; caches each image's data URI, as one image appears in many steps."""
+
+    def __init__(self) -> None:
+        self._uris: dict[int, str] = {}
+        self._keep: list[Any] = []  # keeps cached objects alive so their ids stay unique
+
+    def data_uri(self, im: Image.Image) -> str:
+        key = id(im)
+        if key not in self._uris:
+            self._keep.append(im)
+            self._uris[key] = _encode(thumbnail(im, THUMB_SIDE))
+        return self._uris[key]
+
+    def img(self, im: Image.Image, alt: str) -> str:
+        w, h = im.size
+        return (f'<img src="{self.data_uri(im)}" alt="{_esc(alt)}" '
+                f'title="{_esc(alt)} ({w}x{h})">')
+
+    def objects(self, objs: Objects, over: Image.Image | None, alt: str) -> str:
+        if over is None:
+            over = Image.new("RGB", objs.image_size, (235, 235, 235))
+        # Draw on the thumbnail, not the full image, so tags stay readable at page size.
+        drawn = draw_objects(thumbnail(over.convert("RGB"), THUMB_SIDE), objs)
+        parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{len(objs)} '
+                 f'region{"s" if len(objs) != 1 else ""} on a {objs.image_size[0]}x'
+                 f'{objs.image_size[1]} image</div>']
+        if len(objs):
+            rows = []
+            for i, r in enumerate(objs.regions[:MAX_TABLE_ROWS]):
+                c = "#%02x%02x%02x" % color_for(i)
+                score = "" if r.score is None else f"{float(r.score):.3f}"
+                box = ", ".join(f"{v:.1f}" for v in r.box)
+                extra = ", ".join(f"{k}={v}" for k, v in r.extra.items()
+                                  if isinstance(v, (str, int, float, bool)))
+                rows.append(f'<tr><td><span class="swatch" style="background:{c}"></span>{i}</td>'
+                            f'<td>{_esc(r.label if r.label is not None else "")}</td>'
+                            f'<td>{score}</td><td>[{box}]</td><td>'
+                            f'{"mask" if r.mask is not None else ""}</td><td>{_esc(extra)}</td></tr>')
+            more = len(objs) - MAX_TABLE_ROWS
+            if more > 0:
+                rows.append(f'<tr><td colspan="6" class="muted">... {more} more</td></tr>')
+            parts.append('<table class="regions"><tr><th>#</th><th>label</th><th>score</th>'
+                         '<th>box (x1, y1, x2, y2)</th><th></th><th>extra</th></tr>'
+                         + "".join(rows) + "</table>")
+        return "".join(parts)
+
+    def value(self, value: Any, *, over: Image.Image | None = None, alt: str = "") -> str:
+        """One value as HTML; Objects are drawn over `over` when given."""
+        if isinstance(value, Image.Image):
+            return self.img(value, alt or "image")
+        if isinstance(value, Objects):
+            return self.objects(value, over, alt or "objects")
+        if value is None:
+            return '<span class="muted">None</span>'
+        if isinstance(value, bool):
+            return f"<code>{value}</code>"
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            v = float(value)
+            text = str(value) if isinstance(value, (int, np.integer)) or not math.isfinite(v) \
+                else f"{v:.6g}"
+            return f"<code>{_esc(text)}</code>"
+        if isinstance(value, str):
+            return f'<span class="text">{_esc(_cut(value))}</span>'
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return "<code>[" + ", ".join(_esc(_cut(repr(v))) for v in value) + "]</code>"
+        if isinstance(value, (list, tuple)) and any(isinstance(v, (Image.Image, Objects)) for v in value):
+            return "".join(f"<div>{self.value(v, over=over, alt=alt)}</div>" for v in value)
+        if isinstance(value, dict):
+            return f"<pre>{_esc(_cut(_json(value)))}</pre>"
+        return f"<code>{_esc(_cut(repr(value)))}</code>"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " ..."
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, indent=1, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):  # e.g. tuple keys; the text form still says what it was
+        return repr(value)
+
+
+def _encode(im: Image.Image) -> str:
+    """A data URI, as PNG or JPEG, whichever is smaller (photos: JPEG; drawings: often PNG)."""
+    if im.mode not in ("RGB", "L"):
+        im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    png = io.BytesIO()
+    im.save(png, format="PNG")
+    best, mime = png.getvalue(), "image/png"
+    if im.mode != "RGBA":
+        jpg = io.BytesIO()
+        im.save(jpg, format="JPEG", quality=85)
+        if len(jpg.getvalue()) < len(best):
+            best, mime = jpg.getvalue(), "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
+
+
+def _background(step: StepRecord) -> Image.Image | None:
+    """The image a step's Objects are drawn over: its `draw_on` argument, else its first
+    image argument."""
+    if step.draw_on and isinstance(step.args.get(step.draw_on), Image.Image):
+        return step.args[step.draw_on]
+    return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)
+
+
+def _source_block(program: str, bad_line: int | None) -> str:
+    rows = []
+    for n, text in enumerate(program.splitlines() or [""], start=1):
+        cls = ' class="bad"' if n == bad_line else ""
+        rows.append(f'<div{cls}><span class="ln">{n}</span>{_esc(text)}</div>')
+    return '<div class="src">' + "".join(rows) + "</div>"
+
+
+def _step_card(page: _Page, step: StepRecord) -> str:
+    failed = step.error is not None
+    module = _esc(step.module) if step.module else '<span class="muted">alias</span>'
+    badges = ""
+    if step.cached:
+        badges += '<span class="badge cached">cached</span>'
+    badges += '<span class="badge fail">failed</span>' if failed else ""
+    head = (f'<h3>Step {step.index + 1} <span class="meta">line {step.line}</span>{badges}</h3>'
+            f'<div><code>{_esc(step.source)}</code></div>'
+            f'<div class="meta">module {module} &middot; {step.duration * 1000:.1f} ms</div>')
+    over = _background(step)
+    rows = []
+    for name, value in step.args.items():
+        var = step.arg_vars.get(name)
+        label = _esc(name) + (f' <span class="muted">&larr; {_esc(var)}</span>' if var else "")
+        rows.append(f'<tr><td class="k">{label}</td><td>'
+                    f'{page.value(value, over=over, alt=f"{step.target} {name}")}</td></tr>')
+    if failed:
+        rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
+                    f'</div></td></tr>')
+    else:
+        rows.append(f'<tr><td class="k">{_esc(step.target)} =</td><td>'
+                    f'{page.value(step.output, over=over, alt=step.target)}</td></tr>')
+    cls = "card failed" if failed else "card"
+    return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
+
+
+def render_html(trace: Trace) -> str:
+    """The whole trace as one HTML page (a string)."""
+    page = _Page()
+    steps: list[StepRecord] = []
+    for step in trace.steps:
+        steps.append(step)
+        if step.error is not None:  # later steps never ran; show none
+            break
+    failed_line = steps[-1].line if steps and steps[-1].error is not None else None
+    status = ('<span class="badge fail">failed</span>' if not trace.ok or failed_line is not None
+              else '<span class="badge ok">ok</span>')
+    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width,initial-scale=1">',
+           f'<title>visprog trace</title><style>{_CSS}</style></head><body>',
+           f'<h1>visprog trace {status}</h1>',
+           f'<div class="meta muted">{len(steps)} step{"s" if len(steps) != 1 else ""}, '
+           f'{sum(s.duration for s in steps) * 1000:.1f} ms</div>',
+           '<h2>Program</h2>', _source_block(trace.program, failed_line)]
+    if trace.error is not None:
+        out += ['<h2>Error</h2>', f'<div class="err">{_esc(trace.error)}</div>']
+    else:
+        out += ['<h2>Result</h2>', f'<div>{page.value(trace.result, alt="result")}</div>']
+    if trace.inputs:
+        rows = "".join(f'<tr><td class="k">{_esc(k)}</td><td>{page.value(v, alt=str(k))}</td></tr>'
+                       for k, v in trace.inputs.items())
+        out += ['<h2>Inputs</h2>', f'<table class="kv">{rows}</table>']
+    out.append('<h2>Steps</h2>')
+    out += [_step_card(page, s) for s in steps]
+    if failed_line is not None:
+        out.append('<div class="muted">Steps after the failed one did not run.</div>')
+    if trace.events:
+        items = "".join(f'<li><b>{_esc(e.get("kind", "event"))}</b><pre>'
+                        f'{_esc(_cut(_json({k: v for k, v in e.items() if k != "kind"})))}'
+                        f'</pre></li>' for e in trace.events)
+        out.append(f'<details><summary>Events ({len(trace.events)})</summary><ul>{items}</ul></details>')
+    if trace.meta:
+        out.append(f'<details><summary>Run details</summary><pre>{_esc(_cut(_json(trace.meta)))}'
+                   f'</pre></details>')
+    out.append('</body></html>')
+    return "\n".join(out)

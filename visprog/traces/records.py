@@ -1,0 +1,110 @@
+"""What a run did, step by step (SPEC 5).
+
+`Trace` is plain data: the program, each step's resolved arguments, output, duration, cache
+hit and error, plus events (planner attempts, model loads). JSON and HTML forms live in
+`trace_json.py` and `trace_html.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@dataclass
+class StepRecord:
+    """One step of a run.
+
+    Attributes:
+        index: position in the program (0-based).
+        line: source line number (1-based).
+        source: the line as written.
+        target: the variable it wrote.
+        module: canonical module name; None for an alias step.
+        args: resolved argument values, by declared name.
+        arg_vars: for arguments that were variables, which variable (name -> VAR).
+        output: the value written (None when it failed).
+        duration: seconds spent (a cache hit is near zero).
+        cached: whether the output came from the cache.
+        error: the failure message, when the step failed.
+        draw_on: the argument whose image Objects are drawn over in renderings.
+    """
+
+    index: int
+    line: int
+    source: str
+    target: str
+    module: str | None
+    args: dict[str, Any] = field(default_factory=dict)
+    arg_vars: dict[str, str] = field(default_factory=dict)
+    output: Any = None
+    duration: float = 0.0
+    cached: bool = False
+    error: str | None = None
+    draw_on: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.args
+
+
+@dataclass
+class Trace:
+    """The record of one run. `trace[i]` is the i-th step; `trace["OBJ1"]` is the (last)
+    step that wrote OBJ1."""
+
+    program: str
+    steps: list[StepRecord] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[StepRecord]:
+        return iter(self.steps)
+
+    def __getitem__(self, key: int | str) -> StepRecord:
+        if isinstance(key, str):
+            for rec in reversed(self.steps):
+                if rec.target == key:
+                    return rec
+            raise KeyError(f"no step wrote {key!r}; targets: {[s.target for s in self.steps]}")
+        return self.steps[key]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def duration(self) -> float:
+        return sum(s.duration for s in self.steps)
+
+    def add_event(self, kind: str, **data: Any) -> None:
+        self.events.append({"kind": kind, **data})
+
+    # Serialisation is delegated so this module stays plain data.
+    def save_json(self, path: str | Path, *, inline: bool = False) -> Path:
+        from visprog.traces.json_io import save_trace
+        return save_trace(self, path, inline=inline)
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "Trace":
+        from visprog.traces.json_io import load_trace
+        return load_trace(path)
+
+    def to_html(self) -> str:
+        from visprog.traces.html import render_html
+        return render_html(self)
+
+    def save_html(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.write_text(self.to_html(), encoding="utf-8")
+        return p

@@ -1,0 +1,123 @@
+"""How inputs become Images (SPEC 2): any path, bytes, PIL image or array -> RGB PIL image."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from visprog.errors import ImageError
+
+# Default refusal threshold for input images: 64 megapixels. Users can raise it.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; alpha is composited over white, 16-bit is scaled to 8-bit."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        lo = arr.min() if arr.size else 0.0
+        if im.mode.startswith("I") and lo >= 0 and hi <= 65535:
+            # 16-bit data (I;16, or I holding 16-bit values): a fixed scale, so a grey stays
+            # that grey (a min-max stretch would turn a flat image black).
+            arr8 = np.rint(arr / 257.0).astype(np.uint8)
+        else:
+            scale = 255.0 / (hi - lo) if hi > lo else 0.0
+            arr8 = ((arr - lo) * scale).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read a path, bytes, PIL image or numpy array as an RGB PIL image.
+
+    EXIF orientation is applied. Images over `max_pixels` are refused before their pixels
+    are decoded. The caller's object is never modified: a new image is returned.
+
+    Raises:
+        ImageError: missing file, not an image, truncated, empty or too large.
+    """
+    if isinstance(source, Image.Image):
+        im = source
+        _check_size(im.size, max_pixels, "image")
+        try:
+            out = _to_rgb(ImageOps.exif_transpose(im))
+        except Exception as e:  # a lazily loaded PIL image can still fail here
+            raise ImageError(f"could not read image: {e}") from e
+        return out.copy() if out is source else out
+    if isinstance(source, np.ndarray):
+        return _array_to_image(source, max_pixels)
+    if isinstance(source, (bytes, bytearray)):
+        return _open_image(io.BytesIO(bytes(source)), "<bytes>", max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"image file not found: {path}")
+        if path.is_dir():
+            raise ImageError(f"expected an image file, got a directory: {path}")
+        return _open_image(path, str(path), max_pixels)
+    raise ImageError(f"can't read an image from a {type(source).__name__}; "
+                     "pass a path, bytes, a PIL image or a numpy array")
+
+
+def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name} is empty ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of "
+                         f"{max_pixels:,}; resize it or raise max_pixels")
+
+
+def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
+    try:
+        # Our own limit is checked from the header below; PIL's bomb check would only
+        # warn or raise with a less helpful message, so it is lifted for this open.
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+        _check_size(im.size, max_pixels, name)
+        im.load()
+        return _to_rgb(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError(f"not an image (or an unsupported format): {name}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"could not read image {name}: {e}") from e
+
+
+def _array_to_image(arr: np.ndarray, max_pixels: int | None) -> Image.Image:
+    a = np.asarray(arr)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"an image array is H x W or H x W x {{1,3,4}}, got shape {a.shape}")
+    _check_size((a.shape[1], a.shape[0]), max_pixels, "image array")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
+        # floats are taken as 0..1 when they fit there, else as 0..255
+        a = a * 255.0 if a.size and np.nanmax(a) <= 1.0 else a
+        a = np.nan_to_num(a).clip(0, 255).astype(np.uint8)
+    elif a.dtype == np.uint16:
+        return _to_rgb(Image.fromarray(a.astype(np.int32), mode="I")) if a.ndim == 2 else \
+            Image.fromarray((a >> 8).astype(np.uint8)).convert("RGB")
+    elif a.dtype != np.uint8:
+        a = a.clip(0, 255).astype(np.uint8)
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(a)))

@@ -1,0 +1,88 @@
+"""The one home of value types (SPEC 2): the vocabulary, reading type strings, the type of a
+runtime value, and the single compatibility rule that the checker, the constrained-decoding
+grammar and the engine's output check all use.
+
+The rule (`fits`) is "may fit": a value whose possible types share one with what a parameter
+accepts is let through, and `Any` on either side fits everything. A runtime value has exactly
+one type, so for it the rule reads "its type is declared, or the declaration says Any".
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from PIL import Image
+
+from visprog.errors import ToolDeclarationError
+from visprog.values.objects import Objects
+
+# The closed vocabulary a tool declares its inputs and output in. "Any" is for Result and
+# aliases; "None" marks an optional argument that may be passed None.
+TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None")
+
+Types = frozenset[str]
+ANY: Types = frozenset({"Any"})
+
+
+def parse_types(spec: str | Iterable[str]) -> Types:
+    """'Text|None' (or an iterable of names) -> {'Text', 'None'}; each name must be in TYPES.
+
+    Raises:
+        ToolDeclarationError: an unknown or empty type.
+    """
+    names = [s.strip() for s in (spec.split("|") if isinstance(spec, str) else spec)]
+    unknown = [n for n in names if n not in TYPES]
+    if unknown or not names:
+        raise ToolDeclarationError(f"unknown type {unknown or spec!r}; types are {', '.join(TYPES)}")
+    return frozenset(names)
+
+
+def type_of(value: Any) -> str:
+    """The SPEC type name of a runtime value (used by the checker for literals and inputs)."""
+    if isinstance(value, Image.Image):
+        return "Image"
+    if isinstance(value, Objects):
+        return "Objects"
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, (int, float)):
+        return "Number"
+    if isinstance(value, str):
+        return "Text"
+    if value is None:
+        return "None"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "TextList"
+    return "Any"
+
+
+def fits(given: Iterable[str], accepted: Iterable[str]) -> bool:
+    """Whether a value of the possible types `given` may be passed where `accepted` is declared."""
+    given, accepted = frozenset(given), frozenset(accepted)
+    return "Any" in given or "Any" in accepted or bool(given & accepted)
+
+
+def describe(types: Iterable[str]) -> str:
+    """{'Text', 'None'} -> 'None or Text' (for messages)."""
+    return " or ".join(sorted(types))
+
+
+def type_str(types: Iterable[str]) -> str:
+    """{'Text', 'None'} -> 'None|Text' (for signatures)."""
+    return "|".join(sorted(types))
+
+
+def check_output(tool_name: str, returns: Iterable[str], value: Any) -> None:
+    """A tool must return what it declared; one that doesn't fails at its own step instead of
+    confusing a later one.
+
+    Raises:
+        TypeError: naming the tool, what it returned and what it declared.
+    """
+    got = type_of(value)
+    if got == "Any" and "Any" not in returns:
+        # a value outside the vocabulary (a dict, a list of numbers...) fits only Any
+        raise TypeError(f"{tool_name} returned {type(value).__name__}, which is none of the "
+                        f"value types; declared {type_str(returns)}")
+    if not fits({got}, returns):
+        raise TypeError(f"{tool_name} returned {got} ({type(value).__name__}), "
+                        f"declared {type_str(returns)}")
