@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         t, vals, items, inv, sec = timed(batched(size))
         med = statistics.median(t)
         same = sum(a == b for a, b in zip(seq_vals, vals))
-        sizer = vp._batch_runners[size].sizer.sizes() if size == "auto" else {}
+        sizer = vp._sizers[size].sizes() if size == "auto" else {}
         rows.append({"mode": f"batched ({size}{' -> ' + str(sizer) if sizer else ''})",
                      "seconds": med, "programs_per_s": args.programs / med,
                      "module_calls": items, "model_invocations": inv, "model_s": sec,

@@ -2,7 +2,7 @@
 from visprog.registry import tool
 
 
-@tool("Result", params={"var": "Any"}, returns="Any", draw_on=None)
+@tool("Result", params={"var": "Any"}, returns="Any", draw_on=None, result=True)
 def result(var):
     """Marks the program's result."""
     return var

@@ -13,10 +13,11 @@ from typing import Any, Iterable, Mapping
 
 from PIL import Image
 
+from visprog.engine.core import Engine, ItemResult, Job, StepCallback
+from visprog.engine.schedule import AUTO, make_batch_size
+from visprog.errors import Diagnostic, StepError, VisProgError
 from visprog.language.checker import check as check_program
 from visprog.language.checker import check_or_raise
-from visprog.errors import Diagnostic, StepError
-from visprog.engine.interpreter import Interpreter, StepCallback
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.registry import Registry, Tool
@@ -90,7 +91,9 @@ class VisProg:
         if plugins:
             self.registry.load_entry_points(config=self.config)
         self.cache = _make_cache(cache, cache_dir)
-        self.interpreter = Interpreter(self.registry, self.cache)
+        # One engine for every way of running: lone runs, batches, planned runs.
+        self.engine = Engine(self.registry, self.cache, models=self.models)
+        self._sizers: dict[Any, Any] = {}  # batch size -> sizer, so "auto" keeps what it measured
 
     # -- tools ------------------------------------------------------------------------------
     def register(self, tool: Tool, *, replace: bool = False) -> Tool:
@@ -112,18 +115,59 @@ class VisProg:
         return check_program(self.parse(program), self.registry, inputs)
 
     def bind(self, image: ImageLike = None, *, left: ImageLike = None, right: ImageLike = None,
-             inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             inputs: Mapping[str, Any] | None = None,
+             read: dict[str, Any] | None = None) -> dict[str, Any]:
         """The input variables of a run: images are read (paths, arrays, PIL) and converted to
-        RGB; other values are bound as given."""
+        RGB; other values are bound as given. `read` maps paths already read to their image,
+        so an image shared by many items is read (and hashed) once."""
         bound: dict[str, Any] = {}
         for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
             if value is not None:
-                bound[name] = load_image(value, max_pixels=self.max_pixels)
+                bound[name] = self._read(value, read)
         for name, value in (inputs or {}).items():
             if isinstance(value, Image.Image) or type(value).__module__ == "numpy":
-                value = load_image(value, max_pixels=self.max_pixels)
+                value = self._read(value, read)
             bound[name] = value
         return bound
+
+    def _read(self, value: ImageLike, read: dict[str, Any] | None) -> Any:
+        if read is None or not isinstance(value, (str, os.PathLike)):
+            return load_image(value, max_pixels=self.max_pixels)
+        key = os.fspath(value)
+        if key not in read:
+            read[key] = load_image(value, max_pixels=self.max_pixels)
+        return read[key]
+
+    def job(self, program: str | Program, bound: Mapping[str, Any], *, id: Any = None,
+            events: Any = (), meta: Mapping[str, Any] | None = None,
+            checked: bool = False) -> Job:
+        """The one preparation step of every run: parse, check once against the bound inputs'
+        types (`checked=True`: the caller just did, e.g. the planner), and the events and meta
+        the trace starts with.
+
+        Raises:
+            ParseError, CheckError: the program can't run.
+        """
+        prog = self.parse(program)
+        if not checked:
+            check_or_raise(prog, self.registry, {k: type_of(v) for k, v in bound.items()})
+        return Job(prog, bound, id, [dict(e) for e in events],
+                   {"preset": self.preset, **(meta or {})})
+
+    def run_jobs(self, jobs: list[Job], *, batch_size: Any = 1, use_cache: bool = True,
+                 no_cache: Iterable[str] = (), on_step: StepCallback | None = None,
+                 on_item: Any = None) -> list[ItemResult]:
+        """Run prepared jobs on this engine, model calls batched up to `batch_size`."""
+        return self.engine.run(jobs, sizer=self._sizer(batch_size), use_cache=use_cache,
+                               no_cache=no_cache, on_step=on_step, on_item=on_item,
+                               record_batches=len(jobs) > 1 or batch_size != 1)
+
+    def _sizer(self, batch_size: Any) -> Any:
+        key = batch_size if isinstance(batch_size, (int, str)) else id(batch_size)
+        if key not in self._sizers:
+            device = self.models.device if batch_size == AUTO else "cpu"
+            self._sizers[key] = make_batch_size(batch_size, device)
+        return self._sizers[key]
 
     def execute(self, program: str | Program, image: ImageLike = None, *,
                 left: ImageLike = None, right: ImageLike = None,
@@ -136,27 +180,11 @@ class VisProg:
             ImageError: an input image can't be read.
             StepError: a step failed; `.trace` holds the steps up to it.
         """
-        prog = self.parse(program)
-        bound = self.bind(image, left=left, right=right, inputs=inputs)
-        check_or_raise(prog, self.registry, {k: type_of(v) for k, v in bound.items()})
-        seen = len(self.models.events)
-        try:
-            value, trace = self.interpreter.run(prog, bound, use_cache=use_cache,
-                                                no_cache=no_cache, on_step=on_step, check=False)
-        except StepError as e:
-            if e.trace is not None:
-                self._record_model_events(e.trace, seen)
-            raise
-        self._record_model_events(trace, seen)
-        return RunResult(value, prog, trace)
-
-    def _record_model_events(self, trace: Trace, seen: int) -> None:
-        """Copy the model loads and unloads that happened during a run into its trace."""
-        trace.meta.update({"preset": self.preset})
-        for event in self.models.events[seen:]:
-            # the manager's "kind" is the model's kind; the trace's is the event's
-            data = {("model" if k == "kind" else k): v for k, v in event.items() if k != "event"}
-            trace.add_event(f"model_{event.get('event', 'event')}", **data)
+        job = self.job(program, self.bind(image, left=left, right=right, inputs=inputs))
+        res = self.run_jobs([job], use_cache=use_cache, no_cache=no_cache, on_step=on_step)[0]
+        if res.error is not None:
+            raise res.error
+        return RunResult(res.value, job.program, res.trace)
 
     def run_batch(self, items: Iterable[Any], *, batch_size: int | str = "auto",
                   use_cache: bool = True, no_cache: Iterable[str] = (),
@@ -173,10 +201,33 @@ class VisProg:
             one `ItemResult` (id, value, program, trace, error) per item, in order; an
             item's failure is in its result and does not stop the others.
         """
-        from visprog.engine.batch import run_batch
-        return run_batch(self, items, batch_size=batch_size, use_cache=use_cache,
-                         no_cache=no_cache, on_item=on_item)
+        from visprog.engine.batch import BatchItem
 
+        read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
+        results: list[ItemResult | None] = []
+        jobs: list[Job] = []
+        for i, raw in enumerate(items):
+            item = raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw))
+            item_id = i if item.id is None else item.id
+            program, bound = None, None
+            try:
+                program = self.parse(item.program)
+                bound = self.bind(item.image, left=item.left, right=item.right,
+                                  inputs=item.inputs, read=read)
+                jobs.append(self.job(program, bound, id=item_id))
+            except VisProgError as e:
+                trace = None
+                if bound is not None:  # it parsed and bound, but does not check
+                    trace = Trace(program=program.source, inputs=dict(bound), error=str(e),
+                                  meta={"preset": self.preset})
+                results.append(ItemResult(item_id, None, program, trace, e))
+                if on_item is not None:
+                    on_item(results[-1])
+                continue
+            results.append(None)
+        ran = iter(self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
+                                 no_cache=no_cache, on_item=on_item))
+        return [r if r is not None else next(ran) for r in results]
 
     # -- planning: an LLM writes the program (visprog.planner) -----------------------------
     def planner(self, task: str = "gqa", **options: Any) -> Any:
@@ -241,23 +292,18 @@ class VisProg:
         planner = self.planner(task, **options)
         plans = ([planner.plan(question, inputs)] if vote <= 1
                  else planner.plan_k(question, vote, inputs=inputs))
-        results: list[Any] = []
-        for plan in plans:
-            try:
-                out = self.execute(plan.program, bound.get("IMAGE"), left=bound.get("LEFT"),
-                                   right=bound.get("RIGHT"), use_cache=use_cache)
-                _add_plan_events(out.trace, plan, task, question)
-                results.append(out)
-            except StepError as e:
-                if e.trace is not None:
-                    _add_plan_events(e.trace, plan, task, question)
-                if vote <= 1:
-                    raise
-                results.append(e)
+        # The planner checked each program against these inputs: the jobs skip the check.
+        jobs = [self.job(plan.program, bound, events=_plan_events(plan), checked=True,
+                         meta={"task": task, "question": question}) for plan in plans]
+        ran = self.run_jobs(jobs, batch_size=AUTO if vote > 1 else 1, use_cache=use_cache)
+        results: list[Any] = [RunResult(r.value, r.program, r.trace) if r.ok else r.error
+                              for r in ran]
         if vote <= 1:
+            if isinstance(results[0], BaseException):
+                raise results[0]
             return results[0]
         if not any(isinstance(r, RunResult) for r in results):
-            raise next(r for r in results if isinstance(r, StepError))
+            raise next(r for r in results if isinstance(r, BaseException))
         return majority_vote(results)
 
 
@@ -280,9 +326,7 @@ def _llm_from_config(section: Any) -> tuple[Any, Exception | None]:
         return None, e
 
 
-def _add_plan_events(trace: Trace, plan: Any, task: str, question: str) -> None:
+def _plan_events(plan: Any) -> list[dict[str, Any]]:
     """How the program was obtained: each planner attempt (or the cache hit) as an event."""
-    for event in plan.events():
-        event = dict(event)
-        trace.add_event(event.pop("kind"), **event)
-    trace.meta.update({"task": task, "question": question})
+    return [{"kind": e["kind"], **{k: v for k, v in e.items() if k != "kind"}}
+            for e in plan.events()]

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from visprog.engine.schedule import batch_size_arg
 from visprog.errors import ProgramError, StepError, VisProgError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -244,9 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from visprog.engine.batch import cmd_batch as run_batch
-
-    failed = run_batch(args, _engine(args))
+    failed = run_items(args, _engine(args))
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -309,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--html", help="also render it as an HTML page")
     t.set_defaults(func=cmd_trace_show)
 
-    from visprog.engine.batch import add_batch_arguments
     from visprog.evaluation.harness import add_eval_arguments
 
     p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
@@ -369,6 +367,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visprog: interrupted", file=sys.stderr)
         return 130
+
+
+
+
+# -- visprog batch ------------------------------------------------------------------------------
+
+def add_batch_arguments(p: Any) -> None:
+    """The flags of `visprog batch` (the engine flags are added by the CLI)."""
+    p.add_argument("items", help="JSONL, one item a line: {id, program or program_file, "
+                                 "image | left and right, inputs}")
+    p.add_argument("--out", help="results JSONL (default: standard output)")
+    p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help="calls per batched module call, or auto (default: by device)")
+
+
+def run_items(args: Any, vp: Any) -> int:
+    """`visprog batch`: run every item of a JSONL file; one result line per item. Returns
+    the number of items that failed."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from visprog.engine.batch import BatchItem
+    from visprog.evaluation.answers import show
+    from visprog.evaluation.datasets import DatasetError, _json_lines
+
+    base = Path(args.items).parent
+    items = []
+    for lineno, row in _json_lines(Path(args.items)):
+        row = dict(row)
+        if "program_file" in row:
+            row["program"] = (base / row.pop("program_file")).read_text(encoding="utf-8")
+        if "program" not in row:
+            raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
+        for key in ("image", "left", "right"):
+            if isinstance(row.get(key), str):
+                row[key] = str(base / row[key])
+        row.setdefault("id", lineno)
+        items.append(BatchItem(**{k: row.get(k) for k in
+                                  ("program", "image", "left", "right", "inputs", "id")}))
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    failed = 0
+    try:
+        for res in vp.run_batch(items, batch_size=args.batch_size, use_cache=not args.no_cache):
+            failed += not res.ok
+            if args.traces and res.trace is not None:
+                Path(args.traces).mkdir(parents=True, exist_ok=True)
+                res.trace.save_json(Path(args.traces) / f"{res.id}.json")
+            value = res.value
+            if hasattr(value, "to_list"):
+                value = value.to_list()
+            elif not isinstance(value, (str, int, float, bool, list, type(None))):
+                value = show(value)
+            out.write(json.dumps({"id": res.id, "ok": res.ok, "value": value,
+                                  "error": None if res.ok else str(res.error)},
+                                 ensure_ascii=False, default=str) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return failed
 
 
 if __name__ == "__main__":

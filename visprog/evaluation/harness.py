@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from visprog.evaluation.answers import is_correct, show
-from visprog.engine.batch import AUTO, BatchItem, ItemResult, batch_size_arg
+from visprog.engine.batch import BatchItem
+from visprog.engine.core import ItemResult
+from visprog.engine.schedule import AUTO, batch_size_arg
 from visprog.evaluation.datasets import EvalItem
 from visprog.errors import CheckError, ParseError, VisProgError
 

@@ -109,26 +109,11 @@ class ModuleServer:
             return encode_reply(fixed)
 
     def _run_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One outcome per call: the batched entry point, or one by one if it raises (so an
-        error reaches only the call that caused it)."""
-        outputs: list[Any] | None = None
-        if self.tool.batch_fn is not None:
-            try:
-                outputs = list(self.tool.batch_fn(calls))
-                if len(outputs) != len(calls):
-                    raise RuntimeError(f"{self.tool.name} returned {len(outputs)} outputs "
-                                       f"for {len(calls)} calls")
-            except Exception:
-                outputs = None
-        if outputs is not None:
-            return [outcome_ok(v) for v in outputs]
-        results = []
-        for c in calls:
-            try:
-                results.append(outcome_ok(self.tool.fn(**c)))
-            except Exception as e:  # the tool's own error goes back to its caller
-                results.append(outcome_error(e))
-        return results
+        """One outcome per call, through the engine's chunk runner (batched entry point, one
+        by one if it raises, outputs checked against the declaration)."""
+        from visprog.engine.core import run_chunk
+
+        return [outcome_ok(v) if ok else outcome_error(v) for ok, v in run_chunk(self.tool, calls)]
 
     def describe(self) -> dict[str, Any]:
         from visprog.hosting.client import _settings_json

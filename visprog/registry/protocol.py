@@ -70,6 +70,10 @@ class Tool:
         batch_fn: optional list entry point: takes a list of keyword dicts and returns a
             list of outputs in the same order.
         draw_on: in a trace, Objects inputs/outputs are drawn over this image argument.
+        result: a step of this tool marks the program's result (Result): the last such
+            step's value is the program's value.
+        hostable: whether a deployment may serve it elsewhere (False for tools that use
+            what lives with the caller, such as the planner's LLM client).
     """
 
     name: str
@@ -82,6 +86,8 @@ class Tool:
     settings: Mapping[str, Any] = field(default_factory=dict)
     batch_fn: Callable[[list[dict[str, Any]]], list[Any]] | None = None
     draw_on: str | None = "image"
+    result: bool = False
+    hostable: bool = True
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -132,7 +138,7 @@ class Tool:
 
 def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None = None,
          cacheable: bool = True, version: str = "1", settings: Mapping[str, Any] | None = None,
-         draw_on: str | None = "image",
+         draw_on: str | None = "image", result: bool = False,
          refs: Mapping[str, Callable[[str], list[str]]] | None = None,
          ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool. Defaults come from the function's own signature.
@@ -152,7 +158,7 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
         text = doc if doc is not None else (inspect.getdoc(fn) or "").split("\n")[0]
         return Tool(name=name, params=tuple(ps), returns=parse_types(returns), fn=fn, doc=text,
                     cacheable=cacheable, version=version, settings=dict(settings or {}),
-                    draw_on=draw_on)
+                    draw_on=draw_on, result=result)
 
     return wrap
 

@@ -1,0 +1,495 @@
+"""The execution core: what a step means, and one loop that runs programs.
+
+Every way of running goes through `Engine.run`: a lone run is a schedule of one program, a
+batched run advances many programs together, and a Ray replica runs a request's calls with
+the same `run_chunk`. A step here:
+
+1. resolves its arguments (variables to values, declared defaults filled in, an Eval-like
+   argument's referenced variables passed as `variables=`);
+2. gets a content key (tool, version, settings, argument contents) when its result may be
+   cached or shared with an identical call of another program;
+3. reads the cache (a hit is `cached=True`), else joins the calls that run together;
+4. is called through the tool's batch entry point, one call at a time if the batch raises, so
+   an error lands on the call that caused it; the output must be of the declared type;
+5. is written to the cache (a cache that fails warns and the run goes on) and recorded.
+
+A failed step ends its program with a `StepError` naming the step; the steps before it keep
+their records. The program's result is the value of the last step of a tool declared
+`result=True` (Result), else of the last step.
+
+Model loads and unloads that happen while a call runs are recorded in the trace of the first
+program that call served, so a run's trace lists the models it caused to load.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from visprog.engine.cache import MISS, step_key
+from visprog.engine.schedule import FixedBatchSize, choose_groups
+from visprog.errors import StepError, VisProgError
+from visprog.language.program import Program, Step, Var
+from visprog.registry import Registry, Tool
+from visprog.traces.records import StepRecord, Trace
+from visprog.values import codec
+from visprog.values.types import check_output
+
+StepCallback = Callable[[StepRecord], None]
+MAX_KNOWN_DIGESTS = 100_000  # a bound, not an LRU: the digest memo is cheap to rebuild
+
+
+# -- one step --------------------------------------------------------------------------------
+
+@dataclass
+class Call:
+    """A step ready to run: its tool, its keyword arguments and its cache key."""
+
+    step: Step
+    tool: Tool
+    kwargs: dict[str, Any]
+    arg_vars: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+
+
+def resolve(value: Any, env: Mapping[str, Any]) -> Any:
+    """An argument as written -> its runtime value (lists become Python lists)."""
+    if isinstance(value, Var):
+        return env[value.name]
+    if isinstance(value, tuple):
+        return [resolve(v, env) for v in value]
+    return value
+
+
+class DigestMemo:
+    """Content digests of a run's values, computed once per value object.
+
+    A big input image read by ten steps is hashed once, not ten times. Keyed by identity,
+    which is sound because no step mutates its inputs; the memo holds a reference to each
+    value so an id can't be reused while the run lasts."""
+
+    def __init__(self, known: dict[str, str] | None = None) -> None:
+        self._seen: dict[int, tuple[Any, str]] = {}
+        self._produced: dict[int, tuple[Any, str]] = {}
+        # step key -> digest of that step's output, kept by the engine across runs
+        self._known = known if known is not None else {}
+
+    def digest(self, value: Any) -> str:
+        hit = self._seen.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        d = codec.digest(value)
+        self._seen[id(value)] = (value, d)
+        made = self._produced.get(id(value))
+        if made is not None and made[0] is value:
+            self._known[made[1]] = d
+        return d
+
+    def output(self, value: Any, key: str, *, cached: bool) -> None:
+        """`value` is the output of the step with cache key `key`.
+
+        A value read back from the cache has the content its key stands for, so its digest
+        is the one learnt when that content was first hashed: a warm run re-hashes no
+        intermediate image (only the inputs). A freshly computed value is hashed when a
+        later step first reads it, and that digest is learnt for its key."""
+        known = self._known.get(key) if cached else None
+        if known is not None:
+            self._seen.setdefault(id(value), (value, known))
+            return
+        if not cached:
+            self._known.pop(key, None)
+        self._produced[id(value)] = (value, key)
+
+
+def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
+            memo: DigestMemo | None = None) -> Call:
+    """Resolve a call step's arguments by declared name, defaults included (so that
+    `Loc(image=X)` and `Loc(image=X, threshold=<default>)` share a cache entry)."""
+    kwargs: dict[str, Any] = {}
+    arg_vars: dict[str, str] = {}
+    for arg in step.args:
+        param = tool.param(arg.name)
+        assert param is not None, "checked programs only name declared arguments"
+        kwargs[param.name] = resolve(arg.value, env)
+        if isinstance(arg.value, Var):
+            arg_vars[param.name] = arg.value.name
+    for param in tool.params:
+        if param.name not in kwargs and not param.required:
+            kwargs[param.name] = param.default
+    refs = [p for p in tool.params if p.refs is not None]
+    if refs:
+        names: list[str] = []
+        for p in refs:
+            if isinstance(kwargs.get(p.name), str):
+                names += [n for n in p.refs(kwargs[p.name]) if n not in names]
+        kwargs["variables"] = {n: env[n] for n in names}
+    key = None
+    if cache_key:
+        memo = memo or DigestMemo()
+        try:
+            digests = {name: memo.digest(kwargs[name]) for name in arg_vars}
+            key = step_key(tool.name, tool.version, tool.settings, kwargs, digests=digests)
+        except TypeError:  # a value the cache can't hash: run uncached
+            key = None
+    return Call(step, tool, kwargs, arg_vars, key)
+
+
+def alias_record(index: int, step: Step, env: Mapping[str, Any]) -> StepRecord:
+    """The record of an alias step (`A=B`): a new name for a value, nothing runs."""
+    value = env[step.alias_of or ""]
+    return StepRecord(index, step.line, step.source, step.target, None, args={"var": value},
+                      arg_vars={"var": step.alias_of or ""}, output=value, draw_on=None)
+
+
+def call_record(index: int, call: Call) -> StepRecord:
+    """The record of a prepared call before it runs: its arguments as resolved, with the
+    variables an Eval-like argument refers to shown beside them."""
+    shown = {k: v for k, v in call.kwargs.items() if k != "variables"}
+    shown.update(call.kwargs.get("variables", {}))
+    step = call.step
+    return StepRecord(index, step.line, step.source, step.target, call.tool.name, args=shown,
+                      arg_vars=call.arg_vars, draw_on=call.tool.draw_on)
+
+
+def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> None:
+    """Store a step result; a cache that fails must not fail the run."""
+    try:
+        cache.put(key, value)
+    except Exception as e:
+        warnings.warn(f"visprog: could not cache {tool.name}: {e}", stacklevel=3)
+
+
+Outcome = tuple[bool, Any]  # (True, output) or (False, the exception)
+
+
+def _checked(tool: Tool, value: Any) -> Outcome:
+    try:
+        check_output(tool.name, tool.returns, value)
+    except TypeError as e:
+        return False, e
+    return True, value
+
+
+def _call_one(tool: Tool, kwargs: Mapping[str, Any]) -> Outcome:
+    try:
+        return _checked(tool, tool.fn(**kwargs))
+    except Exception as e:
+        return False, e
+
+
+def run_chunk(tool: Tool, calls: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+    """Run calls of one tool together: an outcome per call, in order.
+
+    The tool's batch entry point takes them all; if it raises, or returns the wrong number of
+    outputs, they run one by one so each error reaches only the call that caused it. Every
+    output is checked against the declared return type."""
+    if tool.batch_fn is None or len(calls) == 0:
+        return [_call_one(tool, c) for c in calls]
+    try:
+        outputs = list(tool.batch_fn([dict(c) for c in calls]))
+        if len(outputs) != len(calls):
+            raise ValueError(f"{tool.name} batch returned {len(outputs)} outputs "
+                             f"for {len(calls)} calls")
+    except Exception as e:
+        if len(calls) == 1:
+            return [(False, e)]
+        return [_call_one(tool, c) for c in calls]
+    return [_checked(tool, v) for v in outputs]
+
+
+# -- many programs -----------------------------------------------------------------------------
+
+@dataclass
+class ItemResult:
+    """What one program of a run gave: its value and trace, or the error that stopped it
+    (`ParseError`/`CheckError`: nothing ran; `ImageError`; `StepError`: `trace` holds the
+    steps up to the failed one)."""
+
+    id: Any
+    value: Any
+    program: Program | None
+    trace: Trace | None
+    error: VisProgError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BatchStats:
+    """Counters of one run (or summed over several)."""
+
+    rounds: int = 0
+    steps: int = 0            # call steps run, over all programs
+    module_calls: int = 0     # distinct calls made to modules (after sharing and cache hits)
+    batch_calls: int = 0      # batch entry point invocations
+    shared: int = 0           # steps served by another program's identical call
+    cache_hits: int = 0
+    by_module: dict[str, int] = field(default_factory=dict)  # module -> distinct calls
+
+    def add(self, other: "BatchStats") -> None:
+        for name in ("rounds", "steps", "module_calls", "batch_calls", "shared", "cache_hits"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, v in other.by_module.items():
+            self.by_module[k] = self.by_module.get(k, 0) + v
+
+
+@dataclass
+class Job:
+    """One checked program and its bound inputs, ready to run. `events` are recorded in
+    its trace before any step (e.g. the planner's attempts); `meta` goes into trace.meta."""
+
+    program: Program
+    inputs: Mapping[str, Any]
+    id: Any = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """The state of one program while it runs."""
+
+    pos: int
+    job: Job
+    env: dict[str, Any]
+    trace: Trace
+    pc: int = 0
+    result: Any = None
+    have_result: bool = False
+    error: StepError | None = None
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.job.program.steps
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and self.pc < len(self.job.program.steps)
+
+
+@dataclass
+class _Pending:
+    """A waiting call step of one program."""
+
+    run: _Run
+    call: Call
+    record: StepRecord
+
+
+class Engine:
+    """Runs programs with one registry, one cache and (optionally) one model manager.
+
+    Args:
+        registry: the tools.
+        cache: a `visprog.engine.cache.StepCache`, or None for no caching.
+        models: the model manager whose load/unload events go into traces, or None.
+    """
+
+    def __init__(self, registry: Registry, cache: Any = None, *, models: Any = None):
+        self.registry = registry
+        self.cache = cache
+        self.models = models
+        self.stats = BatchStats()
+        self.last_stats = BatchStats()
+        self._output_digests: dict[str, str] = {}  # see DigestMemo.output
+
+    def run(self, jobs: Sequence[Job], *, sizer: Any = None, use_cache: bool = True,
+            no_cache: Iterable[str] = (), on_step: StepCallback | None = None,
+            on_item: Callable[[ItemResult], None] | None = None,
+            record_batches: bool = False) -> list[ItemResult]:
+        """Run every job; one `ItemResult` per job, in order. A failed step ends only its
+        own program.
+
+        Args:
+            sizer: how many calls of a module go together (`visprog.engine.schedule`);
+                default one at a time.
+            use_cache: False runs every step afresh (and stores nothing).
+            no_cache: module names whose results are neither read from nor written to the cache.
+            on_step: called with each finished step's record.
+            on_item: called with each job's result as soon as it is finished.
+            record_batches: note in each trace's meta["batch"] how its model steps were
+                grouped (`{"step", "chunk", "shared"}`).
+        """
+        sizer = sizer or FixedBatchSize(1)
+        skip = {t.name for t in map(self.registry.find, no_cache) if t is not None}
+        if len(self._output_digests) > MAX_KNOWN_DIGESTS:
+            self._output_digests.clear()
+        memo = DigestMemo(self._output_digests)  # shared: an image read by many is hashed once
+        stats = BatchStats()
+        results: list[ItemResult | None] = [None] * len(jobs)
+        runs = []
+        for pos, job in enumerate(jobs):
+            trace = Trace(program=job.program.source, inputs=dict(job.inputs),
+                          events=[dict(e) for e in job.events], meta=dict(job.meta))
+            runs.append(_Run(pos, job, dict(job.inputs), trace))
+        ctx = _RunContext(self, sizer, use_cache, skip, memo, stats, on_step, record_batches)
+
+        def settle(active: list[_Run]) -> list[_Run]:
+            still = []
+            for run in active:
+                ctx.run_aliases(run)
+                if run.active:
+                    still.append(run)
+                    continue
+                res = _finish(run)
+                results[run.pos] = res
+                if on_item is not None:
+                    on_item(res)
+            return still
+
+        active = settle(runs)
+        while active:
+            stats.rounds += 1
+            groups: dict[str, list[_Run]] = defaultdict(list)
+            for run in active:
+                groups[self.registry.get(run.steps[run.pc].module or "").name].append(run)
+            for name in choose_groups(groups, self.registry):
+                ctx.run_group(self.registry.get(name), groups[name])
+            active = settle(active)
+        self.stats.add(stats)
+        self.last_stats = stats
+        return results  # type: ignore[return-value]
+
+    def run_one(self, program: Program, inputs: Mapping[str, Any], **options: Any) -> tuple[Any, Trace]:
+        """A schedule of one program: (result, trace), raising its `StepError`."""
+        res = self.run([Job(program, inputs)], **options)[0]
+        if res.error is not None:
+            raise res.error
+        return res.value, res.trace  # type: ignore[return-value]
+
+
+def _finish(run: _Run) -> ItemResult:
+    if run.error is None:
+        if not run.have_result and run.steps:
+            run.result = run.env[run.steps[-1].target]
+        run.trace.result = run.result
+    return ItemResult(run.job.id, run.result if run.error is None else None, run.job.program,
+                      run.trace, run.error)
+
+
+@dataclass
+class _RunContext:
+    """What the steps of one `Engine.run` share."""
+
+    engine: Engine
+    sizer: Any
+    use_cache: bool
+    skip: set[str]
+    memo: DigestMemo
+    stats: BatchStats
+    on_step: StepCallback | None
+    record_batches: bool
+
+    def store(self, run: _Run, record: StepRecord, value: Any, tool: Tool | None) -> None:
+        step = run.steps[run.pc]
+        run.env[step.target] = value
+        if tool is not None and tool.result:
+            run.result, run.have_result = value, True
+        run.pc += 1
+        if self.on_step is not None:
+            self.on_step(record)
+
+    def run_aliases(self, run: _Run) -> None:
+        """Alias steps run at once: they call nothing."""
+        while run.active and run.steps[run.pc].module is None:
+            record = alias_record(run.pc, run.steps[run.pc], run.env)
+            run.trace.steps.append(record)
+            self.store(run, record, record.output, None)
+
+    def run_group(self, tool: Tool, runs: list[_Run]) -> None:
+        """Run the waiting step of each of `runs` (all calls of `tool`): cache hits first,
+        identical calls once, the rest in chunks of the sizer's size."""
+        engine, stats = self.engine, self.stats
+        cache = engine.cache
+        caching = (self.use_cache and cache is not None and tool.cacheable
+                   and tool.name not in self.skip)
+        # a key is also how identical calls of different programs are found
+        keyed = tool.cacheable and (caching or len(runs) > 1)
+        shared_by_key: dict[str, list[_Pending]] = {}
+        distinct: list[list[_Pending]] = []  # each entry: the pendings served by one call
+        for run in runs:
+            started = time.perf_counter()
+            call = prepare(run.steps[run.pc], tool, run.env, cache_key=keyed, memo=self.memo)
+            record = call_record(run.pc, call)
+            run.trace.steps.append(record)
+            pending = _Pending(run, call, record)
+            stats.steps += 1
+            if caching and call.key is not None:
+                hit = cache.get(call.key)
+                if hit is not MISS:
+                    stats.cache_hits += 1
+                    record.cached = True
+                    self.memo.output(hit, call.key, cached=True)
+                    self.done(pending, hit, time.perf_counter() - started)
+                    continue
+            if call.key is not None and call.key in shared_by_key:
+                shared_by_key[call.key].append(pending)
+                stats.shared += 1
+                continue
+            group = [pending]
+            distinct.append(group)
+            if call.key is not None:
+                shared_by_key[call.key] = group
+        if not distinct:
+            return
+        stats.module_calls += len(distinct)
+        stats.by_module[tool.name] = stats.by_module.get(tool.name, 0) + len(distinct)
+        size = self.sizer.size(tool.name) if tool.batch_fn is not None else 1
+        models = engine.models
+        for start in range(0, len(distinct), size):
+            chunk = distinct[start:start + size]
+            seen = len(models.events) if models is not None else 0
+            t0 = time.perf_counter()
+            if tool.batch_fn is not None:
+                stats.batch_calls += 1
+            outcomes = run_chunk(tool, [g[0].call.kwargs for g in chunk])
+            seconds = time.perf_counter() - t0
+            if models is not None and len(models.events) > seen:
+                _record_model_events(chunk[0][0].run.trace, models.events[seen:])
+            if tool.batch_fn is not None:
+                self.sizer.observe(tool.name, len(chunk), seconds)
+            served = sum(len(g) for g in chunk)
+            for group, (ok, value) in zip(chunk, outcomes):
+                key = group[0].call.key
+                if ok and caching and key is not None:
+                    cache_put(cache, key, tool, value)
+                for pending in group:
+                    if self.record_batches and tool.batch_fn is not None:
+                        pending.run.trace.meta.setdefault("batch", []).append(
+                            {"step": pending.record.index, "chunk": len(chunk),
+                             "shared": len(group)})
+                    if ok:
+                        if key is not None:
+                            self.memo.output(value, key, cached=False)
+                        self.done(pending, value, seconds / served)
+                    else:
+                        self.fail(pending, value, seconds / served)
+
+    def done(self, pending: _Pending, value: Any, seconds: float) -> None:
+        pending.record.output = value
+        pending.record.duration = seconds
+        self.store(pending.run, pending.record, value, pending.call.tool)
+
+    def fail(self, pending: _Pending, error: BaseException, seconds: float) -> None:
+        run, record, step = pending.run, pending.record, pending.call.step
+        record.duration = seconds
+        record.error = f"{type(error).__name__}: {error}"
+        run.trace.error = record.error
+        run.error = StepError(str(error) or type(error).__name__, index=record.index,
+                              line=step.line, target=step.target, module=record.module,
+                              cause=error, trace=run.trace)
+        run.error.__cause__ = error
+        if self.on_step is not None:
+            self.on_step(record)
+
+
+def _record_model_events(trace: Trace, events: Sequence[Mapping[str, Any]]) -> None:
+    """A model manager's load/unload events as trace events (`model_load`, `model_unload`)."""
+    for event in events:
+        # the manager's "kind" is the model's kind; the trace's is the event's
+        data = {("model" if k == "kind" else k): v for k, v in event.items() if k != "event"}
+        trace.add_event(f"model_{event.get('event', 'event')}", **data)
