@@ -12,7 +12,9 @@ from PIL import Image
 from visprog.traces.draw import draw_objects, mask_to_image, thumbnail
 from visprog.errors import VisProgError
 from visprog.traces.records import StepRecord, Trace
-from visprog.traces.json_io import ReprValue, TraceLoadError, load_trace, save_trace
+from visprog.traces.json_io import ReprValue, TraceLoadError, save_trace
+
+load_trace = Trace.load_json
 from visprog.values import Objects, Region
 
 PROGRAM = ("OBJ0=Loc(image=IMAGE, object='cat')\n"

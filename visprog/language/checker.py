@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from visprog.errors import CheckError, Diagnostic, VisProgError
 from visprog.language.program import Arg, Program, Step, Var, var_refs
 from visprog.registry import Registry, Tool
-from visprog.values import type_of
+from visprog.values.types import fits, type_of
 
 # What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
 DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
@@ -31,10 +31,6 @@ def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
             return frozenset({"TextList"})
         return ANY if any("Any" in t for t in items) else frozenset({"List"})
     return frozenset({type_of(value)})
-
-
-def fits(given: Types, accepted: Types) -> bool:
-    return "Any" in given or "Any" in accepted or bool(given & accepted)
 
 
 def _describe(types: Types) -> str:

@@ -20,6 +20,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
+from visprog.values.types import fits, parse_types
+
+type_set = parse_types  # the name this module's callers know
+
 # Types a value literal can have; everything else only comes from a variable.
 _LITERAL_TYPES = {"Text", "Number", "Bool", "None", "TextList"}
 
@@ -31,24 +35,6 @@ def _lit(s: str) -> str:
 
 def _alts(items: Iterable[str]) -> str:
     return " | ".join(items)
-
-
-def type_set(spec: str | Iterable[str]) -> frozenset[str]:
-    """'Image' or 'Text|None' or a set of names -> frozenset of type names."""
-    if isinstance(spec, str):
-        return frozenset(s.strip() for s in spec.split("|") if s.strip())
-    return frozenset(spec)
-
-
-def fits(value_types: frozenset[str], param_types: frozenset[str]) -> bool:
-    """Whether a variable of `value_types` may be passed to a param of `param_types`.
-
-    Conservative: every type the variable may have must be accepted (or the param takes
-    Any), so a checker that is strict about unions accepts it too.
-    """
-    if "Any" in param_types:
-        return True
-    return bool(value_types) and "Any" not in value_types and value_types <= param_types
 
 
 # --------------------------------------------------------------------------- whole program
@@ -136,7 +122,7 @@ class StepGrammar:
         names = sorted(env)
         tools = self.tools
         if final:
-            only = [t for t in tools if t.name == "Result"]
+            only = [t for t in tools if t.result]
             tools = only or tools
         for i, t in enumerate(tools):
             parts: list[tuple[str, bool]] = []

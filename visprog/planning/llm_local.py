@@ -156,10 +156,9 @@ class LocalConstrained:
 
     def _step_grammar(self) -> StepGrammar:
         if self._grammar is None:
-            if self._registry is None:
-                from visprog.registry import Registry
-                from visprog.tools import builtin_tools
-                self._registry = Registry(builtin_tools())
+            if self._registry is None:  # the tools come from the caller (the planner)
+                raise LLMError("constrained decoding needs the tools it may call: pass "
+                               "registry= or use constrain_to(registry, inputs)")
             self._grammar = StepGrammar(self._registry, max_string=self.max_string,
                                         max_list=self.max_list)
         return self._grammar
@@ -224,7 +223,7 @@ class LocalConstrained:
                 written = parse(line).steps[0]
                 tool = registry.get(written.module)
                 env[written.target] = frozenset(tool.returns)
-                if tool.name == "Result" or (final and step == self.max_steps - 1):
+                if tool.result or (final and step == self.max_steps - 1):
                     break
         return "".join(lines).rstrip("\n"), used
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from visprog.traces.draw import color_for, draw_objects, thumbnail
-from visprog.traces.records import StepRecord, Trace
+from visprog.traces.step import StepRecord
 from visprog.values import Objects
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
@@ -197,7 +197,7 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
 
 
-def render_html(trace: Trace) -> str:
+def render_html(trace: Any) -> str:
     """The whole trace as one HTML page (a string)."""
     page = _Page()
     steps: list[StepRecord] = []

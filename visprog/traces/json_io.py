@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from visprog.errors import VisProgError
-from visprog.traces.records import StepRecord, Trace
+from visprog.traces.step import StepRecord
 from visprog.values import Objects, Region
 
 FORMAT_NAME = "visprog-trace"
@@ -288,7 +288,7 @@ def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
-def load_trace(path: str | Path) -> Trace:
+def load_trace(path: str | Path, trace_class: Any) -> Any:
     """Read a trace written by `save_trace`.
 
     Raises:
@@ -316,7 +316,7 @@ def load_trace(path: str | Path) -> Trace:
     reader = _Reader(path, doc.get("blobs"))
     try:
         steps = [_step_from(s, reader) for s in doc.get("steps", [])]
-        return Trace(
+        return trace_class(
             program=str(doc["program"]),
             steps=steps,
             inputs=reader.decode(doc.get("inputs", {})),

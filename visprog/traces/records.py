@@ -2,7 +2,7 @@
 
 `Trace` is plain data: the program, each step's resolved arguments, output, duration, cache
 hit and error, plus events (planner attempts, model loads). JSON and HTML forms live in
-`trace_json.py` and `trace_html.py`.
+`json_io.py` and `html.py`.
 """
 from __future__ import annotations
 
@@ -10,46 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from visprog.traces.step import StepRecord
 
-@dataclass
-class StepRecord:
-    """One step of a run.
-
-    Attributes:
-        index: position in the program (0-based).
-        line: source line number (1-based).
-        source: the line as written.
-        target: the variable it wrote.
-        module: canonical module name; None for an alias step.
-        args: resolved argument values, by declared name.
-        arg_vars: for arguments that were variables, which variable (name -> VAR).
-        output: the value written (None when it failed).
-        duration: seconds spent (a cache hit is near zero).
-        cached: whether the output came from the cache.
-        error: the failure message, when the step failed.
-        draw_on: the argument whose image Objects are drawn over in renderings.
-    """
-
-    index: int
-    line: int
-    source: str
-    target: str
-    module: str | None
-    args: dict[str, Any] = field(default_factory=dict)
-    arg_vars: dict[str, str] = field(default_factory=dict)
-    output: Any = None
-    duration: float = 0.0
-    cached: bool = False
-    error: str | None = None
-    draw_on: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        return self.args
+__all__ = ["StepRecord", "Trace"]
 
 
 @dataclass
@@ -98,7 +61,7 @@ class Trace:
     @classmethod
     def load_json(cls, path: str | Path) -> "Trace":
         from visprog.traces.json_io import load_trace
-        return load_trace(path)
+        return load_trace(path, trace_class=cls)
 
     def to_html(self) -> str:
         from visprog.traces.html import render_html
