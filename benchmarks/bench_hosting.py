@@ -59,7 +59,7 @@ def full_size_config(work: Path, device: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_batch import build_checkpoints, calibrate_loc
 
-    from visprog.api import VisProg
+    from visprog.api import VisProg, module_catalog
 
     edge = 800 if device.startswith("cuda") else 224
     blip, gdino = build_checkpoints(work, edge)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from visprog.api import VisProg
+    from visprog.api import VisProg, module_catalog
     from visprog.hosting.client import client_of
     from visprog.hosting.serve import deploy
 
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
              num_cpus=args.num_cpus or max(2, os.cpu_count() or 2))
-    deploy(VisProg(preset=preset, cache=False, plugins=False, config=hosted_config).config)
+    deploy(VisProg(preset=preset, cache=False, plugins=False, config=hosted_config).config,
+           module_catalog())
     startup = time.perf_counter() - t
     remote = VisProg(preset=preset, cache=False, plugins=False, config=hosted_config)
     clients = {m: client_of(remote.registry.get(m)) for m in HOSTED}

@@ -10,6 +10,7 @@ clearly; `visprog serve` deploys to a running cluster.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from visprog.values import codec  # noqa: E402
-from visprog.api import VisProg  # noqa: E402
+from visprog.api import VisProg, module_catalog  # noqa: E402
 from visprog.engine.cache import StepCache  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError, StepError  # noqa: E402
@@ -76,7 +77,7 @@ def cluster(tmp_path_factory):
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         try:
-            deploy(load_config("tiny", overrides=hosted()))
+            deploy(load_config("tiny", overrides=hosted()), module_catalog())
             yield ray.get_runtime_context().gcs_address
         finally:
             serve.shutdown()
@@ -98,7 +99,8 @@ def fingerprint(trace) -> list:
 
 def test_hosting_keys_leave_the_settings():
     cfg = load_config("tiny", overrides=hosted(modules=("Vqa",)))
-    tools_cfg, hosts = split_config(cfg)
+    catalog = module_catalog()
+    tools_cfg, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
     assert set(hosts) == {"Vqa"} and hosts["Vqa"].app_name == "visprog-Vqa"
     assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "blip"
     local = VisProg(preset="tiny", cache=False).registry.get("Vqa")
@@ -333,7 +335,7 @@ def test_eval_spread_over_the_cluster(cluster, tmp_path):
 
     from visprog.evaluation.datasets import load_dataset
     from visprog.evaluation.harness import evaluate, read_results
-    from visprog.hosting.client import ray_executor
+    from visprog.hosting.cluster import ray_executor
 
     questions = ["is there a dog?", "what color is the car?", "how many cats are there?"]
     with open(tmp_path / "data.jsonl", "w") as f:
@@ -346,7 +348,9 @@ def test_eval_spread_over_the_cluster(cluster, tmp_path):
     items = load_dataset(tmp_path / "data.jsonl")
     vp = VisProg(preset="tiny", cache=False)
     here = evaluate(vp, items, tmp_path / "here.jsonl", chunk_size=2, progress=False)
-    executor = ray_executor(cluster, vp, num_cpus=0.25)
+    executor = ray_executor(cluster, functools.partial(
+        VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None),
+        num_cpus=0.25)
     first = evaluate(vp, items, tmp_path / "there.jsonl", chunk_size=2, progress=False,
                      limit=3, executor=executor)
     assert first["this_run"]["items"] == 3

@@ -128,4 +128,5 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
         return ask(query, max)
 
     # one request per query: chat APIs take one conversation at a time
-    return replace(list_items, batch_fn=lambda calls: [ask(c["query"], c["max"]) for c in calls])
+    return replace(list_items, hostable=False,  # it asks the caller's LLM client
+                   batch_fn=lambda calls: [ask(c["query"], c["max"]) for c in calls])

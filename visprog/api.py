@@ -85,7 +85,9 @@ class VisProg:
         self.max_pixels = max_pixels
         # Hosting keys (host = "ray", ...) leave the module sections before the tools are
         # built, so cache keys don't depend on where a module runs; hosted tools call out.
-        tools_config, hosts = split_config(self.config)
+        catalog = module_catalog()
+        tools_config, hosts = split_config(self.config, catalog.model_modules,
+                                           catalog.plain_modules)
         self.registry = Registry(host_tools(
             builtin_tools(tools_config, ToolContext(self.models, llm)), hosts))
         if plugins:
@@ -305,6 +307,28 @@ class VisProg:
         if not any(isinstance(r, RunResult) for r in results):
             raise next(r for r in results if isinstance(r, BaseException))
         return majority_vote(results)
+
+
+def module_catalog() -> Any:
+    """The built-in modules as hosting sees them (`visprog.hosting.client.ModuleCatalog`):
+    this is the one place in visprog/ that imports tools/."""
+    from importlib import import_module
+
+    from visprog.hosting.client import ModuleCatalog
+    from visprog.tools import MODEL_MODULES, PLAIN_MODULES
+
+    plain = {t.name for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS}
+    return ModuleCatalog(frozenset(MODEL_MODULES), frozenset(plain), build_module)
+
+
+def build_module(name: str, settings: Mapping[str, Any], models: Any) -> Tool:
+    """One model module built with its settings and a model manager (a Ray replica's)."""
+    from importlib import import_module
+
+    from visprog.tools import MODEL_MODULES, ToolContext
+
+    return import_module(f"visprog.tools.{MODEL_MODULES[name]}").build(
+        dict(settings), ToolContext(models, None))
 
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:

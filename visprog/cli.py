@@ -240,7 +240,18 @@ def cmd_tools(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
-    run_eval(args, _engine(args))
+    vp = _engine(args)
+    executor = None
+    if getattr(args, "ray", None):
+        import functools
+
+        from visprog.api import VisProg
+        from visprog.hosting.cluster import ray_executor
+
+        # each worker builds an engine like this one (same preset and merged config)
+        executor = ray_executor(args.ray, functools.partial(
+            VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None))
+    run_eval(args, vp, executor)
     return EXIT_OK
 
 
@@ -340,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from visprog.api import module_catalog
+    from visprog.config import load_config
     from visprog.hosting.serve import main as serve_main
 
-    return serve_main(args)
+    return serve_main(args, load_config(args.preset, args.config), module_catalog())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,7 +108,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         progress: show a progress bar (stderr) with rate and ETA.
         dataset: a name for the summary.
         executor: runs the chunks elsewhere, e.g. on a Ray cluster
-            (`visprog.hosting.ray_executor`): called with the list of chunks (and
+            (`visprog.hosting.cluster.ray_executor`): called with the list of chunks (and
             batch_size=, use_cache=), it yields their result lines as chunks finish.
     """
     results_path = Path(results_path)
@@ -327,16 +327,13 @@ def add_eval_arguments(p: Any) -> None:
                         "readable on the workers)")
 
 
-def cmd_eval(args: Any, vp: Any) -> dict[str, Any]:
-    """Run `visprog eval` with parsed `args` on `vp`; print and return the summary."""
+def cmd_eval(args: Any, vp: Any, executor: Any = None) -> dict[str, Any]:
+    """Run `visprog eval` with parsed `args` on `vp` (chunks on `executor` when given, e.g.
+    `visprog.hosting.cluster.ray_executor`); print and return the summary."""
     from visprog.evaluation.datasets import load_dataset
 
     items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
     out = args.out or str(Path(args.dataset).with_suffix("")) + ".results.jsonl"
-    executor = None
-    if getattr(args, "ray", None):
-        from visprog.hosting.client import ray_executor
-        executor = ray_executor(args.ray, vp)
     summary = evaluate(vp, items, out, summary_path=args.summary, batch_size=args.batch_size,
                        limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                        chunk_size=args.chunk, use_cache=not args.no_cache,

@@ -38,15 +38,24 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.values import codec
 from visprog.errors import ConfigError, VisProgError
 from visprog.registry import Tool
 
 HOSTS = ("local", "ray")
-# Modules that can't be hosted: List asks the planner's LLM client, which lives with the caller.
-NOT_HOSTABLE = frozenset({"List"})
+
+
+@dataclass(frozen=True)
+class ModuleCatalog:
+    """What hosting knows of the modules, handed down by the layer that assembles the tools
+    (`visprog.api.module_catalog()`), so hosting never imports tools/. Picklable: a Ray
+    replica receives it and builds its module with `build(name, settings, models)`."""
+
+    model_modules: frozenset[str]
+    plain_modules: frozenset[str]
+    build: Callable[[str, Mapping[str, Any], Any], Tool]
 
 
 class HostError(VisProgError):
@@ -112,9 +121,6 @@ def host_spec(module: str, section: Mapping[str, Any]) -> HostSpec:
         raise ConfigError(f"[{module}]: bad hosting setting: {e}") from e
     if spec.host not in HOSTS:
         raise ConfigError(f"[{module}] host = {spec.host!r}; choose one of {', '.join(HOSTS)}")
-    if spec.remote and module in NOT_HOSTABLE:
-        raise ConfigError(f"[{module}] can't be hosted remotely: it calls the planner's LLM "
-                          "client, which lives with the caller; remove its host setting")
     bad = [k for k in ("replicas", "max_batch_size") if getattr(spec, k) < 1]
     bad += [k for k in ("timeout_s",) if getattr(spec, k) <= 0]
     bad += [k for k in ("gpu_fraction", "num_cpus", "batch_wait_s", "retries")
@@ -124,23 +130,23 @@ def host_spec(module: str, section: Mapping[str, Any]) -> HostSpec:
     return spec
 
 
-def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, HostSpec]]:
+def split_config(config: Mapping[str, Any], model_modules: Iterable[str] = (),
+                 plain_modules: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, HostSpec]]:
     """(the config with hosting keys removed from model modules' sections, the `HostSpec` of
     every hosted module).
 
-    Only model modules (`visprog.tools.MODEL_MODULES`) can be hosted; a plain module's section
-    that sets `host` is an error. Other tables (`[models]`, `[llm]`...) pass through.
+    Only model modules (`model_modules`, from the layer that assembles the tools) can be
+    hosted; a plain module's section (`plain_modules`) that sets `host` is an error. Other
+    tables (`[models]`, `[llm]`...) pass through.
     """
-    from visprog.tools import MODEL_MODULES
-
+    model_modules, plain_modules = set(model_modules), set(plain_modules)
     tools_config: dict[str, Any] = {}
     hosts: dict[str, HostSpec] = {}
     for name, section in config.items():
-        if name not in MODEL_MODULES or not isinstance(section, Mapping):
-            if isinstance(section, Mapping) and "host" in section and name in _plain_tools():
-                hostable = sorted(set(MODEL_MODULES) - NOT_HOSTABLE)
+        if name not in model_modules or not isinstance(section, Mapping):
+            if isinstance(section, Mapping) and "host" in section and name in plain_modules:
                 raise ConfigError(f"[{name}] sets host, but only model modules can be "
-                                  f"hosted: {', '.join(hostable)}")
+                                  f"hosted: {', '.join(sorted(model_modules))}")
             tools_config[name] = section
             continue
         spec = host_spec(name, section)
@@ -150,16 +156,17 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, H
     return tools_config, hosts
 
 
-def _plain_tools() -> set[str]:
-    from importlib import import_module
-
-    from visprog.tools import PLAIN_MODULES
-
-    return {t.name for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS}
-
-
 def host_tools(tools: Sequence[Tool], hosts: Mapping[str, HostSpec]) -> list[Tool]:
-    """The tools, with each hosted one replaced by its remote twin (see `remote_tool`)."""
+    """The tools, with each hosted one replaced by its remote twin (see `remote_tool`).
+
+    Raises:
+        ConfigError: a hosted tool that declares itself not hostable (it uses what lives
+            with the caller, such as the planner's LLM client).
+    """
+    for t in tools:
+        if t.name in hosts and not t.hostable:
+            raise ConfigError(f"[{t.name}] can't be hosted remotely: it uses what lives with "
+                              "the caller (the planner's LLM client); remove its host setting")
     return [remote_tool(t, hosts[t.name]) if t.name in hosts else t for t in tools]
 
 
@@ -397,73 +404,3 @@ def client_of(tool: Tool) -> RayModuleClient | None:
 
 # Environment a worker needs to build the same engine (LLM settings, model cache, offline
 # flags); forwarded to the Ray tasks.
-FORWARDED_ENV = ("VISPROG_", "OPENAI_", "HF_", "TRANSFORMERS_")
-
-_ENGINES: dict[str, Any] = {}  # per worker process: token -> VisProg (models load once)
-
-
-def ray_executor(address: str, vp: Any, *, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0) -> Any:
-    """An `executor` for `visprog.evaluate.evaluate` that spreads chunks of items over a Ray
-    cluster: each chunk is one Ray task that plans and runs its items with a `VisProg`
-    built like `vp` (same preset and merged config, so the same models, settings and
-    hosting), and returns its result lines. The caller writes the lines as chunks finish,
-    so resume and the summary work as on one machine.
-
-    Image paths must be readable on the workers (a shared file system), as on one machine.
-
-    Args:
-        address: the Ray cluster ("auto", "HOST:6379", "ray://HOST:10001").
-        vp: the `VisProg` whose configuration the workers copy.
-        num_cpus, num_gpus: resources of each task (a task holds its models while it runs).
-    """
-    import os
-    import uuid
-
-    preset, config = vp.preset, dict(vp.config)
-    cache = getattr(vp, "cache", None) is not None
-    token = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-
-    def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool) -> Any:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
-        task = ray.remote(_eval_chunk).options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
-            runtime_env={"env_vars": env} if env else None)
-        pending = [task.remote(token, preset, config, cache, list(chunk), batch_size, use_cache)
-                   for chunk in chunks if chunk]
-        failures: list[BaseException] = []
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                lines = ray.get(done[0])
-            except Exception as e:  # a chunk whose task failed after Ray's retries
-                failures.append(e)
-                continue
-            yield from lines
-        if failures:
-            raise HostError(
-                f"evaluation on the Ray cluster at {address}: {len(failures)} chunk(s) failed "
-                f"after retries ({type(failures[0]).__name__}: {_first_line(failures[0])}); "
-                "their items are not in the results file, so a rerun resumes with them",
-                module="eval", address=address)
-
-    return run
-
-
-def _eval_chunk(token: str, preset: str, config: dict[str, Any], cache: bool,
-                items: list[Any], batch_size: Any, use_cache: bool) -> list[dict[str, Any]]:
-    """One chunk of evaluation items, in a Ray worker: their result lines."""
-    from visprog.api import VisProg
-    from visprog.evaluation.harness import _run_chunk
-
-    vp = _ENGINES.get(token)
-    if vp is None:
-        _ENGINES.clear()  # an earlier evaluation's engine: free its models
-        vp = _ENGINES[token] = VisProg(preset=preset, config=config, cache=cache)
-    lines: list[dict[str, Any]] = []
-    _run_chunk(vp, items, lines.append, batch_size, use_cache)
-    return lines

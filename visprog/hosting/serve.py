@@ -24,10 +24,9 @@ import asyncio
 import os
 import sys
 import time
-from importlib import import_module
 from typing import Any, Mapping, Sequence
 
-from visprog.hosting.client import (HostSpec, decode_request, encode_error, encode_reply, host_spec,
+from visprog.hosting.client import (HostSpec, ModuleCatalog, decode_request, encode_error, encode_reply, host_spec,
                       outcome_error, outcome_ok, split_config)
 
 
@@ -38,20 +37,19 @@ class ModuleServer:
         module: the tool name ("Vqa").
         config: the whole configuration (preset merged with the user's file); the replica
             uses `[models]` and the module's section.
+        catalog: the modules and how to build one (`visprog.api.module_catalog()`).
         max_batch_size, batch_wait_s: Ray Serve batching of this replica.
     """
 
-    def __init__(self, module: str, config: Mapping[str, Any], max_batch_size: int = 16,
-                 batch_wait_s: float = 0.01, warmup: bool = True):
+    def __init__(self, module: str, config: Mapping[str, Any], catalog: ModuleCatalog,
+                 max_batch_size: int = 16, batch_wait_s: float = 0.01, warmup: bool = True):
         from visprog.models.memory import make_manager
-        from visprog.tools import MODEL_MODULES, ToolContext
 
         from ray import serve
 
-        tools_config, _ = split_config(config)
+        tools_config, _ = split_config(config, catalog.model_modules, catalog.plain_modules)
         self.models = make_manager(tools_config.get("models", {}))
-        self.tool = import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
-            dict(tools_config.get(module, {})), ToolContext(self.models, None))
+        self.tool = catalog.build(module, dict(tools_config.get(module, {})), self.models)
         # Ray Serve's batching, made here so this module imports without ray (the CLI
         # builds its parser from it) and each deployment gets its own batch size.
         self.max_batch_size = max_batch_size
@@ -158,7 +156,7 @@ def warm_up(tool: Any) -> str | None:
     return None
 
 
-def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
+def deployment_for(spec: HostSpec, config: Mapping[str, Any], catalog: ModuleCatalog) -> Any:
     """The bound Serve application of one module."""
     from ray import serve
 
@@ -170,30 +168,31 @@ def deployment_for(spec: HostSpec, config: Mapping[str, Any]) -> Any:
         # Enough requests in a replica at once to fill a batch.
         max_ongoing_requests=max(2 * spec.max_batch_size, 8),
         health_check_period_s=2.0, health_check_timeout_s=30.0)
-    return dep.bind(spec.module, dict(config), spec.max_batch_size, spec.batch_wait_s,
+    return dep.bind(spec.module, dict(config), catalog, spec.max_batch_size, spec.batch_wait_s,
                     spec.warmup)
 
 
-def hosted_specs(config: Mapping[str, Any], modules: Sequence[str] = ()) -> list[HostSpec]:
+def hosted_specs(config: Mapping[str, Any], catalog: ModuleCatalog,
+                 modules: Sequence[str] = ()) -> list[HostSpec]:
     """The modules to deploy: those named, else every module whose config says host = "ray"."""
     from visprog.errors import ConfigError
-    from visprog.tools import MODEL_MODULES
 
-    _, hosts = split_config(config)
+    _, hosts = split_config(config, catalog.model_modules, catalog.plain_modules)
     if not modules:
         return list(hosts.values())
     specs = []
     for name in modules:
-        canonical = next((m for m in MODEL_MODULES if m.lower() == name.lower()), None)
+        canonical = next((m for m in catalog.model_modules if m.lower() == name.lower()), None)
         if canonical is None:
             raise ConfigError(f"can't serve {name!r}: model modules are "
-                              f"{', '.join(sorted(MODEL_MODULES))}")
+                              f"{', '.join(sorted(catalog.model_modules))}")
         specs.append(hosts.get(canonical)
                      or host_spec(canonical, {**config.get(canonical, {}), "host": "ray"}))
     return specs
 
 
-def deploy(config: Mapping[str, Any], modules: Sequence[str] = ()) -> dict[str, Any]:
+def deploy(config: Mapping[str, Any], catalog: ModuleCatalog,
+           modules: Sequence[str] = ()) -> dict[str, Any]:
     """Start (or update) the deployments of the hosted modules on the connected Ray cluster
     and wait until they are ready.
 
@@ -203,15 +202,16 @@ def deploy(config: Mapping[str, Any], modules: Sequence[str] = ()) -> dict[str, 
     from ray import serve
 
     serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy
-    specs = hosted_specs(config, modules)
+    specs = hosted_specs(config, catalog, modules)
     # run_many starts the applications together (each replica loads its libraries at once).
-    handles = serve.run_many([serve.RunTarget(deployment_for(s, config), name=s.app_name,
+    handles = serve.run_many([serve.RunTarget(deployment_for(s, config, catalog), name=s.app_name,
                                               route_prefix=None) for s in specs])
     return {s.module: h for s, h in zip(specs, handles)}
 
 
-def main(args: Any) -> int:
-    """`visprog serve`: connect to (or start) Ray, deploy, and wait (see `add_parser`)."""
+def main(args: Any, config: Mapping[str, Any], catalog: ModuleCatalog) -> int:
+    """`visprog serve`: connect to (or start) Ray, deploy, and wait (see `add_parser`).
+    `config` is the loaded configuration, `catalog` the modules (from the CLI)."""
     try:
         import ray
         from ray import serve
@@ -219,10 +219,7 @@ def main(args: Any) -> int:
         print("visprog serve needs Ray Serve: pip install 'visprog[ray]'", file=sys.stderr)
         return 2
 
-    from visprog.config import load_config
-
-    config = load_config(args.preset, args.config)
-    specs = hosted_specs(config, args.module or ())
+    specs = hosted_specs(config, catalog, args.module or ())
     if not specs:
         print("visprog serve: no module to serve; set host = \"ray\" in a module's section "
               "of the config, or name modules with --module", file=sys.stderr)
@@ -232,7 +229,7 @@ def main(args: Any) -> int:
     else:
         ray.init(include_dashboard=False, log_to_driver=False,
                  **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
-    deploy(config, [s.module for s in specs])
+    deploy(config, catalog, [s.module for s in specs])
     address = ray.get_runtime_context().gcs_address
     for s in specs:
         print(f"serving {s.module} as {s.app_name!r} ({s.replicas} replica(s), "

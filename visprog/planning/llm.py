@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-from visprog.errors import VisProgError
+from visprog.planning.chat import ChatClient, LLMError, LLMReply, add_usage
+
+__all__ = ["ChatClient", "LLMError", "LLMReply", "add_usage", "OpenAIChat", "make_llm"]
 
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_BASE_URL = "OPENAI_BASE_URL"
@@ -38,47 +40,6 @@ ENV_LOCAL_MODEL = "VISPROG_LLM_PATH"
 GRAMMAR_FIELDS = {
     "vllm": "guided_grammar",  # vLLM's OpenAI server, Lark/EBNF text
 }
-
-
-class LLMError(VisProgError):
-    """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
-
-
-@dataclass
-class LLMReply:
-    """What a chat call returned.
-
-    Attributes:
-        text: the first completion.
-        texts: all completions (`n` of them when the backend honours `n`).
-        usage: token counts, e.g. {"prompt_tokens": 120, "completion_tokens": 30,
-            "total_tokens": 150}; empty when the server reports none.
-        model: the model that answered, as the backend names it.
-    """
-
-    text: str
-    texts: list[str] = field(default_factory=list)
-    usage: dict[str, int] = field(default_factory=dict)
-    model: str = ""
-
-
-@runtime_checkable
-class ChatClient(Protocol):
-    """What the planner needs from an LLM."""
-
-    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
-             max_tokens: int = 512, n: int = 1, seed: int | None = None,
-             stop: list[str] | None = None) -> LLMReply: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-def add_usage(total: dict[str, int], more: Mapping[str, Any] | None) -> dict[str, int]:
-    """Sum token counts key by key (in place; returns `total`)."""
-    for k, v in (more or {}).items():
-        if isinstance(v, int):
-            total[k] = total.get(k, 0) + v
-    return total
 
 
 class OpenAIChat:

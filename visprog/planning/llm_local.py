@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from visprog.planning.llm import LLMError, LLMReply
+from visprog.planning.chat import LLMError, LLMReply
 from visprog.planning.llm_grammar import StepGrammar, type_set
 
 # Room kept for the program after the prompt (tokens), on top of `max_tokens`: the last

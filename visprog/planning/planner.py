@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from visprog.language.checker import check
 from visprog.errors import Diagnostic, ParseError, VisProgError
-from visprog.planning.llm import add_usage
+from visprog.planning.chat import add_usage
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.planning.program_cache import ProgramCache
