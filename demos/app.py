@@ -137,13 +137,14 @@ def _diag_row(d: Any) -> str:
             f'{_esc(d.message)}{hint}</div>')
 
 
-def trace_view_html(trace: Trace, height: int = 900) -> str:
-    """The trace page inside a sandboxed iframe (no scripts can run in it).
+def trace_view_html(trace: Trace, height: int = 900, page: str | None = None) -> str:
+    """The trace page (`page`, if already rendered) inside a sandboxed iframe (no scripts
+    can run in it).
 
     The page is put in `srcdoc`, so it is escaped once more for the attribute; braces are
     written as entities because Gradio's HTML component treats its value as a template.
     """
-    doc = html.escape(trace.to_html(), quote=True)
+    doc = html.escape(page if page is not None else trace.to_html(), quote=True)
     doc = doc.replace("{", "&#123;").replace("}", "&#125;").replace("$", "&#36;")
     return (f'<iframe class="vp-trace" title="visprog trace" sandbox="allow-same-origin" '
             f'style="width:100%;height:{int(height)}px;border:1px solid #ddd;border-radius:8px;'
@@ -216,11 +217,13 @@ class RunFolders:
             return folder
 
 
-def save_downloads(trace: Trace, folder: Path) -> list[str]:
-    """The trace as one HTML page and one JSON file (images inline), for download."""
-    page = trace.save_html(folder / "visprog_trace.html")
+def save_downloads(trace: Trace, folder: Path, page: str | None = None) -> list[str]:
+    """The trace as one HTML page (`page`, if already rendered) and one JSON file (images
+    inline), for download."""
+    html_path = folder / "visprog_trace.html"
+    html_path.write_text(page if page is not None else trace.to_html(), encoding="utf-8")
     data = trace.save_json(folder / "visprog_trace.json", inline=True)
-    return [str(page), str(data)]
+    return [str(html_path), str(data)]
 
 
 def run_program(vp: Any, program: str, image: Any = None, left: Any = None, right: Any = None,
@@ -253,7 +256,11 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
             "error", "Upload an image first (or a LEFT/RIGHT pair for nlvr), or click an example."))
     folders = folders or RunFolders()
     try:
-        out = vp.execute(program, inputs=bound, on_step=on_step)
+        # the uploads are read once (above); parse and check once, then run
+        job = vp.job(program, bound)
+        out = vp.run_jobs([job], on_step=on_step)[0]
+        if out.error is not None:
+            raise out.error
     except ProgramError as e:
         n = len(e.diagnostics)
         first = e.diagnostics[0] if e.diagnostics else None
@@ -267,14 +274,15 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
         return RunOutput(False, message=message_box("error", title, body))
     except StepError as e:
         trace = e.trace
-        files = save_downloads(trace, folders.new()) if trace is not None else []
+        page = trace.to_html() if trace is not None else None  # rendered once, shown and saved
+        files = save_downloads(trace, folders.new(), page) if trace is not None else []
         what = f"{e.target}={e.module}(...)" if e.module else e.target
         cause = str(e.cause) if e.cause is not None else str(e)
         title = f"Step {e.index + 1} failed (line {e.line}, {what})"
         body = (f'<div class="vp-err">{_esc(cause)}</div><div>The trace below shows the steps '
                 f'up to the failed one.</div>')
         return RunOutput(False, message=message_box("error", title, body), files=files,
-                         trace_html=trace_view_html(trace) if trace is not None else "",
+                         trace_html=trace_view_html(trace, page=page) if trace is not None else "",
                          trace=trace)
     except VisProgError as e:
         return RunOutput(False, message=message_box("error", "The run stopped", _esc(e)))
@@ -282,7 +290,8 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
         return RunOutput(False, message=message_box(
             "error", "Internal error (please report it)", _esc(f"{type(e).__name__}: {e}")))
     trace = out.trace
-    files = save_downloads(trace, folders.new())
+    page = trace.to_html()  # rendered once, shown and saved
+    files = save_downloads(trace, folders.new(), page)
     value = out.value
     n = len(trace)
     hits = sum(1 for s in trace if s.cached)
@@ -292,7 +301,7 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
              + (f" ({hits} from the cache)" if hits else ""))
     return RunOutput(True, result_text=format_result(value, task),
                      result_image=value if isinstance(value, Image.Image) else None,
-                     trace_html=trace_view_html(trace), files=files,
+                     trace_html=trace_view_html(trace, page=page), files=files,
                      message=message_box("ok", title), trace=trace)
 
 

@@ -252,3 +252,16 @@ def test_cli_has_demo_subcommand():
 
     args = build_parser().parse_args(["demo", "--preset", "tiny", "--port", "7999"])
     assert args.port == 7999 and args.host == "127.0.0.1" and args.func.__name__ == "cmd_demo"
+
+
+def test_a_run_reads_each_upload_once_and_renders_the_trace_once(vp, folders, photo, monkeypatch):
+    import visprog.api as api_module
+
+    reads, renders = [], []
+    real_load, real_html = demo.load_image, Trace.to_html
+    monkeypatch.setattr(demo, "load_image", lambda *a, **k: reads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(api_module, "load_image",
+                        lambda *a, **k: reads.append(2) or real_load(*a, **k))
+    monkeypatch.setattr(Trace, "to_html", lambda self: renders.append(1) or real_html(self))
+    out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders)
+    assert out.ok and reads == [1] and renders == [1]
