@@ -19,6 +19,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from visprog.errors import Diagnostic, ParseError
 from visprog.language.fastparse import FastPath, NoFastPath
 from visprog.language.program import Arg, Program, Step, Var
+from visprog.language.strings import unescape as _unescape
 
 # Readable names for the terminals Lark mentions in "expected" lists.
 _TERMINAL_NAMES = {
@@ -41,37 +42,6 @@ def _parser() -> Lark:
 @lru_cache(maxsize=1)
 def _fast_path() -> FastPath:
     return FastPath(_parser())
-
-
-def _unescape(body: str) -> str:
-    """Backslash escapes of a quoted string (without its quotes)."""
-    if "\\" not in body:
-        return body
-    simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
-    out, i = [], 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\" or i + 1 == len(body):
-            out.append(c)
-            i += 1
-            continue
-        nxt = body[i + 1]
-        if nxt in simple:
-            out.append(simple[nxt])
-            i += 2
-        elif nxt in "uU" or nxt == "x":
-            width = {"x": 2, "u": 4, "U": 8}[nxt]
-            digits = body[i + 2:i + 2 + width]
-            try:
-                out.append(chr(int(digits, 16)))
-                i += 2 + width
-            except ValueError:  # not a valid escape: keep it as written
-                out.append(c)
-                i += 1
-        else:
-            out.append(nxt)  # unknown escapes drop the backslash
-            i += 2
-    return "".join(out)
 
 
 class _ToProgram(Transformer):
