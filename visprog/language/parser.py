@@ -5,7 +5,7 @@ tree is built), turns rules into the frozen dataclasses of `program.py`, so noth
 downstream sees Lark. Text goes first through `fastparse.FastPath` (the same table and
 transformer, a leaner loop); what it can't parse goes through Lark itself, whose syntax
 errors become `ParseError`s whose `Diagnostic` has the line, column, the offending text and a
-hint.
+hint. Should the fast path fail in any way of its own, every text goes through Lark.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from visprog.errors import Diagnostic, ParseError
-from visprog.language.fastparse import FastPath, NoFastPath
+from visprog.language.fastparse import FastPath, NoFastPath, SafeFastPath
 from visprog.language.program import Arg, Program, Step, Var
 from visprog.language.strings import unescape as _unescape
 
@@ -39,9 +39,19 @@ def _parser() -> Lark:
     return Lark(text, parser="lalr", maybe_placeholders=True, transformer=_ToProgram())
 
 
+# What the fast path must parse as Lark does before it is used: every rule and terminal.
+_PROBES = (
+    "X=Loc(image=IMAGE, object='cat')  # a comment\nY=Count(box=X)\n\nZ=Y\n",
+    "A=F(\n  a=[1, -2.5, +3e2, .5, [x]], b=\"q\\\"\\x41\\q\",\n  c=True, d=False, e=None, f=[],\n)\r\n"
+    "B=G()",
+)
+
+
 @lru_cache(maxsize=1)
-def _fast_path() -> FastPath:
-    return FastPath(_parser())
+def _fast_path() -> SafeFastPath:
+    # Safe: a fast path that fails in any way (a Lark release that changed what it reads)
+    # turns itself off, and every text goes to Lark.
+    return SafeFastPath(lambda: FastPath(_parser()), _parser().parse, _PROBES)
 
 
 class _ToProgram(Transformer):
