@@ -293,3 +293,12 @@ def test_a_trace_with_a_broken_value_names_its_file(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"t\.json: image file .* its node says RGB \(3, 3\)"):
         load_trace(path)
+
+
+def test_a_trace_keeps_text_that_utf8_cannot_write(tmp_path):
+    odd = "half an emoji \ud83d and café"
+    path = save_trace(Trace("X=Y", inputs={"t": odd}, result=[odd]), tmp_path / "t.json")
+    loaded = load_trace(path)
+    assert loaded.inputs["t"] == odd and loaded.result == [odd]
+    plain = save_trace(Trace("X=Y", inputs={"t": "café"}), tmp_path / "p.json")
+    assert "café" in plain.read_text(encoding="utf-8")  # readable text stays unescaped

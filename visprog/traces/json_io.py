@@ -76,8 +76,12 @@ def save_trace(trace: Trace, path: str | Path, *, inline: bool = False) -> Path:
     if inline:
         doc["blobs"] = store.table
     text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
+    try:
+        data = (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a model's broken text): \u-escape it
+        data = (json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    path.write_bytes(data)
     return path
 
 
