@@ -182,7 +182,7 @@ class MemoryCache:
 # magic, format version, payload length, sha256 of the payload
 _FILE_HEADER = struct.Struct("<4sHQ32s")
 _FILE_MAGIC = b"VPSC"
-FILE_FORMAT_VERSION = 1
+FILE_FORMAT_VERSION = 2  # 2: values in the one codec's tree (VPC2); older entries are misses
 _SUFFIX = ".vpc"
 _TEMP_PREFIX = ".tmp-"
 

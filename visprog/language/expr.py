@@ -38,6 +38,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from visprog.errors import EvalError
+from visprog.language.strings import unescape as _unescape
 
 # Limits. Each guards a way an expression could be slow, deep or large.
 MAX_EXPR_LENGTH = 2000       # characters of expression text
@@ -127,24 +128,6 @@ class Conditional(Node):
 # --------------------------------------------------------------------------- parsing
 
 _REF_IN_QUOTES = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
-
-
-def _unescape(body: str) -> str:
-    """Backslash escapes of a quoted literal; an unknown escape keeps its backslash."""
-    out, i = [], 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            out.append(_ESCAPES.get(nxt, "\\" + nxt))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
 def _made(cls: type[Node], *children: Node, **fields: Any) -> Node:
     """Build a node with its depth and size, refusing trees over the limits early."""
     depth = 1 + max((c.depth for c in children), default=0)

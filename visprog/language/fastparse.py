@@ -15,16 +15,20 @@ two on edge cases, the shipped programs and thousands of random and broken progr
 
 Lark internals used (lark 1.x, pinned below 2): `Lark.parser.parser._parse_table` (states,
 start and end states), `Lark.parser.parser.parser.callbacks`, `Lark.terminals`, `Lark.rules`,
-`Lark.ignore_tokens`.
+`Lark.ignore_tokens`, `lark.parsers.lalr_analysis.Shift`, `lark.lexer.PatternStr`. A Lark
+release may change any of them, so the parser uses the fast path through `SafeFastPath`: if
+building it, checking it against Lark on sample programs, or running it fails in any way of
+its own, it warns once and is off for the process: every text then goes to Lark, slower but
+never wrong.
 """
 from __future__ import annotations
 
 import re
-from typing import Any
+import threading
+import warnings
+from typing import Any, Callable, Sequence
 
 from lark import Lark, Token
-from lark.lexer import PatternStr
-from lark.parsers.lalr_analysis import Shift
 
 _new_str = str.__new__
 
@@ -33,10 +37,18 @@ class NoFastPath(Exception):
     """The fast path can't parse this text (it may still be valid: ask Lark)."""
 
 
+class FastPathWarning(RuntimeWarning):
+    """The fast path failed and is off: programs still parse, through Lark (slower)."""
+
+
 class FastPath:
     """Parse with a `Lark(parser="lalr", transformer=...)` object's grammar and callbacks."""
 
     def __init__(self, lark: Lark, start: str = "start") -> None:
+        # Lark's private names are imported here, not at the top: a release without them
+        # makes building fail (and the parser fall back to Lark), not importing visprog.
+        from lark.parsers.lalr_analysis import Shift
+
         lalr = lark.parser.parser
         table = lalr._parse_table
         callbacks = lalr.parser.callbacks
@@ -66,6 +78,8 @@ class FastPath:
         self._lexer_from(lark)
 
     def _lexer_from(self, lark: Lark) -> None:
+        from lark.lexer import PatternStr
+
         # Lark's own order: priority, then longest possible match, then pattern length.
         terminals = sorted(lark.terminals, key=lambda t: (
             -t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name))
@@ -145,3 +159,61 @@ class FastPath:
                 if tok is None and states[-1] == final:
                     return values[-1]
                 row = actions[states[-1]]
+
+
+class SafeFastPath:
+    """A `FastPath` that can only make parsing faster, never different or broken.
+
+    It is built on the first parse, then checked: each of `probes` must give what
+    `reference` (Lark) gives. A failure to build, a failed check, or an error of its own
+    while parsing (anything but `NoFastPath`) warns once (`FastPathWarning`) and turns it
+    off; from then on `parse` raises `NoFastPath` at once, so the caller uses Lark.
+
+    Args:
+        build: makes the fast path (`lambda: FastPath(lark)`).
+        reference: parses a text the slow, sure way (`lark.parse`).
+        probes: texts whose results the fast path must reproduce before it is used.
+        same: how to compare two results (default ==).
+    """
+
+    def __init__(self, build: Callable[[], FastPath], reference: Callable[[str], Any],
+                 probes: Sequence[str] = (), same: Callable[[Any, Any], bool] | None = None):
+        self._build, self._reference, self._probes = build, reference, tuple(probes)
+        self._same = same or (lambda a, b: a == b)
+        self._path: FastPath | None = None
+        self._lock = threading.Lock()
+        self.off: str | None = None  # why it is off, once it is
+
+    def parse(self, text: str) -> Any:
+        """The fast path's result for `text`. Raises `NoFastPath`: Lark must parse it."""
+        path = self._path or self._ready()
+        try:
+            return path.parse(text)
+        except NoFastPath:
+            raise
+        except Exception as e:  # the fast path's own failure: this text goes to Lark
+            self._turn_off(f"failed while parsing ({type(e).__name__}: {e})")
+            raise NoFastPath(0) from e
+
+    def _ready(self) -> FastPath:
+        with self._lock:
+            if self._path is None and self.off is None:
+                try:
+                    path = self._build()
+                    for probe in self._probes:
+                        if not self._same(path.parse(probe), self._reference(probe)):
+                            raise AssertionError(f"it parses {probe!r} differently from Lark")
+                    self._path = path
+                except Exception as e:  # NoFastPath on a probe included: it is not usable
+                    self._turn_off(f"could not be used ({type(e).__name__}: {e})")
+            if self._path is None:
+                raise NoFastPath(0)
+            return self._path
+
+    def _turn_off(self, why: str) -> None:
+        if self.off is not None:
+            return
+        self.off, self._path = why, None
+        warnings.warn(f"visprog: the parser's fast path {why}; parsing with Lark from now on "
+                      "(slower, same results). Is the installed lark a release visprog was "
+                      "not tested with?", FastPathWarning, stacklevel=4)

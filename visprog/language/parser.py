@@ -5,7 +5,7 @@ tree is built), turns rules into the frozen dataclasses of `program.py`, so noth
 downstream sees Lark. Text goes first through `fastparse.FastPath` (the same table and
 transformer, a leaner loop); what it can't parse goes through Lark itself, whose syntax
 errors become `ParseError`s whose `Diagnostic` has the line, column, the offending text and a
-hint.
+hint. Should the fast path fail in any way of its own, every text goes through Lark.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from visprog.errors import Diagnostic, ParseError
-from visprog.language.fastparse import FastPath, NoFastPath
+from visprog.language.fastparse import FastPath, NoFastPath, SafeFastPath
 from visprog.language.program import Arg, Program, Step, Var
+from visprog.language.strings import unescape as _unescape
 
 # Readable names for the terminals Lark mentions in "expected" lists.
 _TERMINAL_NAMES = {
@@ -38,40 +39,19 @@ def _parser() -> Lark:
     return Lark(text, parser="lalr", maybe_placeholders=True, transformer=_ToProgram())
 
 
+# What the fast path must parse as Lark does before it is used: every rule and terminal.
+_PROBES = (
+    "X=Loc(image=IMAGE, object='cat')  # a comment\nY=Count(box=X)\n\nZ=Y\n",
+    "A=F(\n  a=[1, -2.5, +3e2, .5, [x]], b=\"q\\\"\\x41\\q\",\n  c=True, d=False, e=None, f=[],\n)\r\n"
+    "B=G()",
+)
+
+
 @lru_cache(maxsize=1)
-def _fast_path() -> FastPath:
-    return FastPath(_parser())
-
-
-def _unescape(body: str) -> str:
-    """Backslash escapes of a quoted string (without its quotes)."""
-    if "\\" not in body:
-        return body
-    simple = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
-    out, i = [], 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\" or i + 1 == len(body):
-            out.append(c)
-            i += 1
-            continue
-        nxt = body[i + 1]
-        if nxt in simple:
-            out.append(simple[nxt])
-            i += 2
-        elif nxt in "uU" or nxt == "x":
-            width = {"x": 2, "u": 4, "U": 8}[nxt]
-            digits = body[i + 2:i + 2 + width]
-            try:
-                out.append(chr(int(digits, 16)))
-                i += 2 + width
-            except ValueError:  # not a valid escape: keep it as written
-                out.append(c)
-                i += 1
-        else:
-            out.append(nxt)  # unknown escapes drop the backslash
-            i += 2
-    return "".join(out)
+def _fast_path() -> SafeFastPath:
+    # Safe: a fast path that fails in any way (a Lark release that changed what it reads)
+    # turns itself off, and every text goes to Lark.
+    return SafeFastPath(lambda: FastPath(_parser()), _parser().parse, _PROBES)
 
 
 class _ToProgram(Transformer):

@@ -8,20 +8,15 @@ Layout of a saved trace `run.json`::
                 "args": {"image": <value>, ...}, "arg_vars": {...}, "output": <value>,
                 "duration": 0.12, "cached": false, "error": null, "draw_on": "image"}, ...]}
 
-A <value> is plain JSON for None, bools, numbers, strings and lists/dicts of them. Everything
-else is a dict tagged with "$type":
-
-- ``image``: ``{"$type": "image", "file": "run_files/img_0.png"}`` (a PNG beside the JSON, path
-  relative to the JSON's folder) or, when inline, ``{"$type": "image", "blob": "img_0"}`` naming
-  an entry of the top-level ``"blobs"`` table of base64 PNGs (so an image used by many steps
-  is stored once). Modes 1, L, LA, P, RGB and RGBA round-trip exactly; others are saved as
-  RGB(A).
-- ``objects``: ``{"$type": "objects", "image_size": [W, H], "regions": [{"box": [...],
-  "label": ..., "score": ..., "extra": {...}, "mask": <image ref or null>}]}``; masks are
-  1-bit PNGs.
-- ``tuple``, ``float`` (non-finite), ``ndarray`` (small numeric arrays), ``dict`` (a dict
-  whose keys are not all strings, or that has a "$type" key), and ``repr`` for anything else:
-  its type name and repr, loaded back as a `ReprValue`.
+A <value> is a node of the one value codec (`visprog.values.tree`): plain JSON for None,
+bools, numbers, strings and lists/dicts of them, and dicts tagged with "$type" for images,
+Objects, tuples, non-finite floats, other dicts, small arrays and (``repr``) anything else,
+loaded back as a `ReprValue`. Images and masks are PNGs (masks 1-bit): files in
+``<stem>_files/`` beside the JSON (``{"$type": "image", ..., "file": "run_files/img_0.png"}``,
+relative to the JSON's folder) or, when inline, named entries of the top-level ``"blobs"``
+table of base64 PNGs (``"blob": "img_0"``). Modes 1, L, LA, P, RGB and RGBA round-trip
+exactly; others are saved as RGB(A). Traces saved before the codec was one (no "mode" and
+"size" in image nodes) load as they did.
 
 Identical images are written once. Loading errors (missing or malformed JSON, a missing or
 unreadable image file, an unknown format version) raise `TraceLoadError`, which is both a
@@ -29,124 +24,27 @@ unreadable image file, an unknown format version) raise `TraceLoadError`, which 
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from visprog.errors import VisProgError
 from visprog.traces.step import StepRecord
-from visprog.values import Objects, Region
+from visprog.values.codec import CodecError, Decoder, DocumentBlobs, Encoder, ReprValue
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReprValue", "TraceLoadError", "load_trace",
+           "save_trace"]
 
 FORMAT_NAME = "visprog-trace"
+# Still 1: image nodes gained "mode" and "size", which readers of version 1 ignore.
 FORMAT_VERSION = 1
-_TAG = "$type"
-# Arrays larger than this are kept as a repr: a trace is a record, not a data store.
-_MAX_ARRAY_ITEMS = 4096
-_MAX_REPR_CHARS = 2000
 
 
 class TraceLoadError(VisProgError, ValueError):
     """A saved trace that can't be read back; the message names the file."""
 
 
-@dataclass(frozen=True)
-class ReprValue:
-    """A value the JSON form could only keep as text: its type name and repr."""
-
-    type_name: str
-    text: str
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def __str__(self) -> str:
-        return self.text
-
-
 # -- saving -----------------------------------------------------------------------------
-
-class _Writer:
-    """Encodes values, writing each distinct image once (as a file or base64)."""
-
-    def __init__(self, files_dir: Path | None, base_dir: Path):
-        self.files_dir = files_dir
-        self.base_dir = base_dir
-        self.written: dict[str, dict[str, Any]] = {}  # content hash -> image reference
-        self.blobs: dict[str, str] = {}  # inline mode: name -> base64 PNG
-
-    def image_ref(self, im: Image.Image, prefix: str = "img") -> dict[str, Any]:
-        if im.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
-            im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-        key = hashlib.sha1(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest()
-        if key in self.written:
-            return dict(self.written[key])
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=False)
-        data = buf.getvalue()
-        name = f"{prefix}_{len(self.written)}"
-        if self.files_dir is None:
-            self.blobs[name] = base64.b64encode(data).decode("ascii")
-            ref = {"blob": name}
-        else:
-            self.files_dir.mkdir(parents=True, exist_ok=True)
-            path = self.files_dir / f"{name}.png"
-            path.write_bytes(data)
-            ref = {"file": path.relative_to(self.base_dir).as_posix()}
-        self.written[key] = ref
-        return dict(ref)
-
-    def encode(self, value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int, str)):
-            return value
-        if isinstance(value, float):
-            return value if math.isfinite(value) else {_TAG: "float", "value": repr(value)}
-        if isinstance(value, np.generic):
-            return self.encode(value.item())
-        if isinstance(value, Image.Image):
-            return {_TAG: "image", **self.image_ref(value)}
-        if isinstance(value, Objects):
-            return {_TAG: "objects", "image_size": list(value.image_size),
-                    "regions": [self._region(r) for r in value]}
-        if isinstance(value, list):
-            return [self.encode(v) for v in value]
-        if isinstance(value, tuple):
-            return {_TAG: "tuple", "items": [self.encode(v) for v in value]}
-        if isinstance(value, dict):
-            if all(isinstance(k, str) for k in value) and _TAG not in value:
-                return {k: self.encode(v) for k, v in value.items()}
-            return {_TAG: "dict", "items": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size <= _MAX_ARRAY_ITEMS:
-            return {_TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
-                    "data": [self.encode(v) for v in value.ravel().tolist()]}
-        cls = type(value)
-        return {_TAG: "repr", "type": f"{cls.__module__}.{cls.__qualname__}",
-                "repr": _safe_repr(value)}
-
-    def _region(self, r: Region) -> dict[str, Any]:
-        d: dict[str, Any] = {"box": [float(v) for v in r.box], "label": r.label,
-                             "score": None if r.score is None else float(r.score)}
-        if r.extra:
-            d["extra"] = self.encode(dict(r.extra))
-        if r.mask is not None:
-            d["mask"] = self.image_ref(Image.fromarray(np.asarray(r.mask, dtype=bool)), "mask")
-        return d
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception as e:  # a broken __repr__ must not stop the trace from saving
-        text = f"<{type(value).__name__} (repr failed: {e})>"
-    return text if len(text) <= _MAX_REPR_CHARS else text[:_MAX_REPR_CHARS] + "..."
-
 
 def save_trace(trace: Trace, path: str | Path, *, inline: bool = False) -> Path:
     """Write `trace` as JSON at `path`.
@@ -162,7 +60,8 @@ def save_trace(trace: Trace, path: str | Path, *, inline: bool = False) -> Path:
     """
     path = Path(path)
     base = path.parent
-    writer = _Writer(None if inline else base / f"{path.stem}_files", base)
+    store = DocumentBlobs(base, folder=None if inline else base / f"{path.stem}_files")
+    writer = Encoder(store, exact=False)  # a record: keeps what it can of any value
     doc = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -175,14 +74,18 @@ def save_trace(trace: Trace, path: str | Path, *, inline: bool = False) -> Path:
         "steps": [_step_doc(s, writer) for s in trace.steps],
     }
     if inline:
-        doc["blobs"] = writer.blobs
+        doc["blobs"] = store.table
     text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
+    try:
+        data = (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a model's broken text): \u-escape it
+        data = (json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n", encoding="utf-8")
+    path.write_bytes(data)
     return path
 
 
-def _step_doc(s: StepRecord, writer: _Writer) -> dict[str, Any]:
+def _step_doc(s: StepRecord, writer: Encoder) -> dict[str, Any]:
     return {
         "index": s.index, "line": s.line, "source": s.source, "target": s.target,
         "module": s.module, "args": writer.encode(dict(s.args)), "arg_vars": dict(s.arg_vars),
@@ -194,98 +97,20 @@ def _step_doc(s: StepRecord, writer: _Writer) -> dict[str, Any]:
 # -- loading ----------------------------------------------------------------------------
 
 class _Reader:
+    """Decodes a document's values; a codec error becomes a `TraceLoadError` naming the file."""
+
     def __init__(self, json_path: Path, blobs: Any = None):
         self.json_path = json_path
-        self.blobs = blobs if isinstance(blobs, dict) else {}
-        self.base_dir = json_path.parent.resolve()
-        self.cache: dict[str, Image.Image] = {}  # one image object per file, like when saved
+        self.decoder = Decoder(DocumentBlobs(json_path.parent, table=blobs))
 
     def fail(self, message: str) -> TraceLoadError:
         return TraceLoadError(f"{self.json_path}: {message}")
 
-    def image(self, ref: Any, what: str = "image") -> Image.Image:
-        if not isinstance(ref, dict):
-            raise self.fail(f"bad {what} reference: {ref!r:.80}")
-        if "blob" in ref:
-            key = f"blob:{ref['blob']}"
-            if key not in self.cache:
-                if ref["blob"] not in self.blobs:
-                    raise self.fail(f"inline {what} {ref['blob']!r} is missing from \"blobs\"")
-                try:
-                    data = base64.b64decode(self.blobs[ref["blob"]], validate=True)
-                except (ValueError, TypeError) as e:
-                    raise self.fail(f"inline {what} is not valid base64: {e}") from e
-                self.cache[key] = self._open(io.BytesIO(data), f"inline {what}")
-            return self.cache[key]
-        if "file" in ref:
-            rel = ref["file"]
-            if not isinstance(rel, str):
-                raise self.fail(f"bad {what} file name: {rel!r:.80}")
-            file = (self.base_dir / rel).resolve()
-            # Only files under the trace's folder: a trace should not point anywhere else.
-            if not file.is_relative_to(self.base_dir):
-                raise self.fail(f"{what} file {rel!r} is outside the trace's folder")
-            if str(file) not in self.cache:
-                if not file.is_file():
-                    raise self.fail(f"{what} file not found: {file}")
-                self.cache[str(file)] = self._open(file, f"{what} file {file}")
-            return self.cache[str(file)]
-        raise self.fail(f"{what} reference has neither 'file' nor 'blob': {sorted(ref)}")
-
-    def _open(self, fp: Any, what: str) -> Image.Image:
-        try:
-            with Image.open(fp) as im:
-                im.load()
-                return im.copy()
-        except (OSError, SyntaxError, ValueError) as e:
-            raise self.fail(f"could not read {what}: {e}") from e
-
     def decode(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.decode(v) for v in value]
-        if not isinstance(value, dict):
-            return value
-        tag = value.get(_TAG)
-        if tag is None:
-            return {k: self.decode(v) for k, v in value.items()}
         try:
-            if tag == "image":
-                return self.image(value)
-            if tag == "objects":
-                return self._objects(value)
-            if tag == "tuple":
-                return tuple(self.decode(v) for v in value["items"])
-            if tag == "float":
-                return float(value["value"])
-            if tag == "dict":
-                return {_hashable(self.decode(k)): self.decode(v) for k, v in value["items"]}
-            if tag == "ndarray":
-                return np.array(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-            if tag == "repr":
-                return ReprValue(str(value.get("type", "?")), str(value.get("repr", "")))
-        except TraceLoadError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise self.fail(f"malformed {tag!r} value: {type(e).__name__}: {e}") from e
-        raise self.fail(f"unknown value type {tag!r}")
-
-    def _objects(self, value: dict[str, Any]) -> Objects:
-        w, h = value["image_size"]
-        regions = []
-        for r in value["regions"]:
-            mask = None
-            if r.get("mask") is not None:
-                mask = np.asarray(self.image(r["mask"], "mask").convert("L")) > 0
-                if mask.shape != (h, w):
-                    raise self.fail(f"mask shape {mask.shape} does not fit image size {(w, h)}")
-            regions.append(Region(box=tuple(float(v) for v in r["box"]), mask=mask,
-                                  label=r.get("label"), score=r.get("score"),
-                                  extra=self.decode(r.get("extra", {}))))
-        return Objects(tuple(regions), (w, h))
-
-
-def _hashable(key: Any) -> Any:
-    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+            return self.decoder.decode(value)
+        except CodecError as e:
+            raise self.fail(str(e)) from e
 
 
 def load_trace(path: str | Path, trace_class: Any) -> Any:
