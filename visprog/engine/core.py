@@ -118,7 +118,7 @@ def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
     for param in tool.params:
         if param.name not in kwargs and not param.required:
             kwargs[param.name] = param.default
-    refs = [p for p in tool.params if p.refs is not None]
+    refs = tool.ref_params
     if refs:
         names: list[str] = []
         for p in refs:
@@ -257,6 +257,7 @@ class _Run:
     job: Job
     env: dict[str, Any]
     trace: Trace
+    tools: list[Tool | None]  # each step's tool (None for an alias), looked up once
     pc: int = 0
     result: Any = None
     have_result: bool = False
@@ -322,10 +323,12 @@ class Engine:
         stats = BatchStats()
         results: list[ItemResult | None] = [None] * len(jobs)
         runs = []
+        get = self.registry.get
         for pos, job in enumerate(jobs):
             trace = Trace(program=job.program.source, inputs=dict(job.inputs),
                           events=[dict(e) for e in job.events], meta=dict(job.meta))
-            runs.append(_Run(pos, job, dict(job.inputs), trace))
+            tools = [None if s.module is None else get(s.module) for s in job.program.steps]
+            runs.append(_Run(pos, job, dict(job.inputs), trace, tools))
         ctx = _RunContext(self, sizer, use_cache, skip, memo, stats, on_step, record_batches)
 
         def settle(active: list[_Run]) -> list[_Run]:
@@ -344,11 +347,17 @@ class Engine:
         active = settle(runs)
         while active:
             stats.rounds += 1
-            groups: dict[str, list[_Run]] = defaultdict(list)
-            for run in active:
-                groups[self.registry.get(run.steps[run.pc].module or "").name].append(run)
-            for name in choose_groups(groups, self.registry):
-                ctx.run_group(self.registry.get(name), groups[name])
+            if len(active) == 1:  # a lone run: its next step is the only group
+                ctx.run_group(active[0].tools[active[0].pc], active)  # type: ignore[arg-type]
+            else:
+                groups: dict[str, list[_Run]] = defaultdict(list)
+                by_name: dict[str, Tool] = {}
+                for run in active:
+                    tool = run.tools[run.pc]
+                    by_name[tool.name] = tool  # type: ignore[union-attr]
+                    groups[tool.name].append(run)  # type: ignore[union-attr]
+                for name in choose_groups(groups, by_name):
+                    ctx.run_group(by_name[name], groups[name])
             active = settle(active)
         self.stats.add(stats)
         self.last_stats = stats
@@ -403,71 +412,74 @@ class _RunContext:
     def run_group(self, tool: Tool, runs: list[_Run]) -> None:
         """Run the waiting step of each of `runs` (all calls of `tool`): cache hits first,
         identical calls once, the rest in chunks of the sizer's size."""
-        engine, stats = self.engine, self.stats
-        cache = engine.cache
+        stats, memo = self.stats, self.memo
+        cache = self.engine.cache
         caching = (self.use_cache and cache is not None and tool.cacheable
                    and tool.name not in self.skip)
         # a key is also how identical calls of different programs are found
         keyed = tool.cacheable and (caching or len(runs) > 1)
         shared_by_key: dict[str, list[_Pending]] = {}
         distinct: list[list[_Pending]] = []  # each entry: the pendings served by one call
+        stats.steps += len(runs)
         for run in runs:
             started = time.perf_counter()
-            call = prepare(run.steps[run.pc], tool, run.env, cache_key=keyed, memo=self.memo)
+            call = prepare(run.steps[run.pc], tool, run.env, cache_key=keyed, memo=memo)
             record = call_record(run.pc, call)
             run.trace.steps.append(record)
             pending = _Pending(run, call, record)
-            stats.steps += 1
-            if caching and call.key is not None:
-                hit = cache.get(call.key)
+            key = call.key
+            if key is None:
+                distinct.append([pending])
+                continue
+            if caching:
+                hit = cache.get(key)
                 if hit is not MISS:
                     stats.cache_hits += 1
                     record.cached = True
-                    self.memo.output(hit, call.key, cached=True)
+                    memo.output(hit, key, cached=True)
                     self.done(pending, hit, time.perf_counter() - started)
                     continue
-            if call.key is not None and call.key in shared_by_key:
-                shared_by_key[call.key].append(pending)
+            group = shared_by_key.get(key)
+            if group is not None:
+                group.append(pending)
                 stats.shared += 1
                 continue
-            group = [pending]
+            shared_by_key[key] = group = [pending]
             distinct.append(group)
-            if call.key is not None:
-                shared_by_key[call.key] = group
         if not distinct:
             return
         stats.module_calls += len(distinct)
         stats.by_module[tool.name] = stats.by_module.get(tool.name, 0) + len(distinct)
-        size = self.sizer.size(tool.name) if tool.batch_fn is not None else 1
-        models = engine.models
+        batched = tool.batch_fn is not None
+        size = self.sizer.size(tool.name) if batched else len(distinct)
+        models = self.engine.models
         for start in range(0, len(distinct), size):
-            chunk = distinct[start:start + size]
+            chunk = distinct[start:start + size] if size < len(distinct) else distinct
             seen = len(models.events) if models is not None else 0
             t0 = time.perf_counter()
-            if tool.batch_fn is not None:
-                stats.batch_calls += 1
             outcomes = run_chunk(tool, [g[0].call.kwargs for g in chunk])
             seconds = time.perf_counter() - t0
             if models is not None and len(models.events) > seen:
                 _record_model_events(chunk[0][0].run.trace, models.events[seen:])
-            if tool.batch_fn is not None:
+            if batched:
+                stats.batch_calls += 1
                 self.sizer.observe(tool.name, len(chunk), seconds)
-            served = sum(len(g) for g in chunk)
+            share = seconds / sum(len(g) for g in chunk)
             for group, (ok, value) in zip(chunk, outcomes):
                 key = group[0].call.key
-                if ok and caching and key is not None:
-                    cache_put(cache, key, tool, value)
+                if ok and key is not None:
+                    if caching:
+                        cache_put(cache, key, tool, value)
+                    memo.output(value, key, cached=False)
                 for pending in group:
-                    if self.record_batches and tool.batch_fn is not None:
+                    if batched and self.record_batches:
                         pending.run.trace.meta.setdefault("batch", []).append(
                             {"step": pending.record.index, "chunk": len(chunk),
                              "shared": len(group)})
                     if ok:
-                        if key is not None:
-                            self.memo.output(value, key, cached=False)
-                        self.done(pending, value, seconds / served)
+                        self.done(pending, value, share)
                     else:
-                        self.fail(pending, value, seconds / served)
+                        self.fail(pending, value, share)
 
     def done(self, pending: _Pending, value: Any, seconds: float) -> None:
         pending.record.output = value

@@ -96,12 +96,13 @@ def make_batch_size(batch_size: int | str | Any, device: str = "cpu") -> Any:
     return FixedBatchSize(batch_size)
 
 
-def choose_groups(groups: Mapping[str, Sequence[Any]], registry: Any) -> list[str]:
+def choose_groups(groups: Mapping[str, Sequence[Any]], tools: Mapping[str, Any]) -> list[str]:
     """The module groups to run this round (see the module docstring). `groups` maps a
-    module name to the programs waiting at a call of it (objects with a `pc`)."""
+    module name to the programs waiting at a call of it (objects with a `pc`), `tools` a
+    module name to its tool."""
     if len(groups) == 1:
         return list(groups)
-    plain = [name for name in groups if registry.get(name).batch_fn is None]
+    plain = [name for name in groups if tools[name].batch_fn is None]
     if plain:  # cheap steps first, so that programs catch up at the model steps
         return plain
     return [max(groups, key=lambda n: (len(groups[n]), -min(r.pc for r in groups[n])))]

@@ -103,6 +103,9 @@ class Tool:
         if not callable(self.fn):
             raise ToolDeclarationError(f"tool {self.name}: fn is not callable")
         self._check_signature()
+        # looked up on every step: built once
+        object.__setattr__(self, "_by_key", {p.name.lower(): p for p in self.params})
+        object.__setattr__(self, "ref_params", tuple(p for p in self.params if p.refs))
 
     def _check_signature(self) -> None:
         try:
@@ -123,8 +126,7 @@ class Tool:
 
     def param(self, name: str) -> Param | None:
         """The declared argument of that name, matched case-insensitively."""
-        key = name.lower()
-        return next((p for p in self.params if p.name.lower() == key), None)
+        return self._by_key.get(name.lower())
 
     def __call__(self, **kwargs: Any) -> Any:
         return self.fn(**kwargs)
