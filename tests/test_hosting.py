@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow   # a local Ray cluster: minutes on two cores
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("ray", reason="the hosting tests need Ray Serve: pip install 'visprog[ray]'")
