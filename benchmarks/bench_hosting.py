@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     preset = "default" if args.full else "tiny"
     config: dict = {"models": {"device": args.device, "half": cuda}}
+    if not cuda:  # the replicas too: the same thread count gives the same floats
+        config["models"]["cpu_threads"] = args.threads
     if args.full:
         config.update(full_size_config(Path(args.work), args.device))
     gpu = args.gpu_fraction or (0.4 if cuda else 0.0)

@@ -1,12 +1,14 @@
-"""Model modules hosted on Ray Serve (visprog/hosting.py, visprog/serve.py), against a local
-Ray instance started once for this file (CPU, the tiny preset).
+"""Model modules hosted on Ray Serve (visprog/hosting/client.py, visprog/hosting/serve.py),
+against a local Ray instance started once for this file (CPU, the tiny preset). The hosting
+config and the wire format need no Ray: they are tested in tests/test_hosting_wire.py.
 
 Covered: remote and in-process runs give the same values, traces and cache keys; a batch
 travels as requests of `max_batch_size` calls; concurrent requests are coalesced into batches
 by the replica; a tool's own error comes back as itself;
 a replica killed mid-call gives a clear HostError (no retries) or a retried, correct answer,
 and nothing is cached for a failed step; a missing host and a mismatched deployment fail
-clearly; `visprog serve` deploys to a running cluster.
+clearly; `visprog serve` deploys to a running cluster, and says so when there is nothing to
+serve.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
+
+pytestmark = pytest.mark.slow   # a local Ray cluster: minutes on two cores
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -33,32 +35,11 @@ from visprog.values import codec  # noqa: E402
 from visprog.api import VisProg, module_catalog  # noqa: E402
 from visprog.engine.cache import StepCache  # noqa: E402
 from visprog.config import load_config  # noqa: E402
-from visprog.errors import ConfigError, StepError  # noqa: E402
-from visprog.hosting.client import HostError, client_of, split_config  # noqa: E402
+from visprog.errors import StepError  # noqa: E402
+from visprog.hosting.client import HostError, client_of  # noqa: E402
 from visprog.hosting.serve import deploy  # noqa: E402
 
-HOSTED = ("Loc", "Vqa", "Classify")
-HOST = {"host": "ray", "num_cpus": 0.25, "max_batch_size": 8, "batch_wait_s": 0.05,
-        "timeout_s": 60, "retries": 2}
-
-PROGRAM = """\
-OBJ=Loc(image=IMAGE, object='dog')
-N=Count(box=OBJ)
-CROP=Crop(image=IMAGE, box=OBJ)
-LABELED=Classify(image=IMAGE, object=OBJ, categories=['dog', 'cat'])
-ANSWER=Vqa(image=CROP, question='what color is the dog?')
-OUT=Eval(expr="'{ANSWER}' if {N} > 0 else 'none'")
-FINAL=Result(var=OUT)
-"""
-
-
-def hosted(app: str = "visprog", modules=HOSTED, **extra) -> dict:
-    return {m: {**HOST, "ray_app": app, **extra} for m in modules}
-
-
-def picture(seed: int, size=(160, 120)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+from hosting_helpers import HOST, HOSTED, PROGRAM, hosted, picture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,33 +74,6 @@ def fingerprint(trace) -> list:
     """What must match between runs: per step its module, arguments and output (by content)."""
     return [(r.target, r.module, {k: codec.digest(v) for k, v in r.args.items()},
              codec.digest(r.output), r.error) for r in trace.steps]
-
-
-# -- configuration -----------------------------------------------------------------------------
-
-def test_hosting_keys_leave_the_settings():
-    cfg = load_config("tiny", overrides=hosted(modules=("Vqa",)))
-    catalog = module_catalog()
-    tools_cfg, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
-    assert set(hosts) == {"Vqa"} and hosts["Vqa"].app_name == "visprog-Vqa"
-    assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "blip"
-    local = VisProg(preset="tiny", cache=False).registry.get("Vqa")
-    remote = VisProg(preset="tiny", cache=False, config=cfg).registry.get("Vqa")
-    assert client_of(remote) is not None and client_of(local) is None
-    for field in ("name", "params", "returns", "version", "settings", "doc", "cacheable"):
-        assert getattr(remote, field) == getattr(local, field), field
-
-
-@pytest.mark.parametrize("override, message", [
-    ({"Vqa": {"host": "gpu-box"}}, "choose one of"),
-    ({"Vqa": {"host": "ray", "replicas": 0}}, "out of range"),
-    ({"Vqa": {"host": "ray", "timeout_s": "soon"}}, "bad hosting setting"),
-    ({"Count": {"host": "ray"}}, "only model modules"),
-    ({"List": {"host": "ray"}}, "LLM"),
-])
-def test_bad_hosting_config(override, message):
-    with pytest.raises(ConfigError, match=message):
-        VisProg(preset="tiny", cache=False, config=override)
 
 
 # -- same results ------------------------------------------------------------------------------
@@ -367,62 +321,8 @@ def test_eval_spread_over_the_cluster(cluster, tmp_path):
     assert {r["status"] for r in by_id(tmp_path / "here.jsonl")} >= {"no_program"}
 
 
-def test_serve_command_without_hosted_modules():
+def test_serve_command_without_hosted_modules(capsys):
     from visprog.cli import main
 
     assert main(["serve", "--preset", "tiny"]) == 2
-
-
-# -- the wire format (no cluster) --------------------------------------------------------------
-
-def test_wire_round_trip_of_a_request_and_its_reply():
-    from visprog.hosting.client import (decode_reply, decode_request, encode_reply, encode_request,
-                                 outcome_ok)
-
-    calls = [{"image": picture(1), "question": "what?"}, {"image": picture(2), "question": ""}]
-    back = decode_request(encode_request(calls))
-    assert [c["question"] for c in back] == ["what?", ""]
-    assert [c["image"].tobytes() for c in back] == [c["image"].tobytes() for c in calls]
-    reply = encode_reply([outcome_ok("red"), outcome_ok(picture(3))])
-    values = decode_reply(reply, "Vqa", 2)
-    assert values[0] == "red" and values[1].tobytes() == picture(3).tobytes()
-
-
-def test_wire_errors_come_back_in_call_order():
-    from visprog.hosting.client import decode_reply, encode_error, encode_reply, outcome_error, outcome_ok
-
-    reply = encode_reply([outcome_ok(1), outcome_error(ValueError("first")),
-                          outcome_error(KeyError("second"))])
-    with pytest.raises(ValueError, match="first"):
-        decode_reply(reply, "Vqa", 3)
-    with pytest.raises(ValueError, match="unreadable"):
-        decode_reply(encode_error(ValueError("unreadable")), "Vqa", 1)
-
-
-@pytest.mark.parametrize("body", [{"results": ["x"]}, {"results": [{"ok": 1}]}, [1, 2], "ok"],
-                         ids=["not an outcome", "wrong count", "a list", "a string"])
-def test_wire_refuses_replies_that_are_not_results(body):
-    from visprog.hosting.client import decode_reply
-
-    with pytest.raises(HostError, match="not a visprog result"):
-        decode_reply(codec.encode(body), "Vqa", 2)
-
-
-@pytest.mark.parametrize("body", [{"calls": []}, {"calls": [1]}, {"call": {}}, "x"],
-                         ids=["no calls", "not a dict", "old single form", "a string"])
-def test_wire_refuses_requests_that_are_not_calls(body):
-    from visprog.hosting.client import decode_request
-
-    with pytest.raises(ValueError, match="not a visprog request"):
-        decode_request(codec.encode(body))
-
-
-def test_a_value_the_wire_cannot_carry_fails_only_its_own_call():
-    from visprog.hosting.client import decode_reply, outcome_ok
-    from visprog.hosting.serve import ModuleServer
-
-    reply = ModuleServer._encode([outcome_ok(1), outcome_ok(object()), outcome_ok("x")])
-    with pytest.raises(TypeError, match="object"):
-        decode_reply(reply, "Vqa", 3)
-    body = codec.decode(reply)["results"]
-    assert body[0] == {"ok": 1} and body[2] == {"ok": "x"} and "error" in body[1]
+    assert "no module to serve" in capsys.readouterr().err

@@ -128,8 +128,15 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
         images = [as_image(c["image"]) for c in calls]
         objs: list[Objects] = [c["object"] for c in calls]
-        cats = [[str(x).strip() for x in ([c["categories"]] if isinstance(c["categories"], str)
-                                          else c["categories"] or [])] for c in calls]
+        given = [[c["categories"]] if isinstance(c["categories"], str) else c["categories"] or []
+                 for c in calls]
+        for g in given:
+            if not isinstance(g, (list, tuple)) or not all(isinstance(x, str) for x in g):
+                kinds = (sorted({type(x).__name__ for x in g}) if isinstance(g, (list, tuple))
+                         else [type(g).__name__])
+                raise TypeError("Classify: categories must be a list of texts, got "
+                                + ", ".join(kinds))
+        cats = [[x.strip() for x in g] for g in given]
         for o, im in zip(objs, images):
             if not isinstance(o, Objects):
                 raise TypeError(f"Classify: object must be Objects, got {type(o).__name__}")

@@ -121,7 +121,27 @@ def grounding_prompt(text: str) -> str:
 
 def ground(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequence[str],
            box_threshold: float, text_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One GroundingDINO batch: (boxes xyxy in each image's pixels, scores) per image."""
+    """GroundingDINO on a batch: (boxes xyxy in each image's pixels, scores) per image.
+
+    Images of one size run as one model batch. Why not all together: the processor pads a
+    batch to its largest image and the model has no mask for the padding in its backbone,
+    so a padded image got other boxes than alone (off by 100+ px with the tiny model).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.size, []).append(i)
+    found: list[Any] = [None] * len(images)
+    for idx in groups.values():
+        for i, result in zip(idx, _ground_same_size(bundle, [images[i] for i in idx],
+                                                    [texts[i] for i in idx], box_threshold,
+                                                    text_threshold)):
+            found[i] = result
+    return found
+
+
+def _ground_same_size(bundle: tuple[Any, Any], images: Sequence[Image.Image],
+                      texts: Sequence[str], box_threshold: float,
+                      text_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     import torch
 
     model, processor = bundle
@@ -241,8 +261,11 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
 
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
         images = [as_image(c["image"]) for c in calls]
-        names = [str(c["object"]) for c in calls]
+        names = [c["object"] for c in calls]
         for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"Loc: object must be a text naming what to find, got "
+                                f"{type(n).__name__}")
             if not n.strip():
                 raise ValueError("Loc needs an object to look for, got an empty string")
         results: list[Objects | None] = [None] * len(calls)

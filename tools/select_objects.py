@@ -189,7 +189,11 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
         if cands.image_size != image.size:
             raise ValueError(f"Select: the objects belong to an image of size "
                              f"{cands.image_size}, not {image.size}")
-        return image, narrow(cands, call.get("category")), split_query(call["query"])
+        query, category = call["query"], call.get("category")
+        if not isinstance(query, str) or not (category is None or isinstance(category, str)):
+            bad = "query" if not isinstance(query, str) else "category"
+            raise TypeError(f"Select: {bad} must be a text, got {type(call[bad]).__name__}")
+        return image, narrow(cands, category), split_query(query)
 
     def run_sam(jobs: list[tuple[Image.Image, Objects, list[str]]]) -> list[Objects]:
         mm = manager_of(ctx)

@@ -142,7 +142,10 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
 
     def run_batch(calls: list[dict[str, Any]]) -> list[str]:
         images = [as_image(c["image"]) for c in calls]
-        questions = [str(c["question"]).strip() for c in calls]
+        for c in calls:
+            if not isinstance(c["question"], str):
+                raise TypeError(f"Vqa: question must be a text, got {type(c['question']).__name__}")
+        questions = [c["question"].strip() for c in calls]
         if any(not q for q in questions):
             raise ValueError("Vqa needs a question, got an empty string")
         if not calls:

@@ -11,7 +11,7 @@ changed without rewriting the rest:
     [Vqa.checkpoints]
     blip = "/models/blip-vqa-base"
 
-`[models]` holds the model manager's settings (device, half).
+`[models]` holds the model manager's settings (device, half, cpu_threads, memory_budget).
 """
 from __future__ import annotations
 

@@ -299,8 +299,15 @@ class RayModuleClient:
         with self._lock:
             if self._handle is not None:
                 return self._handle
-            import ray
-            from ray import serve
+            try:
+                import ray
+                from ray import serve
+            except ImportError as e:  # not a host failure: retrying can't help
+                raise HostError(
+                    f"{self.spec.module} is hosted on Ray Serve (host = \"ray\"), but Ray is "
+                    f"not installed here ({e}); pip install 'visprog[ray]', or set "
+                    f"host = \"local\" for [{self.spec.module}]",
+                    module=self.spec.module, address=self.spec.ray_address) from e
 
             if not ray.is_initialized():  # else: the cluster this process already joined
                 ray.init(address=self.spec.ray_address, log_to_driver=False)

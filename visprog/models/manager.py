@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
+from visprog.errors import ConfigError
 from visprog.models.checkpoints import ModelLoadError, load_error, looks_like_path, resolve_checkpoint
 
 Loader = Callable[[str, str, Any], Any]  # (path_or_id, device, dtype or None) -> model bundle
@@ -68,22 +69,55 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def check_cpu_threads(value: Any) -> int | None:
+    """`[models] cpu_threads`: a whole number of threads >= 1, or None/"auto" (torch's own
+    default: one per core).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"[models] cpu_threads = {value!r}; give a whole number >= 1, "
+                          "or \"auto\" for one thread per core")
+    return value
+
+
+def use_cpu_threads(n: int) -> None:
+    """Run torch's CPU kernels on `n` threads (process-wide).
+
+    Why: a kernel splits its sums by thread, so another thread count gives other last bits
+    (scores a float32 ulp apart). A Ray replica runs with the thread count Ray gives it
+    (OMP_NUM_THREADS = its CPUs, at least 1); pinning the count on both sides makes hosted
+    and in-process results identical, and tiny-preset results the same on every machine.
+    """
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 class ModelManager:
     """Loads models lazily, once per (kind, checkpoint), and shares them.
 
     Args:
         device: "cuda", "cuda:1", "mps", "cpu", or None/"auto" to pick the best available.
         half: load in float16 on CUDA (None or True: yes; False: no). Ignored elsewhere.
+        cpu_threads: torch's CPU threads while this manager's models run (see
+            `use_cpu_threads`); None leaves torch's default.
 
     Example:
         >>> mm = ModelManager(device="cpu")
         >>> model, processor = mm.get("clip", "tiny:clip", load_clip)  # doctest: +SKIP
     """
 
-    def __init__(self, device: str | None = None, half: bool | None = None):
+    def __init__(self, device: str | None = None, half: bool | None = None,
+                 cpu_threads: int | None = None):
         self._device_arg = device
         self._device: str | None = None
         self._half = half
+        self.cpu_threads = check_cpu_threads(cpu_threads)
         self._models: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.RLock()
         self.events: list[dict[str, Any]] = []
@@ -118,6 +152,8 @@ class ModelManager:
         Raises:
             ModelLoadError: the checkpoint is missing or could not be loaded.
         """
+        if self.cpu_threads is not None:
+            use_cpu_threads(self.cpu_threads)
         resolved = resolve_checkpoint(checkpoint)
         key = (kind, resolved)
         with self._lock:

@@ -144,9 +144,11 @@ def make_manager(models_config: Mapping[str, Any] | None = None, *,
     cfg = dict(models_config or {})
     dev = device or cfg.get("device")
     budget = cfg.get("memory_budget")
+    threads = cfg.get("cpu_threads")
     if budget is None or parse_budget(budget, total_bytes=2**40) is None:
-        return ModelManager(device=dev, half=cfg.get("half"))
-    return BudgetedModelManager(device=dev, half=cfg.get("half"), budget=budget)
+        return ModelManager(device=dev, half=cfg.get("half"), cpu_threads=threads)
+    return BudgetedModelManager(device=dev, half=cfg.get("half"), budget=budget,
+                                cpu_threads=threads)
 
 
 class BudgetedModelManager(ModelManager):

@@ -1,0 +1,132 @@
+"""Hosting without a cluster: the hosting keys of the config, and the wire format requests and
+replies travel in (visprog/hosting/client.py, visprog/hosting/serve.py). None of this needs
+Ray, so these tests run where Ray is not installed; the last one proves it by hiding Ray.
+The tests that need a running Ray Serve are in tests/test_hosting.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visprog.api import VisProg, module_catalog
+from visprog.config import load_config
+from visprog.errors import ConfigError, StepError
+from visprog.hosting.client import HostError, client_of, split_config
+from visprog.values import codec
+
+from hosting_helpers import hosted, picture
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+def test_hosting_keys_leave_the_settings():
+    cfg = load_config("tiny", overrides=hosted(modules=("Vqa",)))
+    catalog = module_catalog()
+    tools_cfg, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
+    assert set(hosts) == {"Vqa"} and hosts["Vqa"].app_name == "visprog-Vqa"
+    assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "blip"
+    local = VisProg(preset="tiny", cache=False).registry.get("Vqa")
+    remote = VisProg(preset="tiny", cache=False, config=cfg).registry.get("Vqa")
+    assert client_of(remote) is not None and client_of(local) is None
+    for field in ("name", "params", "returns", "version", "settings", "doc", "cacheable"):
+        assert getattr(remote, field) == getattr(local, field), field
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"Vqa": {"host": "gpu-box"}}, "choose one of"),
+    ({"Vqa": {"host": "ray", "replicas": 0}}, "out of range"),
+    ({"Vqa": {"host": "ray", "timeout_s": "soon"}}, "bad hosting setting"),
+    ({"Count": {"host": "ray"}}, "only model modules"),
+    ({"List": {"host": "ray"}}, "LLM"),
+])
+def test_bad_hosting_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        VisProg(preset="tiny", cache=False, config=override)
+
+
+# -- the wire format (no cluster) --------------------------------------------------------------
+
+def test_wire_round_trip_of_a_request_and_its_reply():
+    from visprog.hosting.client import (decode_reply, decode_request, encode_reply, encode_request,
+                                 outcome_ok)
+
+    calls = [{"image": picture(1), "question": "what?"}, {"image": picture(2), "question": ""}]
+    back = decode_request(encode_request(calls))
+    assert [c["question"] for c in back] == ["what?", ""]
+    assert [c["image"].tobytes() for c in back] == [c["image"].tobytes() for c in calls]
+    reply = encode_reply([outcome_ok("red"), outcome_ok(picture(3))])
+    values = decode_reply(reply, "Vqa", 2)
+    assert values[0] == "red" and values[1].tobytes() == picture(3).tobytes()
+
+
+def test_wire_errors_come_back_in_call_order():
+    from visprog.hosting.client import decode_reply, encode_error, encode_reply, outcome_error, outcome_ok
+
+    reply = encode_reply([outcome_ok(1), outcome_error(ValueError("first")),
+                          outcome_error(KeyError("second"))])
+    with pytest.raises(ValueError, match="first"):
+        decode_reply(reply, "Vqa", 3)
+    with pytest.raises(ValueError, match="unreadable"):
+        decode_reply(encode_error(ValueError("unreadable")), "Vqa", 1)
+
+
+@pytest.mark.parametrize("body", [{"results": ["x"]}, {"results": [{"ok": 1}]}, [1, 2], "ok"],
+                         ids=["not an outcome", "wrong count", "a list", "a string"])
+def test_wire_refuses_replies_that_are_not_results(body):
+    from visprog.hosting.client import decode_reply
+
+    with pytest.raises(HostError, match="not a visprog result"):
+        decode_reply(codec.encode(body), "Vqa", 2)
+
+
+@pytest.mark.parametrize("body", [{"calls": []}, {"calls": [1]}, {"call": {}}, "x"],
+                         ids=["no calls", "not a dict", "old single form", "a string"])
+def test_wire_refuses_requests_that_are_not_calls(body):
+    from visprog.hosting.client import decode_request
+
+    with pytest.raises(ValueError, match="not a visprog request"):
+        decode_request(codec.encode(body))
+
+
+def test_a_value_the_wire_cannot_carry_fails_only_its_own_call():
+    from visprog.hosting.client import decode_reply, outcome_ok
+    from visprog.hosting.serve import ModuleServer
+
+    reply = ModuleServer._encode([outcome_ok(1), outcome_ok(object()), outcome_ok("x")])
+    with pytest.raises(TypeError, match="object"):
+        decode_reply(reply, "Vqa", 3)
+    body = codec.decode(reply)["results"]
+    assert body[0] == {"ok": 1} and body[2] == {"ok": "x"} and "error" in body[1]
+
+
+# -- without Ray installed ---------------------------------------------------------------------
+
+def test_a_hosted_module_without_ray_fails_clearly(monkeypatch):
+    """Building an engine with a hosted module needs no Ray; calling it without Ray is a
+    StepError whose cause is a HostError naming the module and how to install Ray (at once:
+    retrying can't help)."""
+    monkeypatch.setitem(sys.modules, "ray", None)    # `import ray` now raises ImportError
+    vp = VisProg(preset="tiny", cache=False, config=hosted(modules=("Vqa",), retries=0))
+    with pytest.raises(StepError) as err:
+        vp.execute("A=Vqa(image=IMAGE, question='what is it?')", image=picture(1))
+    cause = err.value.__cause__
+    assert isinstance(cause, HostError) and cause.module == "Vqa"
+    assert "pip install 'visprog[ray]'" in str(cause) and 'host = "local"' in str(cause)
+
+
+def test_this_file_runs_with_ray_hidden(tmp_path):
+    """The other tests of this file, in a fresh interpreter where `import ray` fails: none is
+    skipped or fails. (tests/test_hosting.py, by contrast, skips itself there.)"""
+    hide = ("import sys; sys.modules['ray'] = sys.modules['ray.serve'] = None; "
+            "import pytest; sys.exit(pytest.main(sys.argv[1:]))")
+    here = Path(__file__)
+    proc = subprocess.run(
+        [sys.executable, "-c", hide, str(here), "-q", "-p", "no:cacheprovider", "-rs",
+         "-k", "not this_file_runs_with_ray_hidden",
+         "--rootdir", str(here.parent.parent)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
