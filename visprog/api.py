@@ -164,8 +164,9 @@ class VisProg:
         """Run many programs together, batching model calls across them (`visprog.batch`).
 
         Args:
-            items: `visprog.batch.BatchItem`s, or mappings with keys program, image, left,
-                right, inputs, id.
+            items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
+                right, inputs, id, or query values (`vp.image(...)...`; also as a
+                mapping's program).
             batch_size: calls per batched module call, or "auto" (by device, measured).
             on_item: called with each `ItemResult` as soon as its program ends.
 
@@ -174,8 +175,28 @@ class VisProg:
             item's failure is in its result and does not stop the others.
         """
         from .batch import run_batch
-        return run_batch(self, items, batch_size=batch_size, use_cache=use_cache,
-                         no_cache=no_cache, on_item=on_item)
+        from .query import as_batch_item
+        return run_batch(self, [as_batch_item(i) for i in items], batch_size=batch_size,
+                         use_cache=use_cache, no_cache=no_cache, on_item=on_item)
+
+    # -- composed queries: Python calls that write programs (visprog.query) ----------------
+    def image(self, image: ImageLike) -> Any:
+        """A query value bound to IMAGE: its methods are the modules that take an Image
+        (`vp.image("a.jpg").loc("cup").count()`); nothing runs until `.value`."""
+        from .query import image as image_query
+        return image_query(self, image)
+
+    def pair(self, left: ImageLike, right: ImageLike) -> tuple[Any, Any]:
+        """Query values bound to LEFT and RIGHT (NLVR)."""
+        from .query import pair
+        return pair(self, left, right)
+
+    @property
+    def fn(self) -> Any:
+        """Every module as a function of query values (`vp.fn.eval("{N} > 0", N=n)`,
+        `vp.fn.list("dog breeds", max=5)`, `vp.fn.count(objs)`)."""
+        from .query import functions
+        return functions(self)
 
 
     # -- planning: an LLM writes the program (visprog.planner) -----------------------------
