@@ -95,6 +95,8 @@ class Query:
     def value(self) -> Any:
         """The Python value (runs the query once): int, float, str, bool, a PIL image,
         Objects, a list of str."""
+        if isinstance(self._node, Input):  # an input (an image, a region) is its own value
+            return self._node.value
         return (self._result or self.run()).value
 
     @property
