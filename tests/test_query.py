@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import pydoc
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -548,3 +550,44 @@ def test_query_values_are_query_instances(vp):
     assert isinstance(image, ImageQuery) and isinstance(image.loc("x"), Query)
     assert image.loc("x").types == frozenset({"Objects"})
     assert "Objects query CAR=Loc" in repr(image.loc("car")) and "not run" in repr(image)
+
+
+def test_readme_queries_write_the_programs_beside_them(vp):
+    """The README's composed queries and the programs shown beside them agree."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = r"```{}\n((?:(?!```).)*)```"
+    pairs = re.findall(r"<tr><td>\s*" + block.format("python") + r"\s*</td><td>\s*" +
+                       block.format(""), readme, re.DOTALL)
+    assert len(pairs) == 3
+    left, right = vp.pair(photo(1), photo(2))
+    for code, program in pairs:
+        names = {"img": vp.image(photo()), "left": left, "right": right}
+        exec(compile(code, "README.md", "exec"), names)  # our own documentation's code
+        last = re.findall(r"^(\w+) = ", code, re.MULTILINE)[-1]
+        assert names[last].program == program
+
+
+def test_names_and_depth_limits(vp):
+    image = vp.image(photo())
+    n = image.loc("LEFT").count()
+    total = sum([n] * 40)  # sum() starts at 0 + n: __radd__ builds the expression
+    assert total.program.splitlines()[-1] == \
+        "EVAL=Eval(expr='0 + " + " + ".join(["{COUNT}"] * 40) + "')"
+    assert total.value == 40
+    raises_here(lambda: sum([n] * 150), "nested too deeply")
+    part = sum([n] * 90).named("PART")
+    assert (part + sum([n] * 90)).value == 180
+    clash = n.named("X") + (n + 1).named("X")
+    raises_here(lambda: clash.program, "two different steps are named 'X'")
+
+
+def test_list_and_result_are_functions(vp):
+    image = vp.image(photo())
+    breeds = vp.fn.list("dog breeds", max=3)
+    tagged = image.tag(image.classify(image.loc("dog"), breeds))
+    assert tagged.program == ("DOG=Loc(image=IMAGE, object='dog')\n"
+                              "LIST=List(query='dog breeds', max=3)\n"
+                              "CLASSIFY=Classify(image=IMAGE, object=DOG, categories=LIST)\n"
+                              "TAG=Tag(image=IMAGE, object=CLASSIFY)\n")
+    raises_here(lambda: image.classify(image.loc("dog"), image.vqa("which?")),
+                r"'categories' takes TextList; the Vqa result is Text")

@@ -28,13 +28,13 @@ import math
 import os
 import re
 from dataclasses import replace
-from functools import cached_property
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
 
 from .checker import check
+from .checker import literal_types as checker_literal_types
 from .program import Arg, Program, Step, Var
 from .query_expr import SCALARS, ExprProblem, const, expr_from_text, make_op
 from .query_program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
@@ -63,15 +63,19 @@ class Query:
         self._vp = vp
         self._node = node
         self._result: Any = None
+        self._program: Compiled | None = None
 
     @property
     def types(self) -> frozenset[str]:
         """The types the value may have (SPEC 2)."""
         return self._node.types
 
-    @cached_property
-    def _compiled(self) -> "Compiled":
-        return compile_query(self._vp, self._node)
+    @property
+    def _compiled(self) -> Compiled:
+        # cached by hand: a functools.cached_property frame would pass for the caller's
+        if self._program is None:
+            self._program = compile_query(self._vp, self._node)
+        return self._program
 
     @property
     def program(self) -> str:
@@ -97,12 +101,12 @@ class Query:
         Objects, a list of str."""
         if isinstance(self._node, Input):  # an input (an image, a region) is its own value
             return self._node.value
-        return (self._result or self.run()).value
+        return (self._result if self._result is not None else self.run()).value
 
     @property
     def trace(self) -> Any:
         """The trace of the run (runs the query once)."""
-        return (self._result or self.run()).trace
+        return (self._result if self._result is not None else self.run()).trace
 
     def named(self, name: str) -> "Query":
         """The same value, its step named `name` in the program."""
@@ -135,9 +139,6 @@ class Query:
                                          n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise AttributeError(f"{type(self).__name__} ({kind}) has no attribute {name!r}{hint}")
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()))
 
     def __repr__(self) -> str:
         try:
@@ -467,10 +468,7 @@ def call(vp: Any, tool_name: str, label: str, args: tuple, kwargs: Mapping[str, 
 
 
 def literal_types(value: Any) -> frozenset[str]:
-    if hasattr(value, "types"):
-        return value.types
-    from .checker import literal_types as of
-    return of(value, {})
+    return value.types if hasattr(value, "types") else checker_literal_types(value, {})
 
 
 def check_call(vp: Any, t: Any, values: list[tuple[str, Any]]) -> list[tuple[str, str]]:
@@ -538,8 +536,8 @@ def run_arguments(inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 def image(vp: Any, source: Any) -> ImageQuery:
     """`vp.image(img)`: a path, bytes, PIL image or array, as the program's IMAGE."""
-    if isinstance(source, Query):
-        return source  # type: ignore[return-value]
+    if isinstance(source, ImageQuery):
+        return source
     loaded = vp.bind(source)["IMAGE"]
     key = os.fspath(source) if isinstance(source, (str, os.PathLike)) else id(source)
     return wrap(vp, Input("IMAGE", loaded, frozenset({"Image"}), ("image", key), source))

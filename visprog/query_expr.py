@@ -134,8 +134,8 @@ def make_op(op: str, operands: tuple[Any, ...]) -> Op:
         raise ExprProblem(f"{SYMBOL.get(op, repr(op))} can't combine {what}",
                           "arithmetic takes numbers; + joins two texts; < compares two "
                           "numbers or two texts")
-    depth = 1 + max((x.depth for x in operands if isinstance(x, Op) and not x.needs_step),
-                    default=0)
+    depth = 1 + max((x.depth for x in operands  # a step is read as {NAME}: depth 1
+                     if isinstance(x, Op) and not (x.needs_step or x.name)), default=0)
     if depth > MAX_DEPTH:
         raise ExprProblem(f"expression nested too deeply (more than {MAX_DEPTH} levels)",
                           "name a part with .named() to make it a step of its own")

@@ -97,7 +97,6 @@ def snake_case(name: str) -> str:
     return s + "_" if keyword.iskeyword(s) else s
 
 
-
 # --------------------------------------------------------------------------- programs
 
 @dataclass
@@ -233,12 +232,13 @@ def compile_query(vp: Any, root: Any) -> Compiled:
         else:
             args = ", ".join(f"{k}={program_literal(v, ref)}" for k, v in node.args)
             lines.append(f"{names[id(node)]}={node.tool}({args})")
-    text = "\n".join(lines) + "\n"
+    text = "".join(line + "\n" for line in lines)
     bound = {names[id(n)]: n.value for n in inputs}
     problems = check(parse(text), vp.registry,
                      {k: "|".join(sorted(n.types)) for k, n in zip(bound, inputs)})
     if problems:
-        raise QueryError([(str(d), d.hint) for d in problems], caller())
+        raise QueryError([(f"line {d.line} of the program: {d.message}", d.hint)
+                          for d in problems], caller())
     return Compiled(text, bound)
 
 
