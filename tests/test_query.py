@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from visprog.api import VisProg
+from visprog.batch import BatchItem
 from visprog.cache import StepCache
 from visprog.errors import CheckError
 from visprog.expr import evaluate
@@ -540,9 +541,10 @@ def test_run_batch_of_built_queries_batches_like_program_texts():
     assert stats_built == stats_text
     assert stats_built.batch_calls < stats_built.steps  # model calls went in batches
     assert max(m["chunk"] for r in built for m in r.trace.meta["batch"]) > 1
-    mixed = engine.run_batch([queries[0], texts[1], {"program": queries[2], "id": "q2"}],
-                             batch_size=8)
-    assert [r.value for r in mixed] == [r.value for r in by_text[:3]] and mixed[2].id == "q2"
+    mixed = engine.run_batch([queries[0], texts[1], {"program": queries[2], "id": "q2"},
+                              BatchItem(program=queries[3], id="q3")], batch_size=8)
+    assert [r.value for r in mixed] == [r.value for r in by_text[:4]]
+    assert [r.id for r in mixed] == [0, 1, "q2", "q3"]
 
 
 def test_query_values_are_query_instances(vp):

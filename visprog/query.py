@@ -403,9 +403,11 @@ def classes(vp: Any) -> dict[str, type]:
     for kind, base in BASES.items():
         attrs = {snake_case(t.name): _make(t, True) for t in vp.registry
                  if method_types(t) & KIND_TYPES[kind]}
-        out[kind] = type(base.__name__, (base,), {"__module__": __name__, **attrs})
+        out[kind] = type(base.__name__, (base,), {"__module__": __name__,
+                                                  "__doc__": base.__doc__, **attrs})
     out["fn"] = type("Functions", (Functions,), {
-        "__module__": __name__, **{snake_case(t.name): _make(t, False) for t in vp.registry}})
+        "__module__": __name__, "__doc__": Functions.__doc__,
+        **{snake_case(t.name): _make(t, False) for t in vp.registry}})
     vp.__dict__["_query_classes"] = (key, out)
     return out
 
@@ -557,10 +559,13 @@ def functions(vp: Any) -> Functions:
 
 
 def as_batch_item(item: Any) -> Any:
-    """A `run_batch` item: a query (or a mapping whose program is one) as program text and
-    bound inputs; anything else unchanged."""
+    """A `run_batch` item: a query (or a mapping or `BatchItem` whose program is one, keeping
+    its id) as program text and bound inputs; anything else unchanged."""
     if isinstance(item, Query):
         return item.batch_item()
-    if isinstance(item, Mapping) and isinstance(item.get("program"), Query):
-        return {**dict(item), **item["program"].batch_item()}
+    program = item.get("program") if isinstance(item, Mapping) else getattr(item, "program",
+                                                                             None)
+    if isinstance(program, Query):
+        item_id = item.get("id") if isinstance(item, Mapping) else getattr(item, "id", None)
+        return {**program.batch_item(), "id": item_id}
     return item
