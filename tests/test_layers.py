@@ -22,7 +22,8 @@ RANKS = {
     "planning": 5, "evaluation": 5,
     "hosting": 6,
     "config": 7,
-    "api": 8, "query": 8,
+    "query": 7,  # composed queries build program text; VisProg runs them
+    "api": 8,
     "cli": 9,
     "__init__": 10,  # the package's public face re-exports from everywhere
 }

@@ -194,8 +194,9 @@ class VisProg:
         """Run many programs together, batching model calls across them (`visprog.batch`).
 
         Args:
-            items: `visprog.batch.BatchItem`s, or mappings with keys program, image, left,
-                right, inputs, id.
+            items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
+                right, inputs, id, or query values (`vp.image(...)...`; also as a
+                mapping's program).
             batch_size: calls per batched module call, or "auto" (by device, measured).
             on_item: called with each `ItemResult` as soon as its program ends.
 
@@ -204,7 +205,9 @@ class VisProg:
             item's failure is in its result and does not stop the others.
         """
         from visprog.engine.batch import BatchItem
+        from visprog.query import as_batch_item
 
+        items = [as_batch_item(i) for i in items]  # query values become program text
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
         results: list[ItemResult | None] = []
         jobs: list[Job] = []
@@ -230,6 +233,26 @@ class VisProg:
         ran = iter(self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
                                  no_cache=no_cache, on_item=on_item))
         return [r if r is not None else next(ran) for r in results]
+
+
+    # -- composed queries: Python calls that write programs (visprog.query) ----------------
+    def image(self, image: ImageLike) -> Any:
+        """A query value bound to IMAGE: its methods are the modules that take an Image
+        (`vp.image("a.jpg").loc("cup").count()`); nothing runs until `.value`."""
+        from visprog.query import image as image_query
+        return image_query(self, image)
+
+    def pair(self, left: ImageLike, right: ImageLike) -> tuple[Any, Any]:
+        """Query values bound to LEFT and RIGHT (NLVR)."""
+        from visprog.query import pair
+        return pair(self, left, right)
+
+    @property
+    def fn(self) -> Any:
+        """Every module as a function of query values (`vp.fn.eval("{N} > 0", N=n)`,
+        `vp.fn.list("dog breeds", max=5)`, `vp.fn.count(objs)`)."""
+        from visprog.query import functions
+        return functions(self)
 
     # -- planning: an LLM writes the program (visprog.planner) -----------------------------
     def planner(self, task: str = "gqa", **options: Any) -> Any:
