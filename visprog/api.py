@@ -85,10 +85,10 @@ class VisProg:
         # Hosting keys (host = "ray", ...) leave the module sections before the tools are
         # built, so cache keys don't depend on where a module runs; hosted tools call out.
         tools_config, hosts = split_config(self.config)
-        self.registry = Registry(host_tools(
-            builtin_tools(tools_config, ToolContext(self.models, llm)), hosts))
+        ctx = ToolContext(self.models, llm)
+        self.registry = Registry(host_tools(builtin_tools(tools_config, ctx), hosts))
         if plugins:
-            self.registry.load_entry_points(config=self.config)
+            self.registry.load_entry_points(config=self.config, ctx=ctx)
         self.cache = _make_cache(cache, cache_dir)
         self.interpreter = Interpreter(self.registry, self.cache)
 
