@@ -112,7 +112,9 @@ class Classify(ModelTool):
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
         prompt = str(s["prompt"])
-        return {"checkpoint": s["checkpoint"], "prompt": prompt if "{}" in prompt else prompt + " {}",
+        if "{}" not in prompt:
+            prompt += " {}"
+        return {"checkpoint": s["checkpoint"], "prompt": prompt,
                 "crop_context": float(s["crop_context"])}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
@@ -147,9 +149,10 @@ class Classify(ModelTool):
         _, objs, names = item
         probs = softmax(logits, axis=1)
         picked = sorted(assign_one_to_one(probs), key=lambda rc: -probs[rc])
-        return objs.with_regions([replace(objs[r], label=names[c],
-                                          extra={**objs[r].extra, "class_score": float(probs[r, c])})
-                                  for r, c in picked])
+        return objs.with_regions([
+            replace(objs[r], label=names[c],
+                    extra={**objs[r].extra, "class_score": float(probs[r, c])})
+            for r, c in picked])
 
 
 TOOLS = [Classify]

@@ -30,7 +30,6 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from visprog.models import Done, ModelTool, SettingsError
-from visprog.values import Objects
 
 from .crop import check_objects_image
 
@@ -186,7 +185,8 @@ class Replace(ModelTool):
         return self.settings["seed"] is not None
 
     def preprocess(self, call: dict[str, Any]) -> Any:
-        image, objects = check_objects_image(call["image"], call["object"], "Replace"), call["object"]
+        objects = call["object"]
+        image = check_objects_image(call["image"], objects, "Replace")
         mask = dilate(objects.union_mask(), int(self.settings["mask_dilation"])) \
             if len(objects) else np.zeros((image.height, image.width), bool)
         if not isinstance(call["prompt"], str):

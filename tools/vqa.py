@@ -116,7 +116,8 @@ class Vqa(ModelTool):
         "default": {"backend": "blip", "max_new_tokens": 10,
                     "checkpoints": {"blip": "Salesforce/blip-vqa-capfilt-large",
                                     "vilt": "dandelin/vilt-b32-finetuned-vqa"}},
-        "tiny": {"max_new_tokens": 5, "checkpoints": {"blip": "tiny:blip_vqa", "vilt": "tiny:vilt"}},
+        "tiny": {"max_new_tokens": 5,
+                 "checkpoints": {"blip": "tiny:blip_vqa", "vilt": "tiny:vilt"}},
     }
     tiny_checkpoints = {"blip_vqa": build_tiny_blip, "vilt": build_tiny_vilt}
 

@@ -14,4 +14,5 @@ __all__ = ["TINY_PREFIX", "ModelLoadError", "add_tiny_source", "cache_dir", "loa
            "looks_like_path", "register_tiny", "resolve_checkpoint", "tiny_dir", "Loader",
            "ModelManager", "default_manager", "manager_of", "model_dtype", "pick_device",
            "to_model_inputs", "tiny_bert_tokenizer", "tiny_clip_tokenizer", "Done", "ModelTool",
-           "SettingsError", "hf_loader", "is_model_tool", "merge_settings", "model_inputs", "pick_checkpoint"]
+           "SettingsError", "hf_loader", "is_model_tool", "merge_settings", "model_inputs",
+           "pick_checkpoint"]
