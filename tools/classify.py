@@ -8,7 +8,7 @@ two labels. With more categories than objects some categories get none; objects 
 category claims are dropped. The result is best first; each region's `label` is its
 category and `extra["class_score"]` the softmax score (its detection score is kept).
 
-Settings (section `[Classify]`):
+Settings (section `[Classify]`; defaults and the tiny preset in `Classify.presets`):
     checkpoint: CLIP checkpoint (hub id, local path or `tiny:clip`).
     prompt: text template with one `{}` for the category.
     crop_context: fraction of the box's size added on each side of a crop.
@@ -21,14 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.config import module_settings
-from visprog.registry import Param, Tool, parse_types
+from visprog.models import Done, ModelTool, hf_loader, model_inputs, tiny_clip_tokenizer
 from visprog.values import Objects
 
 from .loc import TINY_WORDS, as_image
-from visprog.models import manager_of, model_dtype, register_tiny, tiny_clip_tokenizer, to_model_inputs
-
-VERSION = "1"
 
 
 def crop_region(image: Image.Image, box: Sequence[float], context: float = 0.0) -> Image.Image:
@@ -43,26 +39,17 @@ def crop_region(image: Image.Image, box: Sequence[float], context: float = 0.0) 
     return image.crop((left, top, right, bottom))
 
 
-def load_clip(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    """CLIP model and processor."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    processor = CLIPProcessor.from_pretrained(path)
-    model = CLIPModel.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+load_clip = hf_loader("CLIPModel", "CLIPProcessor")
 
 
 def clip_logits(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                 texts: Sequence[str]) -> np.ndarray:
     """CLIP's scaled image-text similarities, (len(images), len(texts)), in one forward."""
-    import torch
-
     model, processor = bundle
     max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
     inputs = processor(text=list(texts), images=list(images), return_tensors="pt",
                        padding=True, truncation=True, max_length=max_len)
-    with torch.inference_mode():
-        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
+    out = model(**model_inputs(inputs, model))
     return out.logits_per_image.float().cpu().numpy()
 
 
@@ -111,71 +98,62 @@ def build_tiny_clip(folder) -> None:
     processor.save_pretrained(folder)
 
 
-register_tiny("clip", build_tiny_clip)
+class Classify(ModelTool):
+    name = "Classify"
+    params = {"image": "Image", "object": "Objects", "categories": "TextList"}
+    returns = "Objects"
+    doc = "labels each object with one of `categories`, keeping the best object per category"
+    presets = {
+        "default": {"checkpoint": "openai/clip-vit-base-patch32", "prompt": "a photo of {}",
+                    "crop_context": 0.1},
+        "tiny": {"checkpoint": "tiny:clip"},
+    }
+    tiny_checkpoints = {"clip": build_tiny_clip}
 
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        prompt = str(s["prompt"])
+        if "{}" not in prompt:
+            prompt += " {}"
+        return {"checkpoint": s["checkpoint"], "prompt": prompt,
+                "crop_context": float(s["crop_context"])}
 
-def classify_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return module_settings("Classify", settings)
+    def preprocess(self, call: dict[str, Any]) -> Any:
+        image, objs, cats = as_image(call["image"]), call["object"], call["categories"]
+        names = [str(x).strip() for x in ([cats] if isinstance(cats, str) else cats or [])]
+        if not isinstance(objs, Objects):
+            raise TypeError(f"Classify: object must be Objects, got {type(objs).__name__}")
+        if objs.image_size != image.size:
+            raise ValueError(f"Classify: the objects belong to an image of size "
+                             f"{objs.image_size}, not {image.size}")
+        names = list(dict.fromkeys(c for c in names if c))
+        if not len(objs) or not names:
+            return Done(Objects.empty(image.size))
+        return image, objs, names
 
-
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Classify tool with its section of the configuration (see the module docstring)."""
-    s = classify_settings(settings)
-    checkpoint, prompt, context = s["checkpoint"], str(s["prompt"]), float(s["crop_context"])
-    if "{}" not in prompt:
-        prompt += " {}"
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [as_image(c["image"]) for c in calls]
-        objs: list[Objects] = [c["object"] for c in calls]
-        given = [[c["categories"]] if isinstance(c["categories"], str) else c["categories"] or []
-                 for c in calls]
-        for g in given:
-            if not isinstance(g, (list, tuple)) or not all(isinstance(x, str) for x in g):
-                kinds = (sorted({type(x).__name__ for x in g}) if isinstance(g, (list, tuple))
-                         else [type(g).__name__])
-                raise TypeError("Classify: categories must be a list of texts, got "
-                                + ", ".join(kinds))
-        cats = [[x.strip() for x in g] for g in given]
-        for o, im in zip(objs, images):
-            if not isinstance(o, Objects):
-                raise TypeError(f"Classify: object must be Objects, got {type(o).__name__}")
-            if o.image_size != im.size:
-                raise ValueError(f"Classify: the objects belong to an image of size "
-                                 f"{o.image_size}, not {im.size}")
-        work = [i for i in range(len(calls)) if len(objs[i]) and any(cats[i])]
-        results = [Objects.empty(im.size) for im in images]
-        if not work:
-            return results
+    def forward(self, items: list[tuple[Image.Image, Objects, list[str]]]) -> list[np.ndarray]:
         # All crops and all prompts of the batch go through CLIP in one forward.
+        prompt, context = self.settings["prompt"], self.settings["crop_context"]
         crops, owner = [], []
-        for i in work:
-            for r in objs[i]:
-                crops.append(crop_region(images[i], r.box, context))
-                owner.append(i)
-        texts = sorted({prompt.format(c) for i in work for c in cats[i] if c})
-        logits = clip_logits(manager_of(ctx).get("clip", checkpoint, load_clip), crops, texts)
-        col = {t: j for j, t in enumerate(texts)}
-        owner_arr = np.array(owner)
-        for i in work:
-            names = list(dict.fromkeys(c for c in cats[i] if c))
-            sub = logits[owner_arr == i][:, [col[prompt.format(c)] for c in names]]
-            probs = softmax(sub, axis=1)
-            picked = sorted(assign_one_to_one(probs), key=lambda rc: -probs[rc])
-            regions = [replace(objs[i][r], label=names[c],
-                               extra={**objs[i][r].extra, "class_score": float(probs[r, c])})
-                       for r, c in picked]
-            results[i] = objs[i].with_regions(regions)
-        return results
+        for i, (image, objs, _) in enumerate(items):
+            crops += [crop_region(image, r.box, context) for r in objs]
+            owner += [i] * len(objs)
+        texts = sorted({prompt.format(c) for _, _, names in items for c in names})
+        logits = clip_logits(self.model("clip", self.settings["checkpoint"], load_clip),
+                             crops, texts)
+        col, owner_arr = {t: j for j, t in enumerate(texts)}, np.array(owner)
+        return [logits[owner_arr == i][:, [col[prompt.format(c)] for c in names]]
+                for i, (_, _, names) in enumerate(items)]
 
-    def classify(image, object, categories):  # noqa: A002 - the catalogue's argument name
-        return run_batch([{"image": image, "object": object, "categories": categories}])[0]
+    def postprocess(self, item: tuple[Image.Image, Objects, list[str]],
+                    logits: np.ndarray) -> Objects:
+        _, objs, names = item
+        probs = softmax(logits, axis=1)
+        picked = sorted(assign_one_to_one(probs), key=lambda rc: -probs[rc])
+        return objs.with_regions([
+            replace(objs[r], label=names[c],
+                    extra={**objs[r].extra, "class_score": float(probs[r, c])})
+            for r, c in picked])
 
-    return Tool(
-        name="Classify",
-        params=(Param("image", parse_types("Image")), Param("object", parse_types("Objects")),
-                Param("categories", parse_types("TextList"))),
-        returns=parse_types("Objects"), fn=classify,
-        doc="labels each object with one of `categories`, keeping the best object per category",
-        version=VERSION, batch_fn=run_batch,
-        settings={"checkpoint": checkpoint, "prompt": prompt, "crop_context": context})
+
+TOOLS = [Classify]
+build = Classify.build

@@ -26,22 +26,18 @@ from __future__ import annotations
 import os
 import threading
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from visprog.registry import Tool, tool
-from visprog.models import (TINY_PREFIX, ModelLoadError, cache_dir, manager_of,
-                                  register_tiny, resolve_checkpoint)
+from visprog.models import TINY_PREFIX, ModelLoadError, ModelTool, cache_dir, resolve_checkpoint
 from visprog.values import Objects, Region, load_image
 
-VERSION = "1"
-
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
-DEFAULTS: dict[str, dict[str, Any]] = {
+# Each backend's own settings and their defaults (the chosen backend's join the cache key).
+BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
     "yunet": {
         "model": "",  # a local .onnx path; empty: fetched once into the cache folder
         "hub_repo": "opencv/face_detection_yunet",
@@ -62,15 +58,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_side": 512,
     },
 }
-
-
-def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
-    """The backend's defaults with the given settings over them."""
-    backend = settings.get("backend", "cascade")
-    if backend not in DEFAULTS:
-        raise ValueError(f"FaceDet: unknown backend {backend!r}; backends are "
-                         f"{', '.join(DEFAULTS)}")
-    return {"backend": backend, **DEFAULTS[backend], **settings}
 
 
 # -- finding the model files ------------------------------------------------------------------
@@ -207,32 +194,6 @@ def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]
     return Objects.from_boxes(boxes, image.size, labels=["face"] * len(boxes))
 
 
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The FaceDet tool for these settings (see DEFAULTS)."""
-    s = settings_for(settings)
-    manager = manager_of(ctx)
-
-    def bundle() -> dict[str, Any]:
-        if s["backend"] == "yunet":
-            return manager.get("yunet", yunet_model_path(s), load_yunet)
-        return manager.get("face_cascade", cascade_path(s), load_cascade)
-
-    detect = detect_yunet if s["backend"] == "yunet" else detect_cascade
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        # OpenCV and scikit-image detect one image at a time; the batch is a loop.
-        b = bundle()
-        return [detect(_rgb(c["image"]), b, s) for c in calls]
-
-    @tool("FaceDet", params={"image": "Image"}, returns="Objects", version=VERSION,
-          settings=s)
-    def face_det(image: Image.Image) -> Objects:
-        """Finds the faces in the image."""
-        return run_batch([{"image": image}])[0]
-
-    return replace(face_det, batch_fn=run_batch)
-
-
 def build_tiny_yunet(folder: Path) -> None:
     """`tiny:yunet`: a random 3-conv network with YuNet's contract, as ONNX: input [1,3,H,W]
     (H, W multiples of 32), and for each stride s in 8, 16, 32 over N = H*W/s^2 anchors the
@@ -267,10 +228,42 @@ def build_tiny_yunet(folder: Path) -> None:
                       dynamo=False, opset_version=13)
 
 
-register_tiny("yunet", build_tiny_yunet)
-
-
 def _rgb(image: Any) -> Image.Image:
     if isinstance(image, Image.Image) and image.mode == "RGB":
         return image
     return load_image(image)
+
+
+# -- the tool --------------------------------------------------------------------------------
+
+class FaceDet(ModelTool):
+    name = "FaceDet"
+    params = {"image": "Image"}
+    returns = "Objects"
+    doc = "Finds the faces in the image."
+    backends = tuple(BACKEND_DEFAULTS)
+    # "cascade" is the default: it needs no download. With "yunet": model = "/path/to.onnx"
+    # (or "tiny:yunet"), score_threshold, nms_threshold, top_k, max_side.
+    presets = {"default": {"backend": "cascade"}}
+    tiny_checkpoints = {"yunet": build_tiny_yunet}
+    uses_torch = False  # OpenCV and scikit-image
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], **BACKEND_DEFAULTS[s["backend"]], **s}
+
+    def preprocess(self, call: dict[str, Any]) -> Image.Image:
+        return _rgb(call["image"])
+
+    def forward(self, images: list[Image.Image]) -> list[Objects]:
+        # OpenCV and scikit-image detect one image at a time; the batch is a loop.
+        s = self.settings
+        if s["backend"] == "yunet":
+            bundle, detect = self.model("yunet", yunet_model_path(s), load_yunet), detect_yunet
+        else:
+            bundle = self.model("face_cascade", cascade_path(s), load_cascade)
+            detect = detect_cascade
+        return [detect(image, bundle, s) for image in images]
+
+
+TOOLS = [FaceDet]
+build = FaceDet.build

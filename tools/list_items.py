@@ -1,6 +1,6 @@
 """List(query, max) -> TextList: up to `max` items that answer a knowledge query (SPEC 4).
 
-Asks the planner's LLM (`ctx.llm`, see `visprog/llm.py`) for a plain list, then parses the
+Asks the planner's LLM (`ctx.llm`, see `visprog/planning/llm.py`) for a plain list, then parses the
 reply leniently, since models decorate lists however they like: one item per line, or one
 comma/semicolon-separated line; numbering ("1.", "2)", "(3)"), bullets ("-", "*", "•"),
 markdown bold, quotes, code fences, a trailing full stop and a leading "Here are ...:"
@@ -15,19 +15,10 @@ sampling module and never cached.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 from visprog.errors import ConfigError
-from visprog.registry import Tool, tool
-
-VERSION = "1"
-
-DEFAULTS: dict[str, Any] = {
-    "temperature": 0.0,
-    "max_tokens": 256,
-    "max_items": 100,  # the most items any call may ask for
-}
+from visprog.models import ModelTool
 
 SYSTEM_PROMPT = (
     "You answer knowledge questions with a plain list. Write each item on its own line. "
@@ -97,36 +88,58 @@ def _limit(value: Any, cap: int) -> int:
     return min(int(value), cap)
 
 
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The List tool, asking `ctx.llm` (checked when called, so it may be set later)."""
-    s = {**DEFAULTS, **settings}
-    client = getattr(ctx, "llm", None)
-    describe = getattr(client, "describe", None)
-    if callable(describe):
-        s["llm"] = describe()  # which model answers is part of the cache key
+class List(ModelTool):
+    """Built on the model-tool base like the vision modules; its model is `ctx.llm`
+    (checked when called, so it may be set later), one request per query since chat APIs
+    take one conversation at a time."""
 
-    def ask(query: str, max: Any) -> list[str]:  # noqa: A002 (SPEC name)
+    name = "List"
+    params = {"query": "Text", "max": "Number"}
+    returns = "TextList"
+    doc = "Up to `max` items that answer a knowledge query, from the LLM."
+    presets = {
+        "default": {"temperature": 0.0, "max_tokens": 256,
+                    "max_items": 100},  # the most items any call may ask for
+        "tiny": {"max_tokens": 64},
+    }
+    draw_on = None
+    uses_torch = False
+    hostable = False  # it asks the caller's LLM client
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        describe = getattr(getattr(self.ctx, "llm", None), "describe", None)
+        if callable(describe):
+            s["llm"] = describe()  # which model answers is part of the cache key
+        return s
+
+    def cacheable(self) -> bool:
+        return float(self.settings["temperature"]) == 0.0
+
+    def preprocess(self, call: dict[str, Any]) -> tuple[str, int]:
+        query = call["query"]
         if not isinstance(query, str) or not query.strip():
             raise ValueError("List: query must be a non-empty text")
-        n = _limit(max, int(s["max_items"]))
-        llm = getattr(ctx, "llm", None)
+        return query.strip(), _limit(call["max"], int(self.settings["max_items"]))
+
+    def forward(self, items: list[tuple[str, int]]) -> list[str]:
+        llm = getattr(self.ctx, "llm", None)
         if llm is None:
             raise ConfigError(NO_LLM)
+        return [self._ask(llm, query, n) for query, n in items]
+
+    def _ask(self, llm: Any, query: str, n: int) -> str:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": f"List at most {n} items: {query.strip()}"}]
-        reply = llm.chat(messages, temperature=float(s["temperature"]),
-                         max_tokens=int(s["max_tokens"]))
+                    {"role": "user", "content": f"List at most {n} items: {query}"}]
+        reply = llm.chat(messages, temperature=float(self.settings["temperature"]),
+                         max_tokens=int(self.settings["max_tokens"]))
         text = reply if isinstance(reply, str) else getattr(reply, "text", None)
         if not isinstance(text, str):
             raise TypeError(f"List: the LLM client returned {type(reply).__name__} without .text")
-        return parse_items(text, n)
+        return text
 
-    @tool("List", params={"query": "Text", "max": "Number"}, returns="TextList",
-          version=VERSION, settings=s, cacheable=float(s["temperature"]) == 0.0, draw_on=None)
-    def list_items(query: str, max: Any) -> list[str]:  # noqa: A002 (SPEC name)
-        """Up to `max` items that answer a knowledge query, from the LLM."""
-        return ask(query, max)
+    def postprocess(self, item: tuple[str, int], text: str) -> list[str]:
+        return parse_items(text, item[1])
 
-    # one request per query: chat APIs take one conversation at a time
-    return replace(list_items, hostable=False,  # it asks the caller's LLM client
-                   batch_fn=lambda calls: [ask(c["query"], c["max"]) for c in calls])
+
+TOOLS = [List]
+build = List.build

@@ -4,7 +4,7 @@ Backends: GroundingDINO (default) and OWLv2, both through transformers model cla
 `'TOP'`, `'BOTTOM'`, `'LEFT'`, `'RIGHT'` (exactly, upper case) return that half of the image
 as one box without a model: a lower-case 'top' is still looked for as an object (a garment).
 
-Settings (section `[Loc]`, see visprog/presets.toml):
+Settings (section `[Loc]`; defaults and the tiny preset in `Loc.presets` below):
     backend: "grounding_dino" or "owlv2".
     checkpoints: backend -> checkpoint (hub id, local path or `tiny:<name>`).
     checkpoint: optional; overrides `checkpoints[backend]`.
@@ -24,15 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.config import module_settings
-from visprog.registry import Param, Tool, parse_types
+from visprog.models import (Done, ModelTool, hf_loader, model_inputs, pick_checkpoint,
+                            tiny_bert_tokenizer, tiny_clip_tokenizer)
 from visprog.values import Objects, load_image
 
-from visprog.models import (manager_of, model_dtype, register_tiny, tiny_bert_tokenizer,
-                     tiny_clip_tokenizer, to_model_inputs)
-
-VERSION = "1"
-BACKENDS = ("grounding_dino", "owlv2")
 HALVES = ("TOP", "BOTTOM", "LEFT", "RIGHT")
 # Words the tiny tokenizers know whole; anything else is spelled out in characters.
 TINY_WORDS = ["a", "an", "the", "photo", "of", "red", "blue", "car", "dog", "cat", "person",
@@ -105,13 +100,8 @@ def as_image(image: Any) -> Image.Image:
 
 # -- GroundingDINO ---------------------------------------------------------------------------
 
-def load_grounding_dino(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    """GroundingDINO model and processor (PIL image processor; no torchvision needed)."""
-    from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
-
-    processor = GroundingDinoProcessor.from_pretrained(path)
-    model = GroundingDinoForObjectDetection.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+# the PIL image processor: no torchvision needed
+load_grounding_dino = hf_loader("GroundingDinoForObjectDetection", "GroundingDinoProcessor")
 
 
 def grounding_prompt(text: str) -> str:
@@ -121,34 +111,11 @@ def grounding_prompt(text: str) -> str:
 
 def ground(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequence[str],
            box_threshold: float, text_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GroundingDINO on a batch: (boxes xyxy in each image's pixels, scores) per image.
-
-    Images of one size run as one model batch. Why not all together: the processor pads a
-    batch to its largest image and the model has no mask for the padding in its backbone,
-    so a padded image got other boxes than alone (off by 100+ px with the tiny model).
-    """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault(im.size, []).append(i)
-    found: list[Any] = [None] * len(images)
-    for idx in groups.values():
-        for i, result in zip(idx, _ground_same_size(bundle, [images[i] for i in idx],
-                                                    [texts[i] for i in idx], box_threshold,
-                                                    text_threshold)):
-            found[i] = result
-    return found
-
-
-def _ground_same_size(bundle: tuple[Any, Any], images: Sequence[Image.Image],
-                      texts: Sequence[str], box_threshold: float,
-                      text_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    import torch
-
+    """One GroundingDINO batch: (boxes xyxy in each image's pixels, scores) per image."""
     model, processor = bundle
     inputs = processor(images=list(images), text=[grounding_prompt(t) for t in texts],
                        return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
+    out = model(**model_inputs(inputs, model))
     outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
     results = processor.post_process_grounded_object_detection(
         outputs, inputs["input_ids"].to(out.logits.device), threshold=box_threshold,
@@ -187,26 +154,18 @@ def build_tiny_grounding_dino(folder) -> None:
 OWL_TEXT_LEN = 16  # OWL's text encoder has 16 positions
 
 
-def load_owlv2(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    """OWLv2 model and processor (its PIL image processor needs scipy)."""
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor
-
-    processor = Owlv2Processor.from_pretrained(path)
-    model = Owlv2ForObjectDetection.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+# its PIL image processor needs scipy
+load_owlv2 = hf_loader("Owlv2ForObjectDetection", "Owlv2Processor")
 
 
 def owl_detect(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequence[str],
                box_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """One OWLv2 batch, one query per image: (boxes in each image's pixels, scores)."""
-    import torch
-
     model, processor = bundle
     queries = [[f"a photo of {t.strip()}"] for t in texts]
     inputs = processor(text=queries, images=list(images), return_tensors="pt",
                        padding="max_length", max_length=OWL_TEXT_LEN, truncation=True)
-    with torch.inference_mode():
-        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
+    out = model(**model_inputs(inputs, model))
     outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
     # The processor pads each image to a square; its post-processing scales boxes back
     # by the longer side, so they land in the original image's pixels.
@@ -241,65 +200,59 @@ def build_tiny_owlv2(folder) -> None:
     processor.save_pretrained(folder)
 
 
-register_tiny("grounding_dino", build_tiny_grounding_dino)
-register_tiny("owlv2", build_tiny_owlv2)
-
-
 # -- the tool --------------------------------------------------------------------------------
 
-def loc_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The effective settings: the default preset's [Loc] under the given ones."""
-    return module_settings("Loc", settings, BACKENDS)
+class Loc(ModelTool):
+    name = "Loc"
+    params = {"image": "Image", "object": "Text"}
+    returns = "Objects"
+    doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"
+    backends = ("grounding_dino", "owlv2")
+    presets = {
+        "default": {"backend": "grounding_dino", "box_threshold": 0.35, "text_threshold": 0.25,
+                    "nms_iou": 0.5, "max_detections": 20,
+                    "checkpoints": {"grounding_dino": "IDEA-Research/grounding-dino-tiny",
+                                    "owlv2": "google/owlv2-base-patch16-ensemble"}},
+        "tiny": {"box_threshold": 0.05, "text_threshold": 0.0,
+                 "checkpoints": {"grounding_dino": "tiny:grounding_dino", "owlv2": "tiny:owlv2"}},
+    }
+    tiny_checkpoints = {"grounding_dino": build_tiny_grounding_dino, "owlv2": build_tiny_owlv2}
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
+                "box_threshold": float(s["box_threshold"]),
+                "text_threshold": float(s["text_threshold"]), "nms_iou": float(s["nms_iou"]),
+                "max_detections": int(s["max_detections"])}
+
+    def preprocess(self, call: dict[str, Any]) -> Any:
+        image, name = as_image(call["image"]), str(call["object"])
+        if not name.strip():
+            raise ValueError("Loc needs an object to look for, got an empty string")
+        if name.strip() in HALVES:
+            return Done(Objects.from_boxes([half_box(name.strip(), image.size)], image.size,
+                                           labels=[name.strip()], scores=[1.0]))
+        return image, name
+
+    def batch_key(self, item: tuple[Image.Image, str]) -> tuple[int, int]:
+        # one model batch per image size: a padded batch gives other boxes than a lone call
+        return item[0].size
+
+    def forward(self, items: list[tuple[Image.Image, str]]) -> list[Any]:
+        s = self.settings
+        images, texts = [im for im, _ in items], [t for _, t in items]
+        if s["backend"] == "grounding_dino":
+            return ground(self.model("grounding_dino", s["checkpoint"], load_grounding_dino),
+                          images, texts, s["box_threshold"], s["text_threshold"])
+        return owl_detect(self.model("owlv2", s["checkpoint"], load_owlv2), images, texts,
+                          s["box_threshold"])
+
+    def postprocess(self, item: tuple[Image.Image, str], found: Any) -> Objects:
+        (image, name), (boxes, scores) = item, found
+        boxes, scores = clean_detections(boxes, scores, image.size, self.settings["nms_iou"],
+                                         self.settings["max_detections"])
+        return Objects.from_boxes(boxes, image.size, labels=[name.strip()] * len(boxes),
+                                  scores=scores.tolist())
 
 
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Loc tool with its section of the configuration (see the module docstring)."""
-    s = loc_settings(settings)
-    backend, checkpoint = s["backend"], s["checkpoint"]
-    box_t, text_t = float(s["box_threshold"]), float(s["text_threshold"])
-    nms_iou, max_det = float(s["nms_iou"]), int(s["max_detections"])
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [as_image(c["image"]) for c in calls]
-        names = [c["object"] for c in calls]
-        for n in names:
-            if not isinstance(n, str):
-                raise TypeError(f"Loc: object must be a text naming what to find, got "
-                                f"{type(n).__name__}")
-            if not n.strip():
-                raise ValueError("Loc needs an object to look for, got an empty string")
-        results: list[Objects | None] = [None] * len(calls)
-        todo = []
-        for i, (im, n) in enumerate(zip(images, names)):
-            if n.strip() in HALVES:
-                results[i] = Objects.from_boxes([half_box(n.strip(), im.size)], im.size,
-                                                labels=[n.strip()], scores=[1.0])
-            else:
-                todo.append(i)
-        if todo:
-            mm = manager_of(ctx)
-            ims, texts = [images[i] for i in todo], [names[i] for i in todo]
-            if backend == "grounding_dino":
-                found = ground(mm.get("grounding_dino", checkpoint, load_grounding_dino),
-                               ims, texts, box_t, text_t)
-            else:
-                found = owl_detect(mm.get("owlv2", checkpoint, load_owlv2), ims, texts, box_t)
-            for i, (boxes, scores) in zip(todo, found):
-                size = images[i].size
-                boxes, scores = clean_detections(boxes, scores, size, nms_iou, max_det)
-                label = names[i].strip()
-                results[i] = Objects.from_boxes(boxes, size, labels=[label] * len(boxes),
-                                                scores=scores.tolist())
-        return results  # type: ignore[return-value]
-
-    def loc(image, object):  # noqa: A002 - the catalogue's argument name
-        return run_batch([{"image": image, "object": object}])[0]
-
-    return Tool(
-        name="Loc",
-        params=(Param("image", parse_types("Image")), Param("object", parse_types("Text"))),
-        returns=parse_types("Objects"), fn=loc,
-        doc="open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half",
-        version=VERSION, batch_fn=run_batch,
-        settings={"backend": backend, "checkpoint": checkpoint, "box_threshold": box_t,
-                  "text_threshold": text_t, "nms_iou": nms_iou, "max_detections": max_det})
+TOOLS = [Loc]
+build = Loc.build

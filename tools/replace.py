@@ -24,45 +24,14 @@ NSFW and diffusers logs a warning); `safety_checker = false` in the config drops
 """
 from __future__ import annotations
 
-from dataclasses import replace as with_fields
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from visprog.registry import Tool, tool
-from visprog.models import manager_of, register_tiny
-from visprog.values import Objects
+from visprog.models import Done, ModelTool, SettingsError
 
 from .crop import check_objects_image
-
-VERSION = "1"
-
-DEFAULTS: dict[str, Any] = {
-    "checkpoint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
-    "steps": 30,
-    "guidance": 7.5,
-    "seed": 0,                # an int: repeatable and cacheable; "random": fresh each call
-    "resolution": 512,        # the working size's longer side
-    "mask_dilation": 4,       # pixels at the original size
-    "negative_prompt": "",
-    "strength": 1.0,
-    "safety_checker": True,
-}
-
-
-def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
-    s = {**DEFAULTS, **settings}
-    # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
-    seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
-    if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
-            isinstance(seed, int) and not isinstance(seed, bool) and seed < 0):
-        s["seed"] = None
-    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
-    if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
-        raise ValueError("Replace: resolution must be at least 8 and steps at least 1")
-    return s
 
 
 def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
@@ -114,20 +83,17 @@ def inpaint(pipe: Any, jobs: list[dict[str, Any]], s: dict[str, Any]) -> list[Im
 
     Each job has `image` (RGB, original size), `mask` (bool H x W, dilated) and `prompt`.
     """
-    import torch
-
     w, h = working_size(jobs[0]["image"].size, int(s["resolution"]))
     images = [j["image"].resize((w, h), Image.LANCZOS) for j in jobs]
     # a working pixel is repainted when any of the original pixels under it is
     masks = [Image.fromarray(j["mask"].astype(np.uint8) * 255).resize((w, h), Image.BOX)
              .point(lambda v: 255 if v > 0 else 0) for j in jobs]
-    with torch.inference_mode():
-        out = pipe(prompt=[j["prompt"] for j in jobs], image=images, mask_image=masks,
-                   height=h, width=w, num_inference_steps=int(s["steps"]),
-                   guidance_scale=float(s["guidance"]), strength=float(s["strength"]),
-                   negative_prompt=[s["negative_prompt"]] * len(jobs) if s["negative_prompt"]
-                   else None,
-                   generator=_generators(s["seed"], len(jobs)), output_type="pil")
+    out = pipe(prompt=[j["prompt"] for j in jobs], image=images, mask_image=masks,
+               height=h, width=w, num_inference_steps=int(s["steps"]),
+               guidance_scale=float(s["guidance"]), strength=float(s["strength"]),
+               negative_prompt=[s["negative_prompt"]] * len(jobs) if s["negative_prompt"]
+               else None,
+               generator=_generators(s["seed"], len(jobs)), output_type="pil")
     results = []
     for j, painted in zip(jobs, out.images):
         back = np.asarray(painted.convert("RGB").resize(j["image"].size, Image.LANCZOS))
@@ -135,45 +101,6 @@ def inpaint(pipe: Any, jobs: list[dict[str, Any]], s: dict[str, Any]) -> list[Im
         results.append(Image.fromarray(np.where(j["mask"][:, :, None], back, keep)
                                        .astype(np.uint8), mode="RGB"))
     return results
-
-
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Replace tool for these settings (see DEFAULTS)."""
-    s = settings_for(settings)
-    manager = manager_of(ctx)
-    loader = load_inpaint(bool(s["safety_checker"]))
-    kind = "sd_inpaint" if s["safety_checker"] else "sd_inpaint_no_safety"
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[Image.Image]:
-        out: list[Image.Image | None] = [None] * len(calls)
-        groups: dict[tuple[int, int], list[int]] = {}
-        jobs = []
-        for i, c in enumerate(calls):
-            image = check_objects_image(c["image"], c["object"], "Replace")
-            mask = dilate(c["object"].union_mask(), int(s["mask_dilation"])) \
-                if len(c["object"]) else np.zeros((image.height, image.width), bool)
-            if not isinstance(c["prompt"], str):
-                raise TypeError(f"Replace: prompt must be text, got {type(c['prompt']).__name__}")
-            jobs.append({"image": image, "mask": mask, "prompt": c["prompt"]})
-            if not mask.any():  # nothing to repaint
-                out[i] = image.copy()
-            else:
-                groups.setdefault(working_size(image.size, int(s["resolution"])), []).append(i)
-        if groups:
-            pipe = manager.get(kind, s["checkpoint"], loader)
-            for idx in groups.values():
-                for i, im in zip(idx, inpaint(pipe, [jobs[i] for i in idx], s)):
-                    out[i] = im
-        return out  # type: ignore[return-value]
-
-    @tool("Replace", params={"image": "Image", "object": "Objects", "prompt": "Text"},
-          returns="Image", version=VERSION, settings=s, cacheable=s["seed"] is not None)
-    def replace_objects(image: Image.Image, object: Objects, prompt: str  # noqa: A002
-                        ) -> Image.Image:
-        """Replaces the objects with what the prompt describes (inpainting)."""
-        return run_batch([{"image": image, "object": object, "prompt": prompt}])[0]
-
-    return with_fields(replace_objects, batch_fn=run_batch)
 
 
 # -- tiny offline checkpoint ------------------------------------------------------------------
@@ -217,4 +144,66 @@ def build_tiny_sd_inpaint(folder) -> None:
     pipe.save_pretrained(folder)
 
 
-register_tiny("sd_inpaint", build_tiny_sd_inpaint)
+
+# -- the tool --------------------------------------------------------------------------------
+
+class Replace(ModelTool):
+    name = "Replace"
+    params = {"image": "Image", "object": "Objects", "prompt": "Text"}
+    returns = "Image"
+    doc = "Replaces the objects with what the prompt describes (inpainting)."
+    presets = {
+        "default": {
+            "checkpoint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+            "steps": 30,
+            "guidance": 7.5,
+            "seed": 0,                # an int: repeatable and cacheable; "random": fresh each call
+            "resolution": 512,        # the working size's longer side
+            "mask_dilation": 4,       # pixels at the original size
+            "negative_prompt": "",
+            "strength": 1.0,
+            "safety_checker": True,   # the checkpoint's NSFW filter (blacks out flagged images)
+        },
+        "tiny": {"checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
+                 "mask_dilation": 2, "safety_checker": False},
+    }
+    tiny_checkpoints = {"sd_inpaint": build_tiny_sd_inpaint}
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
+        seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
+        if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
+                isinstance(seed, int) and not isinstance(seed, bool) and seed < 0):
+            s["seed"] = None
+        elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise SettingsError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
+        if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
+            raise SettingsError("Replace: resolution must be at least 8 and steps at least 1")
+        return s
+
+    def cacheable(self) -> bool:
+        return self.settings["seed"] is not None
+
+    def preprocess(self, call: dict[str, Any]) -> Any:
+        objects = call["object"]
+        image = check_objects_image(call["image"], objects, "Replace")
+        mask = dilate(objects.union_mask(), int(self.settings["mask_dilation"])) \
+            if len(objects) else np.zeros((image.height, image.width), bool)
+        if not isinstance(call["prompt"], str):
+            raise TypeError(f"Replace: prompt must be text, got {type(call['prompt']).__name__}")
+        if not mask.any():  # nothing to repaint
+            return Done(image.copy())
+        return {"image": image, "mask": mask, "prompt": call["prompt"]}
+
+    def batch_key(self, job: dict[str, Any]) -> tuple[int, int]:
+        return working_size(job["image"].size, int(self.settings["resolution"]))
+
+    def forward(self, jobs: list[dict[str, Any]]) -> list[Image.Image]:
+        safety = bool(self.settings["safety_checker"])
+        pipe = self.model("sd_inpaint" if safety else "sd_inpaint_no_safety",
+                          self.settings["checkpoint"], load_inpaint(safety))
+        return inpaint(pipe, jobs, self.settings)
+
+
+TOOLS = [Replace]
+build = Replace.build

@@ -19,45 +19,17 @@ How it works:
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from visprog.registry import Tool, tool
-from visprog.models import (manager_of, model_dtype, register_tiny,
-                                  to_model_inputs)
+from visprog.models import ModelTool, hf_loader, model_inputs, pick_checkpoint
 from visprog.values import Objects, Region, load_image
 
-VERSION = "1"
-
-# backend -> (transformers model class, default checkpoint)
-BACKENDS = {
-    "mask2former": ("Mask2FormerForUniversalSegmentation",
-                    "facebook/mask2former-swin-tiny-coco-panoptic"),
-    "maskformer": ("MaskFormerForInstanceSegmentation", "facebook/maskformer-swin-tiny-coco"),
-}
-
-DEFAULTS: dict[str, Any] = {
-    "backend": "mask2former",
-    "threshold": 0.5,                    # a query's class score must reach this
-    "mask_threshold": 0.5,               # a mask pixel is on when its probability reaches this
-    "overlap_mask_area_threshold": 0.8,  # drop segments mostly covered by better ones
-    "clean_labels": True,
-    "mask_max_side": 2048,
-}
-
-
-def settings_for(settings: dict[str, Any]) -> dict[str, Any]:
-    """The defaults, the given settings over them, and the backend's default checkpoint."""
-    s = {**DEFAULTS, **settings}
-    if s["backend"] not in BACKENDS:
-        raise ValueError(f"Seg: unknown backend {s['backend']!r}; "
-                         f"backends are {', '.join(BACKENDS)}")
-    checkpoints = s.pop("checkpoints", None) or {}
-    s.setdefault("checkpoint", checkpoints.get(s["backend"]) or BACKENDS[s["backend"]][1])
-    return s
+# backend -> transformers model class
+MODEL_CLASSES = {"mask2former": "Mask2FormerForUniversalSegmentation",
+                 "maskformer": "MaskFormerForInstanceSegmentation"}
 
 
 def clean_label(name: str) -> str:
@@ -67,18 +39,9 @@ def clean_label(name: str) -> str:
 
 
 def load_segmenter(backend: str):
-    """A manager loader for `backend`: (path, device, dtype) -> (model, processor)."""
-
-    def load(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-        import transformers
-
-        model_cls = BACKENDS[backend][0]
-        model = getattr(transformers, model_cls).from_pretrained(path, dtype=dtype)
-        # AutoImageProcessor picks the PIL processor when torchvision is missing.
-        processor = transformers.AutoImageProcessor.from_pretrained(path)
-        return model.to(device).eval(), processor
-
-    return load
+    """A manager loader for `backend`: (path, device, dtype) -> (model, processor).
+    AutoImageProcessor picks the PIL processor when torchvision is missing."""
+    return hf_loader(MODEL_CLASSES[backend], "AutoImageProcessor")
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -119,20 +82,17 @@ def _regions(result: dict[str, Any], size: tuple[int, int], id2label: dict[int, 
 def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any]
             ) -> list[Objects]:
     """Panoptic segmentation of images of one size, as one model batch."""
-    import torch
-
     model, processor = bundle
     inputs = processor(images=images, return_tensors="pt")
-    with torch.inference_mode():
-        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
-        # post-processing in float32: fp16 sigmoid/interpolation loses small masks
-        out.class_queries_logits = out.class_queries_logits.float()
-        out.masks_queries_logits = out.masks_queries_logits.float()
-        results = processor.post_process_panoptic_segmentation(
-            out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
-            overlap_mask_area_threshold=s["overlap_mask_area_threshold"],
-            label_ids_to_fuse=set(),
-            target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in images])
+    out = model(**model_inputs(inputs, model))
+    # post-processing in float32: fp16 sigmoid/interpolation loses small masks
+    out.class_queries_logits = out.class_queries_logits.float()
+    out.masks_queries_logits = out.masks_queries_logits.float()
+    results = processor.post_process_panoptic_segmentation(
+        out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
+        overlap_mask_area_threshold=s["overlap_mask_area_threshold"],
+        label_ids_to_fuse=set(),
+        target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in images])
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     return [_regions(r, im.size, id2label, s["clean_labels"]) for r, im in zip(results, images)]
 
@@ -141,35 +101,6 @@ def _rgb(image: Any) -> Image.Image:
     if isinstance(image, Image.Image) and image.mode == "RGB":
         return image
     return load_image(image)
-
-
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Seg tool for these settings (see DEFAULTS; `checkpoint` or `checkpoints`)."""
-    s = settings_for(settings)
-    manager = manager_of(ctx)
-    loader = load_segmenter(s["backend"])
-
-    def bundle() -> tuple[Any, Any]:
-        return manager.get(s["backend"], s["checkpoint"], loader)
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [_rgb(c["image"]) for c in calls]
-        out: list[Objects | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.size, []).append(i)
-        model = bundle()
-        for idx in groups.values():
-            for i, objs in zip(idx, segment([images[i] for i in idx], model, s)):
-                out[i] = objs
-        return out  # type: ignore[return-value]
-
-    @tool("Seg", params={"image": "Image"}, returns="Objects", version=VERSION, settings=s)
-    def seg(image: Image.Image) -> Objects:
-        """Panoptic segmentation: every thing and stuff region, with masks and labels."""
-        return run_batch([{"image": image}])[0]
-
-    return replace(seg, batch_fn=run_batch)
 
 
 # -- tiny offline checkpoint ------------------------------------------------------------------
@@ -230,5 +161,50 @@ def build_tiny_maskformer(folder) -> None:
                                 ).save_pretrained(folder)
 
 
-register_tiny("mask2former", build_tiny_mask2former, version="2")
-register_tiny("maskformer", build_tiny_maskformer)
+# -- the tool --------------------------------------------------------------------------------
+
+class Seg(ModelTool):
+    name = "Seg"
+    params = {"image": "Image"}
+    returns = "Objects"
+    doc = "Panoptic segmentation: every thing and stuff region, with masks and labels."
+    backends = tuple(MODEL_CLASSES)
+    presets = {
+        "default": {
+            "backend": "mask2former",
+            "checkpoints": {"mask2former": "facebook/mask2former-swin-tiny-coco-panoptic",
+                            "maskformer": "facebook/maskformer-swin-tiny-coco"},
+            "threshold": 0.5,                    # a query's class score must reach this
+            "mask_threshold": 0.5,               # a mask pixel is on when its probability is this
+            "overlap_mask_area_threshold": 0.8,  # drop segments mostly covered by better ones
+            "clean_labels": True,
+            "mask_max_side": 2048,
+        },
+        "tiny": {
+            "checkpoints": {"mask2former": "tiny:mask2former", "maskformer": "tiny:maskformer"},
+            "threshold": 0.0,  # random weights: keep every segment so every code path runs
+            "overlap_mask_area_threshold": 0.0,
+        },
+    }
+    tiny_checkpoints = {"mask2former": (build_tiny_mask2former, "2"),
+                        "maskformer": build_tiny_maskformer}
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        checkpoint = pick_checkpoint(s)
+        return {**{k: v for k, v in s.items() if k != "checkpoints"}, "checkpoint": checkpoint}
+
+    def preprocess(self, call: dict[str, Any]) -> Image.Image:
+        return _rgb(call["image"])
+
+    def batch_key(self, image: Image.Image) -> tuple[int, int]:
+        # one model batch per image size (see the module docstring)
+        return image.size
+
+    def forward(self, images: list[Image.Image]) -> list[Objects]:
+        s = self.settings
+        bundle = self.model(s["backend"], s["checkpoint"], load_segmenter(s["backend"]))
+        return segment(images, bundle, s)
+
+
+TOOLS = [Seg]
+build = Seg.build

@@ -22,7 +22,7 @@ Shared rules:
   `extra["candidate_label"]`), with `extra["match_iou"]` or `extra["clip_score"]`.
 - no candidates, or an empty query, select nothing (no model runs).
 
-Settings (section `[Select]`):
+Settings (section `[Select]`; defaults and the tiny preset in `Select.presets`):
     backend: "sam" or "clip".
     checkpoints: {grounding_dino, sam, clip} checkpoints.
     box_threshold, text_threshold: GroundingDINO's thresholds.
@@ -37,44 +37,30 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.config import module_settings
-from visprog.registry import Param, Tool, parse_types
+from visprog.models import Done, ModelTool, hf_loader, model_inputs
 from visprog.values import Objects, Region
 
 from .classify import clip_logits, crop_region, load_clip
 from .loc import as_image, clean_detections, ground, load_grounding_dino
-from visprog.models import manager_of, model_dtype, register_tiny, to_model_inputs
 
-VERSION = "1"
-BACKENDS = ("sam", "clip")
 MAX_GROUNDED = 10     # grounded boxes per query sent to SAM
 IOU_GRID = 512        # masks are compared on a grid of at most this many pixels a side
 
 
 # -- SAM -------------------------------------------------------------------------------------
 
-def load_sam(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    """SAM model and processor (PIL image processor)."""
-    from transformers import SamModel, SamProcessor
-
-    processor = SamProcessor.from_pretrained(path)
-    model = SamModel.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+load_sam = hf_loader("SamModel", "SamProcessor")  # with the PIL image processor
 
 
 def sam_masks(bundle: tuple[Any, Any], image: Image.Image, boxes: np.ndarray) -> np.ndarray:
     """One bool mask of the image's H x W per box (xyxy, image pixels), in one SAM forward."""
-    import torch
-
     w, h = image.size
     if len(boxes) == 0:
         return np.zeros((0, h, w), dtype=bool)
     model, processor = bundle
     inputs = processor(images=image, input_boxes=[[list(map(float, b)) for b in boxes]],
                        return_tensors="pt")
-    with torch.inference_mode():
-        out = model(**to_model_inputs(inputs, model.device, model_dtype(model)),
-                    multimask_output=False)
+    out = model(**model_inputs(inputs, model), multimask_output=False)
     masks = processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
                                          inputs["reshaped_input_sizes"])[0]
     return masks[:, 0].numpy().astype(bool)  # (n_boxes, H, W)
@@ -100,8 +86,6 @@ def build_tiny_sam(folder) -> None:
     SamModel(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
 
-
-register_tiny("sam", build_tiny_sam)
 
 
 # -- matching --------------------------------------------------------------------------------
@@ -169,74 +153,90 @@ def _selected(cand: Region, query: str, mask: np.ndarray | None, **extra: float)
 
 # -- the tool --------------------------------------------------------------------------------
 
-def select_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return module_settings("Select", settings, BACKENDS, pick_checkpoint=False)
+Job = tuple[Image.Image, Objects, list[str]]  # the image, its candidates, the query's parts
 
 
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Select tool with its section of the configuration (see the module docstring)."""
-    s = select_settings(settings)
-    backend, cks = s["backend"], dict(s["checkpoints"])
-    box_t, text_t, match_iou = (float(s["box_threshold"]), float(s["text_threshold"]),
-                                float(s["match_iou"]))
-    used = ["grounding_dino", "sam"] if backend == "sam" else ["clip"]
-    checkpoints = {k: cks[k] for k in used}
+class Select(ModelTool):
+    name = "Select"
+    params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
+    defaults = {"category": None}
+    returns = "Objects"
+    doc = ("the objects of `object` that `query` names ('a,b' selects each); "
+           "`category` narrows them by label first")
+    backends = ("sam", "clip")
+    presets = {
+        "default": {"backend": "sam", "box_threshold": 0.3, "text_threshold": 0.25,
+                    "match_iou": 0.5,
+                    "checkpoints": {"grounding_dino": "IDEA-Research/grounding-dino-tiny",
+                                    "sam": "facebook/sam-vit-base",
+                                    "clip": "openai/clip-vit-base-patch32"}},
+        "tiny": {"box_threshold": 0.05, "text_threshold": 0.0,
+                 "checkpoints": {"grounding_dino": "tiny:grounding_dino", "sam": "tiny:sam",
+                                 "clip": "tiny:clip"}},
+    }
+    tiny_checkpoints = {"sam": build_tiny_sam}
 
-    def prepare(call: dict[str, Any]) -> tuple[Image.Image, Objects, list[str]]:
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        used = ["grounding_dino", "sam"] if s["backend"] == "sam" else ["clip"]
+        cks = dict(s["checkpoints"])
+        return {"backend": s["backend"], "checkpoints": {k: cks[k] for k in used},
+                "box_threshold": float(s["box_threshold"]),
+                "text_threshold": float(s["text_threshold"]), "match_iou": float(s["match_iou"])}
+
+    def preprocess(self, call: dict[str, Any]) -> Any:
         image, cands = as_image(call["image"]), call["object"]
         if not isinstance(cands, Objects):
             raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
         if cands.image_size != image.size:
             raise ValueError(f"Select: the objects belong to an image of size "
                              f"{cands.image_size}, not {image.size}")
-        query, category = call["query"], call.get("category")
-        if not isinstance(query, str) or not (category is None or isinstance(category, str)):
-            bad = "query" if not isinstance(query, str) else "category"
-            raise TypeError(f"Select: {bad} must be a text, got {type(call[bad]).__name__}")
-        return image, narrow(cands, category), split_query(query)
+        cands, queries = narrow(cands, call.get("category")), split_query(call["query"])
+        if not len(cands) or not queries:  # nothing to select from, or nothing asked
+            return Done(Objects.empty(image.size))
+        return image, cands, queries
 
-    def run_sam(jobs: list[tuple[Image.Image, Objects, list[str]]]) -> list[Objects]:
-        mm = manager_of(ctx)
-        pairs = [(j, q) for j, (_, cands, qs) in enumerate(jobs) if len(cands) for q in qs]
-        if not pairs:
-            return [Objects.empty(im.size) for im, _, _ in jobs]
-        gd = mm.get("grounding_dino", checkpoints["grounding_dino"], load_grounding_dino)
-        found = ground(gd, [jobs[j][0] for j, _ in pairs], [q for _, q in pairs], box_t, text_t)
-        sam = mm.get("sam", checkpoints["sam"], load_sam)
+    def batch_key(self, job: Job) -> tuple[int, int]:
+        # one grounding batch per image size: a padded batch gives other boxes
+        return job[0].size
+
+    def forward(self, jobs: list[Job]) -> list[Objects]:
+        return self._sam(jobs) if self.settings["backend"] == "sam" else self._clip(jobs)
+
+    def _sam(self, jobs: list[Job]) -> list[Objects]:
+        s, cks = self.settings, self.settings["checkpoints"]
+        pairs = [(j, q) for j, (_, _, qs) in enumerate(jobs) for q in qs]
+        gd = self.model("grounding_dino", cks["grounding_dino"], load_grounding_dino)
+        found = ground(gd, [jobs[j][0] for j, _ in pairs], [q for _, q in pairs],
+                       s["box_threshold"], s["text_threshold"])
+        sam = self.model("sam", cks["sam"], load_sam)
         out = []
         for j, (image, cands, _) in enumerate(jobs):
             mine = [(q, clean_detections(b, sc, image.size, 0.5, MAX_GROUNDED))
                     for (jj, q), (b, sc) in zip(pairs, found) if jj == j]
             boxes = [b for _, (b, _) in mine]
             all_masks = sam_masks(sam, image, np.concatenate(boxes) if boxes else np.zeros((0, 4)))
-            cand_masks = np.stack([cands.region_mask(i) for i in range(len(cands))]) \
-                if len(cands) else np.zeros((0, image.size[1], image.size[0]), bool)
+            cand_masks = np.stack([cands.region_mask(i) for i in range(len(cands))])
             regions, taken, start = [], set(), 0
             for q, (b, _) in mine:
                 masks = all_masks[start:start + len(b)]
                 start += len(b)
-                for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), match_iou, taken):
+                for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), s["match_iou"], taken):
                     taken.add(c)
                     regions.append(_selected(cands[c], q, masks[g], match_iou=iou))
             out.append(Objects(tuple(regions), image.size))
         return out
 
-    def run_clip(jobs: list[tuple[Image.Image, Objects, list[str]]]) -> list[Objects]:
-        work = [j for j, (_, cands, qs) in enumerate(jobs) if len(cands) and qs]
-        out = [Objects.empty(im.size) for im, _, _ in jobs]
-        if not work:
-            return out
+    def _clip(self, jobs: list[Job]) -> list[Objects]:
         crops, owner = [], []
-        for j in work:
-            image, cands, _ = jobs[j]
+        for j, (image, cands, _) in enumerate(jobs):
             crops += [crop_region(image, r.box, 0.1) for r in cands]
             owner += [j] * len(cands)
-        texts = sorted({f"a photo of {q}" for j in work for q in jobs[j][2]})
-        logits = clip_logits(manager_of(ctx).get("clip", checkpoints["clip"], load_clip),
+        texts = sorted({f"a photo of {q}" for _, _, qs in jobs for q in qs})
+        logits = clip_logits(self.model("clip", self.settings["checkpoints"]["clip"], load_clip),
                              crops, texts)
         col, owner_arr = {t: i for i, t in enumerate(texts)}, np.array(owner)
-        for j in work:
-            image, cands, qs = jobs[j]
+        out = []
+        for j, (image, cands, qs) in enumerate(jobs):
             sub = logits[owner_arr == j]
             regions, taken = [], set()
             for q in qs:
@@ -246,25 +246,9 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
                     taken.add(free[0])
                     regions.append(_selected(cands[free[0]], q, None,
                                              clip_score=float(scores[free[0]])))
-            out[j] = Objects(tuple(regions), image.size)
+            out.append(Objects(tuple(regions), image.size))
         return out
 
-    def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        jobs = [prepare(c) for c in calls]
-        return run_sam(jobs) if backend == "sam" else run_clip(jobs)
 
-    def select(image, object, query, category=None):  # noqa: A002 - catalogue's names
-        return run_batch([{"image": image, "object": object, "query": query,
-                           "category": category}])[0]
-
-    return Tool(
-        name="Select",
-        params=(Param("image", parse_types("Image")), Param("object", parse_types("Objects")),
-                Param("query", parse_types("Text")),
-                Param("category", parse_types("Text|None"), default=None)),
-        returns=parse_types("Objects"), fn=select,
-        doc="the objects of `object` that `query` names ('a,b' selects each); "
-            "`category` narrows them by label first",
-        version=VERSION, batch_fn=run_batch,
-        settings={"backend": backend, "checkpoints": checkpoints, "box_threshold": box_t,
-                  "text_threshold": text_t, "match_iou": match_iou})
+TOOLS = [Select]
+build = Select.build

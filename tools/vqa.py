@@ -4,7 +4,7 @@ Backends: BLIP VQA (default; generates the answer) and ViLT (picks one of its fi
 vocabulary). Answers are lower-cased, stripped, inner whitespace collapsed and a trailing
 full stop dropped, so Eval can compare them ('yes' / 'no' / '2').
 
-Settings (section `[Vqa]`):
+Settings (section `[Vqa]`; defaults and the tiny preset in `Vqa.presets`):
     backend: "blip" or "vilt".
     checkpoints: backend -> checkpoint (hub id, local path or `tiny:<name>`).
     checkpoint: optional; overrides `checkpoints[backend]`.
@@ -16,14 +16,10 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.config import module_settings
-from visprog.registry import Param, Tool, parse_types
+from visprog.models import ModelTool, hf_loader, model_inputs, pick_checkpoint, tiny_bert_tokenizer
 
 from .loc import as_image
-from visprog.models import manager_of, model_dtype, register_tiny, tiny_bert_tokenizer, to_model_inputs
 
-VERSION = "1"
-BACKENDS = ("blip", "vilt")
 TINY_WORDS = ["what", "color", "is", "the", "how", "many", "are", "there", "a", "an", "of",
               "red", "blue", "green", "yes", "no", "one", "two", "dog", "dogs", "cat", "car",
               "left", "right", "?"]
@@ -37,25 +33,16 @@ def clean_answer(text: str) -> str:
 
 # -- BLIP ------------------------------------------------------------------------------------
 
-def load_blip(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import BlipForQuestionAnswering, BlipProcessor
-
-    processor = BlipProcessor.from_pretrained(path)
-    model = BlipForQuestionAnswering.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+load_blip = hf_loader("BlipForQuestionAnswering", "BlipProcessor")
 
 
 def blip_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                  questions: Sequence[str], max_new_tokens: int) -> list[str]:
     """One batched BLIP generate: an answer per (image, question)."""
-    import torch
-
     model, processor = bundle
     inputs = processor(images=list(images), text=list(questions), return_tensors="pt",
                        padding=True)
-    with torch.inference_mode():
-        ids = model.generate(**to_model_inputs(inputs, model.device, model_dtype(model)),
-                             max_new_tokens=max_new_tokens)
+    ids = model.generate(**model_inputs(inputs, model), max_new_tokens=max_new_tokens)
     return processor.batch_decode(ids, skip_special_tokens=True)
 
 
@@ -85,25 +72,17 @@ def build_tiny_blip(folder) -> None:
 
 # -- ViLT ------------------------------------------------------------------------------------
 
-def load_vilt(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import ViltForQuestionAnswering, ViltProcessor
-
-    processor = ViltProcessor.from_pretrained(path)
-    model = ViltForQuestionAnswering.from_pretrained(path, dtype=dtype).to(device)
-    return model, processor
+load_vilt = hf_loader("ViltForQuestionAnswering", "ViltProcessor")
 
 
 def vilt_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                  questions: Sequence[str]) -> list[str]:
     """One batched ViLT forward: the best answer of its vocabulary per (image, question)."""
-    import torch
-
     model, processor = bundle
     inputs = processor(images=list(images), text=list(questions), return_tensors="pt",
                        padding=True, truncation=True,
                        max_length=model.config.max_position_embeddings)
-    with torch.inference_mode():
-        logits = model(**to_model_inputs(inputs, model.device, model_dtype(model))).logits
+    logits = model(**model_inputs(inputs, model)).logits
     return [model.config.id2label[int(i)] for i in logits.float().argmax(-1).cpu()]
 
 
@@ -125,45 +104,44 @@ def build_tiny_vilt(folder) -> None:
     processor.save_pretrained(folder)
 
 
-register_tiny("blip_vqa", build_tiny_blip)
-register_tiny("vilt", build_tiny_vilt)
-
-
 # -- the tool --------------------------------------------------------------------------------
 
-def vqa_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return module_settings("Vqa", settings, BACKENDS)
+class Vqa(ModelTool):
+    name = "Vqa"
+    params = {"image": "Image", "question": "Text"}
+    returns = "Text"
+    doc = "answers a question about the image in a word or two (lower case)"
+    backends = ("blip", "vilt")
+    presets = {
+        "default": {"backend": "blip", "max_new_tokens": 10,
+                    "checkpoints": {"blip": "Salesforce/blip-vqa-capfilt-large",
+                                    "vilt": "dandelin/vilt-b32-finetuned-vqa"}},
+        "tiny": {"max_new_tokens": 5,
+                 "checkpoints": {"blip": "tiny:blip_vqa", "vilt": "tiny:vilt"}},
+    }
+    tiny_checkpoints = {"blip_vqa": build_tiny_blip, "vilt": build_tiny_vilt}
 
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
+                "max_new_tokens": int(s["max_new_tokens"])}
 
-def build(settings: dict[str, Any], ctx: Any) -> Tool:
-    """The Vqa tool with its section of the configuration (see the module docstring)."""
-    s = vqa_settings(settings)
-    backend, checkpoint, max_new = s["backend"], s["checkpoint"], int(s["max_new_tokens"])
-
-    def run_batch(calls: list[dict[str, Any]]) -> list[str]:
-        images = [as_image(c["image"]) for c in calls]
-        for c in calls:
-            if not isinstance(c["question"], str):
-                raise TypeError(f"Vqa: question must be a text, got {type(c['question']).__name__}")
-        questions = [c["question"].strip() for c in calls]
-        if any(not q for q in questions):
+    def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str]:
+        image, question = as_image(call["image"]), str(call["question"]).strip()
+        if not question:
             raise ValueError("Vqa needs a question, got an empty string")
-        if not calls:
-            return []
-        mm = manager_of(ctx)
-        if backend == "blip":
-            raw = blip_answers(mm.get("blip_vqa", checkpoint, load_blip), images, questions, max_new)
-        else:
-            raw = vilt_answers(mm.get("vilt", checkpoint, load_vilt), images, questions)
-        return [clean_answer(a) for a in raw]
+        return image, question
 
-    def vqa(image, question):
-        return run_batch([{"image": image, "question": question}])[0]
+    def forward(self, items: list[tuple[Image.Image, str]]) -> list[str]:
+        s = self.settings
+        images, questions = [im for im, _ in items], [q for _, q in items]
+        if s["backend"] == "blip":
+            return blip_answers(self.model("blip_vqa", s["checkpoint"], load_blip), images,
+                                questions, s["max_new_tokens"])
+        return vilt_answers(self.model("vilt", s["checkpoint"], load_vilt), images, questions)
 
-    return Tool(
-        name="Vqa",
-        params=(Param("image", parse_types("Image")), Param("question", parse_types("Text"))),
-        returns=parse_types("Text"), fn=vqa,
-        doc="answers a question about the image in a word or two (lower case)",
-        version=VERSION, batch_fn=run_batch,
-        settings={"backend": backend, "checkpoint": checkpoint, "max_new_tokens": max_new})
+    def postprocess(self, item: Any, answer: str) -> str:
+        return clean_answer(answer)
+
+
+TOOLS = [Vqa]
+build = Vqa.build

@@ -88,10 +88,10 @@ class VisProg:
         catalog = module_catalog()
         tools_config, hosts = split_config(self.config, catalog.model_modules,
                                            catalog.plain_modules)
-        self.registry = Registry(host_tools(
-            builtin_tools(tools_config, ToolContext(self.models, llm)), hosts))
+        ctx = ToolContext(self.models, llm)
+        self.registry = Registry(host_tools(builtin_tools(tools_config, ctx), hosts))
         if plugins:
-            self.registry.load_entry_points(config=self.config)
+            self.registry.load_entry_points(config=self.config, ctx=ctx)
         self.cache = _make_cache(cache, cache_dir)
         # One engine for every way of running: lone runs, batches, planned runs.
         self.engine = Engine(self.registry, self.cache, models=self.models)
@@ -334,24 +334,20 @@ class VisProg:
 
 def module_catalog() -> Any:
     """The built-in modules as hosting sees them (`visprog.hosting.client.ModuleCatalog`):
-    this is the one place in visprog/ that imports tools/."""
-    from importlib import import_module
-
+    with `config.py` (presets), the only place in visprog/ that imports tools/."""
     from visprog.hosting.client import ModuleCatalog
-    from visprog.tools import MODEL_MODULES, PLAIN_MODULES
+    from visprog.tools import model_module_names, plain_tools
 
-    plain = {t.name for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS}
-    return ModuleCatalog(frozenset(MODEL_MODULES), frozenset(plain), build_module)
+    return ModuleCatalog(frozenset(model_module_names()),
+                         frozenset(t.name for t in plain_tools()), build_module)
 
 
 def build_module(name: str, settings: Mapping[str, Any], models: Any) -> Tool:
     """One model module built with its settings and a model manager (a Ray replica's)."""
-    from importlib import import_module
+    from visprog.tools import ToolContext
+    from visprog.tools import build_module as build
 
-    from visprog.tools import MODEL_MODULES, ToolContext
-
-    return import_module(f"visprog.tools.{MODEL_MODULES[name]}").build(
-        dict(settings), ToolContext(models, None))
+    return build(name, {name: dict(settings)}, ToolContext(models, None))
 
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:

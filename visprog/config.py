@@ -1,9 +1,10 @@
 """Configuration: which backend, checkpoint and thresholds each model module uses.
 
-The presets live in `visprog/presets.toml` as tables `[<preset>.<Module>]` (`default`: real
-checkpoints; `tiny`: small random models built offline). A user's TOML file and explicit
-overrides merge over the chosen preset key by key, so one module (or one key of it) can be
-changed without rewriting the rest:
+Each model module declares its presets in its own file (`presets` of its `ModelTool` class:
+`default` with real checkpoints, `tiny` with small random models built offline);
+`visprog/presets.toml` holds only the other tables (`[<preset>.models]`). A user's TOML file
+and explicit overrides merge over the chosen preset key by key, so one module (or one key of
+it) can be changed without rewriting the rest:
 
     # my.toml
     [Loc]
@@ -12,16 +13,18 @@ changed without rewriting the rest:
     blip = "/models/blip-vqa-base"
 
 `[models]` holds the model manager's settings (device, half, cpu_threads, memory_budget).
+This is the layer that reads the tools' declarations (`visprog.tools.preset_settings`), as
+the API assembles the registry.
 """
 from __future__ import annotations
 
-import copy
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from visprog.errors import ConfigError
+from visprog.models.model_tool import merge_settings as merge
 
 PRESETS_FILE = "presets.toml"
 
@@ -35,19 +38,19 @@ def _read_presets() -> dict[str, Any]:
 
 
 def preset_names() -> list[str]:
-    """The presets shipped with the package."""
-    return sorted(_read_presets())
+    """The presets: those of presets.toml and those the model modules declare."""
+    from visprog.tools import preset_names as declared
+
+    return sorted(set(_read_presets()) | declared())
 
 
-def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`update` merged into a copy of `base`; nested tables merge key by key."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
-    return out
+def _preset(preset: str) -> dict[str, Any]:
+    """The preset's tables: each model module's declared settings, then presets.toml's
+    (a preset presets.toml lacks takes its `default` tables)."""
+    from visprog.tools import preset_settings
+
+    tables = _read_presets()
+    return merge(preset_settings(preset), tables.get(preset, tables.get("default", {})))
 
 
 def _check_sections(cfg: Mapping[str, Any], where: str) -> None:
@@ -80,7 +83,7 @@ def load_config(preset: str = "default", path: str | Path | None = None,
     """The settings of every module: the preset, then the user file, then the overrides.
 
     Args:
-        preset: a preset name from `visprog/presets.toml` ("default", "tiny").
+        preset: a preset name ("default", "tiny"; see `preset_names`).
         path: a TOML file with `[Module]` tables that override the preset's keys.
         overrides: `{"Loc": {"box_threshold": 0.3}}` or `{"Loc.box_threshold": 0.3}`.
 
@@ -90,10 +93,10 @@ def load_config(preset: str = "default", path: str | Path | None = None,
     Raises:
         ConfigError: an unknown preset, an unreadable or malformed file, a bad override.
     """
-    presets = _read_presets()
+    presets = preset_names()
     if preset not in presets:
-        raise ConfigError(f"unknown preset {preset!r}; presets are: {', '.join(sorted(presets))}")
-    cfg: dict[str, Any] = copy.deepcopy(presets[preset])
+        raise ConfigError(f"unknown preset {preset!r}; presets are: {', '.join(presets)}")
+    cfg = _preset(preset)
     if path is not None:
         p = Path(path).expanduser()
         try:
@@ -111,24 +114,3 @@ def load_config(preset: str = "default", path: str | Path | None = None,
         _check_sections(nested, "overrides")
         cfg = merge(cfg, nested)
     return cfg
-
-
-def module_settings(module: str, settings: Mapping[str, Any],
-                    backends: tuple[str, ...] | None = None, *,
-                    pick_checkpoint: bool = True) -> dict[str, Any]:
-    """A model module's effective settings: the default preset's section under `settings`.
-
-    With `backends`, the chosen backend is checked, and (with `pick_checkpoint`) `checkpoint`
-    defaults to that backend's entry of the `checkpoints` table.
-
-    Raises:
-        ConfigError: an unknown backend.
-    """
-    s = merge(load_config("default")[module], settings)
-    if backends is not None:
-        if s["backend"] not in backends:
-            raise ConfigError(f"{module}: unknown backend {s['backend']!r}; "
-                              f"choose one of {', '.join(backends)}")
-        if pick_checkpoint:
-            s["checkpoint"] = s.get("checkpoint") or s["checkpoints"][s["backend"]]
-    return s

@@ -6,9 +6,13 @@ from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, add_tiny_so
                                         resolve_checkpoint, tiny_dir)
 from visprog.models.manager import (Loader, ModelManager, default_manager, manager_of,
                                     model_dtype, pick_device, to_model_inputs)
+from visprog.models.model_tool import (Done, ModelTool, SettingsError, hf_loader, is_model_tool,
+                                       merge_settings, model_inputs, pick_checkpoint)
 from visprog.models.tokenizers import tiny_bert_tokenizer, tiny_clip_tokenizer
 
 __all__ = ["TINY_PREFIX", "ModelLoadError", "add_tiny_source", "cache_dir", "load_error",
            "looks_like_path", "register_tiny", "resolve_checkpoint", "tiny_dir", "Loader",
            "ModelManager", "default_manager", "manager_of", "model_dtype", "pick_device",
-           "to_model_inputs", "tiny_bert_tokenizer", "tiny_clip_tokenizer"]
+           "to_model_inputs", "tiny_bert_tokenizer", "tiny_clip_tokenizer", "Done", "ModelTool",
+           "SettingsError", "hf_loader", "is_model_tool", "merge_settings", "model_inputs",
+           "pick_checkpoint"]

@@ -210,22 +210,39 @@ class Registry:
         return [t.name for t in self._tools.values()]
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *,
-                          config: Mapping[str, Any] | None = None) -> list[str]:
+                          config: Mapping[str, Any] | None = None, ctx: Any = None) -> list[str]:
         """Register tools that installed packages advertise under the entry-point group.
 
-        An entry point may name a `Tool`, a list of them, or a function `(config) -> Tool |
-        list[Tool]`. A broken plugin is skipped with a warning, never taking the engine down.
+        An entry point may name a `Tool`, a model module's class (anything with a `name`
+        and `build(settings, ctx)`, e.g. a `visprog.models.ModelTool` subclass: built with
+        its section of `config` and `ctx`), a list of these, or a function `(config) -> Tool
+        | list[Tool]`. A broken plugin is skipped with a warning, never taking the engine down.
         """
         added = []
         for ep in entry_points(group=group):
             try:
-                obj = ep.load()
-                if callable(obj) and not isinstance(obj, Tool):
-                    obj = obj(config or {})
-                for t in ([obj] if isinstance(obj, Tool) else list(obj)):
+                for t in _plugin_tools(ep.load(), config or {}, ctx):
                     self.register(t, replace=True)
                     added.append(t.name)
             except Exception as e:  # a plugin must not break the engine
                 warnings.warn(f"visprog: skipping tool plugin {ep.name!r} ({ep.value}): {e}",
                               stacklevel=2)
         return added
+
+
+def _is_builder(obj: Any) -> bool:
+    return isinstance(obj, type) and isinstance(getattr(obj, "name", None), str) \
+        and callable(getattr(obj, "build", None))
+
+
+def _plugin_tools(obj: Any, config: Mapping[str, Any], ctx: Any) -> list[Tool]:
+    if isinstance(obj, Tool):
+        return [obj]
+    if _is_builder(obj):
+        return [obj.build(dict(config.get(obj.name, {})), ctx)]
+    if callable(obj):
+        obj = obj(config)
+        return [obj] if isinstance(obj, Tool) else list(obj)
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _plugin_tools(item, config, ctx)]
+    return [obj]  # register() says what is wrong with it

@@ -1,0 +1,226 @@
+"""The model-tool base (visprog/models/model_tool.py) and how tools/ is assembled from it.
+
+The base is tested with a small real torch module loaded through the model manager (a
+Linear layer saved and loaded from a folder); the built-in modules' own behaviour is covered
+by their test files. The declarations of every built-in tool are compared with those the
+code gave before the base existed (tests/fixtures/tool_declarations.json), so no step-cache
+key changed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from visprog.config import load_config  # noqa: E402
+from visprog.errors import ConfigError, ToolDeclarationError  # noqa: E402
+from visprog.models import (Done, ModelManager, ModelTool, SettingsError,  # noqa: E402
+                            merge_settings, resolve_checkpoint)
+from visprog.tools import (ToolContext, build_module, builtin_tools,  # noqa: E402
+                           model_module_names, plain_tools)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tool_declarations.json"
+
+
+# -- a small module on the base ---------------------------------------------------------------
+
+def build_tiny_doubler(folder: Path) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+        layer.bias.zero_()
+    torch.save(layer.state_dict(), folder / "weights.pt")
+
+
+def load_doubler(path: str, device: str, dtype) -> torch.nn.Module:
+    layer = torch.nn.Linear(1, 1)
+    layer.load_state_dict(torch.load(Path(path) / "weights.pt"))
+    return layer.to(device)
+
+
+class Double(ModelTool):
+    """Twice a number, by a Linear layer; negative numbers skip the model; numbers group by
+    sign of their offset so batch_key is seen."""
+
+    name = "Double"
+    params = {"x": "Number", "offset": "Number"}
+    defaults = {"offset": 0}
+    returns = "Number"
+    doc = "twice x, plus offset"
+    version = "3"
+    backends = ("linear", "other")
+    presets = {"default": {"backend": "linear", "checkpoint": "tiny:unit_doubler",
+                           "nested": {"a": 1, "b": 2}},
+               "tiny": {"nested": {"b": 3}}}
+    tiny_checkpoints = {"unit_doubler": build_tiny_doubler}
+
+    def __init__(self, settings=None, ctx=None):
+        super().__init__(settings, ctx)
+        self.groups: list[list[float]] = []
+        self.inference: list[bool] = []
+
+    def preprocess(self, call):
+        if not isinstance(call["x"], (int, float)):
+            raise TypeError(f"Double: x must be a number, got {type(call['x']).__name__}")
+        if call["x"] < 0:
+            return Done(-1)
+        return float(call["x"]), call["offset"]
+
+    def batch_key(self, item):
+        return item[1] > 0
+
+    def forward(self, items):
+        self.groups.append([x for x, _ in items])
+        self.inference.append(torch.is_inference_mode_enabled())
+        layer = self.model("doubler", self.settings["checkpoint"], load_doubler)
+        xs = torch.tensor([[x] for x, _ in items])
+        return layer(xs.to(layer.weight.device, layer.weight.dtype))[:, 0].tolist()
+
+    def postprocess(self, item, y):
+        return round(y) + item[1]
+
+
+@pytest.fixture
+def ctx():
+    return ToolContext(models=ModelManager(device="cpu"))
+
+
+def test_the_declaration_becomes_a_plain_tool(ctx):
+    tool = Double.build({}, ctx)
+    assert tool.name == "Double" and tool.version == "3" and tool.doc == "twice x, plus offset"
+    assert tool.signature() == "Double(x: Number, offset: Number = 0) -> Number"
+    assert tool.settings == {"backend": "linear", "checkpoint": "tiny:unit_doubler",
+                             "nested": {"a": 1, "b": 2}}
+    assert tool.cacheable and callable(tool.batch_fn)
+    assert ctx.models.loaded() == []  # building loads nothing
+    assert Path(resolve_checkpoint("tiny:unit_doubler"), "weights.pt").is_file()
+
+
+def test_presets_merge_key_by_key():
+    assert Double.preset("tiny") == {"backend": "linear", "checkpoint": "tiny:unit_doubler",
+                                     "nested": {"a": 1, "b": 3}}
+    assert Double.preset("classic") is None
+    assert Double({"nested": {"a": 5}}).settings["nested"] == {"a": 5, "b": 2}
+    assert Double.presets["default"]["nested"] == {"a": 1, "b": 2}  # never changed in place
+    assert merge_settings({"t": {"x": 1}}, {"t": {"y": 2}, "z": 3}) == {"t": {"x": 1, "y": 2},
+                                                                      "z": 3}
+
+
+def test_batches_group_by_key_skip_done_calls_and_keep_order(ctx):
+    d = Double({}, ctx)
+    tool = d.as_tool()
+    calls = [{"x": 1}, {"x": -5}, {"x": 2, "offset": 1}, {"x": 3}, {"x": 4, "offset": 10}]
+    assert tool.batch_fn(calls) == [2, -1, 5, 6, 18]
+    assert d.groups == [[1.0, 3.0], [2.0, 4.0]]  # one forward per key, the Done call in none
+    assert d.inference == [True, True]  # forward runs under torch.inference_mode
+    assert [m["kind"] for m in ctx.models.loaded()] == ["doubler"]
+    assert tool(x=7) == 14 and d.groups[-1] == [7.0]  # the single call is a batch of one
+    assert tool.batch_fn([]) == []
+
+
+def test_a_call_that_needs_no_model_loads_none(ctx):
+    tool = Double.build({}, ctx)
+    assert tool(x=-3) == -1 and ctx.models.loaded() == []
+
+
+@pytest.mark.parametrize("call, error, match", [
+    ({"x": "two"}, TypeError, "Double: x must be Number"),
+    ({"x": 1, "scale": 2}, TypeError, r"Double: unexpected arguments \['scale'\]"),
+    ({"offset": 1}, TypeError, r"Double: missing arguments \['x'\]"),
+])
+def test_bad_calls_fail_before_any_model_runs(ctx, call, error, match):
+    d = Double({}, ctx)
+    with pytest.raises(error, match=match):
+        d.run_batch([{"x": 1}, call])
+    assert d.groups == [] and ctx.models.loaded() == []
+
+
+def test_settings_errors_are_config_errors_and_value_errors():
+    with pytest.raises(SettingsError, match="Double: unknown backend 'gpu'; choose one of "
+                                            "linear, other") as e:
+        Double({"backend": "gpu"})
+    assert isinstance(e.value, ConfigError) and isinstance(e.value, ValueError)
+
+
+def test_forward_must_give_one_output_per_item(ctx):
+    class Short(Double):
+        name = "Short"
+
+        def forward(self, items):
+            return super().forward(items)[:-1]
+
+    with pytest.raises(RuntimeError, match="Short: forward gave 1 outputs for 2 items"):
+        Short({}, ctx).run_batch([{"x": 1}, {"x": 2}])
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"params": {"x": "Number"}, "returns": "Number"}, "declare `name`"),
+    ({"name": "N", "params": {"x": "Number"}, "returns": "Number", "presets": {"tiny": {}}},
+     "presets need a 'default'"),
+    ({"name": "N", "params": {"x": "Number"}, "returns": "Number", "defaults": {"y": 1}},
+     r"defaults for undeclared arguments \['y'\]"),
+])
+def test_bad_declarations_are_refused_when_the_class_is_made(body, match):
+    with pytest.raises(ToolDeclarationError, match=match):
+        type("Bad", (ModelTool,), dict(body))
+
+
+def test_a_bad_type_string_is_refused_when_the_tool_is_made():
+    class Typo(ModelTool):
+        name, params, returns = "Typo", {"x": "Numbr"}, "Number"
+
+    with pytest.raises(ToolDeclarationError):
+        Typo.build({})
+
+
+# -- tools/ assembled from the declarations ---------------------------------------------------
+
+class DescribedLLM:
+    """A client that only says which model it is (the List tool's settings record it)."""
+
+    def describe(self):
+        return {"backend": "x", "model": "m"}
+
+
+@pytest.mark.parametrize("case", ["default/nollm", "default/llm", "tiny/nollm", "tiny/llm"])
+def test_every_tool_declares_what_it_did_before_the_base(case):
+    preset, llm = case.split("/")
+    want = json.loads(FIXTURE.read_text())[case]
+    mm = ModelManager(device="cpu")
+    tools = builtin_tools(load_config(preset), ToolContext(mm, DescribedLLM() if llm == "llm"
+                                                           else None))
+    got = {t.name: {"version": t.version, "settings": json.loads(json.dumps(dict(t.settings))),
+                    "cacheable": t.cacheable, "sig": t.signature(), "doc": t.doc,
+                    "draw_on": t.draw_on, "batch": t.batch_fn is not None} for t in tools}
+    assert got == want
+    assert mm.loaded() == []
+
+
+def test_the_model_modules_and_building_one_by_name():
+    names = set(model_module_names())
+    assert names == {"Loc", "Select", "Classify", "Vqa", "FaceDet", "Seg", "Replace", "List"}
+    assert not names & {t.name for t in plain_tools()}
+    cfg = load_config("tiny")
+    vqa = build_module("vqa", cfg, ToolContext(ModelManager(device="cpu")))
+    assert vqa.name == "Vqa" and vqa.settings["checkpoint"] == "tiny:blip_vqa"
+    with pytest.raises(ConfigError, match="no model module named 'Count'"):
+        build_module("Count", cfg)
+
+
+def test_the_old_file_lists_still_answer():
+    from visprog import tools
+
+    assert tools.MODEL_MODULES["Select"] == "select_objects"
+    assert set(tools.MODEL_MODULES) == set(model_module_names())
+    assert "crop" in tools.PLAIN_MODULES and "loc" not in tools.PLAIN_MODULES
+
+
+def test_module_settings_live_only_in_the_tools_files():
+    text = (Path(__file__).parents[1] / "visprog" / "presets.toml").read_text()
+    tables = [ln.strip() for ln in text.splitlines() if ln.startswith("[")]
+    assert tables == ["[default.models]", "[tiny.models]"]
+    assert load_config("tiny")["Replace"]["checkpoint"] == "tiny:sd_inpaint"

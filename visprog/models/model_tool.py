@@ -1,0 +1,275 @@
+"""The base of every model module: a module declares itself and writes its own steps; the
+base does the rest and hands the engine a plain `visprog.registry.Tool`.
+
+A model module is one class (in the manner of transformers' pipelines):
+
+    class Vqa(ModelTool):
+        name, params, returns, doc = "Vqa", {"image": "Image", "question": "Text"}, "Text", "..."
+        presets = {"default": {"checkpoint": "Salesforce/blip-vqa-base"},
+                   "tiny": {"checkpoint": "tiny:blip_vqa"}}
+        tiny_checkpoints = {"blip_vqa": build_tiny_blip}
+
+        def preprocess(self, call):      # one call's arguments -> an item (checked)
+        def forward(self, items):        # the model on a group of items -> one output each
+        def postprocess(self, item, out) # -> the plain value the step gives
+
+What the base owns:
+- settings: `presets["default"]` holds every setting with its default; another preset
+  ("tiny", later "classic") lists only the keys it changes. `visprog.config.load_config`
+  reads these declarations, so a module's settings live in its own file and nowhere else.
+  `configure` turns the merged settings into the ones that change results (the cache key).
+- the tiny checkpoints (`tiny:<name>`), registered when the class is defined.
+- lazy loading through the model manager (`self.model(kind, checkpoint, loader)`), device
+  and dtype placement of the inputs (`self.model_inputs`), and `torch.inference_mode`.
+- batching: every call is preprocessed (so bad input fails before any model runs), items
+  with the same `batch_key` go to `forward` together, and the single-call entry point is
+  a batch of one. A call that needs no model returns `Done(value)` from `preprocess`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar, Hashable, Mapping
+
+from visprog.errors import ConfigError, ToolDeclarationError
+from visprog.models.checkpoints import register_tiny
+from visprog.models.manager import Loader, manager_of, model_dtype, to_model_inputs
+from visprog.registry import REQUIRED, Param, Tool, parse_types
+from visprog.values.types import describe, fits, type_of
+
+
+class SettingsError(ConfigError, ValueError):
+    """A model module's settings are wrong (an unknown backend, a bad value)."""
+
+
+def merge_settings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`update` merged into a copy of `base`; nested tables merge key by key."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
+    return out
+
+
+def pick_checkpoint(settings: Mapping[str, Any]) -> str:
+    """`checkpoint` when set, else the chosen backend's entry of the `checkpoints` table."""
+    return settings.get("checkpoint") or settings["checkpoints"][settings["backend"]]
+
+
+def hf_loader(model_class: str, processor_class: str = "AutoProcessor") -> Loader:
+    """A model-manager loader for a transformers model and its processor, by class name:
+    `(path, device, dtype) -> (model, processor)`."""
+
+    def load(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
+        import transformers
+
+        processor = getattr(transformers, processor_class).from_pretrained(path)
+        model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
+        return model.to(device), processor
+
+    load.__name__ = f"load_{model_class}"
+    return load
+
+
+def model_inputs(inputs: Any, model: Any) -> dict[str, Any]:
+    """A processor's outputs on the model's device, floating tensors in the model's dtype."""
+    return to_model_inputs(inputs, model.device, model_dtype(model))
+
+
+@dataclass(frozen=True)
+class Done:
+    """What `preprocess` returns for a call whose value is known without the model."""
+
+    value: Any
+
+
+class ModelTool:
+    """The base of a model module; see the module docstring.
+
+    Declaration (class attributes):
+        name: the tool's canonical name ("Loc").
+        params: argument name -> type string ("Image", "Text|None"), in order.
+        defaults: argument name -> default, for optional arguments.
+        returns: the output's type string.
+        doc: one line for users and for the planner's prompt.
+        version: bump when results change; part of the cache key.
+        presets: preset name -> settings; "default" holds every setting, other presets
+            only what they change.
+        backends: when set, `settings["backend"]` must be one of these.
+        tiny_checkpoints: `tiny:<name>` -> builder (writes a small random model into a
+            folder), or (builder, version).
+        draw_on: in a trace, Objects are drawn over this image argument.
+        uses_torch: run `forward` under `torch.inference_mode` (False for OpenCV, an LLM).
+        hostable: False for a module that uses what lives with the caller (the planner's
+            LLM client), so it can't be served elsewhere.
+    """
+
+    name: ClassVar[str]
+    params: ClassVar[Mapping[str, str]]
+    returns: ClassVar[str]
+    doc: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    version: ClassVar[str] = "1"
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"default": {}}
+    backends: ClassVar[tuple[str, ...]] = ()
+    tiny_checkpoints: ClassVar[Mapping[str, Any]] = {}
+    draw_on: ClassVar[str | None] = "image"
+    uses_torch: ClassVar[bool] = True
+    hostable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        where = f"model tool {cls.__module__}.{cls.__qualname__}"
+        for attr in ("name", "params", "returns"):
+            if not hasattr(cls, attr):
+                raise ToolDeclarationError(f"{where}: declare `{attr}`")
+        if "default" not in cls.presets:
+            raise ToolDeclarationError(f"{where}: presets need a 'default' table")
+        unknown = sorted(set(cls.defaults) - set(cls.params))
+        if unknown:
+            raise ToolDeclarationError(f"{where}: defaults for undeclared arguments {unknown}")
+        for tiny, builder in cls.tiny_checkpoints.items():
+            builder, version = builder if isinstance(builder, tuple) else (builder, "1")
+            register_tiny(tiny, builder, version=version)
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, ctx: Any = None):
+        self.ctx = ctx
+        s = merge_settings(self.presets["default"], settings or {})
+        if self.backends and s.get("backend") not in self.backends:
+            raise SettingsError(f"{self.name}: unknown backend {s.get('backend')!r}; "
+                                f"choose one of {', '.join(self.backends)}")
+        self.settings = self.configure(s)
+        self._types = {p: _runtime_types(t, self.defaults.get(p, 0) is None)
+                       for p, t in self.params.items()}
+
+    @classmethod
+    def preset(cls, preset: str) -> dict[str, Any] | None:
+        """This module's settings in `preset` (the default's under the preset's own), or
+        None when the module declares no such preset."""
+        if preset not in cls.presets:
+            return None
+        return merge_settings(cls.presets["default"], cls.presets[preset])
+
+    @classmethod
+    def build(cls, settings: Mapping[str, Any] | None = None, ctx: Any = None) -> Tool:
+        """The tool for this section of the configuration; loads nothing."""
+        return cls(settings, ctx).as_tool()
+
+    # -- what a module writes -----------------------------------------------------------------
+
+    def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings that change results (they go into the cache key), checked."""
+        return settings
+
+    def cacheable(self) -> bool:
+        """False for a module that samples (its results must not be reused)."""
+        return True
+
+    def preprocess(self, call: dict[str, Any]) -> Any:
+        """One call's arguments -> what `forward` takes, or `Done(value)`. Raises on bad
+        input, before any model runs."""
+        return call
+
+    def batch_key(self, item: Any) -> Hashable:
+        """Items with equal keys go through `forward` together (e.g. images of one size)."""
+        return None
+
+    def forward(self, items: list[Any]) -> list[Any]:
+        """The model on a group of items: one raw output per item, in order."""
+        raise NotImplementedError(f"{self.name}: forward is not written")
+
+    def postprocess(self, item: Any, output: Any) -> Any:
+        """One raw output -> the plain value the step gives."""
+        return output
+
+    # -- what the base gives ------------------------------------------------------------------
+
+    def model(self, kind: str, checkpoint: str, loader: Loader, *, half: bool | None = None
+              ) -> Any:
+        """The model bundle, loaded on first use by the shared model manager."""
+        return manager_of(self.ctx).get(kind, checkpoint, loader, half=half)
+
+    model_inputs = staticmethod(model_inputs)
+
+    def run_batch(self, calls: list[dict[str, Any]]) -> list[Any]:
+        """The batch entry point: one output per call, in order."""
+        items = [self.preprocess(self._complete(c)) for c in calls]
+        out: list[Any] = [it.value if isinstance(it, Done) else None for it in items]
+        groups: dict[Hashable, list[int]] = {}
+        for i, it in enumerate(items):
+            if not isinstance(it, Done):
+                groups.setdefault(self.batch_key(it), []).append(i)
+        if groups:
+            with self._inference():
+                for idx in groups.values():
+                    raw = self.forward([items[i] for i in idx])
+                    if len(raw) != len(idx):
+                        raise RuntimeError(f"{self.name}: forward gave {len(raw)} outputs "
+                                           f"for {len(idx)} items")
+                    for i, r in zip(idx, raw):
+                        out[i] = self.postprocess(items[i], r)
+        return out
+
+    def run(self, **kwargs: Any) -> Any:
+        """The single-call entry point: a batch of one."""
+        return self.run_batch([kwargs])[0]
+
+    def as_tool(self) -> Tool:
+        params = tuple(Param(p, parse_types(t), self.defaults.get(p, REQUIRED))
+                       for p, t in self.params.items())
+        return Tool(name=self.name, params=params, returns=parse_types(self.returns),
+                    fn=self.run, doc=self.doc, cacheable=self.cacheable(), version=self.version,
+                    settings=self.settings, batch_fn=self.run_batch, draw_on=self.draw_on,
+                    hostable=self.hostable)
+
+    def _complete(self, call: Mapping[str, Any]) -> dict[str, Any]:
+        extra = sorted(set(call) - set(self.params))
+        if extra:
+            raise TypeError(f"{self.name}: unexpected arguments {extra}; it takes "
+                            f"{', '.join(self.params)}")
+        missing = [p for p in self.params if p not in call and p not in self.defaults]
+        if missing:
+            raise TypeError(f"{self.name}: missing arguments {missing}")
+        call = {**self.defaults, **call}
+        for p, declared in self._types.items():
+            # a value of another declared type is refused here, by name, instead of being
+            # turned into text or failing deep in a library; a value outside the vocabulary
+            # (an array for an image) is left to the module, except where only text,
+            # numbers or truth values are declared
+            got = type_of(call[p])
+            if got == "Any" and not declared <= _SCALARS:
+                continue
+            if got == "Any" or not fits({got}, declared):
+                raise TypeError(f"{self.name}: {p} must be {describe(declared)}, got "
+                                f"{type(call[p]).__name__}")
+        return call
+
+    def _inference(self) -> Any:
+        if not self.uses_torch:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.inference_mode()
+
+
+_SCALARS = frozenset({"Text", "Number", "Bool", "TextList", "None"})
+
+
+def _runtime_types(declared: str, default_none: bool) -> frozenset[str]:
+    """What a call may pass for a parameter: its types, None when that is its default, and a
+    single text where a list of texts is declared (a one-item list)."""
+    types = set(parse_types(declared))
+    if default_none:
+        types.add("None")
+    if "TextList" in types:
+        types.add("Text")
+    return frozenset(types)
+
+
+def is_model_tool(obj: Any) -> bool:
+    """Whether `obj` is a model module's class (a ModelTool subclass)."""
+    return isinstance(obj, type) and issubclass(obj, ModelTool) and obj is not ModelTool
+
