@@ -38,12 +38,13 @@ from visprog.values import codec
 from visprog.values.types import check_output
 
 StepCallback = Callable[[StepRecord], None]
+_clock = time.perf_counter
 MAX_KNOWN_DIGESTS = 100_000  # a bound, not an LRU: the digest memo is cheap to rebuild
 
 
 # -- one step --------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A step ready to run: its tool, its keyword arguments and its cache key."""
 
@@ -249,7 +250,7 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     """The state of one program while it runs."""
 
@@ -258,21 +259,18 @@ class _Run:
     env: dict[str, Any]
     trace: Trace
     tools: list[Tool | None]  # each step's tool (None for an alias), looked up once
+    steps: list[Step] = field(default_factory=list)
     pc: int = 0
     result: Any = None
     have_result: bool = False
     error: StepError | None = None
 
     @property
-    def steps(self) -> list[Step]:
-        return self.job.program.steps
-
-    @property
     def active(self) -> bool:
-        return self.error is None and self.pc < len(self.job.program.steps)
+        return self.error is None and self.pc < len(self.steps)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A waiting call step of one program."""
 
@@ -328,7 +326,7 @@ class Engine:
             trace = Trace(program=job.program.source, inputs=dict(job.inputs),
                           events=[dict(e) for e in job.events], meta=dict(job.meta))
             tools = [None if s.module is None else get(s.module) for s in job.program.steps]
-            runs.append(_Run(pos, job, dict(job.inputs), trace, tools))
+            runs.append(_Run(pos, job, dict(job.inputs), trace, tools, list(job.program.steps)))
         ctx = _RunContext(self, sizer, use_cache, skip, memo, stats, on_step, record_batches)
 
         def settle(active: list[_Run]) -> list[_Run]:
@@ -422,7 +420,7 @@ class _RunContext:
         distinct: list[list[_Pending]] = []  # each entry: the pendings served by one call
         stats.steps += len(runs)
         for run in runs:
-            started = time.perf_counter()
+            started = _clock()
             call = prepare(run.steps[run.pc], tool, run.env, cache_key=keyed, memo=memo)
             record = call_record(run.pc, call)
             run.trace.steps.append(record)
@@ -437,7 +435,7 @@ class _RunContext:
                     stats.cache_hits += 1
                     record.cached = True
                     memo.output(hit, key, cached=True)
-                    self.done(pending, hit, time.perf_counter() - started)
+                    self.done(pending, hit, _clock() - started)
                     continue
             group = shared_by_key.get(key)
             if group is not None:
@@ -456,15 +454,15 @@ class _RunContext:
         for start in range(0, len(distinct), size):
             chunk = distinct[start:start + size] if size < len(distinct) else distinct
             seen = len(models.events) if models is not None else 0
-            t0 = time.perf_counter()
+            t0 = _clock()
             outcomes = run_chunk(tool, [g[0].call.kwargs for g in chunk])
-            seconds = time.perf_counter() - t0
+            seconds = _clock() - t0
             if models is not None and len(models.events) > seen:
                 _record_model_events(chunk[0][0].run.trace, models.events[seen:])
             if batched:
                 stats.batch_calls += 1
                 self.sizer.observe(tool.name, len(chunk), seconds)
-            share = seconds / sum(len(g) for g in chunk)
+            share = seconds / sum(map(len, chunk))
             for group, (ok, value) in zip(chunk, outcomes):
                 key = group[0].call.key
                 if ok and key is not None:
