@@ -1,1 +1,4 @@
-"""planning"""
+"""Planning: an LLM writes the program. The planner and its repairs (`planner.py`), prompts and
+in-context examples (`prompts.py`, `examples/`), LLM clients (`chat.py` the protocol, `llm.py`
+OpenAI-compatible, `llm_local.py` a local model with grammar-constrained decoding from
+`llm_grammar.py`), and the program cache (`program_cache.py`)."""
