@@ -19,7 +19,7 @@ from .errors import StepError
 from .program import Program, Step, Var
 from .registry import Registry, Tool
 from .trace import StepRecord, Trace
-from .values import type_of
+from .values import MAX_NESTING, nesting_depth, type_of
 
 StepCallback = Callable[[StepRecord], None]
 
@@ -120,6 +120,8 @@ def prepare(step: Step, tool: Tool, env: Mapping[str, Any], *, cache_key: bool,
 def check_output(tool: Tool, value: Any) -> None:
     """A tool must return what it declared; a third-party tool that doesn't fails here,
     at its own step, instead of confusing a later one."""
+    if nesting_depth(value) > MAX_NESTING:
+        raise TypeError(f"{tool.name} returned lists nested more than {MAX_NESTING} deep")
     if "Any" in tool.returns:
         return
     got = type_of(value)

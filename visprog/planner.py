@@ -344,10 +344,6 @@ class Planner:
             program = parse(text)
         except ParseError as e:
             return Attempt(raw, text, list(e.diagnostics), usage)
-        if len(program) == 0:
-            return Attempt(raw, text, [Diagnostic(1, 1, text[:40], "the program has no steps",
-                                                  "write at least one NAME=Module(...) step")],
-                           usage)
         problems = check(program, self.registry, dict(inputs or self.task.inputs))
         return Attempt(raw, text, problems, usage, program)
 

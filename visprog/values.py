@@ -23,6 +23,11 @@ TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None"
 # Default refusal threshold for input images: 64 megapixels. Users can raise it.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# The deepest lists (and dicts) may nest in any value: written in a program, bound as an
+# input, returned by a tool or read from a saved trace. Values go through recursive walks
+# (checker, cache keys, codec, traces), so deeper ones are refused where they come in.
+MAX_NESTING = 32
+
 
 def type_of(value: Any) -> str:
     """The SPEC type name of a runtime value (used by the checker for literals and inputs)."""
@@ -41,6 +46,21 @@ def type_of(value: Any) -> str:
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return "TextList"
     return "Any"
+
+
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep lists, tuples and dicts nest in `value` (0 for a scalar, 1 for `[1, 2]`),
+    counted without recursion and only up to `limit + 1`: enough to tell it is too deep."""
+    containers = (list, tuple, dict)
+    if not isinstance(value, containers):
+        return 0
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in items if isinstance(v, containers))
+    return deepest
 
 
 @dataclass(frozen=True, eq=False)
