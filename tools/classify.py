@@ -25,8 +25,9 @@ from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects
 
-from .loc import TINY_WORDS, as_image
-from .models import manager_of, model_dtype, register_tiny, tiny_clip_tokenizer, to_model_inputs
+from .loc import TINY_WORDS
+from .models import (manager_of, model_dtype, model_image, register_tiny, rgb_image,
+                     tiny_clip_tokenizer, to_model_inputs)
 
 VERSION = "1"
 
@@ -59,7 +60,8 @@ def clip_logits(bundle: tuple[Any, Any], images: Sequence[Image.Image],
 
     model, processor = bundle
     max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
-    inputs = processor(text=list(texts), images=list(images), return_tensors="pt",
+    inputs = processor(text=list(texts), images=[model_image(im) for im in images],
+                       return_tensors="pt",
                        padding=True, truncation=True, max_length=max_len)
     with torch.inference_mode():
         out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
@@ -126,7 +128,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
         prompt += " {}"
 
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [as_image(c["image"]) for c in calls]
+        images = [rgb_image(c["image"]) for c in calls]
         objs: list[Objects] = [c["object"] for c in calls]
         cats = [[str(x).strip() for x in ([c["categories"]] if isinstance(c["categories"], str)
                                           else c["categories"] or [])] for c in calls]

@@ -35,8 +35,8 @@ from PIL import Image
 
 from visprog.registry import Tool, tool
 from visprog.tools.models import (TINY_PREFIX, ModelLoadError, cache_dir, manager_of,
-                                  register_tiny, resolve_checkpoint)
-from visprog.values import Objects, Region, load_image
+                                  register_tiny, resolve_checkpoint, rgb_image)
+from visprog.values import Objects, Region
 
 VERSION = "1"
 
@@ -222,7 +222,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
         # OpenCV and scikit-image detect one image at a time; the batch is a loop.
         b = bundle()
-        return [detect(_rgb(c["image"]), b, s) for c in calls]
+        return [detect(rgb_image(c["image"]), b, s) for c in calls]
 
     @tool("FaceDet", params={"image": "Image"}, returns="Objects", version=VERSION,
           settings=s)
@@ -269,8 +269,3 @@ def build_tiny_yunet(folder: Path) -> None:
 
 register_tiny("yunet", build_tiny_yunet)
 
-
-def _rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)

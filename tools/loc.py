@@ -26,10 +26,10 @@ from PIL import Image
 
 from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
-from visprog.values import Objects, load_image
+from visprog.values import Objects
 
-from .models import (manager_of, model_dtype, register_tiny, tiny_bert_tokenizer,
-                     tiny_clip_tokenizer, to_model_inputs)
+from .models import (manager_of, model_dtype, model_image, register_tiny, rgb_image,
+                     tiny_bert_tokenizer, tiny_clip_tokenizer, to_model_inputs)
 
 VERSION = "1"
 BACKENDS = ("grounding_dino", "owlv2")
@@ -96,13 +96,6 @@ def clean_detections(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int
     return boxes[keep], scores[keep]
 
 
-def as_image(image: Any) -> Image.Image:
-    """The interpreter passes RGB PIL images; anything else goes through load_image."""
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)
-
-
 # -- GroundingDINO ---------------------------------------------------------------------------
 
 def load_grounding_dino(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
@@ -125,7 +118,8 @@ def ground(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequen
     import torch
 
     model, processor = bundle
-    inputs = processor(images=list(images), text=[grounding_prompt(t) for t in texts],
+    images = [model_image(im) for im in images]  # boxes stay in each image's own pixels
+    inputs = processor(images=images, text=[grounding_prompt(t) for t in texts],
                        return_tensors="pt", padding=True)
     with torch.inference_mode():
         out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
@@ -182,8 +176,9 @@ def owl_detect(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Se
     import torch
 
     model, processor = bundle
+    images = [model_image(im) for im in images]  # boxes stay in each image's own pixels
     queries = [[f"a photo of {t.strip()}"] for t in texts]
-    inputs = processor(text=queries, images=list(images), return_tensors="pt",
+    inputs = processor(text=queries, images=images, return_tensors="pt",
                        padding="max_length", max_length=OWL_TEXT_LEN, truncation=True)
     with torch.inference_mode():
         out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
@@ -240,7 +235,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
     nms_iou, max_det = float(s["nms_iou"]), int(s["max_detections"])
 
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [as_image(c["image"]) for c in calls]
+        images = [rgb_image(c["image"]) for c in calls]
         names = [str(c["object"]) for c in calls]
         for n in names:
             if not n.strip():

@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from visprog.registry import Tool, tool
-from visprog.tools.models import (manager_of, model_dtype, register_tiny,
+from visprog.tools.models import (manager_of, model_dtype, model_image, register_tiny, rgb_image,
                                   to_model_inputs)
-from visprog.values import Objects, Region, load_image
+from visprog.values import Objects, Region
 
 VERSION = "1"
 
@@ -96,12 +96,15 @@ def _post_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _regions(result: dict[str, Any], size: tuple[int, int], id2label: dict[int, str],
-             clean: bool) -> Objects:
-    """Objects from one image's post-processed panoptic result."""
+             clean: bool, shown: tuple[int, int] | None = None) -> Objects:
+    """Objects from one image's post-processed panoptic result. `shown` is the size of the
+    image the model saw, when it was padded (`model_image`): the padding is cut off."""
     w, h = size
+    sw, sh = shown or size
     seg = result["segmentation"].cpu().numpy().astype(np.int32)
-    if seg.shape != (h, w):  # made smaller for a large image: scale the id map up
-        seg = np.asarray(Image.fromarray(seg, mode="I").resize((w, h), Image.NEAREST))
+    if seg.shape != (sh, sw):  # made smaller for a large image: scale the id map up
+        seg = np.asarray(Image.fromarray(seg, mode="I").resize((sw, sh), Image.NEAREST))
+    seg = seg[:h, :w]
     regions = []
     for info in result["segments_info"]:
         mask = seg == info["id"]
@@ -122,7 +125,8 @@ def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any
     import torch
 
     model, processor = bundle
-    inputs = processor(images=images, return_tensors="pt")
+    shown = [model_image(im) for im in images]
+    inputs = processor(images=shown, return_tensors="pt")
     with torch.inference_mode():
         out = model(**to_model_inputs(inputs, model.device, model_dtype(model)))
         # post-processing in float32: fp16 sigmoid/interpolation loses small masks
@@ -132,15 +136,10 @@ def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any
             out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
             overlap_mask_area_threshold=s["overlap_mask_area_threshold"],
             label_ids_to_fuse=set(),
-            target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in images])
+            target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in shown])
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    return [_regions(r, im.size, id2label, s["clean_labels"]) for r, im in zip(results, images)]
-
-
-def _rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)
+    return [_regions(r, im.size, id2label, s["clean_labels"], sh.size)
+            for r, im, sh in zip(results, images, shown)]
 
 
 def build(settings: dict[str, Any], ctx: Any) -> Tool:
@@ -153,7 +152,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
         return manager.get(s["backend"], s["checkpoint"], loader)
 
     def run_batch(calls: list[dict[str, Any]]) -> list[Objects]:
-        images = [_rgb(c["image"]) for c in calls]
+        images = [rgb_image(c["image"]) for c in calls]
         out: list[Objects | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):

@@ -42,8 +42,9 @@ from visprog.registry import Param, Tool, parse_types
 from visprog.values import Objects, Region
 
 from .classify import clip_logits, crop_region, load_clip
-from .loc import as_image, clean_detections, ground, load_grounding_dino
-from .models import manager_of, model_dtype, register_tiny, to_model_inputs
+from .loc import clean_detections, ground, load_grounding_dino
+from .models import (manager_of, model_dtype, model_image, register_tiny, rgb_image,
+                     to_model_inputs)
 
 VERSION = "1"
 BACKENDS = ("sam", "clip")
@@ -70,14 +71,14 @@ def sam_masks(bundle: tuple[Any, Any], image: Image.Image, boxes: np.ndarray) ->
     if len(boxes) == 0:
         return np.zeros((0, h, w), dtype=bool)
     model, processor = bundle
-    inputs = processor(images=image, input_boxes=[[list(map(float, b)) for b in boxes]],
-                       return_tensors="pt")
+    inputs = processor(images=model_image(image),  # boxes are the same in the padded image
+                       input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt")
     with torch.inference_mode():
         out = model(**to_model_inputs(inputs, model.device, model_dtype(model)),
                     multimask_output=False)
     masks = processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
                                          inputs["reshaped_input_sizes"])[0]
-    return masks[:, 0].numpy().astype(bool)  # (n_boxes, H, W)
+    return masks[:, 0, :h, :w].numpy().astype(bool)  # (n_boxes, H, W): the padding cut off
 
 
 def build_tiny_sam(folder) -> None:
@@ -183,7 +184,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
     checkpoints = {k: cks[k] for k in used}
 
     def prepare(call: dict[str, Any]) -> tuple[Image.Image, Objects, list[str]]:
-        image, cands = as_image(call["image"]), call["object"]
+        image, cands = rgb_image(call["image"]), call["object"]
         if not isinstance(cands, Objects):
             raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
         if cands.image_size != image.size:

@@ -19,8 +19,8 @@ from PIL import Image
 from visprog.config import module_settings
 from visprog.registry import Param, Tool, parse_types
 
-from .loc import as_image
-from .models import manager_of, model_dtype, register_tiny, tiny_bert_tokenizer, to_model_inputs
+from .models import (manager_of, model_dtype, model_image, register_tiny, rgb_image,
+                     tiny_bert_tokenizer, to_model_inputs)
 
 VERSION = "1"
 BACKENDS = ("blip", "vilt")
@@ -141,7 +141,7 @@ def build(settings: dict[str, Any], ctx: Any) -> Tool:
     backend, checkpoint, max_new = s["backend"], s["checkpoint"], int(s["max_new_tokens"])
 
     def run_batch(calls: list[dict[str, Any]]) -> list[str]:
-        images = [as_image(c["image"]) for c in calls]
+        images = [model_image(rgb_image(c["image"])) for c in calls]
         questions = [str(c["question"]).strip() for c in calls]
         if any(not q for q in questions):
             raise ValueError("Vqa needs a question, got an empty string")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from . import codec
+from .errors import CacheWarning
 from .registry import normalize_name
 
 __all__ = ["MISS", "CacheWarning", "CacheStats", "step_key", "MemoryCache", "DiskCache",
@@ -71,10 +72,6 @@ class _Miss:
 
 
 MISS: Any = _Miss()
-
-
-class CacheWarning(UserWarning):
-    """Something went wrong with the cache; the run goes on without it where needed."""
 
 
 def default_cache_dir() -> Path:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .answers import is_correct, show
 from .batch import AUTO, BatchItem, ItemResult, batch_size_arg
 from .datasets import EvalItem
-from .errors import CheckError, ParseError, VisProgError
+from .errors import CheckError, ParseError, VisProgError, VisProgWarning
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
@@ -76,7 +76,8 @@ def read_results(path: str | os.PathLike, *, repair: bool = True) -> list[dict[s
         if nl < 0 and line.strip():
             break  # a half-written last line (even if it parses: its newline never came)
         if row is False:  # damaged in the middle: its item runs again, later lines count
-            warnings.warn(f"visprog: skipping a damaged line in {p} at byte {pos}", stacklevel=2)
+            warnings.warn(f"skipping a damaged line in {p} at byte {pos}", VisProgWarning,
+                          stacklevel=2)
         if isinstance(row, dict) and "id" in row:
             records.append(row)
         good_end = end

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from . import codec
-from .errors import ConfigError, VisProgError
+from .errors import ConfigError, VisProgError, first_line
 from .registry import Tool
 
 HOSTS = ("local", "ray")
@@ -318,7 +318,7 @@ class RayModuleClient:
         return spec
 
     def _fail(self, what: str, error: BaseException | None, attempts: int) -> HostError:
-        detail = f": {type(error).__name__}: {_first_line(error)}" if error else ""
+        detail = f": {type(error).__name__}: {first_line(error)}" if error else ""
         return HostError(
             f"{self.spec.module}: the Ray Serve host at {self.address} (application "
             f"{self.spec.app_name!r}) {what} after {attempts} attempt"
@@ -405,11 +405,6 @@ class RayModuleClient:
         return handle.stats.remote().result(timeout_s=self.spec.timeout_s)
 
 
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else ""
-
-
 def remote_tool(tool: Tool, spec: HostSpec, client: RayModuleClient | None = None) -> Tool:
     """A `Tool` with `tool`'s declaration whose calls go to the module's deployment.
 
@@ -486,7 +481,7 @@ def ray_executor(address: str, vp: Any, *, num_cpus: float = 1.0,
         if failures:
             raise HostError(
                 f"evaluation on the Ray cluster at {address}: {len(failures)} chunk(s) failed "
-                f"after retries ({type(failures[0]).__name__}: {_first_line(failures[0])}); "
+                f"after retries ({type(failures[0]).__name__}: {first_line(failures[0])}); "
                 "their items are not in the results file, so a rerun resumes with them",
                 module="eval", address=address)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from . import codec
 from .cache import MISS, step_key
 from .checker import check_or_raise
-from .errors import StepError
+from .errors import CacheWarning, StepError
 from .program import Program, Step, Var
 from .registry import Registry, Tool
 from .trace import StepRecord, Trace
@@ -152,7 +152,7 @@ def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> None:
     try:
         cache.put(key, value)
     except Exception as e:
-        warnings.warn(f"visprog: could not cache {tool.name}: {e}", stacklevel=3)
+        warnings.warn(f"could not cache {tool.name}: {e}", CacheWarning, stacklevel=3)
 
 
 class Interpreter:

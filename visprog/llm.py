@@ -20,13 +20,15 @@ other users of the client (the List module) still get free text.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
-from .errors import VisProgError
+from .errors import VisProgError, first_line
 
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_BASE_URL = "OPENAI_BASE_URL"
@@ -42,6 +44,47 @@ GRAMMAR_FIELDS = {
 
 class LLMError(VisProgError):
     """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
+
+
+# The total time that the LLM requests made inside `deadline(...)` may take together:
+# (monotonic time it ends, its length in seconds, the setting's name for messages).
+_DEADLINE: contextvars.ContextVar[tuple[float, float, str] | None] = contextvars.ContextVar(
+    "visprog_llm_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None, name: str = "deadline_s") -> Iterator[None]:
+    """Within this block, LLM requests (retries and their waits included) end by `seconds`
+    from now: a request's timeout is cut to the time left, and none starts after it. An
+    enclosing deadline that ends sooner still holds. None: no deadline."""
+    outer = _DEADLINE.get()
+    if seconds is None or (outer is not None and outer[0] <= time.monotonic() + seconds):
+        yield
+        return
+    token = _DEADLINE.set((time.monotonic() + float(seconds), float(seconds), name))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left until the current `deadline`, or None outside one."""
+    d = _DEADLINE.get()
+    return None if d is None else d[0] - time.monotonic()
+
+
+def deadline_error(where: str, attempts: int, last: str) -> LLMError:
+    """The error for requests stopped by the current `deadline`."""
+    _, seconds, name = _DEADLINE.get() or (0.0, 0.0, "deadline_s")
+    tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    detail = f"; the last one: {last}" if last else ""
+    return LLMError(f"LLM request to {where} stopped: the deadline of {seconds:g} s for "
+                    f"planning ({name}) was reached{tried}{detail}")
+
+
+class _NotACompletion(ValueError):
+    """An HTTP 200 whose body is not a chat completion (a proxy's error page, say)."""
 
 
 @dataclass
@@ -91,8 +134,10 @@ class OpenAIChat:
         api_key: else `$OPENAI_API_KEY`. Local servers without auth still need a non-empty
             value (any string).
         timeout: seconds per request.
-        max_retries: retries after a timeout, a connection error, HTTP 429 or 5xx. A call
-            takes at most about `(max_retries + 1) * timeout` plus the backoff sleeps.
+        max_retries: retries after a timeout, a connection error, HTTP 429 or 5xx, or a
+            reply that is not a chat completion. A call takes at most about
+            `(max_retries + 1) * timeout` plus the backoff sleeps, and never past an
+            enclosing `deadline` (the planner's `deadline_s`).
         backoff: first sleep between retries, doubled each time, capped at `max_backoff`.
             A server's `Retry-After` is honoured when it is within the cap.
         grammar: None (default), or a server family from `GRAMMAR_FIELDS` ("vllm"): then
@@ -195,12 +240,16 @@ class OpenAIChat:
         where = self.describe()["base_url"]
         last = ""
         for attempt in range(self.max_retries + 1):
+            left = time_left()
+            if left is not None and left <= 0:
+                raise deadline_error(where, attempt, last)
+            timeout = self.timeout if left is None else min(self.timeout, left)
             retry_after = None
             try:
-                resp = self._client.chat.completions.create(**args)
+                resp = self._client.chat.completions.create(**args, timeout=timeout)
                 return _reply_from(resp, self.model)
             except openai.APITimeoutError:
-                last = f"no reply within {self.timeout:g} s (timeout)"
+                last = f"no reply within {timeout:g} s (timeout)"
             except openai.APIConnectionError as e:
                 last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
                         f"set {ENV_BASE_URL} to its address")
@@ -212,18 +261,30 @@ class OpenAIChat:
                     raise LLMError(_status_message(e, where, self.model)) from e
                 last = f"HTTP {e.status_code} server error: {_message(e)}"
                 retry_after = _retry_after(e)
+            except (openai.APIResponseValidationError, ValueError) as e:  # JSONDecodeError too
+                why = first_line(e, 200) or type(e).__name__
+                last = f"HTTP 200 with a body that is not a chat completion ({why})"
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
                 if retry_after is not None and 0 <= retry_after <= self.max_backoff:
                     delay = retry_after
+                left = time_left()
+                if left is not None and delay >= left:
+                    raise deadline_error(where, attempt + 1, last)
                 time.sleep(delay)
         tries = self.max_retries + 1
         raise LLMError(f"LLM request to {where} (model {self.model!r}) failed after {tries} "
-                       f"attempt{'s' if tries != 1 else ''}: {last}")
+                       f"attempt{'s' if tries != 1 else ''} (max_retries={self.max_retries}): "
+                       f"{last}")
 
 
 def _reply_from(resp: Any, model: str) -> LLMReply:
-    texts = [(c.message.content or "") if c.message is not None else "" for c in resp.choices]
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):  # the client hands back a non-JSON body as a str
+        raise _NotACompletion(f"got {str(resp)[:80]!r}" if isinstance(resp, str)
+                              else f"no 'choices' in {type(resp).__name__}")
+    texts = [(c.message.content or "") if getattr(c, "message", None) is not None else ""
+             for c in choices]
     usage: dict[str, int] = {}
     if resp.usage is not None:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):

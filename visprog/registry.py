@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .errors import ToolDeclarationError, UnknownToolError
+from .errors import ToolDeclarationError, UnknownToolError, VisProgWarning
 from .values import TYPES
 
 REQUIRED = inspect.Parameter.empty
@@ -227,6 +227,6 @@ class Registry:
                     self.register(t, replace=True)
                     added.append(t.name)
             except Exception as e:  # a plugin must not break the engine
-                warnings.warn(f"visprog: skipping tool plugin {ep.name!r} ({ep.value}): {e}",
-                              stacklevel=2)
+                warnings.warn(f"skipping tool plugin {ep.name!r} ({ep.value}): {e}",
+                              VisProgWarning, stacklevel=2)
         return added

@@ -43,7 +43,7 @@ from PIL import Image
 
 from .errors import VisProgError
 from .trace import StepRecord, Trace
-from .values import Objects, Region
+from .values import MAX_NESTING, Objects, Region
 
 FORMAT_NAME = "visprog-trace"
 FORMAT_VERSION = 1
@@ -103,26 +103,30 @@ class _Writer:
         self.written[key] = ref
         return dict(ref)
 
-    def encode(self, value: Any) -> Any:
+    def encode(self, value: Any, depth: int = 0) -> Any:
         if value is None or isinstance(value, (bool, int, str)):
             return value
+        if depth > MAX_NESTING:  # values are checked where they come in: this is a backstop
+            return {_TAG: "repr", "type": type(value).__name__,
+                    "repr": f"<nested more than {MAX_NESTING} deep>"}
         if isinstance(value, float):
             return value if math.isfinite(value) else {_TAG: "float", "value": repr(value)}
         if isinstance(value, np.generic):
-            return self.encode(value.item())
+            return self.encode(value.item(), depth)
         if isinstance(value, Image.Image):
             return {_TAG: "image", **self.image_ref(value)}
         if isinstance(value, Objects):
             return {_TAG: "objects", "image_size": list(value.image_size),
                     "regions": [self._region(r) for r in value]}
         if isinstance(value, list):
-            return [self.encode(v) for v in value]
+            return [self.encode(v, depth + 1) for v in value]
         if isinstance(value, tuple):
-            return {_TAG: "tuple", "items": [self.encode(v) for v in value]}
+            return {_TAG: "tuple", "items": [self.encode(v, depth + 1) for v in value]}
         if isinstance(value, dict):
             if all(isinstance(k, str) for k in value) and _TAG not in value:
-                return {k: self.encode(v) for k, v in value.items()}
-            return {_TAG: "dict", "items": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
+                return {k: self.encode(v, depth + 1) for k, v in value.items()}
+            return {_TAG: "dict", "items": [[self.encode(k, depth + 1), self.encode(v, depth + 1)]
+                                            for k, v in value.items()]}
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size <= _MAX_ARRAY_ITEMS:
             return {_TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
                     "data": [self.encode(v) for v in value.ravel().tolist()]}
@@ -240,25 +244,28 @@ class _Reader:
         except (OSError, SyntaxError, ValueError) as e:
             raise self.fail(f"could not read {what}: {e}") from e
 
-    def decode(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self.decode(v) for v in value]
-        if not isinstance(value, dict):
+    def decode(self, value: Any, depth: int = 0) -> Any:
+        if not isinstance(value, (list, dict)):
             return value
+        if depth > MAX_NESTING:
+            raise self.fail(f"a value nests lists or dicts more than {MAX_NESTING} deep")
+        if isinstance(value, list):
+            return [self.decode(v, depth + 1) for v in value]
         tag = value.get(_TAG)
         if tag is None:
-            return {k: self.decode(v) for k, v in value.items()}
+            return {k: self.decode(v, depth + 1) for k, v in value.items()}
         try:
             if tag == "image":
                 return self.image(value)
             if tag == "objects":
-                return self._objects(value)
+                return self._objects(value, depth)
             if tag == "tuple":
-                return tuple(self.decode(v) for v in value["items"])
+                return tuple(self.decode(v, depth + 1) for v in value["items"])
             if tag == "float":
                 return float(value["value"])
             if tag == "dict":
-                return {_hashable(self.decode(k)): self.decode(v) for k, v in value["items"]}
+                return {_hashable(self.decode(k, depth + 1)): self.decode(v, depth + 1)
+                        for k, v in value["items"]}
             if tag == "ndarray":
                 return np.array(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
             if tag == "repr":
@@ -269,7 +276,7 @@ class _Reader:
             raise self.fail(f"malformed {tag!r} value: {type(e).__name__}: {e}") from e
         raise self.fail(f"unknown value type {tag!r}")
 
-    def _objects(self, value: dict[str, Any]) -> Objects:
+    def _objects(self, value: dict[str, Any], depth: int) -> Objects:
         w, h = value["image_size"]
         regions = []
         for r in value["regions"]:
@@ -280,7 +287,7 @@ class _Reader:
                     raise self.fail(f"mask shape {mask.shape} does not fit image size {(w, h)}")
             regions.append(Region(box=tuple(float(v) for v in r["box"]), mask=mask,
                                   label=r.get("label"), score=r.get("score"),
-                                  extra=self.decode(r.get("extra", {}))))
+                                  extra=self.decode(r.get("extra", {}), depth + 1)))
         return Objects(tuple(regions), (w, h))
 
 
@@ -307,6 +314,9 @@ def load_trace(path: str | Path) -> Trace:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise reader.fail(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except RecursionError as e:  # the JSON parser recurses once per level
+        raise reader.fail(f"JSON nested too deeply to read (values may nest {MAX_NESTING} "
+                          "deep)") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise reader.fail(f"not a visprog trace (expected \"format\": \"{FORMAT_NAME}\")")
     version = doc.get("version")
