@@ -39,7 +39,7 @@ from visprog.language.program import Arg, Program, Step, Var
 from visprog.query.expr import SCALARS, ExprProblem, const, expr_from_text, make_op
 from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
                             caller, compile_query, fail, snake_case)
-from visprog.values import Objects, load_image
+from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
 # writes (an expression, a question for the LLM), so those modules are `vp.fn` functions.
@@ -431,9 +431,12 @@ def to_node(vp: Any, value: Any, what: str) -> Any:
             raise fail(f"{what}: {value} is not a number the language can write")
         return value
     if isinstance(value, (list, tuple)):
+        if nesting_depth(value) > MAX_NESTING:  # the parser would refuse the program's text
+            raise fail(f"{what}: the list nests lists more than {MAX_NESTING} deep",
+                       "lists hold names, strings and numbers; flatten the nesting")
         return tuple(to_node(vp, v, what) for v in value)
     if isinstance(value, (Image.Image, np.ndarray)):
-        loaded = load_image(value, max_pixels=vp.max_pixels)
+        loaded = load_image(value, **vp.image_limits)
         return Input("IMAGE", loaded, frozenset({"Image"}), ("image", id(value)), value)
     if isinstance(value, Objects):
         return Input("OBJECTS", value, frozenset({"Objects"}), ("objects", id(value)), value)
