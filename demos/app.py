@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from visprog.errors import ImageError, ProgramError, StepError, VisProgError
 from visprog.traces.records import StepRecord, Trace
-from visprog.values import Objects, load_image
+from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, Objects, load_image
 
 # -- limits (what one demo request may ask for) ---------------------------------------------
 MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo; larger uploads are refused with a message
@@ -167,7 +167,8 @@ def program_problem(program: str) -> str | None:
 
 def read_inputs(image: Any, left: Any, right: Any,
                 max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Image.Image]:
-    """The uploaded images as input variables, each checked against the pixel limit.
+    """The uploaded images as input variables, each checked against the pixel limit and
+    the engine's limits on sides and shape (`visprog.values`).
 
     Raises:
         ImageError: an upload is not an image or is too large (message names which one).
@@ -177,7 +178,8 @@ def read_inputs(image: Any, left: Any, right: Any,
         if value is None:
             continue
         try:
-            bound[name] = load_image(value, max_pixels=max_pixels)
+            bound[name] = load_image(value, max_pixels=max_pixels, min_side=DEFAULT_MIN_SIDE,
+                                     max_aspect=DEFAULT_MAX_ASPECT)
         except ImageError as e:
             raise ImageError(f"the {name} image: {e}") from e
     return bound

@@ -32,12 +32,17 @@ class Reply:
         status: HTTP status; not 200 sends an error body with `content` as its message.
         delay: seconds to wait before answering (bounded by MAX_DELAY).
         headers: extra response headers (e.g. {"retry-after": "0"}).
+        raw: a body to send as it is instead (with `status` and `content_type`): what a
+            proxy's error page or a broken server answers.
+        content_type: the content-type of a `raw` body.
     """
 
     content: str | list[str] = ""
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 class ScriptedServer:
@@ -105,6 +110,9 @@ class ScriptedServer:
                 reply = server._next(body, self.path)
                 if reply.delay:
                     server._stopping.wait(min(reply.delay, MAX_DELAY))
+                if reply.raw is not None:
+                    self._send_bytes(reply.status, reply.raw, reply.content_type, reply.headers)
+                    return
                 if reply.status != 200:
                     message = reply.content if isinstance(reply.content, str) else "error"
                     self._send(reply.status, {"error": {"message": message, "type": "test"}},
@@ -128,10 +136,14 @@ class ScriptedServer:
 
             def _send(self, status: int, payload: dict[str, Any],
                       headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode("utf-8")
+                self._send_bytes(status, json.dumps(payload).encode("utf-8"),
+                                 "application/json", headers)
+
+            def _send_bytes(self, status: int, data: bytes, content_type: str,
+                            headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", content_type)
                     self.send_header("content-length", str(len(data)))
                     for k, v in (headers or {}).items():
                         self.send_header(k, v)

@@ -89,9 +89,9 @@ def test_extra_inputs(vp):
     assert vp.execute(text, inputs={"WORD": "dog"}).value == "no"
     # an image bound under another name is read like IMAGE
     out = vp.execute("P=Loc(image=PHOTO, object='RIGHT')",
-                     inputs={"PHOTO": np.zeros((4, 6, 3), np.uint8)})
+                     inputs={"PHOTO": np.zeros((8, 12, 3), np.uint8)})
     assert out.trace.inputs["PHOTO"].mode == "RGB"
-    assert out.value.boxes.tolist() == [[3.0, 0.0, 6.0, 4.0]]
+    assert out.value.boxes.tolist() == [[6.0, 0.0, 12.0, 8.0]]
 
 
 def test_inputs_are_exactly_what_the_caller_binds(vp):

@@ -60,8 +60,6 @@ OK_PROGRAMS = [
     "I=Label(image=IMAGE)",
     "I=Label(image=IMAGE, text=None)",
     "I=Label(image=IMAGE, text='x')",
-    "",
-    "# nothing but a comment",
     LOC + "A=ColorPop(image=RIGHT, object=OBJ)",
 ]
 
@@ -76,6 +74,15 @@ def test_valid_programs_have_no_problems(registry, text):
 
 ONE_PROBLEM = [
     # (id, program, inputs or None, (line, column), message part, hint part)
+    ("only comments", "# nothing but a comment\n\n# and another", None, (1, 1),
+     "the program has no steps", "NAME=Module"),
+    ("assigns True", "True=Eval(expr='1')", None, (1, 1),
+     "can't assign to True: 'True' is a reserved word", "a name of its own"),
+    ("assigns None by alias", "None=IMAGE", None, (1, 1), "can't assign to None", ""),
+    ("assigns a default input", LOC + "LEFT=Crop(image=IMAGE, box=OBJ)", None, (2, 1),
+     "can't assign to LEFT: 'LEFT' is an input of the program", ""),
+    ("assigns a declared input", "Q=Eval(expr='1')\nQUESTION=Eval(expr='2')",
+     {"QUESTION": "Text"}, (2, 1), "'QUESTION' is an input", ""),
     ("unknown module", "N=Cout(box=OBJ)", {"OBJ": "Objects"}, (1, 3),
      "unknown module 'Cout'", "did you mean 'Count'?"),
     ("unknown module lenient", LOC + "A=CROP_LEFT(image=IMAGE, box=OBJ)", None, (2, 3),
@@ -206,5 +213,9 @@ def test_custom_inputs(registry, inputs, ok):
     assert (problems(registry, text, inputs) == []) is ok
 
 
-def test_an_empty_program_checks(registry):
-    assert check(parse(""), registry) == []
+@pytest.mark.parametrize("text", ["", "\n \n", "# nothing"])
+def test_an_empty_program_has_no_steps(registry, text):
+    found = check(parse(text), registry)
+    assert [(d.line, d.column, d.message) for d in found] == [(1, 1, "the program has no steps")]
+    with pytest.raises(CheckError, match="no steps"):
+        check_or_raise(parse(text), registry)

@@ -198,6 +198,35 @@ def test_too_deep_is_a_type_error_not_a_crash():
         codec.encode(deep)
 
 
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_the_codec_nests_values_as_deep_as_the_limit_and_no_deeper():
+    """Values are checked where they come in (MAX_NESTING); the codec is the backstop: an
+    exact encoding refuses deeper ones (not cached), a record keeps a note in their place,
+    and a decoder refuses them before any recursion runs out."""
+    from visprog.values import MAX_NESTING
+
+    ok = nested(MAX_NESTING)
+    assert codec.decode(codec.encode(ok)) == ok
+    deep = nested(MAX_NESTING + 2)
+    with pytest.raises(TypeError, match=f"more than {MAX_NESTING} deep"):
+        codec.encode(deep)
+    node = Encoder(BytesBlobs(), exact=False).encode(deep)
+    innermost = node
+    while isinstance(innermost, list):
+        innermost = innermost[0]
+    assert innermost["$type"] == "repr" and f"more than {MAX_NESTING}" in innermost["repr"]
+    for node in (json.loads(json.dumps(deep)), {"a": nested(MAX_NESTING + 1)},
+                 {"$type": "tuple", "items": [nested(MAX_NESTING + 1)]}):
+        with pytest.raises(CodecError, match=f"more than {MAX_NESTING} deep"):
+            Decoder(BytesBlobs()).decode(node)
+
+
 # -- documents: each image once, one object per image ---------------------------------------
 
 def test_a_document_stores_each_image_once_and_shares_it_on_reading(tmp_path):

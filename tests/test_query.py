@@ -149,11 +149,11 @@ def shared(vp, img):
 
 
 SHARED = """\
-LEFT=Loc(image=IMAGE, object='LEFT')
-COLOR_POP=ColorPop(image=IMAGE, object=LEFT)
-CLASSIFY=Classify(image=IMAGE, object=LEFT, categories=['cat', 'dog'])
+LEFT_2=Loc(image=IMAGE, object='LEFT')
+COLOR_POP=ColorPop(image=IMAGE, object=LEFT_2)
+CLASSIFY=Classify(image=IMAGE, object=LEFT_2, categories=['cat', 'dog'])
 TAG=Tag(image=COLOR_POP, object=CLASSIFY)
-"""
+"""  # LEFT is an input's name (a step may not assign to it): the step steps around it
 
 
 def keywords_and_defaults(vp, img):
@@ -385,6 +385,8 @@ def test_type_errors_are_located_at_the_calling_line(vp):
     raises_here(lambda: image.loc(len), r"can't pass a builtin_function_or_method")
     raises_here(lambda: image.loc(float("nan")), r"not a number the language can write")
     raises_here(lambda: n.named("2x"), r"not a variable name")
+    for taken in ("LEFT", "image", "None"):  # a step can't assign to an input or a literal
+        raises_here(lambda: n.named(taken), rf"named\(\): '{taken}' is the name of an input")
     other = VisProg(preset="tiny", cache=False, plugins=False).image(photo())
     raises_here(lambda: image.crop(other.loc("x")), r"another VisProg")
     assert CALLS == []  # nothing ran

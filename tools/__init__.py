@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any, Mapping
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, VisProgWarning
 from visprog.models import ModelTool, add_tiny_source, is_model_tool
 from visprog.registry import ENTRY_POINT_GROUP, Tool
 
@@ -133,7 +133,7 @@ def _import_model_tools() -> None:
     try:
         _tool_files()
     except ImportError as e:  # a file whose optional dependency is missing
-        warnings.warn(f"visprog: a tool file could not be imported: {e}", stacklevel=2)
+        warnings.warn(f"a tool file could not be imported: {e}", VisProgWarning, stacklevel=2)
 
 
 add_tiny_source(_import_model_tools)

@@ -21,10 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.models import Done, ModelTool, hf_loader, model_inputs, tiny_clip_tokenizer
+from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs, rgb_image,
+                            tiny_clip_tokenizer)
 from visprog.values import Objects
 
-from .loc import TINY_WORDS, as_image
+from .loc import TINY_WORDS
 
 
 def crop_region(image: Image.Image, box: Sequence[float], context: float = 0.0) -> Image.Image:
@@ -47,7 +48,7 @@ def clip_logits(bundle: tuple[Any, Any], images: Sequence[Image.Image],
     """CLIP's scaled image-text similarities, (len(images), len(texts)), in one forward."""
     model, processor = bundle
     max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
-    inputs = processor(text=list(texts), images=list(images), return_tensors="pt",
+    inputs = processor(text=list(texts), images=model_images(images), return_tensors="pt",
                        padding=True, truncation=True, max_length=max_len)
     out = model(**model_inputs(inputs, model))
     return out.logits_per_image.float().cpu().numpy()
@@ -118,7 +119,7 @@ class Classify(ModelTool):
                 "crop_context": float(s["crop_context"])}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
-        image, objs, cats = as_image(call["image"]), call["object"], call["categories"]
+        image, objs, cats = rgb_image(call["image"]), call["object"], call["categories"]
         names = [str(x).strip() for x in ([cats] if isinstance(cats, str) else cats or [])]
         if not isinstance(objs, Objects):
             raise TypeError(f"Classify: object must be Objects, got {type(objs).__name__}")

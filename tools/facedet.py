@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import TINY_PREFIX, ModelLoadError, ModelTool, cache_dir, resolve_checkpoint
-from visprog.values import Objects, Region, load_image
+from visprog.models import (TINY_PREFIX, ModelLoadError, ModelTool, cache_dir, resolve_checkpoint,
+                            rgb_image)
+from visprog.values import Objects, Region
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 # Each backend's own settings and their defaults (the chosen backend's join the cache key).
@@ -228,12 +229,6 @@ def build_tiny_yunet(folder: Path) -> None:
                       dynamo=False, opset_version=13)
 
 
-def _rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)
-
-
 # -- the tool --------------------------------------------------------------------------------
 
 class FaceDet(ModelTool):
@@ -252,7 +247,7 @@ class FaceDet(ModelTool):
         return {"backend": s["backend"], **BACKEND_DEFAULTS[s["backend"]], **s}
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
-        return _rgb(call["image"])
+        return rgb_image(call["image"])
 
     def forward(self, images: list[Image.Image]) -> list[Objects]:
         # OpenCV and scikit-image detect one image at a time; the batch is a loop.

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.models import (Done, ModelTool, hf_loader, model_inputs, pick_checkpoint,
-                            tiny_bert_tokenizer, tiny_clip_tokenizer)
-from visprog.values import Objects, load_image
+from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
+                            pick_checkpoint, rgb_image, tiny_bert_tokenizer, tiny_clip_tokenizer)
+from visprog.values import Objects
 
 HALVES = ("TOP", "BOTTOM", "LEFT", "RIGHT")
 # Words the tiny tokenizers know whole; anything else is spelled out in characters.
@@ -91,13 +91,6 @@ def clean_detections(boxes: np.ndarray, scores: np.ndarray, size: tuple[int, int
     return boxes[keep], scores[keep]
 
 
-def as_image(image: Any) -> Image.Image:
-    """The interpreter passes RGB PIL images; anything else goes through load_image."""
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)
-
-
 # -- GroundingDINO ---------------------------------------------------------------------------
 
 # the PIL image processor: no torchvision needed
@@ -113,7 +106,8 @@ def ground(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequen
            box_threshold: float, text_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """One GroundingDINO batch: (boxes xyxy in each image's pixels, scores) per image."""
     model, processor = bundle
-    inputs = processor(images=list(images), text=[grounding_prompt(t) for t in texts],
+    images = model_images(images)  # thin strips padded: boxes stay in each image's own pixels
+    inputs = processor(images=images, text=[grounding_prompt(t) for t in texts],
                        return_tensors="pt", padding=True)
     out = model(**model_inputs(inputs, model))
     outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
@@ -162,8 +156,9 @@ def owl_detect(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Se
                box_threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """One OWLv2 batch, one query per image: (boxes in each image's pixels, scores)."""
     model, processor = bundle
+    images = model_images(images)  # thin strips padded: boxes stay in each image's own pixels
     queries = [[f"a photo of {t.strip()}"] for t in texts]
-    inputs = processor(text=queries, images=list(images), return_tensors="pt",
+    inputs = processor(text=queries, images=images, return_tensors="pt",
                        padding="max_length", max_length=OWL_TEXT_LEN, truncation=True)
     out = model(**model_inputs(inputs, model))
     outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
@@ -225,7 +220,7 @@ class Loc(ModelTool):
                 "max_detections": int(s["max_detections"])}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
-        image, name = as_image(call["image"]), str(call["object"])
+        image, name = rgb_image(call["image"]), str(call["object"])
         if not name.strip():
             raise ValueError("Loc needs an object to look for, got an empty string")
         if name.strip() in HALVES:

@@ -56,13 +56,20 @@ def load_inpaint(safety_checker: bool):
         import torch
         from diffusers import StableDiffusionInpaintPipeline
         from diffusers.pipelines import pipeline_utils
+        from diffusers.utils import logging as diffusers_logging
 
         extra: dict[str, Any] = {} if safety_checker else {"safety_checker": None,
                                                             "requires_safety_checker": False}
         # newer diffusers take `dtype` and warn on `torch_dtype`; older ones know only the latter
         key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
         extra[key] = dtype or torch.float32
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(path, **extra)
+        bars = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # its bar for each load, however quick
+        try:
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(path, **extra)
+        finally:
+            if bars:
+                diffusers_logging.enable_progress_bar()
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return pipe

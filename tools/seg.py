@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import ModelTool, hf_loader, model_inputs, pick_checkpoint
-from visprog.values import Objects, Region, load_image
+from visprog.models import (ModelTool, hf_loader, model_image, model_inputs, pick_checkpoint,
+                            rgb_image)
+from visprog.values import Objects, Region
 
 # backend -> transformers model class
 MODEL_CLASSES = {"mask2former": "Mask2FormerForUniversalSegmentation",
@@ -59,12 +60,15 @@ def _post_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _regions(result: dict[str, Any], size: tuple[int, int], id2label: dict[int, str],
-             clean: bool) -> Objects:
-    """Objects from one image's post-processed panoptic result."""
+             clean: bool, shown: tuple[int, int] | None = None) -> Objects:
+    """Objects from one image's post-processed panoptic result. `shown` is the size of the
+    image the model saw, when it was padded (`model_image`): the padding is cut off."""
     w, h = size
+    sw, sh = shown or size
     seg = result["segmentation"].cpu().numpy().astype(np.int32)
-    if seg.shape != (h, w):  # made smaller for a large image: scale the id map up
-        seg = np.asarray(Image.fromarray(seg, mode="I").resize((w, h), Image.NEAREST))
+    if seg.shape != (sh, sw):  # made smaller for a large image: scale the id map up
+        seg = np.asarray(Image.fromarray(seg, mode="I").resize((sw, sh), Image.NEAREST))
+    seg = seg[:h, :w]
     regions = []
     for info in result["segments_info"]:
         mask = seg == info["id"]
@@ -83,7 +87,8 @@ def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any
             ) -> list[Objects]:
     """Panoptic segmentation of images of one size, as one model batch."""
     model, processor = bundle
-    inputs = processor(images=images, return_tensors="pt")
+    shown = [model_image(im) for im in images]
+    inputs = processor(images=shown, return_tensors="pt")
     out = model(**model_inputs(inputs, model))
     # post-processing in float32: fp16 sigmoid/interpolation loses small masks
     out.class_queries_logits = out.class_queries_logits.float()
@@ -92,15 +97,10 @@ def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any
         out, threshold=s["threshold"], mask_threshold=s["mask_threshold"],
         overlap_mask_area_threshold=s["overlap_mask_area_threshold"],
         label_ids_to_fuse=set(),
-        target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in images])
+        target_sizes=[_post_size(im.size, s["mask_max_side"]) for im in shown])
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    return [_regions(r, im.size, id2label, s["clean_labels"]) for r, im in zip(results, images)]
-
-
-def _rgb(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return image
-    return load_image(image)
+    return [_regions(r, im.size, id2label, s["clean_labels"], sh.size)
+            for r, im, sh in zip(results, images, shown)]
 
 
 # -- tiny offline checkpoint ------------------------------------------------------------------
@@ -194,7 +194,7 @@ class Seg(ModelTool):
         return {**{k: v for k, v in s.items() if k != "checkpoints"}, "checkpoint": checkpoint}
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
-        return _rgb(call["image"])
+        return rgb_image(call["image"])
 
     def batch_key(self, image: Image.Image) -> tuple[int, int]:
         # one model batch per image size (see the module docstring)

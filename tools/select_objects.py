@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import Done, ModelTool, hf_loader, model_inputs
+from visprog.models import Done, ModelTool, hf_loader, model_image, model_inputs, rgb_image
 from visprog.values import Objects, Region
 
 from .classify import clip_logits, crop_region, load_clip
-from .loc import as_image, clean_detections, ground, load_grounding_dino
+from .loc import clean_detections, ground, load_grounding_dino
 
 MAX_GROUNDED = 10     # grounded boxes per query sent to SAM
 IOU_GRID = 512        # masks are compared on a grid of at most this many pixels a side
@@ -58,12 +58,12 @@ def sam_masks(bundle: tuple[Any, Any], image: Image.Image, boxes: np.ndarray) ->
     if len(boxes) == 0:
         return np.zeros((0, h, w), dtype=bool)
     model, processor = bundle
-    inputs = processor(images=image, input_boxes=[[list(map(float, b)) for b in boxes]],
-                       return_tensors="pt")
+    inputs = processor(images=model_image(image),  # boxes are the same in the padded image
+                       input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt")
     out = model(**model_inputs(inputs, model), multimask_output=False)
     masks = processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
                                          inputs["reshaped_input_sizes"])[0]
-    return masks[:, 0].numpy().astype(bool)  # (n_boxes, H, W)
+    return masks[:, 0, :h, :w].numpy().astype(bool)  # (n_boxes, H, W): the padding cut off
 
 
 def build_tiny_sam(folder) -> None:
@@ -184,7 +184,7 @@ class Select(ModelTool):
                 "text_threshold": float(s["text_threshold"]), "match_iou": float(s["match_iou"])}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
-        image, cands = as_image(call["image"]), call["object"]
+        image, cands = rgb_image(call["image"]), call["object"]
         if not isinstance(cands, Objects):
             raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
         if cands.image_size != image.size:

@@ -16,9 +16,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.models import ModelTool, hf_loader, model_inputs, pick_checkpoint, tiny_bert_tokenizer
-
-from .loc import as_image
+from visprog.models import (ModelTool, hf_loader, model_images, model_inputs, pick_checkpoint,
+                            rgb_image, tiny_bert_tokenizer)
 
 TINY_WORDS = ["what", "color", "is", "the", "how", "many", "are", "there", "a", "an", "of",
               "red", "blue", "green", "yes", "no", "one", "two", "dog", "dogs", "cat", "car",
@@ -40,7 +39,7 @@ def blip_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                  questions: Sequence[str], max_new_tokens: int) -> list[str]:
     """One batched BLIP generate: an answer per (image, question)."""
     model, processor = bundle
-    inputs = processor(images=list(images), text=list(questions), return_tensors="pt",
+    inputs = processor(images=model_images(images), text=list(questions), return_tensors="pt",
                        padding=True)
     ids = model.generate(**model_inputs(inputs, model), max_new_tokens=max_new_tokens)
     return processor.batch_decode(ids, skip_special_tokens=True)
@@ -79,7 +78,7 @@ def vilt_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                  questions: Sequence[str]) -> list[str]:
     """One batched ViLT forward: the best answer of its vocabulary per (image, question)."""
     model, processor = bundle
-    inputs = processor(images=list(images), text=list(questions), return_tensors="pt",
+    inputs = processor(images=model_images(images), text=list(questions), return_tensors="pt",
                        padding=True, truncation=True,
                        max_length=model.config.max_position_embeddings)
     logits = model(**model_inputs(inputs, model)).logits
@@ -126,7 +125,7 @@ class Vqa(ModelTool):
                 "max_new_tokens": int(s["max_new_tokens"])}
 
     def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str]:
-        image, question = as_image(call["image"]), str(call["question"]).strip()
+        image, question = rgb_image(call["image"]), str(call["question"]).strip()
         if not question:
             raise ValueError("Vqa needs a question, got an empty string")
         return image, question

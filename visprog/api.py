@@ -22,7 +22,8 @@ from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.registry import Registry, Tool
 from visprog.traces.records import Trace
-from visprog.values import DEFAULT_MAX_PIXELS, load_image, type_of
+from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
+                            load_image, nesting_depth, type_of)
 
 ImageLike = Any  # a path, bytes, PIL image or numpy array
 
@@ -56,14 +57,19 @@ class VisProg:
             VISPROG_CACHE_DIR).
         llm: the planner's LLM client (see `visprog.llm`), also used by the List module.
         device: "cpu", "cuda", "mps"... overrides the config's device.
-        max_pixels: input images over this many pixels are refused.
+        max_pixels: input images over this many pixels are refused (None: no limit).
+        min_side: input images with a side under this many pixels are refused.
+        max_aspect: input images whose long side is over this many times the short one are
+            refused.
         plugins: also register tools that installed packages advertise (entry points).
     """
 
     def __init__(self, preset: str = "default", config: str | os.PathLike | Mapping | None = None,
                  *, cache: Any = True, cache_dir: str | os.PathLike | None = None,
                  llm: Any = None, device: str | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, plugins: bool = True):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 min_side: int | None = DEFAULT_MIN_SIDE,
+                 max_aspect: float | None = DEFAULT_MAX_ASPECT, plugins: bool = True):
         from visprog.config import load_config
         from visprog.hosting.client import host_tools, split_config
         from visprog.models.memory import make_manager
@@ -82,7 +88,8 @@ class VisProg:
         if llm is None:
             llm, self._llm_error = _llm_from_config(self.config.get("llm"))
         self.llm = llm
-        self.max_pixels = max_pixels
+        self.image_limits = {"max_pixels": max_pixels, "min_side": min_side,
+                             "max_aspect": max_aspect}
         # Hosting keys (host = "ray", ...) leave the module sections before the tools are
         # built, so cache keys don't depend on where a module runs; hosted tools call out.
         catalog = module_catalog()
@@ -119,9 +126,15 @@ class VisProg:
     def bind(self, image: ImageLike = None, *, left: ImageLike = None, right: ImageLike = None,
              inputs: Mapping[str, Any] | None = None,
              read: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The input variables of a run: images are read (paths, arrays, PIL) and converted to
-        RGB; other values are bound as given. `read` maps paths already read to their image,
-        so an image shared by many items is read (and hashed) once."""
+        """The input variables of a run: images are read (paths, arrays, PIL), checked
+        against the image limits and converted to RGB; other values are bound as given.
+        `read` maps paths already read to their image, so an image shared by many items is
+        read (and hashed) once.
+
+        Raises:
+            ImageError: an image can't be read or is outside the limits.
+            ValueError: a value nests lists deeper than `values.MAX_NESTING`.
+        """
         bound: dict[str, Any] = {}
         for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
             if value is not None:
@@ -129,15 +142,17 @@ class VisProg:
         for name, value in (inputs or {}).items():
             if isinstance(value, Image.Image) or type(value).__module__ == "numpy":
                 value = self._read(value, read)
+            elif nesting_depth(value) > MAX_NESTING:
+                raise ValueError(f"input {name!r} nests lists more than {MAX_NESTING} deep")
             bound[name] = value
         return bound
 
     def _read(self, value: ImageLike, read: dict[str, Any] | None) -> Any:
         if read is None or not isinstance(value, (str, os.PathLike)):
-            return load_image(value, max_pixels=self.max_pixels)
+            return load_image(value, **self.image_limits)
         key = os.fspath(value)
         if key not in read:
-            read[key] = load_image(value, max_pixels=self.max_pixels)
+            read[key] = load_image(value, **self.image_limits)
         return read[key]
 
     def job(self, program: str | Program, bound: Mapping[str, Any], *, id: Any = None,

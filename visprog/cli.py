@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
-from visprog.errors import ProgramError, StepError, VisProgError
+from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -184,6 +185,8 @@ def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
         options["examples"] = args.examples if args.examples == "all" else int(args.examples)
     if args.no_plan_cache:
         options["cache"] = False
+    if args.deadline is not None:
+        options["deadline_s"] = args.deadline
     return options
 
 
@@ -194,6 +197,9 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="gqa", choices=sorted(TASKS),
                    help="which kind of question (default gqa)")
     p.add_argument("--attempts", type=int, help="tries per program, repairs included (default 3)")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="the most all LLM requests of a plan may take together, retries "
+                        "included (default 120)")
     p.add_argument("--examples", help="in-context examples: 'all' (default) or how many")
     p.add_argument("--no-plan-cache", action="store_true",
                    help="ask the LLM even if this question was planned before")
@@ -358,11 +364,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(args, load_config(args.preset, args.config), module_catalog())
 
 
+def _warning_printer(show: Any) -> Any:
+    """Warnings of visprog's own (the run goes on) as one line each; others as Python
+    prints them."""
+    def printer(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, VisProgWarning):
+            print(f"visprog: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return printer
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad flags
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return args.func(args)
     except UsageError as e:
         print(f"visprog: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,6 +13,21 @@ class VisProgError(Exception):
     """Root of every error this package raises on purpose."""
 
 
+def first_line(error: BaseException | None, limit: int = 300) -> str:
+    """The first line of an error's message, cut to `limit` characters ("" for none)."""
+    text = str(error).strip().splitlines() if error is not None else []
+    return text[0][:limit] if text else ""
+
+
+class VisProgWarning(UserWarning):
+    """Root of the warnings this package gives: something went wrong and the run goes on
+    (the command line prints each as one line: `visprog: warning: ...`)."""
+
+
+class CacheWarning(VisProgWarning):
+    """Something went wrong with a cache folder; the run goes on without it where needed."""
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     """One problem found in a program, before anything runs."""

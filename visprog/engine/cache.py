@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from visprog.errors import CacheWarning
 from visprog.values import codec
 from visprog.registry import normalize_name
 
@@ -71,10 +72,6 @@ class _Miss:
 
 
 MISS: Any = _Miss()
-
-
-class CacheWarning(UserWarning):
-    """Something went wrong with the cache; the run goes on without it where needed."""
 
 
 def default_cache_dir() -> Path:

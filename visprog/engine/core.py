@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.engine.cache import MISS, step_key
 from visprog.engine.schedule import FixedBatchSize, choose_groups
-from visprog.errors import StepError, VisProgError
+from visprog.errors import CacheWarning, StepError, VisProgError
 from visprog.language.program import Program, Step, Var
 from visprog.registry import Registry, Tool
 from visprog.traces.records import StepRecord, Trace
@@ -159,7 +159,7 @@ def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> None:
     try:
         cache.put(key, value)
     except Exception as e:
-        warnings.warn(f"visprog: could not cache {tool.name}: {e}", stacklevel=3)
+        warnings.warn(f"could not cache {tool.name}: {e}", CacheWarning, stacklevel=3)
 
 
 Outcome = tuple[bool, Any]  # (True, output) or (False, the exception)

@@ -37,7 +37,7 @@ from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
 from visprog.evaluation.datasets import EvalItem
-from visprog.errors import CheckError, ParseError, VisProgError
+from visprog.errors import CheckError, ParseError, VisProgError, VisProgWarning
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
@@ -78,7 +78,8 @@ def read_results(path: str | os.PathLike, *, repair: bool = True) -> list[dict[s
         if nl < 0 and line.strip():
             break  # a half-written last line (even if it parses: its newline never came)
         if row is False:  # damaged in the middle: its item runs again, later lines count
-            warnings.warn(f"visprog: skipping a damaged line in {p} at byte {pos}", stacklevel=2)
+            warnings.warn(f"skipping a damaged line in {p} at byte {pos}", VisProgWarning,
+                          stacklevel=2)
         if isinstance(row, dict) and "id" in row:
             records.append(row)
         good_end = end

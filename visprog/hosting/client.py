@@ -35,13 +35,14 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.values import codec
-from visprog.errors import ConfigError, VisProgError
+from visprog.errors import ConfigError, VisProgError, first_line
 from visprog.registry import Tool
 
 HOSTS = ("local", "ray")
@@ -247,6 +248,46 @@ def decode_reply(data: bytes, module: str, calls: int) -> list[Any]:
 
 # -- the client ------------------------------------------------------------------------------
 
+# Ray 2.59+ starts local clusters with token authentication: `ray.init()` writes a token to
+# ~/.ray/auth_token and only clients that send it may connect. Ray itself sends it only when
+# a client finds the cluster by "auto"; `connect_ray` does so for an explicit address too.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_HINT = ("set RAY_AUTH_TOKEN to the token in the server's ~/.ray/auth_token, or "
+              "RAY_AUTH_TOKEN_PATH to a copy of that file")
+
+
+def token_path() -> str:
+    """Where Ray keeps this user's cluster token (`RAY_AUTH_TOKEN_PATH`, else Ray's default)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join("~", ".ray", "auth_token")
+    return os.path.expanduser(path)
+
+
+def ray_token_available() -> bool:
+    """Whether this process has a Ray cluster token to send (the environment or the file)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(token_path())
+
+
+def connect_ray(address: str) -> None:
+    """Join the Ray cluster at `address`, unless this process already has.
+
+    When the user has not chosen an authentication mode (`RAY_AUTH_MODE`) and a token is
+    at hand, it is sent: a cluster with token authentication (the default for one started
+    by `visprog serve` without `--address`) needs it, and one without ignores it.
+    """
+    import ray
+
+    if ray.is_initialized():  # the cluster this process already joined
+        return
+    if os.environ.get(RAY_AUTH_MODE) is None and ray_token_available():
+        os.environ[RAY_AUTH_MODE] = "token"
+        try:  # Ray reads its configuration once; have it read the mode again
+            from ray._raylet import Config
+            Config.initialize("")
+        except (ImportError, AttributeError):
+            pass
+    ray.init(address=address, log_to_driver=False)
+
+
 def _settings_json(settings: Mapping[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
@@ -284,12 +325,13 @@ class RayModuleClient:
         return spec
 
     def _fail(self, what: str, error: BaseException | None, attempts: int) -> HostError:
-        detail = f": {type(error).__name__}: {_first_line(error)}" if error else ""
+        detail = f": {type(error).__name__}: {first_line(error)}" if error else ""
         return HostError(
             f"{self.spec.module}: the Ray Serve host at {self.address} (application "
             f"{self.spec.app_name!r}) {what} after {attempts} attempt"
             f"{'s' if attempts != 1 else ''}{detail}\n  how to fix: start it with "
-            f"`visprog serve --config FILE` (the same config), check `ray_address`, or set "
+            f"`visprog serve --config FILE` (the same config), check `ray_address` (and, on "
+            f"another machine, the cluster's token: {TOKEN_HINT}), or set "
             f"host = \"local\" for [{self.spec.module}]",
             module=self.spec.module, address=self.address)
 
@@ -309,8 +351,7 @@ class RayModuleClient:
                     f"host = \"local\" for [{self.spec.module}]",
                     module=self.spec.module, address=self.spec.ray_address) from e
 
-            if not ray.is_initialized():  # else: the cluster this process already joined
-                ray.init(address=self.spec.ray_address, log_to_driver=False)
+            connect_ray(self.spec.ray_address)
             handle = serve.get_app_handle(self.spec.app_name)
             served = handle.describe.remote().result(timeout_s=self.spec.timeout_s)
             mine = {"name": self.declaration.name, "version": self.declaration.version,
@@ -376,11 +417,6 @@ class RayModuleClient:
         one replica."""
         handle = self._connect()
         return handle.stats.remote().result(timeout_s=self.spec.timeout_s)
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else ""
 
 
 def remote_tool(tool: Tool, spec: HostSpec, client: RayModuleClient | None = None) -> Tool:

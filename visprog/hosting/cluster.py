@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from visprog.hosting.client import HostError, _first_line
+from visprog.errors import first_line
+from visprog.hosting.client import HostError, connect_ray
 
 FORWARDED_ENV = ("VISPROG_", "OPENAI_", "HF_", "TRANSFORMERS_")
 
@@ -37,8 +38,7 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
     def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool) -> Any:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+        connect_ray(address)
         task = ray.remote(_eval_chunk).options(
             num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
             runtime_env={"env_vars": env} if env else None)
@@ -56,7 +56,7 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
         if failures:
             raise HostError(
                 f"evaluation on the Ray cluster at {address}: {len(failures)} chunk(s) failed "
-                f"after retries ({type(failures[0]).__name__}: {_first_line(failures[0])}); "
+                f"after retries ({type(failures[0]).__name__}: {first_line(failures[0])}); "
                 "their items are not in the results file, so a rerun resumes with them",
                 module="eval", address=address)
 

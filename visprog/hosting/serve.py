@@ -26,8 +26,10 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from visprog.hosting.client import (HostSpec, ModuleCatalog, decode_request, encode_error, encode_reply, host_spec,
-                      outcome_error, outcome_ok, split_config)
+from visprog.hosting.client import (RAY_AUTH_MODE, TOKEN_HINT, HostSpec, ModuleCatalog,
+                                    connect_ray, decode_request, encode_error, encode_reply,
+                                    host_spec, outcome_error, outcome_ok, split_config,
+                                    token_path)
 
 
 class ModuleServer:
@@ -225,7 +227,7 @@ def main(args: Any, config: Mapping[str, Any], catalog: ModuleCatalog) -> int:
               "of the config, or name modules with --module", file=sys.stderr)
         return 2
     if args.address:
-        ray.init(address=args.address, log_to_driver=False)
+        connect_ray(args.address)
     else:
         ray.init(include_dashboard=False, log_to_driver=False,
                  **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
@@ -235,6 +237,9 @@ def main(args: Any, config: Mapping[str, Any], catalog: ModuleCatalog) -> int:
         print(f"serving {s.module} as {s.app_name!r} ({s.replicas} replica(s), "
               f"{s.gpu_fraction} GPU each, batches up to {s.max_batch_size})")
     print(f"clients: set ray_address = \"{address}\" for these modules")
+    if os.environ.get(RAY_AUTH_MODE, "").lower() == "token":
+        print(f"token authentication is on: clients on this machine send the token in "
+              f"{token_path()} by themselves; on other machines {TOKEN_HINT}")
     sys.stdout.flush()
     if args.address and not args.block:
         return 0  # the deployments live on in the cluster

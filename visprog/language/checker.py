@@ -10,7 +10,7 @@ import difflib
 from typing import Any, Mapping
 
 from visprog.errors import CheckError, Diagnostic, VisProgError
-from visprog.language.program import Arg, Program, Step, Var, var_refs
+from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var, var_refs
 from visprog.registry import Registry, Tool
 from visprog.values.types import fits, type_of
 
@@ -48,8 +48,14 @@ def check(program: Program, registry: Registry,
     """
     env: dict[str, Types] = {name: frozenset(t.split("|")) for name, t in
                              (DEFAULT_INPUTS if inputs is None else inputs).items()}
+    if not program.steps:
+        first = next((line.strip() for line in program.source.splitlines() if line.strip()), "")
+        return [Diagnostic(1, 1, first[:40], "the program has no steps",
+                           "write at least one NAME=Module(...) step")]
+    bound = frozenset(env)
     out: list[Diagnostic] = []
     for step in program:
+        out.extend(_check_target(step, bound))
         if step.module is None:
             out.extend(_check_alias(step, env))
             env[step.target] = env.get(step.alias_of or "", ANY)
@@ -75,6 +81,18 @@ def check_or_raise(program: Program, registry: Registry,
     problems = check(program, registry, inputs)
     if problems:
         raise CheckError(problems, program.source)
+
+
+def _check_target(step: Step, inputs: frozenset[str]) -> list[Diagnostic]:
+    """A step may not assign to a literal's name or to an input the caller bound."""
+    if step.target in RESERVED_NAMES:
+        why = f"{step.target!r} is a reserved word (a literal value)"
+    elif step.target in inputs:
+        why = f"{step.target!r} is an input of the program"
+    else:
+        return []
+    return [Diagnostic(step.line, step.column, step.source, f"can't assign to {step.target}: "
+                       f"{why}", "give the step's result a name of its own")]
 
 
 def _output_types(step: Step, tool: Tool, env: Mapping[str, Types]) -> Types:

@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 
 from lark import Lark, Token
 
+from visprog.errors import VisProgWarning
+
 _new_str = str.__new__
 
 
@@ -37,7 +39,7 @@ class NoFastPath(Exception):
     """The fast path can't parse this text (it may still be valid: ask Lark)."""
 
 
-class FastPathWarning(RuntimeWarning):
+class FastPathWarning(VisProgWarning, RuntimeWarning):
     """The fast path failed and is off: programs still parse, through Lark (slower)."""
 
 
@@ -214,6 +216,6 @@ class SafeFastPath:
         if self.off is not None:
             return
         self.off, self._path = why, None
-        warnings.warn(f"visprog: the parser's fast path {why}; parsing with Lark from now on "
+        warnings.warn(f"the parser's fast path {why}; parsing with Lark from now on "
                       "(slower, same results). Is the installed lark a release visprog was "
                       "not tested with?", FastPathWarning, stacklevel=4)

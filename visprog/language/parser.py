@@ -20,6 +20,7 @@ from visprog.errors import Diagnostic, ParseError
 from visprog.language.fastparse import FastPath, NoFastPath, SafeFastPath
 from visprog.language.program import Arg, Program, Step, Var
 from visprog.language.strings import unescape as _unescape
+from visprog.values.types import MAX_NESTING, nesting_depth
 
 # Readable names for the terminals Lark mentions in "expected" lists.
 _TERMINAL_NAMES = {
@@ -138,11 +139,25 @@ def _parse_text(text: str) -> Program:
             steps = _parser().parse(text)
         except UnexpectedInput as e:
             raise ParseError([_diagnose(e, text)], text) from None
+    if text.count("[") > MAX_NESTING:  # only then can a list be nested too deeply
+        _check_nesting(steps, text)
     lines = text.splitlines()
     return Program(tuple(
         Step(p.target, p.module, p.args, p.line, p.column,
              "\n".join(lines[p.line - 1:p.end_line]).strip(), p.alias_of, p.module_column)
         for p in steps), text)
+
+
+def _check_nesting(steps: list[_StepParts], text: str) -> None:
+    """Refuse lists nested deeper than `MAX_NESTING`, at the argument that holds them."""
+    lines = text.splitlines()
+    problems = [
+        Diagnostic(arg.line, arg.column, lines[arg.line - 1].strip()[:80],
+                   f"the value of {arg.name!r} nests lists more than {MAX_NESTING} deep",
+                   "lists hold names, strings and numbers; flatten the nesting")
+        for step in steps for arg in step.args if nesting_depth(arg.value) > MAX_NESTING]
+    if problems:
+        raise ParseError(problems, text)
 
 
 def _expected_terminals(e: UnexpectedInput) -> set[str]:

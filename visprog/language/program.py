@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+# Names a step can't assign to: the language's literals.
+RESERVED_NAMES = frozenset({"True", "False", "None"})
+
 
 @dataclass(frozen=True)
 class Var:
@@ -59,7 +62,8 @@ class Program:
 
 
 def var_refs(value: Any) -> list[Var]:
-    """The variables an argument value reads, lists included."""
+    """The variables an argument value reads, lists included (the parser refuses lists
+    nested deeper than `values.MAX_NESTING`, so the recursion is bounded)."""
     if isinstance(value, Var):
         return [value]
     if isinstance(value, tuple):

@@ -3,16 +3,20 @@ small random model on first use (the `tiny` preset), and a failed load becomes a
 `ModelLoadError` that says which checkpoint failed and how to get it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
+import urllib.parse
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from visprog.errors import VisProgError
+from visprog.errors import CacheWarning, VisProgError
 
 TINY_PREFIX = "tiny:"
 
@@ -35,6 +39,37 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("visprog"))
+
+
+# transformers draws a progress bar for every model it loads or saves ("Loading weights",
+# "Writing model shards"), even one that takes milliseconds. During visprog's loads and tiny
+# builds its bars appear only once they have run this long: long work still shows progress,
+# and downloads (the hub client's own bars) are untouched.
+LOAD_BAR_DELAY_S = 2.0
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Within: transformers' progress bars show only once they have run `LOAD_BAR_DELAY_S`
+    (diffusers' own per-load bar is turned off by the Replace loader)."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        transformers_logging = None
+    set_hook = getattr(transformers_logging, "set_tqdm_hook", None)  # transformers 5
+    if set_hook is None:
+        yield
+        return
+
+    def delayed(factory: Any, args: tuple, kwargs: dict) -> Any:
+        kwargs = {**kwargs, "delay": max(float(kwargs.get("delay") or 0), LOAD_BAR_DELAY_S)}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+    previous = set_hook(delayed)
+    try:
+        yield
+    finally:
+        set_hook(previous)
 
 
 _TINY_BUILDERS: dict[str, tuple[Callable[[Path], None], str]] = {}
@@ -79,11 +114,44 @@ def tiny_dir() -> Path:
     return Path(env).expanduser() if env else cache_dir() / "tiny"
 
 
+_FALLBACK_WARNED: set[str] = set()
+
+
+def _usable_dir(folder: Path) -> str | None:
+    """None if files can be made in `folder` (created if need be), else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _tiny_home() -> Path:
+    """`tiny_dir()`, or a folder under the system's temporary folder when that one can't be
+    used (a cache folder that is a file, or not writable): the tiny models are inputs a run
+    needs, so their place must not fail it. Warns once per unusable folder."""
+    home = tiny_dir()
+    why = _usable_dir(home)
+    if why is None:
+        return home
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = Path(tempfile.gettempdir()) / f"visprog-tiny-{uid}"
+    if str(home) not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(str(home))
+        warnings.warn(f"can't build tiny models in {home} ({why}); building them in "
+                      f"{fallback} instead", CacheWarning, stacklevel=4)
+    return fallback
+
+
 def resolve_checkpoint(checkpoint: str) -> str:
     """What `from_pretrained` should read for a configured checkpoint.
 
     `tiny:<name>` is built on first use into `<cache>/tiny/<name>/` (or
-    `$VISPROG_TINY_DIR/<name>/`) and that path returned;
+    `$VISPROG_TINY_DIR/<name>/`, or a folder under the system's temporary folder when that
+    one can't be used) and that path returned;
     anything else (a local path or a hub id) is returned unchanged.
 
     Raises:
@@ -102,11 +170,16 @@ def resolve_checkpoint(checkpoint: str) -> str:
     with _TINY_LOCK:
         if _marker_version(marker) == version:
             return str(target)
+        target = _tiny_home() / name
+        marker = target / "visprog_tiny.json"
+        if _marker_version(marker) == version:
+            return str(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename, so another process never sees half a model.
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            builder(tmp)
+            with quiet_loading():
+                builder(tmp)
             (tmp / "visprog_tiny.json").write_text(json.dumps({"name": name, "version": version}))
             if target.exists():
                 stale = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=target.parent))
@@ -141,6 +214,54 @@ def looks_like_path(checkpoint: str) -> bool:
             or os.path.exists(checkpoint) or not _HUB_ID.match(checkpoint))
 
 
+# How long the one check of a process that the Hugging Face hub can be reached may take.
+HUB_PROBE_TIMEOUT_S = 3.0
+_HUB_REACHABLE: dict[str, bool] = {}  # endpoint -> answered the check (once per process)
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+        return constants.ENDPOINT
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_offline_set() -> bool:
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_unreachable() -> bool:
+    """Whether hub checkpoints must come from the local cache: HF_HUB_OFFLINE is set, or
+    the hub did not take a connection (tried once per process, `HUB_PROBE_TIMEOUT_S` at
+    most). Then the hub client is put in offline mode for the rest of the process: without
+    a network it would retry each file for minutes before failing, and with offline mode a
+    checkpoint already in the cache still loads."""
+    if _hub_offline_set():
+        return True
+    endpoint = _hub_endpoint()
+    if endpoint not in _HUB_REACHABLE:
+        url = urllib.parse.urlsplit(endpoint)
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            with socket.create_connection((url.hostname or "", port), HUB_PROBE_TIMEOUT_S):
+                _HUB_REACHABLE[endpoint] = True
+        except (OSError, ValueError):
+            _HUB_REACHABLE[endpoint] = False
+    if _HUB_REACHABLE[endpoint]:
+        return False
+    try:
+        from huggingface_hub import constants
+        constants.HF_HUB_OFFLINE = True  # read by the hub client and transformers per call
+    except ImportError:
+        pass
+    return True
+
+
 def load_error(checkpoint: str, exc: BaseException) -> ModelLoadError:
     """A `ModelLoadError` naming the checkpoint and the ways to get it."""
     if checkpoint.startswith(TINY_PREFIX):
@@ -149,10 +270,14 @@ def load_error(checkpoint: str, exc: BaseException) -> ModelLoadError:
         how = ("the configured local path has no usable model; point the config at a folder "
                "written by save_pretrained, or use a hub id")
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        how = ("it is downloaded from the Hugging Face hub on first use"
-               + (" but HF_HUB_OFFLINE is set" if offline else "")
-               + f"; get it once with internet access (`huggingface-cli download {checkpoint}`),"
-               " or set a local path in the config, or run with `--preset tiny` to try offline")
+        endpoint = _hub_endpoint()
+        why = ("" if not _hub_offline_set() else
+               f" but {endpoint} can't be reached (no network?), so only checkpoints already "
+               "in the local cache load" if _HUB_REACHABLE.get(endpoint) is False else
+               " but HF_HUB_OFFLINE is set")
+        how = ("it is downloaded from the Hugging Face hub on first use" + why
+               + f"; get it once with internet access (`huggingface-cli download {checkpoint}`)"
+               ", then HF_HUB_OFFLINE=1 uses the cached copy; or set a local path in the "
+               "config, or run with `--preset tiny` to try offline")
     return ModelLoadError(f"could not load model checkpoint {checkpoint!r}: "
                           f"{type(exc).__name__}: {exc}\n  how to fix: {how}", checkpoint)

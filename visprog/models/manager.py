@@ -13,7 +13,8 @@ import time
 from typing import Any, Callable, Iterable
 
 from visprog.errors import ConfigError
-from visprog.models.checkpoints import ModelLoadError, load_error, looks_like_path, resolve_checkpoint
+from visprog.models.checkpoints import (ModelLoadError, hub_unreachable, load_error,
+                                        looks_like_path, quiet_loading, resolve_checkpoint)
 
 Loader = Callable[[str, str, Any], Any]  # (path_or_id, device, dtype or None) -> model bundle
 
@@ -160,13 +161,17 @@ class ModelManager:
             entry = self._models.get(key)
             if entry is not None:
                 return entry["bundle"]
-            if looks_like_path(resolved) and not os.path.exists(os.path.expanduser(resolved)):
-                raise load_error(checkpoint, FileNotFoundError(f"no such folder: {resolved}"))
+            if looks_like_path(resolved):
+                if not os.path.exists(os.path.expanduser(resolved)):
+                    raise load_error(checkpoint, FileNotFoundError(f"no such folder: {resolved}"))
+            else:
+                hub_unreachable()  # no network: load from the local cache, or fail at once
             dtype = self.dtype(half)
             t0 = time.perf_counter()
             try:
-                bundle = loader(os.path.expanduser(resolved) if looks_like_path(resolved)
-                                else resolved, self.device, dtype)
+                with quiet_loading():
+                    bundle = loader(os.path.expanduser(resolved) if looks_like_path(resolved)
+                                    else resolved, self.device, dtype)
             except ModelLoadError:
                 raise
             except Exception as e:  # from_pretrained raises OSError, ValueError, HF errors...

@@ -26,9 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-from visprog.planning.chat import ChatClient, LLMError, LLMReply, add_usage
+from visprog.errors import first_line
+from visprog.planning.chat import (ChatClient, LLMError, LLMReply, add_usage, deadline,
+                                   deadline_error, time_left)
 
-__all__ = ["ChatClient", "LLMError", "LLMReply", "add_usage", "OpenAIChat", "make_llm"]
+__all__ = ["ChatClient", "LLMError", "LLMReply", "add_usage", "deadline", "time_left",
+           "OpenAIChat", "make_llm"]
 
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_BASE_URL = "OPENAI_BASE_URL"
@@ -42,6 +45,10 @@ GRAMMAR_FIELDS = {
 }
 
 
+class _NotACompletion(ValueError):
+    """An HTTP 200 whose body is not a chat completion (a proxy's error page, say)."""
+
+
 class OpenAIChat:
     """An OpenAI-compatible chat-completions endpoint.
 
@@ -52,8 +59,10 @@ class OpenAIChat:
         api_key: else `$OPENAI_API_KEY`. Local servers without auth still need a non-empty
             value (any string).
         timeout: seconds per request.
-        max_retries: retries after a timeout, a connection error, HTTP 429 or 5xx. A call
-            takes at most about `(max_retries + 1) * timeout` plus the backoff sleeps.
+        max_retries: retries after a timeout, a connection error, HTTP 429 or 5xx, or a
+            reply that is not a chat completion. A call takes at most about
+            `(max_retries + 1) * timeout` plus the backoff sleeps, and never past an
+            enclosing `deadline` (the planner's `deadline_s`).
         backoff: first sleep between retries, doubled each time, capped at `max_backoff`.
             A server's `Retry-After` is honoured when it is within the cap.
         grammar: None (default), or a server family from `GRAMMAR_FIELDS` ("vllm"): then
@@ -156,12 +165,16 @@ class OpenAIChat:
         where = self.describe()["base_url"]
         last = ""
         for attempt in range(self.max_retries + 1):
+            left = time_left()
+            if left is not None and left <= 0:
+                raise deadline_error(where, attempt, last)
+            timeout = self.timeout if left is None else min(self.timeout, left)
             retry_after = None
             try:
-                resp = self._client.chat.completions.create(**args)
+                resp = self._client.chat.completions.create(**args, timeout=timeout)
                 return _reply_from(resp, self.model)
             except openai.APITimeoutError:
-                last = f"no reply within {self.timeout:g} s (timeout)"
+                last = f"no reply within {timeout:g} s (timeout)"
             except openai.APIConnectionError as e:
                 last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
                         f"set {ENV_BASE_URL} to its address")
@@ -173,18 +186,30 @@ class OpenAIChat:
                     raise LLMError(_status_message(e, where, self.model)) from e
                 last = f"HTTP {e.status_code} server error: {_message(e)}"
                 retry_after = _retry_after(e)
+            except (openai.APIResponseValidationError, ValueError) as e:  # JSONDecodeError too
+                why = first_line(e, 200) or type(e).__name__
+                last = f"HTTP 200 with a body that is not a chat completion ({why})"
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
                 if retry_after is not None and 0 <= retry_after <= self.max_backoff:
                     delay = retry_after
+                left = time_left()
+                if left is not None and delay >= left:
+                    raise deadline_error(where, attempt + 1, last)
                 time.sleep(delay)
         tries = self.max_retries + 1
         raise LLMError(f"LLM request to {where} (model {self.model!r}) failed after {tries} "
-                       f"attempt{'s' if tries != 1 else ''}: {last}")
+                       f"attempt{'s' if tries != 1 else ''} (max_retries={self.max_retries}): "
+                       f"{last}")
 
 
 def _reply_from(resp: Any, model: str) -> LLMReply:
-    texts = [(c.message.content or "") if c.message is not None else "" for c in resp.choices]
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):  # the client hands back a non-JSON body as a str
+        raise _NotACompletion(f"got {str(resp)[:80]!r}" if isinstance(resp, str)
+                              else f"no 'choices' in {type(resp).__name__}")
+    texts = [(c.message.content or "") if getattr(c, "message", None) is not None else ""
+             for c in choices]
     usage: dict[str, int] = {}
     if resp.usage is not None:
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):

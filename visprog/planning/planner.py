@@ -22,12 +22,18 @@ from typing import Any, Mapping, Sequence
 
 from visprog.language.checker import check
 from visprog.errors import Diagnostic, ParseError, VisProgError
-from visprog.planning.chat import add_usage
+from visprog.planning.chat import add_usage, deadline
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.planning.program_cache import ProgramCache
 from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples, repair_message,
                       select_examples, task_spec)
+
+
+# The total time one plan's LLM requests may take (the first reply, the repairs, every retry
+# and its wait): a server that accepts connections and never answers ends planning here
+# instead of after (retries + 1) x timeout per request.
+DEFAULT_DEADLINE_S = 120.0
 
 
 class PlanningError(VisProgError):
@@ -224,12 +230,15 @@ class Planner:
         temperature: for `plan` (0: the most likely program).
         max_tokens: per reply.
         examples_path: a TOML file of examples to use instead of the task's own.
+        deadline_s: seconds all LLM requests of one plan may take together (None: no
+            limit); past it planning ends with an `LLMError` that says so.
     """
 
     def __init__(self, llm: Any, registry: Any, *, task: str | TaskSpec = "gqa",
                  attempts: int = 3, examples: int | str = "all", select: str = "similar",
                  seed: int | None = 0, cache: Any = True, temperature: float = 0.0,
-                 max_tokens: int = 512, examples_path: str | None = None):
+                 max_tokens: int = 512, examples_path: str | None = None,
+                 deadline_s: float | None = DEFAULT_DEADLINE_S):
         if llm is None:
             from visprog.planning.llm import LLMError
             raise LLMError("planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY "
@@ -244,6 +253,9 @@ class Planner:
         self.seed = seed
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
+        self.deadline_s = None if deadline_s is None else float(deadline_s)
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be positive (or None), got {deadline_s!r}")
         self._examples = load_examples(self.task.name if examples_path is None else "custom",
                                        examples_path)
         self.cache = ProgramCache() if cache is True else (cache or None)
@@ -297,20 +309,21 @@ class Planner:
         # A backend that can constrain its output to programs gives a client that does.
         constrain = getattr(self.llm, "constrain_to", None)
         llm = (constrain(self.registry, inputs) if constrain is not None else None) or self.llm
-        reply = llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
-                         n=k, seed=self.seed)
-        texts = reply.texts or [reply.text]
         plans: list[Plan] = []
         failed: list[Attempt] = []
-        for i, raw in enumerate(texts[:k]):
-            # The first reply's usage covers all k samples; count it once.
-            usage = dict(reply.usage) if i == 0 else {}
-            attempts = self._repair(llm, messages, raw, usage, temperature, inputs)
-            if attempts[-1].ok:
-                plans.append(Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
-                                  question=question, task=self.task.name))
-            else:
-                failed.extend(attempts)
+        with deadline(self.deadline_s):
+            reply = llm.chat(messages, temperature=temperature, max_tokens=self.max_tokens,
+                             n=k, seed=self.seed)
+            texts = reply.texts or [reply.text]
+            for i, raw in enumerate(texts[:k]):
+                # The first reply's usage covers all k samples; count it once.
+                usage = dict(reply.usage) if i == 0 else {}
+                attempts = self._repair(llm, messages, raw, usage, temperature, inputs)
+                if attempts[-1].ok:
+                    plans.append(Plan(attempts[-1].program, attempts[-1].text,  # type: ignore[arg-type]
+                                      attempts, question=question, task=self.task.name))
+                else:
+                    failed.extend(attempts)
         if not plans:
             raise PlanningError(question, failed)
         if self.cache is not None:
@@ -344,10 +357,6 @@ class Planner:
             program = parse(text)
         except ParseError as e:
             return Attempt(raw, text, list(e.diagnostics), usage)
-        if len(program) == 0:
-            return Attempt(raw, text, [Diagnostic(1, 1, text[:40], "the program has no steps",
-                                                  "write at least one NAME=Module(...) step")],
-                           usage)
         problems = check(program, self.registry, dict(inputs or self.task.inputs))
         return Attempt(raw, text, problems, usage, program)
 

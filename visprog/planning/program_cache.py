@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from visprog.errors import CacheWarning
+
 ENV_CACHE_DIR = "VISPROG_CACHE_DIR"
 _FORMAT = 1
 
@@ -101,8 +103,8 @@ class ProgramCache:
                 raise
         except OSError as e:
             self._writable = False
-            warnings.warn(f"visprog: program cache {self.directory} is not writable ({e}); "
-                          f"planning goes on without caching", stacklevel=2)
+            warnings.warn(f"program cache {self.directory} is not writable ({e}); "
+                          f"planning goes on without caching", CacheWarning, stacklevel=2)
             return False
         self.writes += 1
         return True

@@ -33,13 +33,13 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from visprog.language.checker import check
+from visprog.language.checker import DEFAULT_INPUTS, check
 from visprog.language.checker import literal_types as checker_literal_types
-from visprog.language.program import Arg, Program, Step, Var
+from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var
 from visprog.query.expr import SCALARS, ExprProblem, const, expr_from_text, make_op
 from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
                             caller, compile_query, fail, snake_case)
-from visprog.values import Objects, load_image
+from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
 # writes (an expression, a question for the LLM), so those modules are `vp.fn` functions.
@@ -47,6 +47,9 @@ METHOD_TYPES = frozenset({"Image", "Objects", "Number", "Bool", "TextList"})
 # Attributes of query values that a module's method may not shadow (it stays on `vp.fn`).
 RESERVED = frozenset({"value", "run", "program", "inputs", "trace", "named", "types", "then",
                       "and_", "or_", "xor", "not_", "batch_item"})
+# Names no step may take (the checker refuses assigning to an input or a literal), compared
+# case-insensitively as the query's own names are.
+UNNAMEABLE = frozenset(n.upper() for n in (*DEFAULT_INPUTS, *RESERVED_NAMES))
 
 __all__ = ["Query", "ImageQuery", "ObjectsQuery", "ValueQuery", "TextListQuery", "AnyQuery",
            "QueryError", "NoSuchMethod", "Functions", "image", "pair", "functions",
@@ -115,6 +118,9 @@ class Query:
                        "letters, digits and underscores, not starting with a digit")
         if isinstance(self._node, Input):
             raise fail("named(): an input keeps its name", f"it is {self._node.name}")
+        if name.upper() in UNNAMEABLE:
+            raise fail(f"named(): {name!r} is the name of an input or a literal; a step can't "
+                       "assign to it", "give the value a name of its own")
         return wrap(self._vp, replace(self._node, name=name))
 
     def batch_item(self) -> dict[str, Any]:
@@ -431,9 +437,12 @@ def to_node(vp: Any, value: Any, what: str) -> Any:
             raise fail(f"{what}: {value} is not a number the language can write")
         return value
     if isinstance(value, (list, tuple)):
+        if nesting_depth(value) > MAX_NESTING:  # the parser would refuse the program's text
+            raise fail(f"{what}: the list nests lists more than {MAX_NESTING} deep",
+                       "lists hold names, strings and numbers; flatten the nesting")
         return tuple(to_node(vp, v, what) for v in value)
     if isinstance(value, (Image.Image, np.ndarray)):
-        loaded = load_image(value, max_pixels=vp.max_pixels)
+        loaded = load_image(value, **vp.image_limits)
         return Input("IMAGE", loaded, frozenset({"Image"}), ("image", id(value)), value)
     if isinstance(value, Objects):
         return Input("OBJECTS", value, frozenset({"Objects"}), ("objects", id(value)), value)

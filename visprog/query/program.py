@@ -17,9 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from visprog.language.checker import check
+from visprog.language.checker import DEFAULT_INPUTS, check
 from visprog.errors import CheckError, Diagnostic
 from visprog.language.parser import parse
+from visprog.language.program import RESERVED_NAMES
 from visprog.query.expr import Const, Op, render_expr
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -213,6 +214,9 @@ def compile_query(vp: Any, root: Any) -> Compiled:
 
     for node in inputs:
         claim(node, node.name, False)
+    # a step may not assign to an input or a literal (named() refuses them): derived names
+    # step around the default inputs too, so the text checks as a .vp file whatever is bound
+    taken |= {n.upper() for n in (*DEFAULT_INPUTS, *RESERVED_NAMES)}
     steps = [n for n in order if not isinstance(n, Op) or id(n) in step_ops]
     for node in steps:  # user names first, so derived names step around them
         if node.name:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from visprog.errors import ToolDeclarationError, UnknownToolError
+from visprog.errors import ToolDeclarationError, UnknownToolError, VisProgWarning
 from visprog.values.types import parse_types, type_str
 
 REQUIRED = inspect.Parameter.empty
@@ -225,8 +225,8 @@ class Registry:
                     self.register(t, replace=True)
                     added.append(t.name)
             except Exception as e:  # a plugin must not break the engine
-                warnings.warn(f"visprog: skipping tool plugin {ep.name!r} ({ep.value}): {e}",
-                              stacklevel=2)
+                warnings.warn(f"skipping tool plugin {ep.name!r} ({ep.value}): {e}",
+                              VisProgWarning, stacklevel=2)
         return added
 
 

@@ -18,8 +18,9 @@ table of base64 PNGs (``"blob": "img_0"``). Modes 1, L, LA, P, RGB and RGBA roun
 exactly; others are saved as RGB(A). Traces saved before the codec was one (no "mode" and
 "size" in image nodes) load as they did.
 
-Identical images are written once. Loading errors (missing or malformed JSON, a missing or
-unreadable image file, an unknown format version) raise `TraceLoadError`, which is both a
+Identical images are written once. Loading errors (missing or malformed JSON, JSON or values
+nested deeper than `MAX_NESTING`, a missing or unreadable image file, an unknown format
+version) raise `TraceLoadError`, which is both a
 `VisProgError` and a `ValueError`, with a message naming the file.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from visprog.errors import VisProgError
 from visprog.traces.step import StepRecord
 from visprog.values.codec import CodecError, Decoder, DocumentBlobs, Encoder, ReprValue
+from visprog.values.types import MAX_NESTING
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReprValue", "TraceLoadError", "load_trace",
            "save_trace"]
@@ -132,6 +134,9 @@ def load_trace(path: str | Path, trace_class: Any) -> Any:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise reader.fail(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except RecursionError as e:  # the JSON parser recurses once per level
+        raise reader.fail(f"JSON nested too deeply to read (values may nest {MAX_NESTING} "
+                          "deep)") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise reader.fail(f"not a visprog trace (expected \"format\": \"{FORMAT_NAME}\")")
     version = doc.get("version")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visprog.errors import ImageError
 
-# Default refusal threshold for input images: 64 megapixels. Users can raise it.
+# What an input image must be, checked when it is bound (settings of `VisProg` and
+# `load_image`, None for no limit): at most 64 megapixels, no side under 8 pixels, and the
+# long side at most 20 times the short one (models resize by the short side, so a 20000x1
+# strip would become an image of zero height, or of billions of pixels). `load_image` on its
+# own checks only the pixel limit by default.
 DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MIN_SIDE = 8
+DEFAULT_MAX_ASPECT = 20.0
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -40,48 +47,69 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+@dataclass(frozen=True)
+class _Limits:
+    """What an image must be to be read (see `load_image`); None for no limit."""
+
+    max_pixels: int | None
+    min_side: int | None
+    max_aspect: float | None
+
+    def check(self, size: tuple[int, int], name: str = "image") -> None:
+        """Raises `ImageError` naming what is wrong, the limit and the setting to change."""
+        w, h = size
+        if w <= 0 or h <= 0:
+            raise ImageError(f"{name} is empty ({w}x{h})")
+        if self.max_pixels is not None and w * h > self.max_pixels:
+            raise ImageError(f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of "
+                             f"{self.max_pixels:,}; resize it or raise max_pixels")
+        if self.min_side is not None and min(w, h) < self.min_side:
+            raise ImageError(f"{name} is {w}x{h}: its shorter side is under the minimum of "
+                             f"{self.min_side} pixels; use a larger image or lower min_side")
+        if self.max_aspect is not None and max(w, h) > self.max_aspect * min(w, h):
+            raise ImageError(f"{name} is {w}x{h}: its long side is {max(w, h) / min(w, h):.1f} "
+                             f"times its short side, over the limit of {self.max_aspect:g}; "
+                             "crop it or raise max_aspect")
+
+
+def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               min_side: int | None = None, max_aspect: float | None = None) -> Image.Image:
     """Read a path, bytes, PIL image or numpy array as an RGB PIL image.
 
-    EXIF orientation is applied. Images over `max_pixels` are refused before their pixels
-    are decoded. The caller's object is never modified: a new image is returned.
+    EXIF orientation is applied. Images over `max_pixels`, with a side under `min_side` or
+    with the long side over `max_aspect` times the short one are refused (before their pixels
+    are decoded); None turns a limit off. The caller's object is never modified: a new image
+    is returned.
 
     Raises:
-        ImageError: missing file, not an image, truncated, empty or too large.
+        ImageError: missing file, not an image, truncated, empty, too large, too small or
+            too elongated.
     """
+    limits = _Limits(max_pixels, min_side, max_aspect)
     if isinstance(source, Image.Image):
         im = source
-        _check_size(im.size, max_pixels, "image")
+        limits.check(im.size, "image")
         try:
             out = _to_rgb(ImageOps.exif_transpose(im))
         except Exception as e:  # a lazily loaded PIL image can still fail here
             raise ImageError(f"could not read image: {e}") from e
         return out.copy() if out is source else out
     if isinstance(source, np.ndarray):
-        return _array_to_image(source, max_pixels)
+        return _array_to_image(source, limits)
     if isinstance(source, (bytes, bytearray)):
-        return _open_image(io.BytesIO(bytes(source)), "<bytes>", max_pixels)
+        return _open_image(io.BytesIO(bytes(source)), "<bytes>", limits)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise ImageError(f"image file not found: {path}")
         if path.is_dir():
             raise ImageError(f"expected an image file, got a directory: {path}")
-        return _open_image(path, str(path), max_pixels)
+        return _open_image(path, str(path), limits)
     raise ImageError(f"can't read an image from a {type(source).__name__}; "
                      "pass a path, bytes, a PIL image or a numpy array")
 
 
-def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
-    w, h = size
-    if w <= 0 or h <= 0:
-        raise ImageError(f"{name} is empty ({w}x{h})")
-    if max_pixels is not None and w * h > max_pixels:
-        raise ImageError(f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of "
-                         f"{max_pixels:,}; resize it or raise max_pixels")
-
-
-def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
+def _open_image(fp: Any, name: str, limits: _Limits) -> Image.Image:
     try:
         # Our own limit is checked from the header below; PIL's bomb check would only
         # warn or raise with a less helpful message, so it is lifted for this open.
@@ -91,7 +119,7 @@ def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
             im = Image.open(fp)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
-        _check_size(im.size, max_pixels, name)
+        limits.check(im.size, name)
         im.load()
         return _to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
@@ -102,11 +130,11 @@ def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
         raise ImageError(f"could not read image {name}: {e}") from e
 
 
-def _array_to_image(arr: np.ndarray, max_pixels: int | None) -> Image.Image:
+def _array_to_image(arr: np.ndarray, limits: _Limits) -> Image.Image:
     a = np.asarray(arr)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ImageError(f"an image array is H x W or H x W x {{1,3,4}}, got shape {a.shape}")
-    _check_size((a.shape[1], a.shape[0]), max_pixels, "image array")
+    limits.check((a.shape[1], a.shape[0]), "image array")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.dtype == bool:

@@ -21,7 +21,10 @@ tagged with "$type":
 (the step is then simply not cached); a trace keeps what it can. Decoding never runs code
 from the data (no pickle) and refuses malformed input with a `CodecError` (a ValueError).
 Traces saved before the codec was one still load: their nodes are this schema without the
-images' mode and size.
+images' mode and size. Lists, tuples and dicts nest at most `MAX_NESTING` deep (a level more
+for the dict a document wraps values in): values are checked where they come in, so deeper
+ones are refused here as a backstop (a TypeError when exact, a ``repr`` note in a record) and
+on decoding (a `CodecError`), before any recursion can run out.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from PIL import Image, PngImagePlugin
 from visprog.errors import VisProgError
 from visprog.values.blobs import BlobError, BlobStore
 from visprog.values.objects import Objects, Region
+from visprog.values.types import MAX_NESTING
 
 TAG = "$type"
 
@@ -106,7 +110,15 @@ class Encoder:
         except RecursionError as e:
             raise TypeError("value is nested too deeply to encode") from e
 
-    def _node(self, value: Any) -> Any:
+    def _too_deep(self, value: Any) -> Any:
+        if self.exact:
+            raise TypeError(f"value is nested too deeply to encode (lists or dicts more than "
+                            f"{MAX_NESTING} deep)")
+        cls = type(value)
+        return {TAG: "repr", "type": f"{cls.__module__}.{cls.__qualname__}",
+                "repr": f"<nested more than {MAX_NESTING} deep>"}
+
+    def _node(self, value: Any, depth: int = 0) -> Any:
         # bool before int: bool is a subclass of int.
         if value is None or type(value) is str:
             return value
@@ -119,16 +131,18 @@ class Encoder:
             return v if math.isfinite(v) else {TAG: "float", "value": repr(v)}
         if isinstance(value, str):
             return str(value)
+        if isinstance(value, (list, tuple, dict)) and depth > MAX_NESTING:
+            return self._too_deep(value)
         if isinstance(value, list):
-            return [self._node(v) for v in value]
+            return [self._node(v, depth + 1) for v in value]
         if isinstance(value, tuple):
-            return {TAG: "tuple", "items": [self._node(v) for v in value]}
+            return {TAG: "tuple", "items": [self._node(v, depth + 1) for v in value]}
         if isinstance(value, dict):
-            return self._dict(value)
+            return self._dict(value, depth)
         if isinstance(value, Image.Image):
             return self._image(value)
         if isinstance(value, Objects):
-            return self._objects(value)
+            return self._objects(value, depth)
         if self.exact:
             raise TypeError(f"can't encode a value of type {type(value).__name__}")
         if (isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
@@ -139,14 +153,15 @@ class Encoder:
         return {TAG: "repr", "type": f"{cls.__module__}.{cls.__qualname__}",
                 "repr": _safe_repr(value)}
 
-    def _dict(self, value: dict[Any, Any]) -> Any:
+    def _dict(self, value: dict[Any, Any], depth: int) -> Any:
         if all(type(k) is str for k in value):
             if TAG not in value:
-                return {k: self._node(v) for k, v in value.items()}
+                return {k: self._node(v, depth + 1) for k, v in value.items()}
         elif self.exact:
             # digest() hashes keys as strings: {1: x} and {"1": x} would share a cache entry
             raise TypeError("only dicts with str keys can be encoded exactly")
-        return {TAG: "dict", "items": [[self._node(k), self._node(v)] for k, v in value.items()]}
+        return {TAG: "dict", "items": [[self._node(k, depth + 1), self._node(v, depth + 1)]
+                                       for k, v in value.items()]}
 
     def _put(self, kind: str, fmt: str, pixels: bytes, header: str,
              make: Any) -> dict[str, Any]:
@@ -187,13 +202,14 @@ class Encoder:
         return self._put("mask", "png", bits, str(mask.shape),
                          lambda: _png(Image.fromarray(mask)))
 
-    def _objects(self, objs: Objects) -> dict[str, Any]:
+    def _objects(self, objs: Objects, depth: int) -> dict[str, Any]:
         regions = []
         for r in objs.regions:
-            d: dict[str, Any] = {"box": [float(v) for v in r.box], "label": self._node(r.label),
-                                 "score": self._node(r.score)}
+            d: dict[str, Any] = {"box": [float(v) for v in r.box],
+                                 "label": self._node(r.label, depth + 1),
+                                 "score": self._node(r.score, depth + 1)}
             if r.extra:
-                d["extra"] = self._node(dict(r.extra))
+                d["extra"] = self._node(dict(r.extra), depth + 1)
             if r.mask is not None:
                 d["mask"] = self._mask(r.mask)
             regions.append(d)
@@ -245,27 +261,30 @@ class Decoder:
         except RecursionError as e:
             raise CodecError("value is nested too deeply") from e
 
-    def _value(self, node: Any) -> Any:
-        if isinstance(node, list):
-            return [self._value(v) for v in node]
-        if not isinstance(node, dict):
+    def _value(self, node: Any, depth: int = 0) -> Any:
+        if not isinstance(node, (list, dict)):
             if node is None or isinstance(node, (bool, int, float, str)):
                 return node
             raise CodecError(f"not a value node: {type(node).__name__}")
+        if depth > MAX_NESTING:
+            raise CodecError(f"a value nests lists or dicts more than {MAX_NESTING} deep")
+        if isinstance(node, list):
+            return [self._value(v, depth + 1) for v in node]
         tag = node.get(TAG)
         if tag is None:
-            return {k: self._value(v) for k, v in node.items()}
+            return {k: self._value(v, depth + 1) for k, v in node.items()}
         try:
             if tag == "image":
                 return self._image(node)
             if tag == "objects":
-                return self._objects(node)
+                return self._objects(node, depth)
             if tag == "tuple":
-                return tuple(self._value(v) for v in _list(node["items"]))
+                return tuple(self._value(v, depth + 1) for v in _list(node["items"]))
             if tag == "float":
                 return float(_str(node["value"]))
             if tag == "dict":
-                return {_hashable(self._value(k)): self._value(v) for k, v in _list(node["items"])}
+                return {_hashable(self._value(k, depth + 1)): self._value(v, depth + 1)
+                        for k, v in _list(node["items"])}
             if not self.exact and tag == "ndarray":
                 data = [self._value(v) for v in _list(node["data"])]
                 return np.array(data, dtype=np.dtype(node["dtype"])).reshape(node["shape"])
@@ -317,17 +336,17 @@ class Decoder:
             raise CodecError(f"mask shape {mask.shape} does not fit image size {(w, h)}")
         return mask
 
-    def _objects(self, node: dict[str, Any]) -> Objects:
+    def _objects(self, node: dict[str, Any], depth: int) -> Objects:
         w, h = (int(v) for v in _list(node["image_size"]))
         regions = []
         for r in _list(node["regions"]):
             mask = None if r.get("mask") is None else self._mask(r["mask"], w, h)
-            extra = self._value(r.get("extra", {}))
+            extra = self._value(r.get("extra", {}), depth + 1)
             if not isinstance(extra, dict):
                 raise CodecError("a region's extra is not a dict")
             regions.append(Region(box=tuple(float(v) for v in _list(r["box"])), mask=mask,
-                                  label=self._value(r.get("label")),
-                                  score=self._value(r.get("score")), extra=extra))
+                                  label=self._value(r.get("label"), depth + 1),
+                                  score=self._value(r.get("score"), depth + 1), extra=extra))
         return Objects(tuple(regions), (w, h))
 
 

@@ -22,6 +22,11 @@ TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None"
 Types = frozenset[str]
 ANY: Types = frozenset({"Any"})
 
+# The deepest lists (and dicts) may nest in any value: written in a program, bound as an
+# input, returned by a tool or read from a saved trace. Values go through recursive walks
+# (checker, cache keys, codec, traces), so deeper ones are refused where they come in.
+MAX_NESTING = 32
+
 
 def parse_types(spec: str | Iterable[str]) -> Types:
     """'Text|None' (or an iterable of names) -> {'Text', 'None'}; each name must be in TYPES.
@@ -55,6 +60,21 @@ def type_of(value: Any) -> str:
     return "Any"
 
 
+def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep lists, tuples and dicts nest in `value` (0 for a scalar, 1 for `[1, 2]`),
+    counted without recursion and only up to `limit + 1`: enough to tell it is too deep."""
+    containers = (list, tuple, dict)
+    if not isinstance(value, containers):
+        return 0
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in items if isinstance(v, containers))
+    return deepest
+
+
 def fits(given: Iterable[str], accepted: Iterable[str]) -> bool:
     """Whether a value of the possible types `given` may be passed where `accepted` is declared."""
     given, accepted = frozenset(given), frozenset(accepted)
@@ -76,8 +96,11 @@ def check_output(tool_name: str, returns: Iterable[str], value: Any) -> None:
     confusing a later one.
 
     Raises:
-        TypeError: naming the tool, what it returned and what it declared.
+        TypeError: naming the tool, what it returned and what it declared, or that it
+            nests lists deeper than `MAX_NESTING` (whatever it declared).
     """
+    if nesting_depth(value) > MAX_NESTING:
+        raise TypeError(f"{tool_name} returned lists nested more than {MAX_NESTING} deep")
     got = type_of(value)
     if got in returns or "Any" in returns:  # the common case, checked first (every step)
         return
