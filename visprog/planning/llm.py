@@ -112,6 +112,15 @@ class OpenAIChat:
         view.grammar_text = program_grammar(registry)
         return view
 
+    def constrain_grammar(self, grammar: str) -> "OpenAIChat":
+        """The client for a reply of a given grammar (e.g. the critic's verdict): when
+        `grammar` mode is set, a copy whose requests carry it; else this client."""
+        if not self.grammar:
+            return self
+        view = copy.copy(self)
+        view.grammar_text = grammar
+        return view
+
     def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
              max_tokens: int = 512, n: int = 1, seed: int | None = None,
              stop: list[str] | None = None) -> LLMReply:
