@@ -154,13 +154,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("give an input image: --image PATH (and --right PATH for --task nlvr)")
     if args.task == "nlvr" and not args.right:
         raise UsageError("--task nlvr compares two images: give --image LEFT --right RIGHT")
+    from visprog.evaluation.harness import repair_option
+
     vp = _engine(args)
     try:
         out = vp.run(args.image, args.question, task=args.task, right=args.right,
-                     vote=args.vote, **_planner_options(args))
+                     vote=args.vote, repair=repair_option(args), **_planner_options(args))
     except StepError as e:
         if e.trace is not None:
             _write_outputs(args, e.trace)  # the plan and the steps that ran are not lost
+            if args.verbose:
+                _print_repairs(e.trace.events)
         raise
     if args.verbose:
         for event in out.trace.events:
@@ -169,11 +173,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                 state = "cached" if event["kind"] == "plan_cache_hit" else \
                     ("ok" if event.get("ok") else f"{errors} errors")
                 print(f"  plan: {state}", file=sys.stderr)
+        _print_repairs(out.trace.events)
         print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
               file=sys.stderr)
     _write_outputs(args, out.trace)
     _print_result(args, out.value)
     return EXIT_OK
+
+
+def _print_repairs(events: Sequence[dict[str, Any]]) -> None:
+    """One line per run attempt of the repair loop (stderr)."""
+    for event in events:
+        if event.get("kind") != "repair":
+            continue
+        for a in event["attempts"]:
+            mark = "*" if a["index"] == event.get("chosen") else " "
+            if a["error"]:
+                state = f"error: {a['error'].splitlines()[0]}"
+            elif a["findings"]:
+                state = "flagged: " + "; ".join(f["message"] for f in a["findings"])
+            elif a["critic"] and not a["critic"]["ok"]:
+                state = f"critic: no: {a['critic']['reason']}"
+            else:
+                state = f"ok: {a['answer']!r}"
+            print(f" {mark}attempt {a['index'] + 1} ({a['reason']}): {state}", file=sys.stderr)
 
 
 def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -308,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
-    _add_output_flags(p, verbose="print the planner's attempts and the program")
+    from visprog.evaluation.harness import add_repair_arguments
+    add_repair_arguments(p)
+    _add_output_flags(p, verbose="print the planner's attempts, the repairs and the program")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_run)
 

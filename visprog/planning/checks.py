@@ -126,6 +126,8 @@ def answer_kind(value: Any) -> str:
     if hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
         return "image"
     if isinstance(value, str):
+        if _is_number(value.strip().rstrip(".")):
+            return "number"
         words = _words(value)
         if not words:
             return "empty"

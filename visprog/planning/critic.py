@@ -45,7 +45,7 @@ def read_verdict(reply: str) -> Verdict:
     head = line.lower().lstrip("*\"'`").strip()
     for word in ("yes", "no"):
         if head == word or (head.startswith(word) and not head[len(word)].isalnum()):
-            rest = line.lstrip("*\"'`").strip()[len(word):].lstrip(" :,.-").strip()
+            rest = line.lstrip("*\"'`").strip()[len(word):].lstrip(" :,.-*\"'`").strip()
             return Verdict(word == "yes", "" if word == "yes" else rest, reply)
     return Verdict(True, "", reply, clear=False)
 
