@@ -498,3 +498,26 @@ def test_demo_ask_lists_every_attempt(picture, tmp_path):
     assert not out.ok and "No program answered" in out.message and program == DIV0
     _, out = demo.ask(object(), "How many?", "gqa", str(picture))
     assert "no planner" in out.message
+
+
+def test_cli_eval_repair_flags(tmp_path, monkeypatch, capsys):
+    from visprog.cli import main
+    from visprog.evaluation.harness import read_results
+
+    Image.new("RGB", (16, 16), "gray").save(tmp_path / "a.png")
+    row = {"id": "r", "image": "a.png", "question": "How many legs does a dog have?",
+           "answer": "4", "program": DIV0}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    with ScriptedServer([FOUR]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        monkeypatch.setenv("VISPROG_LLM_MODEL", "m")
+        base = ["eval", str(tmp_path / "d.jsonl"), "--preset", "tiny", "--no-cache",
+                "--no-progress"]
+        assert main(base + ["--out", str(tmp_path / "off.jsonl"), "--no-repair"]) == 0
+        assert len(server.requests) == 0
+        assert read_results(tmp_path / "off.jsonl")[0]["status"] == "error"
+        assert main(base + ["--out", str(tmp_path / "on.jsonl"), "--repair", "1"]) == 0
+        assert len(server.requests) == 1
+    assert read_results(tmp_path / "on.jsonl")[0]["repairs"] == ["runtime"]
+    assert "1 items repaired (runtime 1)" in capsys.readouterr().out

@@ -154,8 +154,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("give an input image: --image PATH (and --right PATH for --task nlvr)")
     if args.task == "nlvr" and not args.right:
         raise UsageError("--task nlvr compares two images: give --image LEFT --right RIGHT")
-    from visprog.evaluation.harness import repair_option
-
     vp = _engine(args)
     try:
         out = vp.run(args.image, args.question, task=args.task, right=args.right,
@@ -197,6 +195,40 @@ def _print_repairs(events: Sequence[dict[str, Any]]) -> None:
             else:
                 state = f"ok: {a['answer']!r}"
             print(f" {mark}attempt {a['index'] + 1} ({a['reason']}): {state}", file=sys.stderr)
+
+
+def add_repair_arguments(p: argparse.ArgumentParser) -> None:
+    """The repair loop's flags (`visprog run` and `visprog eval`)."""
+    from visprog.planning.checks import CHECKS
+
+    p.add_argument("--repair", type=int, metavar="N",
+                   help="corrections allowed after a run that raises or fails a check "
+                        "(default: the config's, 2; 0 checks without repairing)")
+    p.add_argument("--no-repair", action="store_true",
+                   help="no checks and no repair: the first program's run is the answer")
+    p.add_argument("--critic", action="store_true",
+                   help="also ask the LLM whether each run answers its question")
+    p.add_argument("--no-check", action="append", default=[], choices=sorted(CHECKS),
+                   metavar="NAME", help=f"switch a check off ({', '.join(CHECKS)})")
+    p.add_argument("--select", choices=("checks", "majority"),
+                   help="with --vote: prefer runs that pass the checks (default) or the "
+                        "plain majority")
+
+
+def repair_option(args: Any) -> Any:
+    """`repair=` for `VisProg.run`/`run_batch` from the flags (None: the config's)."""
+    if getattr(args, "no_repair", False):
+        return False
+    options: dict[str, Any] = {}
+    if getattr(args, "repair", None) is not None:
+        options["attempts"] = args.repair
+    if getattr(args, "critic", False):
+        options["critic"] = True
+    if getattr(args, "no_check", None):
+        options["checks"] = {name: False for name in args.no_check}
+    if getattr(args, "select", None):
+        options["select"] = args.select
+    return options or None
 
 
 def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -274,7 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # each worker builds an engine like this one (same preset and merged config)
         executor = ray_executor(args.ray, functools.partial(
             VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None))
-    run_eval(args, vp, executor)
+    run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
 
 
@@ -331,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
-    from visprog.evaluation.harness import add_repair_arguments
     add_repair_arguments(p)
     _add_output_flags(p, verbose="print the planner's attempts, the repairs and the program")
     _add_engine_flags(p)
@@ -348,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
     add_eval_arguments(p)
+    add_repair_arguments(p)
     _add_engine_flags(p)
     p.set_defaults(func=cmd_eval)
 

@@ -408,50 +408,16 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"items run together per batch (default {DEFAULT_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_repair_arguments(p)
     p.add_argument("--ray", metavar="ADDRESS",
                    help="spread the chunks over a Ray cluster ('auto', 'HOST:6379'): planning "
                         "and execution run there (needs the ray extra; image paths must be "
                         "readable on the workers)")
 
 
-def add_repair_arguments(p: Any) -> None:
-    """The repair loop's flags (`visprog run` and `visprog eval`)."""
-    from visprog.planning.checks import CHECKS
-
-    p.add_argument("--repair", type=int, metavar="N",
-                   help="corrections allowed after a run that raises or fails a check "
-                        "(default: the config's, 2; 0 checks without repairing)")
-    p.add_argument("--no-repair", action="store_true",
-                   help="no checks and no repair: the first program's run is the answer")
-    p.add_argument("--critic", action="store_true",
-                   help="also ask the LLM whether each run answers its question")
-    p.add_argument("--no-check", action="append", default=[], choices=sorted(CHECKS),
-                   metavar="NAME", help=f"switch a check off ({', '.join(CHECKS)})")
-    p.add_argument("--select", choices=("checks", "majority"),
-                   help="with --vote: prefer runs that pass the checks (default) or the "
-                        "plain majority")
-
-
-def repair_option(args: Any) -> Any:
-    """`repair=` for `VisProg.run`/`run_batch` from the flags (None: the config's)."""
-    if getattr(args, "no_repair", False):
-        return False
-    options: dict[str, Any] = {}
-    if getattr(args, "repair", None) is not None:
-        options["attempts"] = args.repair
-    if getattr(args, "critic", False):
-        options["critic"] = True
-    if getattr(args, "no_check", None):
-        options["checks"] = {name: False for name in args.no_check}
-    if getattr(args, "select", None):
-        options["select"] = args.select
-    return options or None
-
-
-def cmd_eval(args: Any, vp: Any, executor: Any = None) -> dict[str, Any]:
+def cmd_eval(args: Any, vp: Any, executor: Any = None, *, repair: Any = None) -> dict[str, Any]:
     """Run `visprog eval` with parsed `args` on `vp` (chunks on `executor` when given, e.g.
-    `visprog.hosting.cluster.ray_executor`); print and return the summary."""
+    `visprog.hosting.cluster.ray_executor`; `repair` for `run_batch`); print and return
+    the summary."""
     from visprog.evaluation.datasets import load_dataset
 
     items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
@@ -460,7 +426,7 @@ def cmd_eval(args: Any, vp: Any, executor: Any = None) -> dict[str, Any]:
                        limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                        chunk_size=args.chunk, use_cache=not args.no_cache,
                        progress=not args.no_progress, dataset=str(args.dataset),
-                       executor=executor, repair=repair_option(args))
+                       executor=executor, repair=repair)
     print(format_summary(summary))
     print(f"results: {out}\nsummary: {summary['summary']}")
     return summary
