@@ -8,7 +8,9 @@ Every client has
 and, optionally, `constrain_to(registry, inputs) -> client`: the planner plans with the
 client it returns, so a backend that can constrain its output (a local model, or a server
 that accepts a grammar) knows which modules, arguments and input variables exist, while
-other users of the client (the List module) still get free text.
+other users of the client (the List module) still get free text; and, optionally,
+`constrain_grammar(grammar) -> client`: replies held to a small Lark grammar (the critic's
+verdict), for backends that can constrain their output.
 
 - `OpenAIChat`: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama,
   llama.cpp server...) through the official `openai` client, with bounded retries.

@@ -11,6 +11,9 @@ never writes a valid program gives a `PlanningError` listing every attempt and i
 
 Voting: `plan_k` samples k programs (temperature > 0); after running each, `vote` picks the
 majority answer and records every run in the chosen run's trace.
+
+After a run: `revise` asks for a corrected program given feedback on how the last one ran
+(`visprog.planning.repair` writes it: the error or the checks' findings and a trace summary).
 """
 from __future__ import annotations
 
