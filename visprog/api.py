@@ -260,7 +260,10 @@ class VisProg:
             planner = None
             if item.question and self.llm is not None:
                 if item.task not in planners:
-                    planners[item.task] = self.planner(item.task)
+                    try:
+                        planners[item.task] = self.planner(item.task)
+                    except VisProgError:  # e.g. a task the planner does not know: no repair
+                        planners[item.task] = None
                 planner = planners[item.task]
             inputs = {name: type_of(v) for name, v in job.inputs.items()}
             first = RunAttempt("first", job.program.source, list(job.events), job.program)
