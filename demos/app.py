@@ -307,6 +307,87 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
                      message=message_box("ok", title), trace=trace)
 
 
+# -- ask: plan, run, repair ----------------------------------------------------------------
+def attempts_html(trace: Trace | None) -> str:
+    """The repair loop's attempts of a run, one line each ("" when there was one plain run)."""
+    event = next((e for e in reversed(trace.events) if e.get("kind") == "repair"), None) \
+        if trace is not None else None
+    if event is None:
+        return ""
+    rows = []
+    for a in event.get("attempts") or []:
+        if a.get("error"):
+            state = f"failed: {a['error'].splitlines()[0]}"
+        elif a.get("findings"):
+            state = "flagged: " + "; ".join(f["message"] for f in a["findings"])
+        elif a.get("critic") and not a["critic"].get("ok"):
+            state = f"the critic said no: {a['critic'].get('reason', '')}"
+        else:
+            state = f"answered {a.get('answer')!r}"
+        chosen = " (chosen)" if a.get("index") == event.get("chosen") else ""
+        rows.append(f"<li>attempt {a.get('index', 0) + 1}, {_esc(a.get('reason', ''))}"
+                    f"{chosen}: {_esc(state)}</li>")
+    return f'<ol class="vp-attempts">{"".join(rows)}</ol>'
+
+
+def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
+        right: Any = None, *, folders: RunFolders | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str | None, RunOutput]:
+    """Plan, run and repair in one go (`vp.run`): the program that answered (for the code
+    box) and what to show, with every attempt of the repair loop listed. Never raises."""
+    question = (question or "").strip()
+    if task not in TASKS:
+        return None, RunOutput(False, message=message_box("error", f"Unknown task {task!r}."))
+    if not question:
+        return None, RunOutput(False, message=message_box("error", f"Type {TASK_HELP[task]}"))
+    if len(question) > MAX_QUESTION_CHARS:
+        return None, RunOutput(False, message=message_box(
+            "error", f"The question is {len(question)} characters; the demo takes up to "
+                     f"{MAX_QUESTION_CHARS}."))
+    if getattr(vp, "llm", None) is None or not hasattr(vp, "run"):
+        return None, RunOutput(False, message=message_box("warn", "This visprog has no planner.",
+                                                          _esc(NO_LLM_MESSAGE)))
+    try:
+        bound = read_inputs(image, left, right, max_pixels)
+    except ImageError as e:
+        return None, RunOutput(False, message=message_box("error", "Can't use the uploaded image",
+                                                          _esc(e)))
+    pair = TASKS[task] == ("LEFT", "RIGHT")
+    if (pair and not {"LEFT", "RIGHT"} <= set(bound)) or (not pair and "IMAGE" not in bound):
+        return None, RunOutput(False, message=message_box(
+            "error", "Upload " + ("a LEFT/RIGHT pair" if pair else "an image") + " first."))
+    folders = folders or RunFolders()
+    try:
+        target = (bound["LEFT"], bound["RIGHT"]) if pair else bound["IMAGE"]
+        out = vp.run(target, question, task=task)
+    except StepError as e:  # every attempt failed: show them all, and the last trace
+        trace = e.trace
+        page = trace.to_html() if trace is not None else None
+        files = save_downloads(trace, folders.new(), page) if trace is not None else []
+        body = f'<div class="vp-err">{_esc(e)}</div>' + attempts_html(trace)
+        return (trace.program if trace is not None else None), RunOutput(
+            False, message=message_box("error", "No program answered", body), files=files,
+            trace_html=trace_view_html(trace, page=page) if trace is not None else "",
+            trace=trace)
+    except VisProgError as e:
+        return None, RunOutput(False, message=message_box("warn", "Planning failed", _esc(e)))
+    except Exception as e:  # network and client errors of the LLM backend
+        return None, RunOutput(False, message=message_box(
+            "error", "The planner failed", _esc(f"{type(e).__name__}: {e}")))
+    trace = out.trace
+    page = trace.to_html()
+    files = save_downloads(trace, folders.new(), page)
+    listed = attempts_html(trace)
+    repaired = any(e.get("kind") == "repair" and (e.get("chosen") or 0) > 0
+                   for e in trace.events)
+    title = "Answered after repair" if repaired else "Answered"
+    return out.program.source, RunOutput(
+        True, result_text=format_result(out.value, task),
+        result_image=out.value if isinstance(out.value, Image.Image) else None,
+        trace_html=trace_view_html(trace, page=page), files=files,
+        message=message_box("ok", title, listed), trace=trace)
+
+
 # -- plan -----------------------------------------------------------------------------------
 def plan_program(vp: Any, question: str, task: str) -> tuple[str | None, str]:
     """Ask the planner for a program.
@@ -471,6 +552,11 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
         text, message = plan_program(vp, question, task)
         return (gr.update() if text is None else text), message
 
+    def on_ask(question: str, task: str, image: Any, left: Any, right: Any):
+        text, out = ask(vp, question, task, image, left, right, folders=folders)
+        return ((gr.update() if text is None else text), out.message, out.result_text,
+                out.result_image, out.trace_html, out.files or None)
+
     def on_run(program: str, task: str, image: Any, left: Any, right: Any,
                progress=gr.Progress()):
         out = run_program(vp, program, image, left, right, task=task, folders=folders,
@@ -500,7 +586,9 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
                 question = gr.Textbox(label="Question or instruction", lines=2,
                                       placeholder=TASK_HELP["gqa"], elem_id="question",
                                       max_length=MAX_QUESTION_CHARS)
-                plan_btn = gr.Button("Plan", elem_id="plan-btn")
+                with gr.Row():
+                    plan_btn = gr.Button("Plan", elem_id="plan-btn")
+                    ask_btn = gr.Button("Ask (plan, run, repair)", elem_id="ask-btn")
             with gr.Column(scale=1):
                 program = gr.Code(label="Program (editable)", language="python", lines=8,
                                   interactive=True, elem_id="program")
@@ -519,6 +607,8 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
         task.change(on_task, [task], [single, pair, question])
         plan_btn.click(on_plan, [question, task], [program, status])
         question.submit(on_plan, [question, task], [program, status])
+        ask_btn.click(on_ask, [question, task, image, left, right],
+                      [program, status, result_text, result_image, trace_view, downloads])
         run_btn.click(on_run, [program, task, image, left, right],
                       [status, result_text, result_image, trace_view, downloads])
     return app

@@ -241,7 +241,7 @@ def test_build_app_wires_the_widgets(vp, tmp_path):
     pytest.importorskip("gradio")
     app = demo.build_app(vp, folders=demo.RunFolders(tmp_path), examples_dir=tmp_path / "ex")
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
-    assert {"program", "run-btn", "plan-btn", "status", "trace-view", "downloads",
+    assert {"program", "run-btn", "plan-btn", "ask-btn", "status", "trace-view", "downloads",
             "image-input", "left-input", "right-input", "result-text"} <= ids
     config = json.dumps(app.get_config_file(), default=str)
     assert "Run" in config and "Plan" in config

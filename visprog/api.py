@@ -205,15 +205,19 @@ class VisProg:
 
     def run_batch(self, items: Iterable[Any], *, batch_size: int | str = "auto",
                   use_cache: bool = True, no_cache: Iterable[str] = (),
-                  on_item: Any = None) -> list[Any]:
+                  on_item: Any = None, repair: Any = None) -> list[Any]:
         """Run many programs together, batching model calls across them (`visprog.batch`).
 
         Args:
             items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
-                right, inputs, id, or query values (`vp.image(...)...`; also as a
-                mapping's program).
+                right, inputs, id (and question, task, events), or query values
+                (`vp.image(...)...`; also as a mapping's program).
             batch_size: calls per batched module call, or "auto" (by device, measured).
-            on_item: called with each `ItemResult` as soon as its program ends.
+            on_item: called with each `ItemResult` as soon as its program ends (items with
+                a question: once their repairs are done).
+            repair: for items with a question: check each run against it and have the
+                planner correct the ones that raise or look wrong (`vp.run`'s `repair`;
+                default the config's). Only those items run again, together.
 
         Returns:
             one `ItemResult` (id, value, program, trace, error) per item, in order; an
@@ -223,32 +227,110 @@ class VisProg:
         from visprog.query import as_batch_item
 
         items = [as_batch_item(i) for i in items]  # query values become program text
+        items = [raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw)) for raw in items]
+        settings = self.repair_settings(repair)
+        loop_on = settings.enabled and any(item.question for item in items)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
         results: list[ItemResult | None] = []
         jobs: list[Job] = []
-        for i, raw in enumerate(items):
-            item = raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw))
+        for i, item in enumerate(items):
             item_id = i if item.id is None else item.id
             program, bound = None, None
             try:
                 program = self.parse(item.program)
                 bound = self.bind(item.image, left=item.left, right=item.right,
                                   inputs=item.inputs, read=read)
-                jobs.append(self.job(program, bound, id=item_id))
+                jobs.append(self.job(program, bound, id=item_id, events=item.events,
+                                     meta=_question_meta(item)))
             except VisProgError as e:
                 trace = None
                 if bound is not None:  # it parsed and bound, but does not check
                     trace = Trace(program=program.source, inputs=dict(bound), error=str(e),
-                                  meta={"preset": self.preset})
+                                  events=[dict(x) for x in item.events],
+                                  meta={"preset": self.preset, **_question_meta(item)})
                 results.append(ItemResult(item_id, None, program, trace, e))
                 if on_item is not None:
                     on_item(results[-1])
                 continue
             results.append(None)
-        ran = iter(self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
-                                 no_cache=no_cache, on_item=on_item))
+        if loop_on:
+            ran = iter(self._run_repaired(jobs, [it for it, r in zip(items, results) if r is None],
+                                          settings, batch_size=batch_size, use_cache=use_cache,
+                                          no_cache=no_cache, on_item=on_item))
+        else:
+            ran = iter(self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
+                                     no_cache=no_cache, on_item=on_item))
         return [r if r is not None else next(ran) for r in results]
 
+    def _run_repaired(self, jobs: list[Job], items: list[Any], settings: Any, *,
+                      batch_size: Any, use_cache: bool, no_cache: Iterable[str],
+                      on_item: Any) -> list[ItemResult]:
+        """Prepared jobs through the repair loop: all run together; those with a question
+        are checked, and those that need it corrected and run again together."""
+        from visprog.planning.repair import Case, RepairLoop, RunAttempt
+
+        planners: dict[str, Any] = {}
+        cases = []
+        for job, item in zip(jobs, items):
+            planner = None
+            if item.question and self.llm is not None:
+                if item.task not in planners:
+                    try:
+                        planners[item.task] = self.planner(item.task)
+                    except VisProgError:  # e.g. a task the planner does not know: no repair
+                        planners[item.task] = None
+                planner = planners[item.task]
+            inputs = {name: type_of(v) for name, v in job.inputs.items()}
+            first = RunAttempt("first", job.program.source, list(job.events), job.program)
+            cases.append(Case(item.question or "", item.task, inputs, planner, [first],
+                              id=job.id, payload=job))
+        loop = RepairLoop(settings, self._critic(settings))
+        loop.run(cases, self._case_runner(batch_size, use_cache, no_cache))
+        out = []
+        for case in cases:
+            value, trace, error, chosen = loop.outcome(case)
+            res = ItemResult(case.id, value, case.attempts[chosen].parsed, trace, error)
+            out.append(res)
+            if on_item is not None:
+                on_item(res)
+        return out
+
+    def _case_runner(self, batch_size: Any, use_cache: bool, no_cache: Iterable[str] = ()) -> Any:
+        """The repair loop's runner: each (case, attempt) as a job on this engine, the
+        case's payload being its first job (inputs, id, meta)."""
+        def run(todo: list[Any]) -> list[ItemResult]:
+            jobs = []
+            for case, attempt in todo:
+                first: Job = case.payload
+                n = len(case.attempts) - 1
+                meta = {**first.meta, **({"attempt": n} if n else {})}
+                jobs.append(Job(attempt.parsed, first.inputs, first.id,
+                                [dict(e) for e in attempt.plan_events], meta))
+            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
+                                 no_cache=no_cache)
+        return run
+
+    def repair_settings(self, repair: Any = None) -> Any:
+        """The repair loop's settings (`visprog.planning.repair.RepairSettings`): the
+        config's [planner] keys (repair, repair_attempts, checks, critic, select), then
+        `repair` (True, False, a number of corrections, a mapping) over them.
+
+        Raises:
+            ConfigError: a bad setting (an unknown check, a negative count...).
+        """
+        from visprog.errors import ConfigError
+        from visprog.planning.repair import RepairSettings
+
+        try:
+            return RepairSettings.make(repair, self.config.get("planner"))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"repair settings: {e}") from e
+
+    def _critic(self, settings: Any) -> Any:
+        if not settings.critic or self.llm is None:
+            return None
+        from visprog.planning.critic import Critic
+        return Critic(self.llm)
 
     # -- composed queries: Python calls that write programs (visprog.query) ----------------
     def image(self, image: ImageLike) -> Any:
@@ -289,7 +371,11 @@ class VisProg:
                            "OPENAI_API_KEY (plus OPENAI_BASE_URL for a local server such as "
                            "vLLM or Ollama), or VISPROG_LLM_PATH for a local model, or pass "
                            "VisProg(llm=...)")
+        from visprog.planning.repair import SETTING_KEYS
+
         settings = {**dict(self.config.get("planner", {})), **options}
+        for key in SETTING_KEYS:  # the repair loop's, not the planner's
+            settings.pop(key, None)
         if self.cache is None:
             settings.setdefault("cache", False)
         return Planner(self.llm, self.registry, task=task, **settings)
@@ -305,21 +391,38 @@ class VisProg:
 
     def run(self, image: ImageLike, question: str, task: str = "gqa", *,
             right: ImageLike = None, vote: int = 1, use_cache: bool = True,
-            **options: Any) -> RunResult:
-        """Plan a program for `question`, then run it.
+            repair: Any = None, **options: Any) -> RunResult:
+        """Plan a program for `question`, run it, and repair it when the run goes wrong.
 
         For `task="nlvr"` pass the pair: `run((left, right), statement, task="nlvr")` or
         `run(left, statement, task="nlvr", right=right)`. The planner's attempts (errors and
-        token usage) go into `trace.events`. With `vote=k`, k programs are sampled and run
-        and the majority answer wins (every run is listed in the trace's "vote" event).
+        token usage) go into `trace.events`.
+
+        After the run (`visprog.planning.repair`): a step that raised, or a result the checks
+        flag (an answer of the wrong kind, an empty find the question presumes, a crop of
+        the whole image...), or a "no" of the critic when it is on, goes back to the planner
+        with the error or findings and a summary of the trace, for a corrected program
+        (a bounded number of times); the trace's "repair" event lists every attempt.
+
+        With `vote=k`, k programs are sampled and run; the runs that pass the checks are
+        preferred and the majority answer among them wins (every run is listed in the
+        trace's "vote" event); only when none passes is the best one repaired.
+
+        Args:
+            repair: True/False, the number of corrections allowed (0: check, don't
+                repair), a mapping (attempts, checks, critic, select) or `RepairSettings`;
+                default the config's [planner] settings (on, 2 corrections, every check).
 
         Raises:
             PlanningError, LLMError: no program.
             ImageError: an input image can't be read (checked before the LLM is asked).
-            StepError: a step failed (with vote > 1: every run failed).
+            StepError: a step failed (a `RepairError` when every attempt failed; with
+                vote > 1: every run failed).
         """
         from visprog.planning.planner import vote as majority_vote
+        from visprog.planning.repair import Case, RepairLoop, RunAttempt, select
 
+        settings = self.repair_settings(repair)
         left = None
         if isinstance(image, (tuple, list)):
             if len(image) != 2:
@@ -332,19 +435,49 @@ class VisProg:
         planner = self.planner(task, **options)
         plans = ([planner.plan(question, inputs)] if vote <= 1
                  else planner.plan_k(question, vote, inputs=inputs))
+        meta = {"task": task, "question": question}
         # The planner checked each program against these inputs: the jobs skip the check.
         jobs = [self.job(plan.program, bound, events=_plan_events(plan), checked=True,
-                         meta={"task": task, "question": question}) for plan in plans]
-        ran = self.run_jobs(jobs, batch_size=AUTO if vote > 1 else 1, use_cache=use_cache)
-        results: list[Any] = [RunResult(r.value, r.program, r.trace) if r.ok else r.error
-                              for r in ran]
+                         meta=meta) for plan in plans]
+        batch_size = AUTO if vote > 1 else 1
+        if not settings.enabled:
+            ran = self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache)
+            results: list[Any] = [RunResult(r.value, r.program, r.trace) if r.ok else r.error
+                                  for r in ran]
+            if vote <= 1:
+                if isinstance(results[0], BaseException):
+                    raise results[0]
+                return results[0]
+            if not any(isinstance(r, RunResult) for r in results):
+                raise next(r for r in results if isinstance(r, BaseException))
+            return majority_vote(results)
+
+        cases = [Case(question, task, inputs, planner,
+                      [RunAttempt("first", plan.text, list(job.events), plan.program)],
+                      payload=job, remember=vote <= 1)
+                 for plan, job in zip(plans, jobs)]
+        loop = RepairLoop(settings, self._critic(settings))
+        runner = self._case_runner(batch_size, use_cache)
         if vote <= 1:
-            if isinstance(results[0], BaseException):
-                raise results[0]
-            return results[0]
-        if not any(isinstance(r, RunResult) for r in results):
-            raise next(r for r in results if isinstance(r, BaseException))
-        return majority_vote(results)
+            loop.run(cases, runner)
+            value, trace, error, chosen = loop.outcome(cases[0])
+            if error is not None:
+                raise error
+            return RunResult(value, cases[0].attempts[chosen].parsed, trace)
+        # Selection first: candidates are not corrected one by one...
+        loop.run(cases, runner, rounds=0)
+        if settings.attempts and not any(c.attempts[-1].passed for c in cases):
+            # ...only the most promising one, when none passed.
+            best = min(cases, key=lambda c: (not c.attempts[-1].ran, c.attempts[-1].problems))
+            loop.run([best], runner)
+        finals = []
+        for case in cases:
+            _, _, error, chosen = loop.outcome(case)
+            finals.append(case.attempts[chosen])
+        if not any(a.ran for a in finals):
+            raise next(a.error for a in finals if a.error is not None)
+        winner = finals[select(finals, settings.select)]
+        return RunResult(winner.value, winner.parsed, winner.trace)  # type: ignore[arg-type]
 
 
 def module_catalog() -> Any:
@@ -382,6 +515,10 @@ def _llm_from_config(section: Any) -> tuple[Any, Exception | None]:
         return make_llm(section if isinstance(section, Mapping) else None), None
     except LLMError as e:
         return None, e
+
+
+def _question_meta(item: Any) -> dict[str, Any]:
+    return {"task": item.task, "question": item.question} if item.question else {}
 
 
 def _plan_events(plan: Any) -> list[dict[str, Any]]:

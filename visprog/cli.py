@@ -158,10 +158,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     vp = _engine(args)
     try:
         out = vp.run(args.image, args.question, task=args.task, right=args.right,
-                     vote=args.vote, **_planner_options(args))
+                     vote=args.vote, repair=repair_option(args), **_planner_options(args))
     except StepError as e:
         if e.trace is not None:
             _write_outputs(args, e.trace)  # the plan and the steps that ran are not lost
+            if args.verbose:
+                _print_repairs(e.trace.events)
         raise
     if args.verbose:
         for event in out.trace.events:
@@ -170,11 +172,64 @@ def cmd_run(args: argparse.Namespace) -> int:
                 state = "cached" if event["kind"] == "plan_cache_hit" else \
                     ("ok" if event.get("ok") else f"{errors} errors")
                 print(f"  plan: {state}", file=sys.stderr)
+        _print_repairs(out.trace.events)
         print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
               file=sys.stderr)
     _write_outputs(args, out.trace)
     _print_result(args, out.value)
     return EXIT_OK
+
+
+def _print_repairs(events: Sequence[dict[str, Any]]) -> None:
+    """One line per run attempt of the repair loop (stderr)."""
+    for event in events:
+        if event.get("kind") != "repair":
+            continue
+        for a in event["attempts"]:
+            mark = "*" if a["index"] == event.get("chosen") else " "
+            if a["error"]:
+                state = f"error: {a['error'].splitlines()[0]}"
+            elif a["findings"]:
+                state = "flagged: " + "; ".join(f["message"] for f in a["findings"])
+            elif a["critic"] and not a["critic"]["ok"]:
+                state = f"critic: no: {a['critic']['reason']}"
+            else:
+                state = f"ok: {a['answer']!r}"
+            print(f" {mark}attempt {a['index'] + 1} ({a['reason']}): {state}", file=sys.stderr)
+
+
+def add_repair_arguments(p: argparse.ArgumentParser) -> None:
+    """The repair loop's flags (`visprog run` and `visprog eval`)."""
+    from visprog.planning.checks import CHECKS
+
+    p.add_argument("--repair", type=int, metavar="N",
+                   help="corrections allowed after a run that raises or fails a check "
+                        "(default: the config's, 2; 0 checks without repairing)")
+    p.add_argument("--no-repair", action="store_true",
+                   help="no checks and no repair: the first program's run is the answer")
+    p.add_argument("--critic", action="store_true",
+                   help="also ask the LLM whether each run answers its question")
+    p.add_argument("--no-check", action="append", default=[], choices=sorted(CHECKS),
+                   metavar="NAME", help=f"switch a check off ({', '.join(CHECKS)})")
+    p.add_argument("--select", choices=("checks", "majority"),
+                   help="with --vote: prefer runs that pass the checks (default) or the "
+                        "plain majority")
+
+
+def repair_option(args: Any) -> Any:
+    """`repair=` for `VisProg.run`/`run_batch` from the flags (None: the config's)."""
+    if getattr(args, "no_repair", False):
+        return False
+    options: dict[str, Any] = {}
+    if getattr(args, "repair", None) is not None:
+        options["attempts"] = args.repair
+    if getattr(args, "critic", False):
+        options["critic"] = True
+    if getattr(args, "no_check", None):
+        options["checks"] = {name: False for name in args.no_check}
+    if getattr(args, "select", None):
+        options["select"] = args.select
+    return options or None
 
 
 def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,7 +312,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # each worker builds an engine like this one (same preset and merged config)
         executor = ray_executor(args.ray, functools.partial(
             VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None))
-    run_eval(args, vp, executor)
+    run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
 
 
@@ -314,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
-    _add_output_flags(p, verbose="print the planner's attempts and the program")
+    add_repair_arguments(p)
+    _add_output_flags(p, verbose="print the planner's attempts, the repairs and the program")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -329,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
     add_eval_arguments(p)
+    add_repair_arguments(p)
     _add_engine_flags(p)
     p.set_defaults(func=cmd_eval)
 

@@ -45,7 +45,9 @@ __all__ = ["AUTO", "AutoBatchSize", "FixedBatchSize", "make_batch_size", "BatchI
 @dataclass
 class BatchItem:
     """One program and its inputs. The program is text or a parsed `Program`; images are
-    paths, bytes, PIL images or arrays (`VisProg.run_batch` reads them)."""
+    paths, bytes, PIL images or arrays (`VisProg.run_batch` reads them). An item with a
+    `question` (and its `task`) can be checked and repaired after it runs
+    (`visprog.planning.repair`); `events` start its trace (e.g. the planner's attempts)."""
 
     program: Any
     image: Any = None
@@ -53,6 +55,9 @@ class BatchItem:
     right: Any = None
     inputs: Mapping[str, Any] | None = None
     id: Any = None
+    question: str | None = None
+    task: str = "gqa"
+    events: Sequence[Mapping[str, Any]] = ()
 
 
 class BatchRunner:

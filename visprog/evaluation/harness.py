@@ -18,6 +18,15 @@ it), correct, status and error. Status is one of:
   parse or check);
 - `error`: the program failed while running (a step error, an unreadable image).
 
+With repair on (the config's [planner] settings, or `repair=`), each item's run is checked
+against its question and corrected by the planner when it raises or looks wrong
+(`visprog.planning.repair`); only those items run again. Each line then also has the first
+attempt's prediction and whether it was right (`first_prediction`, `first_correct`), which
+repairs led to the final program (`repairs`: "plan" for a parse/check repair of the first
+program, "runtime", "check", "critic"), the number of programs run (`attempts`) and the
+checks' findings on the final run. The summary's "repair" part counts the repaired items by
+kind and gives the accuracy before repair (first attempts) and after.
+
 The summary (JSON) has the accuracy overall and per question type, and the failure counts.
 """
 from __future__ import annotations
@@ -40,6 +49,7 @@ from visprog.evaluation.datasets import EvalItem
 from visprog.errors import CheckError, ParseError, VisProgError, VisProgWarning
 
 STATUSES = ("correct", "wrong", "no_program", "error")
+REPAIR_KINDS = ("plan", "runtime", "check", "critic")
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
 
 
@@ -95,7 +105,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
              limit: int | None = None, shuffle: bool = False, seed: int = 0,
              chunk_size: int = DEFAULT_CHUNK, use_cache: bool = True, progress: bool = True,
              dataset: str = "", executor: Callable[..., Iterable[dict[str, Any]]] | None = None,
-             ) -> dict[str, Any]:
+             repair: Any = None) -> dict[str, Any]:
     """Evaluate `vp` on `items`, resuming from `results_path`; return the summary.
 
     Args:
@@ -111,6 +121,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         executor: runs the chunks elsewhere, e.g. on a Ray cluster
             (`visprog.hosting.cluster.ray_executor`): called with the list of chunks (and
             batch_size=, use_cache=), it yields their result lines as chunks finish.
+        repair: `VisProg.run_batch`'s repair setting (default: the config's).
     """
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
@@ -133,7 +144,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), max(1, chunk_size))]
         if executor is None:
             for chunk in chunks:
-                _run_chunk(vp, chunk, write, batch_size, use_cache)
+                _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair)
         else:
             for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
                 write(record)
@@ -174,7 +185,26 @@ def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = Non
             "correct": counts["correct"],
             "accuracy": round(counts["correct"] / n, 4) if n else None,
             "failures": {s: counts[s] for s in ("no_program", "error", "wrong")},
-            "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())}}
+            "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())},
+            "repair": _repair_summary(rows)}
+
+
+def _repair_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items repaired, by kind, and the accuracy of the first attempts against the final."""
+    by_kind = {k: 0 for k in REPAIR_KINDS}
+    repaired = 0
+    first = 0
+    for r in rows:
+        kinds = r.get("repairs") or []
+        repaired += bool(kinds)
+        for k in kinds:
+            by_kind[k] = by_kind.get(k, 0) + 1
+        first += bool(r.get("first_correct", r.get("correct")))
+    n = len(rows)
+    return {"repaired": repaired, "by_kind": by_kind,
+            "attempts": sum(int(r.get("attempts") or 0) for r in rows),
+            "accuracy_before": round(first / n, 4) if n else None,
+            "accuracy_after": round(sum(bool(r.get("correct")) for r in rows) / n, 4) if n else None}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -186,6 +216,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     f = summary["failures"]
     lines.append(f"failures: no valid program {f['no_program']}, runtime error {f['error']}, "
                  f"wrong answer {f['wrong']}")
+    rep = summary.get("repair")
+    if rep and rep["repaired"] and rep["accuracy_before"] is not None:
+        kinds = ", ".join(f"{k} {v}" for k, v in rep["by_kind"].items() if v)
+        lines.append(f"repair: {rep['repaired']} items repaired ({kinds}); accuracy "
+                     f"{rep['accuracy_before']:.2%} before repair, {rep['accuracy_after']:.2%} after")
     for kind, cells in summary["by_type"].items():
         parts = ", ".join(f"{name} {c['accuracy']:.1%} (n={c['n']})" for name, c in cells.items())
         lines.append(f"by {kind}: {parts}")
@@ -195,19 +230,20 @@ def format_summary(summary: dict[str, Any]) -> str:
 # -- one chunk ------------------------------------------------------------------------------
 
 def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
-               batch_size: int | str, use_cache: bool) -> None:
+               batch_size: int | str, use_cache: bool, *, repair: Any = None) -> None:
     batch: list[BatchItem] = []
     by_id: dict[str, EvalItem] = {}
     for item in items:
-        program, error = item.program, None
+        program, error, events = item.program, None, []
         if program is None:
-            program, error = _plan(vp, item)
+            program, error, events = _plan(vp, item)
         if program is None:
-            write(_record(item, None, None, "no_program", error))
+            write(_record(item, None, None, "no_program", error, events=events))
             continue
         by_id[item.id] = item
         batch.append(BatchItem(program, image=item.image, left=item.left, right=item.right,
-                               id=item.id))
+                               id=item.id, question=item.question, task=item.task,
+                               events=events))
     if not batch:
         return
 
@@ -215,39 +251,90 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
         item = by_id[res.id]
         source = res.program.source if res.program is not None else str(
             next(b.program for b in batch if b.id == res.id))
+        events = res.trace.events if res.trace is not None else []
         if res.error is None:
             status = "correct" if is_correct(res.value, item.answer) else "wrong"
-            write(_record(item, source, res.value, status, None))
+            write(_record(item, source, res.value, status, None, events=events))
         else:
             status = "no_program" if isinstance(res.error, (ParseError, CheckError)) else "error"
-            write(_record(item, source, None, status, res.error))
+            write(_record(item, source, None, status, res.error, events=events))
 
-    vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished)
+    options = {} if repair is None else {"repair": repair}
+    vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished, **options)
 
 
-def _plan(vp: Any, item: EvalItem) -> tuple[Any, Any]:
-    """(program, None) from the planner, or (None, why not)."""
+def _plan(vp: Any, item: EvalItem) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """(program, None, the plan's events) from the planner, or (None, why not, events)."""
     if getattr(vp, "llm", None) is None or not hasattr(vp, "plan"):
-        return None, "no program given and no LLM configured to plan one"
+        return None, "no program given and no LLM configured to plan one", []
     try:
         planned = vp.plan(item.question, task=item.task)
     except VisProgError as e:
-        return None, e
+        attempts = getattr(e, "attempts", [])
+        return None, e, [{"kind": "plan_attempt", **a.to_dict()} for a in attempts]
     except Exception as e:  # an LLM client can fail in many ways; the item records it
-        return None, e
+        return None, e, []
     program = getattr(planned, "program", planned)
-    return (program, None) if program else (None, "the planner returned no program")
+    events = planned.events() if hasattr(planned, "events") else []
+    return (program, None, events) if program else (None, "the planner returned no program", [])
 
 
-def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any) -> dict[str, Any]:
+def _attempt_history(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The run attempts of a trace's "repair" event (or none) and the chosen index."""
+    for e in reversed(list(events)):
+        if e.get("kind") == "repair":
+            chosen = e.get("chosen")
+            return list(e.get("attempts") or []), (len(e.get("attempts") or []) - 1
+                                                    if chosen is None else int(chosen))
+    return [], 0
+
+
+def _repairs(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """From a trace's events: the repair kinds on the way to the final program, whether
+    there was a repair history, the first run's answer and whether it ran, the programs run
+    and the final run's findings."""
+    attempts, chosen = _attempt_history(events)
+    first_plan = attempts[0]["plan"] if attempts else [
+        e for e in events if e.get("kind") == "plan_attempt" and "revision" not in e]
+    kinds = []
+    if any(not e.get("ok", True) for e in first_plan):
+        kinds.append("plan")  # the first reply did not parse or check
+    for a in attempts[1:chosen + 1]:
+        if a["reason"] not in kinds:
+            kinds.append(a["reason"])
+    first = attempts[0] if attempts else {}
+    return {"kinds": kinds, "history": bool(attempts), "first_answer": first.get("answer"),
+            "first_ran": bool(attempts) and first.get("error") is None,
+            "attempts": max(1, len(attempts)),
+            "findings": [f["message"] for f in (attempts[chosen].get("findings") or [])]
+            if attempts else []}
+
+
+def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *,
+            events: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     if program is not None and not isinstance(program, str):
         program = getattr(program, "source", str(program))
+    correct = status == "correct"
+    prediction = show(value, item.task) if status in ("correct", "wrong") else None
+    rep = _repairs(events)
+    if program is None:
+        rep["kinds"] = []  # planning failed: nothing was repaired
+    if "plan" in rep["kinds"] or program is None:
+        first_prediction, first_correct = None, False  # the first reply gave no program to run
+    elif rep["history"]:
+        ran = rep["first_ran"]
+        first_prediction = show(rep["first_answer"], item.task) if ran else None
+        first_correct = ran and is_correct(rep["first_answer"], item.answer)
+    else:
+        first_prediction, first_correct = prediction, correct
     return {"id": item.id, "task": item.task, "question": item.question, "answer": item.answer,
-            "program": program, "prediction": show(value, item.task) if status in
-            ("correct", "wrong") else None, "correct": status == "correct", "status": status,
+            "program": program, "prediction": prediction, "correct": correct, "status": status,
             "error": None if error is None else (error if isinstance(error, str)
                                                  else f"{type(error).__name__}: {error}"),
-            "types": item.types}
+            "types": item.types, "first_prediction": first_prediction,
+            "first_correct": first_correct, "repairs": rep["kinds"],
+            "attempts": rep["attempts"] if program is not None else 0,
+            "findings": rep["findings"]}
 
 
 def _summary_path(results: Path) -> Path:
@@ -328,9 +415,10 @@ def add_eval_arguments(p: Any) -> None:
                         "readable on the workers)")
 
 
-def cmd_eval(args: Any, vp: Any, executor: Any = None) -> dict[str, Any]:
+def cmd_eval(args: Any, vp: Any, executor: Any = None, *, repair: Any = None) -> dict[str, Any]:
     """Run `visprog eval` with parsed `args` on `vp` (chunks on `executor` when given, e.g.
-    `visprog.hosting.cluster.ray_executor`); print and return the summary."""
+    `visprog.hosting.cluster.ray_executor`; `repair` for `run_batch`); print and return
+    the summary."""
     from visprog.evaluation.datasets import load_dataset
 
     items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
@@ -339,7 +427,7 @@ def cmd_eval(args: Any, vp: Any, executor: Any = None) -> dict[str, Any]:
                        limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                        chunk_size=args.chunk, use_cache=not args.no_cache,
                        progress=not args.no_progress, dataset=str(args.dataset),
-                       executor=executor)
+                       executor=executor, repair=repair)
     print(format_summary(summary))
     print(f"results: {out}\nsummary: {summary['summary']}")
     return summary

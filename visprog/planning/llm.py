@@ -8,7 +8,9 @@ Every client has
 and, optionally, `constrain_to(registry, inputs) -> client`: the planner plans with the
 client it returns, so a backend that can constrain its output (a local model, or a server
 that accepts a grammar) knows which modules, arguments and input variables exist, while
-other users of the client (the List module) still get free text.
+other users of the client (the List module) still get free text; and, optionally,
+`constrain_grammar(grammar) -> client`: replies held to a small Lark grammar (the critic's
+verdict), for backends that can constrain their output.
 
 - `OpenAIChat`: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama,
   llama.cpp server...) through the official `openai` client, with bounded retries.
@@ -119,6 +121,15 @@ class OpenAIChat:
         from visprog.planning.llm_grammar import program_grammar
         view = copy.copy(self)
         view.grammar_text = program_grammar(registry)
+        return view
+
+    def constrain_grammar(self, grammar: str) -> "OpenAIChat":
+        """The client for a reply of a given grammar (e.g. the critic's verdict): when
+        `grammar` mode is set, a copy whose requests carry it; else this client."""
+        if not self.grammar:
+            return self
+        view = copy.copy(self)
+        view.grammar_text = grammar
         return view
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,

@@ -71,6 +71,7 @@ class LocalConstrained:
         self._registry = registry
         self._inputs = {k: type_set(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
         self._grammar: StepGrammar | None = None
+        self._free_grammar: str | None = None  # a whole-reply grammar (constrain_grammar)
 
     # ------------------------------------------------------------------ protocol
 
@@ -90,6 +91,15 @@ class LocalConstrained:
         view._registry = registry
         view._inputs = {k: type_set(v) for k, v in inputs.items()}
         view._grammar = None
+        view._free_grammar = None
+        return view
+
+    def constrain_grammar(self, grammar: str) -> "LocalConstrained":
+        """A view of this client (same loaded model) whose every reply is a text of
+        `grammar` (llguidance's Lark; bounded, so a reply ends), e.g. the critic's verdict."""
+        view = copy.copy(self)
+        view._constrained = False
+        view._free_grammar = grammar
         return view
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
@@ -114,7 +124,9 @@ class LocalConstrained:
         texts, completion = [], 0
         for i in range(max(1, n)):
             gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed + i)
-            if self._constrained:
+            if self._free_grammar is not None:
+                text, used = self._sample_grammar(ids, self._free_grammar, temperature, gen)
+            elif self._constrained:
                 text, used = self._sample_program(ids, temperature, max_tokens, gen)
             else:
                 text, used = self._sample_text(ids, temperature, max_tokens, gen, stop or [])
@@ -227,6 +239,39 @@ class LocalConstrained:
                     break
         return "".join(lines).rstrip("\n"), used
 
+    def _sample_grammar(self, prompt: list[int], grammar: str, temperature: float,
+                        gen: Any) -> tuple[str, int]:
+        """One reply of `grammar`, stopping as soon as the matcher accepts (the grammar
+        ends with its own terminator). Returns (text, tokens generated)."""
+        import llguidance
+        import llguidance.numpy as llt_np
+        import numpy as np
+        import torch
+
+        model, tok = self._shared.model, self._shared.tokenizer
+        lltok = self._shared.lltok
+        matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from("lark", grammar))
+        if matcher.is_error():
+            raise LLMError(f"the reply grammar is not valid: {matcher.get_error()}")
+        mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
+        out_ids: list[int] = []
+        with torch.no_grad():
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            while not matcher.is_accepting():
+                if len(out_ids) >= _MAX_LINE_TOKENS:
+                    raise LLMError("internal: a constrained reply did not end")
+                llt_np.fill_next_token_bitmask(matcher, mask, 0)
+                allowed = np.unpackbits(mask[0].view(np.uint8), bitorder="little")
+                scores = out.logits[0, -1].float().clone()
+                keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
+                scores[~keep.to(scores.device)] = float("-inf")
+                token = _pick(scores, temperature, gen)
+                if not matcher.consume_token(token):
+                    raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
+                out_ids.append(token)
+                out = model(torch.tensor([[token]], device=self.device),
+                            past_key_values=out.past_key_values, use_cache=True)
+        return tok.decode(out_ids), len(out_ids)
 
     def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
                      stop: list[str]) -> tuple[str, int]:

@@ -11,6 +11,9 @@ never writes a valid program gives a `PlanningError` listing every attempt and i
 
 Voting: `plan_k` samples k programs (temperature > 0); after running each, `vote` picks the
 majority answer and records every run in the chosen run's trace.
+
+After a run: `revise` asks for a corrected program given feedback on how the last one ran
+(`visprog.planning.repair` writes it: the error or the checks' findings and a trace summary).
 """
 from __future__ import annotations
 
@@ -292,6 +295,40 @@ class Planner:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return self._plan_many(question, k, temperature, inputs)
+
+    def revise(self, question: str, program: str, feedback: str,
+               inputs: Mapping[str, str] | None = None) -> Plan:
+        """A corrected program after a run went wrong: the LLM sees the first chat, the
+        program it wrote and `feedback` (the error or findings and the trace summary), and
+        its reply is judged and repaired like any other (parse and check errors).
+
+        Raises:
+            PlanningError: no valid program within `attempts` tries.
+            LLMError: the LLM could not be reached.
+        """
+        inputs = dict(inputs or self.task.inputs)
+        convo = self.messages(question, inputs) + [
+            {"role": "assistant", "content": program}, {"role": "user", "content": feedback}]
+        constrain = getattr(self.llm, "constrain_to", None)
+        llm = (constrain(self.registry, inputs) if constrain is not None else None) or self.llm
+        reply = llm.chat(convo, temperature=self.temperature, max_tokens=self.max_tokens,
+                         n=1, seed=self.seed)
+        attempts = self._repair(llm, convo, reply.text, dict(reply.usage), self.temperature,
+                                inputs)
+        if not attempts[-1].ok:
+            raise PlanningError(question, attempts)
+        return Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
+                    question=question, task=self.task.name)
+
+    def remember(self, question: str, text: str,
+                 inputs: Mapping[str, str] | None = None) -> None:
+        """Store `text` as the program for `question` in the program cache (after a repair:
+        the next plan of this question starts from the program that worked)."""
+        if self.cache is None:
+            return
+        inputs = dict(inputs or self.task.inputs)
+        messages = self.messages(question, inputs)
+        self.cache.put(self._cache_key(question, inputs, messages, 1, self.temperature), [text])
 
     # ------------------------------------------------------------------ internals
 

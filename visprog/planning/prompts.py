@@ -241,3 +241,43 @@ def repair_message(diagnostics: Sequence[Any]) -> str:
     lines = [f"{i}. {d}" for i, d in enumerate(diagnostics, 1)]
     return ("That program can't run. Errors:\n" + "\n".join(lines) + "\n"
             "Write the whole corrected program, one step per line, and nothing else.")
+
+
+# --------------------------------------------------------------------------- after a run
+
+
+def _summary_block(summary: Sequence[str]) -> str:
+    return ("What each step gave:\n" + "\n".join(summary)) if summary else "No step ran."
+
+
+def runtime_repair_message(step: str, error: str, summary: Sequence[str]) -> str:
+    """The follow-up after a program whose step raised: the step, the error and what the
+    steps before it gave."""
+    return (f"That program ran, but the step\n  {step}\nfailed: {error}\n"
+            + _summary_block(summary) + "\n"
+            "Write the whole corrected program, one step per line, and nothing else.")
+
+
+def findings_repair_message(findings: Sequence[Any], summary: Sequence[str]) -> str:
+    """The follow-up after a program whose run looks wrong for the question (the checks'
+    findings, or the critic's reason), numbered."""
+    lines = [f"{i}. {f}" for i, f in enumerate(findings, 1)]
+    return ("That program ran, but its result does not fit the question:\n" + "\n".join(lines)
+            + "\n" + _summary_block(summary) + "\n"
+            "Write the whole corrected program, one step per line, and nothing else.")
+
+
+CRITIC_SYSTEM = """\
+You review programs in visprog, a small language whose steps call vision modules. You are
+given a question about an image, the program written to answer it, and what each step of the
+program gave when it ran. Decide whether the program, as it ran, answers the question asked.
+Reply on one line: "yes", or "no: " followed by the reason in a few words."""
+
+
+def critic_messages(question: str, program: str, summary: Sequence[str],
+                    answer: str) -> list[dict[str, str]]:
+    """The chat asking the critic for its verdict on one run."""
+    user = (f"Question: {question.strip()}\nProgram:\n{program.strip()}\n"
+            + _summary_block(summary) + f"\nAnswer: {answer}\n"
+            "Does this program answer the question?")
+    return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": user}]

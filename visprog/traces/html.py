@@ -197,6 +197,58 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
 
 
+def _outcome(a: dict[str, Any]) -> str:
+    """One attempt's or candidate's outcome as HTML: its error, findings, verdict, answer."""
+    parts = []
+    if a.get("error"):
+        parts.append(f'<div class="err">{_esc(_cut(a["error"]))}</div>')
+    for f in a.get("findings") or []:
+        where = f'step {f["step"] + 1}: ' if f.get("step") is not None else ""
+        parts.append(f'<div><span class="badge fail">{_esc(f["check"])}</span> '
+                     f'{_esc(where)}{_esc(f["message"])}</div>')
+    critic = a.get("critic")
+    if critic:
+        verdict = "yes" if critic.get("ok") else f"no: {critic.get('reason', '')}"
+        parts.append(f'<div>critic: {_esc(verdict)}</div>')
+    if not a.get("error"):
+        parts.append(f'<div>answer: <code>{_esc(_cut(repr(a.get("answer"))))}</code></div>')
+    if a.get("note"):
+        parts.append(f'<div class="muted">{_esc(a["note"])}</div>')
+    return "".join(parts)
+
+
+def _attempts_section(event: dict[str, Any]) -> str:
+    """The repair loop's attempts (a "repair" event): why each program was written, the
+    program, and how its run went; the chosen one marked."""
+    rows = []
+    for a in event.get("attempts") or []:
+        chosen = a.get("index") == event.get("chosen")
+        mark = ('<span class="badge ok">chosen</span>' if chosen else
+                ('<span class="badge fail">failed</span>' if a.get("error") else ""))
+        plan = a.get("plan") or []
+        fixes = sum(1 for e in plan if not e.get("ok", True))
+        planned = f'<div class="muted">{fixes} parse/check repair{"s" if fixes != 1 else ""}' \
+                  f'</div>' if fixes else ""
+        rows.append(f'<tr><td class="k">{a.get("index", 0) + 1} {mark}<div class="muted">'
+                    f'{_esc(a.get("reason", ""))}</div></td><td><pre>{_esc(a.get("program", ""))}'
+                    f'</pre>{planned}</td><td>{_outcome(a)}</td></tr>')
+    return ('<h2>Attempts</h2><table class="kv"><tr><td class="k">#</td><td class="k">program'
+            '</td><td class="k">run</td></tr>' + "".join(rows) + "</table>")
+
+
+def _vote_section(event: dict[str, Any]) -> str:
+    """The candidates of a vote (a "vote" event): program, answer, findings."""
+    rows = []
+    for r in event.get("runs") or []:
+        mark = '<span class="badge ok">chosen</span>' if r.get("index") == event.get("chosen") \
+            else ""
+        rows.append(f'<tr><td class="k">{r.get("index", 0) + 1} {mark}</td><td><pre>'
+                    f'{_esc(r.get("program") or "")}</pre></td><td>{_outcome(r)}</td></tr>')
+    how = event.get("select", "majority")
+    return (f'<h2>Candidates <span class="muted">(selected by {_esc(how)})</span></h2>'
+            '<table class="kv">' + "".join(rows) + "</table>")
+
+
 def render_html(trace: Any) -> str:
     """The whole trace as one HTML page (a string)."""
     page = _Page()
@@ -227,6 +279,11 @@ def render_html(trace: Any) -> str:
     out += [_step_card(page, s) for s in steps]
     if failed_line is not None:
         out.append('<div class="muted">Steps after the failed one did not run.</div>')
+    for event in trace.events:
+        if event.get("kind") == "repair":
+            out.append(_attempts_section(event))
+        elif event.get("kind") == "vote":
+            out.append(_vote_section(event))
     if trace.events:
         items = "".join(f'<li><b>{_esc(e.get("kind", "event"))}</b><pre>'
                         f'{_esc(_cut(_json({k: v for k, v in e.items() if k != "kind"})))}'
