@@ -351,6 +351,8 @@ def test_visprog_nlvr_style_count_comparisons():
     assert evaluate("{A} >= 7", {"A": "seven"}) is True
     assert evaluate("{A} + {B} == 3", {"A": "Two.", "B": "one dog"}) is True
     assert evaluate("{A} > {B}", {"A": "ten", "B": "nine"}) is True  # counts, not 'ten' < 'nine'
+    assert evaluate("{A} == {B}", {"A": "two people", "B": "Two."}) is True
+    assert evaluate("{A} != {B}", {"A": "2", "B": "three"}) is True
     assert evaluate("'yes' if {A} > 0 else 'no'", {"A": "no dogs"}) == "no"
 
 

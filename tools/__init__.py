@@ -6,7 +6,9 @@ transformers and diffusers load inside the call), so listing every tool's signat
 - Plain modules expose `TOOLS`, a list of `Tool`s.
 - Model modules expose `build(settings, ctx) -> Tool`: `settings` is that module's section
   of the configuration (backend, checkpoint, thresholds), `ctx` a `ToolContext` with what tools
-  share (the model manager, the planner's LLM client).
+  share (the model manager, the planner's LLM client). A `build` may return a list of tools
+  that share the section and its model (Ocr and LocText; Depth and the depth-aware crops);
+  the first is the one named in MODEL_MODULES.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ PLAIN_MODULES = ["result", "eval_expr", "count", "crop", "colorpop", "bgblur", "
 MODEL_MODULES: dict[str, str] = {  # canonical tool name -> module file (filled by the model tools)
     "Loc": "loc", "Select": "select_objects", "Classify": "classify", "Vqa": "vqa",
     "FaceDet": "facedet", "Seg": "seg", "Replace": "replace", "List": "list_items",
+    "Ocr": "ocr", "Depth": "depth",
 }
 
 
@@ -42,5 +45,14 @@ def builtin_tools(config: Mapping[str, Mapping[str, Any]] | None = None,
     config = config or {}
     ctx = ctx or ToolContext()
     for name, mod in MODEL_MODULES.items():
-        tools.append(import_module(f"{__name__}.{mod}").build(dict(config.get(name, {})), ctx))
+        built = import_module(f"{__name__}.{mod}").build(dict(config.get(name, {})), ctx)
+        tools.extend(built if isinstance(built, list) else [built])
     return tools
+
+
+def named_tool(built: Tool | list[Tool], name: str) -> Tool:
+    """The tool called `name` among what a model module's `build` returned."""
+    for t in built if isinstance(built, list) else [built]:
+        if t.name == name:
+            return t
+    raise KeyError(f"the module built no tool named {name!r}")

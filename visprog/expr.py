@@ -13,8 +13,8 @@ answer containing quotes, braces or code is just a string. How values read:
 - A variable's text that states a count (`'seven'`, `'Two.'`, `'2 dogs'`, `'about 3'`; see
   `visprog.number_words`) stays text, but reads as that count where a number is wanted: in a
   comparison or arithmetic with a number, or with another such text (`{A} + {B}` of the
-  answers 'two' and 'one' is 3), and in `==`/`!=` against a number. Literals in the
-  expression are never read this way, and `'{A}'` is always the plain text.
+  answers 'two' and 'one' is 3; `{A} == {B}` of 'two dogs' and 'Two.' is True). Literals in
+  the expression are never read this way, and `'{A}'` is always the plain text.
 - Objects read as their count, so `{OBJ} > 0` works without a Count step.
 - Bool, Number and None read as themselves; other types (Image, TextList) are an error.
 - A quoted string that is exactly one reference, `'{NAME}'`, is that variable's value as
@@ -601,8 +601,7 @@ BINARY_OPS: dict[str, Callable[[Value, Value], Value]] = {
 
 
 def _equal(a: Value, b: Value) -> bool:
-    if _real(a) or _real(b):  # 'seven' == 7; two texts still compare as texts
-        a, b = _as_numbers(a, b)
+    a, b = _as_numbers(a, b)  # 'seven' == 7, 'two dogs' == 'Two.'; other texts stay texts
     # A text against a non-text reads as a variable would: 'yes' == True, '2' == 2.
     if isinstance(a, str) != isinstance(b, str) and a is not None and b is not None:
         a, b = (read_text(a) if isinstance(a, str) else a), (read_text(b) if isinstance(b, str) else b)

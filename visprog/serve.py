@@ -44,14 +44,14 @@ class ModuleServer:
     def __init__(self, module: str, config: Mapping[str, Any], max_batch_size: int = 16,
                  batch_wait_s: float = 0.01, warmup: bool = True):
         from .memory import make_manager
-        from .tools import MODEL_MODULES, ToolContext
+        from .tools import MODEL_MODULES, ToolContext, named_tool
 
         from ray import serve
 
         tools_config, _ = split_config(config)
         self.models = make_manager(tools_config.get("models", {}))
-        self.tool = import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
-            dict(tools_config.get(module, {})), ToolContext(self.models, None))
+        self.tool = named_tool(import_module(f"visprog.tools.{MODEL_MODULES[module]}").build(
+            dict(tools_config.get(module, {})), ToolContext(self.models, None)), module)
         # Ray Serve's batching, made here so this module imports without ray (the CLI
         # builds its parser from it) and each deployment gets its own batch size.
         self.max_batch_size = max_batch_size
