@@ -37,7 +37,7 @@ Settings (section `[Depth]`, shared by the crops):
     box_quantile: the quantile of a box's distances taken as the object's (0..1).
     fill: the grey level (0..255) painted over excluded pixels.
     map_side: the longest side of the `depth_map` image in the trace.
-    map_cache: how many images' maps are kept.
+    map_cache: how many images' maps are kept (0: none).
 """
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def build(settings: dict[str, Any], ctx: Any) -> list[Tool]:
     checkpoint, output = str(s["checkpoint"]), str(s["output"])
     margin, quantile = float(s["margin"]), float(s["box_quantile"])
     fill, side = int(s["fill"]), int(s["map_side"])
-    maps = DepthMaps(ctx, checkpoint, output, max(1, int(s["map_cache"])))
+    maps = DepthMaps(ctx, checkpoint, output, max(0, int(s["map_cache"])))
     shown = {"checkpoint": checkpoint, "output": output, "box_quantile": quantile}
 
     def checked(calls: list[dict[str, Any]], key: str, name: str) -> list[tuple[Image.Image, Objects]]:
