@@ -216,6 +216,18 @@ def save_sd_inpaint(folder: Path) -> None:
                                    requires_safety_checker=False).save_pretrained(folder)
 
 
+def save_depth_anything(folder: Path) -> None:
+    """Depth Anything V2 Small's architecture: DepthAnythingConfig's defaults (the small
+    checkpoint's, DINOv2 ViT-S/14 at 518) and its DPT image processor settings."""
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation,
+                              DPTImageProcessorPil)
+
+    processor = DPTImageProcessorPil(
+        size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+        resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    _save(folder, DepthAnythingForDepthEstimation(DepthAnythingConfig()), processor)
+
+
 def save_nothing(folder: Path) -> None:
     """FaceDet's cascade ships inside scikit-image: nothing to save."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,6 +283,44 @@ def _replace(folder: Path, ctx: Any):
                           "safety_checker": False, "seed": 0}, ctx)
 
 
+def _depth(folder: Path, ctx: Any):
+    from visprog.tools import depth
+
+    # map_cache 0: every call runs the model (the cache would answer repeated images)
+    return depth.Depth.build({"checkpoint": str(folder), "map_cache": 0}, ctx)
+
+
+_FRESH = iter(range(1, 10**9))
+
+
+def fresh_image():
+    """A new random 640x480 image each call (Depth keeps maps by image content)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(next(_FRESH))
+    return Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+
+
+def _ocr(folder: Path, ctx: Any):
+    from visprog.tools import ocr
+
+    return ocr.Ocr.build({"checkpoint": "pp-ocrv4"}, ctx)
+
+
+def sign_image():
+    """The sample image with two lines of text on a white label."""
+    from PIL import ImageDraw, ImageFont
+
+    image = sample_image()
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 40, 420, 170), fill="white")
+    font = ImageFont.load_default(size=44)
+    draw.text((60, 50), "NORTH EXIT", font=font, fill="black")
+    draw.text((60, 110), "Platform 9", font=font, fill="black")
+    return image
+
+
 def face_image():
     """skimage's astronaut (one face) on a 640x480 canvas."""
     from PIL import Image
@@ -312,6 +362,13 @@ BENCHES: dict[str, Bench] = {
     "FaceDet": Bench(save_nothing, _facedet, lambda: {"image": face_image()},
                      "LBP cascade (scikit-image, CPU only), 640x480 -> 512x384; YuNet needs its "
                      "model file, not available offline"),
+    "Depth": Bench(save_depth_anything, _depth,
+                   lambda: {"image": fresh_image(), "object": candidates()},
+                   "Depth Anything V2 Small (ViT-S/14), 640x480 -> 518x686, 4 objects",
+                   hf_classes("DepthAnythingForDepthEstimation", "DPTImageProcessorPil")),
+    "Ocr": Bench(save_nothing, _ocr, lambda: {"image": sign_image()},
+                 "PP-OCRv4 det + rec + cls (REAL weights from rapidocr-onnxruntime, onnxruntime "
+                 "CPU), 640x480, 2 lines"),
     "Replace": Bench(save_sd_inpaint, _replace,
                      lambda: {"image": sample_image(), "object": candidates(n=2)[:1],
                               "prompt": "a photo of a red car"},

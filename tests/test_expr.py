@@ -328,3 +328,51 @@ def test_eval_tool_errors_are_eval_errors():
         eval_tool(expr="{ANSWER9} > 0", variables={})
     with pytest.raises(EvalError, match="attribute access"):
         eval_tool(expr="{A}.__class__", variables={"A": 1})
+
+
+# -- counts written as words or with a noun (Vqa answers to "how many") -----------------------
+
+@pytest.mark.parametrize("answer, count", [
+    ("seven", 7), ("Two.", 2), ("2 dogs", 2), ("about 3", 3), (" Twenty-one ", 21),
+    ("twenty one people", 21), ("forty", 40), ("no dogs", 0), ("none", 0), ("zero", 0),
+    ("approximately 12 cars.", 12), ("There are 4 people", 4), ("1,200", 1200),
+    ("3.5 stars", 3.5), ("'five'", 5),
+])
+def test_counts_in_answers_read_as_numbers_where_compared(answer, count):
+    assert evaluate("{A} == %s" % count, {"A": answer}) is True
+    assert evaluate("{A} >= %s" % count, {"A": answer}) is True
+    assert evaluate("{A} > %s" % count, {"A": answer}) is False
+    assert evaluate("{A} - 1", {"A": answer}) == count - 1
+    assert evaluate("{A} * 2", {"A": answer}) == count * 2
+
+
+def test_visprog_nlvr_style_count_comparisons():
+    # VisProg's NLVR programs compare Vqa counts: this failed with a type mismatch on 'seven'.
+    assert evaluate("{A} >= 7", {"A": "seven"}) is True
+    assert evaluate("{A} + {B} == 3", {"A": "Two.", "B": "one dog"}) is True
+    assert evaluate("{A} > {B}", {"A": "ten", "B": "nine"}) is True  # counts, not 'ten' < 'nine'
+    assert evaluate("{A} == {B}", {"A": "two people", "B": "Two."}) is True
+    assert evaluate("{A} != {B}", {"A": "2", "B": "three"}) is True
+    assert evaluate("'yes' if {A} > 0 else 'no'", {"A": "no dogs"}) == "no"
+
+
+@pytest.mark.parametrize("expr, variables, expected", [
+    ("{A} == 'seven'", {"A": "seven"}, True),         # text against text stays text
+    ("{A} == 'Seven'", {"A": "seven"}, False),
+    ("{A}", {"A": "Two."}, "Two."),                   # the value itself is the text
+    ("'{A}' + ' ' + '{B}'", {"A": "two", "B": "one"}, "two one"),
+    ("{A} + {B}", {"A": "red", "B": " car"}, "red car"),
+    ("{A} == True", {"A": "one"}, False),             # a count is not a Bool
+    ("{A} == 0", {"A": "no"}, True),                  # 'no' is False, as before
+    ("'seven' == 7", {}, False),                      # literals are never read as counts
+])
+def test_count_reading_keeps_text_where_no_number_is_wanted(expr, variables, expected):
+    out = evaluate(expr, variables)
+    assert out == expected and type(out) is type(expected)
+
+
+@pytest.mark.parametrize("answer", ["red", "2 or 3", "a few", "three and a half", "3rd",
+                                    "two to three", "x" * 80, "7 11"])
+def test_answers_that_state_no_count_stay_text(answer):
+    with pytest.raises(EvalError, match="type mismatch"):
+        evaluate("{A} >= 7", {"A": answer})

@@ -15,7 +15,6 @@ MODULES = (count, crop, colorpop, bgblur, emoji, tag)
 ALL = {t.name: t for m in MODULES for t in m.TOOLS}
 IMAGE_TOOLS = sorted(n for n, t in ALL.items() if t.param("image") is not None)
 CROP_TOOLS = sorted(n for n in ALL if n.startswith("Crop"))
-DEPTH_CROPS = ["CropFrontOf", "CropInFront", "CropInFrontOf", "CropBehind", "CropAhead"]
 # (width, height): landscape, portrait, tiny, very wide, very tall
 SIZES = [(64, 48), (48, 64), (1, 1), (300, 20), (7, 200)]
 
@@ -57,8 +56,9 @@ def call(name, image, objects, **extra):
 
 
 def test_every_tool_of_spec_is_declared():
+    # the depth-aware crops (CropFrontOf, CropBehind, ...) are model tools: tests/test_depth.py
     assert set(ALL) == {"Count", "Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow",
-                        *DEPTH_CROPS, "ColorPop", "BgBlur", "Emoji", "Tag"}
+                        "ColorPop", "BgBlur", "Emoji", "Tag"}
     reg = Registry(ALL.values())
     assert reg.get("CROP_RIGHTOF").name == "CropRightOf"
     assert ALL["Count"].draw_on is None
@@ -135,14 +135,6 @@ def test_crops_use_the_first_object():
     objs = Objects.from_boxes([(70, 10, 90, 30), (0, 0, 10, 10)], size)
     assert ALL["CropLeftOf"](image=image, box=objs).size == (80, 80)
     assert ALL["Crop"](image=image, box=objs).size == (30, 30)
-
-
-@pytest.mark.parametrize("name", DEPTH_CROPS)
-def test_depth_crops_behave_as_crop(name):
-    size = (120, 90)
-    image = noise_image(size)
-    objs = Objects.from_boxes([(30, 20, 70, 50)], size)
-    assert ALL[name](image=image, box=objs).tobytes() == ALL["Crop"](image=image, box=objs).tobytes()
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -382,6 +382,7 @@ def test_type_errors_are_located_at_the_calling_line(vp):
     raises_here(lambda: image.vqa(question=people), r"'question' takes Text; the Loc result is "
                                                     r"Objects")
     raises_here(lambda: people.widest(margin="wide"), r"'margin' takes Number")
+    # len, not print: an in-process Ray Serve replica (tests/test_hosting.py) swaps print
     raises_here(lambda: image.loc(len), r"can't pass a builtin_function_or_method")
     raises_here(lambda: image.loc(float("nan")), r"not a number the language can write")
     raises_here(lambda: n.named("2x"), r"not a variable name")

@@ -4,8 +4,11 @@ Installed as `visprog.tools`. Every file of this package that exposes `TOOLS` is
 file, found by itself (no list to edit): `TOOLS` holds plain `Tool`s (made with `@tool`) and
 model modules (classes on `visprog.models.ModelTool`, built with their section of the
 configuration and a `ToolContext`). A model module's settings and presets live in its class,
-so adding a module is adding one file. Tool files import no heavy library at import time
-(torch, transformers and diffusers load inside the call), so listing every tool is cheap.
+so adding a module is adding one file. A file may give several model tools that share one
+section and its model (Ocr and LocText read `[Ocr]`; Depth and the depth-aware crops read
+`[Depth]`): the others name it as their `section` (see `with_shared_sections`). Tool files
+import no heavy library at import time (torch, transformers and diffusers load inside the
+call), so listing every tool is cheap.
 
 Packages add modules the same way through the `visprog.tools` entry-point group; a model
 module named there (a ModelTool class) gets its presets into `load_config` too.
@@ -22,7 +25,7 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from visprog.errors import ConfigError, VisProgWarning
-from visprog.models import ModelTool, add_tiny_source, is_model_tool
+from visprog.models import ModelTool, add_tiny_source, is_model_tool, merge_settings
 from visprog.registry import ENTRY_POINT_GROUP, Tool
 
 
@@ -82,18 +85,19 @@ def build_module(name: str, config: Mapping[str, Any] | None = None,
         ConfigError: no model module of that name.
     """
     modules = model_modules(plugins=True)
+    config = with_shared_sections(config or {})
     cls = modules.get(name) or next((c for n, c in modules.items() if n.lower() == name.lower()),
                                     None)
     if cls is None:
         raise ConfigError(f"no model module named {name!r}; model modules are "
                           f"{', '.join(sorted(modules))}")
-    return cls.build(dict((config or {}).get(cls.name, {})), ctx or ToolContext())
+    return cls.build(dict(config.get(cls.name, {})), ctx or ToolContext())
 
 
 def builtin_tools(config: Mapping[str, Mapping[str, Any]] | None = None,
                   ctx: ToolContext | None = None) -> list[Tool]:
     """Every built-in tool, the model ones built with their section of `config`."""
-    config = config or {}
+    config = with_shared_sections(config or {})
     ctx = ctx or ToolContext()
     return [t.build(dict(config.get(t.name, {})), ctx) if is_model_tool(t) else t
             for _, t in _entries()]
@@ -116,10 +120,33 @@ def plugin_model_modules() -> list[type[ModelTool]]:
 
 def preset_settings(preset: str) -> dict[str, dict[str, Any]]:
     """Module name -> its settings in `preset`, from each model module's declaration
-    (built-ins and plugins); modules that don't declare the preset give their defaults."""
+    (built-ins and plugins); modules that don't declare the preset give their defaults.
+    A tool that shares another's section has none of its own here (`with_shared_sections`)."""
     out: dict[str, dict[str, Any]] = {}
+    shared = shared_sections()
     for name, cls in model_modules(plugins=True).items():
-        out[name] = cls.preset(preset) or cls.preset("default")
+        if name not in shared:
+            out[name] = cls.preset(preset) or cls.preset("default")
+    return out
+
+
+def shared_sections() -> dict[str, str]:
+    """Tool name -> the section it shares, for the model tools that read another module's
+    section (`ModelTool.section`): {"LocText": "Ocr", "CropBehind": "Depth", ...}."""
+    return {name: cls.section for name, cls in model_modules(plugins=True).items()
+            if cls.section not in (None, name)}
+
+
+def with_shared_sections(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` where each tool that shares a section gets that section, with the keys of
+    its own section (when the config has one) over it. So `[Depth] checkpoint = ...` sets
+    the depth crops' model too, `[CropBehind] margin = 0.1` only CropBehind's, and hosting
+    keys in `[Depth]` host each of its tools. Applying it twice changes nothing."""
+    out = dict(config)
+    for name, owner in shared_sections().items():
+        if isinstance(out.get(owner), Mapping):
+            own = out.get(name)
+            out[name] = merge_settings(out[owner], own if isinstance(own, Mapping) else {})
     return out
 
 

@@ -9,8 +9,8 @@ Choices (all documented here, tested in tests/test_image_tools.py):
 - `CropLeftOf`, `CropRightOf`, `CropAbove`, `CropBelow` keep the side of the image from its
   edge up to the first object's CENTRE line, so half the object stays in view (what is "left
   of the bench" is easier to judge with part of the bench in the picture).
-- `CropFrontOf`, `CropInFront`, `CropInFrontOf`, `CropBehind`, `CropAhead` behave as `Crop`:
-  depth is not modelled.
+- `CropFrontOf`, `CropInFront`, `CropInFrontOf`, `CropBehind`, `CropAhead` are depth-aware
+  and live in tools/depth.py (they need a depth model).
 - With no objects every crop returns a copy of the whole image.
 - Never a 0-pixel image: a zero-area box, or a centre line on the image's edge that leaves
   nothing on that side, gives a 1-pixel-wide (or -high) strip at that place instead. We
@@ -133,14 +133,10 @@ def _make_side_crop(name: str, side: str) -> Tool:
 
 _CROP_DOC = ("Crops around the first object, enlarged for context; the whole image when "
              "there is none.")
-_DEPTH_DOC = "As Crop (depth is not modelled): crops around the first object, with context."
-
 TOOLS = [
     _make_context_crop("Crop", _CROP_DOC),
     _make_side_crop("CropLeftOf", "left"),
     _make_side_crop("CropRightOf", "right"),
     _make_side_crop("CropAbove", "above"),
     _make_side_crop("CropBelow", "below"),
-    *(_make_context_crop(n, _DEPTH_DOC)
-      for n in ("CropFrontOf", "CropInFront", "CropInFrontOf", "CropBehind", "CropAhead")),
 ]

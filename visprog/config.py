@@ -13,6 +13,8 @@ it) can be changed without rewriting the rest:
     blip = "/models/blip-vqa-base"
 
 `[models]` holds the model manager's settings (device, half, cpu_threads, memory_budget).
+Tools that share a module's section (LocText reads `[Ocr]`, the depth crops `[Depth]`) get
+a copy of it in the result, under their own name, with their own section's keys over it.
 This is the layer that reads the tools' declarations (`visprog.tools.preset_settings`), as
 the API assembles the registry.
 """
@@ -113,4 +115,7 @@ def load_config(preset: str = "default", path: str | Path | None = None,
         nested = _nest_dotted(overrides)
         _check_sections(nested, "overrides")
         cfg = merge(cfg, nested)
-    return cfg
+    from visprog.tools import with_shared_sections
+
+    # last, so a user's [Depth] reaches the depth crops (and a replica sees what clients see)
+    return with_shared_sections(cfg)

@@ -10,6 +10,11 @@ answer containing quotes, braces or code is just a string. How values read:
 
 - Text `yes`/`no` (any case, surrounding spaces ignored) reads as True/False; text that is a
   number (e.g. `"2"`, `" 3.5 "`) reads as that number; other text stays text.
+- A variable's text that states a count (`'seven'`, `'Two.'`, `'2 dogs'`, `'about 3'`; see
+  `visprog.language.number_words`) stays text, but reads as that count where a number is
+  wanted: in a comparison or arithmetic with a number, or with another such text (`{A} + {B}`
+  of the answers 'two' and 'one' is 3; `{A} == {B}` of 'two dogs' and 'Two.' is True).
+  Literals in the expression are never read this way, and `'{A}'` is always the plain text.
 - Objects read as their count, so `{OBJ} > 0` works without a Count step.
 - Bool, Number and None read as themselves; other types (Image, TextList) are an error.
 - A quoted string that is exactly one reference, `'{NAME}'`, is that variable's value as
@@ -38,6 +43,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from visprog.errors import EvalError
+from visprog.language.number_words import read_count
 from visprog.language.strings import unescape as _unescape
 
 # Limits. Each guards a way an expression could be slow, deep or large.
@@ -403,6 +409,42 @@ def read_text(text: str) -> Value:
     return text
 
 
+class CountText(str):
+    """A variable's text that states a count ('seven', '2 dogs'): text everywhere, except
+    where a number is wanted (see the module docstring)."""
+
+    count: int | float
+
+    def __new__(cls, text: str, count: int | float) -> "CountText":
+        self = super().__new__(cls, text)
+        self.count = count
+        return self
+
+
+def _counted(text: str) -> Value:
+    """`read_text`, then a `CountText` for a text that states a count."""
+    value = read_text(text)
+    if isinstance(value, str):
+        count = read_count(value)
+        if count is not None:
+            return CountText(value, count)
+    return value
+
+
+def _real(v: Value) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _as_numbers(a: Value, b: Value) -> tuple[Value, Value]:
+    """Both operands, each `CountText` read as its count when the other side is a number
+    or a count too."""
+    if isinstance(a, CountText) and (_real(b) or isinstance(b, CountText)):
+        a = a.count
+    if isinstance(b, CountText) and (_real(a) or isinstance(a, CountText)):
+        b = b.count
+    return a, b
+
+
 def read_value(name: str, value: Any, *, as_text: bool = False) -> Value:
     """A variable's value as the expression sees it (see the module docstring)."""
     if hasattr(value, "item") and not isinstance(value, (str, bytes)) \
@@ -420,7 +462,7 @@ def read_value(name: str, value: Any, *, as_text: bool = False) -> Value:
     if isinstance(value, float):
         return value
     if isinstance(value, str):
-        return read_text(value)
+        return _counted(value)
     from visprog.values import Objects  # local: values imports numpy/PIL, keep this module light
     if isinstance(value, Objects):
         return len(value) if not as_text else str(len(value))
@@ -475,6 +517,7 @@ def _text_result(length: int) -> None:
 
 
 def _add(a: Value, b: Value) -> Value:
+    a, b = _as_numbers(a, b)
     if isinstance(a, str) and isinstance(b, str):
         _text_result(len(a) + len(b))
         return a + b
@@ -484,6 +527,7 @@ def _add(a: Value, b: Value) -> Value:
 
 
 def _mul(a: Value, b: Value) -> Value:
+    a, b = _as_numbers(a, b)
     if _is_number(a) and _is_number(b):
         return _number_result(a * b)
     if isinstance(a, int) and isinstance(b, str):
@@ -498,6 +542,7 @@ def _numeric(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Value, Value],
     """An operator on numbers only, with division by zero and overflow as EvalError."""
 
     def apply(a: Value, b: Value) -> Value:
+        a, b = _as_numbers(a, b)
         if not (_is_number(a) and _is_number(b)):
             raise _mismatch(op, a, b)  # never str % x: no string formatting
         try:
@@ -539,6 +584,7 @@ BINARY_OPS: dict[str, Callable[[Value, Value], Value]] = {
 
 
 def _equal(a: Value, b: Value) -> bool:
+    a, b = _as_numbers(a, b)  # 'seven' == 7, 'two dogs' == 'Two.'; other texts stay texts
     # A text against a non-text reads as a variable would: 'yes' == True, '2' == 2.
     if isinstance(a, str) != isinstance(b, str) and a is not None and b is not None:
         a, b = (read_text(a) if isinstance(a, str) else a), (read_text(b) if isinstance(b, str) else b)
@@ -549,6 +595,7 @@ def _equal(a: Value, b: Value) -> bool:
 
 def _ordered(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Value, Value], bool]:
     def apply(a: Value, b: Value) -> bool:
+        a, b = _as_numbers(a, b)
         if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
             return fn(a, b)
         raise _mismatch(op, a, b)
@@ -567,6 +614,7 @@ COMPARE_OPS: dict[str, Callable[[Value, Value], bool]] = {
 
 
 def _unary(op: str, v: Value) -> Value:
+    v = v.count if isinstance(v, CountText) else v
     if not _is_number(v):
         raise _mismatch(op, v, unary=True)
     return _number_result(-v if op == "-" else +v)
@@ -645,4 +693,4 @@ def evaluate(text: str, variables: Mapping[str, Any] | None = None) -> bool | in
         raise EvalError(str(e), text) from None
     if result is None:
         raise EvalError("the expression's value is None; Eval gives a Bool, Number or Text", text)
-    return result
+    return str(result) if isinstance(result, CountText) else result

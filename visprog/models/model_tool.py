@@ -105,6 +105,10 @@ class ModelTool:
         uses_torch: run `forward` under `torch.inference_mode` (False for OpenCV, an LLM).
         hostable: False for a module that uses what lives with the caller (the planner's
             LLM client), so it can't be served elsewhere.
+        section: the configuration section of another module of the same file whose
+            settings this one shares (LocText reads `[Ocr]`, the depth crops `[Depth]`);
+            None: its own `[<name>]`. A tool that shares a section takes that module's
+            presets (subclass it); its own section, when a user writes one, overrides keys.
     """
 
     name: ClassVar[str]
@@ -119,6 +123,7 @@ class ModelTool:
     draw_on: ClassVar[str | None] = "image"
     uses_torch: ClassVar[bool] = True
     hostable: ClassVar[bool] = True
+    section: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 
 _CROPS = ("Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow", "CropFrontOf",
           "CropInFront", "CropInFrontOf", "CropBehind", "CropAhead")
@@ -54,7 +54,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "gqa": TaskSpec(
         "gqa", {"IMAGE": "Image"},
-        ("Loc", *_CROPS, "Count", "Vqa", "Eval", "Result"),
+        ("Loc", *_CROPS, "Depth", "Ocr", "LocText", "Count", "Vqa", "Eval", "Result"),
         "Question",
         "answer a question about the image IMAGE; the Result is a short text answer "
         "(a word, a number, or yes/no)."),
@@ -71,7 +71,7 @@ TASKS: dict[str, TaskSpec] = {
         "edit the image IMAGE as the instruction says; the Result is the edited image."),
     "knowtag": TaskSpec(
         "knowtag", {"IMAGE": "Image"},
-        ("Loc", "FaceDet", "List", "Classify", "Tag", "Result"),
+        ("Loc", "FaceDet", "List", "Classify", "LocText", "Tag", "Result"),
         "Instruction",
         "tag things in the image IMAGE by name, using knowledge (List) where needed; the "
         "Result is the tagged image."),
@@ -86,8 +86,9 @@ A program is one step per line: TARGET=Module(arg=value, ...). TARGET is a new v
 name in capitals. A value is a variable defined by an earlier step (or an input), a quoted
 string, a number, True/False/None, or a list [..]. Arguments are passed by name. Eval takes
 an expression in double quotes: {VAR} reads a variable; it has + - * / == != < > <= >=,
-and, or, not, xor and `x if cond else y`; the text answers yes/no read as True/False. The
-last step is FINAL=Result(var=...)."""
+and, or, not, xor and `x if cond else y`; the text answers yes/no read as True/False, and
+counts ('7', 'seven', '2 dogs') as numbers where compared with numbers. The last step is
+FINAL=Result(var=...)."""
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,13 @@ class _Page:
             parts.append('<table class="regions"><tr><th>#</th><th>label</th><th>score</th>'
                          '<th>box (x1, y1, x2, y2)</th><th></th><th>extra</th></tr>'
                          + "".join(rows) + "</table>")
+        # Images a module attached to regions (e.g. Depth's `depth_map`), each shown once.
+        shown: set[int] = set()
+        for r in objs.regions[:MAX_TABLE_ROWS]:
+            for k, v in r.extra.items():
+                if isinstance(v, Image.Image) and id(v) not in shown:
+                    shown.add(id(v))
+                    parts.append(f'<div class="muted">{_esc(k)}</div><div>{self.img(v, k)}</div>')
         return "".join(parts)
 
     def value(self, value: Any, *, over: Image.Image | None = None, alt: str = "") -> str:
