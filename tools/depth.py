@@ -55,7 +55,7 @@ from visprog.registry import Tool
 from visprog.values import Objects
 
 from .crop import check_objects_image
-from .loc import as_image
+from visprog.models.images import rgb_image
 
 OUTPUTS = ("auto", "disparity", "depth")
 
@@ -247,7 +247,7 @@ class Depth(ModelTool):
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         objs = call[self.objects_param]
-        image = check_objects_image(as_image(call["image"]), objs, self.name)
+        image = check_objects_image(rgb_image(call["image"]), objs, self.name)
         if not len(objs):
             return Done(self.without_objects(image, objs))
         return image, objs

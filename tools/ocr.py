@@ -47,7 +47,7 @@ from visprog.models import ModelTool, SettingsError
 from visprog.registry import Tool
 from visprog.values import Objects
 
-from .loc import as_image
+from visprog.models.images import rgb_image
 
 BUILTIN = "pp-ocrv4"  # the detection/recognition models that ship inside the wheel
 
@@ -177,7 +177,7 @@ class Ocr(ModelTool):
                 "max_side": int(s["max_side"])}
 
     def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str | None]:
-        return as_image(call["image"]), call.get("text")
+        return rgb_image(call["image"]), call.get("text")
 
     def forward(self, items: list[tuple[Image.Image, str | None]]) -> list[list[Line]]:
         s = self.settings
