@@ -28,7 +28,7 @@ RANKS = {
     "__init__": 10,  # the package's public face re-exports from everywhere
 }
 # The one place that assembles the default registry from tools/.
-ASSEMBLES_TOOLS = {"visprog.api", "visprog.config"}  # the API/config layer: registry, presets
+ASSEMBLES_TOOLS = {"visprog.config"}  # presets, the default tools, hosting's catalog
 
 
 def module_name(path: Path) -> str:

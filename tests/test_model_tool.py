@@ -244,7 +244,7 @@ def test_tools_of_one_file_share_its_first_modules_section():
 
 
 def test_hosting_keys_of_a_shared_section_host_each_of_its_tools():
-    from visprog.api import build_module as replica_build
+    from visprog.config import build_module as replica_build
     from visprog.api import module_catalog
     from visprog.hosting.client import split_config
 

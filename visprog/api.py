@@ -20,6 +20,7 @@ from visprog.language.checker import check as check_program
 from visprog.language.checker import check_or_raise
 from visprog.language.parser import parse
 from visprog.language.program import Program
+from visprog.config import module_catalog  # noqa: F401 - hosting's view of the tools, public here
 from visprog.registry import Registry, Tool
 from visprog.traces.records import Trace
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
@@ -73,7 +74,7 @@ class VisProg:
         from visprog.config import load_config
         from visprog.hosting.client import host_tools, split_config
         from visprog.models.memory import make_manager
-        from visprog.tools import ToolContext, builtin_tools
+        from visprog.config import default_tools, module_catalog, tool_context
 
         if isinstance(config, Mapping):
             self.config = load_config(preset, overrides=config)
@@ -95,8 +96,8 @@ class VisProg:
         catalog = module_catalog()
         tools_config, hosts = split_config(self.config, catalog.model_modules,
                                            catalog.plain_modules)
-        ctx = ToolContext(self.models, llm)
-        self.registry = Registry(host_tools(builtin_tools(tools_config, ctx), hosts))
+        ctx = tool_context(self.models, llm)
+        self.registry = Registry(host_tools(default_tools(tools_config, ctx), hosts))
         if plugins:
             self.registry.load_entry_points(config=self.config, ctx=ctx)
         self.cache = _make_cache(cache, cache_dir)
@@ -478,24 +479,6 @@ class VisProg:
             raise next(a.error for a in finals if a.error is not None)
         winner = finals[select(finals, settings.select)]
         return RunResult(winner.value, winner.parsed, winner.trace)  # type: ignore[arg-type]
-
-
-def module_catalog() -> Any:
-    """The built-in modules as hosting sees them (`visprog.hosting.client.ModuleCatalog`):
-    with `config.py` (presets), the only place in visprog/ that imports tools/."""
-    from visprog.hosting.client import ModuleCatalog
-    from visprog.tools import model_module_names, plain_tools
-
-    return ModuleCatalog(frozenset(model_module_names()),
-                         frozenset(t.name for t in plain_tools()), build_module)
-
-
-def build_module(name: str, settings: Mapping[str, Any], models: Any) -> Tool:
-    """One model module built with its settings and a model manager (a Ray replica's)."""
-    from visprog.tools import ToolContext
-    from visprog.tools import build_module as build
-
-    return build(name, {name: dict(settings)}, ToolContext(models, None))
 
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:

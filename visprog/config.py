@@ -119,3 +119,37 @@ def load_config(preset: str = "default", path: str | Path | None = None,
 
     # last, so a user's [Depth] reaches the depth crops (and a replica sees what clients see)
     return with_shared_sections(cfg)
+
+
+# -- the built-in tools: this file is the one place in visprog/ that imports tools/ ----------
+
+def tool_context(models: Any, llm: Any) -> Any:
+    """What model tools share: the model manager and the planner's LLM client."""
+    from visprog.tools import ToolContext
+
+    return ToolContext(models, llm)
+
+
+def default_tools(tools_config: Mapping[str, Any], ctx: Any) -> list[Any]:
+    """Every built-in tool, the model ones built with their sections of `tools_config`."""
+    from visprog.tools import builtin_tools
+
+    return builtin_tools(tools_config, ctx)
+
+
+def module_catalog() -> Any:
+    """The built-in modules as hosting sees them (`visprog.hosting.client.ModuleCatalog`):
+    this file is the only place in visprog/ that imports tools/."""
+    from visprog.hosting.client import ModuleCatalog
+    from visprog.tools import model_module_names, plain_tools
+
+    return ModuleCatalog(frozenset(model_module_names()),
+                         frozenset(t.name for t in plain_tools()), build_module)
+
+
+def build_module(name: str, settings: Mapping[str, Any], models: Any) -> Tool:
+    """One model module built with its settings and a model manager (a Ray replica's)."""
+    from visprog.tools import ToolContext
+    from visprog.tools import build_module as build
+
+    return build(name, {name: dict(settings)}, ToolContext(models, None))
