@@ -107,7 +107,12 @@ def load_vlm(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
 
     processor = load_processor(path)
     processor.tokenizer.padding_side = "left"
-    model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    import torch
+
+    # None means float32 (the manager's contract); from_pretrained would otherwise keep a
+    # checkpoint's bfloat16 (Qwen-VL's as published), slow on most CPUs
+    model = transformers.AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype or torch.float32)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model.to(device).eval(), processor
