@@ -228,6 +228,62 @@ def save_depth_anything(folder: Path) -> None:
     _save(folder, DepthAnythingForDepthEstimation(DepthAnythingConfig()), processor)
 
 
+def save_qwen3_vl(folder: Path) -> None:
+    """Qwen/Qwen3-VL-2B-Instruct's architecture (config.json): text 28 layers, hidden 2048,
+    16 heads (8 KV) of 128, MLP 6144, vocab 151936, tied embeddings, interleaved mrope
+    [24, 20, 20]; vision 24 blocks of 1024 (16 heads, MLP 4096), patch 16, merge 2,
+    deepstack [5, 11, 17], 2304 position embeddings (the 4B shares this vision tower).
+    Saved in bfloat16 (as published): loaded in float32 on CPU."""
+    import torch
+    from transformers import (Qwen2VLImageProcessorPil, Qwen3VLConfig,
+                              Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
+
+    from visprog.models.vlm import image_only
+    from visprog.tools._vlm import QWEN_CHAT_TEMPLATE, _qwen_ids, qwen_tokenizer
+
+    tok = qwen_tokenizer()
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+                         num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                         head_dim=128, max_position_embeddings=262144,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                          "mrope_section": [24, 20, 20],
+                                          "mrope_interleaved": True},
+                         bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=2048, num_position_embeddings=2304,
+                           deepstack_visual_indexes=[5, 11, 17]),
+        tie_word_embeddings=True, **_qwen_ids(tok))
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    _save(folder, model, image_only(Qwen3VLProcessor)(
+        image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE))
+
+
+def save_siglip2(folder: Path) -> None:
+    """google/siglip2-base-patch16-naflex's architecture: ViT-B/16 (12 x 768, MLP 3072, 256
+    patches) and a 12 x 768 text tower over the Gemma vocabulary of 256000, 64 tokens."""
+    from transformers import (Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model,
+                              Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
+
+    from visprog.tools.classify import tiny_siglip2_tokenizer
+
+    tok = tiny_siglip2_tokenizer(BENCH_WORDS + ["this", "is"])
+    cfg = Siglip2Config(
+        text_config=Siglip2TextConfig(vocab_size=256000, max_position_embeddings=64,
+                                      pad_token_id=tok.pad_token_id,
+                                      bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id),
+        vision_config=Siglip2VisionConfig(patch_size=16, num_patches=256))
+    _save(folder, Siglip2Model(cfg),
+          Siglip2Processor(image_processor=Siglip2ImageProcessorPil(), tokenizer=tok))
+
+
 def save_nothing(folder: Path) -> None:
     """FaceDet's cascade ships inside scikit-image: nothing to save."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,10 +306,12 @@ def _select(folder: Path, ctx: Any):
                                                  "sam": str(folder / "sam")}}, ctx)
 
 
-def _classify(folder: Path, ctx: Any):
-    from visprog.tools import classify
+def _classify(backend: str):
+    def tool(folder: Path, ctx: Any):
+        from visprog.tools import classify
 
-    return classify.build({"checkpoint": str(folder)}, ctx)
+        return classify.build({"backend": backend, "checkpoint": str(folder)}, ctx)
+    return tool
 
 
 def _vqa(backend: str):
@@ -347,11 +405,22 @@ BENCHES: dict[str, Bench] = {
                     "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries",
                     hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor",
                                "SamModel", "SamProcessor")),
-    "Classify": Bench(save_clip, _classify,
+    "Classify": Bench(save_siglip2, _classify("siglip2"),
                       lambda: {"image": sample_image(), "object": candidates(n=8),
                                "categories": ["dog", "cat", "person", "car"]},
-                      "CLIP B/32, 8 crops x 4 categories", hf_classes("CLIPModel", "CLIPProcessor")),
-    "Vqa": Bench(save_blip, _vqa("blip"),
+                      "SigLIP2 B/16 NaFlex (256 patches), 8 crops x 4 categories",
+                      hf_classes("Siglip2Model", "Siglip2Processor")),
+    "Classify[clip]": Bench(save_clip, _classify("clip"),
+                            lambda: {"image": sample_image(), "object": candidates(n=8),
+                                     "categories": ["dog", "cat", "person", "car"]},
+                            "CLIP B/32, 8 crops x 4 categories",
+                            hf_classes("CLIPModel", "CLIPProcessor")),
+    "Vqa": Bench(save_qwen3_vl, _vqa("vlm"),
+                 lambda: {"image": sample_image(), "question": "what color is the car?"},
+                 "Qwen3-VL-2B, 640x480 -> 300 image tokens, 10 new tokens (random weights "
+                 "rarely stop early)",
+                 hf_classes("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")),
+    "Vqa[blip]": Bench(save_blip, _vqa("blip"),
                  lambda: {"image": sample_image(), "question": "what color is the car?"},
                  "BLIP ViT-B/16 384px", hf_classes("BlipForQuestionAnswering", "BlipProcessor")),
     "Vqa[vilt]": Bench(save_vilt, _vqa("vilt"),
@@ -434,9 +503,22 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
         "first_call_s": first, "median_call_s": statistics.median(times) if times else first,
         "batch_per_item_s": per_item, "batch": batch,
         "param_mb": sum(m["bytes"] for m in loaded) / 2**20,
+        "params_m": _params(mm) / 1e6,
+        "fp16_mb": _params(mm) * 2 / 2**20,
         "peak_rss_delta_mb": (_proc_status_kb("VmHWM") - rss0) / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
+
+
+def _params(mm: Any) -> int:
+    """Parameters (and buffers) of what the manager holds."""
+    from visprog.models.manager import _modules_in
+
+    n = 0
+    for entry in mm._models.values():
+        for m in _modules_in(entry["bundle"]):
+            n += sum(t.numel() for t in list(m.parameters()) + list(m.buffers()))
+    return n
 
 
 def _child(args: list[str], timeout: float) -> str:
@@ -452,14 +534,15 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ["module", "device", "dtype", "params MB", "load s", "1st call s", "median s",
+    head = ["module", "device", "dtype", "params M", "fp16 MB", "params MB", "load s", "1st call s", "median s",
             "batch/item s", "peak RSS +MB", "peak GPU MB"]
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append([r["module"], r["device"], "ERROR: " + r["error"][:60]] + [""] * 7)
+            lines.append([r["module"], r["device"], "ERROR: " + r["error"][:60]] + [""] * 9)
             continue
         lines.append([r["module"], r["device"], r["dtype"].replace("torch.", ""),
+                      _fmt(r.get("params_m"), ".1f"), _fmt(r.get("fp16_mb"), ".0f"),
                       _fmt(r["param_mb"], ".0f"), _fmt(r["load_s"], ".2f"),
                       _fmt(r["first_call_s"], ".3f"), _fmt(r["median_call_s"], ".3f"),
                       _fmt(r["batch_per_item_s"], ".3f"), _fmt(r["peak_rss_delta_mb"], ".0f"),

@@ -1,5 +1,6 @@
-"""Classify and Vqa end to end with the tiny preset (small random CLIP, BLIP and ViLT models
-built offline and loaded through the real loaders), plus programs run through `VisProg`."""
+"""Classify and Vqa end to end with the tiny preset (small random SigLIP2, CLIP, BLIP and ViLT
+models built offline and loaded through the real loaders), plus programs run through
+`VisProg`. The chat VLM and endpoint backends of Vqa are in test_vqa_vlm.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,12 +70,20 @@ def test_clean_answer(raw, clean):
 
 # -- Classify -----------------------------------------------------------------------------------
 
+CLASSIFIERS = ["siglip2", "clip"]
+
+
+def classifier(backend, ctx):
+    return cls_mod.build({**CFG["Classify"], "backend": backend}, ctx)
+
+
+@pytest.mark.parametrize("backend", CLASSIFIERS)
 @pytest.mark.parametrize("n_objects, categories", [
     (4, ["dog", "cat"]), (2, ["dog", "cat", "car"]), (3, ["dog", "cat", "dog"]), (1, ["red car"]),
 ])
-def test_classify_one_object_per_category(ctx, n_objects, categories):
+def test_classify_one_object_per_category(ctx, backend, n_objects, categories):
     objs = objects(n=n_objects)
-    out = cls_mod.build(CFG["Classify"], ctx)(image=image(), object=objs, categories=categories)
+    out = classifier(backend, ctx)(image=image(), object=objs, categories=categories)
     distinct = list(dict.fromkeys(categories))
     assert len(out) == min(n_objects, len(distinct))
     assert len(set(out.labels)) == len(out) and set(out.labels) <= set(distinct)
@@ -86,16 +95,18 @@ def test_classify_one_object_per_category(ctx, n_objects, categories):
         assert r.score == objs[in_boxes.index(r.box)].score
 
 
-def test_classify_empty_inputs_load_no_model():
+@pytest.mark.parametrize("backend", CLASSIFIERS)
+def test_classify_empty_inputs_load_no_model(backend):
     fresh = ToolContext(models=ModelManager(device="cpu"))
-    tool = cls_mod.build(CFG["Classify"], fresh)
+    tool = classifier(backend, fresh)
     assert len(tool(image=image(), object=Objects.empty((160, 120)), categories=["a"])) == 0
     assert len(tool(image=image(), object=objects(), categories=[])) == 0
     assert fresh.models.loaded() == []
 
 
-def test_classify_batch_equals_one_by_one(ctx):
-    tool = cls_mod.build(CFG["Classify"], ctx)
+@pytest.mark.parametrize("backend", CLASSIFIERS)
+def test_classify_batch_equals_one_by_one(ctx, backend):
+    tool = classifier(backend, ctx)
     calls = [{"image": image(seed=1), "object": objects(n=3), "categories": ["dog", "cat"]},
              {"image": image(seed=2), "object": objects(n=2), "categories": ["car", "person", "dog"]},
              {"image": image(seed=3), "object": objects(n=0), "categories": ["dog"]}]
@@ -106,17 +117,54 @@ def test_classify_batch_equals_one_by_one(ctx):
                            [r.extra["class_score"] for r in one], atol=1e-5)
 
 
-def test_classify_single_string_category_and_bad_input(ctx):
-    tool = cls_mod.build(CFG["Classify"], ctx)
+@pytest.mark.parametrize("backend", CLASSIFIERS)
+def test_classify_single_string_category_and_bad_input(ctx, backend):
+    tool = classifier(backend, ctx)
     assert tool(image=image(), object=objects(), categories="dog").labels == ["dog"]
     with pytest.raises(ValueError, match="size"):
         tool(image=image((10, 10)), object=objects(), categories=["dog"])
-    assert tool.settings == {"checkpoint": "tiny:clip", "prompt": "a photo of {}", "crop_context": 0.1}
+
+
+def test_classify_presets_and_settings(ctx):
+    assert cls_mod.build(CFG["Classify"], ctx).settings == {
+        "backend": "siglip2", "checkpoint": "tiny:siglip2", "prompt": "this is a photo of {}.",
+        "crop_context": 0.1}
+    # CLIP keeps today's keys, so its cache keys did not change
+    assert classifier("clip", ctx).settings == {"checkpoint": "tiny:clip",
+                                                "prompt": "a photo of {}", "crop_context": 0.1}
+    assert load_config("default")["Classify"]["backend"] == "siglip2"
+    assert cls_mod.build(load_config("classic")["Classify"], ctx).settings == {
+        "checkpoint": "openai/clip-vit-base-patch32", "prompt": "a photo of {}",
+        "crop_context": 0.1}
+    assert classifier("clip", ctx).settings != cls_mod.build(
+        {**CFG["Classify"], "backend": "clip", "prompt": "a {}"}, ctx).settings
+    with pytest.raises(ConfigError, match="siglip2, clip"):
+        classifier("blip", ctx)
+
+
+def test_siglip2_keeps_the_crops_aspect_and_scores_each_pair_by_sigmoid(ctx):
+    """NaFlex: a thin crop gets a thin patch grid (not a squashed square); the class scores
+    are the sigmoids of SigLIP2's logits, independent per pair."""
+    tool = cls_mod.Classify({**CFG["Classify"], "crop_context": 0.0}, ctx)
+    bundle = ctx.models.get("siglip2", "tiny:siglip2", cls_mod.load_siglip2)
+    crops = [Image.new("RGB", (320, 40)), Image.new("RGB", (40, 320))]
+    shapes = bundle[1](images=crops, text=["a"], return_tensors="pt")["spatial_shapes"].tolist()
+    assert shapes[0][1] > 4 * shapes[0][0] and shapes[1][0] > 4 * shapes[1][1]
+    im, objs = image(), objects(n=2)
+    import torch
+
+    with torch.inference_mode():  # as the base runs forward
+        logits = tool.forward([(im, objs, ["dog", "cat"])])[0]
+    out = tool.postprocess((im, objs, ["dog", "cat"]), logits)
+    want = 1 / (1 + np.exp(-logits))
+    for r in out:
+        row = [o.box for o in objs].index(r.box)
+        assert np.isclose(r.extra["class_score"], want[row, ["dog", "cat"].index(r.label)])
 
 
 # -- Vqa ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["blip", "vilt"])
+@pytest.mark.parametrize("backend", ["blip", "vilt", "vlm"])
 @pytest.mark.parametrize("size", [(97, 31), (640, 480), (300, 900)])
 def test_vqa_answers_lower_case_text(ctx, backend, size):
     tool = vqa_mod.build({**CFG["Vqa"], "backend": backend}, ctx)
@@ -148,8 +196,10 @@ def test_vqa_settings_and_bad_input(ctx):
 
 def test_build_without_settings_uses_default_checkpoints():
     tool = vqa_mod.build({}, ToolContext())
-    assert tool.settings["checkpoint"] == load_config("default")["Vqa"]["checkpoints"]["blip"]
-    assert cls_mod.build({}, ToolContext()).settings["checkpoint"] == "openai/clip-vit-base-patch32"
+    assert tool.settings["checkpoint"] == load_config("default")["Vqa"]["checkpoints"]["vlm"]
+    assert tool.settings["checkpoint"] == "Qwen/Qwen3-VL-2B-Instruct"
+    assert (cls_mod.build({}, ToolContext()).settings["checkpoint"]
+            == "google/siglip2-base-patch16-naflex")
 
 
 # -- through the interpreter ----------------------------------------------------------------------
@@ -162,7 +212,7 @@ def test_program_using_only_vqa_loads_one_model():
     out = vp.execute("ANSWER=Vqa(image=IMAGE, question='what color is the car?')\n"
                      "RESULT=Result(var=ANSWER)", image=image())
     assert isinstance(out.value, str) and out.value == out.value.lower()
-    assert [m["kind"] for m in vp.models.loaded()] == ["blip_vqa"]
+    assert [m["kind"] for m in vp.models.loaded()] == ["vlm"]
 
 
 def test_program_with_every_module_of_this_file():
@@ -176,5 +226,6 @@ def test_program_with_every_module_of_this_file():
     out = vp.execute(program, image=image((200, 150)))
     assert isinstance(out.value, Objects) and out.value.image_size == (200, 150)
     assert set(out.value.labels) <= {"dog", "cat"}
-    assert sorted(m["kind"] for m in vp.models.loaded()) == ["blip_vqa", "clip", "grounding_dino", "sam"]
+    kinds = sorted(m["kind"] for m in vp.models.loaded())
+    assert "vlm" in kinds and "siglip2" in kinds and "blip_vqa" not in kinds and "clip" not in kinds
     assert isinstance(out.trace["ANSWER"].output, str)

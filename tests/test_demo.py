@@ -203,11 +203,10 @@ def test_plan_program(vp_like, question, task, program, needle):
     assert needle in message
 
 
-def test_planning_without_llm_says_so(vp, monkeypatch):
-    if not hasattr(vp, "plan"):
-        pytest.skip("VisProg.plan is not there yet")
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+@pytest.mark.usefixtures("no_llm_env")
+def test_planning_without_llm_says_so():
+    # Vqa on BLIP: no local VLM plans in place of an LLM
+    vp = VisProg(preset="tiny", cache=False, plugins=False, config={"Vqa": {"backend": "blip"}})
     text, message = demo.plan_program(vp, "Is there a ball?", "gqa")
     assert text is None and "Planning is not available" in message
 

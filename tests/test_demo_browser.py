@@ -51,7 +51,8 @@ def server(tmp_path_factory):
     saved = {k: os.environ.pop(k) for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL")
              if k in os.environ}
     port = _free_port()
-    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    # (Vqa on BLIP: a local chat VLM would plan in place of an LLM)
+    vp = VisProg(preset="tiny", cache=False, plugins=False, config={"Vqa": {"backend": "blip"}})
     blocks = demo.launch(vp=vp, port=port, block=False)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()

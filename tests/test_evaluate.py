@@ -213,7 +213,8 @@ class ColourTool:
 def engine(colour: ColourTool | None = None):
     from visprog.api import VisProg
 
-    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    # no LLM (Vqa on BLIP: a local chat VLM would plan the items that have no program)
+    vp = VisProg(preset="tiny", cache=False, plugins=False, config={"Vqa": {"backend": "blip"}})
     vp.register((colour or ColourTool()).make())
     return vp
 

@@ -110,7 +110,7 @@ def test_a_batch_travels_as_requests_of_max_batch_size(cluster, local_vp):
     expected = [local_vp.execute(i["program"], image=i["image"]).value for i in items]
     assert [r.value for r in results] == expected
     # The replica's model manager loaded BLIP once, and says so.
-    assert [e["kind"] for e in after["events"] if e["event"] == "load"] == ["blip_vqa"]
+    assert [e["kind"] for e in after["events"] if e["event"] == "load"] == ["vlm"]
 
 
 def test_concurrent_requests_are_coalesced(cluster, local_vp):

@@ -85,6 +85,10 @@ CLASSIFY = ("OBJ=Loc(image=IMAGE, object='LEFT')\n"
             "C=Classify(image=IMAGE, object=OBJ, categories=['dog', 'cat'])")
 
 
+# BLIP and CLIP (the classic backends): two models of known kinds whose sizes differ
+CLASSIC = {"Vqa": {"backend": "blip"}, "Classify": {"backend": "clip"}}
+
+
 def sizes_of(models) -> dict[str, int]:
     return {e["kind"]: e["bytes"] for e in models.loaded()}
 
@@ -92,7 +96,7 @@ def sizes_of(models) -> dict[str, int]:
 def test_budget_unloads_least_recently_used_and_reloads():
     from visprog.api import VisProg
 
-    free = VisProg(preset="tiny", cache=False)
+    free = VisProg(preset="tiny", cache=False, config=CLASSIC)
     expected_vqa = free.execute(VQA, image=picture()).value
     expected_cls = free.execute(CLASSIFY, image=picture()).value
     sizes = sizes_of(free.models)
@@ -101,7 +105,7 @@ def test_budget_unloads_least_recently_used_and_reloads():
 
     # Room for the larger of the two, not both.
     budget = max(blip, clip) + min(blip, clip) // 2
-    vp = VisProg(preset="tiny", cache=False, config={"models": {"memory_budget": budget}})
+    vp = VisProg(preset="tiny", cache=False, config={**CLASSIC, "models": {"memory_budget": budget}})
     mm = vp.models
     assert isinstance(mm, BudgetedModelManager) and mm.budget.limit == budget
 
@@ -132,13 +136,13 @@ def test_budget_unloads_least_recently_used_and_reloads():
 def test_budget_keeps_both_when_they_fit_and_a_model_alone_over_budget():
     from visprog.api import VisProg
 
-    roomy = VisProg(preset="tiny", cache=False, config={"models": {"memory_budget": "1GB"}})
+    roomy = VisProg(preset="tiny", cache=False, config={**CLASSIC, "models": {"memory_budget": "1GB"}})
     roomy.execute(VQA, image=picture())
     roomy.execute(CLASSIFY, image=picture())
     assert sorted(sizes_of(roomy.models)) == ["blip_vqa", "clip"]
     assert not [e for e in roomy.models.events if e["event"] != "load"]
 
-    tight = VisProg(preset="tiny", cache=False, config={"models": {"memory_budget": 1000}})
+    tight = VisProg(preset="tiny", cache=False, config={**CLASSIC, "models": {"memory_budget": 1000}})
     out = tight.execute(VQA, image=picture())
     assert isinstance(out.value, str)  # it still runs: the one model it needs stays loaded
     assert [e["kind"] for e in tight.models.loaded()] == ["blip_vqa"]

@@ -186,7 +186,8 @@ class DescribedLLM:
         return {"backend": "x", "model": "m"}
 
 
-@pytest.mark.parametrize("case", ["default/nollm", "default/llm", "tiny/nollm", "tiny/llm"])
+@pytest.mark.parametrize("case", ["default/nollm", "default/llm", "tiny/nollm", "tiny/llm",
+                                  "classic/nollm", "classic/llm"])
 def test_every_tool_declares_what_it_did_before_the_base(case):
     preset, llm = case.split("/")
     want = json.loads(FIXTURE.read_text())[case]
@@ -216,7 +217,7 @@ def test_the_model_modules_and_building_one_by_name():
     assert not names & {t.name for t in plain_tools()}
     cfg = load_config("tiny")
     vqa = build_module("vqa", cfg, ToolContext(ModelManager(device="cpu")))
-    assert vqa.name == "Vqa" and vqa.settings["checkpoint"] == "tiny:blip_vqa"
+    assert vqa.name == "Vqa" and vqa.settings["checkpoint"] == "tiny:qwen3_vl"
     with pytest.raises(ConfigError, match="no model module named 'Count'"):
         build_module("Count", cfg)
 

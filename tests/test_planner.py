@@ -353,8 +353,10 @@ def test_visprog_plan_cache_and_errors(picture, monkeypatch):
         with pytest.raises(ImageError):
             vp.run(picture.parent / "missing.png", "What is one plus one?")
         assert len(server.requests) == 1  # cache hit, and a bad image fails before planning
+    # (Vqa on BLIP: no local VLM to plan with, so nothing plans without an LLM configured)
+    blip = {"Vqa": {"backend": "blip"}}
     with pytest.raises(LLMError, match="VISPROG_LLM_MODEL"):
-        VisProg(preset="tiny", cache=False).plan("q")
+        VisProg(preset="tiny", cache=False, config=blip).plan("q")
     monkeypatch.setenv("VISPROG_LLM_MODEL", "m")  # a model but no key: said when planning
     vp = VisProg(preset="tiny", cache=False)
     with pytest.raises(LLMError, match="OPENAI_API_KEY"):

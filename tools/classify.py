@@ -1,16 +1,22 @@
-"""Classify(image, object, categories) -> Objects: CLIP over object crops.
+"""Classify(image, object, categories) -> Objects: SigLIP2 (default) or CLIP over object crops.
 
 Each object's crop (its box, enlarged a little for context) is scored against
-`prompt.format(category)` for every category; the scores are a softmax over the categories.
+`prompt.format(category)` for every category. CLIP's scores are a softmax over the
+categories; SigLIP2 was trained with a sigmoid per image-text pair, so its scores are those
+sigmoids (each in [0, 1], not summing to 1). SigLIP2's NaFlex processor keeps each crop's
+aspect ratio (up to `max_num_patches` patches of 16 pixels), so thin crops are not squashed.
 Categories and objects are then paired one to one, best pair first, so each category keeps
 the object it fits best (SPEC: "keeping the best object per category") and no object gets
 two labels. With more categories than objects some categories get none; objects that no
 category claims are dropped. The result is best first; each region's `label` is its
 category and `extra["class_score"]` the softmax score (its detection score is kept).
 
-Settings (section `[Classify]`; defaults and the tiny preset in `Classify.presets`):
-    checkpoint: CLIP checkpoint (hub id, local path or `tiny:clip`).
-    prompt: text template with one `{}` for the category.
+Settings (section `[Classify]`; defaults and the other presets in `Classify.presets`):
+    backend: "siglip2" (default) or "clip" (the `classic` preset).
+    checkpoints: backend -> checkpoint (hub id, local path or `tiny:<name>`).
+    checkpoint: optional; overrides `checkpoints[backend]`.
+    prompt: text template with one `{}` for the category; `prompts[backend]` when unset
+        (each model's training captions: CLIP "a photo of {}", SigLIP "this is a photo of {}.").
     crop_context: fraction of the box's size added on each side of a crop.
 """
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs, rgb_image,
+from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
+                            pick_checkpoint, rgb_image,
                             tiny_clip_tokenizer)
 from visprog.values import Objects
 
@@ -52,6 +59,25 @@ def clip_logits(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                        padding=True, truncation=True, max_length=max_len)
     out = model(**model_inputs(inputs, model))
     return out.logits_per_image.float().cpu().numpy()
+
+
+load_siglip2 = hf_loader("Siglip2Model", "Siglip2Processor")
+
+
+def siglip2_logits(bundle: tuple[Any, Any], images: Sequence[Image.Image],
+                   texts: Sequence[str]) -> np.ndarray:
+    """SigLIP2's image-text logits (scale and bias applied), (len(images), len(texts)), in one
+    forward; the text is padded to the model's length as in training."""
+    model, processor = bundle
+    max_len = getattr(model.config.text_config, "max_position_embeddings", 64)
+    inputs = processor(text=list(texts), images=list(images), return_tensors="pt",
+                       padding="max_length", truncation=True, max_length=max_len)
+    out = model(**model_inputs(inputs, model))
+    return out.logits_per_image.float().cpu().numpy()
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -99,24 +125,87 @@ def build_tiny_clip(folder) -> None:
     processor.save_pretrained(folder)
 
 
+def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
+    """A Gemma-style SentencePiece BPE (google/siglip2-base-patch16-naflex tokenizer: lower
+    case, ' ' -> '▁' without a dummy prefix, byte fallback <0x00>..<0xFF>, <pad>=0 <eos>=1
+    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word."""
+    from transformers import Siglip2Tokenizer
+
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+
+    def add(t: str) -> None:
+        vocab.setdefault(t, len(vocab))
+
+    for t in ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]:
+        add(t)
+    for c in "▁abcdefghijklmnopqrstuvwxyz0123456789.,!?'-":
+        add(c)
+    for form in ["▁" + w for w in words] + list(words):  # '▁word' first: lowest rank wins
+        cur = form[0]
+        for ch in form[1:]:
+            if (cur, ch) not in merges:
+                merges.append((cur, ch))
+            cur += ch
+            add(cur)
+    return Siglip2Tokenizer(vocab=vocab, merges=merges)
+
+
+def build_tiny_siglip2(folder) -> None:
+    """A SigLIP2 NaFlex model of about 0.1M random parameters."""
+    import torch
+    from transformers import (Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model,
+                              Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
+
+    torch.manual_seed(0)
+    tok = tiny_siglip2_tokenizer(TINY_WORDS + ["this", "is"])
+    # google/siglip2-base-patch16-naflex preprocessor_config.json: patch_size=16,
+    # max_num_patches=256, image_mean=image_std=[0.5]*3, resample bilinear (the PIL
+    # processor's defaults); the text is padded to 64 tokens (text max_position_embeddings).
+    processor = Siglip2Processor(
+        image_processor=Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256,
+                                                 image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        tokenizer=tok)
+    cfg = Siglip2Config(
+        text_config=Siglip2TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                      bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id),
+        # config.json vision_config: patch_size=16, num_patches=256 (a 16x16 position grid,
+        # resized to each crop's patch grid)
+        vision_config=Siglip2VisionConfig(hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=1, num_attention_heads=2,
+                                          patch_size=16, num_patches=256))
+    Siglip2Model(cfg).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 class Classify(ModelTool):
     name = "Classify"
     params = {"image": "Image", "object": "Objects", "categories": "TextList"}
     returns = "Objects"
     doc = "labels each object with one of `categories`, keeping the best object per category"
+    backends = ("siglip2", "clip")
     presets = {
-        "default": {"checkpoint": "openai/clip-vit-base-patch32", "prompt": "a photo of {}",
-                    "crop_context": 0.1},
-        "tiny": {"checkpoint": "tiny:clip"},
+        "default": {"backend": "siglip2", "prompt": "", "crop_context": 0.1,
+                    "checkpoints": {"siglip2": "google/siglip2-base-patch16-naflex",
+                                    "clip": "openai/clip-vit-base-patch32"},
+                    "prompts": {"siglip2": "this is a photo of {}.", "clip": "a photo of {}"}},
+        # today's defaults, unchanged
+        "classic": {"backend": "clip"},
+        "tiny": {"checkpoints": {"siglip2": "tiny:siglip2", "clip": "tiny:clip"}},
     }
-    tiny_checkpoints = {"clip": build_tiny_clip}
+    tiny_checkpoints = {"clip": build_tiny_clip, "siglip2": build_tiny_siglip2}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        prompt = str(s["prompt"])
+        prompt = str(s.get("prompt") or s["prompts"][s["backend"]])
         if "{}" not in prompt:
             prompt += " {}"
-        return {"checkpoint": s["checkpoint"], "prompt": prompt,
-                "crop_context": float(s["crop_context"])}
+        out = {"checkpoint": pick_checkpoint(s), "prompt": prompt,
+               "crop_context": float(s["crop_context"])}
+        # CLIP's settings keep the keys (and cache keys) of before SigLIP2
+        return out if s["backend"] == "clip" else {"backend": s["backend"], **out}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, objs, cats = rgb_image(call["image"]), call["object"], call["categories"]
@@ -139,8 +228,12 @@ class Classify(ModelTool):
             crops += [crop_region(image, r.box, context) for r in objs]
             owner += [i] * len(objs)
         texts = sorted({prompt.format(c) for _, _, names in items for c in names})
-        logits = clip_logits(self.model("clip", self.settings["checkpoint"], load_clip),
-                             crops, texts)
+        if self.settings.get("backend") == "siglip2":
+            logits = siglip2_logits(self.model("siglip2", self.settings["checkpoint"],
+                                               load_siglip2), crops, texts)
+        else:
+            logits = clip_logits(self.model("clip", self.settings["checkpoint"], load_clip),
+                                 crops, texts)
         col, owner_arr = {t: j for j, t in enumerate(texts)}, np.array(owner)
         return [logits[owner_arr == i][:, [col[prompt.format(c)] for c in names]]
                 for i, (_, _, names) in enumerate(items)]
@@ -148,7 +241,8 @@ class Classify(ModelTool):
     def postprocess(self, item: tuple[Image.Image, Objects, list[str]],
                     logits: np.ndarray) -> Objects:
         _, objs, names = item
-        probs = softmax(logits, axis=1)
+        siglip = self.settings.get("backend") == "siglip2"
+        probs = sigmoid(logits) if siglip else softmax(logits, axis=1)
         picked = sorted(assign_one_to_one(probs), key=lambda rc: -probs[rc])
         return objs.with_regions([
             replace(objs[r], label=names[c],

@@ -1,23 +1,44 @@
 """Vqa(image, question) -> Text: a short answer to a question about the image.
 
-Backends: BLIP VQA (default; generates the answer) and ViLT (picks one of its fixed answer
-vocabulary). Answers are lower-cased, stripped, inner whitespace collapsed and a trailing
-full stop dropped, so Eval can compare them ('yes' / 'no' / '2').
+Backends:
+- "vlm" (default): a vision-language chat model from transformers through its chat template
+  (Qwen3-VL by default; Qwen2.5-VL, SmolVLM and others by `checkpoints.vlm`), a batch of
+  calls as one left-padded greedy `generate`, with a short-answer instruction.
+- "endpoint": any OpenAI-compatible chat-completions server that takes images (vLLM or
+  Ollama serving a VLM, a hosted model); parallel requests stand in for batching.
+- "blip" (the `classic` preset; generates the answer) and "vilt" (picks one of its fixed
+  answer vocabulary).
 
-Settings (section `[Vqa]`; defaults and the tiny preset in `Vqa.presets`):
-    backend: "blip" or "vilt".
+Answers are lower-cased, stripped, inner whitespace collapsed and a trailing full stop
+dropped, so Eval can compare them ('yes' / 'no' / '2'). A chat model's answer is also cut to
+its first sentence and at most `max_answer_words` words ("Yes, there is a dog." -> "yes").
+
+Settings (section `[Vqa]`; defaults and the other presets in `Vqa.presets`):
+    backend: "vlm", "endpoint", "blip" or "vilt".
     checkpoints: backend -> checkpoint (hub id, local path or `tiny:<name>`).
     checkpoint: optional; overrides `checkpoints[backend]`.
-    max_new_tokens: BLIP's answer length limit, in tokens.
+    max_new_tokens: the answer length limit, in tokens.
+    instruction: appended to each question for the chat backends.
+    max_pixels: images are scaled down (aspect kept) to at most this many pixels before a
+        chat model's processor sees them, which bounds its image tokens (Qwen3-VL: one token
+        per 32x32 pixels).
+    max_answer_words: a chat answer is cut to this many words.
+    endpoint: the "endpoint" backend's server: model, base_url, api_key (else the
+        environment, see visprog.models.remote), timeout, max_retries, concurrency.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.models import (ModelTool, hf_loader, model_images, model_inputs, pick_checkpoint,
-                            rgb_image, tiny_bert_tokenizer)
+from visprog.models import (ModelTool, SettingsError, hf_loader, model_images, model_inputs,
+                            pick_checkpoint, rgb_image, tiny_bert_tokenizer)
+from visprog.models.vlm import VLM_KIND, load_vlm
+
+from . import _vlm
 
 TINY_WORDS = ["what", "color", "is", "the", "how", "many", "are", "there", "a", "an", "of",
               "red", "blue", "green", "yes", "no", "one", "two", "dog", "dogs", "cat", "car",
@@ -28,6 +49,73 @@ TINY_ANSWERS = ["yes", "no", "red", "blue", "1", "2", "dog", "cat"]
 def clean_answer(text: str) -> str:
     """'  Two Dogs. ' -> 'two dogs'."""
     return " ".join(str(text).lower().split()).rstrip(".").strip()
+
+
+# Openings a chat model may put before its answer, dropped: "the answer is two" -> "two".
+_LEAD = re.compile(r"^(?:(?:the )?answer(?: is)?\s*[:\-]?|it is|it's|there (?:is|are)|"
+                   r"i see|i think)\s+")
+_SENTENCE_END = re.compile(r"[.!?;\n]\s|[.!?;\n]$|\n")
+
+
+def short_answer(text: str, max_words: int = 3) -> str:
+    """A chat model's reply as a short answer: its first sentence, without a leading
+    "the answer is"/"there are", "yes"/"no" alone when it starts with one, at most
+    `max_words` words, then `clean_answer`. Never empty unless the reply is.
+
+    >>> short_answer("Yes, there is a red dog on the left.")
+    'yes'
+    >>> short_answer("There are 2 dogs.")
+    '2 dogs'
+    """
+    text = str(text).strip().strip("\"'`*").strip()
+    cut = _SENTENCE_END.search(text)
+    first = text[:cut.start()] if cut and cut.start() > 0 else text
+    first = " ".join(first.lower().split())
+    first = _LEAD.sub("", first, count=1) or first
+    head = re.match(r"(yes|no)\b[,!.]?", first)
+    if head and len(first) > len(head.group(1)):
+        first = head.group(1)
+    words = first.split()[:max(1, int(max_words))]
+    return clean_answer(" ".join(words).strip(",:;\"'`*"))
+
+
+def bound_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image scaled down (aspect ratio kept) to at most `max_pixels` pixels."""
+    w, h = image.size
+    if max_pixels <= 0 or w * h <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / (w * h))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+# -- chat VLMs (transformers) ----------------------------------------------------------------
+
+def vlm_prompt(question: str, instruction: str) -> str:
+    return f"{question}\n{instruction}".strip() if instruction else question
+
+
+def vlm_inputs(bundle: tuple[Any, Any], images: Sequence[Image.Image],
+               questions: Sequence[str], instruction: str) -> Any:
+    """The processor's batch for (image, question) pairs through the chat template, left
+    padded, on the model's device and dtype."""
+    model, processor = bundle
+    chats = [[{"role": "user", "content": [{"type": "image", "image": im},
+                                           {"type": "text", "text": vlm_prompt(q, instruction)}]}]
+             for im, q in zip(images, questions)]
+    inputs = processor.apply_chat_template(chats, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt",
+                                           processor_kwargs={"padding": True})
+    return model_inputs(inputs, model)
+
+
+def vlm_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
+                questions: Sequence[str], instruction: str, max_new_tokens: int) -> list[str]:
+    """One batched greedy generate: the decoded reply per (image, question)."""
+    model, processor = bundle
+    inputs = vlm_inputs(bundle, images, questions, instruction)
+    ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 # -- BLIP ------------------------------------------------------------------------------------
@@ -105,40 +193,88 @@ def build_tiny_vilt(folder) -> None:
 
 # -- the tool --------------------------------------------------------------------------------
 
+INSTRUCTION = "Reply with only the answer: one or two words, or a number."
+
+
 class Vqa(ModelTool):
     name = "Vqa"
     params = {"image": "Image", "question": "Text"}
     returns = "Text"
     doc = "answers a question about the image in a word or two (lower case)"
-    backends = ("blip", "vilt")
+    backends = ("vlm", "endpoint", "blip", "vilt")
     presets = {
-        "default": {"backend": "blip", "max_new_tokens": 10,
-                    "checkpoints": {"blip": "Salesforce/blip-vqa-capfilt-large",
-                                    "vilt": "dandelin/vilt-b32-finetuned-vqa"}},
+        "default": {"backend": "vlm", "max_new_tokens": 10, "instruction": INSTRUCTION,
+                    "max_pixels": 1024 * 1024, "max_answer_words": 3,
+                    "checkpoints": {"vlm": "Qwen/Qwen3-VL-2B-Instruct",
+                                    "blip": "Salesforce/blip-vqa-capfilt-large",
+                                    "vilt": "dandelin/vilt-b32-finetuned-vqa"},
+                    "endpoint": {"model": "", "base_url": "", "api_key": "", "timeout": 60.0,
+                                 "max_retries": 3, "concurrency": 8}},
+        # today's defaults, unchanged (the VisProg paper's BLIP)
+        "classic": {"backend": "blip"},
         "tiny": {"max_new_tokens": 5,
-                 "checkpoints": {"blip": "tiny:blip_vqa", "vilt": "tiny:vilt"}},
+                 "checkpoints": {"vlm": "tiny:qwen3_vl", "blip": "tiny:blip_vqa",
+                                 "vilt": "tiny:vilt"}},
     }
-    tiny_checkpoints = {"blip_vqa": build_tiny_blip, "vilt": build_tiny_vilt}
+    tiny_checkpoints = {"blip_vqa": build_tiny_blip, "vilt": build_tiny_vilt,
+                        "qwen3_vl": _vlm.build_tiny_qwen3_vl,
+                        "qwen2_5_vl": _vlm.build_tiny_qwen2_5_vl,
+                        "smolvlm": _vlm.build_tiny_smolvlm}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
-                "max_new_tokens": int(s["max_new_tokens"])}
+        backend = s["backend"]
+        if backend in ("blip", "vilt"):  # the keys (and cache keys) of before the chat models
+            return {"backend": backend, "checkpoint": pick_checkpoint(s),
+                    "max_new_tokens": int(s["max_new_tokens"])}
+        out = {"backend": backend, "max_new_tokens": int(s["max_new_tokens"]),
+               "instruction": str(s.get("instruction") or ""),
+               "max_pixels": int(s["max_pixels"]),
+               "max_answer_words": max(1, int(s["max_answer_words"]))}
+        if backend == "vlm":
+            return {**out, "checkpoint": pick_checkpoint(s)}
+        # endpoint: what answers (model, server) is in the cache key; the key, the timeouts
+        # and the concurrency are not
+        from visprog.models.remote import RemoteModelError, VisionEndpoint
+        ep = dict(s.get("endpoint") or {})
+        self.uses_torch = False
+        try:
+            self._endpoint = VisionEndpoint(
+                ep.get("model") or None, ep.get("base_url") or None, ep.get("api_key") or None,
+                timeout=float(ep.get("timeout", 60.0)), max_retries=int(ep.get("max_retries", 3)),
+                backoff=float(ep.get("backoff", 0.5)),
+                max_backoff=float(ep.get("max_backoff", 8.0)),
+                concurrency=int(ep.get("concurrency", 8)),
+                image_format=str(ep.get("image_format", "png")))
+        except RemoteModelError as e:
+            raise SettingsError(f"Vqa: {e}") from e
+        return {**out, "model": self._endpoint.model, "base_url": self._endpoint.where}
 
     def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str]:
         image, question = rgb_image(call["image"]), str(call["question"]).strip()
         if not question:
             raise ValueError("Vqa needs a question, got an empty string")
+        if self.settings["backend"] in ("vlm", "endpoint"):
+            image = bound_pixels(image, self.settings["max_pixels"])
         return image, question
 
     def forward(self, items: list[tuple[Image.Image, str]]) -> list[str]:
         s = self.settings
         images, questions = [im for im, _ in items], [q for _, q in items]
+        if s["backend"] == "vlm":
+            return vlm_answers(self.model(VLM_KIND, s["checkpoint"], load_vlm), images,
+                               questions, s["instruction"], s["max_new_tokens"])
+        if s["backend"] == "endpoint":
+            return self._endpoint.ask_many(
+                [(im, vlm_prompt(q, s["instruction"])) for im, q in items],
+                max_tokens=s["max_new_tokens"])
         if s["backend"] == "blip":
             return blip_answers(self.model("blip_vqa", s["checkpoint"], load_blip), images,
                                 questions, s["max_new_tokens"])
         return vilt_answers(self.model("vilt", s["checkpoint"], load_vilt), images, questions)
 
     def postprocess(self, item: Any, answer: str) -> str:
+        if self.settings["backend"] in ("vlm", "endpoint"):
+            return short_answer(answer, self.settings["max_answer_words"])
         return clean_answer(answer)
 
 

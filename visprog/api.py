@@ -87,7 +87,8 @@ class VisProg:
         # (visprog.llm.make_llm); a misconfiguration is reported when planning.
         self._llm_error: Exception | None = None
         if llm is None:
-            llm, self._llm_error = _llm_from_config(self.config.get("llm"))
+            llm, self._llm_error = _llm_from_config(self.config.get("llm"), self.config,
+                                                    self.models)
         self.llm = llm
         self.image_limits = {"max_pixels": max_pixels, "min_side": min_side,
                              "max_aspect": max_aspect}
@@ -491,11 +492,43 @@ def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
     return cache
 
 
-def _llm_from_config(section: Any) -> tuple[Any, Exception | None]:
+# What says an LLM is configured in the environment (visprog.planning.llm reads them).
+_LLM_ENV = ("VISPROG_LLM_BACKEND", "VISPROG_LLM_MODEL", "VISPROG_LLM_PATH", "OPENAI_API_KEY",
+            "OPENAI_BASE_URL")
+
+
+def vqa_vlm_checkpoint(config: Mapping[str, Any]) -> str | None:
+    """The checkpoint of Vqa's local chat VLM, when its backend is one ("vlm"), else None."""
+    from visprog.models import pick_checkpoint
+
+    vqa = config.get("Vqa")
+    if not isinstance(vqa, Mapping) or vqa.get("backend") != "vlm":
+        return None
+    try:
+        return pick_checkpoint(vqa) or None
+    except (KeyError, TypeError):
+        return None
+
+
+def _llm_from_config(section: Any, config: Mapping[str, Any] | None = None,
+                     models: Any = None) -> tuple[Any, Exception | None]:
+    """The planner's client. Vqa's local VLM plans too (one copy in the model manager for
+    both roles) where `[llm] backend = "local"` names no model, and where no LLM is
+    configured at all (no [llm] backend or model, none in the environment): that makes
+    `visprog run` work with no configuration. `[llm] backend = "none"` turns planning off."""
     from visprog.planning.llm import LLMError, make_llm
 
+    cfg = dict(section) if isinstance(section, Mapping) else {}
+    vlm = vqa_vlm_checkpoint(config or {})
+    if vlm is not None and not os.environ.get("VISPROG_LLM_PATH"):
+        backend = str(cfg.get("backend") or os.environ.get("VISPROG_LLM_BACKEND") or "").lower()
+        configured = any(cfg.get(k) for k in ("backend", "model", "model_path", "base_url",
+                                               "api_key")) or any(os.environ.get(k)
+                                                                  for k in _LLM_ENV)
+        if (backend == "local" and not cfg.get("model_path")) or not configured:
+            cfg = {**cfg, "backend": "local", "model_path": vlm}
     try:
-        return make_llm(section if isinstance(section, Mapping) else None), None
+        return make_llm(cfg or None, models=models), None
     except LLMError as e:
         return None, e
 

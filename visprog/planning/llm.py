@@ -259,12 +259,14 @@ def _status_message(e: Any, where: str, model: str) -> str:
     return f"LLM request to {where} was refused: HTTP {code}: {_message(e)}{extra}"
 
 
-def make_llm(config: Mapping[str, Any] | None = None) -> ChatClient | None:
+def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
+             ) -> ChatClient | None:
     """A client from a config mapping, else from the environment; None when none is set up.
 
     Keys (all optional): `backend` ("openai" | "local" | None), `model`, `base_url`,
     `api_key`, `timeout`, `max_retries`, `grammar` (openai) and `model_path`, `device`,
-    `max_steps` (local). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without
+    `max_steps` (local). `models`: the model manager a local model is loaded through (so a
+    checkpoint Vqa uses too is one copy). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without
     that, "openai" when `$VISPROG_LLM_MODEL` is set and "local" when `$VISPROG_LLM_PATH` is.
 
     Raises:
@@ -293,5 +295,6 @@ def make_llm(config: Mapping[str, Any] | None = None) -> ChatClient | None:
             raise LLMError(f"the local LLM backend needs a model: set {ENV_LOCAL_MODEL} to a "
                            f"Hugging Face model directory or id (or model_path= in the config)")
         known = {"device", "max_steps", "max_string", "dtype"}
-        return LocalConstrained(path, **{k: v for k, v in cfg.items() if k in known})
+        return LocalConstrained(path, models=models,
+                                **{k: v for k, v in cfg.items() if k in known})
     raise LLMError(f"unknown LLM backend {backend!r}; use 'openai', 'local' or none")

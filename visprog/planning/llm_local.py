@@ -35,6 +35,7 @@ class _Loaded:
     model: Any = None
     tokenizer: Any = None
     lltok: Any = None
+    template: str | None = None  # a chat template from elsewhere (a VLM's processor)
 
 
 class LocalConstrained:
@@ -50,13 +51,16 @@ class LocalConstrained:
         dtype: torch dtype name for loading ("float32", "bfloat16"...); None: the default.
         max_steps: most lines in a program (the last one is the Result).
         max_string, max_list: bounds of string and list literals.
+        models: a `visprog.models.ModelManager`: the model is loaded through it (its device
+            and dtype), so a vision-language checkpoint that Vqa also uses (same
+            checkpoint) is one copy serving both roles; planning then uses its text side.
     """
 
     def __init__(self, model_path: str | None = None, *, model: Any = None,
                  tokenizer: Any = None, registry: Any = None,
                  inputs: Mapping[str, str] | None = None, device: str = "cpu",
                  dtype: str | None = None, max_steps: int = 12, max_string: int = 60,
-                 max_list: int = 6):
+                 max_list: int = 6, models: Any = None):
         if model_path is None and (model is None or tokenizer is None):
             raise LLMError("LocalConstrained needs model_path=... or both model= and tokenizer=")
         self.model_path = model_path
@@ -65,6 +69,7 @@ class LocalConstrained:
         self.max_steps = max(1, int(max_steps))
         self.max_string = int(max_string)
         self.max_list = int(max_list)
+        self.models = models
         self._shared = _Loaded()
         self._shared.model, self._shared.tokenizer = model, tokenizer
         self._constrained = registry is not None
@@ -140,6 +145,8 @@ class LocalConstrained:
 
     def _load(self) -> tuple[Any, Any]:
         shared = self._shared
+        if (shared.model is None or shared.tokenizer is None) and self.models is not None:
+            self._load_managed()
         if shared.model is None or shared.tokenizer is None:
             try:
                 import torch
@@ -161,10 +168,34 @@ class LocalConstrained:
             except ImportError as e:  # pragma: no cover - environment
                 raise LLMError("constrained decoding needs llguidance: "
                                "pip install 'visprog[llm]'") from e
-            shared.model.to(self.device).eval()
+            if self.models is None:
+                shared.model.to(self.device)
+            self.device = str(shared.model.device)
+            shared.model.eval()
             n_vocab = shared.model.get_output_embeddings().weight.shape[0]
             shared.lltok = llguidance.hf.from_tokenizer(shared.tokenizer, n_vocab=n_vocab)
         return shared.model, shared.tokenizer
+
+    def _load_managed(self) -> None:
+        """The model through the model manager: a vision-language checkpoint as the bundle
+        Vqa loads (kind VLM_KIND), anything else as a causal LM."""
+        from visprog.models import ModelLoadError, resolve_checkpoint
+        from visprog.models.vlm import VLM_KIND, is_vlm_checkpoint, load_vlm
+
+        shared = self._shared
+        try:
+            resolved = resolve_checkpoint(self.model_path)
+            if is_vlm_checkpoint(resolved):
+                model, processor = self.models.get(VLM_KIND, self.model_path, load_vlm)
+                tok = processor.tokenizer
+                # text-only chats use the processor's template when the tokenizer has none
+                shared.template = getattr(tok, "chat_template", None) or getattr(
+                    processor, "chat_template", None)
+            else:
+                model, tok = self.models.get("causal_lm", self.model_path, _load_causal_lm)
+        except ModelLoadError as e:
+            raise LLMError(f"cannot load the local LLM {self.model_path!r}: {e}") from e
+        shared.model, shared.tokenizer = model, tok
 
     def _step_grammar(self) -> StepGrammar:
         if self._grammar is None:
@@ -177,13 +208,15 @@ class LocalConstrained:
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         tok = self._shared.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        template = getattr(tok, "chat_template", None) or self._shared.template
+        if template:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                           chat_template=template)
         else:  # a base model: a plain transcript ending where the answer goes
             text = "".join(f"{m['role']}:\n{m['content']}\n\n" for m in messages) + "assistant:\n"
         ids = tok(text, add_special_tokens=False)["input_ids"]
         bos = getattr(tok, "bos_token_id", None)
-        return ([bos] if bos is not None and not getattr(tok, "chat_template", None) else []) + ids
+        return ([bos] if bos is not None and not template else []) + ids
 
     def _sample_program(self, prompt: list[int], temperature: float, max_tokens: int,
                         gen: Any) -> tuple[str, int]:
@@ -204,8 +237,10 @@ class LocalConstrained:
         lines: list[str] = []
         used = 0
         with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
+                        **_positions(0, len(prompt), self.device))
             past, logits = out.past_key_values, out.logits[0, -1]
+            pos = len(prompt)
             for step in range(self.max_steps):
                 final = step == self.max_steps - 1 or used >= max_tokens
                 matcher = llguidance.LLMatcher(
@@ -227,8 +262,10 @@ class LocalConstrained:
                         raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
                     line_ids.append(token)
                     out = model(torch.tensor([[token]], device=self.device),
-                                past_key_values=past, use_cache=True)
+                                past_key_values=past, use_cache=True,
+                                **_positions(pos, 1, self.device))
                     past, logits = out.past_key_values, out.logits[0, -1]
+                    pos += 1
                 used += len(line_ids)
                 line = tok.decode(line_ids)
                 lines.append(line)
@@ -282,7 +319,9 @@ class LocalConstrained:
         eos = getattr(tok, "eos_token_id", None)
         out_ids: list[int] = []
         with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
+                        **_positions(0, len(prompt), self.device))
+            pos = len(prompt)
             for _ in range(max_tokens):
                 token = _pick(out.logits[0, -1].float(), temperature, gen)
                 if token == eos:
@@ -293,7 +332,9 @@ class LocalConstrained:
                 if cut >= 0:
                     return text[:cut], len(out_ids)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True)
+                            past_key_values=out.past_key_values, use_cache=True,
+                            **_positions(pos, 1, self.device))
+                pos += 1
         return tok.decode(out_ids), len(out_ids)
 
 
@@ -306,8 +347,27 @@ def _pick(scores: Any, temperature: float, gen: Any) -> int:
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
+def _positions(start: int, n: int, device: Any) -> dict[str, Any]:
+    """Explicit position ids. Why: Qwen-VL models keep multimodal rope offsets from their
+    last `generate` (a Vqa batch) and apply them to a call without positions, which breaks
+    a text-only pass; for a plain causal LM these are the positions it would use anyway."""
+    import torch
+
+    return {"position_ids": torch.arange(start, start + n, device=device)[None]}
+
+
+def _load_causal_lm(path: str, device: str, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device), tok
+
+
 def _context_size(model: Any) -> int:
     cfg = model.config
+    if hasattr(cfg, "get_text_config"):  # a vision-language model: its text side's context
+        cfg = cfg.get_text_config()
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(cfg, name, None)
         if isinstance(value, int) and value > 0:

@@ -1,0 +1,177 @@
+"""A vision model behind an OpenAI-compatible chat-completions endpoint (vLLM or Ollama
+serving a VLM, or a hosted model): a question and an image go as one chat message with
+image content, and the reply's text is the answer.
+
+The request policy is the planner's client's (visprog/planning/llm.py): bounded retries after
+a timeout, a connection error, HTTP 429 or 5xx, with doubling backoff capped at `max_backoff`
+and a server's Retry-After honoured within the cap; any other refusal fails at once with a
+message that says what to check. `ask_many` sends requests in parallel, at most
+`concurrency` at a time, in place of batching.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
+
+from PIL import Image
+
+from visprog.errors import VisProgError
+
+ENV_API_KEY = "OPENAI_API_KEY"  # shared with the planner's client unless VISPROG_VQA_API_KEY
+ENV_VQA_API_KEY = "VISPROG_VQA_API_KEY"
+ENV_VQA_BASE_URL = "VISPROG_VQA_BASE_URL"
+ENV_VQA_MODEL = "VISPROG_VQA_MODEL"
+
+
+class RemoteModelError(VisProgError):
+    """The endpoint could not be reached, refused, or timed out (after the allowed retries)."""
+
+
+def image_data_url(image: Image.Image, fmt: str = "png") -> str:
+    """The image as a data URL (PNG: lossless, so the server sees our pixels)."""
+    buf = io.BytesIO()
+    fmt = fmt.lower()
+    image.convert("RGB").save(buf, format="JPEG" if fmt in ("jpg", "jpeg") else "PNG",
+                              **({"quality": 95} if fmt in ("jpg", "jpeg") else {}))
+    mime = "jpeg" if fmt in ("jpg", "jpeg") else "png"
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class VisionEndpoint:
+    """A chat-completions endpoint that takes images.
+
+    Args:
+        model: the served model's name (else `$VISPROG_VQA_MODEL`).
+        base_url: e.g. "http://localhost:8000/v1" (else `$VISPROG_VQA_BASE_URL`, else
+            OpenAI's own endpoint).
+        api_key: else `$VISPROG_VQA_API_KEY`, else `$OPENAI_API_KEY`; a local server without
+            auth accepts any non-empty value.
+        timeout: seconds per request; max_retries, backoff, max_backoff: as the planner's.
+        concurrency: most requests in flight at once.
+        image_format: "png" (default) or "jpeg".
+
+    Raises:
+        RemoteModelError: no model or key, or the `openai` package is missing.
+    """
+
+    def __init__(self, model: str | None = None, base_url: str | None = None,
+                 api_key: str | None = None, *, timeout: float = 60.0, max_retries: int = 3,
+                 backoff: float = 0.5, max_backoff: float = 8.0, concurrency: int = 8,
+                 image_format: str = "png"):
+        self.model = model or os.environ.get(ENV_VQA_MODEL, "")
+        if not self.model:
+            raise RemoteModelError(f"Vqa's endpoint backend needs a model: set [Vqa.endpoint] "
+                                   f"model = \"...\" or {ENV_VQA_MODEL}")
+        self.base_url = base_url or os.environ.get(ENV_VQA_BASE_URL) or None
+        key = api_key or os.environ.get(ENV_VQA_API_KEY) or os.environ.get(ENV_API_KEY)
+        if not key:
+            raise RemoteModelError(
+                f"no API key for Vqa's endpoint: set {ENV_VQA_API_KEY} or {ENV_API_KEY}; a local "
+                f"server without auth accepts any value, e.g. {ENV_VQA_API_KEY}=none")
+        try:
+            import openai
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise RemoteModelError("the 'openai' package is needed: pip install "
+                                   "'visprog[llm]'") from e
+        self._openai = openai
+        self.timeout = float(timeout)
+        self.max_retries = max(0, int(max_retries))
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.concurrency = max(1, int(concurrency))
+        self.image_format = image_format
+        # The client's own retries are off: ours are bounded and say what happened.
+        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
+                                     max_retries=0)
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "https://api.openai.com/v1"
+
+    def messages(self, image: Image.Image, text: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image_data_url(image, self.image_format)}},
+            {"type": "text", "text": text}]}]
+
+    def ask(self, image: Image.Image, text: str, *, max_tokens: int = 16) -> str:
+        """One answer, greedy (temperature 0).
+
+        Raises:
+            RemoteModelError: unreachable server, refused request, or retries used up.
+        """
+        openai = self._openai
+        args = {"model": self.model, "messages": self.messages(image, text),
+                "temperature": 0.0, "max_tokens": int(max_tokens)}
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                resp = self._client.chat.completions.create(**args)
+                choices = resp.choices or []
+                if not choices or choices[0].message is None:
+                    raise RemoteModelError(f"the vision endpoint at {self.where} returned no "
+                                           f"choices")
+                return choices[0].message.content or ""
+            except openai.APITimeoutError:
+                last = f"no reply within {self.timeout:g} s (timeout)"
+            except openai.APIConnectionError as e:
+                last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
+                        f"set [Vqa.endpoint] base_url or {ENV_VQA_BASE_URL} to its address")
+            except openai.RateLimitError as e:
+                last = f"HTTP 429 rate limited: {_message(e)}"
+                retry_after = _retry_after(e)
+            except openai.APIStatusError as e:
+                if e.status_code < 500:
+                    raise RemoteModelError(self._refused(e)) from e
+                last = f"HTTP {e.status_code} server error: {_message(e)}"
+                retry_after = _retry_after(e)
+            if attempt < self.max_retries:
+                delay = min(self.max_backoff, self.backoff * 2 ** attempt)
+                if retry_after is not None and 0 <= retry_after <= self.max_backoff:
+                    delay = retry_after
+                time.sleep(delay)
+        tries = self.max_retries + 1
+        raise RemoteModelError(f"vision request to {self.where} (model {self.model!r}) failed "
+                               f"after {tries} attempt{'s' if tries != 1 else ''}: {last}")
+
+    def ask_many(self, pairs: Sequence[tuple[Image.Image, str]], *, max_tokens: int = 16
+                 ) -> list[str]:
+        """One answer per (image, text), in order; at most `concurrency` requests at once.
+        The first failure is raised once every request has ended."""
+        if len(pairs) <= 1 or self.concurrency == 1:
+            return [self.ask(im, t, max_tokens=max_tokens) for im, t in pairs]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pairs))) as pool:
+            futures = [pool.submit(self.ask, im, t, max_tokens=max_tokens) for im, t in pairs]
+            return [f.result() for f in futures]
+
+    def _refused(self, e: Any) -> str:
+        code = e.status_code
+        hint = {401: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY}",
+                403: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY} and its permissions",
+                404: f"check the model name ({self.model!r}) and the base_url ({self.where!r})",
+                400: "does the served model take images?"}
+        extra = f"; {hint[code]}" if code in hint else ""
+        return f"vision request to {self.where} was refused: HTTP {code}: {_message(e)}{extra}"
+
+
+def _message(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return str(getattr(e, "message", "") or e)
+
+
+def _retry_after(e: Any) -> float | None:
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
