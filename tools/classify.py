@@ -106,6 +106,8 @@ class Classify(ModelTool):
     presets = {
         "default": {"checkpoint": "openai/clip-vit-base-patch32", "prompt": "a photo of {}",
                     "crop_context": 0.1},
+        # the preset of today's defaults keeps CLIP
+        "classic": {"backend": "clip", "checkpoint": "openai/clip-vit-base-patch32"},
         "tiny": {"checkpoint": "tiny:clip"},
     }
     tiny_checkpoints = {"clip": build_tiny_clip}

@@ -116,6 +116,7 @@ class Vqa(ModelTool):
         "default": {"backend": "blip", "max_new_tokens": 10,
                     "checkpoints": {"blip": "Salesforce/blip-vqa-capfilt-large",
                                     "vilt": "dandelin/vilt-b32-finetuned-vqa"}},
+        "classic": {"backend": "blip"},  # the preset of today's defaults keeps BLIP
         "tiny": {"max_new_tokens": 5,
                  "checkpoints": {"blip": "tiny:blip_vqa", "vilt": "tiny:vilt"}},
     }
