@@ -230,4 +230,4 @@ def test_module_settings_live_only_in_the_tools_files():
     text = (Path(__file__).parents[1] / "visprog" / "presets.toml").read_text()
     tables = [ln.strip() for ln in text.splitlines() if ln.startswith("[")]
     assert tables == ["[default.models]", "[tiny.models]"]
-    assert load_config("tiny")["Replace"]["checkpoint"] == "tiny:sd_inpaint"
+    assert load_config("tiny")["Replace"]["checkpoints"]["sdxl"] == "tiny:sdxl_inpaint"

@@ -5,7 +5,8 @@ Loc: a noun phrase gives every instance's mask, box and score in one forward, ba
 Why our own image preprocessing: transformers' `Sam3ImageProcessor` cannot even be imported
 without torchvision (its module imports `torchvision.ops` and the class is a torchvision
 backend), and `Sam3Processor.from_pretrained` loads it. So the loader reads the checkpoint's
-published `preprocessor_config.json` (size, resample, rescale factor, mean and std) and
+published image-processor settings (`preprocessor_config.json`, or the `image_processor`
+table of `processor_config.json`: size, resample, rescale factor, mean and std) and
 `preprocess_images` applies it with torch the way the torchvision backend does: a resize to
 exactly `size` (no aspect ratio kept, no padding) with antialiasing on the uint8 image,
 then `(x * rescale - mean) / std`. The tokenizer is the checkpoint's CLIP BPE tokenizer,
@@ -108,7 +109,11 @@ def load_sam3(path: str, device: str, dtype: Any) -> dict[str, Any]:
     """A model-manager loader: the model, its tokenizer and its preprocessing settings."""
     from transformers import AutoTokenizer, Sam3Model
 
-    prep = Sam3Preprocess.from_config(_read_json(path, "preprocessor_config.json"))
+    # older checkpoints publish preprocessor_config.json; transformers 5 writes the image
+    # processor's settings inside processor_config.json
+    cfg = _read_json(path, "preprocessor_config.json") or \
+        _read_json(path, "processor_config.json").get("image_processor", {})
+    prep = Sam3Preprocess.from_config(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = Sam3Model.from_pretrained(path, dtype=dtype).to(device)
     text_len = min(TEXT_LEN, int(getattr(model.config.text_config, "max_position_embeddings",
