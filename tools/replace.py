@@ -245,7 +245,6 @@ class Replace(ModelTool):
             "backend": "sdxl",
             "checkpoints": {"sdxl": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                             "sd": "stable-diffusion-v1-5/stable-diffusion-inpainting"},
-            "checkpoint": "",         # set: overrides checkpoints[backend]
             "steps": 30,
             "guidance": 7.5,
             "seed": 0,                # an int: repeatable and cacheable; "random": fresh each call
@@ -255,6 +254,7 @@ class Replace(ModelTool):
             "strength": 1.0,
             "safety_checker": True,   # "sd": the checkpoint's NSFW filter (blacks out flagged images)
             "offload": "auto",        # "auto", "none", "model", "sequential" (see above)
+            # `checkpoint = "..."` (a hub id or folder) overrides checkpoints[backend]
         },
         # today's (SD 1.5) defaults, unchanged: same settings, same cache keys
         "classic": {"backend": "sd", "resolution": 512},
