@@ -176,5 +176,5 @@ def test_program_with_every_module_of_this_file():
     out = vp.execute(program, image=image((200, 150)))
     assert isinstance(out.value, Objects) and out.value.image_size == (200, 150)
     assert set(out.value.labels) <= {"dog", "cat"}
-    assert sorted(m["kind"] for m in vp.models.loaded()) == ["blip_vqa", "clip", "grounding_dino", "sam"]
+    assert sorted(m["kind"] for m in vp.models.loaded()) == ["blip_vqa", "clip", "mm_grounding_dino", "sam3"]
     assert isinstance(out.trace["ANSWER"].output, str)
