@@ -284,6 +284,40 @@ def save_siglip2(folder: Path) -> None:
           Siglip2Processor(image_processor=Siglip2ImageProcessorPil(), tokenizer=tok))
 
 
+def save_sam3(folder: Path) -> None:
+    """SAM 3's architecture (transformers Sam3Config defaults = facebook/sam3): ViT backbone at
+    1008 px, CLIP text encoder, DETR encoder/decoder with 200 queries, mask decoder; the
+    processor's published preprocessing (tools/_sam3.py reads it)."""
+    import json
+
+    from transformers import Sam3Config, Sam3Model
+
+    from visprog.models import tiny_clip_tokenizer
+    from visprog.tools import _sam3
+
+    tok = tiny_clip_tokenizer(BENCH_WORDS)
+    tok.pad_token = "<|endoftext|>"
+    cfg = Sam3Config()
+    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    cfg.text_config.pad_token_id = tok.pad_token_id
+    Sam3Model(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(_sam3.SAM3_DEFAULTS))
+
+
+def save_mm_grounding_dino(folder: Path) -> None:
+    """mm_grounding_dino_tiny's architecture (MMGroundingDinoConfig defaults): Swin-T + BERT-base,
+    900 queries, 800 px, GroundingDINO's processor."""
+    from transformers import (GroundingDinoImageProcessorPil, GroundingDinoProcessor,
+                              MMGroundingDinoConfig, MMGroundingDinoForObjectDetection)
+
+    from visprog.models import tiny_bert_tokenizer
+
+    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+                                  tokenizer=tiny_bert_tokenizer(BENCH_WORDS))
+    _save(folder, MMGroundingDinoForObjectDetection(MMGroundingDinoConfig()), proc)
+
+
 def save_nothing(folder: Path) -> None:
     """FaceDet's cascade ships inside scikit-image: nothing to save."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,8 +336,14 @@ def _loc(backend: str):
 def _select(folder: Path, ctx: Any):
     from visprog.tools import select_objects
 
-    return select_objects.build({"checkpoints": {"grounding_dino": str(folder / "gd"),
-                                                 "sam": str(folder / "sam")}}, ctx)
+    return select_objects.build({"backend": "sam", "checkpoints": {
+        "grounding_dino": str(folder / "gd"), "sam": str(folder / "sam")}}, ctx)
+
+
+def _select_sam3(folder: Path, ctx: Any):
+    from visprog.tools import select_objects
+
+    return select_objects.build({"backend": "sam3", "checkpoints": {"sam3": str(folder)}}, ctx)
 
 
 def _classify(backend: str):
@@ -337,7 +377,7 @@ def _facedet(folder: Path, ctx: Any):
 def _replace(folder: Path, ctx: Any):
     from visprog.tools import replace
 
-    return replace.build({"checkpoint": str(folder), "steps": 2, "resolution": 512,
+    return replace.build({"backend": "sd", "checkpoint": str(folder), "steps": 2, "resolution": 512,
                           "safety_checker": False, "seed": 0}, ctx)
 
 
@@ -394,13 +434,24 @@ def face_image():
 
 
 BENCHES: dict[str, Bench] = {
-    "Loc": Bench(save_grounding_dino, _loc("grounding_dino"),
+    "Loc[grounding_dino]": Bench(save_grounding_dino, _loc("grounding_dino"),
                  lambda: {"image": sample_image(), "object": "dog"}, "GroundingDINO-T, 640x480",
                  hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor")),
+    "Loc[mm_grounding_dino]": Bench(
+        save_mm_grounding_dino, _loc("mm_grounding_dino"),
+        lambda: {"image": sample_image(), "object": "dog"}, "MM-GroundingDINO-T, 640x480 (default)",
+        hf_classes("MMGroundingDinoForObjectDetection", "GroundingDinoProcessor")),
+    "Loc[sam3]": Bench(save_sam3, _loc("sam3"), lambda: {"image": sample_image(), "object": "dog"},
+                       "SAM 3 detections, 1008 px", hf_classes("Sam3Model", "CLIPTokenizer")),
+    "Select[sam3]": Bench(save_sam3, _select_sam3,
+                          lambda: {"image": sample_image(), "object": candidates(),
+                                   "query": "dog,cat"},
+                          "SAM 3, 4 candidates, 2 query parts (2 rows), 1008 px (default)",
+                          hf_classes("Sam3Model", "CLIPTokenizer")),
     "Loc[owlv2]": Bench(save_owlv2, _loc("owlv2"),
                         lambda: {"image": sample_image(), "object": "dog"}, "OWLv2 B/16 960px",
                         hf_classes("Owlv2ForObjectDetection", "Owlv2Processor")),
-    "Select": Bench(save_grounding_dino_and_sam, _select,
+    "Select[sam]": Bench(save_grounding_dino_and_sam, _select,
                     lambda: {"image": sample_image(), "object": candidates(), "query": "dog,cat"},
                     "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries",
                     hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor",
@@ -438,7 +489,7 @@ BENCHES: dict[str, Bench] = {
     "Ocr": Bench(save_nothing, _ocr, lambda: {"image": sign_image()},
                  "PP-OCRv4 det + rec + cls (REAL weights from rapidocr-onnxruntime, onnxruntime "
                  "CPU), 640x480, 2 lines"),
-    "Replace": Bench(save_sd_inpaint, _replace,
+    "Replace[sd]": Bench(save_sd_inpaint, _replace,
                      lambda: {"image": sample_image(), "object": candidates(n=2)[:1],
                               "prompt": "a photo of a red car"},
                      "SD 1.5 inpainting, 512x384, only 2 steps (default 30: ~15x the UNet part)"),

@@ -227,5 +227,5 @@ def test_program_with_every_module_of_this_file():
     assert isinstance(out.value, Objects) and out.value.image_size == (200, 150)
     assert set(out.value.labels) <= {"dog", "cat"}
     kinds = sorted(m["kind"] for m in vp.models.loaded())
-    assert "vlm" in kinds and "siglip2" in kinds and "blip_vqa" not in kinds and "clip" not in kinds
+    assert kinds == ["mm_grounding_dino", "sam3", "siglip2", "vlm"], kinds
     assert isinstance(out.trace["ANSWER"].output, str)

@@ -1,5 +1,5 @@
-"""Loc and Select end to end with the tiny preset: small random GroundingDINO, OWLv2, SAM and
-CLIP models built offline, saved with save_pretrained and loaded through the same loaders as
+"""Loc and Select end to end with the tiny preset: small random MM-GroundingDINO, SAM 3,
+GroundingDINO, OWLv2, SAM and CLIP models built offline, saved with save_pretrained and loaded through the same loaders as
 real checkpoints. The outputs are random; the tests check contracts (pixels of the original
 image, masks of its H x W, labels from the query, sharing, batching, bad input)."""
 from __future__ import annotations
@@ -105,11 +105,11 @@ def test_mask_iou():
 
 # -- Loc ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["grounding_dino", "owlv2"])
+@pytest.mark.parametrize("backend", ["mm_grounding_dino", "sam3", "grounding_dino", "owlv2"])
 @pytest.mark.parametrize("size", SIZES)
 def test_loc_boxes_in_original_pixels(ctx, backend, size):
     w, h = size
-    out = make_loc(ctx, backend=backend, box_threshold=0.0, max_detections=50)(
+    out = make_loc(ctx, backend=backend, box_threshold=0.0, sam3_threshold=0.0, max_detections=50)(
         image=image(size), object="red car")
     assert isinstance(out, Objects) and out.image_size == size and len(out) > 0
     b = out.boxes
@@ -124,9 +124,10 @@ def test_loc_boxes_in_original_pixels(ctx, backend, size):
     assert len(out) <= 50
 
 
-@pytest.mark.parametrize("backend", ["grounding_dino", "owlv2"])
+@pytest.mark.parametrize("backend", ["mm_grounding_dino", "sam3", "grounding_dino", "owlv2"])
 def test_loc_threshold_one_gives_empty(ctx, backend):
-    out = make_loc(ctx, backend=backend, box_threshold=1.0)(image=image((64, 48)), object="dog")
+    out = make_loc(ctx, backend=backend, box_threshold=1.0, sam3_threshold=1.0)(
+        image=image((64, 48)), object="dog")
     assert len(out) == 0 and out.image_size == (64, 48)
 
 
@@ -138,7 +139,7 @@ def test_loc_nms_and_cap(ctx):
     assert (iou[~np.eye(len(out), dtype=bool)] <= 0.3 + 1e-9).all()
 
 
-@pytest.mark.parametrize("backend", ["grounding_dino", "owlv2"])
+@pytest.mark.parametrize("backend", ["mm_grounding_dino", "sam3", "grounding_dino", "owlv2"])
 def test_loc_batch_equals_one_by_one(ctx, backend):
     tool = make_loc(ctx, backend=backend, box_threshold=0.0)
     calls = [{"image": image((200, 150), seed=1), "object": "dog"},
@@ -171,15 +172,16 @@ def test_loc_settings_and_bad_input(ctx):
 
 # -- Select --------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["sam3", "sam"])
 @pytest.mark.parametrize("size", SIZES)
-def test_select_masks_are_image_sized_and_candidates_kept(ctx, size):
+def test_select_masks_are_image_sized_and_candidates_kept(ctx, size, backend):
     cands = thirds(size)
-    out = make_select(ctx)(image=image(size), object=cands, query="dog")
+    out = make_select(ctx, backend=backend)(image=image(size), object=cands, query="dog")
     assert out.image_size == size and len(out) >= 1
     cand_boxes = {r.box for r in cands}
     for r in out:
         assert r.box in cand_boxes                       # a candidate, not a new box
-        assert r.mask is not None and r.mask.shape == (size[1], size[0])  # SAM's mask
+        assert r.mask is not None and r.mask.shape == (size[1], size[0])  # SAM's / SAM 3's
         assert r.label == "dog" and r.extra["candidate_label"] in ("dog", "cat")
         assert 0 <= r.extra["match_iou"] <= 1
 
@@ -193,9 +195,11 @@ def test_select_keeps_candidate_masks(ctx):
     assert len(out) == 1 and np.array_equal(out[0].mask, mask)
 
 
-def test_select_comma_query_selects_each(ctx):
+@pytest.mark.parametrize("backend", ["sam3", "sam"])
+def test_select_comma_query_selects_each(ctx, backend):
     size = (240, 160)
-    out = make_select(ctx)(image=image(size), object=thirds(size), query="dog, cat")
+    out = make_select(ctx, backend=backend)(image=image(size), object=thirds(size),
+                                            query="dog, cat")
     assert out.labels == ["dog", "cat"]                  # one per part, in query order
     assert len({r.box for r in out}) == 2                # different candidates
 
@@ -211,9 +215,11 @@ def test_select_category_narrows_candidates(ctx):
     assert len(wide) == 2
 
 
-def test_select_nothing_to_choose_loads_no_model():
+@pytest.mark.parametrize("backend", ["sam", "clip"])
+def test_select_nothing_to_choose_loads_no_model(backend):
+    # (with SAM 3, no candidates means "what SAM 3 finds": tests/test_sam3_presets.py)
     fresh = ToolContext(models=ModelManager(device="cpu"))
-    tool = make_select(fresh)
+    tool = make_select(fresh, backend=backend)
     size = (64, 64)
     assert len(tool(image=image(size), object=Objects.empty(size), query="dog")) == 0
     assert len(tool(image=image(size), object=thirds(size), query=" , ")) == 0
@@ -223,8 +229,9 @@ def test_select_nothing_to_choose_loads_no_model():
 def test_loc_and_select_share_grounding_dino():
     fresh = ToolContext(models=ModelManager(device="cpu"))
     size = (160, 120)
-    found = make_loc(fresh, box_threshold=0.0)(image=image(size), object="dog")
-    make_select(fresh)(image=image(size), object=found[:3], query="dog")
+    found = make_loc(fresh, backend="grounding_dino", box_threshold=0.0)(image=image(size),
+                                                                          object="dog")
+    make_select(fresh, backend="sam")(image=image(size), object=found[:3], query="dog")
     kinds = sorted(m["kind"] for m in fresh.models.loaded())
     assert kinds == ["grounding_dino", "sam"]
     assert [e["kind"] for e in fresh.models.events].count("grounding_dino") == 1
@@ -232,8 +239,9 @@ def test_loc_and_select_share_grounding_dino():
     assert [m["kind"] for m in fresh.models.loaded()] == ["grounding_dino"]
 
 
-def test_select_batch_equals_one_by_one(ctx):
-    tool = make_select(ctx)
+@pytest.mark.parametrize("backend", ["sam3", "sam"])
+def test_select_batch_equals_one_by_one(ctx, backend):
+    tool = make_select(ctx, backend=backend)
     size = (200, 150)
     calls = [{"image": image(size, seed=s), "object": thirds(size), "query": q, "category": None}
              for s, q in [(1, "dog"), (2, "dog,cat"), (3, "cat")]]

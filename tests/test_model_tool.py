@@ -186,14 +186,21 @@ class DescribedLLM:
         return {"backend": "x", "model": "m"}
 
 
-@pytest.mark.parametrize("case", ["default/nollm", "default/llm", "tiny/nollm", "tiny/llm",
-                                  "classic/nollm", "classic/llm"])
+# The backends of the tiny preset before today's models became the defaults
+TINY_CLASSIC = {"Loc": {"backend": "grounding_dino"}, "Select": {"backend": "sam"},
+                "Replace": {"backend": "sd"}, "FaceDet": {"backend": "cascade"},
+                "Vqa": {"backend": "blip"}, "Classify": {"backend": "clip"}}
+
+
+@pytest.mark.parametrize("case", ["default/nollm", "default/llm", "tiny/nollm", "tiny/llm"])
 def test_every_tool_declares_what_it_did_before_the_base(case):
+    """The `classic` preset is the old `default`, declaration for declaration (same step-cache
+    keys); `tiny` with the old backends is the old `tiny`."""
     preset, llm = case.split("/")
     want = json.loads(FIXTURE.read_text())[case]
     mm = ModelManager(device="cpu")
-    tools = builtin_tools(load_config(preset), ToolContext(mm, DescribedLLM() if llm == "llm"
-                                                           else None))
+    cfg = load_config("classic") if preset == "default" else load_config("tiny", overrides=TINY_CLASSIC)
+    tools = builtin_tools(cfg, ToolContext(mm, DescribedLLM() if llm == "llm" else None))
     got = {t.name: {"version": t.version, "settings": json.loads(json.dumps(dict(t.settings))),
                     "cacheable": t.cacheable, "sig": t.signature(), "doc": t.doc,
                     "draw_on": t.draw_on, "batch": t.batch_fn is not None} for t in tools}
@@ -275,4 +282,4 @@ def test_module_settings_live_only_in_the_tools_files():
     text = (Path(__file__).parents[1] / "visprog" / "presets.toml").read_text()
     tables = [ln.strip() for ln in text.splitlines() if ln.startswith("[")]
     assert tables == ["[default.models]", "[tiny.models]"]
-    assert load_config("tiny")["Replace"]["checkpoint"] == "tiny:sd_inpaint"
+    assert load_config("tiny")["Replace"]["checkpoints"]["sdxl"] == "tiny:sdxl_inpaint"

@@ -221,7 +221,7 @@ def test_tiny_preset_uses_only_tiny_checkpoints():
         for k, v in section.items():
             if isinstance(v, dict):
                 yield from checkpoints(v)
-            elif "checkpoint" in k or isinstance(v, str) and "/" in v:
+            elif "checkpoint" in k or isinstance(v, str) and ("/" in v or v.startswith("tiny:")):
                 yield v
 
     cfg = load_config("tiny")

@@ -72,7 +72,7 @@ def test_execute_item_by_item_equals_run_batch(shared_cache):
         assert [f for _, f in a] == [f for _, f in b]
     loads = [e for _, (_, events, _) in a for e in events if e[0] == "model_load"]
     if not shared_cache:
-        assert {m for _, m, _ in loads} >= {"grounding_dino", "vlm"}, loads
+        assert {m for _, m, _ in loads} >= {"mm_grounding_dino", "vlm"}, loads
         assert len(loads) == len(set(loads)), "each model loads once, in one item's trace"
     else:  # second round: everything cached, nothing loaded
         assert all(s[3] for _, (steps, _, _) in a for s in steps if s[1] not in (None, "Eval")

@@ -108,7 +108,7 @@ def test_its_presets_reach_the_configuration(plugin):
     assert "classic" in preset_names()
     classic = load_config("classic")
     assert classic["ImageLabel"]["top"] == 2
-    assert classic["Loc"] == load_config("default")["Loc"]
+    assert classic["Seg"] == load_config("default")["Seg"]  # Seg declares no classic
     assert classic["models"] == load_config("default")["models"]
     over = load_config("tiny", overrides={"ImageLabel.top": 3})
     assert over["ImageLabel"] == {"checkpoint": "tiny:plugin_vit", "top": 3}

@@ -21,8 +21,10 @@ from visprog.values import Objects, Region
 
 HAS_SD = bool(find_spec("torch") and find_spec("diffusers") and find_spec("transformers"))
 
-TINY_REPLACE = {"checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
+TINY_REPLACE = {"backend": "sd", "checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
                 "mask_dilation": 2, "safety_checker": False, "seed": 0}
+# the default backend: a tiny random SDXL inpainting pipeline (two text encoders, time ids)
+TINY_SDXL = {**TINY_REPLACE, "backend": "sdxl", "checkpoint": "tiny:sdxl_inpaint"}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,9 @@ def ctx():
     return ToolContext(models=ModelManager(device="cpu"))
 
 
-@pytest.fixture(scope="module")
-def tool(ctx):
-    return rep.build(TINY_REPLACE, ctx)
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def tool(ctx, request):
+    return rep.build(TINY_REPLACE if request.param == "sd" else TINY_SDXL, ctx)
 
 
 def noise(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -77,8 +79,8 @@ def test_replace_same_seed_same_output_other_seed_differs(ctx, tool):
     objects = Objects.from_boxes([(20, 10, 70, 50)], image.size)
     a = tool(image=image, object=objects, prompt="a blue dog")
     b = tool(image=image, object=objects, prompt="a blue dog")
-    c = rep.build({**TINY_REPLACE, "seed": 7}, ctx)(image=image, object=objects,
-                                                    prompt="a blue dog")
+    base = TINY_REPLACE if "backend" not in tool.settings else TINY_SDXL
+    c = rep.build({**base, "seed": 7}, ctx)(image=image, object=objects, prompt="a blue dog")
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 

@@ -11,18 +11,22 @@ Two backends, both small and able to run offline:
   local .onnx path to skip fetching, or to `tiny:yunet` for a tiny random network with
   YuNet's inputs and outputs (built with torch and onnx; the tests run the detection path
   through OpenCV with it).
-- `cascade` (default): the LBP frontal-face cascade that ships inside the scikit-image wheel,
-  run by `skimage.feature.Cascade`. Nothing to download, so it works offline from the start
-  and the tests run it on a real face; it finds upright frontal faces only, has no score, and
-  makes more false detections. It is the default because it needs no download; choose
-  `yunet` for accuracy.
+- `cascade` (the `classic` preset): the LBP frontal-face cascade that ships inside the
+  scikit-image wheel, run by `skimage.feature.Cascade`. Nothing to download, so it works
+  offline from the start and the tests run it on a real face; it finds upright frontal faces
+  only, has no score, and makes more false detections.
   (OpenCV 5 no longer ships its Haar cascades, hence scikit-image's.)
+- `auto` (default): YuNet where its model file is present (the configured path, visprog's
+  cache, the hub's cache) or can be downloaded once now; otherwise the cascade, with a
+  one-line notice on stderr and a note in the trace. The choice is made when the module is
+  built, so the settings (and step-cache keys) are those of the backend that runs.
 
 Both run on a copy scaled down to at most `max_side` pixels (boxes are scaled back to
 original pixels): detection time grows with the pixel count and faces stay findable.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import urllib.request
@@ -35,6 +39,8 @@ from PIL import Image
 from visprog.models import (TINY_PREFIX, ModelLoadError, ModelTool, cache_dir, resolve_checkpoint,
                             rgb_image)
 from visprog.values import Objects, Region
+
+from ._notes import note
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 # Each backend's own settings and their defaults (the chosen backend's join the cache key).
@@ -63,8 +69,10 @@ BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # -- finding the model files ------------------------------------------------------------------
 
-def yunet_model_path(s: dict[str, Any]) -> str:
-    """The YuNet .onnx file: the configured path, the cached copy, or a fresh download.
+def yunet_model_path(s: dict[str, Any], *, hub_online: bool = True) -> str:
+    """The YuNet .onnx file: the configured path, the cached copy, or a fresh download
+    (`hub_online` False: the hub's cache only, then the plain URL, which fails fast offline
+    where the hub client retries for tens of seconds).
 
     Raises:
         ModelLoadError: no local file and it could not be fetched; says where to put it.
@@ -86,7 +94,8 @@ def yunet_model_path(s: dict[str, Any]) -> str:
     try:  # the hub's own cache (a download when online)
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(s["hub_repo"], s["hub_file"], local_files_only=offline)
+        return hf_hub_download(s["hub_repo"], s["hub_file"],
+                               local_files_only=offline or not hub_online)
     except Exception as e:  # not installed, offline, not cached, no network
         errors.append(f"hub {s['hub_repo']}/{s['hub_file']}: {type(e).__name__}")
     if s["url"] and not offline:
@@ -102,6 +111,30 @@ def yunet_model_path(s: dict[str, Any]) -> str:
         f"[FaceDet] model = \"/path/to/{s['hub_file']}\" in your config, or use "
         f"[FaceDet] backend = \"cascade\" (ships with scikit-image, no download)",
         s["hub_file"])
+
+
+_AUTO: dict[tuple, str | None] = {}  # YuNet file settings -> its path, or None: unavailable
+_AUTO_LOCK = threading.Lock()
+log = logging.getLogger("visprog")
+
+
+def auto_backend(s: dict[str, Any]) -> str:
+    """"yunet" when its model file is present or can be fetched now, else "cascade" (with a
+    one-line notice, once per process and file). A tiny:yunet model is built offline: yunet."""
+    s = {**BACKEND_DEFAULTS["yunet"], **s}
+    if s["model"].startswith(TINY_PREFIX):
+        return "yunet"
+    key = (s["model"], s["hub_repo"], s["hub_file"], s["url"], os.environ.get("HF_HUB_OFFLINE"),
+           os.environ.get("VISPROG_CACHE_DIR"))
+    with _AUTO_LOCK:  # one fetch attempt per process, not one per build
+        if key not in _AUTO:
+            try:
+                _AUTO[key] = yunet_model_path(s, hub_online=False)
+            except ModelLoadError:
+                _AUTO[key] = None
+                log.warning("visprog: FaceDet: YuNet's model file is not here and could not "
+                            "be downloaded; using the offline cascade (see [FaceDet] model)")
+    return "yunet" if _AUTO[key] else "cascade"
 
 
 def _download(url: str, target: Path) -> None:
@@ -236,14 +269,24 @@ class FaceDet(ModelTool):
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Finds the faces in the image."
-    backends = tuple(BACKEND_DEFAULTS)
-    # "cascade" is the default: it needs no download. With "yunet": model = "/path/to.onnx"
-    # (or "tiny:yunet"), score_threshold, nms_threshold, top_k, max_side.
-    presets = {"default": {"backend": "cascade"}}
+    backends = ("auto", *BACKEND_DEFAULTS)
+    # With "yunet" (or "auto"): model = "/path/to.onnx" (or "tiny:yunet"), score_threshold,
+    # nms_threshold, top_k, max_side.
+    presets = {"default": {"backend": "auto"},
+               "classic": {"backend": "cascade"},  # today's default, unchanged
+               "tiny": {"model": "tiny:yunet", "score_threshold": 0.5}}
     tiny_checkpoints = {"yunet": build_tiny_yunet}
     uses_torch = False  # OpenCV and scikit-image
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        self.fell_back = False
+        if s["backend"] == "auto":
+            s["backend"] = auto_backend(s)
+            self.fell_back = s["backend"] == "cascade"
+        # the other backend's own keys (tiny's model, say) would only change the cache key
+        other = {k for b, d in BACKEND_DEFAULTS.items() if b != s["backend"] for k in d}
+        other -= set(BACKEND_DEFAULTS[s["backend"]])
+        s = {k: v for k, v in s.items() if k not in other}
         return {"backend": s["backend"], **BACKEND_DEFAULTS[s["backend"]], **s}
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
@@ -252,6 +295,10 @@ class FaceDet(ModelTool):
     def forward(self, images: list[Image.Image]) -> list[Objects]:
         # OpenCV and scikit-image detect one image at a time; the batch is a loop.
         s = self.settings
+        if self.fell_back:
+            note(self.ctx, self.name, "YuNet's model file is not available offline: the "
+                 "cascade detector ran instead (backend auto)")
+            self.fell_back = False  # once per module
         if s["backend"] == "yunet":
             bundle, detect = self.model("yunet", yunet_model_path(s), load_yunet), detect_yunet
         else:

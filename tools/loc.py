@@ -1,15 +1,19 @@
 """Loc(image, object) -> Objects: open-vocabulary detection of `object`.
 
-Backends: GroundingDINO (default) and OWLv2, both through transformers model classes.
+Backends, all through transformers model classes: MM-GroundingDINO (default;
+`MMGroundingDinoForObjectDetection`, GroundingDINO's architecture retrained by OpenMMLab, with
+GroundingDINO's processor), SAM 3's detections (boxes and scores of its text-prompted
+concept segmentation, tools/_sam3.py), GroundingDINO (the `classic` preset) and OWLv2.
 `'TOP'`, `'BOTTOM'`, `'LEFT'`, `'RIGHT'` (exactly, upper case) return that half of the image
 as one box without a model: a lower-case 'top' is still looked for as an object (a garment).
 
 Settings (section `[Loc]`; defaults and the tiny preset in `Loc.presets` below):
-    backend: "grounding_dino" or "owlv2".
+    backend: "mm_grounding_dino", "sam3", "grounding_dino" or "owlv2".
     checkpoints: backend -> checkpoint (hub id, local path or `tiny:<name>`).
     checkpoint: optional; overrides `checkpoints[backend]`.
     box_threshold: minimum detection score.
-    text_threshold: GroundingDINO's minimum token score (ignored by OWLv2).
+    text_threshold: the GroundingDINOs' minimum token score (ignored by OWLv2 and SAM 3).
+    sam3_threshold: SAM 3's minimum instance score (used by "sam3" instead of box_threshold).
     nms_iou: boxes overlapping a better one by more than this IoU are dropped.
     max_detections: keep at most this many, best first.
 
@@ -27,6 +31,9 @@ from PIL import Image
 from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
                             pick_checkpoint, rgb_image, tiny_bert_tokenizer, tiny_clip_tokenizer)
 from visprog.values import Objects
+
+from . import _sam3
+from ._notes import note
 
 HALVES = ("TOP", "BOTTOM", "LEFT", "RIGHT")
 # Words the tiny tokenizers know whole; anything else is spelled out in characters.
@@ -143,6 +150,44 @@ def build_tiny_grounding_dino(folder) -> None:
     processor.save_pretrained(folder)
 
 
+# -- MM-GroundingDINO -------------------------------------------------------------------------
+
+# no processor of its own: the checkpoints use GroundingDINO's (BERT tokenizer, PIL images)
+load_mm_grounding_dino = hf_loader("MMGroundingDinoForObjectDetection", "GroundingDinoProcessor")
+
+
+def build_tiny_mm_grounding_dino(folder) -> None:
+    """A random MM-GroundingDINO of about 0.5M parameters with the real checkpoints' inputs.
+
+    Copied from the published settings (openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det
+    preprocessor_config.json and config.json): images resized to shortest edge 800, longest
+    1333, ImageNet mean/std, rescale 1/255; a BERT (uncased WordPiece) tokenizer; text length
+    256 (max_text_len); a Swin backbone with 4 feature levels. Widths and depths are shrunk.
+    """
+    import torch
+    from transformers import (BertConfig, GroundingDinoImageProcessorPil, GroundingDinoProcessor,
+                              MMGroundingDinoConfig, MMGroundingDinoForObjectDetection,
+                              SwinConfig)
+
+    torch.manual_seed(0)
+    tok = tiny_bert_tokenizer(TINY_WORDS)
+    # GroundingDinoImageProcessor's defaults are the checkpoints' settings
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+                                       tokenizer=tok)
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                      out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
+    text = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    # decoder_layers=1 fails a tied-weights check in transformers 5: keep 2.
+    cfg = MMGroundingDinoConfig(backbone_config=swin, text_config=text, d_model=32,
+                                encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                                decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                num_queries=30, num_feature_levels=4, encoder_n_points=2,
+                                decoder_n_points=2, max_text_len=256)
+    MMGroundingDinoForObjectDetection(cfg).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 # -- OWLv2 -----------------------------------------------------------------------------------
 
 OWL_TEXT_LEN = 16  # OWL's text encoder has 16 positions
@@ -202,22 +247,36 @@ class Loc(ModelTool):
     params = {"image": "Image", "object": "Text"}
     returns = "Objects"
     doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"
-    backends = ("grounding_dino", "owlv2")
+    backends = ("mm_grounding_dino", "sam3", "grounding_dino", "owlv2")
     presets = {
-        "default": {"backend": "grounding_dino", "box_threshold": 0.35, "text_threshold": 0.25,
-                    "nms_iou": 0.5, "max_detections": 20,
-                    "checkpoints": {"grounding_dino": "IDEA-Research/grounding-dino-tiny",
-                                    "owlv2": "google/owlv2-base-patch16-ensemble"}},
-        "tiny": {"box_threshold": 0.05, "text_threshold": 0.0,
-                 "checkpoints": {"grounding_dino": "tiny:grounding_dino", "owlv2": "tiny:owlv2"}},
+        "default": {"backend": "mm_grounding_dino", "box_threshold": 0.35,
+                    "text_threshold": 0.25, "sam3_threshold": 0.5, "nms_iou": 0.5,
+                    "max_detections": 20,
+                    "checkpoints": {
+                        "mm_grounding_dino":
+                            "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+                        "sam3": "facebook/sam3",
+                        "grounding_dino": "IDEA-Research/grounding-dino-tiny",
+                        "owlv2": "google/owlv2-base-patch16-ensemble"}},
+        # today's (before MM-GroundingDINO) defaults, unchanged: same settings and cache keys
+        "classic": {"backend": "grounding_dino"},
+        "tiny": {"box_threshold": 0.05, "text_threshold": 0.0, "sam3_threshold": 0.0,
+                 "checkpoints": {"mm_grounding_dino": "tiny:mm_grounding_dino",
+                                 "sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
+                                 "owlv2": "tiny:owlv2"}},
     }
-    tiny_checkpoints = {"grounding_dino": build_tiny_grounding_dino, "owlv2": build_tiny_owlv2}
+    tiny_checkpoints = {"grounding_dino": build_tiny_grounding_dino, "owlv2": build_tiny_owlv2,
+                        "mm_grounding_dino": build_tiny_mm_grounding_dino,
+                        "sam3": _sam3.build_tiny_sam3}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
-                "box_threshold": float(s["box_threshold"]),
-                "text_threshold": float(s["text_threshold"]), "nms_iou": float(s["nms_iou"]),
-                "max_detections": int(s["max_detections"])}
+        out = {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
+               "box_threshold": float(s["box_threshold"]),
+               "text_threshold": float(s["text_threshold"]), "nms_iou": float(s["nms_iou"]),
+               "max_detections": int(s["max_detections"])}
+        if s["backend"] == "sam3":  # its own score threshold; the others' keys stay as they were
+            out["sam3_threshold"] = float(s["sam3_threshold"])
+        return out
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, name = rgb_image(call["image"]), str(call["object"])
@@ -228,13 +287,27 @@ class Loc(ModelTool):
                                            labels=[name.strip()], scores=[1.0]))
         return image, name
 
-    def batch_key(self, item: tuple[Image.Image, str]) -> tuple[int, int]:
+    def batch_key(self, item: tuple[Image.Image, str]) -> Any:
         # one model batch per image size: a padded batch gives other boxes than a lone call
-        return item[0].size
+        # (SAM 3 resizes every image to one size, so any images batch together)
+        return None if self.settings["backend"] == "sam3" else item[0].size
 
     def forward(self, items: list[tuple[Image.Image, str]]) -> list[Any]:
         s = self.settings
         images, texts = [im for im, _ in items], [t for _, t in items]
+        if s["backend"] == "mm_grounding_dino":
+            return ground(self.model("mm_grounding_dino", s["checkpoint"],
+                                     load_mm_grounding_dino),
+                          images, texts, s["box_threshold"], s["text_threshold"])
+        if s["backend"] == "sam3":
+            bundle = self.model("sam3", s["checkpoint"], _sam3.load_sam3)
+            for q, cut in zip(texts, _sam3.too_long(bundle, texts)):
+                if cut:
+                    note(self.ctx, self.name, f"object {q[:60]!r}... cut to SAM 3's "
+                         f"{bundle['text_len']} text tokens", query=q)
+            found = _sam3.detect(bundle, images, texts, threshold=s["sam3_threshold"],
+                                 masks=False)
+            return [(f.boxes, f.scores) for f in found]
         if s["backend"] == "grounding_dino":
             return ground(self.model("grounding_dino", s["checkpoint"], load_grounding_dino),
                           images, texts, s["box_threshold"], s["text_threshold"])

@@ -1,7 +1,10 @@
 """Replace: inpaints the objects with what a text prompt describes (SPEC 4).
 
-Stable Diffusion inpainting (diffusers `StableDiffusionInpaintPipeline`) on the union of the
-objects' masks (an object without a mask counts as its box):
+A diffusers inpainting pipeline on the union of the objects' masks (an object without a mask
+counts as its box). Backends: "sdxl" (default; `StableDiffusionXLInpaintPipeline`, the
+diffusers/stable-diffusion-xl-1.0-inpainting-0.1 checkpoint, CreativeML Open RAIL++-M
+licence, commercial use allowed, 1024-pixel working size) and "sd" (the `classic` preset;
+`StableDiffusionInpaintPipeline`, SD 1.5 inpainting at 512):
 
 1. the mask is dilated by `mask_dilation` pixels, so the seam falls just outside the object
    (objects' edges from segmentation are rarely exact and leftover rim pixels look bad);
@@ -18,7 +21,14 @@ No objects, or objects with no area: the image comes back unchanged (a copy).
 `torch.Generator` seeded with it, so the same inputs give the same image on any device and in
 any batch. With `seed` unset the tool samples afresh each call and is not cacheable.
 
-Safety checker: the tiny preset has none. With a real checkpoint the checkpoint's own safety
+Memory: `offload` = "model" moves each sub-model to the GPU only while it runs
+(diffusers' `enable_model_cpu_offload`, needs `accelerate`; SDXL in half precision then needs
+about 5 GB of GPU memory instead of about 7), "sequential" moves layer by layer (slowest,
+least memory), "none" keeps the pipeline on the device, and "auto" (default) picks "model" on
+a CUDA GPU of less than 12 GiB and "none" elsewhere. It changes where the pipeline runs, not
+what it paints, so it is not part of the cache key.
+
+Safety checker (backend "sd"): the tiny preset has none. With a real checkpoint the checkpoint's own safety
 checker is loaded when it has one (SD 1.x inpainting does; it blacks out images it flags
 NSFW and diffusers logs a warning); `safety_checker = false` in the config drops it.
 """
@@ -29,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from visprog.models import Done, ModelTool, SettingsError
+from visprog.models import Done, ModelTool, SettingsError, pick_checkpoint
 
 from .crop import check_objects_image
 
@@ -49,28 +59,53 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     return np.asarray(grown) > 0
 
 
-def load_inpaint(safety_checker: bool):
-    """A manager loader: (path, device, dtype) -> a StableDiffusionInpaintPipeline."""
+PIPELINES = {"sdxl": "StableDiffusionXLInpaintPipeline", "sd": "StableDiffusionInpaintPipeline"}
+OFFLOADS = ("auto", "none", "model", "sequential")
+SMALL_GPU_BYTES = 12 * 2**30  # "auto" offloads below this much GPU memory
+
+
+def pick_offload(offload: str, device: str) -> str:
+    """The offload mode to use on `device` ("auto" resolved)."""
+    if offload != "auto":
+        return offload
+    if not device.startswith("cuda"):
+        return "none"
+    import torch
+
+    index = torch.device(device).index or 0
+    return "model" if torch.cuda.get_device_properties(index).total_memory < SMALL_GPU_BYTES \
+        else "none"
+
+
+def load_inpaint(safety_checker: bool, backend: str = "sd", offload: str = "none"):
+    """A manager loader: (path, device, dtype) -> the backend's inpainting pipeline."""
 
     def load(path: str, device: str, dtype: Any) -> Any:
+        import diffusers
         import torch
-        from diffusers import StableDiffusionInpaintPipeline
         from diffusers.pipelines import pipeline_utils
         from diffusers.utils import logging as diffusers_logging
 
-        extra: dict[str, Any] = {} if safety_checker else {"safety_checker": None,
-                                                            "requires_safety_checker": False}
+        extra: dict[str, Any] = {}
+        if backend == "sd" and not safety_checker:
+            extra = {"safety_checker": None, "requires_safety_checker": False}
         # newer diffusers take `dtype` and warn on `torch_dtype`; older ones know only the latter
         key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
         extra[key] = dtype or torch.float32
         bars = diffusers_logging.is_progress_bar_enabled()
         diffusers_logging.disable_progress_bar()  # its bar for each load, however quick
         try:
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(path, **extra)
+            pipe = getattr(diffusers, PIPELINES[backend]).from_pretrained(path, **extra)
         finally:
             if bars:
                 diffusers_logging.enable_progress_bar()
-        pipe = pipe.to(device)
+        mode = pick_offload(offload, device)
+        if mode == "none" or not device.startswith("cuda"):
+            pipe = pipe.to(device)
+        elif mode == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -152,6 +187,58 @@ def build_tiny_sd_inpaint(folder) -> None:
 
 
 
+def build_tiny_sdxl_inpaint(folder) -> None:
+    """A small random SDXL inpainting pipeline with the real one's structure and shapes.
+
+    Copied from diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (model_index.json and each
+    component's config.json): UNet in_channels 9 (latents, masked-image latents, mask),
+    out_channels 4, addition_embed_type "text_time" with the pooled text embedding of the
+    second encoder plus 6 time ids (requires_aesthetics_score false), cross-attention over
+    both encoders' hidden states concatenated; two CLIP text encoders (CLIPTextModel and
+    CLIPTextModelWithProjection) with 77-token tokenizers; a VAE with 4 latent channels and
+    4 blocks (scale factor 8), scaling_factor 0.13025, force_upcast; EulerDiscreteScheduler
+    (scaled_linear betas 0.00085-0.012, steps_offset 1, timestep_spacing "leading").
+    Widths and depths are shrunk.
+    """
+    import torch
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from visprog.models import tiny_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_clip_tokenizer(TINY_WORDS)
+    tok.model_max_length = 77
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, eos_token_id=eot,
+                pad_token_id=eot, bos_token_id=eot - 1)
+    te1 = CLIPTextModel(CLIPTextConfig(**text))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32))
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=9, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + 32,  # 6 time ids + pooled text
+        cross_attention_dim=64, norm_num_groups=8)                 # 32 + 32 hidden
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025,
+        force_upcast=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1,
+                                       timestep_spacing="leading")
+    pipe = StableDiffusionXLInpaintPipeline(
+        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=scheduler, requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
+    pipe.save_pretrained(folder)
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 class Replace(ModelTool):
@@ -159,24 +246,44 @@ class Replace(ModelTool):
     params = {"image": "Image", "object": "Objects", "prompt": "Text"}
     returns = "Image"
     doc = "Replaces the objects with what the prompt describes (inpainting)."
+    backends = tuple(PIPELINES)
     presets = {
         "default": {
-            "checkpoint": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+            "backend": "sdxl",
+            "checkpoints": {"sdxl": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                            "sd": "stable-diffusion-v1-5/stable-diffusion-inpainting"},
             "steps": 30,
             "guidance": 7.5,
             "seed": 0,                # an int: repeatable and cacheable; "random": fresh each call
-            "resolution": 512,        # the working size's longer side
+            "resolution": 1024,       # the working size's longer side (SDXL's; SD 1.5: 512)
             "mask_dilation": 4,       # pixels at the original size
             "negative_prompt": "",
             "strength": 1.0,
-            "safety_checker": True,   # the checkpoint's NSFW filter (blacks out flagged images)
+            "safety_checker": True,   # "sd": the checkpoint's NSFW filter (blacks out flagged images)
+            "offload": "auto",        # "auto", "none", "model", "sequential" (see above)
+            # `checkpoint = "..."` (a hub id or folder) overrides checkpoints[backend]
         },
-        "tiny": {"checkpoint": "tiny:sd_inpaint", "steps": 2, "resolution": 64,
-                 "mask_dilation": 2, "safety_checker": False},
+        # today's (SD 1.5) defaults, unchanged: same settings, same cache keys
+        "classic": {"backend": "sd", "resolution": 512},
+        "tiny": {"checkpoints": {"sdxl": "tiny:sdxl_inpaint", "sd": "tiny:sd_inpaint"},
+                 "steps": 2, "resolution": 64, "mask_dilation": 2, "safety_checker": False},
     }
-    tiny_checkpoints = {"sd_inpaint": build_tiny_sd_inpaint}
+    tiny_checkpoints = {"sd_inpaint": build_tiny_sd_inpaint,
+                        "sdxl_inpaint": build_tiny_sdxl_inpaint}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        if s["offload"] not in OFFLOADS:
+            raise SettingsError(f"Replace: offload must be one of {', '.join(OFFLOADS)}, "
+                                f"got {s['offload']!r}")
+        self.offload = s["offload"]  # where it runs, not what it paints: not in the cache key
+        s = {"checkpoint": pick_checkpoint(s),
+             **{k: s[k] for k in ("backend", "steps", "guidance", "seed", "resolution",
+                                  "mask_dilation", "negative_prompt", "strength",
+                                  "safety_checker")}}
+        if s["backend"] == "sd":
+            del s["backend"]  # the settings (and cache keys) SD 1.5 had before backends
+        else:
+            del s["safety_checker"]  # the SDXL pipeline has none
         # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
         seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
         if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
@@ -206,10 +313,17 @@ class Replace(ModelTool):
         return working_size(job["image"].size, int(self.settings["resolution"]))
 
     def forward(self, jobs: list[dict[str, Any]]) -> list[Image.Image]:
-        safety = bool(self.settings["safety_checker"])
-        pipe = self.model("sd_inpaint" if safety else "sd_inpaint_no_safety",
-                          self.settings["checkpoint"], load_inpaint(safety))
-        return inpaint(pipe, jobs, self.settings)
+        s = self.settings
+        backend = s.get("backend", "sd")
+        if backend == "sd":
+            safety = bool(s["safety_checker"])
+            kind = "sd_inpaint" if safety else "sd_inpaint_no_safety"
+        else:
+            safety, kind = False, f"{backend}_inpaint"
+        if self.offload != "none":
+            kind += f"_offload_{self.offload}"
+        pipe = self.model(kind, s["checkpoint"], load_inpaint(safety, backend, self.offload))
+        return inpaint(pipe, jobs, s)
 
 
 TOOLS = [Replace]

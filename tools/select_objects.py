@@ -1,6 +1,13 @@
 """Select(image, object, query, category=None) -> Objects: the candidates that `query` names.
 
-Backend "sam" (default, LangSAM style): GroundingDINO grounds each query to boxes, SAM turns
+Backend "sam3" (default): SAM 3's promptable concept segmentation turns each query part into
+instance masks, boxes and scores in one model (tools/_sam3.py), batched over calls; each
+found mask is matched to the candidates by mask IoU exactly as for "sam" below. With no
+candidates at all, the found instances themselves are the selection (labelled with the query
+part, `extra["sam3_score"]`); a query part SAM 3 finds nothing for selects nothing. A query
+longer than the text encoder's 32 tokens is cut there, with a note in the trace.
+
+Backend "sam" (`classic` preset, LangSAM style): GroundingDINO grounds each query to boxes, SAM turns
 those boxes into masks, and each grounded mask is matched to the candidates by mask IoU
 (a candidate without a mask counts as its filled box). For each query the candidates whose
 IoU reaches `match_iou` are selected, best match first; when none reaches it, the single
@@ -20,13 +27,15 @@ Shared rules:
 - selected regions keep their box, score and mask; a candidate without a mask gets SAM's
   mask. The label becomes the query part that selected it (the old one is kept in
   `extra["candidate_label"]`), with `extra["match_iou"]` or `extra["clip_score"]`.
-- no candidates, or an empty query, select nothing (no model runs).
+- an empty query selects nothing, and so do no candidates with "sam" and "clip" (no model
+  runs).
 
-Settings (section `[Select]`; defaults and the tiny preset in `Select.presets`):
-    backend: "sam" or "clip".
-    checkpoints: {grounding_dino, sam, clip} checkpoints.
-    box_threshold, text_threshold: GroundingDINO's thresholds.
-    match_iou: mask IoU at which a grounded mask selects a candidate.
+Settings (section `[Select]`; defaults and the tiny and classic presets in `Select.presets`):
+    backend: "sam3", "sam" or "clip".
+    checkpoints: {sam3, grounding_dino, sam, clip} checkpoints.
+    sam3_threshold, mask_threshold: SAM 3's instance score and mask thresholds.
+    box_threshold, text_threshold: GroundingDINO's thresholds ("sam").
+    match_iou: mask IoU at which a found mask selects a candidate.
 """
 from __future__ import annotations
 
@@ -40,6 +49,8 @@ from PIL import Image
 from visprog.models import Done, ModelTool, hf_loader, model_image, model_inputs, rgb_image
 from visprog.values import Objects, Region
 
+from . import _sam3
+from ._notes import note
 from .classify import clip_logits, crop_region, load_clip
 from .loc import clean_detections, ground, load_grounding_dino
 
@@ -163,22 +174,30 @@ class Select(ModelTool):
     returns = "Objects"
     doc = ("the objects of `object` that `query` names ('a,b' selects each); "
            "`category` narrows them by label first")
-    backends = ("sam", "clip")
+    backends = ("sam3", "sam", "clip")
     presets = {
-        "default": {"backend": "sam", "box_threshold": 0.3, "text_threshold": 0.25,
-                    "match_iou": 0.5,
-                    "checkpoints": {"grounding_dino": "IDEA-Research/grounding-dino-tiny",
+        "default": {"backend": "sam3", "sam3_threshold": 0.5, "mask_threshold": 0.5,
+                    "box_threshold": 0.3, "text_threshold": 0.25, "match_iou": 0.5,
+                    "checkpoints": {"sam3": "facebook/sam3",
+                                    "grounding_dino": "IDEA-Research/grounding-dino-tiny",
                                     "sam": "facebook/sam-vit-base",
                                     "clip": "openai/clip-vit-base-patch32"}},
-        "tiny": {"box_threshold": 0.05, "text_threshold": 0.0,
-                 "checkpoints": {"grounding_dino": "tiny:grounding_dino", "sam": "tiny:sam",
-                                 "clip": "tiny:clip"}},
+        # today's (before SAM 3) defaults, unchanged: same settings, same cache keys
+        "classic": {"backend": "sam"},
+        "tiny": {"sam3_threshold": 0.0, "box_threshold": 0.05, "text_threshold": 0.0,
+                 "checkpoints": {"sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
+                                 "sam": "tiny:sam", "clip": "tiny:clip"}},
     }
-    tiny_checkpoints = {"sam": build_tiny_sam}
+    tiny_checkpoints = {"sam": build_tiny_sam, "sam3": _sam3.build_tiny_sam3}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        used = ["grounding_dino", "sam"] if s["backend"] == "sam" else ["clip"]
         cks = dict(s["checkpoints"])
+        if s["backend"] == "sam3":
+            return {"backend": "sam3", "checkpoints": {"sam3": cks["sam3"]},
+                    "sam3_threshold": float(s["sam3_threshold"]),
+                    "mask_threshold": float(s["mask_threshold"]),
+                    "match_iou": float(s["match_iou"])}
+        used = ["grounding_dino", "sam"] if s["backend"] == "sam" else ["clip"]
         return {"backend": s["backend"], "checkpoints": {k: cks[k] for k in used},
                 "box_threshold": float(s["box_threshold"]),
                 "text_threshold": float(s["text_threshold"]), "match_iou": float(s["match_iou"])}
@@ -191,16 +210,55 @@ class Select(ModelTool):
             raise ValueError(f"Select: the objects belong to an image of size "
                              f"{cands.image_size}, not {image.size}")
         cands, queries = narrow(cands, call.get("category")), split_query(call["query"])
-        if not len(cands) or not queries:  # nothing to select from, or nothing asked
+        # nothing asked, or nothing to select from (SAM 3 then gives what it finds)
+        if not queries or (not len(cands) and self.settings["backend"] != "sam3"):
             return Done(Objects.empty(image.size))
         return image, cands, queries
 
-    def batch_key(self, job: Job) -> tuple[int, int]:
-        # one grounding batch per image size: a padded batch gives other boxes
-        return job[0].size
+    def batch_key(self, job: Job) -> Any:
+        # SAM 3 resizes every image to one size, so any images batch together; the
+        # grounder pads, and a padded batch gives other boxes: one batch per image size
+        return None if self.settings["backend"] == "sam3" else job[0].size
 
     def forward(self, jobs: list[Job]) -> list[Objects]:
-        return self._sam(jobs) if self.settings["backend"] == "sam" else self._clip(jobs)
+        backend = self.settings["backend"]
+        if backend == "sam3":
+            return self._sam3(jobs)
+        return self._sam(jobs) if backend == "sam" else self._clip(jobs)
+
+    def _sam3(self, jobs: list[Job]) -> list[Objects]:
+        s = self.settings
+        rows = [(j, q) for j, (_, _, qs) in enumerate(jobs) for q in qs]
+        bundle = self.model("sam3", s["checkpoints"]["sam3"], _sam3.load_sam3)
+        texts = [q for _, q in rows]
+        for q, cut in zip(texts, _sam3.too_long(bundle, texts)):
+            if cut:
+                note(self.ctx, self.name, f"query {q[:60]!r}... cut to SAM 3's "
+                     f"{bundle['text_len']} text tokens", query=q)
+        found = _sam3.detect(bundle, [jobs[j][0] for j, _ in rows], texts,
+                             threshold=s["sam3_threshold"], mask_threshold=s["mask_threshold"],
+                             limit=MAX_GROUNDED)
+        out = []
+        for j, (image, cands, _) in enumerate(jobs):
+            mine = [(q, f) for (jj, q), f in zip(rows, found) if jj == j]
+            regions: list[Region] = []
+            if not len(cands):  # no candidates: the instances found are the selection
+                for q, f in mine:
+                    regions += [Region(box=tuple(map(float, b)), mask=m, label=q, score=float(sc),
+                                       extra={"sam3_score": float(sc)})
+                                for b, sc, m in zip(f.boxes, f.scores, f.masks)]
+                out.append(Objects(tuple(regions), image.size))
+                continue
+            cand_masks = np.stack([cands.region_mask(i) for i in range(len(cands))])
+            taken: set[int] = set()
+            for q, f in mine:
+                for c, g, iou in pick_by_iou(mask_iou(f.masks, cand_masks), s["match_iou"],
+                                             taken):
+                    taken.add(c)
+                    regions.append(_selected(cands[c], q, f.masks[g], match_iou=iou,
+                                             sam3_score=float(f.scores[g])))
+            out.append(Objects(tuple(regions), image.size))
+        return out
 
     def _sam(self, jobs: list[Job]) -> list[Objects]:
         s, cks = self.settings, self.settings["checkpoints"]

@@ -541,3 +541,56 @@ def _plan_events(plan: Any) -> list[dict[str, Any]]:
     """How the program was obtained: each planner attempt (or the cache hit) as an event."""
     return [{"kind": e["kind"], **{k: v for k, v in e.items() if k != "kind"}}
             for e in plan.events()]
+
+
+def describe_config(preset: str = "default", config: str | os.PathLike | Mapping | None = None,
+                    *, device: str | None = None) -> dict[str, Any]:
+    """The resolved configuration, as `visprog config show` prints it: every model module's
+    backend, checkpoint(s), device and dtype, and its full settings. Builds each module (as
+    VisProg would) but loads no model.
+
+    Raises:
+        ConfigError: an unknown preset, a bad file or a bad setting.
+    """
+    from visprog.config import load_config
+    from visprog.hosting.client import split_config
+    from visprog.models.memory import make_manager
+    from visprog.config import model_module_classes, tool_context
+
+    if isinstance(config, Mapping):
+        cfg = load_config(preset, overrides=config)
+    else:
+        cfg = load_config(preset, config)
+    catalog = module_catalog()
+    tools_config, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
+    models_cfg = dict(cfg.get("models", {}))
+    manager = make_manager(models_cfg, device=device)
+    torch_device = manager.device
+    torch_dtype = str(manager.dtype() or "float32").replace("torch.", "")
+    rows = []
+    for name, cls in sorted(model_module_classes().items()):
+        module = cls(dict(tools_config.get(name, {})), tool_context(manager, None))
+        s = dict(module.settings)
+        rows.append({"module": name, "backend": str(s.get("backend") or "-"),
+                     "checkpoint": _checkpoint_of(s),
+                     "device": torch_device if cls.uses_torch else "cpu",
+                     "dtype": torch_dtype if cls.uses_torch else "-",
+                     "host": hosts[name].host if name in hosts else "local",
+                     "settings": s})
+    return {"preset": preset, "models": {**models_cfg, "device": torch_device},
+            "modules": rows}
+
+
+def _checkpoint_of(settings: Mapping[str, Any]) -> str:
+    """What a module's settings load: its checkpoint, its checkpoints, or a model file."""
+    if settings.get("checkpoint"):
+        return str(settings["checkpoint"])
+    if isinstance(settings.get("checkpoints"), Mapping):
+        return ", ".join(f"{k}={v}" for k, v in settings["checkpoints"].items())
+    if settings.get("backend") == "yunet":
+        return settings.get("model") or f"{settings.get('hub_repo')}/{settings.get('hub_file')}"
+    if settings.get("backend") == "cascade":
+        return settings.get("cascade") or "scikit-image LBP frontal-face cascade"
+    if isinstance(settings.get("llm"), Mapping):
+        return str(settings["llm"].get("model") or "-")
+    return "-"

@@ -64,7 +64,8 @@ def _show_value(value: Any) -> str:
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default",
-                   help="model preset: default (real checkpoints) or tiny (offline, random)")
+                   help="model preset: default (today's models), classic (the VisProg-era "
+                        "models) or tiny (offline, random)")
     p.add_argument("--config", help="TOML file overriding the preset's module settings")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--no-cache", action="store_true", help="run every step afresh")
@@ -298,6 +299,26 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from visprog.api import describe_config
+
+    info = describe_config(args.preset, args.config, device=args.device)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return EXIT_OK
+    models = info["models"]
+    print(f"preset: {info['preset']}   device: {models['device']}   half: "
+          f"{models.get('half', True)}" + (f"   config: {args.config}" if args.config else ""))
+    cols = ["module", "backend", "checkpoint", "device", "dtype"]
+    if any(r["host"] != "local" for r in info["modules"]):
+        cols.append("host")
+    rows = [[str(r[c]) for c in cols] for r in info["modules"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    for row in [cols, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
@@ -400,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (0.0.0.0 serves other machines)")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="look at the resolved configuration")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("show", help="every model module's backend, checkpoint, device and "
+                                     "dtype in a preset (with a config file's overrides)")
+    c.add_argument("--preset", default="default",
+                   help="model preset: default, classic or tiny")
+    c.add_argument("--config", help="TOML file overriding the preset's module settings")
+    c.add_argument("--device", help="cpu, cuda, mps (default: the config's, else the best)")
+    c.add_argument("--json", action="store_true", help="print JSON with every setting")
+    c.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("tools", help="list the modules and their signatures")
     _add_engine_flags(p)

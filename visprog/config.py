@@ -130,6 +130,13 @@ def tool_context(models: Any, llm: Any) -> Any:
     return ToolContext(models, llm)
 
 
+def model_module_classes() -> dict[str, Any]:
+    """Every model module's class by name, plug-ins included (for `visprog config show`)."""
+    from visprog.tools import model_modules
+
+    return model_modules(plugins=True)
+
+
 def default_tools(tools_config: Mapping[str, Any], ctx: Any) -> list[Any]:
     """Every built-in tool, the model ones built with their sections of `tools_config`."""
     from visprog.tools import builtin_tools
