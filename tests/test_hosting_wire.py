@@ -27,7 +27,7 @@ def test_hosting_keys_leave_the_settings():
     catalog = module_catalog()
     tools_cfg, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
     assert set(hosts) == {"Vqa"} and hosts["Vqa"].app_name == "visprog-Vqa"
-    assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "blip"
+    assert "host" not in tools_cfg["Vqa"] and tools_cfg["Vqa"]["backend"] == "vlm"
     local = VisProg(preset="tiny", cache=False).registry.get("Vqa")
     remote = VisProg(preset="tiny", cache=False, config=cfg).registry.get("Vqa")
     assert client_of(remote) is not None and client_of(local) is None

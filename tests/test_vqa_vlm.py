@@ -160,7 +160,7 @@ def test_presets_and_settings(ctx):
     fixture = json.loads((Path(__file__).parent / "fixtures" /
                           "tool_declarations.json").read_text())
     classic = vqa_mod.build(load_config("classic")["Vqa"], ctx)
-    assert dict(classic.settings) == fixture["classic/nollm"]["Vqa"]["settings"]
+    assert dict(classic.settings) == fixture["default/nollm"]["Vqa"]["settings"]  # the old default
     assert classic.settings["checkpoint"] == "Salesforce/blip-vqa-capfilt-large"
     with pytest.raises(ConfigError, match="vlm, endpoint, blip, vilt"):
         vqa_mod.build({**CFG["Vqa"], "backend": "gpt"}, ctx)

@@ -113,7 +113,8 @@ def vlm_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
                 questions: Sequence[str], instruction: str, max_new_tokens: int) -> list[str]:
     """One batched greedy generate: the decoded reply per (image, question)."""
     model, processor = bundle
-    inputs = vlm_inputs(bundle, images, questions, instruction)
+    # thin strips (a CropLeftOf at the edge) padded: the VLM processor refuses extreme ratios
+    inputs = vlm_inputs(bundle, model_images(images), questions, instruction)
     ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
