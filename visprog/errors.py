@@ -19,6 +19,29 @@ def first_line(error: BaseException | None, limit: int = 300) -> str:
     return text[0][:limit] if text else ""
 
 
+def api_message(e: Exception) -> str:
+    """The message of an HTTP API error (the OpenAI client's errors carry the server's own in
+    `body`), for the LLM and the vision-endpoint clients."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return str(getattr(e, "message", "") or e)
+
+
+def retry_after_seconds(e: Any) -> float | None:
+    """The seconds an HTTP error's Retry-After header asks to wait, or None."""
+    response = getattr(e, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class VisProgWarning(UserWarning):
     """Root of the warnings this package gives: something went wrong and the run goes on
     (the command line prints each as one line: `visprog: warning: ...`)."""

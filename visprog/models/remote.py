@@ -15,11 +15,11 @@ import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.errors import VisProgError
+from visprog.errors import VisProgError, api_message, retry_after_seconds
 
 ENV_API_KEY = "OPENAI_API_KEY"  # shared with the planner's client unless VISPROG_VQA_API_KEY
 ENV_VQA_API_KEY = "VISPROG_VQA_API_KEY"
@@ -121,13 +121,13 @@ class VisionEndpoint:
                 last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
                         f"set [Vqa.endpoint] base_url or {ENV_VQA_BASE_URL} to its address")
             except openai.RateLimitError as e:
-                last = f"HTTP 429 rate limited: {_message(e)}"
-                retry_after = _retry_after(e)
+                last = f"HTTP 429 rate limited: {api_message(e)}"
+                retry_after = retry_after_seconds(e)
             except openai.APIStatusError as e:
                 if e.status_code < 500:
                     raise RemoteModelError(self._refused(e)) from e
-                last = f"HTTP {e.status_code} server error: {_message(e)}"
-                retry_after = _retry_after(e)
+                last = f"HTTP {e.status_code} server error: {api_message(e)}"
+                retry_after = retry_after_seconds(e)
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
                 if retry_after is not None and 0 <= retry_after <= self.max_backoff:
@@ -154,24 +154,6 @@ class VisionEndpoint:
                 404: f"check the model name ({self.model!r}) and the base_url ({self.where!r})",
                 400: "does the served model take images?"}
         extra = f"; {hint[code]}" if code in hint else ""
-        return f"vision request to {self.where} was refused: HTTP {code}: {_message(e)}{extra}"
+        return f"vision request to {self.where} was refused: HTTP {code}: {api_message(e)}{extra}"
 
 
-def _message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, Mapping):
-        err = body.get("error", body)
-        if isinstance(err, Mapping) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return str(getattr(e, "message", "") or e)
-
-
-def _retry_after(e: Any) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

@@ -25,10 +25,9 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping
 
-from visprog.errors import first_line
+from visprog.errors import api_message, first_line, retry_after_seconds
 from visprog.planning.chat import (ChatClient, LLMError, LLMReply, add_usage, deadline,
                                    deadline_error, time_left)
 
@@ -190,13 +189,13 @@ class OpenAIChat:
                 last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
                         f"set {ENV_BASE_URL} to its address")
             except openai.RateLimitError as e:
-                last = f"HTTP 429 rate limited: {_message(e)}"
-                retry_after = _retry_after(e)
+                last = f"HTTP 429 rate limited: {api_message(e)}"
+                retry_after = retry_after_seconds(e)
             except openai.APIStatusError as e:
                 if e.status_code < 500:
                     raise LLMError(_status_message(e, where, self.model)) from e
-                last = f"HTTP {e.status_code} server error: {_message(e)}"
-                retry_after = _retry_after(e)
+                last = f"HTTP {e.status_code} server error: {api_message(e)}"
+                retry_after = retry_after_seconds(e)
             except (openai.APIResponseValidationError, ValueError) as e:  # JSONDecodeError too
                 why = first_line(e, 200) or type(e).__name__
                 last = f"HTTP 200 with a body that is not a chat completion ({why})"
@@ -231,32 +230,12 @@ def _reply_from(resp: Any, model: str) -> LLMReply:
                     model=getattr(resp, "model", "") or model)
 
 
-def _message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, Mapping):
-        err = body.get("error", body)
-        if isinstance(err, Mapping) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return str(getattr(e, "message", "") or e)
-
-
-def _retry_after(e: Any) -> float | None:
-    response = getattr(e, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def _status_message(e: Any, where: str, model: str) -> str:
     code = e.status_code
     hint = {401: f"check {ENV_API_KEY}", 403: f"check {ENV_API_KEY} and its permissions",
             404: f"check the model name ({ENV_MODEL}={model!r}) and {ENV_BASE_URL}={where!r}"}
     extra = f"; {hint[code]}" if code in hint else ""
-    return f"LLM request to {where} was refused: HTTP {code}: {_message(e)}{extra}"
+    return f"LLM request to {where} was refused: HTTP {code}: {api_message(e)}{extra}"
 
 
 def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
