@@ -124,11 +124,27 @@ def ground(bundle: tuple[Any, Any], images: Sequence[Image.Image], texts: Sequen
     return [(r["boxes"].cpu().numpy(), r["scores"].cpu().numpy()) for r in results]
 
 
+def tiny_grounding_parts(tok: Any) -> dict[str, Any]:
+    """The shrunk backbone, text encoder and transformer sizes both tiny GroundingDINO
+    builders use (about 0.5M parameters)."""
+    from transformers import BertConfig, SwinConfig
+
+    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                      out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
+    text = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    # decoder_layers=1 fails a tied-weights check in transformers 5: keep 2.
+    return dict(backbone_config=swin, text_config=text, d_model=32, encoder_layers=1,
+                decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=30, num_feature_levels=4,
+                encoder_n_points=2, decoder_n_points=2, max_text_len=256)
+
+
 def build_tiny_grounding_dino(folder) -> None:
     """A GroundingDINO of about 0.5M random parameters, 256-pixel inputs."""
     import torch
-    from transformers import (BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
+    from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessorPil, GroundingDinoProcessor)
 
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer(TINY_WORDS)
@@ -136,16 +152,7 @@ def build_tiny_grounding_dino(folder) -> None:
         image_processor=GroundingDinoImageProcessorPil(
             size={"shortest_edge": 224, "longest_edge": 384}),
         tokenizer=tok)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
-                      out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
-    text = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    # decoder_layers=1 fails a tied-weights check in transformers 5: keep 2.
-    cfg = GroundingDinoConfig(backbone_config=swin, text_config=text, d_model=32,
-                              encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-                              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                              num_queries=30, num_feature_levels=4, encoder_n_points=2,
-                              decoder_n_points=2, max_text_len=256, use_timm_backbone=False)
+    cfg = GroundingDinoConfig(**tiny_grounding_parts(tok), use_timm_backbone=False)
     GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -165,25 +172,15 @@ def build_tiny_mm_grounding_dino(folder) -> None:
     256 (max_text_len); a Swin backbone with 4 feature levels. Widths and depths are shrunk.
     """
     import torch
-    from transformers import (BertConfig, GroundingDinoImageProcessorPil, GroundingDinoProcessor,
-                              MMGroundingDinoConfig, MMGroundingDinoForObjectDetection,
-                              SwinConfig)
+    from transformers import (GroundingDinoImageProcessorPil, GroundingDinoProcessor,
+                              MMGroundingDinoConfig, MMGroundingDinoForObjectDetection)
 
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer(TINY_WORDS)
     # GroundingDinoImageProcessor's defaults are the checkpoints' settings
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
                                        tokenizer=tok)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
-                      out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
-    text = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    # decoder_layers=1 fails a tied-weights check in transformers 5: keep 2.
-    cfg = MMGroundingDinoConfig(backbone_config=swin, text_config=text, d_model=32,
-                                encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-                                decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                num_queries=30, num_feature_levels=4, encoder_n_points=2,
-                                decoder_n_points=2, max_text_len=256)
+    cfg = MMGroundingDinoConfig(**tiny_grounding_parts(tok))
     MMGroundingDinoForObjectDetection(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
 
