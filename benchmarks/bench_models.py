@@ -271,7 +271,7 @@ def save_siglip2(folder: Path) -> None:
     from transformers import (Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model,
                               Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
 
-    from visprog.tools.classify import tiny_siglip2_tokenizer
+    from visprog.models import tiny_siglip2_tokenizer
 
     tok = tiny_siglip2_tokenizer(BENCH_WORDS + ["this", "is"])
     cfg = Siglip2Config(

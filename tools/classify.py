@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
-                            pick_checkpoint, rgb_image,
-                            tiny_clip_tokenizer)
+                            pick_checkpoint, rgb_image, tiny_clip_tokenizer,
+                            tiny_siglip2_tokenizer)
 from visprog.values import Objects
 
 from .loc import TINY_WORDS
@@ -123,32 +123,6 @@ def build_tiny_clip(folder) -> None:
         projection_dim=32)
     CLIPModel(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
-
-
-def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
-    """A Gemma-style SentencePiece BPE (google/siglip2-base-patch16-naflex tokenizer: lower
-    case, ' ' -> '▁' without a dummy prefix, byte fallback <0x00>..<0xFF>, <pad>=0 <eos>=1
-    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word."""
-    from transformers import Siglip2Tokenizer
-
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(t: str) -> None:
-        vocab.setdefault(t, len(vocab))
-
-    for t in ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]:
-        add(t)
-    for c in "▁abcdefghijklmnopqrstuvwxyz0123456789.,!?'-":
-        add(c)
-    for form in ["▁" + w for w in words] + list(words):  # '▁word' first: lowest rank wins
-        cur = form[0]
-        for ch in form[1:]:
-            if (cur, ch) not in merges:
-                merges.append((cur, ch))
-            cur += ch
-            add(cur)
-    return Siglip2Tokenizer(vocab=vocab, merges=merges)
 
 
 def build_tiny_siglip2(folder) -> None:
