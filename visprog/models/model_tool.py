@@ -164,8 +164,8 @@ class ModelTool:
                 raise ToolDeclarationError(f"{where}: declare `{attr}`")
         if "default" not in cls.presets:
             raise ToolDeclarationError(f"{where}: presets need a 'default' table")
-        if not isinstance(cls.backends, Mapping) or not all(map(callable,
-                                                                   cls.backends.values())):
+        backends = cls.backends
+        if not isinstance(backends, Mapping) or not all(callable(b) for b in backends.values()):
             raise ToolDeclarationError(f"{where}: `backends` maps each backend's name to its "
                                        f"Backend class")
         unknown = sorted(set(cls.defaults) - set(cls.params))
