@@ -271,7 +271,7 @@ def save_siglip2(folder: Path) -> None:
     from transformers import (Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model,
                               Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
 
-    from visprog.tools.classify import tiny_siglip2_tokenizer
+    from visprog.models import tiny_siglip2_tokenizer
 
     tok = tiny_siglip2_tokenizer(BENCH_WORDS + ["this", "is"])
     cfg = Siglip2Config(
@@ -329,28 +329,28 @@ def _loc(backend: str):
     def tool(folder: Path, ctx: Any):
         from visprog.tools import loc
 
-        return loc.build({"backend": backend, "checkpoint": str(folder)}, ctx)
+        return loc.Loc.build({"backend": backend, "checkpoint": str(folder)}, ctx)
     return tool
 
 
 def _select(folder: Path, ctx: Any):
     from visprog.tools import select_objects
 
-    return select_objects.build({"backend": "sam", "checkpoints": {
+    return select_objects.Select.build({"backend": "sam", "checkpoints": {
         "grounding_dino": str(folder / "gd"), "sam": str(folder / "sam")}}, ctx)
 
 
 def _select_sam3(folder: Path, ctx: Any):
     from visprog.tools import select_objects
 
-    return select_objects.build({"backend": "sam3", "checkpoints": {"sam3": str(folder)}}, ctx)
+    return select_objects.Select.build({"backend": "sam3", "checkpoints": {"sam3": str(folder)}}, ctx)
 
 
 def _classify(backend: str):
     def tool(folder: Path, ctx: Any):
         from visprog.tools import classify
 
-        return classify.build({"backend": backend, "checkpoint": str(folder)}, ctx)
+        return classify.Classify.build({"backend": backend, "checkpoint": str(folder)}, ctx)
     return tool
 
 
@@ -358,26 +358,26 @@ def _vqa(backend: str):
     def tool(folder: Path, ctx: Any):
         from visprog.tools import vqa
 
-        return vqa.build({"backend": backend, "checkpoint": str(folder)}, ctx)
+        return vqa.Vqa.build({"backend": backend, "checkpoint": str(folder)}, ctx)
     return tool
 
 
 def _seg(folder: Path, ctx: Any):
     from visprog.tools import seg
 
-    return seg.build({"backend": "mask2former", "checkpoint": str(folder)}, ctx)
+    return seg.Seg.build({"backend": "mask2former", "checkpoint": str(folder)}, ctx)
 
 
 def _facedet(folder: Path, ctx: Any):
     from visprog.tools import facedet
 
-    return facedet.build({"backend": "cascade"}, ctx)
+    return facedet.FaceDet.build({"backend": "cascade"}, ctx)
 
 
 def _replace(folder: Path, ctx: Any):
     from visprog.tools import replace
 
-    return replace.build({"backend": "sd", "checkpoint": str(folder), "steps": 2, "resolution": 512,
+    return replace.Replace.build({"backend": "sd", "checkpoint": str(folder), "steps": 2, "resolution": 512,
                           "safety_checker": False, "seed": 0}, ctx)
 
 

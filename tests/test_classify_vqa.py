@@ -74,7 +74,7 @@ CLASSIFIERS = ["siglip2", "clip"]
 
 
 def classifier(backend, ctx):
-    return cls_mod.build({**CFG["Classify"], "backend": backend}, ctx)
+    return cls_mod.Classify.build({**CFG["Classify"], "backend": backend}, ctx)
 
 
 @pytest.mark.parametrize("backend", CLASSIFIERS)
@@ -126,17 +126,17 @@ def test_classify_single_string_category_and_bad_input(ctx, backend):
 
 
 def test_classify_presets_and_settings(ctx):
-    assert cls_mod.build(CFG["Classify"], ctx).settings == {
+    assert cls_mod.Classify.build(CFG["Classify"], ctx).settings == {
         "backend": "siglip2", "checkpoint": "tiny:siglip2", "prompt": "this is a photo of {}.",
         "crop_context": 0.1}
     # CLIP keeps today's keys, so its cache keys did not change
     assert classifier("clip", ctx).settings == {"checkpoint": "tiny:clip",
                                                 "prompt": "a photo of {}", "crop_context": 0.1}
     assert load_config("default")["Classify"]["backend"] == "siglip2"
-    assert cls_mod.build(load_config("classic")["Classify"], ctx).settings == {
+    assert cls_mod.Classify.build(load_config("classic")["Classify"], ctx).settings == {
         "checkpoint": "openai/clip-vit-base-patch32", "prompt": "a photo of {}",
         "crop_context": 0.1}
-    assert classifier("clip", ctx).settings != cls_mod.build(
+    assert classifier("clip", ctx).settings != cls_mod.Classify.build(
         {**CFG["Classify"], "backend": "clip", "prompt": "a {}"}, ctx).settings
     with pytest.raises(ConfigError, match="siglip2, clip"):
         classifier("blip", ctx)
@@ -167,7 +167,7 @@ def test_siglip2_keeps_the_crops_aspect_and_scores_each_pair_by_sigmoid(ctx):
 @pytest.mark.parametrize("backend", ["blip", "vilt", "vlm"])
 @pytest.mark.parametrize("size", [(97, 31), (640, 480), (300, 900)])
 def test_vqa_answers_lower_case_text(ctx, backend, size):
-    tool = vqa_mod.build({**CFG["Vqa"], "backend": backend}, ctx)
+    tool = vqa_mod.Vqa.build({**CFG["Vqa"], "backend": backend}, ctx)
     answer = tool(image=image(size), question="What color is the car?")
     assert isinstance(answer, str) and answer == vqa_mod.clean_answer(answer)
     if backend == "vilt":
@@ -176,7 +176,7 @@ def test_vqa_answers_lower_case_text(ctx, backend, size):
 
 @pytest.mark.parametrize("backend", ["blip", "vilt"])
 def test_vqa_batch_equals_one_by_one(ctx, backend):
-    tool = vqa_mod.build({**CFG["Vqa"], "backend": backend}, ctx)
+    tool = vqa_mod.Vqa.build({**CFG["Vqa"], "backend": backend}, ctx)
     calls = [{"image": image(seed=1), "question": "how many dogs are there?"},
              {"image": image(seed=2), "question": "is the car red?"},
              {"image": image(seed=3), "question": "what color?"}]
@@ -185,20 +185,20 @@ def test_vqa_batch_equals_one_by_one(ctx, backend):
 
 
 def test_vqa_settings_and_bad_input(ctx):
-    tool = vqa_mod.build({**CFG["Vqa"], "backend": "vilt"}, ctx)
+    tool = vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "vilt"}, ctx)
     assert tool.settings["checkpoint"] == "tiny:vilt" and tool.settings["backend"] == "vilt"
-    assert vqa_mod.build({**CFG["Vqa"], "checkpoint": "/m"}, ctx).settings["checkpoint"] == "/m"
+    assert vqa_mod.Vqa.build({**CFG["Vqa"], "checkpoint": "/m"}, ctx).settings["checkpoint"] == "/m"
     with pytest.raises(ValueError, match="question"):
         tool(image=image(), question=" ")
     with pytest.raises(ConfigError, match="blip, vilt"):
-        vqa_mod.build({**CFG["Vqa"], "backend": "gpt"}, ctx)
+        vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "gpt"}, ctx)
 
 
 def test_build_without_settings_uses_default_checkpoints():
-    tool = vqa_mod.build({}, ToolContext())
+    tool = vqa_mod.Vqa.build({}, ToolContext())
     assert tool.settings["checkpoint"] == load_config("default")["Vqa"]["checkpoints"]["vlm"]
     assert tool.settings["checkpoint"] == "Qwen/Qwen3-VL-2B-Instruct"
-    assert (cls_mod.build({}, ToolContext()).settings["checkpoint"]
+    assert (cls_mod.Classify.build({}, ToolContext()).settings["checkpoint"]
             == "google/siglip2-base-patch16-naflex")
 
 

@@ -60,7 +60,7 @@ FACE_CASES = {  # name: (canvas, scale, offset)
 
 @pytest.mark.parametrize("canvas, scale, offset", FACE_CASES.values(), ids=FACE_CASES.keys())
 def test_facedet_finds_the_astronauts_face(ctx, canvas, scale, offset):
-    tool = facedet.build({"backend": "cascade"}, ctx)
+    tool = facedet.FaceDet.build({"backend": "cascade"}, ctx)
     image, face = astronaut_on(canvas, scale, offset)
     found = tool(image=image)
     assert isinstance(found, Objects) and found.image_size == image.size
@@ -73,12 +73,12 @@ def test_facedet_finds_the_astronauts_face(ctx, canvas, scale, offset):
 
 @pytest.mark.parametrize("size", [(200, 150), (97, 61), (10, 10), (1, 1)])
 def test_facedet_blank_or_tiny_image_gives_no_faces(ctx, size):
-    found = facedet.build({"backend": "cascade"}, ctx)(image=Image.new("RGB", size, "white"))
+    found = facedet.FaceDet.build({"backend": "cascade"}, ctx)(image=Image.new("RGB", size, "white"))
     assert len(found) == 0 and found.image_size == size
 
 
 def test_facedet_batch_equals_one_by_one(ctx):
-    tool = facedet.build({"backend": "cascade"}, ctx)
+    tool = facedet.FaceDet.build({"backend": "cascade"}, ctx)
     images = [astronaut_on(*case)[0] for case in list(FACE_CASES.values())[:3]]
     images.append(Image.new("RGB", (120, 90), "black"))
     batch = tool.batch_fn([{"image": im} for im in images])
@@ -87,16 +87,16 @@ def test_facedet_batch_equals_one_by_one(ctx):
 
 
 def test_facedet_settings_and_declaration(ctx):
-    tool = facedet.build({"backend": "cascade", "min_neighbors": 6}, ctx)
+    tool = facedet.FaceDet.build({"backend": "cascade", "min_neighbors": 6}, ctx)
     assert tool.name == "FaceDet" and tool.returns == {"Objects"} and tool.cacheable
     assert tool.settings["backend"] == "cascade" and tool.settings["min_neighbors"] == 6
     with pytest.raises(ValueError, match="unknown backend 'haar'"):
-        facedet.build({"backend": "haar"}, ctx)
+        facedet.FaceDet.build({"backend": "haar"}, ctx)
 
 
 def test_facedet_yunet_missing_model_file_says_where_to_put_it(ctx, monkeypatch, tmp_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network: the hub lookup fails at once
-    tool = facedet.build({"backend": "yunet", "url": ""}, ctx)
+    tool = facedet.FaceDet.build({"backend": "yunet", "url": ""}, ctx)
     with pytest.raises(ModelLoadError) as err:
         tool(image=Image.new("RGB", (64, 64)))
     msg = str(err.value)
@@ -107,7 +107,7 @@ def test_facedet_yunet_missing_model_file_says_where_to_put_it(ctx, monkeypatch,
 
 def test_facedet_yunet_configured_path_missing(ctx, tmp_path):
     missing = tmp_path / "nowhere" / "yunet.onnx"
-    tool = facedet.build({"backend": "yunet", "model": str(missing)}, ctx)
+    tool = facedet.FaceDet.build({"backend": "yunet", "model": str(missing)}, ctx)
     with pytest.raises(ModelLoadError, match="nowhere/yunet.onnx"):
         tool(image=Image.new("RGB", (64, 64)))
 
@@ -126,7 +126,7 @@ def noise(w: int, h: int, seed: int = 0) -> Image.Image:
 def yunet(ctx):
     pytest.importorskip("onnx", reason="tiny:yunet is exported with torch.onnx, which needs onnx")
     pytest.importorskip("cv2")
-    return facedet.build({**TINY_YUNET, "max_side": 320}, ctx)
+    return facedet.FaceDet.build({**TINY_YUNET, "max_side": 320}, ctx)
 
 
 @pytest.mark.parametrize("size", [(320, 240), (640, 480), (1000, 1600)])
@@ -162,9 +162,9 @@ def test_facedet_yunet_boxes_are_opencvs_scaled_back(yunet, size):
 
 def test_facedet_yunet_thresholds_and_top_k(ctx, yunet):
     image = noise(320, 240, seed=3)
-    loose = facedet.build({**TINY_YUNET, "score_threshold": 0.3}, ctx)(image=image)
-    strict = facedet.build({**TINY_YUNET, "score_threshold": 0.99}, ctx)(image=image)
-    few = facedet.build({**TINY_YUNET, "score_threshold": 0.3, "top_k": 3}, ctx)(image=image)
+    loose = facedet.FaceDet.build({**TINY_YUNET, "score_threshold": 0.3}, ctx)(image=image)
+    strict = facedet.FaceDet.build({**TINY_YUNET, "score_threshold": 0.99}, ctx)(image=image)
+    few = facedet.FaceDet.build({**TINY_YUNET, "score_threshold": 0.3, "top_k": 3}, ctx)(image=image)
     assert len(strict) < len(loose) and min(strict.scores) >= 0.99
     assert 0 < len(few) <= 3
 
@@ -200,7 +200,7 @@ SEG_SIZES = {"landscape 320x240": (320, 240), "odd 97x61": (97, 61),
 @pytest.mark.parametrize("backend", ["mask2former", "maskformer"])
 @pytest.mark.parametrize("size", SEG_SIZES.values(), ids=SEG_SIZES.keys())
 def test_seg_masks_labels_boxes(ctx, size, backend):
-    tool = seg.build({**TINY_SEG, "backend": backend, "checkpoint": f"tiny:{backend}"}, ctx)
+    tool = seg.Seg.build({**TINY_SEG, "backend": backend, "checkpoint": f"tiny:{backend}"}, ctx)
     found = tool(image=scene(*size))
     w, h = size
     assert found.image_size == size and len(found) >= 1
@@ -218,13 +218,13 @@ def test_seg_masks_labels_boxes(ctx, size, backend):
 
 
 def test_seg_large_image_masks_scaled_back_to_full_size(ctx):
-    tool = seg.build({**TINY_SEG, "mask_max_side": 200}, ctx)
+    tool = seg.Seg.build({**TINY_SEG, "mask_max_side": 200}, ctx)
     found = tool(image=scene(640, 360))
     assert len(found) >= 1 and all(r.mask.shape == (360, 640) for r in found)
 
 
 def test_seg_batch_equals_one_by_one(ctx):
-    tool = seg.build(TINY_SEG, ctx)
+    tool = seg.Seg.build(TINY_SEG, ctx)
     images = [scene(97, 61), scene(97, 61).transpose(Image.FLIP_LEFT_RIGHT), scene(61, 200),
               scene(97, 61).transpose(Image.FLIP_TOP_BOTTOM)]
     batch = tool.batch_fn([{"image": im} for im in images])
@@ -236,7 +236,7 @@ def test_seg_batch_equals_one_by_one(ctx):
 
 
 def test_seg_loads_once_per_checkpoint(ctx):
-    a, b = seg.build(TINY_SEG, ctx), seg.build({**TINY_SEG, "threshold": 0.3}, ctx)
+    a, b = seg.Seg.build(TINY_SEG, ctx), seg.Seg.build({**TINY_SEG, "threshold": 0.3}, ctx)
     a(image=scene(64, 64))
     b(image=scene(64, 64))
     assert sum(e["kind"] == "mask2former" for e in ctx.models.loaded()) == 1
@@ -251,14 +251,14 @@ def test_seg_clean_label(raw, clean):
 
 def test_seg_missing_checkpoint_names_it(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    tool = seg.build({"checkpoint": missing}, ToolContext(models=ModelManager(device="cpu")))
+    tool = seg.Seg.build({"checkpoint": missing}, ToolContext(models=ModelManager(device="cpu")))
     with pytest.raises(ModelLoadError, match="no-such-model"):
         tool(image=scene(64, 64))
 
 
 def test_seg_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
-        seg.build({"backend": "oneformer"}, ToolContext())
+        seg.Seg.build({"backend": "oneformer"}, ToolContext())
 
 
 def test_facedet_and_seg_through_the_interpreter():

@@ -29,11 +29,11 @@ def ctx():
 
 
 def make_loc(ctx, **over):
-    return loc_mod.build({**CFG["Loc"], **over}, ctx)
+    return loc_mod.Loc.build({**CFG["Loc"], **over}, ctx)
 
 
 def make_select(ctx, **over):
-    return sel_mod.build({**CFG["Select"], **over}, ctx)
+    return sel_mod.Select.build({**CFG["Select"], **over}, ctx)
 
 
 def image(size, seed=0):

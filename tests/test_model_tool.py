@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError, ToolDeclarationError  # noqa: E402
-from visprog.models import (Done, ModelManager, ModelTool, SettingsError,  # noqa: E402
-                            merge_settings, resolve_checkpoint)
+from visprog.models import (Backend, Done, ModelManager, ModelTool,  # noqa: E402
+                            SettingsError, merge_settings, resolve_checkpoint)
 from visprog.tools import (ToolContext, build_module, builtin_tools,  # noqa: E402
                            model_module_names, plain_tools)
 
@@ -42,6 +42,10 @@ def load_doubler(path: str, device: str, dtype) -> torch.nn.Module:
     return layer.to(device)
 
 
+class Plain(Backend):
+    """A backend that keeps every setting and leaves `forward` to its module."""
+
+
 class Double(ModelTool):
     """Twice a number, by a Linear layer; negative numbers skip the model; numbers group by
     sign of their offset so batch_key is seen."""
@@ -52,7 +56,7 @@ class Double(ModelTool):
     returns = "Number"
     doc = "twice x, plus offset"
     version = "3"
-    backends = ("linear", "other")
+    backends = {"linear": Plain, "other": Plain}
     presets = {"default": {"backend": "linear", "checkpoint": "tiny:unit_doubler",
                            "nested": {"a": 1, "b": 2}},
                "tiny": {"nested": {"b": 3}}}
@@ -155,6 +159,94 @@ def test_forward_must_give_one_output_per_item(ctx):
 
     with pytest.raises(RuntimeError, match="Short: forward gave 1 outputs for 2 items"):
         Short({}, ctx).run_batch([{"x": 1}, {"x": 2}])
+
+
+# -- backends: small classes picked by name ----------------------------------------------------
+
+class Times(Backend):
+    """Multiplies by its own `factor`; the module's other backend's keys stay out of its
+    settings (so out of the cache key)."""
+
+    uses_torch = False
+
+    def configure(self, s):
+        if s["factor"] <= 0:
+            raise SettingsError("Scale: factor must be positive")
+        return {"backend": s["backend"], "factor": s["factor"]}
+
+    def forward(self, tool, items):
+        return [c["x"] * self.settings["factor"] for c in items]
+
+
+class Plus(Backend):
+    def configure(self, s):
+        return {"backend": s["backend"], "offset": s["offset"]}
+
+    def forward(self, tool, items):
+        self.inference = torch.is_inference_mode_enabled()
+        return [c["x"] + self.settings["offset"] for c in items]
+
+
+class Scale(ModelTool):
+    name, params, returns = "Scale", {"x": "Number"}, "Number"
+    backends = {"times": Times, "plus": Plus}
+    presets = {"default": {"backend": "times", "factor": 3, "offset": 1}}
+
+
+def test_a_backend_is_picked_by_name_and_gives_the_settings_and_the_forward():
+    times, plus = Scale(), Scale({"backend": "plus"})
+    assert isinstance(times.backend, Times) and isinstance(plus.backend, Plus)
+    assert times.settings == {"backend": "times", "factor": 3}  # the cache key: its own keys
+    assert plus.settings == {"backend": "plus", "offset": 1}
+    assert times.as_tool().settings == times.settings
+    assert times.run(x=2) == 6 and plus.run(x=2) == 3
+    assert plus.backend.inference  # a torch backend runs under inference_mode...
+    assert not times.backend.uses_torch  # ...and this one does not need it
+    assert times.all_settings["offset"] == 1  # every setting, for what changes no result
+    with pytest.raises(SettingsError, match="unknown backend 'minus'; choose one of times, "
+                                            "plus"):
+        Scale({"backend": "minus"})
+    with pytest.raises(SettingsError, match="factor must be positive"):
+        Scale({"factor": 0})
+
+
+def test_backends_must_be_a_table_of_classes():
+    with pytest.raises(ToolDeclarationError, match="`backends` maps each backend's name"):
+        type("Old", (ModelTool,), {"name": "Old", "params": {"x": "Number"},
+                                    "returns": "Number", "backends": ("a", "b")})
+
+
+def _every_backend():
+    from visprog.tools import model_modules
+
+    return [(name, b) for name, cls in model_modules().items() for b in cls.backends]
+
+
+@pytest.mark.parametrize("name, backend", _every_backend())
+def test_building_a_backend_changes_nothing_but_the_new_tool(name, backend, monkeypatch):
+    """Every built-in backend builds from the tiny preset; building it leaves the module's
+    class, its declared presets and the other tools as they were (configure has no side
+    effects), and building it again gives the same settings."""
+    import copy
+
+    from visprog.tools import model_modules
+
+    monkeypatch.setenv("VISPROG_VQA_MODEL", "served-vlm")
+    monkeypatch.setenv("VISPROG_VQA_API_KEY", "k")
+    cls = model_modules()[name]
+    before = {k: copy.deepcopy(v) for k, v in vars(cls).items() if not k.startswith("__")
+              and not callable(v) and not isinstance(v, (classmethod, staticmethod, property))}
+    settings = {**load_config("tiny")[name], "backend": backend}
+    other = cls(load_config("tiny")[name])
+    other_settings = copy.deepcopy(other.settings)
+    tool = cls(settings)
+    assert isinstance(tool.backend, Backend) and tool.settings is tool.backend.settings
+    assert cls(settings).settings == tool.settings
+    json.dumps(dict(tool.settings))  # part of the cache key: must serialise
+    after = {k: v for k, v in vars(cls).items() if k in before}
+    assert after == before
+    assert other.settings == other_settings and other.backend is not tool.backend
+    assert "uses_torch" not in vars(tool) and "_endpoint" not in vars(tool)
 
 
 @pytest.mark.parametrize("body, match", [

@@ -290,15 +290,58 @@ def test_missing_user_file_and_bad_override(tmp_path):
 @pytest.mark.parametrize("name", ["Loc", "Select", "Classify", "Vqa"])
 def test_model_tools_declare_settings_version_and_batch(name):
     import json
-    from importlib import import_module
 
-    from visprog.tools import MODEL_MODULES, ToolContext
+    from visprog.tools import ToolContext, model_modules
 
-    mod = import_module(f"visprog.tools.{MODEL_MODULES[name]}")
+    cls = model_modules()[name]
     mm = ModelManager(device="cpu")
-    tiny = mod.build(load_config("tiny")[name], ToolContext(models=mm))
-    default = mod.build(load_config("default")[name], ToolContext(models=mm))
+    tiny = cls.build(load_config("tiny")[name], ToolContext(models=mm))
+    default = cls.build(load_config("default")[name], ToolContext(models=mm))
     assert tiny.name == default.name == name and tiny.version and callable(tiny.batch_fn)
     json.dumps(dict(tiny.settings))  # part of the cache key: must serialise
     assert tiny.settings != default.settings  # another checkpoint, another cache key
     assert mm.loaded() == []  # building a tool loads nothing
+
+
+# -- tiny tokenizers (one BPE builder) ----------------------------------------------------------
+
+def _vocab_digest(tok) -> str:
+    import hashlib
+    import json
+
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def test_tiny_bpe_spells_each_form_whole_and_ranks_merges_in_order():
+    from visprog.models import tiny_bpe
+
+    vocab, merges = tiny_bpe([["Ġ", "c", "o"], ["c", "o"], ["c", "o", "w"]],
+                             alphabet=["Ġ", "c", "o", "w"], specials=["<s>"])
+    assert list(vocab) == ["Ġ", "c", "o", "w", "Ġc", "Ġco", "co", "cow", "<s>"]
+    assert list(vocab.values()) == list(range(len(vocab)))
+    # ('Ġ','c') ranks before ('c','o'): ' co' stays one token; a merge is listed once
+    assert merges == [("Ġ", "c"), ("Ġc", "o"), ("c", "o"), ("co", "w")]
+
+
+def test_the_tiny_bpe_tokenizers_keep_their_words_whole_and_their_vocabularies():
+    """CLIP's, SigLIP2's and the byte-level (Qwen-VL) tokenizers are built by one builder;
+    their vocabularies are pinned, so the tiny checkpoints built with them stay the same."""
+    pytest.importorskip("transformers")
+    from visprog.models import tiny_clip_tokenizer, tiny_siglip2_tokenizer
+    from visprog.tools import _vlm, loc
+
+    clip = tiny_clip_tokenizer(loc.TINY_WORDS)
+    assert clip.tokenize("a photo of a red dog") == ["a</w>", "photo</w>", "of</w>", "a</w>",
+                                                     "red</w>", "dog</w>"]
+    assert clip.tokenize("zebra") == ["z", "e", "b", "r", "a</w>"]  # unknown: spelt out
+    siglip = tiny_siglip2_tokenizer(loc.TINY_WORDS + ["this", "is"])
+    assert siglip.tokenize("this is a photo of cat.") == ["this", "▁is", "▁a", "▁photo",
+                                                          "▁of", "▁cat", "."]
+    qwen = _vlm.qwen_tokenizer()
+    assert qwen.tokenize("what color is the car?") == ["what", "Ġcolor", "Ġis", "Ġthe", "Ġcar",
+                                                       "?"]
+    assert qwen.tokenize("<|image_pad|>Zebra") == ["<|image_pad|>", "Z", "e", "b", "r", "a"]
+    assert {name: _vocab_digest(t) for name, t in [("clip", clip), ("siglip2", siglip),
+                                                   ("qwen", qwen)]} == {
+        "clip": "33237e2d4f57549f", "siglip2": "75b80bb4c2b776cc", "qwen": "0f080675d868dcbf"}

@@ -36,7 +36,7 @@ def ctx():
 
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
 def tool(ctx, request):
-    return rep.build(TINY_REPLACE if request.param == "sd" else TINY_SDXL, ctx)
+    return rep.Replace.build(TINY_REPLACE if request.param == "sd" else TINY_SDXL, ctx)
 
 
 def noise(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -80,7 +80,7 @@ def test_replace_same_seed_same_output_other_seed_differs(ctx, tool):
     a = tool(image=image, object=objects, prompt="a blue dog")
     b = tool(image=image, object=objects, prompt="a blue dog")
     base = TINY_REPLACE if "backend" not in tool.settings else TINY_SDXL
-    c = rep.build({**base, "seed": 7}, ctx)(image=image, object=objects, prompt="a blue dog")
+    c = rep.Replace.build({**base, "seed": 7}, ctx)(image=image, object=objects, prompt="a blue dog")
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
@@ -110,10 +110,10 @@ def test_replace_batch_equals_one_by_one(tool):
 def test_replace_cacheable_only_with_a_fixed_seed(ctx, tool):
     assert tool.cacheable and tool.settings["seed"] == 0
     for seed in ("random", "", -1):
-        sampling = rep.build({**TINY_REPLACE, "seed": seed}, ctx)
+        sampling = rep.Replace.build({**TINY_REPLACE, "seed": seed}, ctx)
         assert not sampling.cacheable and sampling.settings["seed"] is None
     with pytest.raises(ValueError, match="seed"):
-        rep.build({**TINY_REPLACE, "seed": 1.5}, ctx)
+        rep.Replace.build({**TINY_REPLACE, "seed": 1.5}, ctx)
 
 
 def test_replace_bad_inputs(tool):
@@ -133,7 +133,7 @@ def test_working_size_keeps_aspect_in_multiples_of_8(size, res, want):
 
 def test_replace_missing_checkpoint_names_it(tmp_path):
     missing = str(tmp_path / "no-such-inpainter")
-    tool = rep.build({**TINY_REPLACE, "checkpoint": missing},
+    tool = rep.Replace.build({**TINY_REPLACE, "checkpoint": missing},
                      ToolContext(models=ModelManager(device="cpu")))
     image = noise(32, 32)
     with pytest.raises(ModelLoadError, match="no-such-inpainter"):
@@ -195,7 +195,7 @@ def test_list_parse_items(text, limit, want):
 
 def test_list_asks_the_llm_and_truncates():
     llm = FakeLLM("1. Mercury\n2. Venus\n3. Earth\n4. Mars")
-    tool = list_items.build({"temperature": 0.0, "max_tokens": 64}, ToolContext(llm=llm))
+    tool = list_items.List.build({"temperature": 0.0, "max_tokens": 64}, ToolContext(llm=llm))
     assert tool(query="planets of the solar system", max=3) == ["Mercury", "Venus", "Earth"]
     messages, sampling = llm.calls[0]
     assert "planets of the solar system" in messages[-1]["content"]
@@ -205,13 +205,13 @@ def test_list_asks_the_llm_and_truncates():
 
 
 def test_list_batch_equals_one_by_one():
-    tool = list_items.build({}, ToolContext(llm=FakeLLM("a\nb\nc")))
+    tool = list_items.List.build({}, ToolContext(llm=FakeLLM("a\nb\nc")))
     calls = [{"query": "letters", "max": 2}, {"query": "more letters", "max": 5}]
     assert tool.batch_fn(calls) == [tool(**c) for c in calls] == [["a", "b"], ["a", "b", "c"]]
 
 
 def test_list_without_llm_fails_clearly():
-    tool = list_items.build({}, ToolContext(llm=None))
+    tool = list_items.List.build({}, ToolContext(llm=None))
     with pytest.raises(ConfigError, match="List needs an LLM"):
         tool(query="colors", max=3)
 
@@ -220,11 +220,11 @@ def test_list_without_llm_fails_clearly():
                                       ("3", TypeError), (True, TypeError)])
 def test_list_bad_max(bad, err):
     with pytest.raises(err):
-        list_items.build({}, ToolContext(llm=FakeLLM("a")))(query="q", max=bad)
+        list_items.List.build({}, ToolContext(llm=FakeLLM("a")))(query="q", max=bad)
 
 
 def test_list_sampling_temperature_is_not_cacheable():
-    assert not list_items.build({"temperature": 0.7}, ToolContext(llm=FakeLLM("a"))).cacheable
+    assert not list_items.List.build({"temperature": 0.7}, ToolContext(llm=FakeLLM("a"))).cacheable
 
 
 def test_list_through_the_interpreter():

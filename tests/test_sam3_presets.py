@@ -49,7 +49,7 @@ def thirds(size):
 
 
 def select(ctx, **over):
-    return sel_mod.build({**TINY["Select"], **over}, ctx)
+    return sel_mod.Select.build({**TINY["Select"], **over}, ctx)
 
 
 # -- SAM 3's preprocessing, ours ---------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_sam3_batch_of_mixed_sizes_equals_one_by_one(ctx):
 def test_loc_and_select_share_one_sam3():
     fresh = ToolContext(models=ModelManager(device="cpu"))
     size = (160, 120)
-    found = loc_mod.build({**TINY["Loc"], "backend": "sam3"}, fresh)(image=noise(size),
+    found = loc_mod.Loc.build({**TINY["Loc"], "backend": "sam3"}, fresh)(image=noise(size),
                                                                     object="dog")
     assert len(found) > 0 and all(r.mask is None for r in found)
     select(fresh)(image=noise(size), object=found, query="dog")
@@ -187,7 +187,7 @@ def test_loc_and_select_share_one_sam3():
 
 def test_loc_default_is_mm_grounding_dino():
     fresh = ToolContext(models=ModelManager(device="cpu"))
-    tool = loc_mod.build(TINY["Loc"], fresh)
+    tool = loc_mod.Loc.build(TINY["Loc"], fresh)
     assert tool.settings["backend"] == "mm_grounding_dino"
     out = tool(image=noise((640, 480)), object="cat")
     assert out.image_size == (640, 480) and set(out.labels) <= {"cat"}
@@ -251,8 +251,8 @@ def test_facedet_auto_falls_back_to_the_cascade_offline_with_a_notice(ctx, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     facedet._AUTO.clear()
     with caplog.at_level(logging.WARNING, logger="visprog"):
-        tool = facedet.build({"backend": "auto"}, ctx)
-    assert tool.settings == facedet.build({"backend": "cascade"}, ctx).settings
+        tool = facedet.FaceDet.build({"backend": "auto"}, ctx)
+    assert tool.settings == facedet.FaceDet.build({"backend": "cascade"}, ctx).settings
     assert [r.getMessage().count("\n") for r in caplog.records] == [0]  # one line
     assert "cascade" in caplog.records[0].getMessage()
     vp = VisProg(preset="default", config={"FaceDet": {"backend": "auto"}}, cache=False,
@@ -269,7 +269,7 @@ def test_facedet_auto_takes_yunet_when_its_file_is_in_the_cache(ctx, tmp_cache, 
     target = tmp_cache / "models" / facedet.YUNET_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(resolve_checkpoint("tiny:yunet")) / "yunet.onnx", target)
-    tool = facedet.build({"backend": "auto", "score_threshold": 0.5}, ctx)
+    tool = facedet.FaceDet.build({"backend": "auto", "score_threshold": 0.5}, ctx)
     assert tool.settings["backend"] == "yunet" and tool.settings["model"] == ""
     out = tool(image=noise((96, 64)))
     assert isinstance(out, Objects) and out.image_size == (96, 64)

@@ -42,7 +42,7 @@ def image(size=(160, 120), seed=0):
 
 
 def vlm(ck, ctx, **kw):
-    return vqa_mod.build({**CFG["Vqa"], "checkpoints": {"vlm": ck}, **kw}, ctx)
+    return vqa_mod.Vqa.build({**CFG["Vqa"], "checkpoints": {"vlm": ck}, **kw}, ctx)
 
 
 def needs(ck):
@@ -159,11 +159,11 @@ def test_presets_and_settings(ctx):
     # classic keeps today's settings (and cache keys) exactly
     fixture = json.loads((Path(__file__).parent / "fixtures" /
                           "tool_declarations.json").read_text())
-    classic = vqa_mod.build(load_config("classic")["Vqa"], ctx)
+    classic = vqa_mod.Vqa.build(load_config("classic")["Vqa"], ctx)
     assert dict(classic.settings) == fixture["default/nollm"]["Vqa"]["settings"]  # the old default
     assert classic.settings["checkpoint"] == "Salesforce/blip-vqa-capfilt-large"
     with pytest.raises(ConfigError, match="vlm, endpoint, blip, vilt"):
-        vqa_mod.build({**CFG["Vqa"], "backend": "gpt"}, ctx)
+        vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "gpt"}, ctx)
 
 
 # -- the OpenAI-compatible endpoint -------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_presets_and_settings(ctx):
 def endpoint(server, **kw):
     ep = {"model": "served-vlm", "base_url": server.url, "api_key": "test-key",
           "backoff": 0.01, **kw}
-    return vqa_mod.build({**CFG["Vqa"], "backend": "endpoint", "endpoint": ep}, ToolContext())
+    return vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "endpoint", "endpoint": ep}, ToolContext())
 
 
 def sent_image(request):
@@ -238,7 +238,7 @@ def test_endpoint_timeout_and_unreachable_server():
             endpoint(server, timeout=0.3, max_retries=0)(image=image(), question="what?")
         url = server.url
     with pytest.raises(RemoteModelError, match="cannot connect"):
-        vqa_mod.build({**CFG["Vqa"], "backend": "endpoint",
+        vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "endpoint",
                        "endpoint": {"model": "m", "base_url": url, "api_key": "k",
                                     "max_retries": 0}}, ToolContext())(image=image(), question="q")
 
@@ -246,10 +246,10 @@ def test_endpoint_timeout_and_unreachable_server():
 def test_endpoint_settings(monkeypatch):
     monkeypatch.delenv("VISPROG_VQA_MODEL", raising=False)
     with pytest.raises(ConfigError, match="needs a model"):
-        vqa_mod.build({**CFG["Vqa"], "backend": "endpoint"}, ToolContext())
+        vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "endpoint"}, ToolContext())
     monkeypatch.setenv("VISPROG_VQA_MODEL", "env-vlm")
     monkeypatch.setenv("VISPROG_VQA_API_KEY", "secret")
-    tool = vqa_mod.build({**CFG["Vqa"], "backend": "endpoint",
+    tool = vqa_mod.Vqa.build({**CFG["Vqa"], "backend": "endpoint",
                           "endpoint": {"base_url": "http://127.0.0.1:9/v1"}}, ToolContext())
     assert tool.settings["model"] == "env-vlm" and "secret" not in json.dumps(dict(tool.settings))
     assert tool.settings["base_url"] == "http://127.0.0.1:9/v1"

@@ -1,6 +1,6 @@
 """Tiny random vision-language chat models (`tiny:qwen3_vl`, `tiny:qwen2_5_vl`, `tiny:smolvlm`),
-built offline with hand-made byte-level BPE tokenizers; Vqa registers them. Not a tool file
-(its name starts with '_', and it exposes no TOOLS).
+built offline with hand-made byte-level BPE tokenizers (`visprog.models.byte_level_bpe`); Vqa
+registers them. Not a tool file (its name starts with '_', and it exposes no TOOLS).
 
 Each builder copies what decides shapes and prompts from the published checkpoint (patch
 and image sizes, normalisation, special tokens, the chat template's layout); the widths and
@@ -9,7 +9,8 @@ depths are tiny. The sources are cited where each value is set.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+
+from visprog.models import byte_level_bpe
 
 # Words the tiny tokenizers know whole (anything else is spelt in bytes): the questions of
 # the tests and the words of programs, so planner prompts stay a few thousand tokens.
@@ -43,48 +44,6 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
-
-
-def _byte_symbols() -> list[str]:
-    """GPT-2's byte -> printable character table (byte-level BPE's alphabet), in byte order."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return [table[b] for b in range(256)]
-
-
-def byte_level_bpe(words: Iterable[str], specials: Iterable[str] = (),
-                   first: Iterable[str] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a byte-level BPE: `first`, the 256 byte symbols, merges
-    that rebuild each word with and without a leading space ('Ġ'), then `specials`.
-
-    The 'Ġword' merges rank first: BPE applies the lowest-ranked merge first, so a plain
-    (c, o) merge ranked before (Ġ, c) would split ' color' into 'Ġ' + 'color'."""
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(t: str) -> None:
-        vocab.setdefault(t, len(vocab))
-
-    for t in list(first) + _byte_symbols():
-        add(t)
-    words = list(dict.fromkeys(words))
-    for form in ["Ġ" + w for w in words] + words:
-        cur = form[0]
-        for ch in form[1:]:
-            if (cur, ch) not in merges:
-                merges.append((cur, ch))
-            cur += ch
-            add(cur)
-    for t in specials:
-        add(t)
-    return vocab, merges
 
 
 def qwen_tokenizer():

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
-                            pick_checkpoint, rgb_image,
-                            tiny_clip_tokenizer)
+from visprog.models import (Backend, Done, ModelTool, hf_loader, model_images, model_inputs,
+                            pick_checkpoint, rgb_image, tiny_clip_tokenizer,
+                            tiny_siglip2_tokenizer)
 from visprog.values import Objects
 
 from .loc import TINY_WORDS
@@ -125,32 +125,6 @@ def build_tiny_clip(folder) -> None:
     processor.save_pretrained(folder)
 
 
-def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
-    """A Gemma-style SentencePiece BPE (google/siglip2-base-patch16-naflex tokenizer: lower
-    case, ' ' -> '▁' without a dummy prefix, byte fallback <0x00>..<0xFF>, <pad>=0 <eos>=1
-    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word."""
-    from transformers import Siglip2Tokenizer
-
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(t: str) -> None:
-        vocab.setdefault(t, len(vocab))
-
-    for t in ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]:
-        add(t)
-    for c in "▁abcdefghijklmnopqrstuvwxyz0123456789.,!?'-":
-        add(c)
-    for form in ["▁" + w for w in words] + list(words):  # '▁word' first: lowest rank wins
-        cur = form[0]
-        for ch in form[1:]:
-            if (cur, ch) not in merges:
-                merges.append((cur, ch))
-            cur += ch
-            add(cur)
-    return Siglip2Tokenizer(vocab=vocab, merges=merges)
-
-
 def build_tiny_siglip2(folder) -> None:
     """A SigLIP2 NaFlex model of about 0.1M random parameters."""
     import torch
@@ -181,12 +155,49 @@ def build_tiny_siglip2(folder) -> None:
     processor.save_pretrained(folder)
 
 
+class Clip(Backend):
+    """CLIP (the `classic` preset): scores are a softmax over the categories."""
+
+    kind, loader, model_logits = "clip", staticmethod(load_clip), staticmethod(clip_logits)
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        prompt = str(s.get("prompt") or s["prompts"][s["backend"]])
+        if "{}" not in prompt:
+            prompt += " {}"
+        # CLIP's settings keep the keys (and cache keys) of before SigLIP2
+        return {"checkpoint": pick_checkpoint(s), "prompt": prompt,
+                "crop_context": float(s["crop_context"])}
+
+    def logits(self, tool: ModelTool, crops: list[Image.Image], texts: list[str]
+               ) -> np.ndarray:
+        """The (crops, texts) logits, in one forward."""
+        return self.model_logits(tool.model(self.kind, self.settings["checkpoint"],
+                                            self.loader), crops, texts)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits, axis=1)
+
+
+class Siglip2(Clip):
+    """SigLIP2 (the default): trained with a sigmoid per image-text pair, so its scores are
+    those sigmoids (each in [0, 1], not summing to 1)."""
+
+    kind, loader = "siglip2", staticmethod(load_siglip2)
+    model_logits = staticmethod(siglip2_logits)
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], **super().configure(s)}
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+
 class Classify(ModelTool):
     name = "Classify"
     params = {"image": "Image", "object": "Objects", "categories": "TextList"}
     returns = "Objects"
     doc = "labels each object with one of `categories`, keeping the best object per category"
-    backends = ("siglip2", "clip")
+    backends = {"siglip2": Siglip2, "clip": Clip}
     presets = {
         "default": {"backend": "siglip2", "prompt": "", "crop_context": 0.1,
                     "checkpoints": {"siglip2": "google/siglip2-base-patch16-naflex",
@@ -197,15 +208,6 @@ class Classify(ModelTool):
         "tiny": {"checkpoints": {"siglip2": "tiny:siglip2", "clip": "tiny:clip"}},
     }
     tiny_checkpoints = {"clip": build_tiny_clip, "siglip2": build_tiny_siglip2}
-
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        prompt = str(s.get("prompt") or s["prompts"][s["backend"]])
-        if "{}" not in prompt:
-            prompt += " {}"
-        out = {"checkpoint": pick_checkpoint(s), "prompt": prompt,
-               "crop_context": float(s["crop_context"])}
-        # CLIP's settings keep the keys (and cache keys) of before SigLIP2
-        return out if s["backend"] == "clip" else {"backend": s["backend"], **out}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, objs, cats = rgb_image(call["image"]), call["object"], call["categories"]
@@ -221,19 +223,14 @@ class Classify(ModelTool):
         return image, objs, names
 
     def forward(self, items: list[tuple[Image.Image, Objects, list[str]]]) -> list[np.ndarray]:
-        # All crops and all prompts of the batch go through CLIP in one forward.
+        # All crops and all prompts of the batch go through the model in one forward.
         prompt, context = self.settings["prompt"], self.settings["crop_context"]
         crops, owner = [], []
         for i, (image, objs, _) in enumerate(items):
             crops += [crop_region(image, r.box, context) for r in objs]
             owner += [i] * len(objs)
         texts = sorted({prompt.format(c) for _, _, names in items for c in names})
-        if self.settings.get("backend") == "siglip2":
-            logits = siglip2_logits(self.model("siglip2", self.settings["checkpoint"],
-                                               load_siglip2), crops, texts)
-        else:
-            logits = clip_logits(self.model("clip", self.settings["checkpoint"], load_clip),
-                                 crops, texts)
+        logits = self.backend.logits(self, crops, texts)
         col, owner_arr = {t: j for j, t in enumerate(texts)}, np.array(owner)
         return [logits[owner_arr == i][:, [col[prompt.format(c)] for c in names]]
                 for i, (_, _, names) in enumerate(items)]
@@ -241,8 +238,7 @@ class Classify(ModelTool):
     def postprocess(self, item: tuple[Image.Image, Objects, list[str]],
                     logits: np.ndarray) -> Objects:
         _, objs, names = item
-        siglip = self.settings.get("backend") == "siglip2"
-        probs = sigmoid(logits) if siglip else softmax(logits, axis=1)
+        probs = self.backend.scores(logits)
         picked = sorted(assign_one_to_one(probs), key=lambda rc: -probs[rc])
         return objs.with_regions([
             replace(objs[r], label=names[c],
@@ -251,4 +247,3 @@ class Classify(ModelTool):
 
 
 TOOLS = [Classify]
-build = Classify.build

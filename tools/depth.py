@@ -238,8 +238,9 @@ class Depth(ModelTool):
                 raise SettingsError(f"{self.name}: {key} must be within 0..1, got {s[key]}")
         if not 0 <= int(s["fill"]) <= 255:
             raise SettingsError(f"{self.name}: fill is a grey level 0..255, got {s['fill']}")
-        # how many maps are kept changes speed, not results: not in the cache key
-        self.map_cache = max(0, int(s["map_cache"]))
+        # how many maps are kept changes speed, not results: not in the cache key (`forward`
+        # reads it from all_settings); checked here
+        int(s["map_cache"])
         typed = {"checkpoint": str(s["checkpoint"]), "output": str(s["output"]),
                  "margin": float(s["margin"]), "box_quantile": float(s["box_quantile"]),
                  "fill": int(s["fill"]), "map_side": int(s["map_side"])}
@@ -269,7 +270,7 @@ class Depth(ModelTool):
             raw = predict(model, processor, list(todo.values()))
             for k, r in zip(todo, raw):
                 found[k] = stretch(r)
-                maps.put(k, found[k], self.map_cache)
+                maps.put(k, found[k], max(0, int(self.all_settings["map_cache"])))
         disparity = is_disparity(model, self.settings["output"])
         return [1.0 - found[k] if disparity else found[k] for k in keys]
 

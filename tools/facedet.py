@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import (TINY_PREFIX, ModelLoadError, ModelTool, cache_dir, resolve_checkpoint,
-                            rgb_image)
+from visprog.models import (TINY_PREFIX, Backend, ModelLoadError, ModelTool, cache_dir,
+                            resolve_checkpoint, rgb_image)
 from visprog.values import Objects, Region
 
 from ._notes import note
@@ -262,6 +262,69 @@ def build_tiny_yunet(folder: Path) -> None:
                       dynamo=False, opset_version=13)
 
 
+# -- the backends ----------------------------------------------------------------------------
+
+class FaceDetector(Backend):
+    """What FaceDet's backends share: their own settings (`BACKEND_DEFAULTS[name]`) and a
+    detector run on one image at a time."""
+
+    uses_torch = False  # OpenCV and scikit-image
+    name: str
+
+    def __init__(self, s: dict[str, Any], fell_back: bool = False):
+        # auto ran the cascade because YuNet's file was missing: the first run notes it
+        self.fell_back = fell_back
+        super().__init__(s)
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        # the other backend's own keys (tiny's model, say) would only change the cache key
+        other = {k for b, d in BACKEND_DEFAULTS.items() if b != self.name for k in d}
+        other -= set(BACKEND_DEFAULTS[self.name])
+        s = {k: v for k, v in s.items() if k not in other} | {"backend": self.name}
+        return {"backend": self.name, **BACKEND_DEFAULTS[self.name], **s}
+
+    def forward(self, tool: ModelTool, images: list[Image.Image]) -> list[Objects]:
+        # OpenCV and scikit-image detect one image at a time; the batch is a loop.
+        if self.fell_back:
+            note(tool.ctx, tool.name, "YuNet's model file is not available offline: the "
+                 "cascade detector ran instead (backend auto)")
+            self.fell_back = False  # once per module
+        bundle, detect = self.bundle(tool)
+        return [detect(image, bundle, self.settings) for image in images]
+
+    def bundle(self, tool: ModelTool) -> tuple[Any, Any]:
+        """The loaded detector and its detect function."""
+        raise NotImplementedError
+
+
+class YuNet(FaceDetector):
+    """OpenCV's YuNet: its model file is found (or fetched) when a call first needs it."""
+
+    name = "yunet"
+
+    def bundle(self, tool: ModelTool) -> tuple[Any, Any]:
+        return tool.model("yunet", yunet_model_path(self.settings), load_yunet), detect_yunet
+
+
+class Cascade(FaceDetector):
+    """scikit-image's LBP frontal-face cascade: nothing to download."""
+
+    name = "cascade"
+
+    def bundle(self, tool: ModelTool) -> tuple[Any, Any]:
+        return (tool.model("face_cascade", cascade_path(self.settings), load_cascade),
+                detect_cascade)
+
+
+def auto(s: dict[str, Any]) -> FaceDetector:
+    """"auto": YuNet where its model file is here or can be fetched now, else the cascade
+    (noted in the trace once). Decided when the module is built, so the settings (and
+    step-cache keys) are those of the backend that runs."""
+    if auto_backend(s) == "yunet":
+        return YuNet(s)
+    return Cascade(s, fell_back=True)
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 class FaceDet(ModelTool):
@@ -269,7 +332,7 @@ class FaceDet(ModelTool):
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Finds the faces in the image."
-    backends = ("auto", *BACKEND_DEFAULTS)
+    backends = {"auto": auto, "yunet": YuNet, "cascade": Cascade}
     # With "yunet" (or "auto"): model = "/path/to.onnx" (or "tiny:yunet"), score_threshold,
     # nms_threshold, top_k, max_side.
     presets = {"default": {"backend": "auto"},
@@ -278,34 +341,8 @@ class FaceDet(ModelTool):
     tiny_checkpoints = {"yunet": build_tiny_yunet}
     uses_torch = False  # OpenCV and scikit-image
 
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        self.fell_back = False
-        if s["backend"] == "auto":
-            s["backend"] = auto_backend(s)
-            self.fell_back = s["backend"] == "cascade"
-        # the other backend's own keys (tiny's model, say) would only change the cache key
-        other = {k for b, d in BACKEND_DEFAULTS.items() if b != s["backend"] for k in d}
-        other -= set(BACKEND_DEFAULTS[s["backend"]])
-        s = {k: v for k, v in s.items() if k not in other}
-        return {"backend": s["backend"], **BACKEND_DEFAULTS[s["backend"]], **s}
-
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
         return rgb_image(call["image"])
 
-    def forward(self, images: list[Image.Image]) -> list[Objects]:
-        # OpenCV and scikit-image detect one image at a time; the batch is a loop.
-        s = self.settings
-        if self.fell_back:
-            note(self.ctx, self.name, "YuNet's model file is not available offline: the "
-                 "cascade detector ran instead (backend auto)")
-            self.fell_back = False  # once per module
-        if s["backend"] == "yunet":
-            bundle, detect = self.model("yunet", yunet_model_path(s), load_yunet), detect_yunet
-        else:
-            bundle = self.model("face_cascade", cascade_path(s), load_cascade)
-            detect = detect_cascade
-        return [detect(image, bundle, s) for image in images]
-
 
 TOOLS = [FaceDet]
-build = FaceDet.build

@@ -142,4 +142,3 @@ class List(ModelTool):
 
 
 TOOLS = [List]
-build = List.build

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from visprog.models import (Done, ModelTool, hf_loader, model_images, model_inputs,
+from visprog.models import (Backend, Done, ModelTool, hf_loader, model_images, model_inputs,
                             pick_checkpoint, rgb_image, tiny_bert_tokenizer, tiny_clip_tokenizer)
 from visprog.values import Objects
 
@@ -237,6 +237,69 @@ def build_tiny_owlv2(folder) -> None:
     processor.save_pretrained(folder)
 
 
+# -- the backends ----------------------------------------------------------------------------
+
+class Detector(Backend):
+    """What Loc's backends share: their settings, and one model batch per image size (a
+    padded batch gives other boxes than a lone call)."""
+
+    one_batch_per_size = True
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
+                "box_threshold": float(s["box_threshold"]),
+                "text_threshold": float(s["text_threshold"]), "nms_iou": float(s["nms_iou"]),
+                "max_detections": int(s["max_detections"])}
+
+
+class GroundingDino(Detector):
+    """GroundingDINO (the `classic` preset)."""
+
+    kind, loader = "grounding_dino", staticmethod(load_grounding_dino)
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[Any]:
+        s = self.settings
+        return ground(tool.model(self.kind, s["checkpoint"], self.loader),
+                      [im for im, _ in items], [t for _, t in items], s["box_threshold"],
+                      s["text_threshold"])
+
+
+class MMGroundingDino(GroundingDino):
+    """MM-GroundingDINO (the default): GroundingDINO's architecture and processor."""
+
+    kind, loader = "mm_grounding_dino", staticmethod(load_mm_grounding_dino)
+
+
+class Owlv2(Detector):
+    """OWLv2: one query per image, each image padded to a square."""
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[Any]:
+        s = self.settings
+        return owl_detect(tool.model("owlv2", s["checkpoint"], load_owlv2),
+                          [im for im, _ in items], [t for _, t in items], s["box_threshold"])
+
+
+class Sam3(Detector):
+    """SAM 3's detections: boxes and scores of its text-prompted concept segmentation."""
+
+    one_batch_per_size = False  # SAM 3 resizes every image to one size
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        # its own score threshold; the others' keys stay as they were
+        return {**super().configure(s), "sam3_threshold": float(s["sam3_threshold"])}
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[Any]:
+        images, texts = [im for im, _ in items], [t for _, t in items]
+        bundle = tool.model("sam3", self.settings["checkpoint"], _sam3.load_sam3)
+        for q, cut in zip(texts, _sam3.too_long(bundle, texts)):
+            if cut:
+                note(tool.ctx, tool.name, f"object {q[:60]!r}... cut to SAM 3's "
+                     f"{bundle['text_len']} text tokens", query=q)
+        found = _sam3.detect(bundle, images, texts, threshold=self.settings["sam3_threshold"],
+                             masks=False)
+        return [(f.boxes, f.scores) for f in found]
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 class Loc(ModelTool):
@@ -244,7 +307,8 @@ class Loc(ModelTool):
     params = {"image": "Image", "object": "Text"}
     returns = "Objects"
     doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"
-    backends = ("mm_grounding_dino", "sam3", "grounding_dino", "owlv2")
+    backends = {"mm_grounding_dino": MMGroundingDino, "sam3": Sam3,
+                "grounding_dino": GroundingDino, "owlv2": Owlv2}
     presets = {
         "default": {"backend": "mm_grounding_dino", "box_threshold": 0.35,
                     "text_threshold": 0.25, "sam3_threshold": 0.5, "nms_iou": 0.5,
@@ -266,15 +330,6 @@ class Loc(ModelTool):
                         "mm_grounding_dino": build_tiny_mm_grounding_dino,
                         "sam3": _sam3.build_tiny_sam3}
 
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        out = {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
-               "box_threshold": float(s["box_threshold"]),
-               "text_threshold": float(s["text_threshold"]), "nms_iou": float(s["nms_iou"]),
-               "max_detections": int(s["max_detections"])}
-        if s["backend"] == "sam3":  # its own score threshold; the others' keys stay as they were
-            out["sam3_threshold"] = float(s["sam3_threshold"])
-        return out
-
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, name = rgb_image(call["image"]), str(call["object"])
         if not name.strip():
@@ -287,29 +342,7 @@ class Loc(ModelTool):
     def batch_key(self, item: tuple[Image.Image, str]) -> Any:
         # one model batch per image size: a padded batch gives other boxes than a lone call
         # (SAM 3 resizes every image to one size, so any images batch together)
-        return None if self.settings["backend"] == "sam3" else item[0].size
-
-    def forward(self, items: list[tuple[Image.Image, str]]) -> list[Any]:
-        s = self.settings
-        images, texts = [im for im, _ in items], [t for _, t in items]
-        if s["backend"] == "mm_grounding_dino":
-            return ground(self.model("mm_grounding_dino", s["checkpoint"],
-                                     load_mm_grounding_dino),
-                          images, texts, s["box_threshold"], s["text_threshold"])
-        if s["backend"] == "sam3":
-            bundle = self.model("sam3", s["checkpoint"], _sam3.load_sam3)
-            for q, cut in zip(texts, _sam3.too_long(bundle, texts)):
-                if cut:
-                    note(self.ctx, self.name, f"object {q[:60]!r}... cut to SAM 3's "
-                         f"{bundle['text_len']} text tokens", query=q)
-            found = _sam3.detect(bundle, images, texts, threshold=s["sam3_threshold"],
-                                 masks=False)
-            return [(f.boxes, f.scores) for f in found]
-        if s["backend"] == "grounding_dino":
-            return ground(self.model("grounding_dino", s["checkpoint"], load_grounding_dino),
-                          images, texts, s["box_threshold"], s["text_threshold"])
-        return owl_detect(self.model("owlv2", s["checkpoint"], load_owlv2), images, texts,
-                          s["box_threshold"])
+        return item[0].size if self.backend.one_batch_per_size else None
 
     def postprocess(self, item: tuple[Image.Image, str], found: Any) -> Objects:
         (image, name), (boxes, scores) = item, found
@@ -320,4 +353,3 @@ class Loc(ModelTool):
 
 
 TOOLS = [Loc]
-build = Loc.build

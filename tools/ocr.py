@@ -170,8 +170,9 @@ class Ocr(ModelTool):
         min_score = float(s["min_score"])
         if not 0.0 <= min_score <= 1.0:
             raise SettingsError(f"{self.name}: min_score must be within 0..1, got {min_score}")
-        # threads change speed, not readings: kept out of the settings (the cache key)
-        self.threads = int(s["threads"])
+        # threads change speed, not readings: kept out of the settings (the cache key);
+        # `forward` reads them from all_settings
+        int(s["threads"])
         return {"checkpoint": str(s["checkpoint"]), "min_score": min_score,
                 "use_angle_cls": bool(s["use_angle_cls"]), "merge_gap": float(s["merge_gap"]),
                 "max_side": int(s["max_side"])}
@@ -181,7 +182,7 @@ class Ocr(ModelTool):
 
     def forward(self, items: list[tuple[Image.Image, str | None]]) -> list[list[Line]]:
         s = self.settings
-        max_side, threads = s["max_side"], self.threads
+        max_side, threads = s["max_side"], int(self.all_settings["threads"])
 
         def loader(path: str, device: str, dtype: Any) -> Any:
             return load_rapidocr(path, device, dtype, max_side=max_side, threads=threads)

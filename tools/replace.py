@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from visprog.models import Done, ModelTool, SettingsError, pick_checkpoint
+from visprog.models import Backend, Done, ModelTool, SettingsError, pick_checkpoint
 
 from .crop import check_objects_image
 
@@ -239,6 +239,72 @@ def build_tiny_sdxl_inpaint(folder) -> None:
     pipe.save_pretrained(folder)
 
 
+# -- the backends ----------------------------------------------------------------------------
+
+class Inpainter(Backend):
+    """What Replace's backends share: the settings that change what it paints (the cache
+    key), checked, and where the pipeline runs (`offload`: not in the cache key)."""
+
+    name: str
+    drop: str  # the one of the shared keys this backend's settings leave out
+
+    def __init__(self, s: dict[str, Any]):
+        if s["offload"] not in OFFLOADS:
+            raise SettingsError(f"Replace: offload must be one of {', '.join(OFFLOADS)}, "
+                                f"got {s['offload']!r}")
+        self.offload = s["offload"]  # where it runs, not what it paints: not in the cache key
+        super().__init__(s)
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        s = {"checkpoint": pick_checkpoint(s),
+             **{k: s[k] for k in ("backend", "steps", "guidance", "seed", "resolution",
+                                  "mask_dilation", "negative_prompt", "strength",
+                                  "safety_checker")}}
+        del s[self.drop]
+        # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
+        seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
+        if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
+                isinstance(seed, int) and not isinstance(seed, bool) and seed < 0):
+            s["seed"] = None
+        elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise SettingsError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
+        if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
+            raise SettingsError("Replace: resolution must be at least 8 and steps at least 1")
+        return s
+
+    def forward(self, tool: ModelTool, jobs: list[dict[str, Any]]) -> list[Image.Image]:
+        safety, kind = self.pipeline()
+        if self.offload != "none":
+            kind += f"_offload_{self.offload}"
+        pipe = tool.model(kind, self.settings["checkpoint"],
+                          load_inpaint(safety, self.name, self.offload))
+        return inpaint(pipe, jobs, self.settings)
+
+    def pipeline(self) -> tuple[bool, str]:
+        """Whether the pipeline keeps its safety checker, and the model manager's kind."""
+        raise NotImplementedError
+
+
+class Sdxl(Inpainter):
+    """SDXL inpainting (the default), 1024-pixel working size."""
+
+    name, drop = "sdxl", "safety_checker"  # the SDXL pipeline has none
+
+    def pipeline(self) -> tuple[bool, str]:
+        return False, "sdxl_inpaint"
+
+
+class Sd(Inpainter):
+    """SD 1.5 inpainting (the `classic` preset), with the checkpoint's safety checker unless
+    `safety_checker = false`."""
+
+    name, drop = "sd", "backend"  # the settings (and cache keys) SD 1.5 had before backends
+
+    def pipeline(self) -> tuple[bool, str]:
+        safety = bool(self.settings["safety_checker"])
+        return safety, "sd_inpaint" if safety else "sd_inpaint_no_safety"
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 class Replace(ModelTool):
@@ -246,7 +312,7 @@ class Replace(ModelTool):
     params = {"image": "Image", "object": "Objects", "prompt": "Text"}
     returns = "Image"
     doc = "Replaces the objects with what the prompt describes (inpainting)."
-    backends = tuple(PIPELINES)
+    backends = {"sdxl": Sdxl, "sd": Sd}
     presets = {
         "default": {
             "backend": "sdxl",
@@ -271,30 +337,6 @@ class Replace(ModelTool):
     tiny_checkpoints = {"sd_inpaint": build_tiny_sd_inpaint,
                         "sdxl_inpaint": build_tiny_sdxl_inpaint}
 
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        if s["offload"] not in OFFLOADS:
-            raise SettingsError(f"Replace: offload must be one of {', '.join(OFFLOADS)}, "
-                                f"got {s['offload']!r}")
-        self.offload = s["offload"]  # where it runs, not what it paints: not in the cache key
-        s = {"checkpoint": pick_checkpoint(s),
-             **{k: s[k] for k in ("backend", "steps", "guidance", "seed", "resolution",
-                                  "mask_dilation", "negative_prompt", "strength",
-                                  "safety_checker")}}
-        if s["backend"] == "sd":
-            del s["backend"]  # the settings (and cache keys) SD 1.5 had before backends
-        else:
-            del s["safety_checker"]  # the SDXL pipeline has none
-        # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
-        seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
-        if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
-                isinstance(seed, int) and not isinstance(seed, bool) and seed < 0):
-            s["seed"] = None
-        elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise SettingsError(f"Replace: seed must be an integer or unset, got {s['seed']!r}")
-        if int(s["resolution"]) < 8 or int(s["steps"]) < 1:
-            raise SettingsError("Replace: resolution must be at least 8 and steps at least 1")
-        return s
-
     def cacheable(self) -> bool:
         return self.settings["seed"] is not None
 
@@ -312,19 +354,5 @@ class Replace(ModelTool):
     def batch_key(self, job: dict[str, Any]) -> tuple[int, int]:
         return working_size(job["image"].size, int(self.settings["resolution"]))
 
-    def forward(self, jobs: list[dict[str, Any]]) -> list[Image.Image]:
-        s = self.settings
-        backend = s.get("backend", "sd")
-        if backend == "sd":
-            safety = bool(s["safety_checker"])
-            kind = "sd_inpaint" if safety else "sd_inpaint_no_safety"
-        else:
-            safety, kind = False, f"{backend}_inpaint"
-        if self.offload != "none":
-            kind += f"_offload_{self.offload}"
-        pipe = self.model(kind, s["checkpoint"], load_inpaint(safety, backend, self.offload))
-        return inpaint(pipe, jobs, s)
-
 
 TOOLS = [Replace]
-build = Replace.build

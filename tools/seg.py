@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import (ModelTool, hf_loader, model_image, model_inputs, pick_checkpoint,
-                            rgb_image)
+from visprog.models import (Backend, ModelTool, hf_loader, model_image, model_inputs,
+                            pick_checkpoint, rgb_image)
 from visprog.values import Objects, Region
 
 # backend -> transformers model class
@@ -161,6 +161,22 @@ def build_tiny_maskformer(folder) -> None:
                                 ).save_pretrained(folder)
 
 
+# -- the backends ----------------------------------------------------------------------------
+
+class Segmenter(Backend):
+    """Mask2Former or MaskFormer: the same processor and post-processing, another model
+    class (`MODEL_CLASSES[backend]`)."""
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        checkpoint = pick_checkpoint(s)
+        return {**{k: v for k, v in s.items() if k != "checkpoints"}, "checkpoint": checkpoint}
+
+    def forward(self, tool: ModelTool, images: list[Image.Image]) -> list[Objects]:
+        s = self.settings
+        bundle = tool.model(s["backend"], s["checkpoint"], load_segmenter(s["backend"]))
+        return segment(images, bundle, s)
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 class Seg(ModelTool):
@@ -168,7 +184,7 @@ class Seg(ModelTool):
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Panoptic segmentation: every thing and stuff region, with masks and labels."
-    backends = tuple(MODEL_CLASSES)
+    backends = {name: Segmenter for name in MODEL_CLASSES}
     presets = {
         "default": {
             "backend": "mask2former",
@@ -189,10 +205,6 @@ class Seg(ModelTool):
     tiny_checkpoints = {"mask2former": (build_tiny_mask2former, "2"),
                         "maskformer": build_tiny_maskformer}
 
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        checkpoint = pick_checkpoint(s)
-        return {**{k: v for k, v in s.items() if k != "checkpoints"}, "checkpoint": checkpoint}
-
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
         return rgb_image(call["image"])
 
@@ -200,11 +212,5 @@ class Seg(ModelTool):
         # one model batch per image size (see the module docstring)
         return image.size
 
-    def forward(self, images: list[Image.Image]) -> list[Objects]:
-        s = self.settings
-        bundle = self.model(s["backend"], s["checkpoint"], load_segmenter(s["backend"]))
-        return segment(images, bundle, s)
-
 
 TOOLS = [Seg]
-build = Seg.build

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.models import Done, ModelTool, hf_loader, model_image, model_inputs, rgb_image
+from visprog.models import (Backend, Done, ModelTool, hf_loader, model_image, model_inputs,
+                            rgb_image)
 from visprog.values import Objects, Region
 
 from . import _sam3
@@ -167,73 +168,26 @@ def _selected(cand: Region, query: str, mask: np.ndarray | None, **extra: float)
 Job = tuple[Image.Image, Objects, list[str]]  # the image, its candidates, the query's parts
 
 
-class Select(ModelTool):
-    name = "Select"
-    params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
-    defaults = {"category": None}
-    returns = "Objects"
-    doc = ("the objects of `object` that `query` names ('a,b' selects each); "
-           "`category` narrows them by label first")
-    backends = ("sam3", "sam", "clip")
-    presets = {
-        "default": {"backend": "sam3", "sam3_threshold": 0.5, "mask_threshold": 0.5,
-                    "box_threshold": 0.3, "text_threshold": 0.25, "match_iou": 0.5,
-                    "checkpoints": {"sam3": "facebook/sam3",
-                                    "grounding_dino": "IDEA-Research/grounding-dino-tiny",
-                                    "sam": "facebook/sam-vit-base",
-                                    "clip": "openai/clip-vit-base-patch32"}},
-        # today's (before SAM 3) defaults, unchanged: same settings, same cache keys
-        "classic": {"backend": "sam"},
-        "tiny": {"sam3_threshold": 0.0, "box_threshold": 0.05, "text_threshold": 0.0,
-                 "checkpoints": {"sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
-                                 "sam": "tiny:sam", "clip": "tiny:clip"}},
-    }
-    tiny_checkpoints = {"sam": build_tiny_sam, "sam3": _sam3.build_tiny_sam3}
+class Sam3Concepts(Backend):
+    """"sam3" (default): SAM 3's concept segmentation finds each query part's instances."""
+
+    one_batch_per_size = False  # SAM 3 resizes every image to one size
+    finds_without_candidates = True  # with no candidates, what it finds is the selection
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        cks = dict(s["checkpoints"])
-        if s["backend"] == "sam3":
-            return {"backend": "sam3", "checkpoints": {"sam3": cks["sam3"]},
-                    "sam3_threshold": float(s["sam3_threshold"]),
-                    "mask_threshold": float(s["mask_threshold"]),
-                    "match_iou": float(s["match_iou"])}
-        used = ["grounding_dino", "sam"] if s["backend"] == "sam" else ["clip"]
-        return {"backend": s["backend"], "checkpoints": {k: cks[k] for k in used},
-                "box_threshold": float(s["box_threshold"]),
-                "text_threshold": float(s["text_threshold"]), "match_iou": float(s["match_iou"])}
+        return {"backend": "sam3", "checkpoints": {"sam3": s["checkpoints"]["sam3"]},
+                "sam3_threshold": float(s["sam3_threshold"]),
+                "mask_threshold": float(s["mask_threshold"]),
+                "match_iou": float(s["match_iou"])}
 
-    def preprocess(self, call: dict[str, Any]) -> Any:
-        image, cands = rgb_image(call["image"]), call["object"]
-        if not isinstance(cands, Objects):
-            raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
-        if cands.image_size != image.size:
-            raise ValueError(f"Select: the objects belong to an image of size "
-                             f"{cands.image_size}, not {image.size}")
-        cands, queries = narrow(cands, call.get("category")), split_query(call["query"])
-        # nothing asked, or nothing to select from (SAM 3 then gives what it finds)
-        if not queries or (not len(cands) and self.settings["backend"] != "sam3"):
-            return Done(Objects.empty(image.size))
-        return image, cands, queries
-
-    def batch_key(self, job: Job) -> Any:
-        # SAM 3 resizes every image to one size, so any images batch together; the
-        # grounder pads, and a padded batch gives other boxes: one batch per image size
-        return None if self.settings["backend"] == "sam3" else job[0].size
-
-    def forward(self, jobs: list[Job]) -> list[Objects]:
-        backend = self.settings["backend"]
-        if backend == "sam3":
-            return self._sam3(jobs)
-        return self._sam(jobs) if backend == "sam" else self._clip(jobs)
-
-    def _sam3(self, jobs: list[Job]) -> list[Objects]:
+    def forward(self, tool: ModelTool, jobs: list[Job]) -> list[Objects]:
         s = self.settings
         rows = [(j, q) for j, (_, _, qs) in enumerate(jobs) for q in qs]
-        bundle = self.model("sam3", s["checkpoints"]["sam3"], _sam3.load_sam3)
+        bundle = tool.model("sam3", s["checkpoints"]["sam3"], _sam3.load_sam3)
         texts = [q for _, q in rows]
         for q, cut in zip(texts, _sam3.too_long(bundle, texts)):
             if cut:
-                note(self.ctx, self.name, f"query {q[:60]!r}... cut to SAM 3's "
+                note(tool.ctx, tool.name, f"query {q[:60]!r}... cut to SAM 3's "
                      f"{bundle['text_len']} text tokens", query=q)
         found = _sam3.detect(bundle, [jobs[j][0] for j, _ in rows], texts,
                              threshold=s["sam3_threshold"], mask_threshold=s["mask_threshold"],
@@ -260,13 +214,27 @@ class Select(ModelTool):
             out.append(Objects(tuple(regions), image.size))
         return out
 
-    def _sam(self, jobs: list[Job]) -> list[Objects]:
+
+class GroundedSam(Backend):
+    """"sam" (the `classic` preset): GroundingDINO grounds each query part, SAM masks it."""
+
+    one_batch_per_size = True  # the grounder pads, and a padded batch gives other boxes
+    finds_without_candidates = False
+    uses = ("grounding_dino", "sam")  # its checkpoints
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"],
+                "checkpoints": {k: s["checkpoints"][k] for k in self.uses},
+                "box_threshold": float(s["box_threshold"]),
+                "text_threshold": float(s["text_threshold"]), "match_iou": float(s["match_iou"])}
+
+    def forward(self, tool: ModelTool, jobs: list[Job]) -> list[Objects]:
         s, cks = self.settings, self.settings["checkpoints"]
         pairs = [(j, q) for j, (_, _, qs) in enumerate(jobs) for q in qs]
-        gd = self.model("grounding_dino", cks["grounding_dino"], load_grounding_dino)
+        gd = tool.model("grounding_dino", cks["grounding_dino"], load_grounding_dino)
         found = ground(gd, [jobs[j][0] for j, _ in pairs], [q for _, q in pairs],
                        s["box_threshold"], s["text_threshold"])
-        sam = self.model("sam", cks["sam"], load_sam)
+        sam = tool.model("sam", cks["sam"], load_sam)
         out = []
         for j, (image, cands, _) in enumerate(jobs):
             mine = [(q, clean_detections(b, sc, image.size, 0.5, MAX_GROUNDED))
@@ -284,13 +252,19 @@ class Select(ModelTool):
             out.append(Objects(tuple(regions), image.size))
         return out
 
-    def _clip(self, jobs: list[Job]) -> list[Objects]:
+
+class ClipCrops(GroundedSam):
+    """"clip": CLIP scores each candidate's crop against each query part."""
+
+    uses = ("clip",)
+
+    def forward(self, tool: ModelTool, jobs: list[Job]) -> list[Objects]:
         crops, owner = [], []
         for j, (image, cands, _) in enumerate(jobs):
             crops += [crop_region(image, r.box, 0.1) for r in cands]
             owner += [j] * len(cands)
         texts = sorted({f"a photo of {q}" for _, _, qs in jobs for q in qs})
-        logits = clip_logits(self.model("clip", self.settings["checkpoints"]["clip"], load_clip),
+        logits = clip_logits(tool.model("clip", self.settings["checkpoints"]["clip"], load_clip),
                              crops, texts)
         col, owner_arr = {t: i for i, t in enumerate(texts)}, np.array(owner)
         out = []
@@ -308,5 +282,46 @@ class Select(ModelTool):
         return out
 
 
+class Select(ModelTool):
+    name = "Select"
+    params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
+    defaults = {"category": None}
+    returns = "Objects"
+    doc = ("the objects of `object` that `query` names ('a,b' selects each); "
+           "`category` narrows them by label first")
+    backends = {"sam3": Sam3Concepts, "sam": GroundedSam, "clip": ClipCrops}
+    presets = {
+        "default": {"backend": "sam3", "sam3_threshold": 0.5, "mask_threshold": 0.5,
+                    "box_threshold": 0.3, "text_threshold": 0.25, "match_iou": 0.5,
+                    "checkpoints": {"sam3": "facebook/sam3",
+                                    "grounding_dino": "IDEA-Research/grounding-dino-tiny",
+                                    "sam": "facebook/sam-vit-base",
+                                    "clip": "openai/clip-vit-base-patch32"}},
+        # today's (before SAM 3) defaults, unchanged: same settings, same cache keys
+        "classic": {"backend": "sam"},
+        "tiny": {"sam3_threshold": 0.0, "box_threshold": 0.05, "text_threshold": 0.0,
+                 "checkpoints": {"sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
+                                 "sam": "tiny:sam", "clip": "tiny:clip"}},
+    }
+    tiny_checkpoints = {"sam": build_tiny_sam, "sam3": _sam3.build_tiny_sam3}
+
+    def preprocess(self, call: dict[str, Any]) -> Any:
+        image, cands = rgb_image(call["image"]), call["object"]
+        if not isinstance(cands, Objects):
+            raise TypeError(f"Select: object must be Objects, got {type(cands).__name__}")
+        if cands.image_size != image.size:
+            raise ValueError(f"Select: the objects belong to an image of size "
+                             f"{cands.image_size}, not {image.size}")
+        cands, queries = narrow(cands, call.get("category")), split_query(call["query"])
+        # nothing asked, or nothing to select from (SAM 3 then gives what it finds)
+        if not queries or (not len(cands) and not self.backend.finds_without_candidates):
+            return Done(Objects.empty(image.size))
+        return image, cands, queries
+
+    def batch_key(self, job: Job) -> Any:
+        # SAM 3 resizes every image to one size, so any images batch together; the
+        # grounder pads, and a padded batch gives other boxes: one batch per image size
+        return job[0].size if self.backend.one_batch_per_size else None
+
+
 TOOLS = [Select]
-build = Select.build

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.models import (ModelTool, SettingsError, hf_loader, model_images, model_inputs,
-                            pick_checkpoint, rgb_image, tiny_bert_tokenizer)
+from visprog.models import (Backend, ModelTool, SettingsError, hf_loader, model_images,
+                            model_inputs, pick_checkpoint, rgb_image, tiny_bert_tokenizer)
 from visprog.models.vlm import VLM_KIND, load_vlm
 
 from . import _vlm
@@ -192,6 +192,90 @@ def build_tiny_vilt(folder) -> None:
     processor.save_pretrained(folder)
 
 
+# -- the backends ----------------------------------------------------------------------------
+
+def unzip(items: list[tuple[Image.Image, str]]) -> tuple[list[Image.Image], list[str]]:
+    return [im for im, _ in items], [q for _, q in items]
+
+
+class Blip(Backend):
+    """BLIP (the `classic` preset): generates the answer."""
+
+    chat = False  # a chat model's images are bounded to max_pixels, its answers shortened
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        # the keys (and cache keys) of before the chat models
+        return {"backend": s["backend"], "checkpoint": pick_checkpoint(s),
+                "max_new_tokens": int(s["max_new_tokens"])}
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[str]:
+        s = self.settings
+        return blip_answers(tool.model("blip_vqa", s["checkpoint"], load_blip), *unzip(items),
+                            s["max_new_tokens"])
+
+
+class Vilt(Blip):
+    """ViLT: picks one answer of its fixed vocabulary."""
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[str]:
+        return vilt_answers(tool.model("vilt", self.settings["checkpoint"], load_vilt),
+                            *unzip(items))
+
+
+class ChatVlm(Backend):
+    """A vision-language chat model from transformers (the default), through its chat
+    template: a batch is one left-padded greedy `generate`."""
+
+    chat = True
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {**self.chat_settings(s), "checkpoint": pick_checkpoint(s)}
+
+    @staticmethod
+    def chat_settings(s: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": s["backend"], "max_new_tokens": int(s["max_new_tokens"]),
+                "instruction": str(s.get("instruction") or ""),
+                "max_pixels": int(s["max_pixels"]),
+                "max_answer_words": max(1, int(s["max_answer_words"]))}
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[str]:
+        s = self.settings
+        return vlm_answers(tool.model(VLM_KIND, s["checkpoint"], load_vlm), *unzip(items),
+                           s["instruction"], s["max_new_tokens"])
+
+
+class Endpoint(ChatVlm):
+    """An OpenAI-compatible server that takes images; parallel requests stand in for a
+    batch. What answers (model, server) is in the cache key; the key, the timeouts and the
+    concurrency are not."""
+
+    uses_torch = False
+
+    def __init__(self, s: dict[str, Any]):
+        from visprog.models.remote import RemoteModelError, VisionEndpoint
+
+        ep = dict(s.get("endpoint") or {})
+        try:
+            self.client = VisionEndpoint(
+                ep.get("model") or None, ep.get("base_url") or None, ep.get("api_key") or None,
+                timeout=float(ep.get("timeout", 60.0)), max_retries=int(ep.get("max_retries", 3)),
+                backoff=float(ep.get("backoff", 0.5)),
+                max_backoff=float(ep.get("max_backoff", 8.0)),
+                concurrency=int(ep.get("concurrency", 8)),
+                image_format=str(ep.get("image_format", "png")))
+        except RemoteModelError as e:
+            raise SettingsError(f"Vqa: {e}") from e
+        super().__init__(s)
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {**self.chat_settings(s), "model": self.client.model, "base_url": self.client.where}
+
+    def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[str]:
+        s = self.settings
+        return self.client.ask_many([(im, vlm_prompt(q, s["instruction"])) for im, q in items],
+                                    max_tokens=s["max_new_tokens"])
+
+
 # -- the tool --------------------------------------------------------------------------------
 
 INSTRUCTION = "Reply with only the answer: one or two words, or a number."
@@ -202,7 +286,7 @@ class Vqa(ModelTool):
     params = {"image": "Image", "question": "Text"}
     returns = "Text"
     doc = "answers a question about the image in a word or two (lower case)"
-    backends = ("vlm", "endpoint", "blip", "vilt")
+    backends = {"vlm": ChatVlm, "endpoint": Endpoint, "blip": Blip, "vilt": Vilt}
     presets = {
         "default": {"backend": "vlm", "max_new_tokens": 10, "instruction": INSTRUCTION,
                     "max_pixels": 1024 * 1024, "max_answer_words": 3,
@@ -222,62 +306,18 @@ class Vqa(ModelTool):
                         "qwen2_5_vl": _vlm.build_tiny_qwen2_5_vl,
                         "smolvlm": _vlm.build_tiny_smolvlm}
 
-    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
-        backend = s["backend"]
-        if backend in ("blip", "vilt"):  # the keys (and cache keys) of before the chat models
-            return {"backend": backend, "checkpoint": pick_checkpoint(s),
-                    "max_new_tokens": int(s["max_new_tokens"])}
-        out = {"backend": backend, "max_new_tokens": int(s["max_new_tokens"]),
-               "instruction": str(s.get("instruction") or ""),
-               "max_pixels": int(s["max_pixels"]),
-               "max_answer_words": max(1, int(s["max_answer_words"]))}
-        if backend == "vlm":
-            return {**out, "checkpoint": pick_checkpoint(s)}
-        # endpoint: what answers (model, server) is in the cache key; the key, the timeouts
-        # and the concurrency are not
-        from visprog.models.remote import RemoteModelError, VisionEndpoint
-        ep = dict(s.get("endpoint") or {})
-        self.uses_torch = False
-        try:
-            self._endpoint = VisionEndpoint(
-                ep.get("model") or None, ep.get("base_url") or None, ep.get("api_key") or None,
-                timeout=float(ep.get("timeout", 60.0)), max_retries=int(ep.get("max_retries", 3)),
-                backoff=float(ep.get("backoff", 0.5)),
-                max_backoff=float(ep.get("max_backoff", 8.0)),
-                concurrency=int(ep.get("concurrency", 8)),
-                image_format=str(ep.get("image_format", "png")))
-        except RemoteModelError as e:
-            raise SettingsError(f"Vqa: {e}") from e
-        return {**out, "model": self._endpoint.model, "base_url": self._endpoint.where}
-
     def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str]:
         image, question = rgb_image(call["image"]), str(call["question"]).strip()
         if not question:
             raise ValueError("Vqa needs a question, got an empty string")
-        if self.settings["backend"] in ("vlm", "endpoint"):
+        if self.backend.chat:
             image = bound_pixels(image, self.settings["max_pixels"])
         return image, question
 
-    def forward(self, items: list[tuple[Image.Image, str]]) -> list[str]:
-        s = self.settings
-        images, questions = [im for im, _ in items], [q for _, q in items]
-        if s["backend"] == "vlm":
-            return vlm_answers(self.model(VLM_KIND, s["checkpoint"], load_vlm), images,
-                               questions, s["instruction"], s["max_new_tokens"])
-        if s["backend"] == "endpoint":
-            return self._endpoint.ask_many(
-                [(im, vlm_prompt(q, s["instruction"])) for im, q in items],
-                max_tokens=s["max_new_tokens"])
-        if s["backend"] == "blip":
-            return blip_answers(self.model("blip_vqa", s["checkpoint"], load_blip), images,
-                                questions, s["max_new_tokens"])
-        return vilt_answers(self.model("vilt", s["checkpoint"], load_vilt), images, questions)
-
     def postprocess(self, item: Any, answer: str) -> str:
-        if self.settings["backend"] in ("vlm", "endpoint"):
+        if self.backend.chat:
             return short_answer(answer, self.settings["max_answer_words"])
         return clean_answer(answer)
 
 
 TOOLS = [Vqa]
-build = Vqa.build

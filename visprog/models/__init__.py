@@ -8,15 +8,18 @@ from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, add_tiny_so
 from visprog.models.images import MODEL_MAX_ASPECT, model_image, model_images, rgb_image
 from visprog.models.manager import (Loader, ModelManager, default_manager, manager_of,
                                     model_dtype, pick_device, to_model_inputs)
-from visprog.models.model_tool import (Done, ModelTool, SettingsError, hf_loader, is_model_tool,
-                                       merge_settings, model_inputs, pick_checkpoint)
-from visprog.models.tokenizers import tiny_bert_tokenizer, tiny_clip_tokenizer
+from visprog.models.model_tool import (Backend, Done, ModelTool, SettingsError, hf_loader,
+                                       is_model_tool, merge_settings, model_inputs,
+                                       pick_checkpoint)
+from visprog.models.tokenizers import (byte_level_bpe, tiny_bert_tokenizer, tiny_bpe,
+                                       tiny_clip_tokenizer, tiny_siglip2_tokenizer)
 
 __all__ = ["TINY_PREFIX", "ModelLoadError", "add_tiny_source", "cache_dir", "hub_unreachable",
            "load_error", "looks_like_path", "quiet_loading", "register_tiny",
            "resolve_checkpoint", "tiny_dir", "MODEL_MAX_ASPECT", "model_image", "model_images",
            "rgb_image", "Loader",
            "ModelManager", "default_manager", "manager_of", "model_dtype", "pick_device",
-           "to_model_inputs", "tiny_bert_tokenizer", "tiny_clip_tokenizer", "Done", "ModelTool",
+           "to_model_inputs", "byte_level_bpe", "tiny_bert_tokenizer", "tiny_bpe",
+           "tiny_clip_tokenizer", "tiny_siglip2_tokenizer", "Backend", "Done", "ModelTool",
            "SettingsError", "hf_loader", "is_model_tool", "merge_settings", "model_inputs",
            "pick_checkpoint"]

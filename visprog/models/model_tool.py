@@ -17,7 +17,12 @@ What the base owns:
 - settings: `presets["default"]` holds every setting with its default; another preset
   ("tiny", later "classic") lists only the keys it changes. `visprog.config.load_config`
   reads these declarations, so a module's settings live in its own file and nowhere else.
-  `configure` turns the merged settings into the ones that change results (the cache key).
+  `configure` turns the merged settings into the ones that change results (the cache key);
+  it returns them and changes nothing. Settings that change how it runs, not what it gives
+  (threads, offloading), are read from `all_settings`.
+- backends: a module that can do its work several ways (Vqa: a chat VLM, a server, BLIP,
+  ViLT) declares `backends`, backend name -> a small `Backend` class; the `backend` setting
+  picks one, which takes the module's settings (its own are the cache key) and runs it.
 - the tiny checkpoints (`tiny:<name>`), registered when the class is defined.
 - lazy loading through the model manager (`self.model(kind, checkpoint, loader)`), device
   and dtype placement of the inputs (`self.model_inputs`), and `torch.inference_mode`.
@@ -30,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, Hashable, Mapping
+from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 from visprog.errors import ConfigError, ToolDeclarationError
 from visprog.models.checkpoints import register_tiny
@@ -86,6 +91,30 @@ class Done:
     value: Any
 
 
+class Backend:
+    """One way a model module does its work, picked by name from the module's `backends`.
+
+    Made once per built tool from the module's merged settings: `configure` keeps the ones
+    that change this backend's results (they become the tool's settings, its cache key), and
+    a subclass's `__init__` may also make what it needs to run (a client). It changes nothing
+    outside itself. The module's steps ask it for what differs between its backends; each
+    such method gets the tool, for its models and context (`tool.model(...)`, `tool.ctx`).
+    """
+
+    uses_torch: ClassVar[bool] = True  # run `forward` under torch.inference_mode
+
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = self.configure(dict(settings))
+
+    def configure(self, s: dict[str, Any]) -> dict[str, Any]:
+        """The settings that change results, checked (a SettingsError when one is wrong)."""
+        return s
+
+    def forward(self, tool: "ModelTool", items: list[Any]) -> list[Any]:
+        """The model on a group of the tool's items: one raw output per item, in order."""
+        raise NotImplementedError(f"{type(self).__name__}: forward is not written")
+
+
 class ModelTool:
     """The base of a model module; see the module docstring.
 
@@ -98,7 +127,9 @@ class ModelTool:
         version: bump when results change; part of the cache key.
         presets: preset name -> settings; "default" holds every setting, other presets
             only what they change.
-        backends: when set, `settings["backend"]` must be one of these.
+        backends: backend name -> `Backend` class (or a function of the merged settings that
+            returns a Backend: FaceDet's "auto"); `settings["backend"]` picks one, which gives
+            the settings (`configure` is not called) and is `self.backend`.
         tiny_checkpoints: `tiny:<name>` -> builder (writes a small random model into a
             folder), or (builder, version).
         draw_on: in a trace, Objects are drawn over this image argument.
@@ -118,7 +149,7 @@ class ModelTool:
     defaults: ClassVar[Mapping[str, Any]] = {}
     version: ClassVar[str] = "1"
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"default": {}}
-    backends: ClassVar[tuple[str, ...]] = ()
+    backends: ClassVar[Mapping[str, Callable[[dict[str, Any]], "Backend"]]] = {}
     tiny_checkpoints: ClassVar[Mapping[str, Any]] = {}
     draw_on: ClassVar[str | None] = "image"
     uses_torch: ClassVar[bool] = True
@@ -133,6 +164,10 @@ class ModelTool:
                 raise ToolDeclarationError(f"{where}: declare `{attr}`")
         if "default" not in cls.presets:
             raise ToolDeclarationError(f"{where}: presets need a 'default' table")
+        backends = cls.backends
+        if not isinstance(backends, Mapping) or not all(callable(b) for b in backends.values()):
+            raise ToolDeclarationError(f"{where}: `backends` maps each backend's name to its "
+                                       f"Backend class")
         unknown = sorted(set(cls.defaults) - set(cls.params))
         if unknown:
             raise ToolDeclarationError(f"{where}: defaults for undeclared arguments {unknown}")
@@ -143,10 +178,16 @@ class ModelTool:
     def __init__(self, settings: Mapping[str, Any] | None = None, ctx: Any = None):
         self.ctx = ctx
         s = merge_settings(self.presets["default"], settings or {})
-        if self.backends and s.get("backend") not in self.backends:
-            raise SettingsError(f"{self.name}: unknown backend {s.get('backend')!r}; "
-                                f"choose one of {', '.join(self.backends)}")
-        self.settings = self.configure(s)
+        self.all_settings = copy.deepcopy(s)
+        self.backend: Backend | None = None
+        if self.backends:
+            if s.get("backend") not in self.backends:
+                raise SettingsError(f"{self.name}: unknown backend {s.get('backend')!r}; "
+                                    f"choose one of {', '.join(self.backends)}")
+            self.backend = self.backends[s["backend"]](s)
+            self.settings = self.backend.settings
+        else:
+            self.settings = self.configure(s)
         self._types = {p: _runtime_types(t, self.defaults.get(p, 0) is None)
                        for p, t in self.params.items()}
 
@@ -166,7 +207,8 @@ class ModelTool:
     # -- what a module writes -----------------------------------------------------------------
 
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The settings that change results (they go into the cache key), checked."""
+        """The settings that change results (they go into the cache key), checked; it changes
+        nothing (a module with backends: its backend's `configure` instead)."""
         return settings
 
     def cacheable(self) -> bool:
@@ -183,7 +225,10 @@ class ModelTool:
         return None
 
     def forward(self, items: list[Any]) -> list[Any]:
-        """The model on a group of items: one raw output per item, in order."""
+        """The model on a group of items: one raw output per item, in order. A module with
+        backends: its backend's `forward`."""
+        if self.backend is not None:
+            return self.backend.forward(self, items)
         raise NotImplementedError(f"{self.name}: forward is not written")
 
     def postprocess(self, item: Any, output: Any) -> Any:
@@ -253,7 +298,7 @@ class ModelTool:
         return call
 
     def _inference(self) -> Any:
-        if not self.uses_torch:
+        if not (self.uses_torch if self.backend is None else self.backend.uses_torch):
             return contextlib.nullcontext()
         import torch
 

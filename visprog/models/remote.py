@@ -2,24 +2,27 @@
 serving a VLM, or a hosted model): a question and an image go as one chat message with
 image content, and the reply's text is the answer.
 
-The request policy is the planner's client's (visprog/planning/llm.py): bounded retries after
-a timeout, a connection error, HTTP 429 or 5xx, with doubling backoff capped at `max_backoff`
-and a server's Retry-After honoured within the cap; any other refusal fails at once with a
-message that says what to check. `ask_many` sends requests in parallel, at most
-`concurrency` at a time, in place of batching.
+The request policy is the planner's client's, one loop for both (`ChatServer` in
+visprog/models/openai_api.py): bounded retries after a timeout, a connection error, HTTP 429
+or 5xx, or a reply that is not a chat completion (a proxy's HTML page), with doubling backoff
+capped at `max_backoff` and a server's Retry-After honoured within the cap; any other refusal
+fails at once with a message that says what to check; an enclosing `deadline(...)` bounds the
+requests and their waits. `ask_many` sends requests in parallel, at most `concurrency` at a
+time, in place of batching.
 """
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.errors import VisProgError, api_message, retry_after_seconds
+from visprog.errors import VisProgError
+from visprog.models.openai_api import OPENAI_URL, ChatServer
 
 ENV_API_KEY = "OPENAI_API_KEY"  # shared with the planner's client unless VISPROG_VQA_API_KEY
 ENV_VQA_API_KEY = "VISPROG_VQA_API_KEY"
@@ -72,24 +75,23 @@ class VisionEndpoint:
             raise RemoteModelError(
                 f"no API key for Vqa's endpoint: set {ENV_VQA_API_KEY} or {ENV_API_KEY}; a local "
                 f"server without auth accepts any value, e.g. {ENV_VQA_API_KEY}=none")
-        try:
-            import openai
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise RemoteModelError("the 'openai' package is needed: pip install "
-                                   "'visprog[llm]'") from e
-        self._openai = openai
-        self.timeout = float(timeout)
-        self.max_retries = max(0, int(max_retries))
-        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.concurrency = max(1, int(concurrency))
         self.image_format = image_format
-        # The client's own retries are off: ours are bounded and say what happened.
-        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
-                                     max_retries=0)
+        where = self.base_url or OPENAI_URL
+        self.server = ChatServer(
+            model=self.model, base_url=self.base_url, api_key=key, timeout=timeout,
+            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
+            error=RemoteModelError, what="vision request",
+            connect_hint=f"set [Vqa.endpoint] base_url or {ENV_VQA_BASE_URL} to its address",
+            refusal_hints={401: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY}",
+                           403: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY} and its permissions",
+                           404: f"check the model name ({self.model!r}) and the base_url "
+                                f"({where!r})",
+                           400: "does the served model take images?"})
 
     @property
     def where(self) -> str:
-        return self.base_url or "https://api.openai.com/v1"
+        return self.server.where
 
     def messages(self, image: Image.Image, text: str) -> list[dict[str, Any]]:
         return [{"role": "user", "content": [
@@ -100,60 +102,24 @@ class VisionEndpoint:
         """One answer, greedy (temperature 0).
 
         Raises:
-            RemoteModelError: unreachable server, refused request, or retries used up.
+            RemoteModelError: unreachable server, refused request, retries used up, or an
+                enclosing `deadline` reached.
         """
-        openai = self._openai
         args = {"model": self.model, "messages": self.messages(image, text),
                 "temperature": 0.0, "max_tokens": int(max_tokens)}
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                resp = self._client.chat.completions.create(**args)
-                choices = resp.choices or []
-                if not choices or choices[0].message is None:
-                    raise RemoteModelError(f"the vision endpoint at {self.where} returned no "
-                                           f"choices")
-                return choices[0].message.content or ""
-            except openai.APITimeoutError:
-                last = f"no reply within {self.timeout:g} s (timeout)"
-            except openai.APIConnectionError as e:
-                last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
-                        f"set [Vqa.endpoint] base_url or {ENV_VQA_BASE_URL} to its address")
-            except openai.RateLimitError as e:
-                last = f"HTTP 429 rate limited: {api_message(e)}"
-                retry_after = retry_after_seconds(e)
-            except openai.APIStatusError as e:
-                if e.status_code < 500:
-                    raise RemoteModelError(self._refused(e)) from e
-                last = f"HTTP {e.status_code} server error: {api_message(e)}"
-                retry_after = retry_after_seconds(e)
-            if attempt < self.max_retries:
-                delay = min(self.max_backoff, self.backoff * 2 ** attempt)
-                if retry_after is not None and 0 <= retry_after <= self.max_backoff:
-                    delay = retry_after
-                time.sleep(delay)
-        tries = self.max_retries + 1
-        raise RemoteModelError(f"vision request to {self.where} (model {self.model!r}) failed "
-                               f"after {tries} attempt{'s' if tries != 1 else ''}: {last}")
+        _, choices = self.server.create(**args)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise RemoteModelError(f"the vision endpoint at {self.where} returned no choices")
+        return choices[0].message.content or ""
 
     def ask_many(self, pairs: Sequence[tuple[Image.Image, str]], *, max_tokens: int = 16
                  ) -> list[str]:
         """One answer per (image, text), in order; at most `concurrency` requests at once.
-        The first failure is raised once every request has ended."""
+        The first failure is raised once every request has ended. Each request runs in a
+        copy of the caller's context, so an enclosing `deadline` holds in the threads too."""
         if len(pairs) <= 1 or self.concurrency == 1:
             return [self.ask(im, t, max_tokens=max_tokens) for im, t in pairs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pairs))) as pool:
-            futures = [pool.submit(self.ask, im, t, max_tokens=max_tokens) for im, t in pairs]
+            futures = [pool.submit(contextvars.copy_context().run, self.ask, im, t,
+                                   max_tokens=max_tokens) for im, t in pairs]
             return [f.result() for f in futures]
-
-    def _refused(self, e: Any) -> str:
-        code = e.status_code
-        hint = {401: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY}",
-                403: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY} and its permissions",
-                404: f"check the model name ({self.model!r}) and the base_url ({self.where!r})",
-                400: "does the served model take images?"}
-        extra = f"; {hint[code]}" if code in hint else ""
-        return f"vision request to {self.where} was refused: HTTP {code}: {api_message(e)}{extra}"
-
-

@@ -3,55 +3,19 @@ counts. The OpenAI-compatible client (llm.py) and the local constrained one (llm
 both build on this."""
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from visprog.errors import VisProgError
+# The deadline of a plan's LLM requests (the planner sets it, `OpenAIChat` honours it) lives
+# with the request policy it bounds, which Vqa's endpoint shares.
+from visprog.models.openai_api import deadline, time_left
+
+__all__ = ["LLMError", "LLMReply", "ChatClient", "add_usage", "deadline", "time_left"]
 
 
 class LLMError(VisProgError):
     """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
-
-
-# The total time that the LLM requests made inside `deadline(...)` may take together:
-# (monotonic time it ends, its length in seconds, the setting's name for messages). A
-# client honours it through `time_left` (the planner sets it; see `OpenAIChat`).
-_DEADLINE: contextvars.ContextVar[tuple[float, float, str] | None] = contextvars.ContextVar(
-    "visprog_llm_deadline", default=None)
-
-
-@contextlib.contextmanager
-def deadline(seconds: float | None, name: str = "deadline_s") -> Iterator[None]:
-    """Within this block, LLM requests (retries and their waits included) end by `seconds`
-    from now: a request's timeout is cut to the time left, and none starts after it. An
-    enclosing deadline that ends sooner still holds. None: no deadline."""
-    outer = _DEADLINE.get()
-    if seconds is None or (outer is not None and outer[0] <= time.monotonic() + seconds):
-        yield
-        return
-    token = _DEADLINE.set((time.monotonic() + float(seconds), float(seconds), name))
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-def time_left() -> float | None:
-    """Seconds left until the current `deadline`, or None outside one."""
-    d = _DEADLINE.get()
-    return None if d is None else d[0] - time.monotonic()
-
-
-def deadline_error(where: str, attempts: int, last: str) -> LLMError:
-    """The error for requests stopped by the current `deadline`."""
-    _, seconds, name = _DEADLINE.get() or (0.0, 0.0, "deadline_s")
-    tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-    detail = f"; the last one: {last}" if last else ""
-    return LLMError(f"LLM request to {where} stopped: the deadline of {seconds:g} s for "
-                    f"planning ({name}) was reached{tried}{detail}")
 
 
 @dataclass

@@ -13,7 +13,9 @@ other users of the client (the List module) still get free text; and, optionally
 verdict), for backends that can constrain their output.
 
 - `OpenAIChat`: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama,
-  llama.cpp server...) through the official `openai` client, with bounded retries.
+  llama.cpp server...) through the official `openai` client, with the request policy of
+  `visprog.models.openai_api` (bounded retries, the planning deadline), which Vqa's endpoint
+  backend shares.
 - `LocalConstrained` (`visprog.llm_local`): a local Hugging Face causal LM whose sampling is
   constrained by a grammar derived from the registry, so every program it writes parses and
   checks.
@@ -24,12 +26,10 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from typing import Any, Mapping
 
-from visprog.errors import api_message, first_line, retry_after_seconds
-from visprog.planning.chat import (ChatClient, LLMError, LLMReply, add_usage, deadline,
-                                   deadline_error, time_left)
+from visprog.models.openai_api import OPENAI_URL, ChatServer
+from visprog.planning.chat import ChatClient, LLMError, LLMReply, add_usage, deadline, time_left
 
 __all__ = ["ChatClient", "LLMError", "LLMReply", "add_usage", "deadline", "time_left",
            "OpenAIChat", "make_llm"]
@@ -44,10 +44,6 @@ ENV_LOCAL_MODEL = "VISPROG_LLM_PATH"
 GRAMMAR_FIELDS = {
     "vllm": "guided_grammar",  # vLLM's OpenAI server, Lark/EBNF text
 }
-
-
-class _NotACompletion(ValueError):
-    """An HTTP 200 whose body is not a chat completion (a proxy's error page, say)."""
 
 
 class OpenAIChat:
@@ -91,25 +87,22 @@ class OpenAIChat:
                            f"{ENV_API_KEY}=none with {ENV_BASE_URL}=http://localhost:8000/v1")
         if grammar is not None and grammar not in GRAMMAR_FIELDS:
             raise LLMError(f"unknown grammar mode {grammar!r}; use one of {sorted(GRAMMAR_FIELDS)}")
-        try:
-            import openai
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise LLMError("the 'openai' package is needed: pip install 'visprog[llm]'") from e
-        self._openai = openai
-        self.timeout = float(timeout)
-        self.max_retries = max(0, int(max_retries))
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
+        where = self.base_url or OPENAI_URL
+        self.server = ChatServer(
+            model=self.model, base_url=self.base_url, api_key=key, timeout=timeout,
+            max_retries=max_retries, backoff=backoff, max_backoff=max_backoff, error=LLMError,
+            what="LLM request", connect_hint=f"set {ENV_BASE_URL} to its address",
+            refusal_hints={401: f"check {ENV_API_KEY}",
+                           403: f"check {ENV_API_KEY} and its permissions",
+                           404: f"check the model name ({ENV_MODEL}={self.model!r}) and "
+                                f"{ENV_BASE_URL}={where!r}"})
+        self.timeout, self.max_retries = self.server.timeout, self.server.max_retries
         self.grammar = grammar
         self.grammar_text: str | None = None
         self.extra_body = dict(extra_body or {})
-        # The client's own retries are off: ours below are bounded and report what happened.
-        self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
-                                     max_retries=0)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.model,
-                "base_url": self.base_url or "https://api.openai.com/v1",
+        return {"backend": "openai", "model": self.model, "base_url": self.server.where,
                 "grammar": self.grammar}
 
     def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> "OpenAIChat":
@@ -157,7 +150,6 @@ class OpenAIChat:
         return LLMReply(text=texts[0], texts=texts, usage=usage, model=model)
 
     def _create(self, messages: list[dict[str, str]], **sampling: Any) -> LLMReply:
-        openai = self._openai
         args: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": sampling["temperature"],
                                 "max_tokens": sampling["max_tokens"]}
@@ -172,70 +164,17 @@ class OpenAIChat:
             body[GRAMMAR_FIELDS[self.grammar]] = self.grammar_text
         if body:
             args["extra_body"] = body
-        where = self.describe()["base_url"]
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            left = time_left()
-            if left is not None and left <= 0:
-                raise deadline_error(where, attempt, last)
-            timeout = self.timeout if left is None else min(self.timeout, left)
-            retry_after = None
-            try:
-                resp = self._client.chat.completions.create(**args, timeout=timeout)
-                return _reply_from(resp, self.model)
-            except openai.APITimeoutError:
-                last = f"no reply within {timeout:g} s (timeout)"
-            except openai.APIConnectionError as e:
-                last = (f"cannot connect ({e.__cause__ or e}); is the server running? "
-                        f"set {ENV_BASE_URL} to its address")
-            except openai.RateLimitError as e:
-                last = f"HTTP 429 rate limited: {api_message(e)}"
-                retry_after = retry_after_seconds(e)
-            except openai.APIStatusError as e:
-                if e.status_code < 500:
-                    raise LLMError(_status_message(e, where, self.model)) from e
-                last = f"HTTP {e.status_code} server error: {api_message(e)}"
-                retry_after = retry_after_seconds(e)
-            except (openai.APIResponseValidationError, ValueError) as e:  # JSONDecodeError too
-                why = first_line(e, 200) or type(e).__name__
-                last = f"HTTP 200 with a body that is not a chat completion ({why})"
-            if attempt < self.max_retries:
-                delay = min(self.max_backoff, self.backoff * 2 ** attempt)
-                if retry_after is not None and 0 <= retry_after <= self.max_backoff:
-                    delay = retry_after
-                left = time_left()
-                if left is not None and delay >= left:
-                    raise deadline_error(where, attempt + 1, last)
-                time.sleep(delay)
-        tries = self.max_retries + 1
-        raise LLMError(f"LLM request to {where} (model {self.model!r}) failed after {tries} "
-                       f"attempt{'s' if tries != 1 else ''} (max_retries={self.max_retries}): "
-                       f"{last}")
-
-
-def _reply_from(resp: Any, model: str) -> LLMReply:
-    choices = getattr(resp, "choices", None)
-    if not isinstance(choices, list):  # the client hands back a non-JSON body as a str
-        raise _NotACompletion(f"got {str(resp)[:80]!r}" if isinstance(resp, str)
-                              else f"no 'choices' in {type(resp).__name__}")
-    texts = [(c.message.content or "") if getattr(c, "message", None) is not None else ""
-             for c in choices]
-    usage: dict[str, int] = {}
-    if resp.usage is not None:
-        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            v = getattr(resp.usage, k, None)
-            if isinstance(v, int):
-                usage[k] = v
-    return LLMReply(text=texts[0] if texts else "", texts=texts, usage=usage,
-                    model=getattr(resp, "model", "") or model)
-
-
-def _status_message(e: Any, where: str, model: str) -> str:
-    code = e.status_code
-    hint = {401: f"check {ENV_API_KEY}", 403: f"check {ENV_API_KEY} and its permissions",
-            404: f"check the model name ({ENV_MODEL}={model!r}) and {ENV_BASE_URL}={where!r}"}
-    extra = f"; {hint[code]}" if code in hint else ""
-    return f"LLM request to {where} was refused: HTTP {code}: {api_message(e)}{extra}"
+        resp, choices = self.server.create(**args)
+        texts = [(c.message.content or "") if getattr(c, "message", None) is not None else ""
+                 for c in choices]
+        usage: dict[str, int] = {}
+        if getattr(resp, "usage", None) is not None:
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                v = getattr(resp.usage, k, None)
+                if isinstance(v, int):
+                    usage[k] = v
+        return LLMReply(text=texts[0] if texts else "", texts=texts, usage=usage,
+                        model=getattr(resp, "model", "") or self.model)
 
 
 def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
