@@ -16,6 +16,7 @@ from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
 from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
+from visprog.values.text import read_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -29,10 +30,12 @@ def _read_program(path: str) -> str:
         return sys.stdin.read()
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
+        return read_text(p)  # a BOM, CRLF or lone-CR line ends are fine
     except FileNotFoundError:
         raise UsageError(f"program file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not UTF-8: names the line and the byte
+        raise UsageError(str(e)) from None
+    except OSError as e:
         raise UsageError(f"could not read program file {p}: {e}") from None
 
 
@@ -520,7 +523,12 @@ def run_items(args: Any, vp: Any) -> int:
     for lineno, row in _json_lines(Path(args.items)):
         row = dict(row)
         if "program_file" in row:
-            row["program"] = (base / row.pop("program_file")).read_text(encoding="utf-8")
+            program_file = base / row.pop("program_file")
+            try:
+                row["program"] = read_text(program_file)
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{args.items}:{lineno}: could not read program_file "
+                                   f"{program_file}: {e}") from None
         if "program" not in row:
             raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
         for key in ("image", "left", "right"):
