@@ -353,7 +353,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
     from visprog.demos import app  # demos/ installs as visprog.demos
 
-    app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    try:
+        app.check_port(args.host, args.port)  # before the engine is built
+        app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    except app.PortInUse as e:
+        raise UsageError(str(e)) from None
     return EXIT_OK
 
 
