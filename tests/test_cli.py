@@ -245,3 +245,32 @@ def test_real_process_debug_shows_a_traceback(work):
     done = subprocess_cli(work, "--debug", "exec", "ok.vp", "--image", "nope.png", *TINY)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ImageError: image file not found" in done.stderr
+
+
+def test_unknown_preset_and_device_are_usage_errors(capsys):
+    import torch
+
+    assert main(["config", "show", "--preset", "bogus"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown preset 'bogus'" in err and "tiny" in err
+    assert main(["config", "show", "--preset", "tiny", "--device", "banana"]) == EXIT_USAGE
+    assert "'banana' is not a device; devices here: cpu" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        for argv in (["config", "show"], ["tools"]):
+            assert main([*argv, "--preset", "tiny", "--device", "cuda"]) == EXIT_USAGE
+            assert "'cuda' is not available here; devices here: cpu" in capsys.readouterr().err
+    assert main(["config", "show", "--preset", "tiny", "--device", "cpu"]) == EXIT_OK
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    # `visprog config show | head`: the reader is gone before we write
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "visprog.cli", "config", "show",
+                               "--preset", "tiny"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

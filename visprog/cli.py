@@ -83,9 +83,26 @@ def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help=verbose)
 
 
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    """--preset and --device name things that exist, else a usage error (exit 2) that lists
+    them; checked before anything is built."""
+    from visprog.config import preset_names
+    from visprog.errors import ConfigError
+    from visprog.models.manager import check_device
+
+    presets = preset_names()
+    if args.preset not in presets:
+        raise UsageError(f"unknown preset {args.preset!r}; presets are: {', '.join(presets)}")
+    try:
+        check_device(getattr(args, "device", None))
+    except ConfigError as e:
+        raise UsageError(f"--device: {e}") from None
+
+
 def _engine(args: argparse.Namespace, **extra: Any):
     from visprog.api import VisProg
 
+    _check_engine_flags(args)
     return VisProg(preset=args.preset, config=args.config, device=args.device,
                    cache=not args.no_cache, cache_dir=args.cache_dir, **extra)
 
@@ -305,6 +322,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from visprog.api import describe_config
 
+    _check_engine_flags(args)
     info = describe_config(args.preset, args.config, device=args.device)
     if args.json:
         print(json.dumps(info, indent=1, default=str))
@@ -495,6 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visprog: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`visprog config show | head`): not an error of ours. Point
+        # stdout at nothing so the interpreter's own flush at exit does not fail again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 
