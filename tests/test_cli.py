@@ -274,3 +274,25 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
         os.close(write_end)
     assert done.returncode == EXIT_OK, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_batch_saves_image_results_and_prints_a_summary(work, capsys):
+    rows = [{"id": "pop", "program": POP, "image": "photo.png"},
+            {"id": "../../escape", "program": OK, "image": "photo.png"},
+            {"id": "bad", "program": FAILS, "image": "photo.png"}]
+    (work / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    code = main(["batch", "items.jsonl", "--out", "r.jsonl", "--traces", "tr", *TINY])
+    assert code == EXIT_ERROR  # one item failed
+    err = capsys.readouterr().err
+    assert "3 items, 2 ok, 1 failed" in err and "results in r.jsonl" in err
+    assert "1 image in r_images" in err
+    lines = [json.loads(x) for x in (work / "r.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in lines] == [True, True, False]
+    assert lines[0]["type"] == "Image" and lines[0]["value"] == str(Path("r_images") / "pop.png")
+    with Image.open(work / lines[0]["value"]) as im:
+        assert im.size == (40, 30)
+    assert lines[1]["value"] == "yes"
+    # an id can't write outside the traces folder
+    assert sorted(p.name for p in (work / "tr").glob("*.json")) == ["bad.json", "escape.json",
+                                                                     "pop.json"]
+    assert not (work.parent / "escape.json").exists()

@@ -533,21 +533,43 @@ def add_batch_arguments(p: Any) -> None:
                                  "image | left and right, inputs}")
     p.add_argument("--out", help="results JSONL (default: standard output)")
     p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
+    p.add_argument("--images", dest="image_dir",
+                   help="folder for results that are images, written as <id>.png (default: "
+                        "<out>_images beside --out, else batch_images)")
     p.add_argument("--batch-size", type=batch_size_arg, default="auto",
                    help="calls per batched module call, or auto (default: by device)")
 
 
+def file_name(item_id: Any, taken: set[str]) -> str:
+    """A file name for an item id: letters, digits, '.', '_' and '-' kept, anything else
+    (a path separator, '..') replaced, so an id can't write outside its folder; ids that
+    clean to the same name get -2, -3... Remembers the name in `taken`."""
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item_id)).strip("._")[:100] or "item"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
 def run_items(args: Any, vp: Any) -> int:
-    """`visprog batch`: run every item of a JSONL file; one result line per item. Returns
-    the number of items that failed."""
+    """`visprog batch`: run every item of a JSONL file; one result line per item (an image
+    result is saved as a PNG and its path written), then a summary on stderr. Returns the
+    number of items that failed."""
     import json
     import sys
+    import time
     from pathlib import Path
 
     from visprog.engine.batch import BatchItem
     from visprog.evaluation.answers import show
     from visprog.evaluation.datasets import DatasetError, _json_lines
+    from visprog.values import type_of
 
+    t0 = time.perf_counter()
     base = Path(args.items).parent
     items = []
     for lineno, row in _json_lines(Path(args.items)):
@@ -567,25 +589,44 @@ def run_items(args: Any, vp: Any) -> int:
         row.setdefault("id", lineno)
         items.append(BatchItem(**{k: row.get(k) for k in
                                   ("program", "image", "left", "right", "inputs", "id")}))
+    if args.image_dir:
+        image_dir = Path(args.image_dir)
+    elif args.out:
+        image_dir = Path(args.out).with_name(Path(args.out).stem + "_images")
+    else:
+        image_dir = Path("batch_images")
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    failed = 0
+    failed, images, names = 0, 0, set()
     try:
         for res in vp.run_batch(items, batch_size=args.batch_size, use_cache=not args.no_cache):
             failed += not res.ok
+            name = file_name(res.id, names)
             if args.traces and res.trace is not None:
                 Path(args.traces).mkdir(parents=True, exist_ok=True)
-                res.trace.save_json(Path(args.traces) / f"{res.id}.json")
+                res.trace.save_json(Path(args.traces) / f"{name}.json")
             value = res.value
-            if hasattr(value, "to_list"):
+            kind = type_of(value) if res.ok else None
+            if isinstance(value, Image.Image):
+                image_dir.mkdir(parents=True, exist_ok=True)
+                path = image_dir / f"{name}.png"
+                value.save(path)
+                value, images = str(path), images + 1
+            elif hasattr(value, "to_list"):
                 value = value.to_list()
             elif not isinstance(value, (str, int, float, bool, list, type(None))):
                 value = show(value)
-            out.write(json.dumps({"id": res.id, "ok": res.ok, "value": value,
+            out.write(json.dumps({"id": res.id, "ok": res.ok, "type": kind, "value": value,
                                   "error": None if res.ok else str(res.error)},
                                  ensure_ascii=False, default=str) + "\n")
+            out.flush()  # each result is on disk as soon as it is known
     finally:
         if out is not sys.stdout:
             out.close()
+    where = f"; results in {args.out}" if args.out else ""
+    saved = f"; {images} image{'s' if images != 1 else ''} in {image_dir}" if images else ""
+    print(f"visprog batch: {len(items)} item{'s' if len(items) != 1 else ''}, "
+          f"{len(items) - failed} ok, {failed} failed in {time.perf_counter() - t0:.1f} s"
+          f"{where}{saved}", file=sys.stderr)
     return failed
 
 
