@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from visprog.values.text import normalize_newlines
+from visprog.values.textfiles import normalize_newlines
 from lark.exceptions import UnexpectedInput
 
 from visprog.errors import ParseError
@@ -178,7 +178,7 @@ def test_near_misses_match_lark_or_give_up():
     rng = random.Random(7)
     rejected = 0
     for _ in range(1500):
-        # parse() reads a lone CR as a line end (values.text), as the grammar reads LF
+        # parse() reads a lone CR as a line end (values.textfiles), as the grammar reads LF
         text = normalize_newlines(mutate(rng, rand_program(rng)))
         try:
             lark_result(text)

@@ -13,7 +13,7 @@ from visprog.config import load_config
 from visprog.errors import ConfigError
 from visprog.evaluation.datasets import DatasetError, load_dataset
 from visprog.language.parser import parse
-from visprog.values.text import decode_text
+from visprog.values.textfiles import decode_text
 
 PROGRAM = ["L=Loc(image=IMAGE, object='LEFT')", "N=Count(box=L)",
            "A=Eval(expr=\"'yes' if {N} > 0 else 'no'\")"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
 from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
-from visprog.values.text import read_text
+from visprog.values.textfiles import read_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from visprog.errors import ConfigError
 from visprog.models.model_tool import merge_settings as merge
-from visprog.values.text import read_text
+from visprog.values.textfiles import read_text
 
 PRESETS_FILE = "presets.toml"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visprog.errors import VisProgError
-from visprog.values.text import read_text
+from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl")
 

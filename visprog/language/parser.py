@@ -18,7 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from visprog.errors import Diagnostic, ParseError
 from visprog.language.fastparse import FastPath, NoFastPath, SafeFastPath
-from visprog.values.text import normalize_newlines
+from visprog.values.textfiles import normalize_newlines
 from visprog.language.program import Arg, Program, Step, Var
 from visprog.language.strings import unescape as _unescape
 from visprog.values.types import MAX_NESTING, nesting_depth
