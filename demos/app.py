@@ -614,6 +614,33 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
     return app
 
 
+class PortInUse(OSError):
+    """The demo's port is taken; the message names it and the flag to change it."""
+
+
+def check_port(host: str, port: int | None) -> None:
+    """Raise `PortInUse` when `port` on `host` can't be listened on (None: Gradio picks a
+    free one, nothing to check). Checked before the engine is built, so a taken port costs
+    a line, not a minute of loading and a traceback."""
+    import socket
+
+    if port is None:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise PortInUse(f"can't listen on {host}:{port}: {e.strerror or e}; check --host") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            why = "is in use" if e.errno in (98, 48, 10048) else f"can't be used ({e.strerror})"
+            raise PortInUse(f"port {port} on {host} {why}; pass another one with --port, "
+                            "or leave --port out to take a free one from 7860") from None
+
+
 def launch(preset: str = "default", *, port: int | None = None, host: str = "127.0.0.1",
            cache: bool = True, cache_dir: str | None = None, block: bool = True,
            vp: Any = None, **launch_kwargs: Any) -> Any:
@@ -635,12 +662,19 @@ def launch(preset: str = "default", *, port: int | None = None, host: str = "127
 
     from visprog.api import VisProg
 
+    check_port(host, port)
     vp = vp or VisProg(preset=preset, cache=cache, cache_dir=cache_dir)
     app = build_app(vp)
     app.queue(default_concurrency_limit=1)  # one engine, one run at a time
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-               max_file_size=MAX_UPLOAD_SIZE, allowed_paths=[str(EXAMPLES_DIR)],
-               css=CSS, theme=gr.themes.Soft(), footer_links=[], quiet=not block)
+    try:
+        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
+                   max_file_size=MAX_UPLOAD_SIZE, allowed_paths=[str(EXAMPLES_DIR)],
+                   css=CSS, theme=gr.themes.Soft(), footer_links=[], quiet=not block)
+    except OSError as e:  # taken between the check and the launch
+        if port is None:
+            raise
+        raise PortInUse(f"port {port} on {host} is in use ({e}); pass another one with "
+                        "--port") from None
     return app
 
 
@@ -653,7 +687,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-cache", action="store_true")
     args = p.parse_args(argv)
-    launch(args.preset, port=args.port, host=args.host, cache=not args.no_cache)
+    try:
+        launch(args.preset, port=args.port, host=args.host, cache=not args.no_cache)
+    except PortInUse as e:
+        p.error(str(e))
     return 0
 
 

@@ -245,3 +245,54 @@ def test_real_process_debug_shows_a_traceback(work):
     done = subprocess_cli(work, "--debug", "exec", "ok.vp", "--image", "nope.png", *TINY)
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ImageError: image file not found" in done.stderr
+
+
+def test_unknown_preset_and_device_are_usage_errors(capsys):
+    import torch
+
+    assert main(["config", "show", "--preset", "bogus"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown preset 'bogus'" in err and "tiny" in err
+    assert main(["config", "show", "--preset", "tiny", "--device", "banana"]) == EXIT_USAGE
+    assert "'banana' is not a device; devices here: cpu" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        for argv in (["config", "show"], ["tools"]):
+            assert main([*argv, "--preset", "tiny", "--device", "cuda"]) == EXIT_USAGE
+            assert "'cuda' is not available here; devices here: cpu" in capsys.readouterr().err
+    assert main(["config", "show", "--preset", "tiny", "--device", "cpu"]) == EXIT_OK
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    # `visprog config show | head`: the reader is gone before we write
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "visprog.cli", "config", "show",
+                               "--preset", "tiny"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_batch_saves_image_results_and_prints_a_summary(work, capsys):
+    rows = [{"id": "pop", "program": POP, "image": "photo.png"},
+            {"id": "../../escape", "program": OK, "image": "photo.png"},
+            {"id": "bad", "program": FAILS, "image": "photo.png"}]
+    (work / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    code = main(["batch", "items.jsonl", "--out", "r.jsonl", "--traces", "tr", *TINY])
+    assert code == EXIT_ERROR  # one item failed
+    err = capsys.readouterr().err
+    assert "3 items, 2 ok, 1 failed" in err and "results in r.jsonl" in err
+    assert "1 image in r_images" in err
+    lines = [json.loads(x) for x in (work / "r.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in lines] == [True, True, False]
+    assert lines[0]["type"] == "Image" and lines[0]["value"] == str(Path("r_images") / "pop.png")
+    with Image.open(work / lines[0]["value"]) as im:
+        assert im.size == (40, 30)
+    assert lines[1]["value"] == "yes"
+    # an id can't write outside the traces folder
+    assert sorted(p.name for p in (work / "tr").glob("*.json")) == ["bad.json", "escape.json",
+                                                                     "pop.json"]
+    assert not (work.parent / "escape.json").exists()

@@ -264,3 +264,21 @@ def test_a_run_reads_each_upload_once_and_renders_the_trace_once(vp, folders, ph
     monkeypatch.setattr(Trace, "to_html", lambda self: renders.append(1) or real_html(self))
     out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders)
     assert out.ok and reads == [1] and renders == [1]
+
+
+def test_a_taken_port_is_one_line_naming_it_and_the_flag(capsys):
+    import socket
+
+    from visprog.cli import EXIT_USAGE, main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(demo.PortInUse, match=f"port {port} on 127.0.0.1 is in use.*--port"):
+            demo.check_port("127.0.0.1", port)
+        assert main(["demo", "--preset", "tiny", "--port", str(port)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "--port" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    demo.check_port("127.0.0.1", None)  # Gradio picks one: nothing to check

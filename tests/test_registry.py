@@ -258,3 +258,28 @@ def test_no_plugins_no_change():
     reg = Registry([make()])
     assert reg.load_entry_points(group="visprog.tools.no_such_group") == []
     assert len(reg) == 1
+
+
+def test_a_typo_is_matched_to_the_name_it_starts_with():
+    from visprog.registry import closest_name
+
+    names = ["Loc", "LocText", "Count", "CropLeftOf", "Select"]
+    # 'Locate' shares more letters with LocText, but it begins with Loc
+    assert closest_name("Locate", names) == "Loc"
+    assert closest_name("loc_txt", names) == "LocText"
+    assert closest_name("Cuont", names) == "Count"
+    assert closest_name("Banana", names) is None
+
+
+def test_unknown_module_and_query_method_suggest_loc_for_locate(tmp_path):
+    from PIL import Image
+    from visprog import VisProg
+
+    vp = VisProg(preset="tiny", cache=False)
+    [d] = vp.check("A=Locate(image=IMAGE, object='x')")
+    assert "'Loc'" in d.hint
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(AttributeError, match="did you mean 'loc'"):
+        vp.image(tmp_path / "a.png").locate("x")
+    with pytest.raises(AttributeError, match="did you mean 'loc'"):
+        vp.fn.locate

@@ -16,6 +16,7 @@ from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
 from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
+from visprog.values.textfiles import read_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -29,10 +30,12 @@ def _read_program(path: str) -> str:
         return sys.stdin.read()
     p = Path(path)
     try:
-        return p.read_text(encoding="utf-8")
+        return read_text(p)  # a BOM, CRLF or lone-CR line ends are fine
     except FileNotFoundError:
         raise UsageError(f"program file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not UTF-8: names the line and the byte
+        raise UsageError(str(e)) from None
+    except OSError as e:
         raise UsageError(f"could not read program file {p}: {e}") from None
 
 
@@ -80,9 +83,26 @@ def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help=verbose)
 
 
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    """--preset and --device name things that exist, else a usage error (exit 2) that lists
+    them; checked before anything is built."""
+    from visprog.config import preset_names
+    from visprog.errors import ConfigError
+    from visprog.models.manager import check_device
+
+    presets = preset_names()
+    if args.preset not in presets:
+        raise UsageError(f"unknown preset {args.preset!r}; presets are: {', '.join(presets)}")
+    try:
+        check_device(getattr(args, "device", None))
+    except ConfigError as e:
+        raise UsageError(f"--device: {e}") from None
+
+
 def _engine(args: argparse.Namespace, **extra: Any):
     from visprog.api import VisProg
 
+    _check_engine_flags(args)
     return VisProg(preset=args.preset, config=args.config, device=args.device,
                    cache=not args.no_cache, cache_dir=args.cache_dir, **extra)
 
@@ -302,6 +322,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     from visprog.api import describe_config
 
+    _check_engine_flags(args)
     info = describe_config(args.preset, args.config, device=args.device)
     if args.json:
         print(json.dumps(info, indent=1, default=str))
@@ -350,7 +371,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
     from visprog.demos import app  # demos/ installs as visprog.demos
 
-    app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    try:
+        app.check_port(args.host, args.port)  # before the engine is built
+        app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    except app.PortInUse as e:
+        raise UsageError(str(e)) from None
     return EXIT_OK
 
 
@@ -488,6 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visprog: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`visprog config show | head`): not an error of ours. Point
+        # stdout at nothing so the interpreter's own flush at exit does not fail again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 
@@ -500,27 +533,54 @@ def add_batch_arguments(p: Any) -> None:
                                  "image | left and right, inputs}")
     p.add_argument("--out", help="results JSONL (default: standard output)")
     p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
+    p.add_argument("--images", dest="image_dir",
+                   help="folder for results that are images, written as <id>.png (default: "
+                        "<out>_images beside --out, else batch_images)")
     p.add_argument("--batch-size", type=batch_size_arg, default="auto",
                    help="calls per batched module call, or auto (default: by device)")
 
 
+def file_name(item_id: Any, taken: set[str]) -> str:
+    """A file name for an item id: letters, digits, '.', '_' and '-' kept, anything else
+    (a path separator, '..') replaced, so an id can't write outside its folder; ids that
+    clean to the same name get -2, -3... Remembers the name in `taken`."""
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(item_id)).strip("._")[:100] or "item"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
 def run_items(args: Any, vp: Any) -> int:
-    """`visprog batch`: run every item of a JSONL file; one result line per item. Returns
-    the number of items that failed."""
+    """`visprog batch`: run every item of a JSONL file; one result line per item (an image
+    result is saved as a PNG and its path written), then a summary on stderr. Returns the
+    number of items that failed."""
     import json
     import sys
+    import time
     from pathlib import Path
 
     from visprog.engine.batch import BatchItem
     from visprog.evaluation.answers import show
     from visprog.evaluation.datasets import DatasetError, _json_lines
+    from visprog.values import type_of
 
+    t0 = time.perf_counter()
     base = Path(args.items).parent
     items = []
     for lineno, row in _json_lines(Path(args.items)):
         row = dict(row)
         if "program_file" in row:
-            row["program"] = (base / row.pop("program_file")).read_text(encoding="utf-8")
+            program_file = base / row.pop("program_file")
+            try:
+                row["program"] = read_text(program_file)
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{args.items}:{lineno}: could not read program_file "
+                                   f"{program_file}: {e}") from None
         if "program" not in row:
             raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
         for key in ("image", "left", "right"):
@@ -529,25 +589,44 @@ def run_items(args: Any, vp: Any) -> int:
         row.setdefault("id", lineno)
         items.append(BatchItem(**{k: row.get(k) for k in
                                   ("program", "image", "left", "right", "inputs", "id")}))
+    if args.image_dir:
+        image_dir = Path(args.image_dir)
+    elif args.out:
+        image_dir = Path(args.out).with_name(Path(args.out).stem + "_images")
+    else:
+        image_dir = Path("batch_images")
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    failed = 0
+    failed, images, names = 0, 0, set()
     try:
         for res in vp.run_batch(items, batch_size=args.batch_size, use_cache=not args.no_cache):
             failed += not res.ok
+            name = file_name(res.id, names)
             if args.traces and res.trace is not None:
                 Path(args.traces).mkdir(parents=True, exist_ok=True)
-                res.trace.save_json(Path(args.traces) / f"{res.id}.json")
+                res.trace.save_json(Path(args.traces) / f"{name}.json")
             value = res.value
-            if hasattr(value, "to_list"):
+            kind = type_of(value) if res.ok else None
+            if isinstance(value, Image.Image):
+                image_dir.mkdir(parents=True, exist_ok=True)
+                path = image_dir / f"{name}.png"
+                value.save(path)
+                value, images = str(path), images + 1
+            elif hasattr(value, "to_list"):
                 value = value.to_list()
             elif not isinstance(value, (str, int, float, bool, list, type(None))):
                 value = show(value)
-            out.write(json.dumps({"id": res.id, "ok": res.ok, "value": value,
+            out.write(json.dumps({"id": res.id, "ok": res.ok, "type": kind, "value": value,
                                   "error": None if res.ok else str(res.error)},
                                  ensure_ascii=False, default=str) + "\n")
+            out.flush()  # each result is on disk as soon as it is known
     finally:
         if out is not sys.stdout:
             out.close()
+    where = f"; results in {args.out}" if args.out else ""
+    saved = f"; {images} image{'s' if images != 1 else ''} in {image_dir}" if images else ""
+    print(f"visprog batch: {len(items)} item{'s' if len(items) != 1 else ''}, "
+          f"{len(items) - failed} ok, {failed} failed in {time.perf_counter() - t0:.1f} s"
+          f"{where}{saved}", file=sys.stderr)
     return failed
 
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from visprog.errors import ConfigError
 from visprog.models.model_tool import merge_settings as merge
+from visprog.values.textfiles import read_text
 
 PRESETS_FILE = "presets.toml"
 
@@ -102,13 +103,15 @@ def load_config(preset: str = "default", path: str | Path | None = None,
     if path is not None:
         p = Path(path).expanduser()
         try:
-            user = tomllib.loads(p.read_text(encoding="utf-8"))
+            user = tomllib.loads(read_text(p))  # a BOM, CRLF or lone-CR line ends are fine
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {p}") from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"could not read config file {p}: {e}") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from e
+        except ValueError as e:  # not UTF-8: names the line and the byte
+            raise ConfigError(str(e)) from e
+        except OSError as e:
+            raise ConfigError(f"could not read config file {p}: {e}") from e
         _check_sections(user, str(p))
         cfg = merge(cfg, user)
     if overrides:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visprog.errors import VisProgError
+from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl")
 
@@ -60,8 +61,8 @@ def detect_format(path: str | os.PathLike) -> str:
     """'gqa' for a .json file holding one object, 'nlvr2' for JSON lines with an
     "identifier" and a "sentence", else 'jsonl'."""
     p = Path(path)
-    with open(p, encoding="utf-8") as f:
-        head = f.read(1 << 16)
+    with open(p, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8-sig", errors="replace")
     stripped = head.lstrip()
     first_line = stripped.split("\n", 1)[0]
     try:
@@ -131,9 +132,8 @@ def _default_images(path: Path, fmt: str) -> Path:
 
 def _read_gqa(path: Path, images: Path) -> Iterator[EvalItem]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(read_text(path))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8 (names the line), bad JSON
         raise DatasetError(f"{path}: not a GQA questions file: {e}") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a GQA questions file is an object of question id -> question")
@@ -192,20 +192,22 @@ def _read_jsonl(path: Path, images: Path) -> Iterator[EvalItem]:
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     try:
-        f = open(path, encoding="utf-8")
+        text = read_text(path)  # a BOM and CRLF line ends are fine
     except OSError as e:
         raise DatasetError(f"could not read {path}: {e}") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: bad JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{lineno}: each line must be a JSON object")
-            yield lineno, row
+    except ValueError as e:  # not UTF-8: the message names the line
+        raise DatasetError(str(e)) from None
+    # Lines end at "\n" only: JSON strings may hold U+2028, which str.splitlines splits at.
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}:{lineno}: bad JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{lineno}: each line must be a JSON object")
+        yield lineno, row
 
 
 def _field(row: dict, name: str, path: Any, where: Any) -> Any:

@@ -18,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from visprog.errors import Diagnostic, ParseError
 from visprog.language.fastparse import FastPath, NoFastPath, SafeFastPath
+from visprog.values.textfiles import normalize_newlines
 from visprog.language.program import Arg, Program, Step, Var
 from visprog.language.strings import unescape as _unescape
 from visprog.values.types import MAX_NESTING, nesting_depth
@@ -127,7 +128,8 @@ def parse(text: str) -> Program:
     """
     if not isinstance(text, str):
         raise TypeError(f"program text must be a str, got {type(text).__name__}")
-    return _parse_text(text)
+    # As editors save them: a byte-order mark, CRLF or lone-CR line ends are plain lines.
+    return _parse_text(normalize_newlines(text))
 
 
 @lru_cache(maxsize=512)

@@ -175,27 +175,68 @@ def resolve_checkpoint(checkpoint: str) -> str:
         if _marker_version(marker) == version:
             return str(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename, so another process never sees half a model.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        try:
-            with quiet_loading():
-                builder(tmp)
-            (tmp / "visprog_tiny.json").write_text(json.dumps({"name": name, "version": version}))
-            if target.exists():
-                stale = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=target.parent))
-                os.replace(target, stale / name)
-                shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if _marker_version(marker) != version:  # not a concurrent build that won
-                    raise
-        except Exception as e:
-            raise ModelLoadError(f"could not build tiny checkpoint {checkpoint!r}: {e}",
-                                 checkpoint) from e
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # One builder at a time across processes: several runs started at once on an empty
+        # folder would otherwise each build, and one would move away the folder another has
+        # just resolved and is loading.
+        with file_lock(target.parent / f".{name}.lock"):
+            if _marker_version(marker) == version:  # another process built it meanwhile
+                return str(target)
+            _build_tiny(name, version, builder, target, checkpoint)
     return str(target)
+
+
+def _build_tiny(name: str, version: str, builder: Callable[[Path], None], target: Path,
+                checkpoint: str) -> None:
+    # Build beside the target and rename, so no reader ever sees half a model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        with quiet_loading():
+            builder(tmp)
+        (tmp / "visprog_tiny.json").write_text(json.dumps({"name": name, "version": version}))
+        if target.exists():  # a copy of an older version
+            stale = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=target.parent))
+            os.replace(target, stale / name)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, target)
+    except Exception as e:
+        raise ModelLoadError(f"could not build tiny checkpoint {checkpoint!r}: {e}",
+                             checkpoint) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be) across processes; released when
+    the block ends or the process dies. Where the platform has no file locks it only
+    serialises the threads of this process (the callers hold a thread lock too)."""
+    with open(path, "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            try:
+                import msvcrt
+            except ImportError:
+                yield
+                return
+            fh.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after ten seconds: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _marker_version(marker: Path) -> str | None:

@@ -70,6 +70,40 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def available_devices() -> list[str]:
+    """The devices torch can use here: 'cpu', then 'cuda:0'.. and 'mps' where present."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | None) -> str | None:
+    """`device` if this machine has it ('auto'/None: the best available, always fine).
+
+    Raises:
+        ConfigError: an unknown device name, or one this machine lacks; the message lists
+            the devices present.
+    """
+    if device is None or device == "auto":
+        return device
+    present = available_devices()
+    name = str(device).strip().lower()
+    kind, _, index = name.partition(":")
+    ok = (name in present or (kind == "cuda" and not index and any(d.startswith("cuda:")
+                                                                     for d in present)))
+    if not ok:
+        known = kind in ("cpu", "cuda", "mps") and (not index or index.isdigit())
+        what = "is not available here" if known else "is not a device"
+        raise ConfigError(f"device {device!r} {what}; devices here: {', '.join(present)} "
+                          "(or auto)")
+    return device
+
+
 def check_cpu_threads(value: Any) -> int | None:
     """`[models] cpu_threads`: a whole number of threads >= 1, or None/"auto" (torch's own
     default: one per core).

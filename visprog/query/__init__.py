@@ -22,7 +22,6 @@ written by `query/program.py`. Nothing runs until
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import os
@@ -39,6 +38,7 @@ from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var
 from visprog.query.expr import SCALARS, ExprProblem, const, expr_from_text, make_op
 from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
                             caller, compile_query, fail, snake_case)
+from visprog.registry import closest_name
 from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
@@ -141,9 +141,8 @@ class Query:
             raise NoSuchMethod([(f"{name}() is not a method of {kind} values: "
                                  f"{t.signature()} takes {first.name} as {first.type_str}",
                                  where)], caller())
-        near = difflib.get_close_matches(name, [n for n in dir(self) if not n.startswith("_")],
-                                         n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
+        near = closest_name(name, [n for n in dir(self) if not n.startswith("_")])
+        hint = f"; did you mean {near!r}?" if near else ""
         raise AttributeError(f"{type(self).__name__} ({kind}) has no attribute {name!r}{hint}")
 
     def __repr__(self) -> str:
@@ -392,10 +391,9 @@ class Functions:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        near = difflib.get_close_matches(name, [n for n in dir(self) if not n.startswith("_")],
-                                         n=1)
+        near = closest_name(name, [n for n in dir(self) if not n.startswith("_")])
         raise AttributeError(f"no module {name!r} in vp.fn" +
-                             (f"; did you mean {near[0]!r}?" if near else ""))
+                             (f"; did you mean {near!r}?" if near else ""))
 
 
 def classes(vp: Any) -> dict[str, type]:

@@ -2,8 +2,8 @@
 `Registry` that finds tools by lenient name. The checker, the engine and the planner know
 tools only through these declarations."""
 from visprog.registry.protocol import (ENTRY_POINT_GROUP, REQUIRED, Param, Registry, Tool,
-                                       normalize_name, tool)
+                                       closest_name, normalize_name, tool)
 from visprog.values.types import parse_types
 
-__all__ = ["ENTRY_POINT_GROUP", "REQUIRED", "Param", "Registry", "Tool", "normalize_name",
-           "tool", "parse_types"]
+__all__ = ["ENTRY_POINT_GROUP", "REQUIRED", "Param", "Registry", "Tool", "closest_name",
+           "normalize_name", "tool", "parse_types"]

@@ -28,6 +28,25 @@ def normalize_name(name: str) -> str:
     return name.replace("_", "").lower()
 
 
+def closest_name(name: str, names: Iterable[str]) -> str | None:
+    """The name in `names` a typo most likely meant, for 'did you mean' hints, or None.
+    Names compare as `normalize_name` does. A near-exact match (a letter or two off) wins;
+    otherwise, among the close ones, one that is the start of what was typed (or starts with
+    it) comes first: `Locate` means `Loc` more likely than `LocText`, though it shares more
+    letters with the latter, while `LocTxt` means `LocText`."""
+    by_key: dict[str, str] = {}
+    for n in names:
+        by_key.setdefault(normalize_name(n), n)
+    typed = normalize_name(name)
+    close = difflib.get_close_matches(typed, list(by_key), n=5, cutoff=0.6)
+    if not close:
+        return None
+    if difflib.SequenceMatcher(None, typed, close[0]).ratio() >= 0.85:
+        return by_key[close[0]]
+    prefix = [k for k in close if typed.startswith(k) or k.startswith(typed)]
+    return by_key[prefix[0] if prefix else close[0]]
+
+
 @dataclass(frozen=True)
 class Param:
     """One declared argument.
@@ -194,8 +213,8 @@ class Registry:
 
     def suggest(self, name: str) -> str | None:
         """The nearest registered name, for 'did you mean' hints (never substituted)."""
-        keys = difflib.get_close_matches(normalize_name(name), list(self._tools), n=1, cutoff=0.6)
-        return self._tools[keys[0]].name if keys else None
+        near = closest_name(name, [t.name for t in self._tools.values()])
+        return near
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and normalize_name(name) in self._tools

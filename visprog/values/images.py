@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from visprog.errors import ImageError
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIDE = 8
 DEFAULT_MAX_ASPECT = 20.0
+
+# Images given as http(s) URLs are downloaded (as transformers' `load_image` does): at most
+# this many bytes, and each read of the connection waits at most this many seconds, so a
+# server that never answers, or one that streams forever, ends in an ImageError.
+URL_MAX_BYTES = 100 * 1024 * 1024
+URL_TIMEOUT_S = 20.0
+_URL_SCHEMES = ("http://", "https://")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -74,7 +82,7 @@ class _Limits:
 
 def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                min_side: int | None = None, max_aspect: float | None = None) -> Image.Image:
-    """Read a path, bytes, PIL image or numpy array as an RGB PIL image.
+    """Read a path, an http(s) URL, bytes, PIL image or numpy array as an RGB PIL image.
 
     EXIF orientation is applied. Images over `max_pixels`, with a side under `min_side` or
     with the long side over `max_aspect` times the short one are refused (before their pixels
@@ -82,8 +90,8 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     is returned.
 
     Raises:
-        ImageError: missing file, not an image, truncated, empty, too large, too small or
-            too elongated.
+        ImageError: missing file, a URL that can't be downloaded, not an image, truncated,
+            empty, too large, too small or too elongated.
     """
     limits = _Limits(max_pixels, min_side, max_aspect)
     if isinstance(source, Image.Image):
@@ -98,6 +106,12 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         return _array_to_image(source, limits)
     if isinstance(source, (bytes, bytearray)):
         return _open_image(io.BytesIO(bytes(source)), "<bytes>", limits)
+    if isinstance(source, str) and source[:8].lower().startswith(_URL_SCHEMES):
+        return _open_image(io.BytesIO(_download(source)), source, limits)
+    if isinstance(source, str) and "://" in source[:16]:
+        scheme = source.split("://", 1)[0]
+        raise ImageError(f"can't read an image from a {scheme}:// address: {source}; "
+                         "give an http(s) URL, a file path, bytes, a PIL image or an array")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -106,7 +120,51 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             raise ImageError(f"expected an image file, got a directory: {path}")
         return _open_image(path, str(path), limits)
     raise ImageError(f"can't read an image from a {type(source).__name__}; "
-                     "pass a path, bytes, a PIL image or a numpy array")
+                     "pass a path, an http(s) URL, bytes, a PIL image or a numpy array")
+
+
+def _download(url: str, *, timeout: float = URL_TIMEOUT_S,
+              max_bytes: int = URL_MAX_BYTES) -> bytes:
+    """The body of an http(s) URL, at most `max_bytes` (refused beyond, before reading all).
+
+    Raises:
+        ImageError: the server can't be reached, answers with an error status, is too slow,
+            or sends more than `max_bytes`.
+    """
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "visprog"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"image at {url} is {int(length):,} bytes, over the limit of "
+                                 f"{max_bytes:,}")
+            # Read in chunks against one deadline: a server that trickles bytes forever
+            # would pass a per-read timeout.
+            end = time.monotonic() + timeout
+            chunks, size = [], 0
+            while size <= max_bytes:
+                chunk = resp.read(min(1 << 16, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > end:
+                    raise ImageError(f"could not download image {url}: no complete answer "
+                                     f"within {timeout:g} s")
+            data = b"".join(chunks)
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"could not download image {url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ImageError(f"could not download image {url}: {reason}") from e
+    if len(data) > max_bytes:
+        raise ImageError(f"image at {url} is over the limit of {max_bytes:,} bytes")
+    return data
 
 
 def _open_image(fp: Any, name: str, limits: _Limits) -> Image.Image:
