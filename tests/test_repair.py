@@ -18,8 +18,7 @@ from visprog.planning.critic import VERDICT_GRAMMAR, Critic, read_verdict
 from visprog.planning.prompts import CRITIC_SYSTEM
 from visprog.planning.loop import RepairError, RepairSettings, trace_summary
 from visprog.registry import tool
-from visprog.traces.events import (Finding, PlanAttempt, PlanCacheHit, Repair, RunRecord,
-                                   Verdict, Vote)
+from visprog.traces.events import Finding, PlanAttempt, Repair, RunRecord, Verdict, Vote
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import Objects
 from visprog.values.text import show
@@ -471,8 +470,57 @@ def test_run_batch_repairs_only_the_items_that_need_it(picture):
     assert not results[0].trace.find(Repair)
 
 
+def test_run_batch_plans_items_without_a_program(picture):
+    from visprog.errors import VisProgError
+    from visprog.planning.planner import PlanningError
+
+    with ScriptedServer([FOUR, "X=Nope(", DIV0, FOUR]) as server:
+        vp = engine(server, config={"planner": {"attempts": 1}})
+        results = vp.run_batch([
+            {"image": picture, "question": "How many legs does a dog have?", "id": "planned"},
+            {"image": picture, "question": "How many eyes?", "id": "unplannable"},
+            {"image": picture, "question": "How many ears?", "id": "repaired"},
+            {"image": picture, "id": "nothing"},  # no program, no question
+            {"program": BLUE, "image": picture, "id": "given"},
+        ])
+    by_id = {r.id: r for r in results}
+    assert [r.id for r in results] == ["planned", "unplannable", "repaired", "nothing", "given"]
+    assert by_id["planned"].value == 4 and by_id["planned"].program.source == FOUR
+    assert by_id["planned"].trace.find(PlanAttempt)[0].question == "How many legs does a dog have?"
+    bad = by_id["unplannable"]
+    assert isinstance(bad.error, PlanningError) and bad.program is None
+    assert [e.ok for e in bad.trace.find(PlanAttempt)] == [False]
+    assert by_id["repaired"].value == 4 and repair_event(by_id["repaired"].trace).chosen == 1
+    assert isinstance(by_id["nothing"].error, VisProgError)
+    assert "a program, or a question" in str(by_id["nothing"].error)
+    assert by_id["given"].value == "blue"
+    assert len(server.requests) == 4
+
+
+def test_run_batch_items_that_can_not_be_planned(picture):
+    from visprog.api import VisProg
+    from visprog.planning.chat import LLMError
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False, config={"llm": {"backend": "none"}})
+    [res] = vp.run_batch([{"image": picture, "question": "How many?"}])
+    assert isinstance(res.error, LLMError) and res.trace.inputs["IMAGE"].size == (32, 24)
+
+    class Broken:  # an LLM client that fails in its own way
+        def chat(self, *args, **kw):
+            raise ConnectionError("the socket closed")
+
+        def describe(self):
+            return {"backend": "broken"}
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False, llm=Broken())
+    first, given = vp.run_batch([{"image": picture, "question": "How many?"},
+                                 {"program": FOUR, "image": picture, "question": "How many?"}])
+    assert isinstance(first.error, ConnectionError) and "socket closed" in first.trace.error
+    assert given.value == 4  # the other item went on
+
+
 def test_eval_records_first_and_final_answers_and_repairs(tmp_path):
-    from visprog.evaluation.harness import evaluate, format_summary, read_results
+    from visprog.evaluation.harness import evaluate, format_summary, read_results, summarize
 
     Image.new("RGB", (16, 16), "gray").save(tmp_path / "a.png")
     rows = [
@@ -482,17 +530,27 @@ def test_eval_records_first_and_final_answers_and_repairs(tmp_path):
          "answer": "4", "program": DIV0},
         {"id": "planned", "image": "a.png", "question": "How many wheels has a car?",
          "answer": "4"},
+        {"id": "unplannable", "image": "a.png", "question": "How many doors has a car?",
+         "answer": "4"},
+        {"id": "unreadable", "image": "missing.png", "question": "How many?", "answer": "4"},
     ]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     from visprog.evaluation.datasets import load_dataset
 
     bad_plan = FOUR.replace("Eval", "Evl")
-    with ScriptedServer([bad_plan, FOUR, FOUR]) as server:
+    with ScriptedServer([bad_plan, FOUR, bad_plan, bad_plan, bad_plan, FOUR]) as server:
         summary = evaluate(engine(server), load_dataset(data), tmp_path / "r.jsonl",
                            progress=False, chunk_size=10)
-    assert len(server.requests) == 3
+    assert len(server.requests) == 6  # the unreadable image is refused before planning
     records = {r["id"]: r for r in read_results(tmp_path / "r.jsonl")}
+    unplannable = records.pop("unplannable")
+    assert unplannable["status"] == "no_program" and unplannable["program"] is None
+    assert unplannable["error"].startswith("PlanningError: no valid program")
+    assert unplannable["repairs"] == [] and unplannable["attempts"] == 0
+    unreadable = records.pop("unreadable")
+    assert unreadable["status"] == "error" and unreadable["error"].startswith("ImageError")
+    summary = summarize(records.values())
     assert records["ok"]["repairs"] == [] and records["ok"]["first_correct"]
     assert records["runtime"]["repairs"] == ["runtime"] and records["runtime"]["correct"]
     assert not records["runtime"]["first_correct"] and records["runtime"]["attempts"] == 2

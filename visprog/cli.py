@@ -262,6 +262,7 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
+    from visprog.values.text import show
 
     trace = Trace.load_json(args.file)
     print("program:")
@@ -269,21 +270,16 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
         print(f"  {i:3d}  {line}")
     print("steps:")
     for rec in trace.steps:
-        status = f"ERROR {rec.error}" if rec.error else _short(rec.output)
+        status = f"ERROR {rec.error}" if rec.error else show(rec.output, limit=80)
         cached = " cached" if rec.cached else ""
         print(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = {rec.module or 'alias'}"
               f"  {rec.duration * 1000:.1f} ms{cached}  -> {status}")
-    print("result:" if trace.ok else "error:", _short(trace.result) if trace.ok else trace.error)
+    print("result:" if trace.ok else "error:",
+          show(trace.result, limit=80) if trace.ok else trace.error)
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")
     return EXIT_OK
-
-
-def _short(value: Any) -> str:
-    from visprog.values.text import show
-
-    return show(value, limit=80)
 
 
 def cmd_tools(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ class BatchItem:
     checked and repaired after it runs (`visprog.planning.loop`); `events` start its trace
     (`visprog.traces.events` records, e.g. the planner's attempts)."""
 
-    program: Any
+    program: Any = None
     image: Any = None
     left: Any = None
     right: Any = None
