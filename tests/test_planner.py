@@ -9,7 +9,7 @@ from llm_server import ScriptedServer, scripted_client
 from visprog.language.checker import check
 from visprog.language.parser import parse
 from visprog.planning.loop import RunAttempt, majority, select
-from visprog.planning.planner import Plan, Planner, PlanningError, clean_reply
+from visprog.planning.planner import Plan, Planner, PlanningError, attempt_events, clean_reply
 from visprog.planning.program_cache import ProgramCache, default_program_cache_dir
 from visprog.planning.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
                              load_examples, module_descriptions, select_examples, system_prompt)
@@ -172,7 +172,8 @@ def test_never_valid_lists_every_attempt(registry):
             Planner(scripted_client(server), registry, attempts=2, cache=False).plan("How many cats?")
     e = err.value
     assert len(e.attempts) == 2 and len(server.requests) == 2
-    assert [(a.index, a.ok, a.task) for a in e.events()] == [(0, False, "gqa"), (1, False, "gqa")]
+    events = attempt_events(e.attempts, e.question, "gqa")
+    assert [(a.index, a.ok, a.task) for a in events] == [(0, False, "gqa"), (1, False, "gqa")]
     msg = str(e)
     assert "after 2 attempts" in msg and "attempt 1:" in msg and "attempt 2:" in msg
     assert "unknown module 'Lco'" in msg

@@ -45,7 +45,7 @@ from visprog.errors import StepError, VisProgError
 from visprog.planning.chat import LLMError, deadline
 from visprog.planning.checks import Finding, enabled_checks, run_checks
 from visprog.planning.critic import Critic, Verdict
-from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError
+from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError, attempt_events
 from visprog.planning.prompts import findings_repair_message, runtime_repair_message
 from visprog.traces.events import FailedStep, Repair, RunRecord, Vote, as_event
 from visprog.traces.records import Trace
@@ -334,7 +334,8 @@ class PlanningLoop:
             plans = (item.planner.plan_k(item.question, item.vote, inputs=item.inputs)
                      if item.vote > 1 else [item.planner.plan(item.question, item.inputs)])
         except Exception as e:  # an LLM client fails in many ways: the item records it
-            events = e.events() if isinstance(e, PlanningError) else []
+            events = (attempt_events(e.attempts, item.question, item.task)
+                      if isinstance(e, PlanningError) else [])
             trace = Trace(program="", error=_failure(e), events=list(events))
             return [], ItemResult(item.id, None, None, trace, e)
         return [Case(item, [RunAttempt("first", p.text, p.events(), p.program)])

@@ -30,8 +30,8 @@ from visprog.planning.chat import add_usage, deadline
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.planning.program_cache import ProgramCache
-from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples,
-                                     repair_message, select_examples, task_spec)
+from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples, repair_message,
+                      select_examples, task_spec)
 from visprog.traces.events import PlanAttempt, PlanCacheHit
 
 
@@ -42,12 +42,10 @@ DEFAULT_DEADLINE_S = 120.0
 
 
 class PlanningError(VisProgError):
-    """The LLM never wrote a valid program. `.attempts` holds every try and its errors;
-    `.events()` the same as trace events."""
+    """The LLM never wrote a valid program. `.attempts` holds every try and its errors."""
 
-    def __init__(self, question: str, attempts: list["Attempt"], task: str = ""):
+    def __init__(self, question: str, attempts: list["Attempt"]):
         self.question = question
-        self.task = task
         self.attempts = list(attempts)
         lines = [f"no valid program for {question!r} after {len(attempts)} "
                  f"attempt{'s' if len(attempts) != 1 else ''}:"]
@@ -55,10 +53,6 @@ class PlanningError(VisProgError):
             lines.append(f"attempt {i}:")
             lines.extend(f"  {d}" for d in a.diagnostics)
         super().__init__("\n".join(lines))
-
-    def events(self) -> list[PlanAttempt]:
-        """Every try as a `plan_attempt` trace event."""
-        return attempt_events(self.attempts, self.question, self.task)
 
 
 @dataclass
@@ -329,7 +323,7 @@ class Planner:
             attempts = self._repair(llm, convo, reply.text, dict(reply.usage),
                                     self.temperature, inputs)
         if not attempts[-1].ok:
-            raise PlanningError(question, attempts, self.task.name)
+            raise PlanningError(question, attempts)
         return Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
                     question=question, task=self.task.name)
 
@@ -375,7 +369,7 @@ class Planner:
                 else:
                     failed.extend(attempts)
         if not plans:
-            raise PlanningError(question, failed, self.task.name)
+            raise PlanningError(question, failed)
         if self.cache is not None:
             self.cache.put(key, [p.text for p in plans])
         return plans
