@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from visprog.errors import ImageError, ProgramError, StepError, VisProgError
+from visprog.traces.events import Repair
 from visprog.traces.records import StepRecord, Trace
-from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, Objects, load_image
+from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, load_image
+from visprog.values.text import show
 
 # -- limits (what one demo request may ask for) ---------------------------------------------
 MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo; larger uploads are refused with a message
@@ -85,22 +86,11 @@ class RunOutput:
 
 
 def format_result(value: Any, task: str = "gqa") -> str:
-    """A program's value as text. Booleans read yes/no for GQA and True/False for NLVR
-    (SPEC 3: the caller decides)."""
-    if isinstance(value, (bool, np.bool_)):
-        if task == "nlvr":
-            return str(bool(value))
-        return "yes" if value else "no"
+    """A program's value as text (`visprog.values.text.show`): booleans read yes/no for GQA
+    and True/False for NLVR (SPEC 3: the caller decides)."""
     if isinstance(value, Image.Image):
-        return f"an image, {value.width}x{value.height} (shown below)"
-    if isinstance(value, Objects):
-        labels = ", ".join(str(l) for l in value.labels if l) or "no labels"
-        return f"{len(value)} object{'s' if len(value) != 1 else ''} ({labels})"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
+        return f"{show(value)} (shown below)"
+    return show(value, task=task)
 
 
 def message_box(kind: str, title: str, body_html: str = "") -> str:
@@ -309,24 +299,17 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
 
 # -- ask: plan, run, repair ----------------------------------------------------------------
 def attempts_html(trace: Trace | None) -> str:
-    """The repair loop's attempts of a run, one line each ("" when there was one plain run)."""
-    event = next((e for e in reversed(trace.events) if e.get("kind") == "repair"), None) \
-        if trace is not None else None
-    if event is None:
+    """The planning loop's attempts of a run, one line each ("" when there was one plain
+    run)."""
+    repairs = trace.find(Repair) if trace is not None else []
+    if not repairs:
         return ""
+    event = repairs[-1]
     rows = []
-    for a in event.get("attempts") or []:
-        if a.get("error"):
-            state = f"failed: {a['error'].splitlines()[0]}"
-        elif a.get("findings"):
-            state = "flagged: " + "; ".join(f["message"] for f in a["findings"])
-        elif a.get("critic") and not a["critic"].get("ok"):
-            state = f"the critic said no: {a['critic'].get('reason', '')}"
-        else:
-            state = f"answered {a.get('answer')!r}"
-        chosen = " (chosen)" if a.get("index") == event.get("chosen") else ""
-        rows.append(f"<li>attempt {a.get('index', 0) + 1}, {_esc(a.get('reason', ''))}"
-                    f"{chosen}: {_esc(state)}</li>")
+    for a in event.attempts:
+        chosen = " (chosen)" if a.index == event.chosen else ""
+        rows.append(f"<li>attempt {a.index + 1}, {_esc(a.reason)}{chosen}: {_esc(a.state())}"
+                    f"</li>")
     return f'<ol class="vp-attempts">{"".join(rows)}</ol>'
 
 
@@ -378,8 +361,7 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
     page = trace.to_html()
     files = save_downloads(trace, folders.new(), page)
     listed = attempts_html(trace)
-    repaired = any(e.get("kind") == "repair" and (e.get("chosen") or 0) > 0
-                   for e in trace.events)
+    repaired = any((e.chosen or 0) > 0 for e in trace.find(Repair))
     title = "Answered after repair" if repaired else "Answered"
     return out.program.source, RunOutput(
         True, result_text=format_result(out.value, task),

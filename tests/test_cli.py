@@ -204,7 +204,7 @@ def test_trace_show(work, capsys):
     code, out, _ = run_cli(capsys, "trace", "show", "out.json", "--html", "again.html")
     assert code == EXIT_OK
     assert "    1  L=Loc(image=IMAGE, object='LEFT')" in out
-    assert "[1] line 1: L = Loc" in out and "<1 objects: LEFT>" in out
+    assert "[1] line 1: L = Loc" in out and "-> 1 region (LEFT)" in out
     assert "[3] line 3: A = Eval" in out and "result: yes" in out
     assert (work / "again.html").is_file()
 

@@ -39,7 +39,7 @@ def test_run_image_result_gives_trace_and_downloads(vp, folders, photo):
     out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders, on_step=seen.append)
     assert out.ok, out.message
     assert out.result_image is not None and out.result_image.size == (80, 60)
-    assert "image, 80x60" in out.result_text
+    assert out.result_text == "image 80x60 (shown below)"
     assert [s.target for s in seen] == ["HALF", "IMAGE0", "N", "RESULT"]
     assert "Ran 4 steps" in out.message and "vp-ok" in out.message
     assert out.trace_html.startswith("<iframe") and 'sandbox="allow-same-origin"' in out.trace_html

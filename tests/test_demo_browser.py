@@ -102,7 +102,7 @@ def test_upload_run_shows_result_trace_and_downloads(page):
     _set_program(page, HALF_PROGRAM)
     _run(page)
     assert "Ran 4 steps" in page.locator("#status").inner_text()
-    assert page.locator("#result-text textarea").input_value() == "an image, 320x240 (shown below)"
+    assert page.locator("#result-text textarea").input_value() == "image 320x240 (shown below)"
     page.wait_for_selector("#result-image img")
     trace = page.frame_locator("iframe.vp-trace")
     cards = trace.locator("section.card")

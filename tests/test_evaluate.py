@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visprog.evaluation.answers import is_correct, normalize, show
+from visprog.evaluation.answers import is_correct
 from visprog.evaluation.datasets import DatasetError, EvalItem, detect_format, load_dataset
 from visprog.evaluation.harness import evaluate, format_summary, read_results, select, summarize
 from visprog.registry import tool
+from visprog.values.text import normalize, show
 
 # -- normalisation ------------------------------------------------------------------------
 
@@ -47,10 +48,10 @@ def test_is_correct(prediction, answer, right):
 
 @pytest.mark.parametrize("value, task, shown", [
     (True, "gqa", "yes"), (False, "nlvr", "False"), (3.0, "gqa", "3"), ("red", "gqa", "red"),
-    (None, "gqa", ""), (Image.new("RGB", (2, 2)), "gqa", "<Image>"), (["a", 1], "gqa", "a, 1"),
+    (None, "gqa", ""), (Image.new("RGB", (2, 2)), "gqa", "image 2x2"), (["a", 1], "gqa", "a, 1"),
 ])
-def test_show(value, task, shown):
-    assert show(value, task) == shown
+def test_predictions_read_as_the_benchmark_writes_them(value, task, shown):
+    assert show(value, task=task) == shown
 
 
 # -- data sets ----------------------------------------------------------------------------

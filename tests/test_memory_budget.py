@@ -120,7 +120,7 @@ def test_budget_unloads_least_recently_used_and_reloads():
     third = vp.execute(VQA, image=picture())
     assert third.value == expected_vqa
     # ... and the run's trace records what the manager did during it.
-    assert [(e["kind"], e["model"], e.get("reason")) for e in third.trace.events] == [
+    assert [(e.kind, e.model, e.reason) for e in third.trace.events] == [
         ("model_unload", "clip", "memory_budget"), ("model_load", "blip_vqa", None)]
     assert [e["kind"] for e in mm.loaded()] == ["blip_vqa"]
     assert mm.loaded_bytes() <= budget

@@ -36,7 +36,8 @@ def value_print(value):
 def fingerprint(trace):
     steps = [(s.target, s.module, value_print(s.output) if s.ok else None, s.cached, s.error)
              for s in trace.steps]
-    events = [(e["kind"], e.get("model"), e.get("checkpoint")) for e in trace.events]
+    events = [(e.kind, getattr(e, "model", None), getattr(e, "checkpoint", None))
+              for e in trace.events]
     return steps, events, trace.error
 
 

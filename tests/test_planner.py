@@ -6,16 +6,18 @@ import pytest
 from PIL import Image
 
 from llm_server import ScriptedServer, scripted_client
-from visprog.api import RunResult
 from visprog.language.checker import check
 from visprog.language.parser import parse
-from visprog.planning.planner import Plan, Planner, PlanningError, answer_key, clean_reply, majority, vote
+from visprog.planning.loop import RunAttempt, majority, select
+from visprog.planning.planner import Plan, Planner, PlanningError, attempt_events, clean_reply
 from visprog.planning.program_cache import ProgramCache, default_program_cache_dir
 from visprog.planning.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
                              load_examples, module_descriptions, select_examples, system_prompt)
 from visprog.registry import Registry, tool
 from visprog.tools import builtin_tools
+from visprog.traces.events import PlanAttempt, PlanCacheHit, Vote
 from visprog.traces.records import Trace
+from visprog.values.text import answer_key, normalize
 
 GOOD = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 BAD = "CATS=Lco(image=IMAGE, object='cat')\nN=Count(box=DOGS)\nFINAL=Result(var=N)"
@@ -158,8 +160,9 @@ def test_invalid_then_repaired(registry):
     assert "1. line 1" in repair and "2. line 2" in repair and "did you mean 'Loc'" in repair
     assert second[:-2] == server.requests[0]["messages"]
     events = plan.events()
-    assert [e["kind"] for e in events] == ["plan_attempt", "plan_attempt"]
-    assert events[0]["errors"] and events[0]["usage"]["total_tokens"] > 0 and events[1]["ok"]
+    assert all(isinstance(e, PlanAttempt) for e in events) and len(events) == 2
+    assert events[0].errors and events[0].usage["total_tokens"] > 0 and events[1].ok
+    assert [e.index for e in events] == [0, 1] and events[0].question == "How many cats?"
 
 
 def test_never_valid_lists_every_attempt(registry):
@@ -169,6 +172,8 @@ def test_never_valid_lists_every_attempt(registry):
             Planner(scripted_client(server), registry, attempts=2, cache=False).plan("How many cats?")
     e = err.value
     assert len(e.attempts) == 2 and len(server.requests) == 2
+    events = attempt_events(e.attempts, e.question, "gqa")
+    assert [(a.index, a.ok, a.task) for a in events] == [(0, False, "gqa"), (1, False, "gqa")]
     msg = str(e)
     assert "after 2 attempts" in msg and "attempt 1:" in msg and "attempt 2:" in msg
     assert "unknown module 'Lco'" in msg
@@ -187,7 +192,7 @@ def test_program_cache_hit_makes_no_request(registry, tmp_path):
         again = Planner(llm, registry, cache=cache).plan("How many cats?")
         assert len(server.requests) == 1
         assert again.cached and again.attempts == [] and again.text == first.text
-        assert [e["kind"] for e in again.events()] == ["plan_cache_hit"]
+        assert [type(e) for e in again.events()] == [PlanCacheHit]
         # Another question (or other sampling) is another key.
         other = Planner(llm, registry, cache=cache).plan("How many dogs?")
         assert not other.cached and len(server.requests) == 2
@@ -242,33 +247,54 @@ def test_plan_k_samples_and_repairs_each(registry):
 @pytest.mark.parametrize("value, key", [
     ("Yes.", "yes"), (True, "yes"), ("  TRUE ", "yes"), (False, "no"), ("no", "no"),
     (3, "3"), (3.0, "3"), ("3", "3"), (" the red  Car ", "red car"), (2.5, "2.5"),
-    (None, "none"),
+    (None, ""), ("two", "2"), ("Two.", "2"),
 ])
-def test_answer_key(value, key):
-    assert answer_key(value) == key
+def test_answer_key_is_the_scoring_normal_form(value, key):
+    assert answer_key(value) == key == normalize(value)
 
 
-def _run(value, source="A=Eval(expr=\"1\")\nR=Result(var=A)"):
-    program = parse(source)
-    return RunResult(value, program, Trace(program=source))
+def _attempt(value, source="A=Eval(expr=\"1\")\nR=Result(var=A)", error=None):
+    return RunAttempt("first", source, parsed=parse(source), value=value,
+                      trace=Trace(program=source), error=error, finished=True)
 
 
-def test_vote_majority_keeps_every_run():
-    runs = [_run("no"), _run("Yes"), RuntimeError("step 2 failed"), _run(True), _run("yes.")]
-    chosen = vote(runs)
-    assert chosen is runs[1]
-    event = chosen.trace.events[-1]
-    assert event["kind"] == "vote" and event["chosen"] == 1
-    assert event["counts"] == {"no": 1, "yes": 3}
-    assert [r["answer"] for r in event["runs"]] == ["no", "yes", None, "yes", "yes"]
-    assert event["runs"][2]["error"] == "step 2 failed"
-    assert majority(["b", "a", "a", "b"]) == (0, {"b": 2, "a": 2})  # ties: the earliest
+def test_majority_selection_keeps_every_run():
+    from visprog.errors import VisProgError
+
+    runs = [_attempt("no"), _attempt("Yes"), _attempt(None, error=VisProgError("step 2 failed")),
+            _attempt(True), _attempt("yes.")]
+    assert select(runs, "majority") == 1
+    event = runs[1].trace.events[-1]
+    assert isinstance(event, Vote) and event.chosen == 1 and event.select == "majority"
+    assert event.counts == {"no": 1, "yes": 3} and event.pool == [0, 1, 3, 4]
+    assert [r.key for r in event.runs] == ["no", "yes", None, "yes", "yes"]
+    assert [r.answer for r in event.runs] == ["no", "Yes", None, True, "yes."]
+    assert event.runs[2].error == "step 2 failed"
+    assert majority(["b", "c", "c", "b"]) == (0, {"b": 2, "c": 2})  # ties: the earliest
     img = Image.new("RGB", (4, 4), "red")
     assert answer_key(img) == answer_key(img.copy()) != answer_key(Image.new("RGB", (4, 4)))
     with pytest.raises(ValueError):
-        vote([RuntimeError("x")])
+        select([_attempt(None, error=VisProgError("x"))])
     with pytest.raises(ValueError):
-        vote([])
+        select([])
+
+
+@pytest.mark.parametrize("answers", [["two", "2", "3"], ["3", "two", "2"]])
+def test_vote_counts_number_words_as_numbers(answers, tmp_path):
+    """vote=3 with answers "two", "2" and "3": the answer is 2, whatever the order (the
+    vote counts answers in the scorer's normal form)."""
+    from visprog.api import VisProg
+
+    picture = tmp_path / "p.png"
+    Image.new("RGB", (16, 16), "gray").save(picture)
+    programs = [f"A=Eval(expr=\"'{a}'\")\nFINAL=Result(var=A)" for a in answers]
+    with ScriptedServer([programs]) as server:
+        vp = VisProg(preset="tiny", cache=False, plugins=False, llm=scripted_client(server))
+        out = vp.run(picture, "How many dogs are there?", vote=3)
+    assert normalize(out.value) == "2" and out.value in ("two", "2")
+    vote = out.trace.events[-1]
+    assert isinstance(vote, Vote) and vote.counts == {"2": 2, "3": 1}
+    assert answers[vote.chosen] == out.value
 
 
 # --------------------------------------------------------------------------- local model
@@ -315,10 +341,10 @@ def test_visprog_run_plans_executes_and_traces(picture):
         vp = VisProg(preset="tiny", cache=False, llm=scripted_client(server))
         out = vp.run(picture, "What is one plus one?", task="gqa")
     assert out.value == 2 and out.program.source == EVAL_GQA
-    events = [e for e in out.trace.events if e["kind"] == "plan_attempt"]
-    assert [e["ok"] for e in events] == [False, True]
-    assert "unknown module 'Evl'" in events[0]["errors"][0]["message"]
-    assert all(e["usage"]["total_tokens"] > 0 for e in events)
+    events = out.trace.find(PlanAttempt)
+    assert [e.ok for e in events] == [False, True]
+    assert "unknown module 'Evl'" in events[0].errors[0].message
+    assert all(e.usage["total_tokens"] > 0 for e in events)
     assert out.trace.meta["task"] == "gqa" and out.trace.meta["question"] == "What is one plus one?"
 
 
@@ -336,8 +362,8 @@ def test_visprog_run_nlvr_pair_and_vote(picture):
         voted = vp.run(picture, "Both images are blue.", task="nlvr", right=picture, vote=3)
     assert voted.value is True
     event = voted.trace.events[-1]
-    assert event["kind"] == "vote" and event["counts"] == {"no": 1, "yes": 2}
-    assert len(event["runs"]) == 3 and event["chosen"] == 1
+    assert isinstance(event, Vote) and event.counts == {"no": 1, "yes": 2}
+    assert len(event.runs) == 3 and event.chosen == 1
     assert server.requests[1]["n"] == 3
 
 

@@ -127,7 +127,7 @@ def test_a_lone_run_a_batched_run_and_the_cache(plugin):
     assert out.value in labels and not out.trace["L"].cached
     assert cls.forward_sizes == [1]
     # the model was loaded through the VisProg's model manager, and the trace says so
-    assert any(e["kind"] == "model_load" and e.get("model") == "plugin_vit"
+    assert any(e.kind == "model_load" and e.model == "plugin_vit"
                for e in out.trace.events)
 
     again = vp.execute(program, image=picture(0))

@@ -16,10 +16,12 @@ from visprog.planning.checks import (CHECKS, answer_kind, enabled_checks, expect
                                      presumes, run_checks)
 from visprog.planning.critic import VERDICT_GRAMMAR, Critic, read_verdict
 from visprog.planning.prompts import CRITIC_SYSTEM
-from visprog.planning.repair import RepairError, RepairSettings, describe_value, trace_summary
+from visprog.planning.loop import RepairError, RepairSettings, trace_summary
 from visprog.registry import tool
+from visprog.traces.events import Finding, PlanAttempt, Repair, RunRecord, Verdict, Vote
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import Objects
+from visprog.values.text import show
 
 pytestmark = pytest.mark.usefixtures("no_llm_env")
 
@@ -48,7 +50,7 @@ def last_user(request) -> str:
 
 
 def repair_event(trace):
-    return next(e for e in trace.events if e["kind"] == "repair")
+    return trace.find(Repair)[0]
 
 
 # --------------------------------------------------------------------------- the checks
@@ -170,10 +172,13 @@ def test_checks_switch_off_by_name():
 
 
 def test_trace_summary_lines():
-    assert describe_value(EMPTY) == "Objects: 0 regions"
-    assert describe_value(ONE) == "Objects: 1 region (cup)"
-    assert describe_value("blue") == "Text: 'blue'" and describe_value(IMG) == "Image: 40x30"
-    assert describe_value(True) == "Bool: True" and describe_value(3) == "Number: 3"
+    def typed(value):
+        return show(value, typed=True)
+
+    assert typed(EMPTY) == "Objects: 0 regions"
+    assert typed(ONE) == "Objects: 1 region (cup)"
+    assert typed("blue") == "Text: 'blue'" and typed(IMG) == "Image: 40x30"
+    assert typed(True) == "Bool: True" and typed(3) == "Number: 3"
     loc = rec(0, "CUP", "Loc", {"image": IMG, "object": "cup"}, EMPTY)
     bad = rec(1, "N", "Eval", {"expr": "1/0"}, None)
     bad.error = "ZeroDivisionError: division by zero"
@@ -210,11 +215,11 @@ def test_runtime_error_is_repaired_with_the_error_and_the_trace(picture):
     assert 'N=Eval(expr="4 / 0")' in feedback and "division by zero" in feedback
     assert second[:-2] == server.requests[0]["messages"]
     event = repair_event(out.trace)
-    assert event["chosen"] == 1
-    first, fixed = event["attempts"]
-    assert (first["reason"], fixed["reason"]) == ("first", "runtime")
-    assert first["failed_step"]["target"] == "N" and "division" in first["error"]
-    assert fixed["answer"] == 4 and fixed["passed"] and fixed["plan"][0]["revision"] == 1
+    assert event.chosen == 1
+    first, fixed = event.attempts
+    assert (first.reason, fixed.reason) == ("first", "runtime")
+    assert first.failed_step.target == "N" and "division" in first.error
+    assert fixed.answer == 4 and fixed.passed and fixed.plan[0].revision == 1
     assert out.trace.meta["attempt"] == 1
 
 
@@ -226,8 +231,8 @@ def test_failing_check_is_repaired_with_the_findings(picture):
     assert "[answer_type]" in feedback and "a colour" in feedback
     assert "1. A=Eval(expr=\"2 > 1\") -> Bool: True" in feedback
     event = repair_event(out.trace)
-    assert [a["reason"] for a in event["attempts"]] == ["first", "check"]
-    assert event["attempts"][0]["findings"][0]["check"] == "answer_type"
+    assert [a.reason for a in event.attempts] == ["first", "check"]
+    assert event.attempts[0].findings[0].check == "answer_type"
 
 
 def test_programs_that_keep_failing_end_in_a_clear_error(picture):
@@ -241,15 +246,15 @@ def test_programs_that_keep_failing_end_in_a_clear_error(picture):
     msg = str(e)
     assert "in 3 attempts" in msg and "attempt 3 (runtime)" in msg and "division" in msg
     event = repair_event(e.trace)
-    assert event["chosen"] is None
-    assert [a["program"] for a in event["attempts"]] == bad
+    assert event.chosen is None
+    assert [a.program for a in event.attempts] == bad
 
 
 def test_flagged_runs_that_stay_flagged_give_the_least_flagged_answer(picture):
     with ScriptedServer([YES, YES.replace("2 > 1", "3 > 1")]) as server:
         out = engine(server).run(picture, "What color is the sky?", repair=1)
     assert out.value is True and len(server.requests) == 2
-    assert repair_event(out.trace)["chosen"] == 0  # equal findings: the earliest
+    assert repair_event(out.trace).chosen == 0  # equal findings: the earliest
 
 
 def test_repair_off_and_check_switched_off_by_config(picture):
@@ -264,7 +269,7 @@ def test_repair_off_and_check_switched_off_by_config(picture):
     with ScriptedServer([YES]) as server:
         out = engine(server).run(picture, "What color is the sky?", repair=0)
         assert out.value is True and len(server.requests) == 1  # checked, not repaired
-        assert repair_event(out.trace)["attempts"][0]["findings"]
+        assert repair_event(out.trace).attempts[0].findings
     with ScriptedServer([]) as server:
         with pytest.raises(ConfigError, match="unknown check"):
             engine(server, config={"planner": {"checks": ["nope"]}}).run(picture, "q")
@@ -276,7 +281,7 @@ def test_a_repaired_program_is_remembered_by_the_program_cache(picture):
         assert vp.run(picture, "How many legs does a dog have?").value == 4
         again = vp.run(picture, "How many legs does a dog have?")
         assert again.value == 4 and len(server.requests) == 2  # the cache held the fix
-        assert [e["kind"] for e in again.trace.events] == ["plan_cache_hit"]
+        assert [e.kind for e in again.trace.events] == ["plan_cache_hit"]
 
 
 # --------------------------------------------------------------------------- the critic
@@ -296,9 +301,71 @@ def test_critic_no_feeds_a_repair(picture):
     assert plus in critic[1]["content"] and "-> Number: 7" in critic[1]["content"]
     assert "[critic] it adds the numbers" in last_user(server.requests[2])
     event = repair_event(out.trace)
-    assert [a["reason"] for a in event["attempts"]] == ["first", "critic"]
-    assert event["attempts"][0]["critic"]["ok"] is False
-    assert event["attempts"][1]["critic"]["ok"] is True
+    assert [a.reason for a in event.attempts] == ["first", "critic"]
+    assert event.attempts[0].critic.ok is False
+    assert event.attempts[1].critic.ok is True
+
+
+class CriticCrashes:
+    """The scripted client, except that its grammar-constrained view (what the critic asks
+    for its verdict) raises as the local backend did after a batched Vqa call."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def chat(self, *args, **kw):
+        return self.inner.chat(*args, **kw)
+
+    def describe(self):
+        return self.inner.describe()
+
+    def constrain_grammar(self, grammar):
+        class Broken:
+            def chat(self, *args, **kw):
+                raise RuntimeError("Sizes of tensors must match except in dimension 0")
+        return Broken()
+
+
+def test_a_critic_that_raises_is_recorded_and_the_batch_goes_on(picture):
+    from visprog.api import VisProg
+
+    with ScriptedServer([]) as server:
+        vp = VisProg(preset="tiny", cache=False, plugins=False,
+                     llm=CriticCrashes(scripted_client(server)))
+        results = vp.run_batch([
+            {"program": FOUR, "image": picture, "question": "How many legs has a dog?"},
+            {"program": BLUE, "image": picture, "question": "What color is the sky?"},
+        ], repair={"critic": True, "checks": False}, batch_size=2)
+    assert [r.value for r in results] == [4, "blue"] and all(r.ok for r in results)
+    assert not server.requests  # nothing needed a correction
+    for res in results:
+        [attempt] = repair_event(res.trace).attempts
+        assert attempt.passed and attempt.critic.ok and not attempt.critic.clear
+        assert attempt.critic.error.startswith("RuntimeError: Sizes of tensors must match")
+        assert "critic failed: RuntimeError" in attempt.state()
+
+
+def test_corrections_and_the_critic_keep_to_the_planning_deadline(picture):
+    import time
+
+    from llm_server import Reply
+
+    # the correction's reply comes after 3 s; the deadline is 0.5 s
+    with ScriptedServer([DIV0, Reply(FOUR, delay=3.0)]) as server:
+        started = time.monotonic()
+        with pytest.raises(StepError) as err:
+            engine(server).run(picture, "How many legs does a dog have?", deadline_s=0.5)
+        assert time.monotonic() - started < 2.5
+    [attempt] = repair_event(err.value.trace).attempts
+    assert attempt.note.startswith("no correction:") and "deadline" in attempt.note
+    # the critic's verdict comes after 3 s
+    with ScriptedServer([FOUR, Reply("yes", delay=3.0)]) as server:
+        started = time.monotonic()
+        out = engine(server).run(picture, "How many legs does a dog have?",
+                                 repair={"critic": True}, deadline_s=0.5)
+        assert time.monotonic() - started < 2.5
+    verdict = repair_event(out.trace).attempts[0].critic
+    assert out.value == 4 and verdict.ok and "deadline" in verdict.error
 
 
 @pytest.mark.parametrize("reply, ok, reason, clear", [
@@ -348,12 +415,12 @@ def test_selection_prefers_runs_that_pass_the_checks(picture):
         out = vp.run(picture, "What color is the sky?", vote=3)
         assert out.value == "blue" and len(server.requests) == 1  # nothing to repair
         vote = out.trace.events[-1]
-        assert vote["kind"] == "vote" and vote["select"] == "checks" and vote["chosen"] == 2
-        assert vote["counts"] == {"yes": 2, "blue": 1} and vote["pool"] == [2]
-        assert [r["program"] for r in vote["runs"]] == samples
-        assert [bool(r["findings"]) for r in vote["runs"]] == [True, True, False]
+        assert isinstance(vote, Vote) and vote.select == "checks" and vote.chosen == 2
+        assert vote.counts == {"yes": 2, "blue": 1} and vote.pool == [2]
+        assert [r.program for r in vote.runs] == samples
+        assert [bool(r.findings) for r in vote.runs] == [True, True, False]
         plain = vp.run(picture, "What color is the sky?", vote=3, repair={"select": "majority"})
-    assert plain.value is True and plain.trace.events[-1]["chosen"] == 0
+    assert plain.value is True and plain.trace.events[-1].chosen == 0
 
 
 def test_selection_repairs_the_best_candidate_when_none_passes(picture):
@@ -362,8 +429,8 @@ def test_selection_repairs_the_best_candidate_when_none_passes(picture):
         out = engine(server).run(picture, "What color is the sky?", vote=3)
     assert out.value == "blue" and len(server.requests) == 2
     assert server.requests[1]["messages"][-2]["content"] == YES  # the one that ran
-    assert repair_event(out.trace)["attempts"][1]["reason"] == "check"
-    assert out.trace.events[-1]["kind"] == "vote"
+    assert repair_event(out.trace).attempts[1].reason == "check"
+    assert isinstance(out.trace.events[-1], Vote)
 
 
 # --------------------------------------------------------------------------- batches
@@ -400,11 +467,60 @@ def test_run_batch_repairs_only_the_items_that_need_it(picture):
     assert len(calls) == 4  # three first runs, then the one repaired item alone
     assert sorted(r.id for r in seen) == ["b", "g", "plain"]
     assert results[1].program.source == fixed
-    assert not any(e["kind"] == "repair" for e in results[0].trace.events)
+    assert not results[0].trace.find(Repair)
+
+
+def test_run_batch_plans_items_without_a_program(picture):
+    from visprog.errors import VisProgError
+    from visprog.planning.planner import PlanningError
+
+    with ScriptedServer([FOUR, "X=Nope(", DIV0, FOUR]) as server:
+        vp = engine(server, config={"planner": {"attempts": 1}})
+        results = vp.run_batch([
+            {"image": picture, "question": "How many legs does a dog have?", "id": "planned"},
+            {"image": picture, "question": "How many eyes?", "id": "unplannable"},
+            {"image": picture, "question": "How many ears?", "id": "repaired"},
+            {"image": picture, "id": "nothing"},  # no program, no question
+            {"program": BLUE, "image": picture, "id": "given"},
+        ])
+    by_id = {r.id: r for r in results}
+    assert [r.id for r in results] == ["planned", "unplannable", "repaired", "nothing", "given"]
+    assert by_id["planned"].value == 4 and by_id["planned"].program.source == FOUR
+    assert by_id["planned"].trace.find(PlanAttempt)[0].question == "How many legs does a dog have?"
+    bad = by_id["unplannable"]
+    assert isinstance(bad.error, PlanningError) and bad.program is None
+    assert [e.ok for e in bad.trace.find(PlanAttempt)] == [False]
+    assert by_id["repaired"].value == 4 and repair_event(by_id["repaired"].trace).chosen == 1
+    assert isinstance(by_id["nothing"].error, VisProgError)
+    assert "a program, or a question" in str(by_id["nothing"].error)
+    assert by_id["given"].value == "blue"
+    assert len(server.requests) == 4
+
+
+def test_run_batch_items_that_can_not_be_planned(picture):
+    from visprog.api import VisProg
+    from visprog.planning.chat import LLMError
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False, config={"llm": {"backend": "none"}})
+    [res] = vp.run_batch([{"image": picture, "question": "How many?"}])
+    assert isinstance(res.error, LLMError) and res.trace.inputs["IMAGE"].size == (32, 24)
+
+    class Broken:  # an LLM client that fails in its own way
+        def chat(self, *args, **kw):
+            raise ConnectionError("the socket closed")
+
+        def describe(self):
+            return {"backend": "broken"}
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False, llm=Broken())
+    first, given = vp.run_batch([{"image": picture, "question": "How many?"},
+                                 {"program": FOUR, "image": picture, "question": "How many?"}])
+    assert isinstance(first.error, ConnectionError) and "socket closed" in first.trace.error
+    assert given.value == 4  # the other item went on
 
 
 def test_eval_records_first_and_final_answers_and_repairs(tmp_path):
-    from visprog.evaluation.harness import evaluate, format_summary, read_results
+    from visprog.evaluation.harness import evaluate, format_summary, read_results, summarize
 
     Image.new("RGB", (16, 16), "gray").save(tmp_path / "a.png")
     rows = [
@@ -414,17 +530,27 @@ def test_eval_records_first_and_final_answers_and_repairs(tmp_path):
          "answer": "4", "program": DIV0},
         {"id": "planned", "image": "a.png", "question": "How many wheels has a car?",
          "answer": "4"},
+        {"id": "unplannable", "image": "a.png", "question": "How many doors has a car?",
+         "answer": "4"},
+        {"id": "unreadable", "image": "missing.png", "question": "How many?", "answer": "4"},
     ]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     from visprog.evaluation.datasets import load_dataset
 
     bad_plan = FOUR.replace("Eval", "Evl")
-    with ScriptedServer([bad_plan, FOUR, FOUR]) as server:
+    with ScriptedServer([bad_plan, FOUR, bad_plan, bad_plan, bad_plan, FOUR]) as server:
         summary = evaluate(engine(server), load_dataset(data), tmp_path / "r.jsonl",
                            progress=False, chunk_size=10)
-    assert len(server.requests) == 3
+    assert len(server.requests) == 6  # the unreadable image is refused before planning
     records = {r["id"]: r for r in read_results(tmp_path / "r.jsonl")}
+    unplannable = records.pop("unplannable")
+    assert unplannable["status"] == "no_program" and unplannable["program"] is None
+    assert unplannable["error"].startswith("PlanningError: no valid program")
+    assert unplannable["repairs"] == [] and unplannable["attempts"] == 0
+    unreadable = records.pop("unreadable")
+    assert unreadable["status"] == "error" and unreadable["error"].startswith("ImageError")
+    summary = summarize(records.values())
     assert records["ok"]["repairs"] == [] and records["ok"]["first_correct"]
     assert records["runtime"]["repairs"] == ["runtime"] and records["runtime"]["correct"]
     assert not records["runtime"]["first_correct"] and records["runtime"]["attempts"] == 2
@@ -466,15 +592,11 @@ def test_cli_run_repair_flags(picture, monkeypatch, capsys, tmp_path):
 
 def test_html_shows_attempts_and_candidates_escaped():
     trace = Trace(program="A=Eval(expr='1')")
-    trace.add_event("repair", chosen=1, attempts=[
-        {"index": 0, "reason": "first", "program": "<b>X</b>", "answer": "yes", "error": None,
-         "findings": [{"check": "answer_type", "message": "asks for <a colour>", "step": None}],
-         "critic": None, "passed": False, "note": "", "plan": [{"ok": False}, {"ok": True}]},
-        {"index": 1, "reason": "check", "program": "A=1", "answer": "blue", "error": None,
-         "findings": [], "critic": {"ok": True, "reason": ""}, "passed": True, "note": "",
-         "plan": []}])
-    trace.add_event("vote", chosen=0, select="checks", runs=[
-        {"index": 0, "program": "P", "answer": "blue", "error": None, "findings": []}])
+    trace.add_event(Repair(1, [
+        RunRecord(0, "<b>X</b>", "yes", findings=[Finding("answer_type", "asks for <a colour>")],
+                  reason="first", plan=[PlanAttempt(0, ok=False), PlanAttempt(1, ok=True)]),
+        RunRecord(1, "A=1", "blue", critic=Verdict(True), passed=True, reason="check")]))
+    trace.add_event(Vote(0, {"blue": 1}, [RunRecord(0, "P", "blue", passed=True)], "checks"))
     page = trace.to_html()
     assert "<h2>Attempts</h2>" in page and "&lt;b&gt;X&lt;/b&gt;" in page
     assert "asks for &lt;a colour&gt;" in page and "1 parse/check repair" in page
@@ -490,7 +612,8 @@ def test_demo_ask_lists_every_attempt(picture, tmp_path):
                                 folders=demo.RunFolders(tmp_path))
     assert out.ok and out.result_text == "4" and program == FOUR
     assert "Answered after repair" in out.message
-    assert "attempt 1, first: failed" in out.message and "attempt 2, runtime (chosen)" in out.message
+    assert "attempt 1, first: error: " in out.message
+    assert "attempt 2, runtime (chosen): ok: 4" in out.message
     assert len(out.files) == 2 and "Attempts" in out.trace_html
     with ScriptedServer([DIV0, DIV0, DIV0]) as server:
         program, out = demo.ask(engine(server), "How many?", "gqa", str(picture),

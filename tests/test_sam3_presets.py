@@ -26,6 +26,7 @@ from visprog.models import ModelManager, resolve_checkpoint  # noqa: E402
 from visprog.tools import ToolContext, _sam3, facedet, model_modules  # noqa: E402
 from visprog.tools import loc as loc_mod  # noqa: E402
 from visprog.tools import select_objects as sel_mod  # noqa: E402
+from visprog.traces.events import ModelNote  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 TINY = load_config("tiny")
@@ -149,13 +150,13 @@ def test_a_very_long_query_is_cut_with_a_note_in_the_trace():
     long_query = " ".join(["the red car with a blue dog"] * 12)
     out = vp.execute(f"O=Loc(image=IMAGE, object='TOP')\n"
                      f"S=Select(image=IMAGE, object=O, query='{long_query}')", image=noise((120, 90)))
-    notes = [e for e in out.trace.events if e["kind"] == "model_note"]
-    assert len(notes) == 1 and notes[0]["module"] == "Select"
-    assert "32 text tokens" in notes[0]["message"] and notes[0]["query"] == long_query
+    notes = out.trace.find(ModelNote)
+    assert len(notes) == 1 and notes[0].module == "Select"
+    assert "32 text tokens" in notes[0].message and notes[0].data["query"] == long_query
     assert isinstance(out.value, Objects)
     short = vp.execute("O=Loc(image=IMAGE, object='TOP')\n"
                        "S=Select(image=IMAGE, object=O, query='red car')", image=noise((120, 90)))
-    assert not [e for e in short.trace.events if e["kind"] == "model_note"]
+    assert not short.trace.find(ModelNote)
 
 
 def test_sam3_batch_of_mixed_sizes_equals_one_by_one(ctx):
@@ -259,8 +260,8 @@ def test_facedet_auto_falls_back_to_the_cascade_offline_with_a_notice(ctx, monke
                  plugins=False)
     out = vp.execute("F=FaceDet(image=IMAGE)", image=Image.open(ASTRONAUT))
     assert len(out.value) >= 1  # the real cascade finds the astronaut's face
-    notes = [e for e in out.trace.events if e["kind"] == "model_note"]
-    assert len(notes) == 1 and "cascade" in notes[0]["message"]
+    notes = out.trace.find(ModelNote)
+    assert len(notes) == 1 and "cascade" in notes[0].message
 
 
 def test_facedet_auto_takes_yunet_when_its_file_is_in_the_cache(ctx, tmp_cache, monkeypatch):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from visprog.traces.draw import draw_objects, mask_to_image, thumbnail
 from visprog.errors import VisProgError
+from visprog.traces.events import Event, ModelEvent
 from visprog.traces.records import StepRecord, Trace
 from visprog.traces.json_io import ReprValue, TraceLoadError, save_trace
 
@@ -59,7 +60,7 @@ def _trace(*, failed: bool = False) -> Trace:
                                 "ANSWER0", "Vqa", args={"image": crop, "question": "What colour?"},
                                 arg_vars={"image": "IMAGE0"}, error="CUDA out of <memory> & more"))
         return Trace(PROGRAM, steps, inputs={"IMAGE": image}, error="step 3 failed: CUDA out of <memory>",
-                     events=[{"kind": "plan", "attempt": 1, "text": "<i>plan</i>"}])
+                     events=[Event("plan", {"attempt": 1, "text": "<i>plan</i>"})])
     steps += [
         StepRecord(2, 3, "ANSWER0=Vqa(image=IMAGE0, question='What colour is the cat?')", "ANSWER0",
                    "Vqa", args={"image": crop, "question": "What colour is the cat?"},
@@ -68,8 +69,8 @@ def _trace(*, failed: bool = False) -> Trace:
                    args={"var": ANSWER}, arg_vars={"var": "ANSWER0"}, output=ANSWER),
     ]
     return Trace(PROGRAM, steps, inputs={"IMAGE": image, "n": 3}, result=ANSWER,
-                 events=[{"kind": "plan", "attempt": 1, "ok": True, "text": "OBJ0=..."},
-                         {"kind": "model_load", "name": "owlv2", "seconds": 1.5}],
+                 events=[Event("plan", {"attempt": 1, "ok": True, "text": "OBJ0=..."}),
+                         ModelEvent("load", "owlv2", "tiny:owlv2", seconds=1.5)],
                  meta={"preset": "tiny", "seed": 0, "tags": ["a", "b"],
                        "pair": (1, 2), "inf": math.inf, "weird": {"$type": "not mine"},
                        "arr": np.arange(6, dtype=np.int16).reshape(2, 3), "obj": object()})
@@ -266,7 +267,7 @@ def test_html_of_loaded_trace_and_objects_without_image(tmp_path):
     t.result = _objects()  # an Objects result has no image to be drawn over
     loaded = load_trace(save_trace(t, tmp_path / "r.json"))
     page = loaded.to_html()
-    assert "3 regions on a 96x64 image" in page
+    assert "3 regions (cat, &lt;script&gt;alert(1)&lt;/script&gt;) on a 96x64 image" in page
     assert isinstance(loaded.meta["obj"], ReprValue)
     assert "&lt;object object at 0x" in page  # kept as its (escaped) repr
     assert "Steps after the failed one" not in page

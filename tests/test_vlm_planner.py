@@ -18,6 +18,7 @@ from visprog.language.parser import parse  # noqa: E402
 from visprog.models.vlm import VLM_KIND, load_vlm  # noqa: E402
 from visprog.planning.llm import LLMError, OpenAIChat  # noqa: E402
 from visprog.planning.llm_local import LocalConstrained  # noqa: E402
+from visprog.traces.events import PlanAttempt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a test makes
 
@@ -91,7 +92,7 @@ def test_cli_run_with_no_llm_settings_plans_through_the_local_vlm(tmp_path, caps
     out = capsys.readouterr()
     assert trace.exists(), out.err
     saved = Trace.load_json(trace)
-    attempts = [e for e in saved.events if e.get("kind") == "plan_attempt"]
-    assert attempts and attempts[-1]["ok"]
+    attempts = saved.find(PlanAttempt)
+    assert attempts and attempts[-1].ok
     parse(saved.program)  # the planned program, as it ran
     assert code == 0 or "step" in out.err.lower()  # a random program may fail at a step

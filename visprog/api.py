@@ -22,6 +22,7 @@ from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.config import module_catalog  # noqa: F401 - hosting's view of the tools, public here
 from visprog.registry import Registry, Tool
+from visprog.traces.events import as_event
 from visprog.traces.records import Trace
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
                             load_image, nesting_depth, type_of)
@@ -170,7 +171,7 @@ class VisProg:
         prog = self.parse(program)
         if not checked:
             check_or_raise(prog, self.registry, {k: type_of(v) for k, v in bound.items()})
-        return Job(prog, bound, id, [dict(e) for e in events],
+        return Job(prog, bound, id, [as_event(e) for e in events],
                    {"preset": self.preset, **(meta or {})})
 
     def run_jobs(self, jobs: list[Job], *, batch_size: Any = 1, use_cache: bool = True,
@@ -213,13 +214,15 @@ class VisProg:
         Args:
             items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
                 right, inputs, id (and question, task, events), or query values
-                (`vp.image(...)...`; also as a mapping's program).
+                (`vp.image(...)...`; also as a mapping's program). An item with a
+                question and no program gets one from the planner.
             batch_size: calls per batched module call, or "auto" (by device, measured).
             on_item: called with each `ItemResult` as soon as its program ends (items with
-                a question: once their repairs are done).
+                a question: once the planning loop is done with them).
             repair: for items with a question: check each run against it and have the
                 planner correct the ones that raise or look wrong (`vp.run`'s `repair`;
-                default the config's). Only those items run again, together.
+                default the config's), through the planning loop
+                (`visprog.planning.loop`). Only those items run again, together.
 
         Returns:
             one `ItemResult` (id, value, program, trace, error) per item, in order; an
@@ -231,89 +234,97 @@ class VisProg:
         items = [as_batch_item(i) for i in items]  # query values become program text
         items = [raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw)) for raw in items]
         settings = self.repair_settings(repair)
-        loop_on = settings.enabled and any(item.question for item in items)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
+        planners: dict[str, Any] = {}  # task -> its planner, or why there is none
         results: list[ItemResult | None] = []
-        jobs: list[Job] = []
+        todo: list[tuple[Any, Any, Any, Job | None]] = []  # (id, item, bound, job); no job: planned
         for i, item in enumerate(items):
             item_id = i if item.id is None else item.id
             program, bound = None, None
             try:
-                program = self.parse(item.program)
+                if item.program is not None:
+                    program = self.parse(item.program)
+                elif not item.question:
+                    raise VisProgError("a batch item needs a program, or a question to plan one")
                 bound = self.bind(item.image, left=item.left, right=item.right,
                                   inputs=item.inputs, read=read)
-                jobs.append(self.job(program, bound, id=item_id, events=item.events,
-                                     meta=_question_meta(item)))
+                if program is None:
+                    job = None
+                    self._batch_planner(item.task, planners, raises=True)
+                else:
+                    job = self.job(program, bound, id=item_id, events=item.events,
+                                   meta=_question_meta(item))
+                todo.append((item_id, item, bound, job))
             except VisProgError as e:
                 trace = None
-                if bound is not None:  # it parsed and bound, but does not check
-                    trace = Trace(program=program.source, inputs=dict(bound), error=str(e),
-                                  events=[dict(x) for x in item.events],
+                if bound is not None:  # it bound, but does not check (or can't be planned)
+                    trace = Trace(program=program.source if program is not None else "",
+                                  inputs=dict(bound), error=str(e),
+                                  events=[as_event(x) for x in item.events],
                                   meta={"preset": self.preset, **_question_meta(item)})
                 results.append(ItemResult(item_id, None, program, trace, e))
                 if on_item is not None:
                     on_item(results[-1])
                 continue
             results.append(None)
-        if loop_on:
-            ran = iter(self._run_repaired(jobs, [it for it, r in zip(items, results) if r is None],
-                                          settings, batch_size=batch_size, use_cache=use_cache,
-                                          no_cache=no_cache, on_item=on_item))
+        if any(item.question and (settings.enabled or job is None) for _, item, _, job in todo):
+            from visprog.planning.loop import LoopItem
+
+            loop_items = []
+            for item_id, item, bound, job in todo:
+                planner = self._batch_planner(item.task, planners) if item.question else None
+                loop_items.append(LoopItem(
+                    item.question or "", item.task, {k: type_of(v) for k, v in bound.items()},
+                    planner, None if job is None else job.program,
+                    [] if job is None else job.events, id=item_id,
+                    payload=(bound, _question_meta(item))))
+            ran = iter(self._answer(loop_items, settings, batch_size=batch_size,
+                                    use_cache=use_cache, no_cache=no_cache, on_item=on_item))
         else:
-            ran = iter(self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
-                                     no_cache=no_cache, on_item=on_item))
+            ran = iter(self.run_jobs([job for _, _, _, job in todo], batch_size=batch_size,
+                                     use_cache=use_cache, no_cache=no_cache, on_item=on_item))
         return [r if r is not None else next(ran) for r in results]
 
-    def _run_repaired(self, jobs: list[Job], items: list[Any], settings: Any, *,
-                      batch_size: Any, use_cache: bool, no_cache: Iterable[str],
-                      on_item: Any) -> list[ItemResult]:
-        """Prepared jobs through the repair loop: all run together; those with a question
-        are checked, and those that need it corrected and run again together."""
-        from visprog.planning.repair import Case, RepairLoop, RunAttempt
+    def _batch_planner(self, task: str, planners: dict[str, Any], *, raises: bool = False) -> Any:
+        """The planner of a task for batch items, made once per task: None (or, with
+        `raises`, the error) when there is none (no LLM, a task the planner does not know)."""
+        if task not in planners:
+            try:
+                planners[task] = self.planner(task)
+            except (VisProgError, ValueError) as e:
+                planners[task] = e
+        found = planners[task]
+        if isinstance(found, BaseException):
+            if raises:
+                raise found if isinstance(found, VisProgError) else VisProgError(str(found))
+            return None
+        return found
 
-        planners: dict[str, Any] = {}
-        cases = []
-        for job, item in zip(jobs, items):
-            planner = None
-            if item.question and self.llm is not None:
-                if item.task not in planners:
-                    try:
-                        planners[item.task] = self.planner(item.task)
-                    except VisProgError:  # e.g. a task the planner does not know: no repair
-                        planners[item.task] = None
-                planner = planners[item.task]
-            inputs = {name: type_of(v) for name, v in job.inputs.items()}
-            first = RunAttempt("first", job.program.source, list(job.events), job.program)
-            cases.append(Case(item.question or "", item.task, inputs, planner, [first],
-                              id=job.id, payload=job))
-        loop = RepairLoop(settings, self._critic(settings))
-        loop.run(cases, self._case_runner(batch_size, use_cache, no_cache))
-        out = []
-        for case in cases:
-            value, trace, error, chosen = loop.outcome(case)
-            res = ItemResult(case.id, value, case.attempts[chosen].parsed, trace, error)
-            out.append(res)
-            if on_item is not None:
-                on_item(res)
-        return out
+    def _answer(self, items: list[Any], settings: Any, *, batch_size: Any, use_cache: bool,
+                no_cache: Iterable[str] = (), on_item: Any = None) -> list[ItemResult]:
+        """Items (`visprog.planning.loop.LoopItem`, payload: bound inputs and meta) through
+        the planning loop; each program it runs is a job of this engine (`job`, `run_jobs`)."""
+        from visprog.planning.loop import PlanningLoop
 
-    def _case_runner(self, batch_size: Any, use_cache: bool, no_cache: Iterable[str] = ()) -> Any:
-        """The repair loop's runner: each (case, attempt) as a job on this engine, the
-        case's payload being its first job (inputs, id, meta)."""
-        def run(todo: list[Any]) -> list[ItemResult]:
+        def runner(todo: list[Any]) -> list[ItemResult]:
             jobs = []
             for case, attempt in todo:
-                first: Job = case.payload
-                n = len(case.attempts) - 1
-                meta = {**first.meta, **({"attempt": n} if n else {})}
-                jobs.append(Job(attempt.parsed, first.inputs, first.id,
-                                [dict(e) for e in attempt.plan_events], meta))
+                bound, meta = case.item.payload
+                n = len(case.attempts) - 1  # the attempt that runs is the case's last
+                jobs.append(self.job(attempt.parsed, bound, id=case.item.id,
+                                     events=attempt.plan_events, checked=True,
+                                     meta={**meta, **({"attempt": n} if n else {})}))
             return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
                                  no_cache=no_cache)
-        return run
+
+        results = PlanningLoop(settings, self._critic(settings)).answer(items, runner)
+        if on_item is not None:
+            for res in results:
+                on_item(res)
+        return results
 
     def repair_settings(self, repair: Any = None) -> Any:
-        """The repair loop's settings (`visprog.planning.repair.RepairSettings`): the
+        """The planning loop's settings (`visprog.planning.loop.RepairSettings`): the
         config's [planner] keys (repair, repair_attempts, checks, critic, select), then
         `repair` (True, False, a number of corrections, a mapping) over them.
 
@@ -321,7 +332,7 @@ class VisProg:
             ConfigError: a bad setting (an unknown check, a negative count...).
         """
         from visprog.errors import ConfigError
-        from visprog.planning.repair import RepairSettings
+        from visprog.planning.loop import RepairSettings
 
         try:
             return RepairSettings.make(repair, self.config.get("planner"))
@@ -373,7 +384,7 @@ class VisProg:
                            "OPENAI_API_KEY (plus OPENAI_BASE_URL for a local server such as "
                            "vLLM or Ollama), or VISPROG_LLM_PATH for a local model, or pass "
                            "VisProg(llm=...)")
-        from visprog.planning.repair import SETTING_KEYS
+        from visprog.planning.loop import SETTING_KEYS
 
         settings = {**dict(self.config.get("planner", {})), **options}
         for key in SETTING_KEYS:  # the repair loop's, not the planner's
@@ -400,15 +411,16 @@ class VisProg:
         `run(left, statement, task="nlvr", right=right)`. The planner's attempts (errors and
         token usage) go into `trace.events`.
 
-        After the run (`visprog.planning.repair`): a step that raised, or a result the checks
+        Plan, run, look back and select go through the planning loop
+        (`visprog.planning.loop`): a step that raised, or a result the checks
         flag (an answer of the wrong kind, an empty find the question presumes, a crop of
         the whole image...), or a "no" of the critic when it is on, goes back to the planner
         with the error or findings and a summary of the trace, for a corrected program
-        (a bounded number of times); the trace's "repair" event lists every attempt.
+        (a bounded number of times); the trace's `Repair` event lists every attempt.
 
         With `vote=k`, k programs are sampled and run; the runs that pass the checks are
         preferred and the majority answer among them wins (every run is listed in the
-        trace's "vote" event); only when none passes is the best one repaired.
+        trace's `Vote` event); only when none passes is the best one repaired.
 
         Args:
             repair: True/False, the number of corrections allowed (0: check, don't
@@ -421,8 +433,7 @@ class VisProg:
             StepError: a step failed (a `RepairError` when every attempt failed; with
                 vote > 1: every run failed).
         """
-        from visprog.planning.planner import vote as majority_vote
-        from visprog.planning.repair import Case, RepairLoop, RunAttempt, select
+        from visprog.planning.loop import LoopItem
 
         settings = self.repair_settings(repair)
         left = None
@@ -433,53 +444,14 @@ class VisProg:
         if task == "nlvr" or right is not None:
             left, image = image, None
         bound = self.bind(image, left=left, right=right)  # bad images fail before planning
-        inputs = {name: type_of(v) for name, v in bound.items()}
-        planner = self.planner(task, **options)
-        plans = ([planner.plan(question, inputs)] if vote <= 1
-                 else planner.plan_k(question, vote, inputs=inputs))
-        meta = {"task": task, "question": question}
-        # The planner checked each program against these inputs: the jobs skip the check.
-        jobs = [self.job(plan.program, bound, events=_plan_events(plan), checked=True,
-                         meta=meta) for plan in plans]
-        batch_size = AUTO if vote > 1 else 1
-        if not settings.enabled:
-            ran = self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache)
-            results: list[Any] = [RunResult(r.value, r.program, r.trace) if r.ok else r.error
-                                  for r in ran]
-            if vote <= 1:
-                if isinstance(results[0], BaseException):
-                    raise results[0]
-                return results[0]
-            if not any(isinstance(r, RunResult) for r in results):
-                raise next(r for r in results if isinstance(r, BaseException))
-            return majority_vote(results)
-
-        cases = [Case(question, task, inputs, planner,
-                      [RunAttempt("first", plan.text, list(job.events), plan.program)],
-                      payload=job, remember=vote <= 1)
-                 for plan, job in zip(plans, jobs)]
-        loop = RepairLoop(settings, self._critic(settings))
-        runner = self._case_runner(batch_size, use_cache)
-        if vote <= 1:
-            loop.run(cases, runner)
-            value, trace, error, chosen = loop.outcome(cases[0])
-            if error is not None:
-                raise error
-            return RunResult(value, cases[0].attempts[chosen].parsed, trace)
-        # Selection first: candidates are not corrected one by one...
-        loop.run(cases, runner, rounds=0)
-        if settings.attempts and not any(c.attempts[-1].passed for c in cases):
-            # ...only the most promising one, when none passed.
-            best = min(cases, key=lambda c: (not c.attempts[-1].ran, c.attempts[-1].problems))
-            loop.run([best], runner)
-        finals = []
-        for case in cases:
-            _, _, error, chosen = loop.outcome(case)
-            finals.append(case.attempts[chosen])
-        if not any(a.ran for a in finals):
-            raise next(a.error for a in finals if a.error is not None)
-        winner = finals[select(finals, settings.select)]
-        return RunResult(winner.value, winner.parsed, winner.trace)  # type: ignore[arg-type]
+        item = LoopItem(question, task, {name: type_of(v) for name, v in bound.items()},
+                        self.planner(task, **options), vote=vote, remember=vote <= 1,
+                        payload=(bound, {"task": task, "question": question}))
+        [res] = self._answer([item], settings, batch_size=AUTO if vote > 1 else 1,
+                             use_cache=use_cache)
+        if res.error is not None:
+            raise res.error
+        return RunResult(res.value, res.program, res.trace)
 
 
 def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
@@ -535,12 +507,6 @@ def _llm_from_config(section: Any, config: Mapping[str, Any] | None = None,
 
 def _question_meta(item: Any) -> dict[str, Any]:
     return {"task": item.task, "question": item.question} if item.question else {}
-
-
-def _plan_events(plan: Any) -> list[dict[str, Any]]:
-    """How the program was obtained: each planner attempt (or the cache hit) as an event."""
-    return [{"kind": e["kind"], **{k: v for k, v in e.items() if k != "kind"}}
-            for e in plan.events()]
 
 
 def describe_config(preset: str = "default", config: str | os.PathLike | Mapping | None = None,

@@ -55,14 +55,18 @@ def _diagnostic_line(file: str, d: Any) -> str:
     return f"{file or '<program>'}:{d.line}:{d.column}: {d.message}{hint}"
 
 
-def _show_value(value: Any) -> str:
+def _result_data(value: Any) -> Any:
+    """A result as its line of output holds it: Objects as their regions and lists as
+    they are (printed as JSON), everything else as its short text (`values.text.show`)."""
     from visprog.values import Objects
+    from visprog.values.text import show
 
     if isinstance(value, Objects):
-        return json.dumps(value.to_list())
+        return value.to_list()
     if isinstance(value, (list, tuple)):
-        return json.dumps(list(value), ensure_ascii=False)
-    return str(value)
+        return [v if v is None or isinstance(v, (str, bool, int, float)) else _result_data(v)
+                for v in value]
+    return show(value)
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -122,7 +126,8 @@ def _print_result(args: argparse.Namespace, value: Any) -> None:
         value.save(out)
         print(f"result: image {value.width}x{value.height} saved to {out}")
     else:
-        print(_show_value(value))
+        data = _result_data(value)
+        print(data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -187,12 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _print_repairs(e.trace.events)
         raise
     if args.verbose:
-        for event in out.trace.events:
-            if event["kind"] in ("plan_attempt", "plan_cache_hit"):
-                errors = len(event.get("errors", []))
-                state = "cached" if event["kind"] == "plan_cache_hit" else \
-                    ("ok" if event.get("ok") else f"{errors} errors")
-                print(f"  plan: {state}", file=sys.stderr)
+        from visprog.traces.events import PlanCacheHit, plan_events
+
+        for event in plan_events(out.trace.events):
+            state = "cached" if isinstance(event, PlanCacheHit) else \
+                ("ok" if event.ok else f"{len(event.errors)} errors")
+            print(f"  plan: {state}", file=sys.stderr)
         _print_repairs(out.trace.events)
         print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
               file=sys.stderr)
@@ -201,22 +206,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_repairs(events: Sequence[dict[str, Any]]) -> None:
-    """One line per run attempt of the repair loop (stderr)."""
+def _print_repairs(events: Sequence[Any]) -> None:
+    """One line per run attempt of the planning loop (stderr)."""
+    from visprog.traces.events import Repair
+
     for event in events:
-        if event.get("kind") != "repair":
+        if not isinstance(event, Repair):
             continue
-        for a in event["attempts"]:
-            mark = "*" if a["index"] == event.get("chosen") else " "
-            if a["error"]:
-                state = f"error: {a['error'].splitlines()[0]}"
-            elif a["findings"]:
-                state = "flagged: " + "; ".join(f["message"] for f in a["findings"])
-            elif a["critic"] and not a["critic"]["ok"]:
-                state = f"critic: no: {a['critic']['reason']}"
-            else:
-                state = f"ok: {a['answer']!r}"
-            print(f" {mark}attempt {a['index'] + 1} ({a['reason']}): {state}", file=sys.stderr)
+        for a in event.attempts:
+            mark = "*" if a.index == event.chosen else " "
+            print(f" {mark}attempt {a.index + 1} ({a.reason}): {a.state()}", file=sys.stderr)
 
 
 def add_repair_arguments(p: argparse.ArgumentParser) -> None:
@@ -283,6 +282,7 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
+    from visprog.values.text import show
 
     trace = Trace.load_json(args.file)
     print("program:")
@@ -290,26 +290,16 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
         print(f"  {i:3d}  {line}")
     print("steps:")
     for rec in trace.steps:
-        status = f"ERROR {rec.error}" if rec.error else _short(rec.output)
+        status = f"ERROR {rec.error}" if rec.error else show(rec.output, limit=80)
         cached = " cached" if rec.cached else ""
         print(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = {rec.module or 'alias'}"
               f"  {rec.duration * 1000:.1f} ms{cached}  -> {status}")
-    print("result:" if trace.ok else "error:", _short(trace.result) if trace.ok else trace.error)
+    print("result:" if trace.ok else "error:",
+          show(trace.result, limit=80) if trace.ok else trace.error)
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")
     return EXIT_OK
-
-
-def _short(value: Any) -> str:
-    from visprog.values import Objects
-
-    if isinstance(value, Image.Image):
-        return f"<image {value.width}x{value.height}>"
-    if isinstance(value, Objects):
-        return f"<{len(value)} objects: {', '.join(str(l) for l in value.labels[:5])}>"
-    text = _show_value(value)
-    return text if len(text) < 80 else text[:77] + "..."
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -565,7 +555,6 @@ def run_items(args: Any, vp: Any) -> int:
     from pathlib import Path
 
     from visprog.engine.batch import BatchItem
-    from visprog.evaluation.answers import show
     from visprog.evaluation.datasets import DatasetError, _json_lines
     from visprog.values import type_of
 
@@ -611,10 +600,8 @@ def run_items(args: Any, vp: Any) -> int:
                 path = image_dir / f"{name}.png"
                 value.save(path)
                 value, images = str(path), images + 1
-            elif hasattr(value, "to_list"):
-                value = value.to_list()
-            elif not isinstance(value, (str, int, float, bool, list, type(None))):
-                value = show(value)
+            elif not (value is None or isinstance(value, (bool, int, float))):
+                value = _result_data(value)
             out.write(json.dumps({"id": res.id, "ok": res.ok, "type": kind, "value": value,
                                   "error": None if res.ok else str(res.error)},
                                  ensure_ascii=False, default=str) + "\n")

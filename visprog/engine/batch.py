@@ -44,12 +44,13 @@ __all__ = ["AUTO", "AutoBatchSize", "FixedBatchSize", "make_batch_size", "BatchI
 
 @dataclass
 class BatchItem:
-    """One program and its inputs. The program is text or a parsed `Program`; images are
-    paths, bytes, PIL images or arrays (`VisProg.run_batch` reads them). An item with a
-    `question` (and its `task`) can be checked and repaired after it runs
-    (`visprog.planning.repair`); `events` start its trace (e.g. the planner's attempts)."""
+    """One program and its inputs. The program is text or a parsed `Program` (None: the
+    planner writes one for the `question`); images are paths, bytes, PIL images or arrays
+    (`VisProg.run_batch` reads them). An item with a `question` (and its `task`) can be
+    checked and repaired after it runs (`visprog.planning.loop`); `events` start its trace
+    (`visprog.traces.events` records, e.g. the planner's attempts)."""
 
-    program: Any
+    program: Any = None
     image: Any = None
     left: Any = None
     right: Any = None
@@ -57,7 +58,7 @@ class BatchItem:
     id: Any = None
     question: str | None = None
     task: str = "gqa"
-    events: Sequence[Mapping[str, Any]] = ()
+    events: Sequence[Any] = ()
 
 
 class BatchRunner:

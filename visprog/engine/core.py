@@ -33,6 +33,7 @@ from visprog.engine.schedule import FixedBatchSize, choose_groups
 from visprog.errors import CacheWarning, StepError, VisProgError
 from visprog.language.program import Program, Step, Var
 from visprog.registry import Registry, Tool
+from visprog.traces.events import CacheFailure, ModelEvent
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import codec
 from visprog.values.types import check_output
@@ -154,12 +155,15 @@ def call_record(index: int, call: Call) -> StepRecord:
                       arg_vars=call.arg_vars, draw_on=call.tool.draw_on)
 
 
-def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> None:
-    """Store a step result; a cache that fails must not fail the run."""
+def cache_put(cache: Any, key: str, tool: Tool, value: Any) -> str | None:
+    """Store a step result; a cache that fails must not fail the run: it warns, and the
+    reason comes back (for the trace), else None."""
     try:
         cache.put(key, value)
     except Exception as e:
         warnings.warn(f"could not cache {tool.name}: {e}", CacheWarning, stacklevel=3)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 Outcome = tuple[bool, Any]  # (True, output) or (False, the exception)
@@ -324,7 +328,7 @@ class Engine:
         get = self.registry.get
         for pos, job in enumerate(jobs):
             trace = Trace(program=job.program.source, inputs=dict(job.inputs),
-                          events=[dict(e) for e in job.events], meta=dict(job.meta))
+                          events=list(job.events), meta=dict(job.meta))
             tools = [None if s.module is None else get(s.module) for s in job.program.steps]
             runs.append(_Run(pos, job, dict(job.inputs), trace, tools, list(job.program.steps)))
         ctx = _RunContext(self, sizer, use_cache, skip, memo, stats, on_step, record_batches)
@@ -465,11 +469,15 @@ class _RunContext:
             share = seconds / sum(map(len, chunk))
             for group, (ok, value) in zip(chunk, outcomes):
                 key = group[0].call.key
+                not_cached = None
                 if ok and key is not None:
                     if caching:
-                        cache_put(cache, key, tool, value)
+                        not_cached = cache_put(cache, key, tool, value)
                     memo.output(value, key, cached=False)
                 for pending in group:
+                    if not_cached is not None:
+                        pending.run.trace.events.append(
+                            CacheFailure(pending.record.index, tool.name, not_cached))
                     if batched and self.record_batches:
                         pending.run.trace.meta.setdefault("batch", []).append(
                             {"step": pending.record.index, "chunk": len(chunk),
@@ -498,8 +506,6 @@ class _RunContext:
 
 
 def _record_model_events(trace: Trace, events: Sequence[Mapping[str, Any]]) -> None:
-    """A model manager's load/unload events as trace events (`model_load`, `model_unload`)."""
+    """A model manager's events (load, unload, over_budget, note) as typed trace events."""
     for event in events:
-        # the manager's "kind" is the model's kind; the trace's is the event's
-        data = {("model" if k == "kind" else k): v for k, v in event.items() if k != "event"}
-        trace.add_event(f"model_{event.get('event', 'event')}", **data)
+        trace.events.append(ModelEvent.from_manager(event))

@@ -3,8 +3,9 @@
     >>> items = load_dataset("testdev_balanced_questions.json", images="gqa/images")  # doctest: +SKIP
     >>> summary = evaluate(vp, items, "gqa.results.jsonl", limit=500)                 # doctest: +SKIP
 
-Each item's program is the one it carries, else one planned by the LLM (`vp.plan`). Items run
-in chunks through `VisProg.run_batch`, so model calls are batched across questions. Every
+Each item's program is the one it carries, else one planned by the LLM. Items run in chunks
+through `VisProg.run_batch` and its planning loop (`visprog.planning.loop`: plan, run, look
+back, select), so model calls are batched across questions. Every
 finished item is appended to the results file at once (flushed), so a killed run loses at
 most the items in flight: a rerun skips the ids already in the file, after cutting off a last
 line that the kill left half-written.
@@ -20,7 +21,7 @@ it), correct, status and error. Status is one of:
 
 With repair on (the config's [planner] settings, or `repair=`), each item's run is checked
 against its question and corrected by the planner when it raises or looks wrong
-(`visprog.planning.repair`); only those items run again. Each line then also has the first
+(`visprog.planning.loop`); only those items run again. Each line then also has the first
 attempt's prediction and whether it was right (`first_prediction`, `first_correct`), which
 repairs led to the final program (`repairs`: "plan" for a parse/check repair of the first
 program, "runtime", "check", "critic"), the number of programs run (`attempts`) and the
@@ -41,12 +42,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from visprog.evaluation.answers import is_correct, show
+from visprog.evaluation.answers import is_correct
 from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
 from visprog.evaluation.datasets import EvalItem
-from visprog.errors import CheckError, ParseError, VisProgError, VisProgWarning
+from visprog.errors import CheckError, ImageError, ParseError, VisProgWarning
+from visprog.traces.events import PlanAttempt, Repair, plan_events
+from visprog.values.text import show
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 REPAIR_KINDS = ("plan", "runtime", "check", "critic")
@@ -231,91 +234,72 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
                batch_size: int | str, use_cache: bool, *, repair: Any = None) -> None:
+    """Items through `run_batch` (the planning loop plans those without a program, runs
+    them all together and repairs what needs it); each result line is written as its item
+    is done."""
     batch: list[BatchItem] = []
     by_id: dict[str, EvalItem] = {}
     for item in items:
-        program, error, events = item.program, None, []
-        if program is None:
-            program, error, events = _plan(vp, item)
-        if program is None:
-            write(_record(item, None, None, "no_program", error, events=events))
+        if item.program is None and getattr(vp, "llm", None) is None:
+            write(_record(item, None, None, "no_program",
+                          "no program given and no LLM configured to plan one"))
             continue
         by_id[item.id] = item
-        batch.append(BatchItem(program, image=item.image, left=item.left, right=item.right,
-                               id=item.id, question=item.question, task=item.task,
-                               events=events))
+        batch.append(BatchItem(item.program, image=item.image, left=item.left, right=item.right,
+                               id=item.id, question=item.question, task=item.task))
     if not batch:
         return
 
     def finished(res: ItemResult) -> None:
         item = by_id[res.id]
-        source = res.program.source if res.program is not None else str(
-            next(b.program for b in batch if b.id == res.id))
+        planned = item.program is None
+        source = res.program.source if res.program is not None else (
+            None if planned else str(item.program))
         events = res.trace.events if res.trace is not None else []
         if res.error is None:
             status = "correct" if is_correct(res.value, item.answer) else "wrong"
             write(_record(item, source, res.value, status, None, events=events))
         else:
-            status = "no_program" if isinstance(res.error, (ParseError, CheckError)) else "error"
+            unplanned = planned and res.program is None and not isinstance(res.error, ImageError)
+            status = "no_program" if unplanned or isinstance(res.error, (ParseError, CheckError)) \
+                else "error"
             write(_record(item, source, None, status, res.error, events=events))
 
     options = {} if repair is None else {"repair": repair}
     vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished, **options)
 
 
-def _plan(vp: Any, item: EvalItem) -> tuple[Any, Any, list[dict[str, Any]]]:
-    """(program, None, the plan's events) from the planner, or (None, why not, events)."""
-    if getattr(vp, "llm", None) is None or not hasattr(vp, "plan"):
-        return None, "no program given and no LLM configured to plan one", []
-    try:
-        planned = vp.plan(item.question, task=item.task)
-    except VisProgError as e:
-        attempts = getattr(e, "attempts", [])
-        return None, e, [{"kind": "plan_attempt", **a.to_dict()} for a in attempts]
-    except Exception as e:  # an LLM client can fail in many ways; the item records it
-        return None, e, []
-    program = getattr(planned, "program", planned)
-    events = planned.events() if hasattr(planned, "events") else []
-    return (program, None, events) if program else (None, "the planner returned no program", [])
-
-
-def _attempt_history(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The run attempts of a trace's "repair" event (or none) and the chosen index."""
-    for e in reversed(list(events)):
-        if e.get("kind") == "repair":
-            chosen = e.get("chosen")
-            return list(e.get("attempts") or []), (len(e.get("attempts") or []) - 1
-                                                    if chosen is None else int(chosen))
-    return [], 0
-
-
-def _repairs(events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _repairs(events: Sequence[Any]) -> dict[str, Any]:
     """From a trace's events: the repair kinds on the way to the final program, whether
     there was a repair history, the first run's answer and whether it ran, the programs run
     and the final run's findings."""
-    attempts, chosen = _attempt_history(events)
-    first_plan = attempts[0]["plan"] if attempts else [
-        e for e in events if e.get("kind") == "plan_attempt" and "revision" not in e]
+    repairs = [e for e in events if isinstance(e, Repair)]
+    attempts = repairs[-1].attempts if repairs else []
+    chosen = 0
+    if repairs:
+        chosen = len(attempts) - 1 if repairs[-1].chosen is None else repairs[-1].chosen
+    first_plan = attempts[0].plan if attempts else [
+        e for e in plan_events(events) if e.revision is None]
     kinds = []
-    if any(not e.get("ok", True) for e in first_plan):
+    if any(isinstance(e, PlanAttempt) and not e.ok for e in first_plan):
         kinds.append("plan")  # the first reply did not parse or check
     for a in attempts[1:chosen + 1]:
-        if a["reason"] not in kinds:
-            kinds.append(a["reason"])
-    first = attempts[0] if attempts else {}
-    return {"kinds": kinds, "history": bool(attempts), "first_answer": first.get("answer"),
-            "first_ran": bool(attempts) and first.get("error") is None,
+        if a.reason not in kinds:
+            kinds.append(a.reason)
+    first = attempts[0] if attempts else None
+    return {"kinds": kinds, "history": bool(attempts),
+            "first_answer": first.answer if first is not None else None,
+            "first_ran": first is not None and first.ran,
             "attempts": max(1, len(attempts)),
-            "findings": [f["message"] for f in (attempts[chosen].get("findings") or [])]
-            if attempts else []}
+            "findings": [f.message for f in attempts[chosen].findings] if attempts else []}
 
 
 def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *,
-            events: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+            events: Sequence[Any] = ()) -> dict[str, Any]:
     if program is not None and not isinstance(program, str):
         program = getattr(program, "source", str(program))
     correct = status == "correct"
-    prediction = show(value, item.task) if status in ("correct", "wrong") else None
+    prediction = show(value, task=item.task) if status in ("correct", "wrong") else None
     rep = _repairs(events)
     if program is None:
         rep["kinds"] = []  # planning failed: nothing was repaired
@@ -323,7 +307,7 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
         first_prediction, first_correct = None, False  # the first reply gave no program to run
     elif rep["history"]:
         ran = rep["first_ran"]
-        first_prediction = show(rep["first_answer"], item.task) if ran else None
+        first_prediction = show(rep["first_answer"], task=item.task) if ran else None
         first_correct = ran and is_correct(rep["first_answer"], item.answer)
     else:
         first_prediction, first_correct = prediction, correct

@@ -4,7 +4,7 @@ A program can run to the end and still answer nonsense: a colour question answer
 a count of the objects Loc did not find, a crop of the whole image because its box was
 empty. Each rule here reads the question, the task and the trace of a finished run and
 returns `Finding`s; a run with findings is re-planned with them as feedback (see
-`visprog.planning.repair`), like a run whose step raised.
+`visprog.planning.loop`), like a run whose step raised.
 
 The rules (`CHECKS`, each can be switched off by name):
 
@@ -25,8 +25,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from visprog.traces.events import Finding  # a trace records findings (repair and vote events)
 from visprog.traces.records import Trace
 from visprog.values import Objects
+from visprog.values.text import show
 
 # First words of a question answered yes or no.
 YES_NO_START = {"is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "has",
@@ -46,22 +48,6 @@ _STOP = {"the", "a", "an", "of", "in", "on", "at", "to", "is", "are", "and", "or
          "that", "this", "what", "which", "who", "image", "picture", "photo", "left", "right",
          "top", "bottom"}
 _FINDER_ARGS = ("object", "query", "category")  # the text argument that names what is sought
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Why a run looks wrong: the rule, a one-line message and the step it is about."""
-
-    check: str
-    message: str
-    step: int | None = None  # 0-based step index
-
-    def __str__(self) -> str:
-        where = f"step {self.step + 1}: " if self.step is not None else ""
-        return f"[{self.check}] {where}{self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "message": self.message, "step": self.step}
 
 
 @dataclass(frozen=True)
@@ -194,7 +180,7 @@ def check_answer_type(facts: RunFacts) -> list[Finding]:
     if want is None or facts.trace.error is not None:
         return []
     got = answer_kind(facts.value)
-    shown = _short(facts.value)
+    shown = show(facts.value, typed=True, limit=60)
     if want == "image":
         ok = got == "image"
     elif got in ("empty", "objects", "image", "other"):
@@ -315,12 +301,3 @@ def run_checks(question: str, task: str, trace: Trace, value: Any,
     for name in (list(CHECKS) if names is None else names):
         found += CHECKS[name].run(facts)
     return found
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    if isinstance(value, Objects):
-        return f"{len(value)} regions"
-    if hasattr(value, "size") and hasattr(value, "mode"):
-        return f"an image {value.size[0]}x{value.size[1]}"
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."

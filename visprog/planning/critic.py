@@ -8,10 +8,11 @@ the local constrained model; an OpenAI-compatible server in grammar mode) is hel
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from visprog.planning.chat import deadline
 from visprog.planning.prompts import critic_messages
+from visprog.traces.events import Verdict  # a trace records verdicts (repair and vote events)
 
 # One line: "yes", or "no: " and a short reason. Plain Lark (vLLM's guided_grammar reads it,
 # and so does llguidance); the newline ends it, which is how a local sampler knows to stop.
@@ -20,23 +21,6 @@ VERDICT_GRAMMAR = (
     'start: ("yes" | "no: " REASON) "\\n"\n'
     f'REASON: /[^\\n]{{1,{MAX_REASON}}}/\n'
 )
-
-
-@dataclass
-class Verdict:
-    """What the critic said: `ok` (the program answers the question), its reason for a
-    "no", the raw reply, and its token usage. `clear` is False when the reply was neither
-    a yes nor a no (then `ok` is True: an unreadable critic does not force a repair)."""
-
-    ok: bool
-    reason: str = ""
-    reply: str = ""
-    clear: bool = True
-    usage: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reason": self.reason, "reply": self.reply,
-                "clear": self.clear, "usage": dict(self.usage)}
 
 
 def read_verdict(reply: str) -> Verdict:
@@ -57,12 +41,16 @@ class Critic:
         llm: any chat client (`visprog.planning.chat`).
         max_tokens: per verdict.
         seed: sampling seed (verdicts are asked at temperature 0).
+        deadline_s: seconds one verdict's requests may take together, retries included (the
+            planner's `deadline_s`); None: no limit.
     """
 
-    def __init__(self, llm: Any, *, max_tokens: int = 64, seed: int | None = 0):
+    def __init__(self, llm: Any, *, max_tokens: int = 64, seed: int | None = 0,
+                 deadline_s: float | None = None):
         self.llm = llm
         self.max_tokens = int(max_tokens)
         self.seed = seed
+        self.deadline_s = deadline_s
         constrain = getattr(llm, "constrain_grammar", None)
         self._client = (constrain(VERDICT_GRAMMAR) if constrain is not None else None) or llm
 
@@ -71,11 +59,12 @@ class Critic:
         """The verdict on one run.
 
         Raises:
-            LLMError: the LLM could not be reached.
+            LLMError: the LLM could not be reached within the deadline.
         """
-        reply = self._client.chat(critic_messages(question, program, summary, answer),
-                                  temperature=0.0, max_tokens=self.max_tokens, n=1,
-                                  seed=self.seed)
+        with deadline(self.deadline_s):
+            reply = self._client.chat(critic_messages(question, program, summary, answer),
+                                      temperature=0.0, max_tokens=self.max_tokens, n=1,
+                                      seed=self.seed)
         verdict = read_verdict(reply.text)
         verdict.usage = dict(reply.usage)
         return verdict

@@ -9,17 +9,18 @@ numbering), parse it with the language's grammar and check it against the regist
 errors the LLM is asked again with the numbered errors, up to `attempts` times; an LLM that
 never writes a valid program gives a `PlanningError` listing every attempt and its errors.
 
-Voting: `plan_k` samples k programs (temperature > 0); after running each, `vote` picks the
-majority answer and records every run in the chosen run's trace.
+Voting: `plan_k` samples k programs (temperature > 0); the planning loop
+(`visprog.planning.loop`) runs them and selects one.
 
 After a run: `revise` asks for a corrected program given feedback on how the last one ran
-(`visprog.planning.repair` writes it: the error or the checks' findings and a trace summary).
+(`visprog.planning.loop` writes it: the error or the checks' findings and a trace summary).
+
+Every LLM request of a plan or a revision runs inside the planner's deadline (`deadline_s`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +32,7 @@ from visprog.language.program import Program
 from visprog.planning.program_cache import ProgramCache
 from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples, repair_message,
                       select_examples, task_spec)
+from visprog.traces.events import PlanAttempt, PlanCacheHit
 
 
 # The total time one plan's LLM requests may take (the first reply, the repairs, every retry
@@ -67,9 +69,15 @@ class Attempt:
     def ok(self) -> bool:
         return self.program is not None and not self.diagnostics
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"reply": self.reply, "text": self.text, "ok": self.ok,
-                "errors": [d.to_dict() for d in self.diagnostics], "usage": dict(self.usage)}
+    def event(self, index: int, question: str, task: str) -> PlanAttempt:
+        """This try as a trace event."""
+        return PlanAttempt(index, question, task, self.reply, self.text, self.ok,
+                           list(self.diagnostics), dict(self.usage))
+
+
+def attempt_events(attempts: Sequence[Attempt], question: str, task: str) -> list[PlanAttempt]:
+    """Tries as `plan_attempt` trace events, numbered in order."""
+    return [a.event(i, question, task) for i, a in enumerate(attempts)]
 
 
 @dataclass
@@ -98,13 +106,11 @@ class Plan:
             add_usage(total, a.usage)
         return total
 
-    def events(self) -> list[dict[str, Any]]:
-        """Trace events (kind + data) describing how the program was obtained."""
+    def events(self) -> list[PlanAttempt | PlanCacheHit]:
+        """Trace events saying how the program was obtained: each try, or the cache hit."""
         if self.cached:
-            return [{"kind": "plan_cache_hit", "question": self.question, "task": self.task,
-                     "program": self.text}]
-        return [{"kind": "plan_attempt", "index": i, "question": self.question,
-                 "task": self.task, **a.to_dict()} for i, a in enumerate(self.attempts)]
+            return [PlanCacheHit(self.question, self.task, self.text)]
+        return attempt_events(self.attempts, self.question, self.task)
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -311,10 +317,11 @@ class Planner:
             {"role": "assistant", "content": program}, {"role": "user", "content": feedback}]
         constrain = getattr(self.llm, "constrain_to", None)
         llm = (constrain(self.registry, inputs) if constrain is not None else None) or self.llm
-        reply = llm.chat(convo, temperature=self.temperature, max_tokens=self.max_tokens,
-                         n=1, seed=self.seed)
-        attempts = self._repair(llm, convo, reply.text, dict(reply.usage), self.temperature,
-                                inputs)
+        with deadline(self.deadline_s):
+            reply = llm.chat(convo, temperature=self.temperature, max_tokens=self.max_tokens,
+                             n=1, seed=self.seed)
+            attempts = self._repair(llm, convo, reply.text, dict(reply.usage),
+                                    self.temperature, inputs)
         if not attempts[-1].ok:
             raise PlanningError(question, attempts)
         return Plan(attempts[-1].program, attempts[-1].text, attempts,  # type: ignore[arg-type]
@@ -412,73 +419,3 @@ class Planner:
                 "examples": self.examples, "select": self.select, "seed": self.seed,
                 "temperature": temperature, "max_tokens": self.max_tokens, "k": k,
                 "attempts": self.attempts, "messages": digest}
-
-
-# --------------------------------------------------------------------------- voting
-
-
-def answer_key(value: Any) -> str:
-    """A normalised form of an answer, so that 'Yes.', 'yes' and True vote together."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        return str(int(value)) if float(value).is_integer() else f"{value:g}"
-    if isinstance(value, str):
-        s = " ".join(value.strip().lower().split()).rstrip(".!")
-        for article in ("a ", "an ", "the "):
-            if s.startswith(article):
-                s = s[len(article):]
-        s = {"true": "yes", "false": "no"}.get(s, s)
-        try:
-            return answer_key(float(s))
-        except ValueError:
-            return s
-    if value is None:
-        return "none"
-    to_bytes = getattr(value, "tobytes", None)
-    if callable(to_bytes):  # images: same pixels, same answer
-        size = getattr(value, "size", "")
-        return f"{type(value).__name__}:{size}:" + hashlib.sha1(to_bytes()).hexdigest()
-    return f"{type(value).__name__}:{value!r}"
-
-
-def majority(values: Sequence[Any]) -> tuple[int, dict[str, int]]:
-    """Index of the first value of the most common answer, and the counts by answer."""
-    if not values:
-        raise ValueError("nothing to vote on")
-    keys = [answer_key(v) for v in values]
-    counts = Counter(keys)
-    best = max(counts.values())
-    winner = next(i for i, k in enumerate(keys) if counts[k] == best)  # ties: earliest
-    return winner, dict(counts)
-
-
-def vote(results: Sequence[Any]) -> Any:
-    """The majority result among runs; every run is recorded in its trace.
-
-    Args:
-        results: run results (with `.value`, `.program`, `.trace`) or, for runs that
-            failed, the exception raised; failed runs don't vote.
-
-    Returns:
-        the first run of the most common answer, with a "vote" event in its trace listing
-        every run's program, answer (or error) and the counts.
-
-    Raises:
-        ValueError: no run succeeded (or there were none).
-    """
-    ok = [(i, r) for i, r in enumerate(results) if not isinstance(r, BaseException) and r is not None]
-    if not ok:
-        raise ValueError("nothing to vote on: every run failed" if results else "no runs")
-    winner, counts = majority([r.value for _, r in ok])
-    chosen_index, chosen = ok[winner]
-    runs = []
-    for i, r in enumerate(results):
-        if isinstance(r, BaseException) or r is None:
-            runs.append({"index": i, "program": getattr(getattr(r, "trace", None), "program", None),
-                         "answer": None, "error": str(r) if r is not None else "no result"})
-        else:
-            runs.append({"index": i, "program": getattr(r.program, "source", str(r.program)),
-                         "answer": answer_key(r.value), "error": None})
-    chosen.trace.add_event("vote", chosen=chosen_index, counts=counts, runs=runs)
-    return chosen

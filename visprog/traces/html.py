@@ -11,15 +11,16 @@ import base64
 import html
 import io
 import json
-import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from visprog.traces.draw import color_for, draw_objects, thumbnail
+from visprog.traces.events import Repair, RunRecord, Vote
 from visprog.traces.step import StepRecord
 from visprog.values import Objects
+from visprog.values.text import show
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
 MAX_TABLE_ROWS = 50  # regions listed per Objects value; the rest are counted
@@ -70,18 +71,16 @@ class _Page:
         return self._uris[key]
 
     def img(self, im: Image.Image, alt: str) -> str:
-        w, h = im.size
         return (f'<img src="{self.data_uri(im)}" alt="{_esc(alt)}" '
-                f'title="{_esc(alt)} ({w}x{h})">')
+                f'title="{_esc(alt)} ({_esc(show(im))})">')
 
     def objects(self, objs: Objects, over: Image.Image | None, alt: str) -> str:
         if over is None:
             over = Image.new("RGB", objs.image_size, (235, 235, 235))
         # Draw on the thumbnail, not the full image, so tags stay readable at page size.
         drawn = draw_objects(thumbnail(over.convert("RGB"), THUMB_SIDE), objs)
-        parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{len(objs)} '
-                 f'region{"s" if len(objs) != 1 else ""} on a {objs.image_size[0]}x'
-                 f'{objs.image_size[1]} image</div>']
+        parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{_esc(show(objs))} '
+                 f'on a {objs.image_size[0]}x{objs.image_size[1]} image</div>']
         if len(objs):
             rows = []
             for i, r in enumerate(objs.regions[:MAX_TABLE_ROWS]):
@@ -120,10 +119,7 @@ class _Page:
         if isinstance(value, bool):
             return f"<code>{value}</code>"
         if isinstance(value, (int, float, np.integer, np.floating)):
-            v = float(value)
-            text = str(value) if isinstance(value, (int, np.integer)) or not math.isfinite(v) \
-                else f"{v:.6g}"
-            return f"<code>{_esc(text)}</code>"
+            return f"<code>{_esc(show(value))}</code>"
         if isinstance(value, str):
             return f'<span class="text">{_esc(_cut(value))}</span>'
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -204,55 +200,52 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
 
 
-def _outcome(a: dict[str, Any]) -> str:
+def _outcome(a: RunRecord) -> str:
     """One attempt's or candidate's outcome as HTML: its error, findings, verdict, answer."""
     parts = []
-    if a.get("error"):
-        parts.append(f'<div class="err">{_esc(_cut(a["error"]))}</div>')
-    for f in a.get("findings") or []:
-        where = f'step {f["step"] + 1}: ' if f.get("step") is not None else ""
-        parts.append(f'<div><span class="badge fail">{_esc(f["check"])}</span> '
-                     f'{_esc(where)}{_esc(f["message"])}</div>')
-    critic = a.get("critic")
-    if critic:
-        verdict = "yes" if critic.get("ok") else f"no: {critic.get('reason', '')}"
-        parts.append(f'<div>critic: {_esc(verdict)}</div>')
-    if not a.get("error"):
-        parts.append(f'<div>answer: <code>{_esc(_cut(repr(a.get("answer"))))}</code></div>')
-    if a.get("note"):
-        parts.append(f'<div class="muted">{_esc(a["note"])}</div>')
+    if a.error:
+        parts.append(f'<div class="err">{_esc(_cut(a.error))}</div>')
+    for f in a.findings:
+        where = f"step {f.step + 1}: " if f.step is not None else ""
+        parts.append(f'<div><span class="badge fail">{_esc(f.check)}</span> '
+                     f'{_esc(where)}{_esc(f.message)}</div>')
+    if a.critic is not None:
+        parts.append(f'<div>critic: {_esc(a.critic.show())}</div>')
+    if not a.error:
+        counted = f' <span class="muted">(counted as {_esc(a.key)})</span>' \
+            if a.key is not None and a.key != show(a.answer) else ""
+        parts.append(f'<div>answer: <code>{_esc(show(a.answer, limit=MAX_TEXT_CHARS))}</code>'
+                     f'{counted}</div>')
+    if a.note:
+        parts.append(f'<div class="muted">{_esc(a.note)}</div>')
     return "".join(parts)
 
 
-def _attempts_section(event: dict[str, Any]) -> str:
-    """The repair loop's attempts (a "repair" event): why each program was written, the
+def _attempts_section(event: Repair) -> str:
+    """The planning loop's attempts (a `Repair` event): why each program was written, the
     program, and how its run went; the chosen one marked."""
     rows = []
-    for a in event.get("attempts") or []:
-        chosen = a.get("index") == event.get("chosen")
-        mark = ('<span class="badge ok">chosen</span>' if chosen else
-                ('<span class="badge fail">failed</span>' if a.get("error") else ""))
-        plan = a.get("plan") or []
-        fixes = sum(1 for e in plan if not e.get("ok", True))
+    for a in event.attempts:
+        mark = ('<span class="badge ok">chosen</span>' if a.index == event.chosen else
+                ('<span class="badge fail">failed</span>' if a.error else ""))
+        fixes = a.plan_repairs
         planned = f'<div class="muted">{fixes} parse/check repair{"s" if fixes != 1 else ""}' \
                   f'</div>' if fixes else ""
-        rows.append(f'<tr><td class="k">{a.get("index", 0) + 1} {mark}<div class="muted">'
-                    f'{_esc(a.get("reason", ""))}</div></td><td><pre>{_esc(a.get("program", ""))}'
+        rows.append(f'<tr><td class="k">{a.index + 1} {mark}<div class="muted">'
+                    f'{_esc(a.reason)}</div></td><td><pre>{_esc(a.program)}'
                     f'</pre>{planned}</td><td>{_outcome(a)}</td></tr>')
     return ('<h2>Attempts</h2><table class="kv"><tr><td class="k">#</td><td class="k">program'
             '</td><td class="k">run</td></tr>' + "".join(rows) + "</table>")
 
 
-def _vote_section(event: dict[str, Any]) -> str:
-    """The candidates of a vote (a "vote" event): program, answer, findings."""
+def _vote_section(event: Vote) -> str:
+    """The candidates of a vote (a `Vote` event): program, answer, findings."""
     rows = []
-    for r in event.get("runs") or []:
-        mark = '<span class="badge ok">chosen</span>' if r.get("index") == event.get("chosen") \
-            else ""
-        rows.append(f'<tr><td class="k">{r.get("index", 0) + 1} {mark}</td><td><pre>'
-                    f'{_esc(r.get("program") or "")}</pre></td><td>{_outcome(r)}</td></tr>')
-    how = event.get("select", "majority")
-    return (f'<h2>Candidates <span class="muted">(selected by {_esc(how)})</span></h2>'
+    for r in event.runs:
+        mark = '<span class="badge ok">chosen</span>' if r.index == event.chosen else ""
+        rows.append(f'<tr><td class="k">{r.index + 1} {mark}</td><td><pre>'
+                    f'{_esc(r.program)}</pre></td><td>{_outcome(r)}</td></tr>')
+    return (f'<h2>Candidates <span class="muted">(selected by {_esc(event.select)})</span></h2>'
             '<table class="kv">' + "".join(rows) + "</table>")
 
 
@@ -287,13 +280,13 @@ def render_html(trace: Any) -> str:
     if failed_line is not None:
         out.append('<div class="muted">Steps after the failed one did not run.</div>')
     for event in trace.events:
-        if event.get("kind") == "repair":
+        if isinstance(event, Repair):
             out.append(_attempts_section(event))
-        elif event.get("kind") == "vote":
+        elif isinstance(event, Vote):
             out.append(_vote_section(event))
     if trace.events:
-        items = "".join(f'<li><b>{_esc(e.get("kind", "event"))}</b><pre>'
-                        f'{_esc(_cut(_json({k: v for k, v in e.items() if k != "kind"})))}'
+        items = "".join(f'<li><b>{_esc(e.kind)}</b><pre>'
+                        f'{_esc(_cut(_json({k: v for k, v in e.to_dict().items() if k != "kind"})))}'
                         f'</pre></li>' for e in trace.events)
         out.append(f'<details><summary>Events ({len(trace.events)})</summary><ul>{items}</ul></details>')
     if trace.meta:

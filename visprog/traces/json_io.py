@@ -8,6 +8,10 @@ Layout of a saved trace `run.json`::
                 "args": {"image": <value>, ...}, "arg_vars": {...}, "output": <value>,
                 "duration": 0.12, "cached": false, "error": null, "draw_on": "image"}, ...]}
 
+Each event is its record's `to_dict()` (`visprog.traces.events`: a "kind" and its fields),
+encoded like any value, and read back into the typed record (`event_from_dict`; an unknown
+kind stays an `Event` with its data).
+
 A <value> is a node of the one value codec (`visprog.values.tree`): plain JSON for None,
 bools, numbers, strings and lists/dicts of them, and dicts tagged with "$type" for images,
 Objects, tuples, non-finite floats, other dicts, small arrays and (``repr``) anything else,
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from visprog.errors import VisProgError
+from visprog.traces.events import event_from_dict
 from visprog.traces.step import StepRecord
 from visprog.values.codec import CodecError, Decoder, DocumentBlobs, Encoder, ReprValue
 from visprog.values.types import MAX_NESTING
@@ -71,7 +76,7 @@ def save_trace(trace: Trace, path: str | Path, *, inline: bool = False) -> Path:
         "inputs": writer.encode(dict(trace.inputs)),
         "result": writer.encode(trace.result),
         "error": trace.error,
-        "events": [writer.encode(e) for e in trace.events],
+        "events": [writer.encode(e.to_dict()) for e in trace.events],
         "meta": writer.encode(dict(trace.meta)),
         "steps": [_step_doc(s, writer) for s in trace.steps],
     }
@@ -152,7 +157,7 @@ def load_trace(path: str | Path, trace_class: Any) -> Any:
             inputs=reader.decode(doc.get("inputs", {})),
             result=reader.decode(doc.get("result")),
             error=doc.get("error"),
-            events=[reader.decode(e) for e in doc.get("events", [])],
+            events=[event_from_dict(reader.decode(e)) for e in doc.get("events", [])],
             meta=reader.decode(doc.get("meta", {})),
         )
     except TraceLoadError:

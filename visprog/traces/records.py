@@ -1,8 +1,8 @@
 """What a run did, step by step (SPEC 5).
 
 `Trace` is plain data: the program, each step's resolved arguments, output, duration, cache
-hit and error, plus events (planner attempts, model loads). JSON and HTML forms live in
-`json_io.py` and `html.py`.
+hit and error, plus typed events (`events.py`: planner attempts, model loads, the planning
+loop's repairs and votes). JSON and HTML forms live in `json_io.py` and `html.py`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Trace:
     inputs: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     error: str | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)  # `visprog.traces.events` records
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -50,8 +50,13 @@ class Trace:
     def duration(self) -> float:
         return sum(s.duration for s in self.steps)
 
-    def add_event(self, kind: str, **data: Any) -> None:
-        self.events.append({"kind": kind, **data})
+    def add_event(self, event: Any) -> None:
+        """Append an event (a `visprog.traces.events` record)."""
+        self.events.append(event)
+
+    def find(self, event_type: type) -> list[Any]:
+        """The events of one type (`trace.find(Repair)`), in order."""
+        return [e for e in self.events if isinstance(e, event_type)]
 
     # Serialisation is delegated so this module stays plain data.
     def save_json(self, path: str | Path, *, inline: bool = False) -> Path:

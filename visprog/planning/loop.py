@@ -1,0 +1,518 @@
+"""The planning loop, in one place: plan -> run -> look back -> select.
+
+`PlanningLoop.answer(items, runner)` is what `VisProg.run`, `run_batch` (items with a
+question), `evaluate`, the CLI and the demo's Ask all go through. Each `LoopItem` is a
+question with either a given program or none (then the planner writes `vote` of them):
+
+1. **plan**: the planner writes the first program(s) of the items that have none (an item
+   whose planning fails gets that error as its result: the others go on);
+2. **run**: every first program of every item runs together, through `runner` (the caller's
+   engine: the loop knows nothing of it);
+3. **look back**, for each finished run:
+   - a step raised -> the LLM gets the program, the failing step, the error and a summary
+     of the trace so far (per step: the line and its output's short text, such as
+     `Objects: 0 regions` or `Text: 'blue'`) and writes a corrected program;
+   - it ran, but a check of `visprog.planning.checks` flags the result (a colour question
+     answered "yes", an empty find the question presumes, a crop of the whole image...) ->
+     the findings are the feedback, in the same way;
+   - it passed the checks and the critic is on -> the LLM is asked whether the program
+     answers the question; a "no" and its reason are the feedback. A critic that fails (any
+     exception) is recorded in that run's verdict and forces nothing.
+   Each correction is parsed and checked (and repaired at that stage) by the planner, and
+   the corrections of all items run again together; at most `attempts` corrections per
+   item. With `vote=k`, only the most promising candidate is corrected, and only when none
+   passed;
+4. **select**: one run per item. For one program: the last run that passed; when none did,
+   the run with the fewest findings (the earliest of those); when every run raised, a
+   `RepairError` listing every attempt. Among k candidates (`select`): the majority answer
+   (`visprog.values.text.answer_key`: "two", "2" and 2 are one answer) among the runs that
+   passed the checks (and the critic), or among all that ran (`select="majority"`, or the
+   loop switched off), ties to the earliest.
+
+Every LLM request of the loop (plans, corrections, the critic's verdicts) runs inside the
+planner's deadline (`deadline_s`). The chosen run's trace gets a `Repair` event listing every
+attempt (program, why it was written, its plan attempts, answer or error, findings, verdict)
+and, among candidates, a `Vote` event listing every candidate (`visprog.traces.events`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from visprog.engine.core import ItemResult
+from visprog.errors import StepError, VisProgError
+from visprog.planning.chat import LLMError, deadline
+from visprog.planning.checks import Finding, enabled_checks, run_checks
+from visprog.planning.critic import Critic, Verdict
+from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError, attempt_events
+from visprog.planning.prompts import findings_repair_message, runtime_repair_message
+from visprog.traces.events import FailedStep, Repair, RunRecord, Vote, as_event
+from visprog.traces.records import Trace
+from visprog.values.text import answer_key, record_value, show
+
+# Keys of the config's [planner] table that belong to this loop, not to the Planner.
+SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select")
+SELECT_MODES = ("checks", "majority")
+MAX_SUMMARY_STEPS = 40
+MAX_SUMMARY_LINE = 200
+
+
+@dataclass
+class RepairSettings:
+    """How the loop behaves.
+
+    Attributes:
+        attempts: corrections per item after its first run (0: none, only checks/selection).
+        checks: the names of the checks to run (`visprog.planning.checks.CHECKS`).
+        critic: ask the LLM whether each run that passed the checks answers its question.
+        select: with several candidates (`vote=k`): "checks" prefers runs that pass the
+            checks, then the majority; "majority" is the majority of all runs.
+        enabled: False turns looking back off (no checks, no repair): the first run is the
+            answer, or the majority of the candidates.
+    """
+
+    attempts: int = 2
+    checks: list[str] = field(default_factory=enabled_checks)
+    critic: bool = False
+    select: str = "checks"
+    enabled: bool = True
+
+    @classmethod
+    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None) -> "RepairSettings":
+        """Settings from the config's [planner] keys (`repair`, `repair_attempts`,
+        `checks`, `critic`, `select`), then `value` over them: None (the config's), True
+        (on), False (off), an int (that many corrections; 0: checks only), a mapping of
+        the attribute names, or `RepairSettings`.
+
+        Raises:
+            ValueError: an unknown check or select mode, a negative attempt count.
+        """
+        if isinstance(value, RepairSettings):
+            return value
+        cfg = dict(config or {})
+        out = cls()
+        base = cfg.get("repair", True)
+        if isinstance(base, bool):
+            out.enabled = base
+        elif isinstance(base, int):
+            out.attempts = base
+        if "repair_attempts" in cfg:
+            out.attempts = int(cfg["repair_attempts"])
+        if "checks" in cfg:
+            out.checks = enabled_checks(cfg["checks"])
+        out.critic = bool(cfg.get("critic", out.critic))
+        out.select = str(cfg.get("select", out.select))
+        if value is True:
+            out.enabled = True
+        elif value is False:
+            out.enabled = False
+        elif isinstance(value, int):
+            out.enabled, out.attempts = True, value
+        elif isinstance(value, Mapping):
+            extra = set(value) - {"attempts", "checks", "critic", "select", "enabled"}
+            if extra:
+                raise ValueError(f"unknown repair setting{'s' if len(extra) != 1 else ''} "
+                                 f"{', '.join(sorted(extra))}; use attempts, checks, critic, "
+                                 f"select, enabled")
+            out.enabled = bool(value.get("enabled", True))
+            out.attempts = int(value.get("attempts", out.attempts))
+            if "checks" in value:
+                out.checks = enabled_checks(value["checks"])
+            out.critic = bool(value.get("critic", out.critic))
+            out.select = str(value.get("select", out.select))
+        elif value is not None:
+            raise ValueError(f"repair takes True, False, a number of attempts, a mapping or "
+                             f"RepairSettings; got {value!r}")
+        if out.attempts < 0:
+            raise ValueError(f"repair attempts must be >= 0, got {out.attempts}")
+        if out.select not in SELECT_MODES:
+            raise ValueError(f"select must be one of {', '.join(SELECT_MODES)}; got {out.select!r}")
+        return out
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def trace_summary(trace: Trace | None) -> list[str]:
+    """Per step that ran: `N. <line> -> <output's typed short text>` (or its error)."""
+    if trace is None:
+        return []
+    lines = []
+    for rec in trace.steps[:MAX_SUMMARY_STEPS]:
+        got = f"error: {rec.error}" if rec.error is not None else show(rec.output, typed=True)
+        lines.append(show(f"{rec.index + 1}. {rec.source.strip()} -> {got}",
+                          limit=MAX_SUMMARY_LINE))
+    if len(trace.steps) > MAX_SUMMARY_STEPS:
+        lines.append(f"... {len(trace.steps) - MAX_SUMMARY_STEPS} more steps")
+    return lines
+
+
+# --------------------------------------------------------------------------- items and attempts
+
+
+@dataclass
+class LoopItem:
+    """One thing the loop answers.
+
+    Attributes:
+        question, task: what is asked (an empty question: nothing to judge against, the
+            program just runs).
+        inputs: input variable -> type, what programs are planned and checked against.
+        planner: writes the first programs and the corrections; None: none can be written.
+        program: a given, checked program (its `events`: how it was obtained); None: the
+            planner writes `vote` of them.
+        vote: programs to sample when planning (k > 1: the loop selects among them).
+        id, payload: the caller's (the runner reads `payload`: bound inputs, meta...).
+        remember: after a successful correction, store the program in the planner's cache.
+    """
+
+    question: str
+    task: str = "gqa"
+    inputs: dict[str, str] = field(default_factory=dict)
+    planner: Any = None
+    program: Any = None
+    events: Sequence[Any] = ()
+    vote: int = 1
+    id: Any = None
+    payload: Any = None
+    remember: bool = False
+
+
+@dataclass
+class RunAttempt:
+    """One program of a candidate and its run.
+
+    Attributes:
+        reason: why it was written: "first" (the plan), "runtime" (the previous run raised),
+            "check" (a check flagged it), "critic" (the critic said no).
+        program: its text (its `Program` in `parsed`).
+        plan_events: how the planner wrote it (its plan attempts or cache hit).
+        value, trace, error: the run's outcome, once it ran.
+        findings, verdict: the checks' findings and the critic's verdict on it.
+        note: what went wrong when asking for its correction (the LLM failed...).
+    """
+
+    reason: str
+    program: str
+    plan_events: list[Any] = field(default_factory=list)
+    parsed: Any = None
+    value: Any = None
+    trace: Trace | None = None
+    error: VisProgError | None = None
+    findings: list[Finding] = field(default_factory=list)
+    verdict: Verdict | None = None
+    note: str = ""
+    finished: bool = False
+
+    @property
+    def ran(self) -> bool:
+        return self.finished and self.error is None
+
+    @property
+    def passed(self) -> bool:
+        return self.ran and not self.findings and (self.verdict is None or self.verdict.ok)
+
+    @property
+    def problems(self) -> int:
+        return len(self.findings) + (self.verdict is not None and not self.verdict.ok)
+
+    def record(self, index: int) -> RunRecord:
+        """This attempt as its trace records it."""
+        failed = None
+        if isinstance(self.error, StepError):
+            failed = FailedStep(self.error.index, self.error.line, self.error.target,
+                                self.error.module)
+        return RunRecord(index, self.program, record_value(self.value) if self.ran else None,
+                         None if self.error is None else str(self.error), list(self.findings),
+                         self.verdict, self.passed, self.reason, self.note, failed,
+                         list(self.plan_events))
+
+
+@dataclass
+class Case:
+    """One candidate program of an item and its attempts so far (the first one given)."""
+
+    item: LoopItem
+    attempts: list[RunAttempt]
+
+    @property
+    def last(self) -> RunAttempt:
+        return self.attempts[-1]
+
+
+# The caller's engine: runs (case, attempt) pairs together, one result (with value, trace,
+# error) each, in order.
+Runner = Callable[[list[tuple[Case, RunAttempt]]], Sequence[Any]]
+
+
+class RepairError(StepError):
+    """Every program of an item raised, repairs included. `.attempts` holds every
+    `RunAttempt`; `.trace` the last run's trace, whose `Repair` event lists them all."""
+
+    def __init__(self, question: str, attempts: list[RunAttempt], trace: Trace | None):
+        last = next(a.error for a in reversed(attempts) if a.error is not None)
+        self.index = getattr(last, "index", -1)
+        self.line = getattr(last, "line", 0)
+        self.target = getattr(last, "target", "")
+        self.module = getattr(last, "module", None)
+        self.cause = getattr(last, "cause", last)
+        self.trace = trace
+        self.question = question
+        self.attempts = list(attempts)
+        n = len(attempts)
+        lines = [f"no program for {question!r} ran to the end in {n} attempt"
+                 f"{'s' if n != 1 else ''}:"]
+        for i, a in enumerate(attempts, 1):
+            lines.append(f"attempt {i} ({a.reason}): {a.error}")
+            if a.note:
+                lines.append(f"  {a.note}")
+        VisProgError.__init__(self, "\n".join(lines))
+
+
+def _deadline_s(item: LoopItem) -> float | None:
+    return getattr(item.planner, "deadline_s", DEFAULT_DEADLINE_S)
+
+
+def _failure(e: BaseException) -> str:
+    """An exception as a note: its message, with its type unless it is one of ours."""
+    return str(e) if isinstance(e, VisProgError) else f"{type(e).__name__}: {e}"
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class PlanningLoop:
+    """Plans, runs, looks back, selects (see the module docstring).
+
+    Args:
+        settings: `RepairSettings`.
+        critic: a `Critic` (used when `settings.critic`).
+    """
+
+    def __init__(self, settings: RepairSettings, critic: Critic | None = None):
+        self.settings = settings
+        self.critic = critic if settings.critic and settings.enabled else None
+
+    def answer(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
+        """One result per item, in order: plan the items without a program, run every
+        first program together, correct and rerun those that need it, select one run per
+        item. An item's failure (no plan, every run raised) is in its result."""
+        results: list[ItemResult | None] = []
+        candidates: list[list[Case]] = []
+        for item in items:
+            cases, failed = self.plan(item)
+            results.append(failed)
+            candidates.append(cases)
+        cases = [c for group in candidates for c in group]
+        self.repair(cases, runner, rounds=0)
+        if self.settings.enabled and self.settings.attempts:
+            todo = []
+            for item, group in zip(items, candidates):
+                if item.vote <= 1 or len(group) == 1:
+                    todo += group
+                elif group and not any(c.last.passed for c in group):
+                    # candidates are selected, not corrected one by one: only the most
+                    # promising one is, when none passed
+                    todo.append(min(group, key=lambda c: (not c.last.ran, c.last.problems)))
+            self.repair(todo, runner)
+        return [failed if failed is not None else self.select_run(item, group)
+                for item, group, failed in zip(items, candidates, results)]
+
+    # -- plan
+
+    def plan(self, item: LoopItem) -> tuple[list[Case], ItemResult | None]:
+        """The item's candidates (its given program, or the planner's), or the result that
+        says why there are none."""
+        if item.program is not None:
+            text = getattr(item.program, "source", str(item.program))
+            first = RunAttempt("first", text, [as_event(e) for e in item.events], item.program)
+            return [Case(item, [first])], None
+        try:
+            if item.planner is None:
+                raise LLMError("no planner to write a program for this question")
+            plans = (item.planner.plan_k(item.question, item.vote, inputs=item.inputs)
+                     if item.vote > 1 else [item.planner.plan(item.question, item.inputs)])
+        except Exception as e:  # an LLM client fails in many ways: the item records it
+            events = (attempt_events(e.attempts, item.question, item.task)
+                      if isinstance(e, PlanningError) else [])
+            trace = Trace(program="", error=_failure(e), events=list(events))
+            return [], ItemResult(item.id, None, None, trace, e)
+        return [Case(item, [RunAttempt("first", p.text, p.events(), p.program)])
+                for p in plans], None
+
+    # -- look back at one run
+
+    def judge(self, case: Case, attempt: RunAttempt) -> None:
+        """The checks' findings, then (when they pass) the critic's verdict. A critic that
+        fails gives a verdict that records the failure and objects to nothing."""
+        if not self.settings.enabled or not attempt.ran or not case.item.question:
+            return  # off, or no question: nothing to judge against
+        item = case.item
+        if self.settings.checks:
+            attempt.findings = run_checks(item.question, item.task, attempt.trace,  # type: ignore[arg-type]
+                                          attempt.value, self.settings.checks)
+        if self.critic is not None and not attempt.findings:
+            try:
+                with deadline(_deadline_s(item)):
+                    attempt.verdict = self.critic.judge(
+                        item.question, attempt.program, trace_summary(attempt.trace),
+                        repr(record_value(attempt.value)))
+            except Exception as e:  # no verdict is not a wrong answer, nor the batch's end
+                attempt.verdict = Verdict(True, clear=False, error=_failure(e))
+
+    def feedback(self, attempt: RunAttempt) -> tuple[str, str] | None:
+        """(reason, message for the LLM) when the run needs a correction, else None."""
+        summary = trace_summary(attempt.trace)
+        if attempt.error is not None:
+            err = attempt.error
+            if isinstance(err, StepError) and attempt.trace is not None \
+                    and 0 <= err.index < len(attempt.trace.steps):
+                step = attempt.trace.steps[err.index]
+                cause = step.error or str(err.cause or err)
+                return "runtime", runtime_repair_message(step.source.strip(), cause,
+                                                         summary[:err.index])
+            return "runtime", runtime_repair_message("(the program)", str(err), summary)
+        if attempt.findings:
+            return "check", findings_repair_message(attempt.findings, summary)
+        if attempt.verdict is not None and not attempt.verdict.ok:
+            reason = attempt.verdict.reason or "the program does not answer the question"
+            return "critic", findings_repair_message([f"[critic] {reason}"], summary)
+        return None
+
+    # -- run and correct
+
+    def repair(self, cases: Sequence[Case], runner: Runner, *, rounds: int | None = None) -> None:
+        """Run every case's unfinished last attempt, then correct and rerun the ones that
+        need it, up to `rounds` times (default `settings.attempts`; none when the loop is
+        off). Cases change in place."""
+        if rounds is None:
+            rounds = self.settings.attempts if self.settings.enabled else 0
+        todo = [(c, c.last) for c in cases if not c.last.finished]
+        judged = [c for c in cases if c.last.finished]
+        for done_round in range(rounds + 1):
+            if todo:
+                for (case, attempt), res in zip(todo, runner(todo)):
+                    attempt.value, attempt.trace, attempt.error = res.value, res.trace, res.error
+                    attempt.finished = True
+                    self.judge(case, attempt)
+                judged += [c for c, _ in todo]
+            if done_round == rounds:
+                break
+            todo = []
+            for case in judged:
+                new = self.correction(case)
+                if new is not None:
+                    case.attempts.append(new)
+                    todo.append((case, new))
+            judged = []
+            if not todo:
+                break
+
+    def correction(self, case: Case) -> RunAttempt | None:
+        """The corrected program of a case whose last run needs one (None when it doesn't,
+        or none could be written: the reason is noted on the last attempt)."""
+        last, item = case.last, case.item
+        why = self.feedback(last)
+        if why is None or item.planner is None:
+            return None
+        reason, message = why
+        try:
+            with deadline(_deadline_s(item)):
+                plan = item.planner.revise(item.question, last.program, message, item.inputs)
+        except Exception as e:  # PlanningError, LLMError, a failing client: keep what ran
+            last.note = f"no correction: {_failure(e)}"
+            return None
+        revision = len(case.attempts)
+        events = []
+        for e in plan.events():
+            e.revision = revision
+            events.append(e)
+        return RunAttempt(reason, plan.text, events, plan.program)
+
+    # -- select
+
+    def outcome(self, case: Case) -> tuple[Any, Trace | None, VisProgError | None, int]:
+        """(value, trace, error, chosen attempt index) of a finished case; the chosen trace
+        gets a `Repair` event when there was anything to report."""
+        attempts = case.attempts
+        chosen = next((i for i in range(len(attempts) - 1, -1, -1) if attempts[i].passed), None)
+        if chosen is None:
+            ran = [i for i, a in enumerate(attempts) if a.ran]
+            if ran:
+                chosen = min(ran, key=lambda i: (attempts[i].problems, i))
+        trace = attempts[chosen].trace if chosen is not None else attempts[-1].trace
+        if trace is not None and (len(attempts) > 1 or any(
+                a.findings or a.verdict is not None or a.note for a in attempts)):
+            trace.add_event(Repair(chosen, [a.record(i) for i, a in enumerate(attempts)]))
+        if chosen is None:
+            if len(attempts) == 1:  # nothing was retried: the run's own error says it all
+                return None, trace, attempts[0].error, 0
+            return None, trace, RepairError(case.item.question, attempts, trace), \
+                len(attempts) - 1
+        a = attempts[chosen]
+        item = case.item
+        if chosen > 0 and a.passed and item.remember and item.planner is not None:
+            item.planner.remember(item.question, a.program, item.inputs)
+        return a.value, a.trace, None, chosen
+
+    def select_run(self, item: LoopItem, cases: Sequence[Case]) -> ItemResult:
+        """The item's result: its one case's outcome, or the selected candidate's."""
+        if len(cases) == 1 and item.vote <= 1:
+            value, trace, error, chosen = self.outcome(cases[0])
+            return ItemResult(item.id, value, cases[0].attempts[chosen].parsed, trace, error)
+        finals = []
+        for case in cases:
+            _, _, _, chosen = self.outcome(case)
+            finals.append(case.attempts[chosen])
+        if not any(a.ran for a in finals):
+            failed = next(a for a in finals if a.error is not None)
+            return ItemResult(item.id, None, failed.parsed, failed.trace, failed.error)
+        how = self.settings.select if self.settings.enabled else "majority"
+        winner = finals[select(finals, how)]
+        return ItemResult(item.id, winner.value, winner.parsed, winner.trace, None)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def majority(values: Sequence[Any]) -> tuple[int, dict[str, int]]:
+    """Index of the first value of the most common answer (by `answer_key`), and the counts
+    by answer."""
+    if not values:
+        raise ValueError("nothing to vote on")
+    keys = [answer_key(v) for v in values]
+    counts = Counter(keys)
+    best = max(counts.values())
+    winner = next(i for i, k in enumerate(keys) if counts[k] == best)  # ties: earliest
+    return winner, dict(counts)
+
+
+def select(candidates: Sequence[RunAttempt], how: str = "checks") -> int:
+    """The index of the chosen candidate: the majority answer among the runs that passed
+    (how="checks"; all runs when none passed) or among all runs (how="majority"), ties to
+    the earliest. The chosen run's trace gets a `Vote` event listing every candidate's
+    program, answer (and what it counted as), findings and verdict.
+
+    Raises:
+        ValueError: no candidate ran.
+    """
+    if how not in SELECT_MODES:
+        raise ValueError(f"select must be one of {', '.join(SELECT_MODES)}; got {how!r}")
+    ran = [i for i, a in enumerate(candidates) if a.ran]
+    if not ran:
+        raise ValueError("nothing to vote on: every run failed")
+    pool = ran
+    if how == "checks":
+        pool = [i for i in ran if candidates[i].passed] or ran
+    winner, counts = majority([candidates[i].value for i in pool])
+    chosen = pool[winner]
+    _, all_counts = majority([candidates[i].value for i in ran])
+    runs = []
+    for i, a in enumerate(candidates):
+        record = a.record(i)
+        record.key = answer_key(a.value) if a.ran else None
+        runs.append(record)
+    candidates[chosen].trace.add_event(  # type: ignore[union-attr]
+        Vote(chosen, all_counts, runs, how, pool, counts))
+    return chosen
