@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from visprog.values.types import fits, parse_types
-
-type_set = parse_types  # the name this module's callers know
+from visprog.values.types import fits
 
 # Types a value literal can have; everything else only comes from a variable.
 _LITERAL_TYPES = {"Text", "Number", "Bool", "None", "TextList"}
