@@ -974,7 +974,7 @@ def expr_types(text: str, variables: Mapping[str, frozenset[str]]) -> ExprTypes:
         kinds = [walk(n) for n in nodes]
         out = result_kinds(name, kinds)
         if not out:
-            what = " and ".join(f"{unparse(n)} ({_kinds(n, k, variables)})"
+            what = " and ".join(f"{_short(unparse(n))} ({_kinds(n, k, variables)})"
                                 for n, k in zip(nodes, kinds))
             hint = "; ".join([OPERATORS[name].takes] + [h for n in nodes if (h := _quoted(n))])
             problems[(f"can't apply '{OPERATORS[name].symbol}' to {what}"
