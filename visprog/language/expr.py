@@ -329,6 +329,16 @@ def _syntax_error(text: str, err: UnexpectedInput) -> EvalError:
 
 @lru_cache(maxsize=512)
 def _parse_cached(text: str) -> Node:
+    """The checks and the parse of a text; a text seen before costs a dict look-up (a text
+    that fails is not remembered)."""
+    if len(text) > MAX_EXPR_LENGTH:
+        raise EvalError(f"expression is too long ({len(text)} characters; the limit is "
+                        f"{MAX_EXPR_LENGTH})", text[:80])
+    if not text.strip():
+        raise EvalError("expression is empty", text)
+    if _paren_depth(text) > MAX_DEPTH:
+        raise EvalError(f"expression is nested too deeply (more than {MAX_DEPTH} levels of "
+                        "parentheses)", text[:80])
     try:
         return _parser().parse(text)
     except UnexpectedInput as e:
@@ -352,14 +362,6 @@ def parse_expr(text: str) -> Node:
     """
     if not isinstance(text, str):
         raise EvalError(f"an Eval expression is text, got {type(text).__name__}")
-    if len(text) > MAX_EXPR_LENGTH:
-        raise EvalError(f"expression is too long ({len(text)} characters; the limit is "
-                        f"{MAX_EXPR_LENGTH})", text[:80])
-    if not text.strip():
-        raise EvalError("expression is empty", text)
-    if _paren_depth(text) > MAX_DEPTH:
-        raise EvalError(f"expression is nested too deeply (more than {MAX_DEPTH} levels of "
-                        "parentheses)", text[:80])
     return _parse_cached(text)
 
 
@@ -954,6 +956,13 @@ def expr_types(text: str, variables: Mapping[str, frozenset[str]]) -> ExprTypes:
         >>> expr_types("{N} > 'a'", {"N": frozenset({"Number"})}).problems[0][0]
         "can't apply '>' to {N} (Number) and 'a' (Text)"
     """
+    return _typed(text, frozenset(variables.items()))
+
+
+@lru_cache(maxsize=512)
+def _typed(text: str, variables_items: frozenset[tuple[str, frozenset[str]]]) -> ExprTypes:
+    """`expr_types`, remembered: a program is checked again before each run."""
+    variables = dict(variables_items)
     problems: dict[tuple[str, str], None] = {}
 
     def var(node: Var) -> frozenset[str]:
