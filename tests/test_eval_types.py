@@ -353,6 +353,26 @@ def test_every_expression_the_step_grammar_writes_checks():
         parser.parse(fine)
 
 
+def test_any_tool_may_declare_how_its_expression_is_typed():
+    """The checker knows Eval only through its declaration: another tool's expression
+    argument is typed by its own hook, and the problems are reported at the argument."""
+    seen = []
+
+    def typed(text, variables):
+        seen.append((text, dict(variables)))
+        return eval_expr.ExprTypes(frozenset({"Number"}), (("always wrong", "a hint"),))
+
+    @tool("Score", params={"image": "Image", "formula": "Text"}, returns="Number",
+          expr_types={"formula": typed})
+    def score(image, formula):
+        return 1
+
+    found = check(parse("S=Score(image=IMAGE, formula='x * 2')"), Registry([score]))
+    assert [(d.line, d.column, d.text, d.message, d.hint) for d in found] == \
+        [(1, 22, "x * 2", "formula: always wrong", "a hint")]
+    assert seen == [("x * 2", {"IMAGE": {"Image"}, "LEFT": {"Image"}, "RIGHT": {"Image"}})]
+
+
 # --------------------------------------------------------------------------- entry points
 
 

@@ -21,6 +21,7 @@ def test_one_rule_everywhere():
     assert checker.ANY is types.ANY and checker.describe is types.describe
     assert checker.list_types is types.list_types and checker.parse_types is types.parse_types
     assert not hasattr(checker, "_describe") and checker.Types is types.Types
+    assert not hasattr(llm_grammar, "type_set")  # the alias is gone: parse_types is the name
 
 
 @pytest.mark.parametrize("items, expected", [

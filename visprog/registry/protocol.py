@@ -146,8 +146,7 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
          cacheable: bool = True, version: str = "1", settings: Mapping[str, Any] | None = None,
          draw_on: str | None = "image", result: bool = False,
          refs: Mapping[str, Callable[[str], list[str]]] | None = None,
-         expr_types: Mapping[str, Callable[[str, Mapping[str, frozenset[str]]], Any]] | None
-         = None,
+         expr_types: Mapping[str, Callable[..., Any]] | None = None,
          ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool. Defaults come from the function's own signature.
 
