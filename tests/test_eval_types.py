@@ -386,6 +386,25 @@ def test_visprog_check_reports_it(tmp_path, monkeypatch, capsys):
     assert "(hint: '>' compares two numbers or two texts" in err
 
 
+def test_a_query_value_that_is_a_list_of_numbers(registry):
+    """A query passes its values' type sets to the checker as they are, the empty set (a list
+    that is not all text) included."""
+    from visprog import VisProg
+    from visprog.query import QueryError
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    numbers = vp.fn.result([1, 2])
+    assert numbers.types == frozenset() and vp.fn.result(numbers).value == [1, 2]
+    with pytest.raises(QueryError, match="'box' takes Objects; the Result result is a list "
+                                         "that is not all text"):
+        vp.fn.count(numbers)
+    with pytest.raises(QueryError, match="can't use a list that is not all text"):
+        vp.fn.eval("{R} + 1", R=numbers)
+    assert check(parse("N=Count(box=R)"), registry, {"R": frozenset()})[0].message == \
+        "Count's 'box' takes Objects; R is a list that is not all text"
+
+
 def test_an_unknown_input_type_is_refused_by_name(registry):
-    with pytest.raises(ToolDeclarationError, match="input 'X': unknown type"):
-        check(parse("N=Eval(expr='{X} + 1')"), registry, {"X": "Nmber"})
+    for spec in ("Nmber", "", {"Text", "Txt"}):
+        with pytest.raises(ToolDeclarationError, match="input 'X': unknown type"):
+            check(parse("N=Eval(expr='{X} + 1')"), registry, {"X": spec})

@@ -9,12 +9,13 @@ types, their names and the rule of what fits are `values/types.py`'s.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from visprog.errors import CheckError, Diagnostic, ToolDeclarationError, VisProgError
 from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var, var_refs
 from visprog.registry import Param, Registry, Tool
-from visprog.values.types import ANY, Types, describe, fits, list_types, parse_types, type_of
+from visprog.values.types import (ANY, NOT_TEXT_LIST, Types, describe, fits, list_types,
+                                  parse_types, type_of)
 
 # What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
 DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
@@ -29,8 +30,9 @@ def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
     return frozenset({type_of(value)})
 
 
-def input_types(inputs: Mapping[str, str]) -> dict[str, Types]:
-    """Declared inputs ('Image', 'Text|None') as type sets.
+def input_types(inputs: Mapping[str, str | Iterable[str]]) -> dict[str, Types]:
+    """Declared inputs as type sets: a type string ('Image', 'Text|None') or the set itself
+    (a query's values pass theirs; the empty set is a list that is not all text).
 
     Raises:
         ToolDeclarationError: an input declared with a type that is not one of the types.
@@ -38,20 +40,21 @@ def input_types(inputs: Mapping[str, str]) -> dict[str, Types]:
     out = {}
     for name, spec in inputs.items():
         try:
-            out[name] = parse_types(spec)
+            out[name] = parse_types(spec) if isinstance(spec, str) or spec else NOT_TEXT_LIST
         except ToolDeclarationError as e:
             raise ToolDeclarationError(f"input {name!r}: {e}") from None
     return out
 
 
 def check(program: Program, registry: Registry,
-          inputs: Mapping[str, str] | None = None) -> list[Diagnostic]:
+          inputs: Mapping[str, str | Iterable[str]] | None = None) -> list[Diagnostic]:
     """Every problem of `program`, in line order; an empty list means it may run.
 
     Args:
         program: the parsed program.
         registry: the tools it may call.
-        inputs: pre-bound variables and their types; defaults to IMAGE, LEFT and RIGHT images.
+        inputs: pre-bound variables and their types ('Text|None' or a set of type names);
+            defaults to IMAGE, LEFT and RIGHT images.
     """
     env = input_types(DEFAULT_INPUTS if inputs is None else inputs)
     if not program.steps:
@@ -83,7 +86,7 @@ def check(program: Program, registry: Registry,
 
 
 def check_or_raise(program: Program, registry: Registry,
-                   inputs: Mapping[str, str] | None = None) -> None:
+                   inputs: Mapping[str, str | Iterable[str]] | None = None) -> None:
     problems = check(program, registry, inputs)
     if problems:
         raise CheckError(problems, program.source)

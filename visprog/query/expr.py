@@ -100,8 +100,9 @@ def make_op(op: str, operands: tuple[Any, ...]) -> Op:
     for x in operands:
         # Eval reads Objects as their count, but a query says so: .count()
         if not isinstance(x, Const) and not (x.types & SCALARS or "Any" in x.types):
-            kind = "/".join(sorted(x.types))
-            raise ExprProblem(f"{_symbol(op)} can't use a {kind} value",
+            what = f"a {'/'.join(sorted(x.types))} value" if x.types else \
+                "a list that is not all text"
+            raise ExprProblem(f"{_symbol(op)} can't use {what}",
                               "count Objects with .count()" if "Objects" in x.types else
                               "expressions take Text, Number and Bool values")
     kinds = [reads(x) for x in operands]
