@@ -122,7 +122,7 @@ ONE_PROBLEM = [
     ("text where TextList", "T=Join(words='a')", None, (1, 8), "'words' takes TextList; got Text",
      ""),
     ("mixed list where TextList", "T=Join(words=['a', 1])", None, (1, 8),
-     "'words' takes TextList; got List", ""),
+     "'words' takes TextList; got a list that is not all text", "texts only"),
     ("number variable where objects", LOC + "N=Count(box=OBJ)\nM=Count(box=N)", None, (3, 9),
      "N is Number", ""),
     ("alias keeps the type", "A=IMAGE\nN=Count(box=A)", None, (2, 9), "A is Image", ""),

@@ -12,7 +12,8 @@ from llm_server import Reply, ScriptedServer, scripted_client
 from visprog.language.checker import check
 from visprog.errors import ParseError
 from visprog.planning.llm import LLMError, LLMReply, OpenAIChat, make_llm
-from visprog.planning.llm_grammar import StepGrammar, fits, program_grammar, type_set
+from visprog.planning.llm_grammar import StepGrammar, fits, program_grammar
+from visprog.values.types import parse_types
 from visprog.language.parser import parse
 from visprog.planning.prompts import TASKS, load_examples
 from visprog.registry import Registry, tool
@@ -159,7 +160,7 @@ def test_make_llm_from_config_and_env(monkeypatch):
     ("Text", "Text|None", True), ("Any", "Image", True), ("Image", "Any", True),
 ])
 def test_fits_is_the_checkers_rule(value, param, ok):
-    assert fits(type_set(value), type_set(param)) is ok
+    assert fits(parse_types(value), parse_types(param)) is ok
 
 
 def test_program_grammar_accepts_every_example(registry):

@@ -17,6 +17,28 @@ def test_one_rule_everywhere():
     assert checker.fits is types.fits
     assert llm_grammar.fits is types.fits
     assert core.check_output is types.check_output
+    # the checker keeps no vocabulary of its own
+    assert checker.ANY is types.ANY and checker.describe is types.describe
+    assert checker.list_types is types.list_types and checker.parse_types is types.parse_types
+    assert not hasattr(checker, "_describe") and checker.Types is types.Types
+    assert not hasattr(llm_grammar, "type_set")  # the alias is gone: parse_types is the name
+
+
+@pytest.mark.parametrize("items, expected", [
+    ([], {"TextList"}), (["Text", "Text"], {"TextList"}), (["Text|None", "Any"], {"TextList"}),
+    (["Text", "Number"], set()), (["Objects", "Any"], {"Any"}), (["Image"], set()),
+])
+def test_list_types(items, expected):
+    """A list written in a program: a TextList, or none of the types (it fits only Any)."""
+    got = types.list_types(types.parse_types(t) for t in items)
+    assert got == expected
+    assert types.fits(got, {"Any"}) and types.fits(got, {"TextList"}) is ("TextList" in got
+                                                                          or "Any" in got)
+
+
+def test_describe():
+    assert types.describe({"Text", "None"}) == "None or Text"
+    assert types.describe(types.NOT_TEXT_LIST) == "a list that is not all text"
 
 
 @pytest.mark.parametrize("given, accepted, ok", [

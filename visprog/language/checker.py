@@ -1,24 +1,24 @@
 """Static checks of a parsed program, all at once, before anything runs.
 
 Unknown modules and arguments (with the nearest name as a hint, never substituted), missing
-arguments, variables read before any step defines them, and type mismatches between a
-variable's producer and its consumer, using the tools' declared signatures.
+arguments, variables read before any step defines them, type mismatches between a variable's
+producer and its consumer, using the tools' declared signatures, and the parts of an
+expression argument (Eval's) that can never run, typed by the argument's own declaration. The
+types, their names and the rule of what fits are `values/types.py`'s.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from visprog.errors import CheckError, Diagnostic, VisProgError
+from visprog.errors import CheckError, Diagnostic, ToolDeclarationError, VisProgError
 from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var, var_refs
-from visprog.registry import Registry, Tool
-from visprog.values.types import fits, type_of
+from visprog.registry import Param, Registry, Tool
+from visprog.values.types import (ANY, NOT_TEXT_LIST, Types, describe, fits, list_types,
+                                  parse_types, type_of)
 
 # What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
 DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
-
-Types = frozenset[str]
-ANY: Types = frozenset({"Any"})
 
 
 def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
@@ -26,28 +26,37 @@ def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
     if isinstance(value, Var):
         return env.get(value.name, ANY)
     if isinstance(value, tuple):
-        items = [literal_types(v, env) for v in value]
-        if all(("Text" in t or "Any" in t) for t in items):
-            return frozenset({"TextList"})
-        return ANY if any("Any" in t for t in items) else frozenset({"List"})
+        return list_types(literal_types(v, env) for v in value)
     return frozenset({type_of(value)})
 
 
-def _describe(types: Types) -> str:
-    return " or ".join(sorted(types))
+def input_types(inputs: Mapping[str, str | Iterable[str]]) -> dict[str, Types]:
+    """Declared inputs as type sets: a type string ('Image', 'Text|None') or the set itself
+    (a query's values pass theirs; the empty set is a list that is not all text).
+
+    Raises:
+        ToolDeclarationError: an input declared with a type that is not one of the types.
+    """
+    out = {}
+    for name, spec in inputs.items():
+        try:
+            out[name] = parse_types(spec) if isinstance(spec, str) or spec else NOT_TEXT_LIST
+        except ToolDeclarationError as e:
+            raise ToolDeclarationError(f"input {name!r}: {e}") from None
+    return out
 
 
 def check(program: Program, registry: Registry,
-          inputs: Mapping[str, str] | None = None) -> list[Diagnostic]:
+          inputs: Mapping[str, str | Iterable[str]] | None = None) -> list[Diagnostic]:
     """Every problem of `program`, in line order; an empty list means it may run.
 
     Args:
         program: the parsed program.
         registry: the tools it may call.
-        inputs: pre-bound variables and their types; defaults to IMAGE, LEFT and RIGHT images.
+        inputs: pre-bound variables and their types ('Text|None' or a set of type names);
+            defaults to IMAGE, LEFT and RIGHT images.
     """
-    env: dict[str, Types] = {name: frozenset(t.split("|")) for name, t in
-                             (DEFAULT_INPUTS if inputs is None else inputs).items()}
+    env = input_types(DEFAULT_INPUTS if inputs is None else inputs)
     if not program.steps:
         first = next((line.strip() for line in program.source.splitlines() if line.strip()), "")
         return [Diagnostic(1, 1, first[:40], "the program has no steps",
@@ -77,7 +86,7 @@ def check(program: Program, registry: Registry,
 
 
 def check_or_raise(program: Program, registry: Registry,
-                   inputs: Mapping[str, str] | None = None) -> None:
+                   inputs: Mapping[str, str | Iterable[str]] | None = None) -> None:
     problems = check(program, registry, inputs)
     if problems:
         raise CheckError(problems, program.source)
@@ -149,15 +158,20 @@ def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagno
         given = literal_types(arg.value, env)
         accepted = param.types | ({"None"} if param.default is None else set())
         if not fits(given, accepted):
-            source = f"{arg.value.name} is {_describe(given)}" if isinstance(arg.value, Var) \
-                else f"got {_describe(given)}"
+            source = f"{arg.value.name} is {describe(given)}" if isinstance(arg.value, Var) \
+                else f"got {describe(given)}"
             out.append(Diagnostic(
                 arg.line, arg.column, arg.name,
-                f"{tool.name}'s {param.name!r} takes {_describe(param.types)}; {source}",
+                f"{tool.name}'s {param.name!r} takes {describe(param.types)}; {source}",
                 _type_hint(given, param.types)))
             continue
         if param.refs is not None and isinstance(arg.value, str):
-            out.extend(_check_refs(arg, param.refs, env))
+            found = _check_refs(arg, param.refs, env)
+            out.extend(found)
+            if found:
+                continue
+        if param.expr_types is not None and isinstance(arg.value, str):
+            out.extend(_check_expr_types(arg, param, env))
     for param in tool.params:
         if param.required and param.name not in seen:
             out.append(Diagnostic(step.line, step.module_column, step.source,
@@ -167,6 +181,8 @@ def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagno
 
 
 def _type_hint(given: Types, wanted: Types) -> str:
+    if "TextList" in wanted and not given:
+        return "a TextList holds texts only: put every item in quotes"
     if "Text" in wanted and given & {"Number", "Bool"}:
         return "put the value in quotes to pass it as text"
     if "Objects" in wanted and "Image" in given:
@@ -185,3 +201,14 @@ def _check_refs(arg: Arg, refs: Any, env: Mapping[str, Types]) -> list[Diagnosti
     return [Diagnostic(arg.line, arg.column, arg.value,
                        f"expression reads undefined variable {n!r}", _undefined_hint(n, env))
             for n in names if n not in env]
+
+
+def _check_expr_types(arg: Arg, param: Param, env: Mapping[str, Types]) -> list[Diagnostic]:
+    """The parts of an expression argument that can never run (Eval's `{N} > 'a'`)."""
+    try:
+        typed = param.expr_types(arg.value, env)
+    except VisProgError as e:  # a parse error is reported by _check_refs already
+        return [Diagnostic(arg.line, arg.column, arg.value, f"bad expression: {e}",
+                           "see the Eval section of the language")]
+    return [Diagnostic(arg.line, arg.column, arg.value, f"{arg.name}: {message}", hint)
+            for message, hint in typed.problems]

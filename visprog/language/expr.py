@@ -28,6 +28,10 @@ holds when the answer A is "Yes". String comparison is otherwise exact (case-sen
 Every failure is an `EvalError` with a message: syntax errors name the column and what is
 not supported, and the limits below keep any input of the allowed length fast and bounded
 (no RecursionError, MemoryError or hang).
+
+Before anything runs, `expr_types` types an expression from its variables' types by one
+operator table (`OPERATORS`), which the checker, the query builder and the constrained
+grammar share; each operator's precedence is read from the grammar (`syntax`).
 """
 from __future__ import annotations
 
@@ -325,6 +329,16 @@ def _syntax_error(text: str, err: UnexpectedInput) -> EvalError:
 
 @lru_cache(maxsize=512)
 def _parse_cached(text: str) -> Node:
+    """The checks and the parse of a text; a text seen before costs a dict look-up (a text
+    that fails is not remembered)."""
+    if len(text) > MAX_EXPR_LENGTH:
+        raise EvalError(f"expression is too long ({len(text)} characters; the limit is "
+                        f"{MAX_EXPR_LENGTH})", text[:80])
+    if not text.strip():
+        raise EvalError("expression is empty", text)
+    if _paren_depth(text) > MAX_DEPTH:
+        raise EvalError(f"expression is nested too deeply (more than {MAX_DEPTH} levels of "
+                        "parentheses)", text[:80])
     try:
         return _parser().parse(text)
     except UnexpectedInput as e:
@@ -348,14 +362,6 @@ def parse_expr(text: str) -> Node:
     """
     if not isinstance(text, str):
         raise EvalError(f"an Eval expression is text, got {type(text).__name__}")
-    if len(text) > MAX_EXPR_LENGTH:
-        raise EvalError(f"expression is too long ({len(text)} characters; the limit is "
-                        f"{MAX_EXPR_LENGTH})", text[:80])
-    if not text.strip():
-        raise EvalError("expression is empty", text)
-    if _paren_depth(text) > MAX_DEPTH:
-        raise EvalError(f"expression is nested too deeply (more than {MAX_DEPTH} levels of "
-                        "parentheses)", text[:80])
     return _parse_cached(text)
 
 
@@ -694,3 +700,345 @@ def evaluate(text: str, variables: Mapping[str, Any] | None = None) -> bool | in
     if result is None:
         raise EvalError("the expression's value is None; Eval gives a Bool, Number or Text", text)
     return str(result) if isinstance(result, CountText) else result
+
+
+# --------------------------------------------------------------------------- operators, typed
+
+# The static side of the operators above, for the checker (`expr_types`) and the query builder
+# (`visprog.query.expr`): one table says what each operator takes and gives, and its place in
+# the grammar says how tightly it binds (`syntax`).
+#
+# A value while an expression runs is one of four kinds: a Number (int or float), a Bool, a
+# Text or None. A Bool counts as a number wherever a number is taken (`True + 1 == 2`, as in
+# Python). A variable's type (SPEC 2) reads as these kinds (`reads`):
+#
+#   Number, Bool, None  -> themselves
+#   Text                -> Text, Number or Bool: 'yes'/'no' read as Bool, '2' as a Number, and
+#                          a count ('seven', '2 dogs') as a Number where a number is wanted. So
+#                          a Vqa answer may be compared with a number, added to one, or joined
+#                          with text: which one works is known only when it runs.
+#   Objects             -> Number (their count); as '{NAME}', its text
+#   Any                 -> any kind
+#   Image, TextList     -> nothing: reading one is an error before anything runs
+#
+# Literals are exactly what they are written as: `'3'` is Text, never a Number (only `==`
+# reads a text against a non-text, and `==` never fails). `'{NAME}'` is the variable as Text.
+#
+# The rules say which combinations of operand kinds an operator takes and what it gives. The
+# checker reports a part of an expression for which no combination of its operands' possible
+# kinds is taken by any rule: it fails with a type mismatch every time it runs (even where
+# `and`, `or` or `if` may skip it: a part that can't work is a mistake). Anything that may
+# work checks ("may fit", as values.types.fits), so is never refused for what a value turns
+# out to be: `{N} / 0` and `{A} > 7` of the answer 'red' check and fail when they run. An
+# expression whose value can only be None is refused too (Eval gives no None). The table is
+# tested against the operators that run (`tests/test_eval_types.py`).
+
+NUMBERS = frozenset({"Number", "Bool"})   # what arithmetic takes
+TEXT = frozenset({"Text"})
+ANY_KIND = frozenset({"Number", "Bool", "Text", "None"})
+
+_Rules = tuple[tuple[tuple[frozenset[str], ...], str], ...]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator: `rules` are (the kinds each operand may be, the kind it gives), where
+    "either" means the kinds of the operand it gives (`x if c else y`: x's or y's); `takes`
+    says the rules in words (a check error's hint)."""
+
+    name: str      # the key: the symbol, or 'neg'/'pos' for unary - and +
+    symbol: str    # as written
+    rules: _Rules
+    takes: str
+
+    @property
+    def arity(self) -> int:
+        return len(self.rules[0][0])
+
+
+def _numeric_op(symbol: str, what: str) -> Operator:
+    return Operator(symbol, symbol, (((NUMBERS, NUMBERS), "Number"),),
+                    f"'{symbol}' {what} two numbers (a Bool counts as 1 or 0)")
+
+
+def _order(symbol: str) -> Operator:
+    return Operator(symbol, symbol, (((NUMBERS, NUMBERS), "Bool"), ((TEXT, TEXT), "Bool")),
+                    f"'{symbol}' compares two numbers or two texts; == compares anything")
+
+
+def _logic(name: str) -> Operator:
+    return Operator(name, name, (((ANY_KIND, ANY_KIND), "Bool"),),
+                    f"'{name}' takes any two values, read as true or false")
+
+
+OPERATORS: dict[str, Operator] = {op.name: op for op in (
+    Operator("if", "if", (((ANY_KIND, ANY_KIND, ANY_KIND), "either"),),
+             "'x if c else y' gives x or y, whatever they are"),  # operands in source order
+    _logic("or"), _logic("xor"), _logic("and"),
+    Operator("not", "not", (((ANY_KIND,), "Bool"),), "'not' takes any value"),
+    # Equality never fails: a text against a non-text reads the text ('2' == 2, 'Yes' == True,
+    # 'seven' == 7 for an answer), and values of other kinds are just unequal.
+    Operator("==", "==", (((ANY_KIND, ANY_KIND), "Bool"),), "'==' compares any two values"),
+    Operator("!=", "!=", (((ANY_KIND, ANY_KIND), "Bool"),), "'!=' compares any two values"),
+    _order("<"), _order("<="), _order(">"), _order(">="),
+    Operator("+", "+", (((NUMBERS, NUMBERS), "Number"), ((TEXT, TEXT), "Text")),
+             "'+' adds two numbers or joins two texts"),
+    _numeric_op("-", "subtracts"),
+    # A text times a whole number repeats it (the number must be an int when it runs).
+    Operator("*", "*", (((NUMBERS, NUMBERS), "Number"), ((TEXT, NUMBERS), "Text"),
+                        ((NUMBERS, TEXT), "Text")),
+             "'*' multiplies two numbers, or repeats a text a whole number of times"),
+    _numeric_op("/", "divides"), _numeric_op("//", "divides"),
+    _numeric_op("%", "takes the remainder of"), _numeric_op("**", "raises"),
+    Operator("neg", "-", (((NUMBERS,), "Number"),), "unary '-' takes a number"),
+    Operator("pos", "+", (((NUMBERS,), "Number"),), "unary '+' takes a number"),
+)}
+
+# A variable's type (SPEC 2) -> the kinds Eval reads it as (see above).
+READS: dict[str, frozenset[str]] = {
+    "Number": frozenset({"Number"}), "Bool": frozenset({"Bool"}), "None": frozenset({"None"}),
+    "Text": frozenset({"Text", "Number", "Bool"}), "Objects": frozenset({"Number"}),
+    "Any": ANY_KIND, "Image": frozenset(), "TextList": frozenset(),
+}
+
+
+def reads(types: frozenset[str], *, as_text: bool = False) -> frozenset[str]:
+    """The kinds a variable of these possible types reads as (`'{NAME}'` when `as_text`);
+    empty when none can be read."""
+    kinds = frozenset().union(*(READS.get(t, frozenset()) for t in types))
+    return TEXT if as_text and kinds else kinds
+
+
+def literal_kind(value: Value) -> str:
+    """The kind of a literal as written: `'3'` is Text."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "Bool"
+    return "Text" if isinstance(value, str) else "Number"
+
+
+def result_kinds(name: str, operands: list[frozenset[str]] | tuple[frozenset[str], ...],
+                 ) -> frozenset[str]:
+    """The kinds operator `name` may give over operands of these possible kinds; empty when
+    no rule takes any combination of them (it fails whenever it runs)."""
+    out: set[str] = set()
+    for takes, gives in OPERATORS[name].rules:
+        if all(kinds & wanted for kinds, wanted in zip(operands, takes)):
+            out |= operands[0] | operands[2] if gives == "either" else {gives}
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """How an operator is written: its `level` (higher binds tighter) and, for each operand
+    in source order, the least level it may have without parentheses."""
+
+    level: int
+    operands: tuple[int, ...]
+
+
+@lru_cache(maxsize=1)
+def syntax() -> dict[str, Syntax]:
+    """Each operator's `Syntax`, plus 'atom' (a literal, a variable or parentheses), read
+    from the grammar: `expr.lark` lists its rules from the loosest binding to the tightest,
+    each in terms of the next, so a rule's place is its level, and an operand may be written
+    bare where the grammar names a rule of its level or looser. A chain `x (OP y)+` is a rule
+    Lark writes with a helper rule (`__comparison_plus_0`); its operands are the owner's."""
+    parser = _parser()
+    owner: dict[str, Any] = {}
+    for rule in parser.rules:
+        for sym in rule.expansion:
+            if not sym.is_term and sym.name.startswith("__"):
+                owner.setdefault(sym.name, rule)
+    levels: dict[str, int] = {}
+    for rule in parser.rules:
+        if not rule.origin.name.startswith("__"):
+            levels.setdefault(rule.origin.name, len(levels))
+    lexes = {t.name: re.compile(t.pattern.to_regexp()) for t in parser.terminals}
+
+    def operands(rule: Any) -> list[str]:
+        return [s.name for s in rule.expansion if not s.is_term and not s.name.startswith("__")]
+
+    out = {"atom": Syntax(levels["atom"], ())}
+    for op in OPERATORS.values():
+        for rule in parser.rules:
+            at = [i for i, s in enumerate(rule.expansion)
+                  if s.is_term and s.name in lexes and lexes[s.name].fullmatch(op.symbol)]
+            if not at or (at[0] == 0) != (op.arity == 1):  # prefix for unary, else infix
+                continue
+            main = owner.get(rule.origin.name)
+            names = (operands(main) if main else []) + operands(rule)
+            origin = (main or rule).origin.name
+            out[op.name] = Syntax(levels[origin], tuple(levels[n] for n in names))
+            break
+        else:
+            raise RuntimeError(f"grammars/expr.lark has no rule for the operator {op.name!r}")
+        if len(out[op.name].operands) != op.arity:
+            raise RuntimeError(f"grammars/expr.lark: the rule of {op.name!r} has "
+                               f"{len(out[op.name].operands)} operands, not {op.arity}")
+    return out
+
+
+def write_op(name: str, operands: list[tuple[str, int]] | tuple[tuple[str, int], ...],
+             ) -> tuple[str, int]:
+    """The text of operator `name` over its operands' (text, level), in source order; an
+    operand that binds more loosely than its place allows is put in parentheses. Returns the
+    text and its level."""
+    syn, op = syntax()[name], OPERATORS[name]
+    parts = [f"({text})" if level < least else text
+             for (text, level), least in zip(operands, syn.operands)]
+    if name == "if":
+        return f"{parts[0]} if {parts[1]} else {parts[2]}", syn.level
+    if len(parts) == 1:
+        return (f"{op.symbol} {parts[0]}" if op.symbol.isalpha() else op.symbol + parts[0]), \
+            syn.level
+    return f"{parts[0]} {op.symbol} {parts[1]}", syn.level
+
+
+def unparse(node: Node) -> str:
+    """An expression tree as Eval text (for messages): parentheses only where needed."""
+    return _written(node)[0]
+
+
+def _written(node: Node) -> tuple[str, int]:
+    atom = syntax()["atom"].level
+    if isinstance(node, Const):
+        if isinstance(node.value, (int, float)) and not isinstance(node.value, bool) \
+                and node.value < 0:
+            return repr(node.value), syntax()["neg"].level
+        return repr(node.value), atom  # repr quotes texts in a way Eval reads back
+    if isinstance(node, Var):
+        return ("'{" + node.name + "}'" if node.as_text else "{" + node.name + "}"), atom
+    if isinstance(node, Unary):
+        return write_op("neg" if node.op == "-" else "pos", [_written(node.operand)])
+    if isinstance(node, Not):
+        return write_op("not", [_written(node.operand)])
+    if isinstance(node, Binary | Logic):
+        return write_op(node.op, [_written(node.left), _written(node.right)])
+    if isinstance(node, Conditional):
+        return write_op("if", [_written(node.if_true), _written(node.condition),
+                               _written(node.if_false)])
+    if isinstance(node, Compare):
+        syn = syntax()[node.rest[0][0]]
+        parts = [_written(node.first)] + [_written(n) for _, n in node.rest]
+        text = " ".join([_paren(parts[0], syn.operands[0])] +
+                        [f"{op} {_paren(p, syn.operands[1])}"
+                         for (op, _), p in zip(node.rest, parts[1:])])
+        return text, syn.level
+    raise EvalError(f"unknown expression node {type(node).__name__}")
+
+
+def _paren(written: tuple[str, int], least: int) -> str:
+    return f"({written[0]})" if written[1] < least else written[0]
+
+
+@dataclass(frozen=True)
+class ExprTypes:
+    """What is known of an expression before it runs: the kinds its value may be, and each
+    part that fails whenever it runs as (message, hint)."""
+
+    types: frozenset[str]
+    problems: tuple[tuple[str, str], ...]
+
+
+_EVAL_READS = "Eval reads Text, Number, Bool and Objects (as their count)"
+
+
+def expr_types(text: str, variables: Mapping[str, frozenset[str]]) -> ExprTypes:
+    """Type an expression from its variables' possible types (SPEC 2 names), by `OPERATORS`.
+    A variable not in `variables` may be anything (the checker reports it as undefined).
+
+    Raises:
+        EvalError: the expression does not parse.
+
+    Example:
+        >>> expr_types("{N} > 'a'", {"N": frozenset({"Number"})}).problems[0][0]
+        "can't apply '>' to {N} (Number) and 'a' (Text)"
+    """
+    return _typed(text, frozenset(variables.items()))
+
+
+@lru_cache(maxsize=512)
+def _typed(text: str, variables_items: frozenset[tuple[str, frozenset[str]]]) -> ExprTypes:
+    """`expr_types`, remembered: a program is checked again before each run."""
+    variables = dict(variables_items)
+    problems: dict[tuple[str, str], None] = {}
+
+    def var(node: Var) -> frozenset[str]:
+        types = variables.get(node.name, frozenset({"Any"}))
+        kinds = reads(types, as_text=node.as_text)
+        if not kinds:
+            from visprog.values.types import describe  # local: keeps the parser light
+            what = describe(types)
+            what = (("an " if what[:1] in "AEIOU" else "a ") if types else "") + what
+            hint = ("ask about an image with Vqa, or count what Loc finds ({OBJ} > 0); "
+                    if "Image" in types else "") + _EVAL_READS
+            problems[(f"Eval can't read {unparse(node)}: it is {what}", hint)] = None
+            return ANY_KIND  # reported once: the operators around it are not
+        return kinds
+
+    def apply(name: str, nodes: list[Node], shown: Node | None) -> frozenset[str]:
+        """`name` over `nodes`; `shown` is the whole chain a failing pair is part of."""
+        kinds = [walk(n) for n in nodes]
+        out = result_kinds(name, kinds)
+        if not out:
+            what = " and ".join(f"{_short(unparse(n))} ({_kinds(n, k, variables)})"
+                                for n, k in zip(nodes, kinds))
+            hint = "; ".join([OPERATORS[name].takes] + [h for n in nodes if (h := _quoted(n))])
+            problems[(f"can't apply '{OPERATORS[name].symbol}' to {what}"
+                      + ("" if shown is None else f" in {_short(unparse(shown))}"), hint)] = None
+            return ANY_KIND  # so the operators around it are not reported too
+        return out
+
+    def walk(node: Node) -> frozenset[str]:
+        if isinstance(node, Const):
+            return frozenset({literal_kind(node.value)})
+        if isinstance(node, Var):
+            return var(node)
+        if isinstance(node, Unary):
+            return apply("neg" if node.op == "-" else "pos", [node.operand], None)
+        if isinstance(node, Not):
+            return apply("not", [node.operand], None)
+        if isinstance(node, Binary | Logic):
+            return apply(node.op, [node.left, node.right], None)
+        if isinstance(node, Conditional):
+            return apply("if", [node.if_true, node.condition, node.if_false], None)
+        if isinstance(node, Compare):  # each pair of the chain; the chain gives a Bool
+            nodes = [node.first] + [n for _, n in node.rest]
+            for i, (op, _) in enumerate(node.rest):
+                apply(op, nodes[i:i + 2], node if len(nodes) > 2 else None)
+            return frozenset({"Bool"})
+        raise EvalError(f"unknown expression node {type(node).__name__}")
+
+    tree = parse_expr(text)
+    types = walk(tree)
+    if types == {"None"}:
+        problems[("the expression's value is always None",
+                  "Eval gives a Bool, Number or Text")] = None
+    return ExprTypes(types, tuple(problems))
+
+
+def _kinds(node: Node, kinds: frozenset[str], variables: Mapping[str, frozenset[str]]) -> str:
+    """What an operand is, in a message: a variable by its declared type."""
+    if isinstance(node, Var) and not node.as_text:
+        return " or ".join(sorted(variables.get(node.name, frozenset({"Any"}))))
+    return " or ".join(sorted(kinds))
+
+
+def _quoted(node: Node) -> str:
+    """A hint for a text literal meant as a number or a truth value."""
+    if not (isinstance(node, Const) and isinstance(node.value, str)):
+        return ""
+    value = read_text(node.value)
+    if not isinstance(value, str):
+        return f"{node.value!r} in quotes is text: write {value!r} without quotes"
+    count = read_count(node.value)
+    if count is not None:
+        return f"{node.value!r} is text: write the number {count!r} (only answers are read " \
+               "as counts)"
+    return ""
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,8 +9,9 @@ registry's, so a constrained sampler can only write calls that exist:
 - `step_grammar(registry, env, ...)`: ONE step, for the local constrained sampler, which
   writes a program a line at a time. It also knows which variables exist and their types
   (`env`), so a step can only read defined variables whose type fits, and an `expr`-like
-  argument (a param with `refs`, Eval's) is a small expression over defined variables. A
-  program written this way parses *and* checks. It uses llguidance's Lark dialect (bounded
+  argument (a param with `refs`, Eval's) is a small expression over defined variables, typed
+  by Eval's operator table so that no part of it fails whenever it runs. A program written
+  this way parses *and* checks. It uses llguidance's Lark dialect (bounded
   repetition `x{m,n}`), and every repetition and string is bounded so a line is finite.
 
 Both are generated, so a newly registered module is part of them without editing anything.
@@ -20,9 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from visprog.values.types import fits, parse_types
-
-type_set = parse_types  # the name this module's callers know
+from visprog.language.expr import NUMBERS, TEXT, reads, result_kinds
+from visprog.values.types import fits
 
 # Types a value literal can have; everything else only comes from a variable.
 _LITERAL_TYPES = {"Text", "Number", "Bool", "None", "TextList"}
@@ -165,7 +165,7 @@ class StepGrammar:
         if variables_only and alts:
             pass  # the final Result reads a variable: short, and what a program means
         elif p.refs is not None:
-            alts.append(self._expr_rule(rule, names, rules))
+            alts.append(self._expr_rule(rule, env, names, rules))
         else:
             any_type = "Any" in types
             if any_type or "Text" in types:
@@ -183,17 +183,28 @@ class StepGrammar:
         rules.append(f"{rule}: {_alts(alts)}")
         return rule
 
-    def _expr_rule(self, rule: str, names: list[str], rules: list[str]) -> str:
-        """A small, bounded expression of the Eval language over the defined variables:
-        comparisons and arithmetic joined by and/or, optionally `x if c else y`. Written in
-        double quotes, with single-quoted strings inside."""
-        atom = [f"\"{{{n}}}\"" for n in names]
-        atom += [f"/'[^'\"\\\\\\x00-\\x1f{{}}]{{0,{min(self.max_string, 16)}}}'/",
-                 "/[0-9]{1,4}/", '"True"', '"False"']
+    def _expr_rule(self, rule: str, env: Mapping[str, frozenset[str]], names: list[str],
+                   rules: list[str]) -> str:
+        """A small, bounded expression of the Eval language over the defined variables Eval
+        can read: comparisons of sums joined by and/or, optionally `x if c else y`. Each sum
+        and comparison is over operands of one kind, numbers or texts, with the operators
+        Eval's table (`language.expr.OPERATORS`) takes for two of that kind, so every part may
+        work and the expression checks. Written in double quotes, with single-quoted strings
+        inside."""
+        literals = {"n": ["/[0-9]{1,4}/", '"True"', '"False"'],
+                    "t": [f"/'[^'\"\\\\\\x00-\\x1f{{}}]{{0,{min(self.max_string, 16)}}}'/"]}
+        compared = []
+        for key, kind in (("n", NUMBERS), ("t", TEXT)):
+            atoms = [f"\"{{{n}}}\"" for n in names if reads(env[n]) & kind] + literals[key]
+            joins = [_lit(f" {op} ") for op in ("+", "-", "*")
+                     if result_kinds(op, [kind, kind]) & kind]
+            tests = [_lit(f" {op} ") for op in ("==", "!=", ">", "<", ">=", "<=")
+                     if result_kinds(op, [kind, kind])]
+            rules += [f"{rule}_{key}a: {_alts(atoms)}",
+                      f"{rule}_{key}s: {rule}_{key}a (({_alts(joins)}) {rule}_{key}a)?"]
+            compared.append(f"{rule}_{key}s (({_alts(tests)}) {rule}_{key}s)?")
         rules += [
-            f"{rule}_a: {_alts(atom)}",
-            f"{rule}_s: {rule}_a ((\" + \" | \" - \" | \" * \") {rule}_a)?",
-            f"{rule}_c: {rule}_s ((\" == \" | \" != \" | \" > \" | \" < \" | \" >= \" | \" <= \") {rule}_s)?",
+            f"{rule}_c: {_alts(compared)}",
             f"{rule}_b: {rule}_c ((\" and \" | \" or \") {rule}_c)?",
             f"{rule}_e: {rule}_b (\" if \" {rule}_b \" else \" {rule}_b)?",
         ]

@@ -19,7 +19,8 @@ import copy
 from typing import Any, Mapping
 
 from visprog.planning.chat import LLMError, LLMReply
-from visprog.planning.llm_grammar import StepGrammar, type_set
+from visprog.planning.llm_grammar import StepGrammar
+from visprog.values.types import parse_types
 
 # Room kept for the program after the prompt (tokens), on top of `max_tokens`: the last
 # lines may run past `max_tokens` before the closing Result is forced.
@@ -74,7 +75,7 @@ class LocalConstrained:
         self._shared.model, self._shared.tokenizer = model, tokenizer
         self._constrained = registry is not None
         self._registry = registry
-        self._inputs = {k: type_set(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
+        self._inputs = {k: parse_types(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
         self._grammar: StepGrammar | None = None
         self._free_grammar: str | None = None  # a whole-reply grammar (constrain_grammar)
 
@@ -94,7 +95,7 @@ class LocalConstrained:
         view = copy.copy(self)
         view._constrained = True
         view._registry = registry
-        view._inputs = {k: type_set(v) for k, v in inputs.items()}
+        view._inputs = {k: parse_types(v) for k, v in inputs.items()}
         view._grammar = None
         view._free_grammar = None
         return view

@@ -482,7 +482,7 @@ def literal_types(value: Any) -> frozenset[str]:
 
 def check_call(vp: Any, t: Any, values: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     """The checker's verdict on one call: nodes become variables of their types."""
-    env: dict[str, str] = {}
+    env: dict[str, frozenset[str]] = {}
 
     def as_arg(v: Any) -> Any:
         if isinstance(v, tuple):
@@ -491,9 +491,9 @@ def check_call(vp: Any, t: Any, values: list[tuple[str, Any]]) -> list[tuple[str
             return v
         label = describe(v)
         n = 2
-        while label in env and env[label] != "|".join(sorted(v.types)):
+        while label in env and env[label] != v.types:
             label, n = f"{describe(v)} #{n}", n + 1
-        env[label] = "|".join(sorted(v.types))
+        env[label] = v.types
         return Var(label)
 
     args = tuple(Arg(k, as_arg(v), 1, i + 1) for i, (k, v) in enumerate(values))

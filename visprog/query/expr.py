@@ -1,5 +1,6 @@
 """Eval expressions of composed queries (`query.py`): built from Python operators, typed by
-the rules of the Eval language (SPEC 3), written as its text, never evaluated by Python.
+Eval's own operator table (`language.expr.OPERATORS`, the one the checker uses), written as
+its text with the grammar's precedence, never evaluated by Python.
 
 An expression is a small tree of `Op`s over literals (`Const`) and the nodes of a query
 (steps and inputs), which it reads as `{NAME}`. A sub-expression whose value is only Number
@@ -17,20 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from visprog.errors import EvalError
-from visprog.language.expr import (MAX_DEPTH, Binary, Compare, Conditional, Logic, Not, Unary, Var,
-                   parse_expr)
+from visprog.language.expr import (MAX_DEPTH, NUMBERS, OPERATORS, Binary, Compare,
+                                   Conditional, Logic, Not, Unary, Var, literal_kind, parse_expr,
+                                   result_kinds, syntax, write_op)
 from visprog.language.expr import Const as ExprConst
+from visprog.language.expr import reads as eval_reads
 
-NUMERIC = frozenset({"Number", "Bool"})  # Bool counts as a number, as in Eval
 SCALARS = frozenset({"Number", "Bool", "Text"})
-# Operator precedence of grammars/expr.lark, lowest first; atoms are 10.
-LEVEL = {"if": 0, "or": 1, "xor": 2, "and": 3, "not": 4,
-         "==": 5, "!=": 5, "<": 5, "<=": 5, ">": 5, ">=": 5,
-         "+": 6, "-": 6, "*": 7, "/": 7, "//": 7, "%": 7, "neg": 8, "pos": 8, "**": 9}
-ORDERED = {"<", "<=", ">", ">="}
-ARITHMETIC = {"+", "-", "*", "/", "//", "%", "**"}
-SYMBOL = {"neg": "-", "pos": "+", "if": "then()", "and": "and_()", "or": "or_()",
-          "xor": "xor()", "not": "not_()"}
+# The logic operators and `if` are methods of query values: errors name the method.
+METHOD = {"if": "then()", "and": "and_()", "or": "or_()", "xor": "xor()", "not": "not_()"}
 _REF_TEXT = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}")  # what Eval reads as '{NAME}'
 
 
@@ -53,8 +49,9 @@ class Const:
 class Op:
     """An operator over operands (Const, Op, or a query's step or input node).
 
-    `op` is an operator of LEVEL, or "lit" (one literal), "ref" (`{NAME}`) or "str"
-    (`'{NAME}'`: the value as text). `types` are the value's possible types."""
+    `op` is an operator of Eval (`language.expr.OPERATORS`), or "lit" (one literal), "ref"
+    (`{NAME}`) or "str" (`'{NAME}'`: the value as text). `types` are the value's possible
+    types."""
 
     op: str
     operands: tuple[Any, ...]
@@ -67,7 +64,7 @@ class Op:
         """Written as an Eval step of its own (see the module docstring)."""
         if self.op == "str":  # '{NAME}' is written inline: as a step it would be read again
             return False
-        return bool(self.types - NUMERIC) or self.op in ("lit", "ref")
+        return bool(self.types - NUMBERS) or self.op in ("lit", "ref")
 
 
 def const(value: Any) -> Const:
@@ -82,58 +79,40 @@ def const(value: Any) -> Const:
 
 
 def reads(x: Any) -> frozenset[str]:
-    """The types an operand may have when Eval reads it: a literal is itself; a variable's
-    Text may read as a Number or a Bool (`'2'`, `'yes'`)."""
+    """The kinds an operand may be when Eval reads it (`language.expr.reads`): a literal is
+    itself; a step or an input is read as a variable (its Text may read as a Number or a
+    Bool: `'2'`, `'yes'`); so is an expression that may be Text, which is a step of its own."""
     if isinstance(x, Const):
-        return frozenset({"Bool" if isinstance(x.value, bool) else
-                          "Text" if isinstance(x.value, str) else "Number"})
+        return frozenset({literal_kind(x.value)})
     if isinstance(x, Op) and x.op == "str":
         return frozenset({"Text"})
-    if "Any" in x.types:
-        return SCALARS
-    t = x.types & SCALARS
-    return t | NUMERIC if "Text" in t else t
+    if isinstance(x, Op) and not x.needs_step:
+        return x.types  # Number/Bool, written inline
+    return eval_reads(x.types)
 
 
-def _result(op: str, kinds: list[frozenset[str]]) -> frozenset[str]:
-    if op in ("==", "!=", "and", "or", "xor", "not"):
-        return frozenset({"Bool"})
-    if op == "if":
-        return kinds[0] | kinds[2]
-    if op == "str":
-        return frozenset({"Text"})
-    if op in ("lit", "ref"):
-        return kinds[0]
-    if op in ("neg", "pos"):
-        return frozenset({"Number"}) if kinds[0] & NUMERIC else frozenset()
-    out: set[str] = set()
-    for a in kinds[0]:
-        for b in kinds[1]:
-            if a in NUMERIC and b in NUMERIC:
-                out.add("Bool" if op in ORDERED else "Number")
-            elif op in ORDERED and a == b == "Text":
-                out.add("Bool")
-            elif op == "+" and a == b == "Text":
-                out.add("Text")
-            elif op == "*" and sorted((a, b)) in (["Number", "Text"], ["Bool", "Text"]):
-                out.add("Text")  # repetition
-    return frozenset(out)
+def _symbol(op: str) -> str:
+    return METHOD.get(op) or repr(OPERATORS[op].symbol)
 
 
 def make_op(op: str, operands: tuple[Any, ...]) -> Op:
     """An operator over converted operands, typed; raises ExprProblem when no types fit."""
     for x in operands:
+        # Eval reads Objects as their count, but a query says so: .count()
         if not isinstance(x, Const) and not (x.types & SCALARS or "Any" in x.types):
-            kind = "/".join(sorted(x.types))
-            raise ExprProblem(f"{SYMBOL.get(op, repr(op))} can't use a {kind} value",
+            what = f"a {'/'.join(sorted(x.types))} value" if x.types else \
+                "a list that is not all text"
+            raise ExprProblem(f"{_symbol(op)} can't use {what}",
                               "count Objects with .count()" if "Objects" in x.types else
                               "expressions take Text, Number and Bool values")
-    types = _result(op, [reads(x) for x in operands])
+    kinds = [reads(x) for x in operands]
+    if op in ("lit", "ref", "str"):
+        types = frozenset({"Text"}) if op == "str" else kinds[0]
+    else:
+        types = result_kinds(op, kinds)
     if not types:
-        what = " and ".join("/".join(sorted(reads(x))) for x in operands)
-        raise ExprProblem(f"{SYMBOL.get(op, repr(op))} can't combine {what}",
-                          "arithmetic takes numbers; + joins two texts; < compares two "
-                          "numbers or two texts")
+        what = " and ".join("/".join(sorted(k)) for k in kinds)
+        raise ExprProblem(f"{_symbol(op)} can't combine {what}", OPERATORS[op].takes)
     depth = 1 + max((x.depth for x in operands  # a step is read as {NAME}: depth 1
                      if isinstance(x, Op) and not (x.needs_step or x.name)), default=0)
     if depth > MAX_DEPTH:
@@ -155,45 +134,34 @@ def quote(text: str) -> str:
 
 
 def _literal(value: Any) -> tuple[str, int]:
+    """A literal's text and level: a negative number is a unary minus, a text that Eval
+    would read as a reference is two texts joined (see `quote`)."""
     if isinstance(value, str):
-        return quote(value), (6 if _REF_TEXT.fullmatch(value) else 10)
+        return quote(value), syntax()["+" if _REF_TEXT.fullmatch(value) else "atom"].level
     if isinstance(value, bool):
-        return repr(value), 10
-    return repr(value), (8 if value < 0 or repr(value).startswith("-") else 10)
+        return repr(value), syntax()["atom"].level
+    negative = value < 0 or repr(value).startswith("-")
+    return repr(value), syntax()["neg" if negative else "atom"].level
 
 
 def render_expr(root: Op, name_of: Callable[[Any], str | None]) -> str:
     """The Eval text of an expression step. `name_of(node)` is the variable of a node
-    that is a step or an input, None for an expression written inline."""
+    that is a step or an input, None for an expression written inline. Parentheses follow
+    the grammar's precedence (`language.expr.write_op`)."""
+    atom = syntax()["atom"].level
 
     def text(x: Any, top: bool = False) -> tuple[str, int]:
         if isinstance(x, Const):
             return _literal(x.value)
         name = None if top else name_of(x)
         if name is not None:
-            return "{" + name + "}", 10
-        op, a = x.op, x.operands
-        if op == "lit":
-            return text(a[0])
-        if op in ("ref", "str"):
-            inner = "{" + str(name_of(a[0])) + "}"
-            return (inner if op == "ref" else f"'{inner}'"), 10
-        level = LEVEL[op]
-        if op == "if":
-            return f"{sub(a[0], 1)} if {sub(a[1], 1)} else {sub(a[2], 0)}", level
-        if op == "not":
-            return f"not {sub(a[0], 4)}", level
-        if op in ("neg", "pos"):
-            return f"{SYMBOL[op]}{sub(a[0], 8)}", level
-        if op == "**":
-            return f"{sub(a[0], 10)} ** {sub(a[1], 8)}", level
-        if level == 5:
-            return f"{sub(a[0], 6)} {op} {sub(a[1], 6)}", level
-        return f"{sub(a[0], level)} {op} {sub(a[1], level + 1)}", level
-
-    def sub(x: Any, least: int) -> str:
-        s, level = text(x)
-        return f"({s})" if level < least else s
+            return "{" + name + "}", atom
+        if x.op == "lit":
+            return text(x.operands[0])
+        if x.op in ("ref", "str"):
+            inner = "{" + str(name_of(x.operands[0])) + "}"
+            return (inner if x.op == "ref" else f"'{inner}'"), atom
+        return write_op(x.op, [text(a) for a in x.operands])
 
     return text(root, top=True)[0]
 

@@ -239,7 +239,7 @@ def compile_query(vp: Any, root: Any) -> Compiled:
     text = "".join(line + "\n" for line in lines)
     bound = {names[id(n)]: n.value for n in inputs}
     problems = check(parse(text), vp.registry,
-                     {k: "|".join(sorted(n.types)) for k, n in zip(bound, inputs)})
+                     {k: n.types for k, n in zip(bound, inputs)})
     if problems:
         raise QueryError([(f"line {d.line} of the program: {d.message}", d.hint)
                           for d in problems], caller())

@@ -53,7 +53,10 @@ class Param:
 
     `refs`, when set, is a function that lists the variable names a text argument refers to
     (Eval's `{VAR}`); the engine checks those names exist and passes their values to the
-    tool as `variables=`.
+    tool as `variables=`. `expr_types`, when set, types such a text before it runs: given the
+    text and its variables' possible types, it returns an object with `.types` (its value's
+    possible types) and `.problems` ((message, hint) of each part that can never run), which
+    the checker reports at the argument.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Param:
     default: Any = REQUIRED
     doc: str = ""
     refs: Callable[[str], list[str]] | None = None
+    expr_types: Callable[[str, Mapping[str, frozenset[str]]], Any] | None = None
 
     @property
     def required(self) -> bool:
@@ -161,6 +165,7 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
          cacheable: bool = True, version: str = "1", settings: Mapping[str, Any] | None = None,
          draw_on: str | None = "image", result: bool = False,
          refs: Mapping[str, Callable[[str], list[str]]] | None = None,
+         expr_types: Mapping[str, Callable[..., Any]] | None = None,
          ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool. Defaults come from the function's own signature.
 
@@ -175,7 +180,8 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
         ps = []
         for pname, ptype in params.items():
             default = sig.parameters[pname].default if pname in sig.parameters else REQUIRED
-            ps.append(Param(pname, parse_types(ptype), default, refs=(refs or {}).get(pname)))
+            ps.append(Param(pname, parse_types(ptype), default, refs=(refs or {}).get(pname),
+                            expr_types=(expr_types or {}).get(pname)))
         text = doc if doc is not None else (inspect.getdoc(fn) or "").split("\n")[0]
         return Tool(name=name, params=tuple(ps), returns=parse_types(returns), fn=fn, doc=text,
                     cacheable=cacheable, version=version, settings=dict(settings or {}),

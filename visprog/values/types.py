@@ -21,6 +21,9 @@ TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None"
 
 Types = frozenset[str]
 ANY: Types = frozenset({"Any"})
+# A list whose items are not all text (`[1, 2]`, `[OBJ, 'a']`) is none of the types: the empty
+# set, which `fits` lets through only where Any is declared (Result).
+NOT_TEXT_LIST: Types = frozenset()
 
 # The deepest lists (and dicts) may nest in any value: written in a program, bound as an
 # input, returned by a tool or read from a saved trace. Values go through recursive walks
@@ -60,6 +63,15 @@ def type_of(value: Any) -> str:
     return "Any"
 
 
+def list_types(items: Iterable[Types]) -> Types:
+    """The possible types of a list written in a program, from its items' possible types:
+    TextList when every item may be Text, anything when an item may be anything, else none."""
+    items = list(items)
+    if all("Text" in t or "Any" in t for t in items):
+        return frozenset({"TextList"})
+    return ANY if any("Any" in t for t in items) else NOT_TEXT_LIST
+
+
 def nesting_depth(value: Any, limit: int = MAX_NESTING) -> int:
     """How deep lists, tuples and dicts nest in `value` (0 for a scalar, 1 for `[1, 2]`),
     counted without recursion and only up to `limit + 1`: enough to tell it is too deep."""
@@ -83,7 +95,7 @@ def fits(given: Iterable[str], accepted: Iterable[str]) -> bool:
 
 def describe(types: Iterable[str]) -> str:
     """{'Text', 'None'} -> 'None or Text' (for messages)."""
-    return " or ".join(sorted(types))
+    return " or ".join(sorted(types)) or "a list that is not all text"
 
 
 def type_str(types: Iterable[str]) -> str:
