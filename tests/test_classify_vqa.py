@@ -34,7 +34,7 @@ def image(size=(160, 120), seed=0):
 def objects(size=(160, 120), n=4):
     w, h = size
     boxes = [(i * w / n, 0, (i + 1) * w / n, h) for i in range(n)]
-    return Objects.from_boxes(boxes, size, labels=["face"] * n, scores=[0.9 - 0.1 * i for i in range(n)])
+    return Objects(boxes, size, labels=["face"] * n, scores=[0.9 - 0.1 * i for i in range(n)])
 
 
 # -- pure helpers -----------------------------------------------------------------------------

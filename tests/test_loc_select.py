@@ -43,8 +43,8 @@ def image(size, seed=0):
 
 def thirds(size, labels=("dog", "cat", "dog")):
     w, h = size
-    return Objects.from_boxes([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
-                              size, labels=list(labels), scores=[0.9, 0.8, 0.7])
+    return Objects([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
+                   size, labels=list(labels), scores=[0.9, 0.8, 0.7])
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_select_keeps_candidate_masks(ctx):
     size = (120, 80)
     mask = np.zeros((80, 120), bool)
     mask[10:70, 5:115] = True
-    cands = Objects.from_boxes([(5, 10, 115, 70)], size, labels=["dog"], masks=[mask])
+    cands = Objects([(5, 10, 115, 70)], size, labels=["dog"], masks=[mask])
     out = make_select(ctx)(image=image(size), object=cands, query="dog")
     assert len(out) == 1 and np.array_equal(out[0].mask, mask)
 

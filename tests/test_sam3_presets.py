@@ -44,8 +44,8 @@ def noise(size, seed=0):
 
 def thirds(size):
     w, h = size
-    return Objects.from_boxes([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
-                              size, labels=["dog", "cat", "dog"])
+    return Objects([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
+                   size, labels=["dog", "cat", "dog"])
 
 
 def select(ctx, **over):
