@@ -336,7 +336,7 @@ class Objects(Sequence[Region]):
     def _take(self, idx: slice | np.ndarray) -> "Objects":
         has_mask = _frozen(self.has_mask[idx])
         extra, present = {}, {}
-        for name, col in self.extra.items():
+        for name, col in self.extra.items() if len(has_mask) else ():
             have = self._present.get(name)
             have = None if have is None else have[idx]
             if have is not None and not have.any():
