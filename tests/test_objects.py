@@ -311,9 +311,11 @@ def test_bytes_round_trip_with_one_mask_blob():
         assert node["masks"]["rows"] == [0, 2] and len(_header(data)["blobs"]) == 1
         assert node["scores"] == [0.9, None, 0.3, None] and node["absent"] == {"note": [1, 3]}
         assert node["labels"] == ["cat", "dog", "cat", None]
-    for value in (Objects.empty((W, H)), four()[[1, 3]], [four(), four()[2:]]):
+    for value in (Objects.empty((W, H)), four()[[1, 3]], four()[[0, 2]], [four(), four()[2:]]):
         back = codec.decode(codec.encode(value))
         assert back == value
+    every = codec.decode(codec.encode(four()[[2, 0]]))  # every region masked: the blob's array
+    assert every.has_mask.all() and not every.masks.flags.writeable
 
 
 @pytest.mark.parametrize("inline", [False, True])

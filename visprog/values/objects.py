@@ -468,13 +468,13 @@ def _masks(masks: Any, boxes: np.ndarray, w: int, h: int) -> tuple[np.ndarray | 
     has = np.array([m is not None for m in items], dtype=bool)
     if not has.any():
         return None, _frozen(has)
-    stack = np.zeros((n, h, w), dtype=bool)
-    for i, m in enumerate(items):
+    planes = []
+    for box, m in zip(boxes, items):
         if m is None:
-            _fill_box(stack[i], boxes[i])
-        else:
-            stack[i] = _bool_mask(m, (h, w))
-    return _frozen(stack), _frozen(has)
+            m = np.zeros((h, w), dtype=bool)
+            _fill_box(m, box)
+        planes.append(_bool_mask(m, (h, w)))
+    return _frozen(np.stack(planes)), _frozen(has)
 
 
 def _fill_box(mask: np.ndarray, box: np.ndarray) -> None:

@@ -378,8 +378,9 @@ class Decoder:
                 raise CodecError(f"bad mask reference: {ref!r:.80}")
             rows = _rows(ref.get("rows"), n)
             stack = self._mask(ref, w, h, len(rows))
-            masks = [None] * n
-            for k, i in enumerate(rows):
+            stack.setflags(write=False)  # so Objects keeps it rather than a copy
+            masks = stack if len(rows) == n else [None] * n
+            for k, i in enumerate(rows if len(rows) < n else ()):
                 masks[i] = stack[k]
         return Objects(boxes, (w, h), scores=scores, labels=_list(node.get("labels", [None] * n)),
                        masks=masks, extra=columns)
