@@ -112,7 +112,8 @@ def test_classify_batch_equals_one_by_one(ctx, backend):
              {"image": image(seed=3), "object": objects(n=0), "categories": ["dog"]}]
     for call, got in zip(calls, tool.batch_fn(calls)):
         one = tool(**call)
-        assert got.labels.tolist() == one.labels.tolist() and [r.box for r in got] == [r.box for r in one]
+        assert got.labels.tolist() == one.labels.tolist()
+        assert [r.box for r in got] == [r.box for r in one]
         assert np.allclose([r.extra["class_score"] for r in got],
                            [r.extra["class_score"] for r in one], atol=1e-5)
 

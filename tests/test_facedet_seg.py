@@ -174,7 +174,8 @@ def test_facedet_yunet_batch_equals_one_by_one_and_loads_once(ctx, yunet):
     batch = yunet.batch_fn([{"image": im} for im in images])
     for one, im in zip(batch, images):
         alone = yunet(image=im)
-        assert np.array_equal(one.boxes, alone.boxes) and one.scores.tolist() == alone.scores.tolist()
+        assert np.array_equal(one.boxes, alone.boxes)
+        assert one.scores.tolist() == alone.scores.tolist()
     assert [m["kind"] for m in ctx.models.loaded()].count("yunet") == 1
 
 

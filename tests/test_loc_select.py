@@ -247,7 +247,8 @@ def test_select_batch_equals_one_by_one(ctx, backend):
              for s, q in [(1, "dog"), (2, "dog,cat"), (3, "cat")]]
     for call, got in zip(calls, tool.batch_fn(calls)):
         one = tool(**call)
-        assert got.labels.tolist() == one.labels.tolist() and [r.box for r in got] == [r.box for r in one]
+        assert got.labels.tolist() == one.labels.tolist()
+        assert [r.box for r in got] == [r.box for r in one]
         for a, b in zip(got, one):
             assert (a.mask != b.mask).mean() < 0.01
 

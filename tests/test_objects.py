@@ -392,3 +392,11 @@ def test_a_png_mask_stack_of_the_wrong_height_is_refused(tmp_path):
     node["masks"]["rows"] = [0]  # the PNG holds two masks
     with pytest.raises(CodecError, match="is not 1 masks of 20x10"):
         Decoder(store).decode(node)
+
+
+def test_extra_columns_cannot_be_changed_in_place():
+    objs = four()
+    with pytest.raises(TypeError):
+        objs.extra["depth"] = np.zeros(4)  # type: ignore[index]
+    with pytest.raises(ValueError, match="read-only"):
+        objs.extra["depth"][0] = 5.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -64,8 +65,9 @@ class Region:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Region):
             return NotImplemented
-        if tuple(self.box) != tuple(other.box) or self.label != other.label \
-                or self.score != other.score or not _same_value(dict(self.extra), dict(other.extra)):
+        if (tuple(self.box), self.label, self.score) != (tuple(other.box), other.label,
+                                                         other.score) \
+                or not _same_value(dict(self.extra), dict(other.extra)):
             return False
         if self.mask is None or other.mask is None:
             return self.mask is None and other.mask is None
@@ -142,7 +144,8 @@ class Objects(Sequence[Region]):
              present: dict[str, np.ndarray]) -> None:
         for name, value in (("boxes", boxes), ("image_size", image_size), ("scores", scores),
                             ("has_score", has_score), ("labels", labels), ("masks", masks),
-                            ("has_mask", has_mask), ("extra", extra), ("_present", present)):
+                            ("has_mask", has_mask), ("extra", MappingProxyType(extra)),
+                            ("_present", MappingProxyType(present))):
             object.__setattr__(self, name, value)
 
     # -- construction -------------------------------------------------------------------
