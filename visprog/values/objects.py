@@ -258,7 +258,7 @@ class Objects(Sequence[Region]):
         elif idx.dtype.kind not in "iu":
             raise IndexError(f"Objects are indexed by an int, a slice, ints or a boolean mask, "
                              f"not {idx.dtype} values")
-        elif idx.size and not (-n <= idx.min() and idx.max() < n):
+        elif not -n <= idx.min() <= idx.max() < n:
             raise IndexError(f"index out of range: there are {n} objects")
         return self._take(idx)
 
@@ -304,7 +304,7 @@ class Objects(Sequence[Region]):
                 if k not in self._present or self._present[k][i]}
 
     def region_mask(self, i: int) -> np.ndarray:
-        """The region's mask, or its box filled in when it has none."""
+        """The region's mask (read-only), or its box filled in when it has none."""
         if self.masks is not None:
             return self.masks[i]
         w, h = self.image_size
