@@ -38,7 +38,7 @@ def dummy_args(tool, image):
     from visprog.values import Objects
 
     w, h = image.size
-    objects = Objects.from_boxes([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
+    objects = Objects([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
     by_type = {"Image": image, "Objects": objects, "Text": "car", "TextList": ["car", "dog"],
                "Number": 2}
     args = {}

@@ -58,7 +58,7 @@ class Counting:
                 w, h = c["image"].size
                 n = len(c["object"]) % 3  # 0, 1 or 2 objects, depending on the name
                 boxes = [(i * w / 4, i * h / 4, w / 2 + i, h / 2 + i) for i in range(n)]
-                out.append(Objects.from_boxes(boxes, (w, h), labels=[c["object"]] * n))
+                out.append(Objects(boxes, (w, h), labels=[c["object"]] * n))
             return out
 
         @tool("Sample", params={"question": "Text"}, returns="Text", cacheable=False)

@@ -32,8 +32,8 @@ def fake_loc(image, object):
     w, h = image.size
     boxes = {"car": [(0, 0, w / 4, h / 4), (w / 2, h / 2, w, h)], "dog": [(1, 1, 5, 5)]}
     found = boxes.get(object, [])
-    return Objects.from_boxes(found, image.size, labels=[object] * len(found),
-                              scores=[0.9] * len(found))
+    return Objects(found, image.size, labels=[object] * len(found),
+                   scores=[0.9] * len(found))
 
 
 @tool("Answer", params={"image": "Image", "question": "Text"}, returns="Text", draw_on=None)

@@ -199,5 +199,5 @@ TOOLS = [emoji]
 
 if __name__ == "__main__":  # quick look: python -m visprog.tools.emoji NAME OUT.png
     demo = Image.new("RGB", (256, 256), (40, 90, 160))
-    objs = Objects.from_boxes([(32, 32, 224, 224)], demo.size)
+    objs = Objects([(32, 32, 224, 224)], demo.size)
     emoji.fn(image=demo, object=objs, emoji=sys.argv[1]).save(sys.argv[2])

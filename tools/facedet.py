@@ -208,7 +208,7 @@ def detect_yunet(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) 
         regions.append(Region(box=(x, y, x + w, y + h), label="face", score=float(f[14]),
                               extra={"landmarks": landmarks}))
     regions.sort(key=lambda r: -(r.score or 0.0))
-    return Objects(tuple(regions), image.size)
+    return Objects.from_regions(regions, image.size)
 
 
 def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) -> Objects:
@@ -225,7 +225,7 @@ def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]
     boxes = [(d["c"] / scale, d["r"] / scale, (d["c"] + d["width"]) / scale,
               (d["r"] + d["height"]) / scale) for d in found]
     boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))  # no score: larger first
-    return Objects.from_boxes(boxes, image.size, labels=["face"] * len(boxes))
+    return Objects(boxes, image.size, labels=["face"] * len(boxes))
 
 
 def build_tiny_yunet(folder: Path) -> None:

@@ -212,9 +212,9 @@ class LocText(Ocr):
         image, query = item
         if query is not None and query.strip():
             lines = [ln for ln in lines if matches(ln[1], query)]
-        return Objects.from_boxes([b for b, _, _ in lines], image.size,
-                                  labels=[t for _, t, _ in lines],
-                                  scores=[sc for _, _, sc in lines])
+        return Objects([b for b, _, _ in lines], image.size,
+                       labels=[t for _, t, _ in lines],
+                       scores=[sc for _, _, sc in lines])
 
 
 TOOLS = [Ocr, LocText]

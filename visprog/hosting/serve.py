@@ -141,7 +141,7 @@ def warm_up(tool: Any) -> str | None:
     size = (64, 48)
     samples = {"Image": Image.new("RGB", size, (127, 127, 127)), "Text": "object",
                "TextList": ["object"], "Number": 1, "Bool": True,
-               "Objects": Objects.from_boxes([(8, 8, 40, 40)], size, labels=["object"])}
+               "Objects": Objects([(8, 8, 40, 40)], size, labels=["object"])}
     kwargs = {}
     for p in tool.params:
         if not p.required:
