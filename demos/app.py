@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from visprog.errors import ImageError, ProgramError, StepError, VisProgError
+from visprog.errors import ImageError, ProgramError, StepError, VisProgError, no_llm_message
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, Objects, load_image
 
@@ -52,8 +52,7 @@ TASK_HELP = {
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 BY_HAND = "You can still write a program in the code box, or click an example, and press Run."
-NO_LLM_MESSAGE = ("Planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY (and "
-                  "OPENAI_BASE_URL for a compatible server) before starting the demo. " + BY_HAND)
+NO_LLM_MESSAGE = no_llm_message("Planning") + " (before starting the demo). " + BY_HAND
 
 
 def _esc(value: Any) -> str:

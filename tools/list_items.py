@@ -17,16 +17,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, no_llm_message
 from visprog.models import ModelTool
 
 SYSTEM_PROMPT = (
     "You answer knowledge questions with a plain list. Write each item on its own line. "
     "Write only the items: no numbering, no bullets, no introduction and no explanation.")
 
-NO_LLM = ("List needs an LLM: set VISPROG_LLM_MODEL (with OPENAI_API_KEY, and OPENAI_BASE_URL "
-          "for a server other than OpenAI) or VISPROG_LLM_PATH for a local model, or configure "
-          "[llm] in your config file")
+NO_LLM = no_llm_message("List")
 
 _FENCE = re.compile(r"^```[\w-]*\s*$")
 # bullets, "1." "2)" "(3)" "4:" and "a)" (not "A." which starts names like "A. Lincoln")

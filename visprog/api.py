@@ -363,17 +363,11 @@ class VisProg:
         Raises:
             LLMError: no LLM is configured (the message says what to set).
         """
-        from visprog.planning.llm import LLMError
         from visprog.planning.planner import Planner
-
-        if self.llm is None:
-            if self._llm_error is not None:
-                raise self._llm_error
-            raise LLMError("no LLM configured for planning: set VISPROG_LLM_MODEL and "
-                           "OPENAI_API_KEY (plus OPENAI_BASE_URL for a local server such as "
-                           "vLLM or Ollama), or VISPROG_LLM_PATH for a local model, or pass "
-                           "VisProg(llm=...)")
         from visprog.planning.repair import SETTING_KEYS
+
+        if self.llm is None and self._llm_error is not None:
+            raise self._llm_error  # what was wrong with the configured LLM
 
         settings = {**dict(self.config.get("planner", {})), **options}
         for key in SETTING_KEYS:  # the repair loop's, not the planner's

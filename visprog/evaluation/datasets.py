@@ -22,13 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from visprog.errors import VisProgError
+from visprog.errors import DatasetError
 
 FORMATS = ("gqa", "nlvr2", "jsonl")
-
-
-class DatasetError(VisProgError):
-    """A data set file that can't be read or lacks what an item needs."""
 
 
 @dataclass

@@ -32,15 +32,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable, Mapping
 
-from visprog.errors import ConfigError, ToolDeclarationError
+from visprog.errors import SettingsError, ToolDeclarationError
 from visprog.models.checkpoints import register_tiny
 from visprog.models.manager import Loader, manager_of, model_dtype, to_model_inputs
 from visprog.registry import REQUIRED, Param, Tool, parse_types
 from visprog.values.types import describe, fits, type_of
-
-
-class SettingsError(ConfigError, ValueError):
-    """A model module's settings are wrong (an unknown backend, a bad value)."""
 
 
 def merge_settings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
-from visprog.errors import VisProgError
-
-
-class LLMError(VisProgError):
-    """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
+from visprog.errors import LLMError
 
 
 # The total time that the LLM requests made inside `deadline(...)` may take together:
