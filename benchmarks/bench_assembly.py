@@ -1,13 +1,15 @@
 """How an engine is assembled, printed as figures (issue 18, "one assembly").
 
-1. Upward climbs while constructing `VisProg` the way `visprog exec` does: every call, made
-   while the constructor runs, from a function of one layer to a function of a higher layer
-   (docs/architecture.md's ranks; tools/ sits between engine/ and planning/: config.py
-   imports it, and it imports models/ and below). Each distinct caller -> callee pair counts
-   once. A climb is a call back up: a callback, or a lower layer reaching over its head.
-2. The same with the layer sequence: the layers of the functions that run, in call order,
-   consecutive repeats merged; the number of steps up in it (how often a reader following
-   the construction goes back up).
+Layers are docs/architecture.md's ranks; tools/ sits between engine/ and planning/ (config.py
+imports it, and it imports models/ and below).
+
+1. Climbs while constructing `VisProg` with `visprog exec`'s arguments: the path a reader
+   follows, the layers of the constructor and of the functions it and they call (two calls
+   deep), in call order, repeats merged; a climb is a step to a higher layer than the one
+   before (today's `api -> config -> models -> api -> hosting -> config ...`).
+2. Upward calls while constructing: a function of one layer calling a plain function (or a
+   generator, lambda) of a higher layer, each caller -> callee pair once; a method called on
+   an object handed down (a module's `configure`, the LLM's `describe`) is not counted.
 3. How many times the installed packages' entry points are read per `VisProg`.
 4. Lines of visprog/api.py.
 
@@ -41,38 +43,48 @@ def layer_of(filename: str) -> str | None:
     return name if name in RANKS else None
 
 
-def trace_construction(make) -> tuple[set[tuple[str, str]], list[str]]:
-    """(upward caller->callee pairs, the merged layer sequence) while `make()` runs."""
+def trace_construction(make, depth: int = 2) -> tuple[list[str], set[tuple[str, str]]]:
+    """(the reading path of layers `depth` calls deep, the upward calls) while `make()` runs."""
+    path: list[str] = []
     upward: set[tuple[str, str]] = set()
-    sequence: list[str] = []
+    top: list[object] = []
 
-    def where(frame) -> tuple[str | None, str]:
-        code = frame.f_code
-        return layer_of(code.co_filename), f"{Path(code.co_filename).name}:{code.co_name}"
+    def where(code) -> str:
+        return f"{layer_of(code.co_filename)}/{Path(code.co_filename).name}:{code.co_name}"
 
     def profile(frame, event, arg):  # noqa: ANN001
         if event != "call":
             return
-        callee_layer, callee = where(frame)
+        code = frame.f_code
+        callee_layer = layer_of(code.co_filename)
         if callee_layer is None:
             return
-        if not sequence or sequence[-1] != callee_layer:
-            sequence.append(callee_layer)
-        caller_frame = frame.f_back
-        while caller_frame is not None and layer_of(caller_frame.f_code.co_filename) is None:
-            caller_frame = caller_frame.f_back
-        if caller_frame is None:
+        if not top:
+            top.append(frame)  # VisProg.__init__
+        # calls between this frame and the constructor's
+        d, f = 0, frame
+        while f is not None and f is not top[0]:
+            if layer_of(f.f_code.co_filename) is not None:
+                d += 1
+            f = f.f_back
+        if f is not None and d <= depth and (not path or path[-1] != callee_layer):
+            path.append(callee_layer)
+        caller = frame.f_back
+        while caller is not None and layer_of(caller.f_code.co_filename) is None:
+            caller = caller.f_back
+        if caller is None:
             return
-        caller_layer, caller = where(caller_frame)
-        if RANKS[callee_layer] > RANKS[caller_layer]:
-            upward.add((f"{caller_layer}/{caller}", f"{callee_layer}/{callee}"))
+        caller_layer = layer_of(caller.f_code.co_filename)
+        method = code.co_argcount > 0 and code.co_varnames[0] in ("self", "cls")
+        if RANKS[callee_layer] > RANKS[caller_layer] and not method:
+            upward.add((where(caller.f_code), where(code)))
 
     sys.setprofile(profile)
     try:
         make()
     finally:
         sys.setprofile(None)
-    return upward, sequence
+    return path, upward
 
 
 def main() -> None:
@@ -91,13 +103,13 @@ def main() -> None:
         return VisProg(preset=cli.preset, config=cli.config, device=cli.device,
                        cache=not cli.no_cache, cache_dir=cli.cache_dir)
 
-    upward, sequence = trace_construction(construct)
-    steps_up = sum(1 for a, b in zip(sequence, sequence[1:]) if RANKS[b] > RANKS[a])
+    path, upward = trace_construction(construct)
+    climbs = sum(1 for a, b in zip(path, path[1:]) if RANKS[b] > RANKS[a])
+    print(f"climbs while constructing VisProg: {climbs}")
+    print("  " + " -> ".join(path))
     print(f"upward calls while constructing VisProg: {len(upward)}")
     for caller, callee in sorted(upward):
         print(f"  {caller} -> {callee}")
-    print(f"steps up in the layer sequence: {steps_up}")
-    print("  " + " -> ".join(sequence))
 
     import importlib.metadata as md
 

@@ -16,7 +16,7 @@ from visprog.planning.llm_grammar import StepGrammar, fits, program_grammar, typ
 from visprog.language.parser import parse
 from visprog.planning.prompts import TASKS, load_examples
 from visprog.registry import Registry, tool
-from visprog.tools import builtin_tools
+from visprog.config import find_modules
 
 PROGRAM = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 MESSAGES = [{"role": "user", "content": "Question: how many cats?"}]
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a te
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(builtin_tools())
+    return Registry(find_modules(plugins=False).tools())
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

@@ -290,14 +290,14 @@ def test_missing_user_file_and_bad_override(tmp_path):
 @pytest.mark.parametrize("name", ["Loc", "Select", "Classify", "Vqa"])
 def test_model_tools_declare_settings_version_and_batch(name):
     import json
-    from importlib import import_module
 
-    from visprog.tools import MODEL_MODULES, ToolContext
+    from visprog.config import find_modules
+    from visprog.models import ToolContext
 
-    mod = import_module(f"visprog.tools.{MODEL_MODULES[name]}")
+    cls = find_modules(plugins=False).classes[name]
     mm = ModelManager(device="cpu")
-    tiny = mod.build(load_config("tiny")[name], ToolContext(models=mm))
-    default = mod.build(load_config("default")[name], ToolContext(models=mm))
+    tiny = cls.build(load_config("tiny")[name], ToolContext(models=mm))
+    default = cls.build(load_config("default")[name], ToolContext(models=mm))
     assert tiny.name == default.name == name and tiny.version and callable(tiny.batch_fn)
     json.dumps(dict(tiny.settings))  # part of the cache key: must serialise
     assert tiny.settings != default.settings  # another checkpoint, another cache key

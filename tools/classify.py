@@ -183,6 +183,7 @@ def build_tiny_siglip2(folder) -> None:
 
 class Classify(ModelTool):
     name = "Classify"
+    tasks = ("knowtag",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "categories": "TextList"}
     returns = "Objects"
     doc = "labels each object with one of `categories`, keeping the best object per category"

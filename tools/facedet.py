@@ -31,7 +31,7 @@ import os
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -266,6 +266,7 @@ def build_tiny_yunet(folder: Path) -> None:
 
 class FaceDet(ModelTool):
     name = "FaceDet"
+    tasks = ("imgedit", "knowtag")  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Finds the faces in the image."
@@ -288,6 +289,14 @@ class FaceDet(ModelTool):
         other -= set(BACKEND_DEFAULTS[s["backend"]])
         s = {k: v for k, v in s.items() if k not in other}
         return {"backend": s["backend"], **BACKEND_DEFAULTS[s["backend"]], **s}
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        if settings.get("backend") == "yunet":
+            return settings.get("model") or f"{settings.get('hub_repo')}/{settings.get('hub_file')}"
+        if settings.get("backend") == "cascade":
+            return settings.get("cascade") or "scikit-image LBP frontal-face cascade"
+        return super().describe_model(settings)
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
         return rgb_image(call["image"])

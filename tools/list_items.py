@@ -15,7 +15,7 @@ sampling module and never cached.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from visprog.errors import ConfigError, no_llm_message
 from visprog.models import ModelTool
@@ -92,6 +92,7 @@ class List(ModelTool):
     take one conversation at a time."""
 
     name = "List"
+    tasks = ("knowtag",)  # the planner's prompts that describe it
     params = {"query": "Text", "max": "Number"}
     returns = "TextList"
     doc = "Up to `max` items that answer a knowledge query, from the LLM."
@@ -109,6 +110,11 @@ class List(ModelTool):
         if callable(describe):
             s["llm"] = describe()  # which model answers is part of the cache key
         return s
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        llm = settings.get("llm")
+        return str(llm.get("model") or "-") if isinstance(llm, Mapping) else "-"
 
     def cacheable(self) -> bool:
         return float(self.settings["temperature"]) == 0.0

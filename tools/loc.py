@@ -241,6 +241,7 @@ def build_tiny_owlv2(folder) -> None:
 
 class Loc(ModelTool):
     name = "Loc"
+    tasks = ("gqa", "knowtag")  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Text"}
     returns = "Objects"
     doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"

@@ -243,6 +243,7 @@ def build_tiny_sdxl_inpaint(folder) -> None:
 
 class Replace(ModelTool):
     name = "Replace"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "prompt": "Text"}
     returns = "Image"
     doc = "Replaces the objects with what the prompt describes (inpainting)."

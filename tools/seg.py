@@ -165,6 +165,7 @@ def build_tiny_maskformer(folder) -> None:
 
 class Seg(ModelTool):
     name = "Seg"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Panoptic segmentation: every thing and stuff region, with masks and labels."

@@ -169,6 +169,7 @@ Job = tuple[Image.Image, Objects, list[str]]  # the image, its candidates, the q
 
 class Select(ModelTool):
     name = "Select"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
     defaults = {"category": None}
     returns = "Objects"

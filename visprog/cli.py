@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
-from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
+from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning, first_line
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -316,6 +316,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     for row in [cols, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    llm = info.get("llm")
+    if llm:
+        print(f"planner LLM: {llm.get('backend', '?')} {llm.get('model') or '-'}"
+              + (f" at {llm['base_url']}" if llm.get("base_url") else ""))
+    else:
+        why = info.get("llm_error") or "none configured"
+        print(f"planner LLM: none ({first_line(why)})")
     return EXIT_OK
 
 
@@ -330,9 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from visprog.api import VisProg
         from visprog.hosting.cluster import ray_executor
 
-        # each worker builds an engine like this one (same preset and merged config)
-        executor = ray_executor(args.ray, functools.partial(
-            VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None))
+        # each worker assembles this engine again, from its recipe (the resolved config)
+        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe,
+                                                            vp.assembly.recipe))
     run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
 
@@ -446,11 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from visprog.api import module_catalog
-    from visprog.config import load_config
+    from visprog.config import find_modules, load_config
     from visprog.hosting.serve import main as serve_main
 
-    return serve_main(args, load_config(args.preset, args.config), module_catalog())
+    modules = find_modules()
+    return serve_main(args, load_config(args.preset, args.config, modules=modules),
+                      modules.catalog())
 
 
 def _warning_printer(show: Any) -> Any:

@@ -52,12 +52,13 @@ HOSTS = ("local", "ray")
 @dataclass(frozen=True)
 class ModuleCatalog:
     """What hosting knows of the modules, handed down by the layer that assembles the tools
-    (`visprog.api.module_catalog()`), so hosting never imports tools/. Picklable: a Ray
-    replica receives it and builds its module with `build(name, settings, models)`."""
+    (`visprog.config.module_catalog()`), so hosting never imports tools/. Picklable: a Ray
+    replica receives it and assembles the module it serves with `assemble(config, module)`
+    (`visprog.config.assemble_replica`: an object with `.registry` and `.models`)."""
 
     model_modules: frozenset[str]
     plain_modules: frozenset[str]
-    build: Callable[[str, Mapping[str, Any], Any], Tool]
+    assemble: Callable[[Mapping[str, Any], str], Any]
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,16 @@ def model_inputs(inputs: Any, model: Any) -> dict[str, Any]:
     return to_model_inputs(inputs, model.device, model_dtype(model))
 
 
+@dataclass
+class ToolContext:
+    """What model tools share. `models`: the model manager (`ModelManager`); `llm`: the
+    planner's LLM client (an object with `chat(messages, **sampling)` returning a reply with
+    `.text`), or None when none is configured."""
+
+    models: Any = None
+    llm: Any = None
+
+
 @dataclass(frozen=True)
 class Done:
     """What `preprocess` returns for a call whose value is known without the model."""
@@ -105,6 +115,8 @@ class ModelTool:
             settings this one shares (LocText reads `[Ocr]`, the depth crops `[Depth]`);
             None: its own `[<name>]`. A tool that shares a section takes that module's
             presets (subclass it); its own section, when a user writes one, overrides keys.
+        tasks: the planning tasks whose prompts describe it ("gqa", "knowtag"...); None:
+            every task's.
     """
 
     name: ClassVar[str]
@@ -120,6 +132,7 @@ class ModelTool:
     uses_torch: ClassVar[bool] = True
     hostable: ClassVar[bool] = True
     section: ClassVar[str | None] = None
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -164,6 +177,17 @@ class ModelTool:
     def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The settings that change results (they go into the cache key), checked."""
         return settings
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        """What these (configured) settings load, in a few words, for `visprog config
+        show`: the checkpoint, or each backend's; a module that loads something else (a
+        model file, an LLM) says so in its own class."""
+        if settings.get("checkpoint"):
+            return str(settings["checkpoint"])
+        if isinstance(settings.get("checkpoints"), Mapping):
+            return ", ".join(f"{k}={v}" for k, v in settings["checkpoints"].items())
+        return "-"
 
     def cacheable(self) -> bool:
         """False for a module that samples (its results must not be reused)."""
@@ -224,7 +248,7 @@ class ModelTool:
         return Tool(name=self.name, params=params, returns=parse_types(self.returns),
                     fn=self.run, doc=self.doc, cacheable=self.cacheable(), version=self.version,
                     settings=self.settings, batch_fn=self.run_batch, draw_on=self.draw_on,
-                    hostable=self.hostable)
+                    hostable=self.hostable, tasks=self.tasks)
 
     def _complete(self, call: Mapping[str, Any]) -> dict[str, Any]:
         extra = sorted(set(call) - set(self.params))
