@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -257,9 +258,14 @@ def build_tiny_yunet(folder: Path) -> None:
 
     torch.manual_seed(0)
     names = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)]
-    torch.onnx.export(TinyYuNet().eval(), (torch.zeros(1, 3, 320, 320),),
-                      str(folder / "yunet.onnx"), input_names=["input"], output_names=names,
-                      dynamo=False, opset_version=13)
+    with warnings.catch_warnings():
+        # The TorchScript exporter on purpose: torch's newer one needs onnxscript, which
+        # visprog does not depend on, and writes the same small graph.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX",
+                                DeprecationWarning)
+        torch.onnx.export(TinyYuNet().eval(), (torch.zeros(1, 3, 320, 320),),
+                          str(folder / "yunet.onnx"), input_names=["input"], output_names=names,
+                          dynamo=False, opset_version=13)
 
 
 # -- the tool --------------------------------------------------------------------------------
