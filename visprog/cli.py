@@ -357,7 +357,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
     from visprog.demos import app  # demos/ installs as visprog.demos
 
-    app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+    max_pixels = args.max_pixels or app.MAX_IMAGE_PIXELS  # the demo's own, lower default
+    app.launch(vp=_engine(args, max_pixels=max_pixels), preset=args.preset, port=args.port,
+               host=args.host)
     return EXIT_OK
 
 
@@ -426,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0 serves other machines)")
+    p.add_argument("--max-pixels", type=int,
+                   help="refuse uploads over this many pixels (default: the demo's 16 MP)")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_demo)
 
