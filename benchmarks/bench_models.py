@@ -510,7 +510,7 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
     """Load and call one module's tool; returns the figures."""
     import torch
 
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.models import ModelManager
 
     bench = BENCHES[name]

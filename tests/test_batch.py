@@ -3,7 +3,6 @@ isolated failures, the cache, and the automatic batch size."""
 from __future__ import annotations
 
 from dataclasses import replace
-from importlib import import_module
 
 import numpy as np
 import pytest
@@ -71,9 +70,9 @@ class Counting:
 
 
 def plain_tools():
-    from visprog.tools import PLAIN_MODULES
+    from visprog.config import find_modules
 
-    return [t for m in PLAIN_MODULES for t in import_module(f"visprog.tools.{m}").TOOLS]
+    return find_modules(plugins=False).plain
 
 
 def make_registry(counting: Counting) -> Registry:

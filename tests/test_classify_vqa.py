@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
-from visprog.tools import ToolContext  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import classify as cls_mod  # noqa: E402
 from visprog.tools import vqa as vqa_mod  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402

@@ -16,7 +16,8 @@ from visprog import VisProg
 from visprog.config import load_config
 from visprog.errors import ConfigError
 from visprog.models import ModelManager, resolve_checkpoint
-from visprog.tools import ToolContext, depth as depth_mod
+from visprog.models import ToolContext
+from visprog.tools import depth as depth_mod
 from visprog.traces.records import Trace
 from visprog.values import Objects, Region
 

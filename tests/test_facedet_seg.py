@@ -16,7 +16,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
 
-from visprog.tools import ToolContext, facedet, seg  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
+from visprog.tools import facedet, seg  # noqa: E402
 from visprog.models import ModelLoadError, ModelManager  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from importlib import import_module
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from visprog.engine.cache import StepCache
 from visprog.errors import CheckError, StepError
 from visprog.engine.interpreter import Interpreter
 from visprog.language.parser import parse
+from visprog.config import find_modules
 from visprog.registry import Registry, tool
-from visprog.tools import PLAIN_MODULES
 from visprog.values import Objects
 
 CALLS: Counter = Counter()
@@ -70,7 +69,7 @@ def dictish(image):
 
 
 def make_registry() -> Registry:
-    tools = [t for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS]
+    tools = find_modules(plugins=False).plain
     return Registry(tools + [fake_loc, answer, sample, boom, liar, dictish])
 
 

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
-from visprog.tools import ToolContext  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import loc as loc_mod  # noqa: E402
 from visprog.tools import select_objects as sel_mod  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402

@@ -19,7 +19,8 @@ from visprog import VisProg  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
 from visprog.models import ModelLoadError, ModelManager  # noqa: E402
-from visprog.tools import ToolContext, ocr as ocr_mod  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
+from visprog.tools import ocr as ocr_mod  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 FONT_DIR = Path("/usr/share/fonts/truetype")

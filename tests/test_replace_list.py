@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from visprog.errors import ConfigError
-from visprog.tools import ToolContext, list_items
+from visprog.models import ToolContext
+from visprog.tools import list_items
 from visprog.tools import replace as rep
 from visprog.models import ModelLoadError, ModelManager
 from visprog.values import Objects, Region

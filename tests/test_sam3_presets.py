@@ -21,9 +21,9 @@ pytest.importorskip("transformers")
 
 from visprog.api import VisProg, describe_config  # noqa: E402
 from visprog.cli import main  # noqa: E402
-from visprog.config import load_config, preset_names  # noqa: E402
-from visprog.models import ModelManager, resolve_checkpoint  # noqa: E402
-from visprog.tools import ToolContext, _sam3, facedet, model_modules  # noqa: E402
+from visprog.config import find_modules, load_config, preset_names  # noqa: E402
+from visprog.models import ModelManager, ToolContext, resolve_checkpoint  # noqa: E402
+from visprog.tools import _sam3, facedet  # noqa: E402
 from visprog.tools import loc as loc_mod  # noqa: E402
 from visprog.tools import select_objects as sel_mod  # noqa: E402
 from visprog.traces.events import ModelNote  # noqa: E402
@@ -209,7 +209,7 @@ def test_the_presets_and_their_backends():
 
 
 def test_tiny_mirrors_defaults_backends_and_uses_only_tiny_checkpoints():
-    for name, cls in model_modules().items():
+    for name, cls in find_modules().classes.items():
         # a module without a tiny preset (Ocr: its real models ship in a package) runs as is
         default, tiny = cls.preset("default"), cls.preset("tiny") or cls.preset("default")
         assert tiny.get("backend") == default.get("backend"), name
@@ -223,8 +223,9 @@ def test_tiny_mirrors_defaults_backends_and_uses_only_tiny_checkpoints():
 def test_config_show_prints_every_module(capsys, tmp_path):
     assert main(["config", "show", "--preset", "classic"]) == 0
     out = capsys.readouterr().out
-    lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[2:]}
-    assert set(lines) == set(model_modules())
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines()[2:]
+             if not ln.startswith("planner LLM:")}
+    assert set(lines) == set(find_modules().classes)
     assert lines["Loc"][1:3] == ["grounding_dino", "IDEA-Research/grounding-dino-tiny"]
     assert lines["Loc"][3:] == ["cpu", "float32"]  # [models] device auto: no GPU here
     user = tmp_path / "my.toml"
@@ -241,7 +242,7 @@ def test_config_show_prints_every_module(capsys, tmp_path):
 
 def test_describe_config_loads_no_model():
     info = describe_config("tiny", {"models": {"device": "cpu"}})
-    assert {r["module"] for r in info["modules"]} == set(model_modules())
+    assert {r["module"] for r in info["modules"]} == set(find_modules().classes)
     assert all(r["host"] == "local" for r in info["modules"])
 
 

@@ -176,7 +176,7 @@ def emoji_artwork(char: str, font_path: str) -> Image.Image:
 
 # Version 2: OpenMoji's artwork by default (results cached with another font stay apart).
 @tool("Emoji", params={"image": "Image", "object": "Objects", "emoji": "Text"}, returns="Image",
-      version="2")
+      version="2", tasks=("imgedit",))
 def emoji(image: Image.Image, object: Objects, emoji: str) -> Image.Image:  # noqa: A002
     """Covers each object with the named emoji (e.g. face_with_tongue)."""
     rgb = check_objects_image(image, object, "Emoji")

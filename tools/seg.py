@@ -181,6 +181,7 @@ class Segmenter(Backend):
 
 class Seg(ModelTool):
     name = "Seg"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Panoptic segmentation: every thing and stuff region, with masks and labels."

@@ -284,6 +284,7 @@ class ClipCrops(GroundedSam):
 
 class Select(ModelTool):
     name = "Select"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
     defaults = {"category": None}
     returns = "Objects"

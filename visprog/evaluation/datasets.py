@@ -22,14 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from visprog.errors import VisProgError
+from visprog.errors import DatasetError
 from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl")
-
-
-class DatasetError(VisProgError):
-    """A data set file that can't be read or lacks what an item needs."""
 
 
 @dataclass

@@ -6,16 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-from visprog.errors import VisProgError
+from visprog.errors import LLMError
 # The deadline of a plan's LLM requests (the planner sets it, `OpenAIChat` honours it) lives
 # with the request policy it bounds, which Vqa's endpoint shares.
 from visprog.models.openai_api import deadline, time_left
 
 __all__ = ["LLMError", "LLMReply", "ChatClient", "add_usage", "deadline", "time_left"]
-
-
-class LLMError(VisProgError):
-    """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any, Hashable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from visprog.errors import VisProgError
+from visprog.errors import CodecError
 from visprog.values.blobs import BlobError, BlobStore
 from visprog.values.objects import ABSENT, Objects, Region
 from visprog.values.types import MAX_NESTING
@@ -64,10 +64,6 @@ _RAW_BITS = {"1": 1, "L": 8, "LA": 16, "RGB": 24, "RGBA": 32}
 # Arrays larger than this are kept as a repr: a trace is a record, not a data store.
 _MAX_ARRAY_ITEMS = 4096
 _MAX_REPR_CHARS = 2000
-
-
-class CodecError(VisProgError, ValueError):
-    """Input that is not a well-formed encoding of a value; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
