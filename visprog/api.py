@@ -566,15 +566,14 @@ def describe_config(preset: str = "default", config: str | os.PathLike | Mapping
     models_cfg = dict(cfg.get("models", {}))
     manager = make_manager(models_cfg, device=device)
     torch_device = manager.device
-    torch_dtype = str(manager.dtype() or "float32").replace("torch.", "")
     rows = []
     for name, cls in sorted(model_module_classes().items()):
         module = cls(dict(tools_config.get(name, {})), tool_context(manager, None))
         s = dict(module.settings)
+        plan = module.load_plan()  # device and dtype each model will load in
         rows.append({"module": name, "backend": str(s.get("backend") or "-"),
                      "checkpoint": _checkpoint_of(s),
-                     "device": torch_device if cls.uses_torch else "cpu",
-                     "dtype": torch_dtype if cls.uses_torch else "-",
+                     "device": plan["device"], "dtype": plan["dtype"],
                      "host": hosts[name].host if name in hosts else "local",
                      "settings": s})
     return {"preset": preset, "models": {**models_cfg, "device": torch_device},
