@@ -110,9 +110,11 @@ def read_published_dtype(checkpoint: str, *, download: bool = False) -> str | No
     from the Hugging Face cache (fetched only with `download`). None when there is none
     (a diffusers pipeline has model_index.json instead), it can't be read, or it isn't here.
     """
-    folder = Path(os.path.expanduser(checkpoint))
-    path: Any = folder / "config.json" if folder.is_dir() else None
-    if path is None:
+    local = Path(os.path.expanduser(checkpoint))
+    path: Any = None
+    if local.exists():  # a folder (a file, like FaceDet's ONNX model, says nothing)
+        path = local / "config.json" if local.is_dir() else None
+    else:
         try:
             import huggingface_hub
 

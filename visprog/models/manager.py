@@ -168,10 +168,11 @@ class ModelManager:
         Raises:
             DtypeError: a bad setting, or an explicit type the device lacks.
         """
-        if half is False:
-            setting = "fp32"
-        return choose_dtype(setting, read_published_dtype(self._local_path(checkpoint)),
-                            self.caps, half=self._want_half(half))
+        setting = "fp32" if half is False else check_dtype_setting(setting)
+        published = None
+        if setting == "auto" and self.caps.kind == "cuda":  # else it decides nothing
+            published = read_published_dtype(self._local_path(checkpoint))
+        return choose_dtype(setting, published, self.caps, half=self._want_half(half))
 
     def _want_half(self, half: bool | None) -> bool:
         want = self._half if half is None else half
@@ -218,13 +219,15 @@ class ModelManager:
                                   f"{entry['dtype']}; dtype {setting!r} applies only to a "
                                   "model it loads first", RuntimeWarning, stacklevel=3)
                 return entry["bundle"]
+            online = False
             if looks_like_path(resolved):
                 if not os.path.exists(os.path.expanduser(resolved)):
                     raise load_error(checkpoint, FileNotFoundError(f"no such folder: {resolved}"))
-                published = read_published_dtype(os.path.expanduser(resolved))
             else:
-                # no network: load from the local cache, or fail at once
-                published = read_published_dtype(resolved, download=not hub_unreachable())
+                online = not hub_unreachable()  # no network: the local cache, or fail at once
+            published = None
+            if setting == "auto" and self.caps.kind == "cuda":  # else it decides nothing
+                published = read_published_dtype(os.path.expanduser(resolved), download=online)
             name = choose_dtype(setting, published, self.caps, half=self._want_half(half))
             t0 = time.perf_counter()
             try:
