@@ -39,7 +39,8 @@ BF, FP16, FP32 = "bfloat16", "float16", "float32"
 
 @pytest.mark.parametrize("caps, published, half, want", [
     # CPU and MPS: "auto" is float32 whatever the checkpoint was published in
-    (CPU, BF, True, FP32), (CPU, FP16, True, FP32), (CPU, FP32, True, FP32), (CPU, None, True, FP32),
+    (CPU, BF, True, FP32), (CPU, FP16, True, FP32), (CPU, FP32, True, FP32),
+    (CPU, None, True, FP32),
     (MPS, BF, True, FP32), (MPS, FP16, True, FP32),
     # a GPU with bfloat16: the published half type; float32 ones in bf16 (half) or not
     (H100, BF, True, BF), (H100, FP16, True, FP16), (H100, FP32, True, BF), (H100, None, True, BF),

@@ -33,7 +33,7 @@ transformers = pytest.importorskip("transformers")
 from visprog.config import load_config  # noqa: E402
 from visprog.models import ModelManager, resolve_checkpoint  # noqa: E402
 from visprog.tools import ToolContext, build_module  # noqa: E402
-from visprog.values import Objects  # noqa: E402
+from visprog.values import Objects, Region  # noqa: E402
 
 TINY = load_config("tiny")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -77,35 +77,47 @@ def captured(class_name: str):
     ("mm_grounding_dino", "MMGroundingDinoForObjectDetection"),
     ("grounding_dino", "GroundingDinoForObjectDetection")])
 def test_loc_equals_the_librarys_grounded_detection(backend, model_class):
-    """The processor's inputs for the model card's prompt (lower case, ended by ' .'), and
-    `post_process_grounded_object_detection` on the module's raw outputs at the image's size:
-    the module's boxes are the library's, clipped to the image, best first (NMS off here),
-    to 1e-4 px; its scores equal."""
+    """Per image and query, the processor's inputs for the model card's prompt (lower case,
+    ended by ' .') equal the module's, in a batch of two queries too (each row, its padding
+    aside, as the query alone: a batch of texts without a '.' would be merged by the
+    processor into ONE prompt); and `post_process_grounded_object_detection` on the module's
+    raw outputs at the image's size gives the module's boxes, clipped to the image, best
+    first (NMS off here), to 1e-4 px, and its scores."""
     loc = tool("Loc", backend=backend, nms_iou=1.0, max_detections=1000)
     s = loc.settings
     processor = transformers.GroundingDinoProcessor.from_pretrained(folder(s["checkpoint"]))
-    for image, query in zip(photos(), ("person", "A Red car.")):
+    single, other = photos()
+    batches = [[(other, "A Red car."), (other, "person")]]  # one size: one model batch
+    if backend == "mm_grounding_dino":  # the default: the square photo alone too
+        batches.append([(single, "person")])
+    for batch in batches:
         with captured(model_class) as calls:
-            got = loc(image=image, object=query)
+            got = loc.batch_fn([{"image": im, "object": q} for im, q in batch])
         (kwargs, out), = calls
-        ref_in = processor(images=image, text=query.lower().rstrip(".") + " .",
-                           return_tensors="pt")
-        for key in ("pixel_values", "pixel_mask", "input_ids", "attention_mask",
-                    "token_type_ids"):
-            assert torch.equal(kwargs[key], ref_in[key]), key
-        ref = processor.post_process_grounded_object_detection(
-            out, ref_in["input_ids"], threshold=s["box_threshold"],
-            text_threshold=s["text_threshold"], target_sizes=[image.size[::-1]])[0]
-        w, h = image.size
-        boxes = ref["boxes"].numpy().astype(np.float64)
-        boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h),
-                          boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1)
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        order = np.argsort(-ref["scores"].numpy()[keep], kind="stable")
-        assert len(got) == keep.sum() > 0
-        assert np.abs(got.boxes - boxes[keep][order]).max() < 1e-4
-        assert np.allclose(got.scores, ref["scores"].numpy()[keep][order], atol=1e-7)
-        assert set(got.labels) == {query.strip()}
+        assert len(kwargs["input_ids"]) == len(batch)
+        for row, ((image, query), found) in enumerate(zip(batch, got)):
+            ref_in = processor(images=image, text=query.lower().rstrip(".") + " .",
+                               return_tensors="pt")
+            assert torch.equal(kwargs["pixel_values"][row], ref_in["pixel_values"][0])
+            assert torch.equal(kwargs["pixel_mask"][row], ref_in["pixel_mask"][0])
+            mask = kwargs["attention_mask"][row].bool()
+            for key in ("input_ids", "token_type_ids"):
+                assert torch.equal(kwargs[key][row][mask], ref_in[key][0]), key
+            raw = SimpleNamespace(logits=out.logits[row:row + 1],
+                                  pred_boxes=out.pred_boxes[row:row + 1])
+            ref = processor.post_process_grounded_object_detection(
+                raw, kwargs["input_ids"][row:row + 1], threshold=s["box_threshold"],
+                text_threshold=s["text_threshold"], target_sizes=[image.size[::-1]])[0]
+            w, h = image.size
+            boxes = ref["boxes"].numpy().astype(np.float64)
+            boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h),
+                              boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1)
+            keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+            order = np.argsort(-ref["scores"].numpy()[keep], kind="stable")
+            assert len(found) == keep.sum() > 0
+            assert np.abs(found.boxes - boxes[keep][order]).max() < 1e-4
+            assert np.allclose(found.scores, ref["scores"].numpy()[keep][order], atol=1e-7)
+            assert set(found.labels) == {query.strip()}
 
 
 # -- Select: SAM 3 (default) --------------------------------------------------------------------
@@ -172,11 +184,11 @@ def test_select_sam3_equals_the_librarys_instance_segmentation():
                           ("_scale_boxes",))
     processor = sam3_pil_processor()
     s = select.settings
-    for image, query in zip(photos(), ("a person", "red car")):
+    for image, query in [(photos()[1], "Red car")]:  # non-square: resized without its aspect
         with captured("Sam3Model") as calls:
             got = select(image=image, object=Objects.empty(image.size), query=query)
         (kwargs, out), = calls
-        ref_in = processor(image, query)
+        ref_in = processor(image, query.lower())  # a lower-case noun phrase, as SAM 3 is prompted
         assert torch.equal(kwargs["input_ids"], ref_in["input_ids"])
         assert torch.equal(kwargs["attention_mask"], ref_in["attention_mask"])
         level = (kwargs["pixel_values"] - ref_in["pixel_values"]).abs() / (2 / 255)
@@ -326,3 +338,303 @@ def test_vqa_blip_equals_the_model_cards_generation():
         ref = processor.decode(ids[0], skip_special_tokens=True)
         assert answer == " ".join(ref.lower().split()).rstrip(".").strip()
         assert answer == vqa(image=image, question=question)
+
+
+# -- Seg: Mask2Former panoptic ---------------------------------------------------------------------
+
+def test_seg_equals_the_librarys_panoptic_segmentation_pipeline():
+    """The library's image-segmentation pipeline (panoptic, the module's thresholds) on the
+    same photo: the module's pixel values are its processor's, and its segments are the
+    pipeline's (checkpoint label, score to 1e-6, mask pixel for pixel), best first."""
+    seg = tool("Seg", clean_labels=False, threshold=0.95)  # drops a few of the tiny model's
+    s = seg.settings
+    path = folder(s["checkpoint"])
+    model = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(path).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(path)
+    pipe = transformers.pipeline("image-segmentation", model=model, image_processor=processor,
+                                 device="cpu")
+    image = photos()[1]
+    with captured("Mask2FormerForUniversalSegmentation") as calls:
+        got = seg(image=image)
+    assert torch.equal(calls[0][0]["pixel_values"],
+                       processor(images=image, return_tensors="pt")["pixel_values"])
+    ref = pipe(image, subtask="panoptic", threshold=s["threshold"],
+               mask_threshold=s["mask_threshold"],
+               overlap_mask_area_threshold=s["overlap_mask_area_threshold"])
+    ref = sorted(ref, key=lambda r: -r["score"])
+    assert len(got) == len(ref) > 1
+    for region, r in zip(got, ref):
+        assert region.label == r["label"] and region.score == pytest.approx(r["score"], abs=1e-6)
+        assert np.array_equal(region.mask, np.asarray(r["mask"]) > 0)
+
+
+# -- Depth: Depth Anything V2 ----------------------------------------------------------------------
+
+def test_depth_equals_the_librarys_depth_estimation_pipeline():
+    """The library's depth-estimation pipeline on the same photo: the module's pixel values
+    are its processor's; each object's distance is what the pipeline's map gives by the
+    module's documented rule (Depth Anything's relative output is inverse depth, larger =
+    nearer: distance = 1 - the map stretched between its 1st and 99th percentiles; the median
+    over a mask, the box_quantile over a box), to the 4 decimals kept, nearest first; and the
+    trace's map image (near = bright) matches the pipeline's own depth image (correlation >
+    0.99 after the percentile stretch)."""
+    depth = tool("Depth")
+    s = depth.settings
+    path = folder(s["checkpoint"])
+    model = transformers.AutoModelForDepthEstimation.from_pretrained(path).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(path)
+    pipe = transformers.pipeline("depth-estimation", model=model, image_processor=processor,
+                                 device="cpu")
+    image = photos()[1]
+    w, h = image.size
+    yy, xx = np.mgrid[:h, :w]
+    disc = (xx - 300) ** 2 + (yy - 150) ** 2 <= 60 ** 2
+    objects = Objects.from_boxes([(0, 0, 120, 100), (200, 200, 475, 361), (10, 250, 90, 360)],
+                                 image.size, labels=["a", "b", "c"])
+    objects = objects.with_regions([*objects, Region(
+        box=(240, 90, 361, 211), mask=disc, label="d")])
+    with captured("DepthAnythingForDepthEstimation") as calls:
+        got = depth(image=image, object=objects)
+    assert torch.equal(calls[0][0]["pixel_values"],
+                       processor(images=image, return_tensors="pt")["pixel_values"])
+    ref = pipe(image)
+    raw = ref["predicted_depth"].numpy().astype(np.float64)
+    assert raw.shape == (h, w)
+    lo, hi = np.percentile(raw, [1, 99])
+    distance = 1.0 - np.clip((raw - lo) / (hi - lo), 0, 1)
+    want = {r.label: float(np.quantile(distance[objects.region_mask(i)],
+                                       0.5 if r.mask is not None else s["box_quantile"]))
+            for i, r in enumerate(objects)}
+    assert [r.label for r in got] == sorted(want, key=want.get)
+    for region in got:
+        assert region.extra["depth"] == pytest.approx(want[region.label], abs=1e-4)
+    shown = np.asarray(got[0].extra["depth_map"], dtype=np.float64)
+    theirs = np.asarray(ref["depth"].resize(shown.shape[::-1], Image.BILINEAR), np.float64)
+    assert np.corrcoef(shown.ravel(), theirs.ravel())[0, 1] > 0.99
+
+
+# -- Replace: the mask the inpainting pipeline gets ----------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sdxl", "sd"])
+def test_replace_gives_the_pipeline_the_object_as_the_area_to_repaint(backend):
+    """diffusers' inpainting pipelines repaint where the mask is white and keep the rest.
+    Inside the pipeline, on the module's call: the UNet's mask channel is 1 on every latent
+    cell well inside the object and 0 on every cell well away from it (more than the
+    dilation and a cell), and the masked image the VAE encodes is blanked (0) inside the
+    object and is the photo away from it. A mask passed the wrong way round fails both."""
+    replace = tool("Replace", backend=backend, resolution=128, steps=2)
+    image = photos()[1]
+    w, h = image.size
+    x1, y1, x2, y2 = 100, 80, 300, 280
+    mask = np.zeros((h, w), bool)
+    mask[y1:y2, x1:x2] = True
+    objects = Objects.from_boxes([(x1, y1, x2, y2)], image.size)
+    with captured("UNet2DConditionModel") as unet_calls, captured("Encoder") as vae_calls:
+        out = replace(image=image, object=objects, prompt="a red car")
+    assert out.size == image.size
+    sample = unet_calls[0][0]["arg0"]  # (batch, latents 4 + mask 1 + masked image 4, h/8, w/8)
+    assert sample.shape[1] == 9
+    lh, lw = sample.shape[-2:]
+    cx, cy = w / lw, h / lh  # one latent cell, in the photo's pixels
+    margin = replace.settings["mask_dilation"]
+    inside = np.zeros((lh, lw), bool)
+    away = np.zeros((lh, lw), bool)
+    for i in range(lh):
+        for j in range(lw):
+            a, b, c, d = j * cx, i * cy, (j + 1) * cx, (i + 1) * cy  # the cell's extent
+            inside[i, j] = a >= x1 + cx and c <= x2 - cx and b >= y1 + cy and d <= y2 - cy
+            away[i, j] = (c < x1 - margin - cx or a > x2 + margin + cx
+                          or d < y1 - margin - cy or b > y2 + margin + cy)
+    assert inside.sum() >= 9 and away.sum() >= 50
+    channel = sample[0, 4].numpy()
+    assert (channel[inside] == 1).all() and (channel[away] == 0).all()
+    # the masked image, the photo at the working size in [-1, 1] with the object blanked
+    images = [k["arg0"][0] for k, _ in vae_calls]
+    masked = [x for x in images if (x == 0).all(dim=0).float().mean() > 0.1]
+    assert len(masked) == 1
+    px, py = masked[0].shape[2] / w, masked[0].shape[1] / h  # working / photo pixels
+    hole = masked[0][:, int(np.ceil(y1 * py)) + 1:int(y2 * py) - 1,
+                     int(np.ceil(x1 * px)) + 1:int(x2 * px) - 1]
+    assert (hole == 0).all()
+    kept = masked[0][:, :int((y1 - margin) * py) - 1, :]  # the rows above the object
+    assert (kept != 0).float().mean() > 0.95 and kept.abs().max() <= 1
+
+
+# -- Ocr: PP-OCR through rapidocr (real weights) ---------------------------------------------
+
+def test_ocr_reads_what_rapidocr_reads_from_the_image_file(tmp_path):
+    """RapidOCR as documented (given the image file, which it reads as OpenCV does, BGR) and
+    LocText given the picture: the same lines, boxes (the quadrilaterals' bounds, 1e-3 px)
+    and scores (1e-5). Coloured text, so the channel order changes the readings' scores."""
+    from PIL import ImageFont
+    from rapidocr_onnxruntime import RapidOCR
+
+    image = photos()[1]
+    draw = ImageDraw.Draw(image)
+    fnt = ImageFont.load_default(size=40)
+    draw.rectangle((20, 20, 330, 80), fill=(250, 210, 40))
+    draw.text((30, 25), "PLATFORM 9", font=fnt, fill=(200, 20, 160))
+    draw.rectangle((120, 280, 460, 340), fill=(30, 60, 200))
+    draw.text((130, 285), "Main Street", font=fnt, fill=(240, 240, 90))
+    path = tmp_path / "sign.png"
+    image.save(path)
+    loctext = tool("LocText", min_score=0.0, merge_gap=-1.0)  # every reading, none joined
+    got = loctext(image=image)
+    s = loctext.settings
+    engine = RapidOCR(text_score=0.0, max_side_len=s["max_side"], print_verbose=False)
+    result, _ = engine(str(path), use_cls=s["use_angle_cls"])
+    ref = sorted(((float(np.min(np.asarray(q)[:, 0])), float(np.min(np.asarray(q)[:, 1])),
+                   float(np.max(np.asarray(q)[:, 0])), float(np.max(np.asarray(q)[:, 1])),
+                   " ".join(str(t).split()), float(sc)) for q, t, sc in result),
+                 key=lambda r: r[4])
+    mine = sorted(((*r.box, r.label, r.score) for r in got), key=lambda r: r[4])
+    assert {r[4] for r in ref} >= {"PLATFORM 9", "Main Street"} or \
+        {r[4] for r in ref} >= {"PLATFORM9", "Main Street"}
+    assert [r[4] for r in mine] == [r[4] for r in ref]
+    for a, b in zip(mine, ref):
+        assert np.allclose(a[:4], b[:4], atol=1e-3) and a[5] == pytest.approx(b[5], abs=1e-5)
+
+
+# -- FaceDet: YuNet's decoding ---------------------------------------------------------------
+
+def yunet_reference(onnx_path: str, image: Image.Image, max_side: int) -> np.ndarray:
+    """YuNet's published decoding (OpenCV's FaceDetectorYN, face_detect.cpp, and the
+    opencv_zoo demo), written out here on onnxruntime's raw outputs: the image scaled to at
+    most `max_side` (the module's rule), as BGR, zero-padded at the bottom and right to
+    multiples of 32, unnormalised; for each stride s (8, 16, 32) and anchor (row r, col c):
+    score = sqrt(clip(cls) * clip(obj)), centre ((c, r) + bbox[:2]) * s, size exp(bbox[2:])
+    * s, landmarks ((c, r) + kps) * s; then back to the photo's pixels, boxes clipped to it.
+    Rows: x1, y1, x2, y2, 5 landmarks (x, y), score; best first."""
+    ort = pytest.importorskip("onnxruntime")
+    w, h = image.size
+    scale = min(1.0, max_side / max(w, h))
+    small = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    bgr = np.asarray(small, dtype=np.float32)[:, :, ::-1]
+    sh, sw = bgr.shape[:2]
+    ph, pw = (sh - 1) // 32 * 32 + 32, (sw - 1) // 32 * 32 + 32
+    blob = np.zeros((1, 3, ph, pw), np.float32)
+    blob[0, :, :sh, :sw] = bgr.transpose(2, 0, 1)
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(onnx_path)  # exported at 320x320: let onnxruntime take any size, as
+    for dim in graph.graph.input[0].type.tensor_type.shape.dim[2:]:  # OpenCV's DNN does
+        dim.ClearField("dim_value")
+        dim.dim_param = "side"
+    for value in graph.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, {session.get_inputs()[0].name: blob})))
+    rows = []
+    for s in (8, 16, 32):
+        cols, nrows = pw // s, ph // s
+        cls, obj = out[f"cls_{s}"][0, :, 0], out[f"obj_{s}"][0, :, 0]
+        bbox, kps = out[f"bbox_{s}"][0], out[f"kps_{s}"][0]
+        r, c = np.divmod(np.arange(nrows * cols), cols)
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        cx, cy = (c + bbox[:, 0]) * s, (r + bbox[:, 1]) * s
+        bw, bh = np.exp(bbox[:, 2]) * s, np.exp(bbox[:, 3]) * s
+        marks = [((c + kps[:, 2 * n]) * s, (r + kps[:, 2 * n + 1]) * s) for n in range(5)]
+        rows.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2,
+                              *[v for xy in marks for v in xy], score], axis=1))
+    rows = np.concatenate(rows).astype(np.float64)
+    rows[:, :14] /= scale
+    rows[:, [0, 2]] = rows[:, [0, 2]].clip(0, w)  # Objects keep boxes inside the image
+    rows[:, [1, 3]] = rows[:, [1, 3]].clip(0, h)
+    return rows[np.argsort(-rows[:, 14], kind="stable")]
+
+
+def test_facedet_yunet_decodes_as_yunets_published_decoding():
+    """On tiny:yunet (YuNet's inputs and outputs, random weights), every anchor a candidate
+    (score threshold 0), the photo scaled down (max_side 256): each face FaceDet gives is one
+    of the reference decoding's anchors, box corners and landmarks to 0.01 px of the photo
+    (1e-5 relative for far-off ones) and scores to 1e-6 in their squares (OpenCV's DNN and
+    onnxruntime round differently in the last digits; see the tolerances below),
+    and the best anchor comes first. (Which anchors survive OpenCV's own non-maximum
+    suppression is the library's business, not checked here.)"""
+    facedet = tool("FaceDet", backend="yunet", score_threshold=0.0, max_side=256)
+    image = photos()[1]
+    got = facedet(image=image)
+    ref = yunet_reference(str(Path(folder("tiny:yunet")) / "yunet.onnx"), image, 256)
+    assert len(ref) == 32 * 28 + 16 * 14 + 8 * 7  # 256x195, padded to 256x224
+    mine = np.array([[*r.box, *[v for xy in r.extra["landmarks"] for v in xy], r.score]
+                     for r in got])
+    assert 10 < len(mine) < len(ref)
+    # the tolerances: 0.01 px (plus float32's 1e-5 relative, for the far-off boxes of random
+    # weights); scores by their squares (cls x obj) to 1e-6, since the square root magnifies
+    # last-digit differences near 0
+    mine[:, 14], ref[:, 14] = mine[:, 14] ** 2, ref[:, 14] ** 2
+    tol = np.array([1e-2] * 14 + [1e-6]) + np.abs(ref) * np.array([1e-5] * 14 + [0])
+    gap = (np.abs(mine[:, None, :] - ref[None, :, :]) / tol).max(axis=2)  # faces x anchors
+    assert gap.min(axis=1).max() <= 1.0, "a face that is no decoded anchor"
+    assert gap[0, 0] <= 1.0  # the best first
+
+
+# -- the tiny checkpoints take the real ones' input settings ---------------------------------------
+
+# tiny name -> (the checkpoint it stands in for, {what: published value}), read from the
+# checkpoints' published preprocessor_config.json / processor_config.json, tokenizer_config.json
+# and config.json (where the class defaults equal them, the builders use the defaults).
+# tiny:mask2former is the exception: it keeps a small working size (shortest edge 128)
+# so the tests stay fast; its processing is compared with the pipeline's all the same.
+PUBLISHED = {
+    "mm_grounding_dino": ("openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det", {
+        "image.size": {"shortest_edge": 800, "longest_edge": 1333},
+        "tokenizer.padding_side": "right", "tokenizer.model_max_length": 512,
+        "config.max_text_len": 256}),
+    "grounding_dino": ("IDEA-Research/grounding-dino-tiny", {
+        "image.size": {"shortest_edge": 800, "longest_edge": 1333},
+        "tokenizer.padding_side": "right", "tokenizer.model_max_length": 512,
+        "config.max_text_len": 256}),
+    "sam": ("facebook/sam-vit-base", {
+        "image.size": {"longest_edge": 1024}, "image.pad_size": {"height": 1024, "width": 1024},
+        "config.vision_config.image_size": 1024, "config.vision_config.patch_size": 16}),
+    "siglip2": ("google/siglip2-base-patch16-naflex", {
+        "image.patch_size": 16, "image.max_num_patches": 256, "image.image_mean": [0.5] * 3,
+        "tokenizer.padding_side": "right", "tokenizer.model_max_length": 64,
+        "config.text_config.max_position_embeddings": 64}),
+    "clip": ("openai/clip-vit-base-patch32", {
+        "image.size": {"shortest_edge": 224}, "image.crop_size": {"height": 224, "width": 224},
+        "tokenizer.padding_side": "right", "tokenizer.model_max_length": 77,
+        "config.vision_config.image_size": 224, "config.vision_config.patch_size": 32,
+        "config.text_config.max_position_embeddings": 77}),
+    "blip_vqa": ("Salesforce/blip-vqa-capfilt-large", {
+        "image.size": {"height": 384, "width": 384}, "tokenizer.padding_side": "right",
+        "tokenizer.model_max_length": 512, "config.vision_config.image_size": 384,
+        "config.vision_config.patch_size": 16}),
+    "qwen3_vl": ("Qwen/Qwen3-VL-2B-Instruct", {
+        "image.patch_size": 16, "image.merge_size": 2, "image.image_mean": [0.5] * 3,
+        "image.size": {"shortest_edge": 65536, "longest_edge": 16777216},
+        "tokenizer.eos_token": "<|im_end|>", "tokenizer.pad_token": "<|endoftext|>"}),
+    "depth_anything": ("depth-anything/Depth-Anything-V2-Small-hf", {
+        "image.size": {"height": 518, "width": 518}, "image.keep_aspect_ratio": True,
+        "image.ensure_multiple_of": 14, "image.resample": 3}),
+    "sam3": ("facebook/sam3", {
+        "image.size": {"height": 1008, "width": 1008}, "image.image_mean": [0.5] * 3,
+        "tokenizer.model_max_length": 32, "config.text_config.max_position_embeddings": 32}),
+}
+
+
+def _published_setting(path: str, what: str) -> Any:
+    import json
+
+    part, *keys = what.split(".")
+    if part == "tokenizer":
+        return getattr(transformers.AutoTokenizer.from_pretrained(path), keys[0])
+    folder_ = Path(path)
+    if part == "config":
+        value: Any = json.loads((folder_ / "config.json").read_text())
+    else:  # the image processor's settings, wherever transformers wrote them
+        pre = folder_ / "preprocessor_config.json"
+        value = (json.loads(pre.read_text()) if pre.exists() else
+                 json.loads((folder_ / "processor_config.json").read_text())["image_processor"])
+    for key in keys:
+        value = value[key]
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_tiny_checkpoints_take_the_published_input_settings(name):
+    source, settings = PUBLISHED[name]
+    path = folder(f"tiny:{name}")
+    got = {what: _published_setting(path, what) for what in settings}
+    assert got == settings, f"tiny:{name} differs from {source}"

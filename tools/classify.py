@@ -127,10 +127,11 @@ def build_tiny_clip(folder) -> None:
     processor.save_pretrained(folder)
 
 
-def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
+def tiny_siglip2_tokenizer(words: Sequence[str], **settings: Any) -> Any:
     """A Gemma-style SentencePiece BPE (google/siglip2-base-patch16-naflex tokenizer: lower
     case, ' ' -> '▁' without a dummy prefix, byte fallback <0x00>..<0xFF>, <pad>=0 <eos>=1
-    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word."""
+    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word. `settings` go to
+    the tokenizer (and are saved with it: attributes set later are not)."""
     from transformers import Siglip2Tokenizer
 
     vocab: dict[str, int] = {}
@@ -150,7 +151,7 @@ def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
                 merges.append((cur, ch))
             cur += ch
             add(cur)
-    return Siglip2Tokenizer(vocab=vocab, merges=merges)
+    return Siglip2Tokenizer(vocab=vocab, merges=merges, **settings)
 
 
 def build_tiny_siglip2(folder) -> None:
@@ -160,11 +161,11 @@ def build_tiny_siglip2(folder) -> None:
                               Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
 
     torch.manual_seed(0)
-    tok = tiny_siglip2_tokenizer(TINY_WORDS + ["this", "is"])
     # google/siglip2-base-patch16-naflex tokenizer_config.json: model_max_length 64, padding
     # on the right (the Gemma class defaults to the left): the text model pools the LAST
     # position, which the real layout makes a pad token
-    tok.model_max_length, tok.padding_side = 64, "right"
+    tok = tiny_siglip2_tokenizer(TINY_WORDS + ["this", "is"], model_max_length=64,
+                                 padding_side="right")
     # google/siglip2-base-patch16-naflex preprocessor_config.json: patch_size=16,
     # max_num_patches=256, image_mean=image_std=[0.5]*3, resample bilinear (the PIL
     # processor's defaults); the text is padded to 64 tokens (text max_position_embeddings).
@@ -202,7 +203,7 @@ class Classify(ModelTool):
         "classic": {"backend": "clip"},
         "tiny": {"checkpoints": {"siglip2": "tiny:siglip2", "clip": "tiny:clip"}},
     }
-    tiny_checkpoints = {"clip": (build_tiny_clip, "2"), "siglip2": (build_tiny_siglip2, "2")}
+    tiny_checkpoints = {"clip": (build_tiny_clip, "2"), "siglip2": (build_tiny_siglip2, "3")}
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
         prompt = str(s.get("prompt") or s["prompts"][s["backend"]])
