@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import inspect
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,7 +56,9 @@ def folder(checkpoint: str) -> str:
 
 @contextlib.contextmanager
 def captured(class_name: str):
-    """Every forward of a model of class `class_name` while inside: (kwargs, output)."""
+    """Every forward of a model of class `class_name` while inside: (its arguments, its
+    output); keyword arguments by name, positional ones as arg0, arg1...  Only watched:
+    the model runs as it would."""
     calls: list[tuple[dict[str, Any], Any]] = []
 
     def hook(module, args, kwargs, output):
@@ -422,6 +423,7 @@ def test_replace_gives_the_pipeline_the_object_as_the_area_to_repaint(backend):
     cell well inside the object and 0 on every cell well away from it (more than the
     dilation and a cell), and the masked image the VAE encodes is blanked (0) inside the
     object and is the photo away from it. A mask passed the wrong way round fails both."""
+    pytest.importorskip("diffusers")
     replace = tool("Replace", backend=backend, resolution=128, steps=2)
     image = photos()[1]
     w, h = image.size
@@ -467,7 +469,8 @@ def test_ocr_reads_what_rapidocr_reads_from_the_image_file(tmp_path):
     LocText given the picture: the same lines, boxes (the quadrilaterals' bounds, 1e-3 px)
     and scores (1e-5). Coloured text, so the channel order changes the readings' scores."""
     from PIL import ImageFont
-    from rapidocr_onnxruntime import RapidOCR
+
+    RapidOCR = pytest.importorskip("rapidocr_onnxruntime").RapidOCR
 
     image = photos()[1]
     draw = ImageDraw.Draw(image)
@@ -551,6 +554,7 @@ def test_facedet_yunet_decodes_as_yunets_published_decoding():
     onnxruntime round differently in the last digits; see the tolerances below),
     and the best anchor comes first. (Which anchors survive OpenCV's own non-maximum
     suppression is the library's business, not checked here.)"""
+    pytest.importorskip("cv2")
     facedet = tool("FaceDet", backend="yunet", score_threshold=0.0, max_side=256)
     image = photos()[1]
     got = facedet(image=image)
