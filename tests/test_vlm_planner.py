@@ -143,3 +143,17 @@ def test_the_critic_after_a_batched_vqa_decodes_as_a_model_that_never_ran_vqa():
     # (wrong positions moved them by ~0.03 on this tiny model)
     assert after[2].shape == fresh[2].shape
     assert float((after[2] - fresh[2]).abs().max()) < 1e-5
+
+
+def test_a_batch_with_vqa_and_the_critic_runs_to_the_end():
+    # the case: two items with questions batched through Vqa, then the critic on
+    # each; it raised "Sizes of tensors must match" and aborted the whole batch
+    vp = VisProg(preset="tiny", cache=False)
+    program = "A=Vqa(image=IMAGE, question='what color is the car?')"
+    items = [{"program": program, "image": picture(0, (1024, 768)), "question": "What color?"},
+             {"program": program, "image": picture(1, (320, 240)), "question": "Which color?"}]
+    results = vp.run_batch(items, repair={"critic": True, "checks": False}, batch_size=2)
+    assert [r.ok for r in results] == [True, True]
+    for r in results:
+        repair = [e for e in r.trace.events if e.get("kind") == "repair"]
+        assert repair and repair[0]["attempts"][0]["critic"]["clear"]
