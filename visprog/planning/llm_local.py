@@ -294,7 +294,9 @@ class LocalConstrained:
         mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
         out_ids: list[int] = []
         with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True)
+            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
+                        **_positions(0, len(prompt), self.device))
+            pos = len(prompt)
             while not matcher.is_accepting():
                 if len(out_ids) >= _MAX_LINE_TOKENS:
                     raise LLMError("internal: a constrained reply did not end")
@@ -308,7 +310,9 @@ class LocalConstrained:
                     raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
                 out_ids.append(token)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True)
+                            past_key_values=out.past_key_values, use_cache=True,
+                            **_positions(pos, 1, self.device))
+                pos += 1
         return tok.decode(out_ids), len(out_ids)
 
     def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
