@@ -115,7 +115,8 @@ class Objects(Sequence[Region]):
         idx = np.asarray(index)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
-                raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} objects")
+                raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} "
+                                 f"object{'s' if len(self) != 1 else ''}")
             idx = np.flatnonzero(idx)
         return Objects(tuple(self.regions[int(i)] for i in idx), self.image_size)
 
