@@ -27,6 +27,15 @@ class BlobError(ValueError):
     it into its own `CodecError`)."""
 
 
+class MissingBlob(BlobError):
+    """A blob file that is not there (a saved trace moved without its `_files` folder);
+    `path` is where it was looked for."""
+
+    def __init__(self, message: str, path: str):
+        self.path = path
+        super().__init__(message)
+
+
 class BlobStore(Protocol):
     image_format: str  # "png" or "raw": how the codec encodes an image's pixels
     mask_format: str   # "bits" (packed) or "png" (a 1-bit image)
@@ -121,7 +130,7 @@ class DocumentBlobs:
             try:
                 data = file.read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-                raise BlobError(f"{what} file not found: {file}") from e
+                raise MissingBlob(f"{what} file not found: {file}", str(file)) from e
             except OSError as e:
                 raise BlobError(f"could not read {what} file {file}: {e}") from e
             return ("file", str(file)), data, f"{what} file {file}"

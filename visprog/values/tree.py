@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from visprog.errors import VisProgError
-from visprog.values.blobs import BlobError, BlobStore
+from visprog.values.blobs import BlobError, BlobStore, MissingBlob
 from visprog.values.objects import Objects, Region
 from visprog.values.types import MAX_NESTING
 
@@ -242,11 +242,16 @@ class Decoder:
         store: where the blobs are.
         exact: refuse the record-only tags (ndarray, repr): what the cache or the wire
             hands back must be a value an exact encoder could have written.
+        missing: None: a blob file that is not there is an error. A list: such an image
+            becomes a `ReprValue` that says so (`image 320x240 (file missing)`), such a mask
+            is left out, and each missing file's path is appended to the list.
     """
 
-    def __init__(self, store: BlobStore, *, exact: bool = False):
+    def __init__(self, store: BlobStore, *, exact: bool = False,
+                 missing: list[str] | None = None):
         self.store = store
         self.exact = exact
+        self.missing = missing
         self._images: dict[Hashable, Image.Image] = {}
 
     def decode(self, node: Any) -> Any:
@@ -302,7 +307,15 @@ class Decoder:
         fmt = node.get("format", "png")
         mode = node.get("mode")
         size = None if node.get("size") is None else tuple(int(v) for v in _list(node["size"]))
-        key, data, label = self.store.read(node, "image")
+        try:
+            key, data, label = self.store.read(node, "image")
+        except MissingBlob as e:
+            if self.missing is None:
+                raise
+            if e.path not in self.missing:
+                self.missing.append(e.path)
+            shape = f" {size[0]}x{size[1]}" if size is not None and len(size) == 2 else ""
+            return ReprValue("PIL.Image.Image", f"image{shape} (file missing)")  # type: ignore[return-value]
         key = (key, fmt, mode, size)
         if key in self._images:
             return self._images[key]
@@ -322,7 +335,14 @@ class Decoder:
         if not isinstance(ref, dict):
             raise CodecError(f"bad mask reference: {ref!r:.80}")
         fmt = ref.get("format", "png")
-        _, data, label = self.store.read(ref, "mask")
+        try:
+            _, data, label = self.store.read(ref, "mask")
+        except MissingBlob as e:
+            if self.missing is None:
+                raise
+            if e.path not in self.missing:
+                self.missing.append(e.path)
+            return None  # type: ignore[return-value]
         if fmt == "bits":
             bits = np.frombuffer(data, dtype=np.uint8)
             if bits.size != (w * h + 7) // 8:
