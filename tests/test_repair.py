@@ -102,6 +102,13 @@ def test_answer_kind(value, kind):
     ("What is the man holding?", "gqa", 3, False),
     ("What is the man holding?", "gqa", ONE, True),
     ("Is the cup red or blue?", "gqa", "yes", False),  # the wording does not say
+    # ... but in a question task an image or regions never answer (issue 20 item 18)
+    ("Is the cat looking to our right or left?", "gqa", IMG, True),
+    ("Is the cat looking to our right or left?", "gqa", ONE, True),
+    ("Is the cat looking to our right or left?", "gqa", "left", False),
+    ("Which way does it face, left or right?", None, IMG, True),
+    ("The dog is on the left.", "nlvr", IMG, True),
+    ("Tag the actors", "knowtag", IMG, False),
     ("Replace the car", "imgedit", "car", True),
     ("Replace the car", "imgedit", IMG, False),
 ])
