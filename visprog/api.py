@@ -24,6 +24,7 @@ from visprog.config import module_catalog  # noqa: F401 - hosting's view of the 
 from visprog.registry import Registry, Tool
 from visprog.traces.events import as_event
 from visprog.traces.records import Trace
+from visprog.values.text import plural
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
                             load_image, nesting_depth, type_of)
 
@@ -306,22 +307,27 @@ class VisProg:
         the planning loop; each program it runs is a job of this engine (`job`, `run_jobs`)."""
         from visprog.planning.loop import PlanningLoop
 
-        def runner(todo: list[Any]) -> list[ItemResult]:
+        def runner(todo: list[Any], on_result: Any = None) -> list[ItemResult]:
             jobs = []
-            for case, attempt in todo:
+            for position, (case, attempt) in enumerate(todo):
                 bound, meta = case.item.payload
                 n = len(case.attempts) - 1  # the attempt that runs is the case's last
-                jobs.append(self.job(attempt.parsed, bound, id=case.item.id,
+                # the job's id is its position while it runs, so each result that ends is
+                # reported to the loop at once (candidates of a vote share the item's id)
+                jobs.append(self.job(attempt.parsed, bound, id=position,
                                      events=attempt.plan_events, checked=True,
                                      meta={**meta, **({"attempt": n} if n else {})}))
-            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
-                                 no_cache=no_cache)
 
-        results = PlanningLoop(settings, self._critic(settings)).answer(items, runner)
-        if on_item is not None:
-            for res in results:
-                on_item(res)
-        return results
+            def ended(res: ItemResult) -> None:
+                position, res.id = res.id, todo[res.id][0].item.id
+                if on_result is not None:
+                    on_result(position, res)
+
+            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
+                                 no_cache=no_cache, on_item=ended)
+
+        loop = PlanningLoop(settings, self._critic(settings))
+        return loop.answer(items, runner, on_item=on_item)
 
     def repair_settings(self, repair: Any = None) -> Any:
         """The planning loop's settings (`visprog.planning.loop.RepairSettings`): the
@@ -439,7 +445,8 @@ class VisProg:
         left = None
         if isinstance(image, (tuple, list)):
             if len(image) != 2:
-                raise ValueError(f"a pair of images is (left, right); got {len(image)} items")
+                raise ValueError(f"a pair of images is (left, right); got "
+                                 f"{plural(len(image), 'item')}")
             image, right = image
         if task == "nlvr" or right is not None:
             left, image = image, None

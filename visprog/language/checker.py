@@ -139,7 +139,8 @@ def _undefined_message(name: str, env: Mapping[str, Types],
     close = difflib.get_close_matches(name, list(env), n=1, cutoff=0.6)
     if close:
         return f"undefined variable {name!r}", f"did you mean {close[0]!r}?"
-    return f"undefined variable {name!r}", "no earlier step or input defines it; strings need quotes"
+    return (f"undefined variable {name!r}",
+            "no earlier step or input defines it; strings need quotes")
 
 
 def _undefined(arg: Arg, env: Mapping[str, Types],

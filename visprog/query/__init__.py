@@ -223,8 +223,9 @@ class ObjectsQuery(Query):
             part, label = objects[index], "PART"
         elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             if not -len(objects) <= index < len(objects):
+                n = len(objects)
                 raise fail(f"index {index} is out of range: there "
-                           f"{'is' if len(objects) == 1 else 'are'} {plural(len(objects), 'object')}")
+                           f"{'is' if n == 1 else 'are'} {plural(n, 'object')}")
             i = int(index) % len(objects)
             part, label = objects[i:i + 1], str(i)
         else:

@@ -315,7 +315,8 @@ class Decoder:
             if e.path not in self.missing:
                 self.missing.append(e.path)
             shape = f" {size[0]}x{size[1]}" if size is not None and len(size) == 2 else ""
-            return ReprValue("PIL.Image.Image", f"image{shape} (file missing)")  # type: ignore[return-value]
+            missing_image = ReprValue("PIL.Image.Image", f"image{shape} (file missing)")
+            return missing_image  # type: ignore[return-value]
         key = (key, fmt, mode, size)
         if key in self._images:
             return self._images[key]
