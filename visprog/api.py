@@ -214,9 +214,10 @@ class VisProg:
 
         Args:
             items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
-                right, inputs, id (and question, task, events), or query values
-                (`vp.image(...)...`; also as a mapping's program). An item with a
-                question and no program gets one from the planner.
+                right, inputs, id (and question, task, events), query values
+                (`vp.image(...)...`; also as a mapping's program), or program texts (a
+                program with no inputs bound). An item with a question and no program gets
+                one from the planner.
             batch_size: calls per batched module call, or "auto" (by device, measured).
             on_item: called with each `ItemResult` as soon as its program ends (items with
                 a question: once the planning loop is done with them).
@@ -232,8 +233,8 @@ class VisProg:
         from visprog.engine.batch import BatchItem
         from visprog.query import as_batch_item
 
-        items = [as_batch_item(i) for i in items]  # query values become program text
-        items = [raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw)) for raw in items]
+        items = [_batch_item(as_batch_item(raw), i)  # query values become program text
+                 for i, raw in enumerate(items)]
         settings = self.repair_settings(repair)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
         planners: dict[str, Any] = {}  # task -> its planner, or why there is none
@@ -510,6 +511,33 @@ def _llm_from_config(section: Any, config: Mapping[str, Any] | None = None,
         return make_llm(cfg or None, models=models), None
     except LLMError as e:
         return None, e
+
+
+def _batch_item(raw: Any, index: int) -> Any:
+    """A `run_batch` item as a `BatchItem`: one already, a mapping of its fields, or a
+    program (text or parsed) with no inputs.
+
+    Raises:
+        TypeError: anything else, or a mapping with a key `BatchItem` does not have.
+    """
+    from dataclasses import fields
+
+    from visprog.engine.batch import BatchItem
+
+    if isinstance(raw, BatchItem):
+        return raw
+    if isinstance(raw, (str, Program)):
+        return BatchItem(program=raw)
+    if isinstance(raw, Mapping):
+        known = [f.name for f in fields(BatchItem)]
+        unknown = [k for k in raw if k not in known]
+        if unknown:
+            raise TypeError(f"run_batch item {index}: unknown key{'s' if len(unknown) > 1 else ''}"
+                            f" {', '.join(map(repr, unknown))}; an item's keys are "
+                            f"{', '.join(known)}")
+        return BatchItem(**raw)
+    raise TypeError(f"run_batch item {index}: expected a mapping (program, image...), a "
+                    f"BatchItem, a query value or program text, got {type(raw).__name__}")
 
 
 def _question_meta(item: Any) -> dict[str, Any]:

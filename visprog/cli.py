@@ -309,7 +309,8 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
     from visprog.values.text import show
 
-    trace = Trace.load_json(args.file)
+    missing: list[str] = []  # it prints text: images that did not move with it can be spared
+    trace = Trace.load_json(args.file, missing=missing)
     print("program:")
     for i, line in enumerate(trace.program.splitlines(), 1):
         print(f"  {i:3d}  {line}")
@@ -324,6 +325,12 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                          if len(missing) > 5 else "")
+        print(f"visprog: warning: {plural(len(missing), 'image file')} of this trace "
+              f"{'is' if len(missing) == 1 else 'are'} missing (its _files folder did not "
+              f"move with it?); shown as text: {shown}", file=sys.stderr)
     return EXIT_OK
 
 
