@@ -78,6 +78,9 @@ class LocalConstrained:
         self._inputs = {k: parse_types(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
         self._grammar: StepGrammar | None = None
         self._free_grammar: str | None = None  # a whole-reply grammar (constrain_grammar)
+        # Agent mode: modules after which a program may stop (a round ends when the planner
+        # looks); set on a view by the planner. Empty: a program ends at its Result.
+        self.round_ends: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ protocol
 
@@ -227,6 +230,7 @@ class LocalConstrained:
         import numpy as np
         import torch
 
+        from visprog.language.checker import defined_types
         from visprog.language.parser import parse
 
         model, tok = self._shared.model, self._shared.tokenizer
@@ -244,8 +248,8 @@ class LocalConstrained:
             pos = len(prompt)
             for step in range(self.max_steps):
                 final = step == self.max_steps - 1 or used >= max_tokens
-                matcher = llguidance.LLMatcher(
-                    lltok, llguidance.grammar_from("lark", grammar.text(env, final=final)))
+                matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from(
+                    "lark", grammar.text(env, final=final, ends=self.round_ends)))
                 if matcher.is_error():
                     raise LLMError(f"internal: step grammar rejected: {matcher.get_error()}")
                 line_ids: list[int] = []
@@ -270,10 +274,14 @@ class LocalConstrained:
                 used += len(line_ids)
                 line = tok.decode(line_ids)
                 lines.append(line)
-                written = parse(line).steps[0]
+                program = parse(line)
+                written = program.steps[0]
                 tool = registry.get(written.module)
-                env[written.target] = frozenset(tool.returns)
-                if tool.result or (final and step == self.max_steps - 1):
+                # the checker's typing, so a pass-through step (Look, Result) keeps its
+                # argument's type
+                env = defined_types(program, registry, env)
+                if tool.result or tool.name in self.round_ends \
+                        or (final and step == self.max_steps - 1):
                     break
         return "".join(lines).rstrip("\n"), used
 

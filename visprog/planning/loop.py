@@ -36,26 +36,102 @@ and, among candidates, a `Vote` event listing every candidate (`visprog.traces.e
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from visprog.engine.core import ItemResult
 from visprog.errors import StepError, VisProgError
-from visprog.planning.chat import LLMError, deadline
+from visprog.planning.chat import LLMError, add_usage, deadline, takes_images
 from visprog.planning.checks import Finding, enabled_checks, run_checks
 from visprog.planning.critic import Critic, Verdict
 from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError, attempt_events
-from visprog.planning.prompts import findings_repair_message, runtime_repair_message
-from visprog.traces.events import FailedStep, Repair, RunRecord, Vote, as_event
+from visprog.planning.prompts import (findings_repair_message, observation_parts,
+                                      observation_text, runtime_repair_message)
+from visprog.traces.events import (AgentRun, FailedStep, Repair, Round, RunRecord, Vote,
+                                   as_event)
 from visprog.traces.records import Trace
 from visprog.values.text import answer_key, record_value, show
 
 # Keys of the config's [planner] table that belong to this loop, not to the Planner.
-SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select")
+AGENT_KEYS = ("mode", "agent_rounds", "agent_steps", "agent_images", "look_max_pixels",
+              "look_min_pixels")
+SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select", *AGENT_KEYS)
 SELECT_MODES = ("checks", "majority")
+MODES = ("oneshot", "agent")
 MAX_SUMMARY_STEPS = 40
 MAX_SUMMARY_LINE = 200
+
+
+@dataclass
+class AgentSettings:
+    """Agent mode's budgets and what the planner is shown.
+
+    Attributes:
+        rounds: rounds the planner may write (a run that has not written Result by then
+            ends with the last value its program computed).
+        steps: steps the program may have (a round that would pass it is not run).
+        images: images the planner may be sent (a round whose Looks would pass it ends the
+            run before they are sent).
+        look_max_pixels, look_min_pixels: an image shown is scaled (aspect kept) into this
+            range of pixels: big ones down, bounding its tokens; small ones (a crop) up.
+    The planning deadline (the planner's `deadline_s`) bounds the whole run: writing and
+    running every round.
+    """
+
+    rounds: int = 6
+    steps: int = 40
+    images: int = 8
+    look_max_pixels: int = 1024 * 1024
+    look_min_pixels: int = 256 * 256
+
+    KEYS = {"rounds": "agent_rounds", "steps": "agent_steps", "images": "agent_images",
+            "look_max_pixels": "look_max_pixels", "look_min_pixels": "look_min_pixels"}
+
+    @classmethod
+    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None) -> "AgentSettings":
+        """From the config's [planner] keys (agent_rounds, agent_steps, agent_images,
+        look_max_pixels, look_min_pixels), then `value` (a mapping of the attribute names,
+        or `AgentSettings`) over them.
+
+        Raises:
+            ValueError: an unknown key, a budget under 1, pixels under 1 or out of order.
+        """
+        if isinstance(value, AgentSettings):
+            return value
+        cfg = dict(config or {})
+        out = cls()
+        for name, key in cls.KEYS.items():
+            if key in cfg:
+                setattr(out, name, _whole(cfg[key], key))
+        if value is not None:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"agent settings are a mapping or AgentSettings; got {value!r}")
+            extra = set(value) - set(cls.KEYS)
+            if extra:
+                raise ValueError(f"unknown agent setting{'s' if len(extra) != 1 else ''} "
+                                 f"{', '.join(sorted(extra))}; use {', '.join(cls.KEYS)}")
+            for name in cls.KEYS:
+                if name in value:
+                    setattr(out, name, _whole(value[name], name))
+        for name in ("rounds", "steps", "look_max_pixels", "look_min_pixels"):
+            if getattr(out, name) < 1:
+                raise ValueError(f"agent {name} must be at least 1, got {getattr(out, name)}")
+        if out.images < 0:
+            raise ValueError(f"agent images must be >= 0, got {out.images}")
+        if out.look_min_pixels > out.look_max_pixels:
+            raise ValueError(f"look_min_pixels ({out.look_min_pixels}) is more than "
+                             f"look_max_pixels ({out.look_max_pixels})")
+        return out
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -70,6 +146,11 @@ class RepairSettings:
             checks, then the majority; "majority" is the majority of all runs.
         enabled: False turns looking back off (no checks, no repair): the first run is the
             answer, or the majority of the candidates.
+        mode: "oneshot" (the program is written whole, then run) or "agent" (written in
+            rounds, the planner seeing what each round gave; `agent` holds its budgets).
+            In agent mode the checks (and the critic) judge the run once it writes
+            Result, and their findings go back as the next observation, up to `attempts`
+            times.
     """
 
     attempts: int = 2
@@ -77,21 +158,37 @@ class RepairSettings:
     critic: bool = False
     select: str = "checks"
     enabled: bool = True
+    mode: str = "oneshot"
+    agent: AgentSettings = field(default_factory=AgentSettings)
 
     @classmethod
-    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None) -> "RepairSettings":
+    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None, *,
+             mode: str | None = None, agent: Any = None) -> "RepairSettings":
         """Settings from the config's [planner] keys (`repair`, `repair_attempts`,
-        `checks`, `critic`, `select`), then `value` over them: None (the config's), True
-        (on), False (off), an int (that many corrections; 0: checks only), a mapping of
-        the attribute names, or `RepairSettings`.
+        `checks`, `critic`, `select`, `mode` and agent mode's, see `AgentSettings`), then
+        `value` over them: None (the config's), True (on), False (off), an int (that many
+        corrections; 0: checks only), a mapping of the attribute names, or
+        `RepairSettings`; then `mode` and `agent` (`AgentSettings.make`) when given.
 
         Raises:
-            ValueError: an unknown check or select mode, a negative attempt count.
+            ValueError: an unknown check, select mode or mode, a negative attempt count, a
+                bad agent budget.
         """
         if isinstance(value, RepairSettings):
-            return value
+            out = value
+            if mode is not None or agent is not None:
+                out = dataclasses.replace(value)
+                out.mode = out.mode if mode is None else str(mode)
+                out.agent = AgentSettings.make(agent) if agent is not None else out.agent
+            if out.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}; got {out.mode!r}")
+            return out
         cfg = dict(config or {})
         out = cls()
+        out.mode = str(cfg.get("mode", out.mode)) if mode is None else str(mode)
+        if out.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {out.mode!r}")
+        out.agent = AgentSettings.make(agent, cfg)
         base = cfg.get("repair", True)
         if isinstance(base, bool):
             out.enabled = base
@@ -134,17 +231,18 @@ class RepairSettings:
 # --------------------------------------------------------------------------- summaries
 
 
-def trace_summary(trace: Trace | None) -> list[str]:
-    """Per step that ran: `N. <line> -> <output's typed short text>` (or its error)."""
+def trace_summary(trace: Trace | None, start: int = 0) -> list[str]:
+    """Per step that ran (from step `start`): `N. <line> -> <output's typed short text>`
+    (or its error)."""
     if trace is None:
         return []
     lines = []
-    for rec in trace.steps[:MAX_SUMMARY_STEPS]:
+    for rec in trace.steps[start:start + MAX_SUMMARY_STEPS]:
         got = f"error: {rec.error}" if rec.error is not None else show(rec.output, typed=True)
         lines.append(show(f"{rec.index + 1}. {rec.source.strip()} -> {got}",
                           limit=MAX_SUMMARY_LINE))
-    if len(trace.steps) > MAX_SUMMARY_STEPS:
-        lines.append(f"... {len(trace.steps) - MAX_SUMMARY_STEPS} more steps")
+    if len(trace.steps) - start > MAX_SUMMARY_STEPS:
+        lines.append(f"... {len(trace.steps) - start - MAX_SUMMARY_STEPS} more steps")
     return lines
 
 
@@ -204,6 +302,8 @@ class RunAttempt:
     verdict: Verdict | None = None
     note: str = ""
     finished: bool = False
+    resume: Any = None   # agent mode: the run this program goes on from (engine's RunState)
+    keep: bool = False   # agent mode: keep this run's state, to go on from it
 
     @property
     def ran(self) -> bool:
@@ -297,7 +397,21 @@ class PlanningLoop:
     def answer(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
         """One result per item, in order: plan the items without a program, run every
         first program together, correct and rerun those that need it, select one run per
-        item. An item's failure (no plan, every run raised) is in its result."""
+        item. An item's failure (no plan, every run raised) is in its result. In agent
+        mode the items without a program are written in rounds (`agent`)."""
+        if self.settings.mode != "agent" or all(i.program is not None for i in items):
+            return self.oneshot(items, runner)
+        rounds = [i for i, item in enumerate(items) if item.program is None]
+        given = [i for i, item in enumerate(items) if item.program is not None]
+        out: list[Any] = [None] * len(items)
+        for i, res in zip(given, self.oneshot([items[i] for i in given], runner) if given else []):
+            out[i] = res
+        for i, res in zip(rounds, self.agent([items[i] for i in rounds], runner)):
+            out[i] = res
+        return out
+
+    def oneshot(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
+        """Plan (whole programs), run, look back, select: see the module docstring."""
         results: list[ItemResult | None] = []
         candidates: list[list[Case]] = []
         for item in items:
@@ -473,6 +587,68 @@ class PlanningLoop:
         return ItemResult(item.id, winner.value, winner.parsed, winner.trace, None)
 
 
+    # -- agent mode
+
+    def agent(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
+        """Write each item's program in rounds: every round of every item that is not done
+        is written together (`Planner.write_rounds`: the LLM requests of a round go out
+        together), then run together (`runner`, going on from each item's run), then each
+        item's planner is told what its new steps gave; items drop out as they finish."""
+        tracks = [Track(item, self.settings.agent) for item in items]
+        for t in tracks:
+            if t.item.planner is None:
+                t.fail(LLMError("no planner to write a program for this question"))
+            else:
+                try:
+                    t.messages = t.item.planner.agent_messages(t.item.question, t.item.inputs)
+                except Exception as e:  # a bad examples file: this item's failure
+                    t.fail(e)
+        active = [t for t in tracks if t.result is None]
+        while active:
+            for t in active:
+                t.check_budget_before()
+            active = [t for t in active if t.result is None]
+            writing: dict[int, list[Track]] = {}
+            for t in active:
+                writing.setdefault(id(t.item.planner), []).append(t)
+            to_run: list[Track] = []
+            for group in writing.values():
+                from visprog.planning.planner import RoundRequest
+
+                writes = group[0].item.planner.write_rounds([RoundRequest(
+                    t.item.question, t.messages, t.program, t.item.inputs, t.time_left())
+                    for t in group])
+                for t, w in zip(group, writes):
+                    if t.written(w):
+                        to_run.append(t)
+            if to_run:
+                started = time.perf_counter()
+                pairs = [(Case(t.item, [t.attempt]), t.attempt) for t in to_run]  # type: ignore[list-item]
+                ran = runner(pairs)
+                share = (time.perf_counter() - started) / len(to_run)
+                for t, res in zip(to_run, ran):
+                    t.ran(res, share)
+                    if t.finishing:
+                        self.judge_agent(t)
+                    t.observe()
+            active = [t for t in active if t.result is None]
+        return [t.result for t in tracks]  # type: ignore[misc]
+
+    def judge_agent(self, t: "Track") -> None:
+        """The checks (and the critic) on a run that wrote Result: findings go back as the
+        next observation while corrections are allowed and rounds remain."""
+        attempt = t.attempt
+        attempt.value, attempt.trace, attempt.finished = t.value(), t.state.trace, True
+        self.judge(Case(t.item, [attempt]), attempt)
+        why = [str(f) for f in attempt.findings]
+        if attempt.verdict is not None and not attempt.verdict.ok:
+            why.append(f"[critic] {attempt.verdict.reason or 'it does not answer the question'}")
+        if why and t.corrections < self.settings.attempts and t.rounds < t.budget.rounds:
+            t.corrections += 1
+            t.findings = why
+            t.finishing = False
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -516,3 +692,328 @@ def select(candidates: Sequence[RunAttempt], how: str = "checks") -> int:
     candidates[chosen].trace.add_event(  # type: ignore[union-attr]
         Vote(chosen, all_counts, runs, how, pool, counts))
     return chosen
+
+
+# --------------------------------------------------------------------------- agent mode
+
+
+class AgentError(VisProgError):
+    """Agent mode stopped before any step ran (no round could be written or run). `.trace`
+    holds the rounds, `.cause` what stopped it."""
+
+    def __init__(self, message: str, trace: Trace | None = None,
+                 cause: BaseException | None = None):
+        super().__init__(message)
+        self.trace = trace
+        self.cause = cause
+
+
+IMAGE_TOKEN_SIDE = 32  # Qwen3-VL: one image token per 32x32 pixels (16-pixel patches, merged 2x2)
+MAX_LOOK_REGIONS = 30  # regions listed in a Look of Objects; the rest are counted
+MAX_LOOK_TEXT = 1500   # characters of a Look of text
+
+
+def image_tokens(im: Any) -> int:
+    """An image's tokens, estimated as Qwen3-VL counts them."""
+    w, h = im.size
+    return math.ceil(w / IMAGE_TOKEN_SIDE) * math.ceil(h / IMAGE_TOKEN_SIDE)
+
+
+def fit_pixels(im: Any, min_pixels: int, max_pixels: int) -> Any:
+    """`im` scaled (aspect kept) into [min_pixels, max_pixels] pixels, as RGB."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = 1.0
+    if w * h > max_pixels:
+        scale = math.sqrt(max_pixels / (w * h))
+    elif w * h < min_pixels:
+        scale = math.sqrt(min_pixels / (w * h))
+    im = im.convert("RGB") if im.mode != "RGB" else im
+    if scale == 1.0:
+        return im
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return im.resize(size, Image.Resampling.BICUBIC)
+
+
+def relative_box(box: Sequence[float], size: tuple[int, int]) -> list[int]:
+    """A pixel box as [x0, y0, x1, y1] from 0 to 1000 (what Region takes)."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    return [round(x0 * 1000 / w), round(y0 * 1000 / h), round(x1 * 1000 / w),
+            round(y1 * 1000 / h)]
+
+
+def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool
+            ) -> tuple[str, Any | None]:
+    """What the Look step `index` shows: its text (standing alone, for a model that takes
+    no images) and the image to send (None: text only). An image is scaled to the
+    settings' bounds; Objects are drawn on the image they were found in, their boxes also
+    listed in 0-1000 coordinates; anything else is its typed short text."""
+    from PIL import Image
+
+    from visprog.traces.draw import background, draw_objects
+    from visprog.values import Objects
+
+    rec = trace.steps[index]
+    var = rec.arg_vars.get("var") or "the value"
+    value = rec.output
+    if isinstance(value, Image.Image):
+        w, h = value.size
+        shown = fit_pixels(value, settings.look_min_pixels, settings.look_max_pixels) \
+            if images else None
+        where = " ({image})" if images else " (not shown: images are not sent to this model)"
+        return f"Look at {var}: an image of {w}x{h} pixels{where}.", shown
+    if isinstance(value, Objects):
+        source = next((r for r in reversed(trace.steps[:index]) if r.target == var
+                       and r.error is None), None)
+        over = background(source) if source is not None else None
+        w, h = value.image_size
+        n = len(value)
+        head = f"Look at {var}: {n} region{'s' if n != 1 else ''} of a {w}x{h} image"
+        shown = None
+        if images:
+            canvas = over if over is not None and over.size == (w, h) else \
+                Image.new("RGB", (w, h), (235, 235, 235))
+            shown = draw_objects(fit_pixels(canvas, settings.look_min_pixels,
+                                            settings.look_max_pixels), value)
+            head += " (drawn in {image})"
+        lines = [head + (", boxes from 0 to 1000:" if n else ".")]
+        for r in value.regions[:MAX_LOOK_REGIONS]:
+            score = "" if r.score is None else f" score {float(r.score):.2f}"
+            lines.append(f"  {r.label or 'object'} {relative_box(r.box, (w, h))}{score}")
+        if n > MAX_LOOK_REGIONS:
+            lines.append(f"  ... {n - MAX_LOOK_REGIONS} more")
+        return "\n".join(lines), shown
+    return f"Look at {var}: {show(value, typed=True, limit=MAX_LOOK_TEXT)}", None
+
+
+class Track:
+    """One item in agent mode: its chat, its program and run so far, its rounds and costs."""
+
+    def __init__(self, item: LoopItem, budget: AgentSettings):
+        self.item = item
+        self.budget = budget
+        self.messages: list[dict[str, Any]] = []
+        self.program: Any = None      # the program so far (what ran, without failed steps)
+        self.state: Any = None        # the engine's RunState, kept across rounds
+        self.attempt: RunAttempt | None = None
+        self.write: Any = None        # this round's `RoundWrite`
+        self.rounds = 0
+        self.images = 0
+        self.calls = 0
+        self.usage: dict[str, int] = {}
+        self.image_tokens = 0
+        self.corrections = 0
+        self.findings: list[str] = []
+        self.finishing = False        # this round wrote Result (and ran)
+        self.events: list[Any] = []   # the rounds, before the run's trace exists
+        self.first = 0                # the trace's index of this round's first step
+        self.round: Round | None = None
+        self.result: ItemResult | None = None
+        self.deadline_s = _deadline_s(item)
+        self.started = time.perf_counter()
+
+    # -- budgets
+
+    def time_left(self) -> float | None:
+        if self.deadline_s is None:
+            return None
+        return self.deadline_s - (time.perf_counter() - self.started)
+
+    def check_budget_before(self) -> None:
+        """End the run when no round may be written: rounds used up, or no time left."""
+        if self.rounds >= self.budget.rounds:
+            self.stop("rounds", f"the budget of {self.budget.rounds} round"
+                                f"{'s' if self.budget.rounds != 1 else ''} is used up")
+        elif (left := self.time_left()) is not None and left <= 0:
+            self.stop("deadline", f"the planning deadline of {self.deadline_s:g} s passed")
+
+    # -- one round
+
+    def written(self, w: Any) -> bool:
+        """Take the round the planner wrote; True when it is to run."""
+        self.write = w
+        self.rounds += 1
+        self.calls += w.calls
+        usage: dict[str, int] = {}
+        for a in w.attempts:
+            add_usage(usage, a.usage)
+        add_usage(self.usage, usage)
+        events = attempt_events(w.attempts, self.item.question, self.item.task)
+        for e in events:
+            e.revision = self.rounds - 1
+        self.round = Round(self.rounds - 1, w.plan.text if w.plan is not None else "",
+                           list(events), usage=usage, calls=w.calls, plan_seconds=w.seconds)
+        if w.plan is None:
+            self.add_round()
+            left = self.time_left()
+            reason = "deadline" if left is not None and left <= 0 else "planning"
+            self.stop(reason, f"no round could be written: {_failure(w.error)}", w.error)
+            return False
+        new = len(w.plan.program.steps) - (len(self.program.steps) if self.program else 0)
+        ran = self.state.pc if self.state is not None else 0
+        if ran + new > self.budget.steps:
+            self.add_round()
+            self.stop("steps", f"the round's {new} steps would pass the budget of "
+                               f"{self.budget.steps} steps")
+            return False
+        self.first = ran  # the trace's index of the round's first step
+        self.attempt = RunAttempt("round", w.plan.text, [], w.plan.program,
+                                  resume=self.state, keep=True)
+        self.findings = []
+        return True
+
+    def ran(self, res: ItemResult, seconds: float) -> None:
+        """The round's steps ran (or one raised): keep the run, note what ran."""
+        first = self.first
+        self.state = res.state
+        trace = res.trace
+        assert self.round is not None and trace is not None
+        self.round.run_seconds = seconds
+        self.round.steps = list(range(first, len(trace.steps)))
+        if res.error is not None:
+            failed = trace.steps[-1] if trace.steps else None
+            self.round.error = failed.error if failed is not None else str(res.error)
+        if self.state is None:  # the runner kept nothing: it can't go on
+            self.add_round()
+            self.stop("planning", f"the run can't go on: {_failure(res.error)}" if res.error
+                      else "the run can't go on")
+            return
+        whole = self.attempt.parsed  # type: ignore[union-attr]
+        self.finishing = res.error is None and any(
+            s.module is not None and _is_result(self.item, s.module)
+            for s in whole.steps[first:])
+        self.program = whole if res.error is None else _before(whole, self.state.pc)
+
+    def observe(self) -> None:
+        """What the planner reads next (or, when the run is over, the end of it)."""
+        if self.result is not None:
+            return
+        if self.finishing:
+            self.add_round()
+            self.finish()
+            return
+        trace = self.state.trace
+        first = self.first
+        summary = trace_summary(trace, first)
+        failed, skipped = None, []
+        if self.round.error is not None:  # type: ignore[union-attr]
+            bad = trace.steps[-1]
+            failed = f"Step {bad.index + 1} ({bad.source.strip()}) failed: {bad.error}"
+            whole = self.attempt.parsed  # type: ignore[union-attr]
+            skipped = [s.source.strip() for s in whole.steps[bad.index + 1:]]
+        sends = _takes_images(self.item.planner)
+        looks, images, texts = [], [], []
+        for rec in trace.steps[first:]:
+            if rec.module == "Look" and rec.error is None:
+                text, im = look_at(trace, rec.index, self.budget, sends)
+                if im is not None:
+                    images.append(im)
+                    text = text.replace("{image}", f"image {len(images)}")
+                looks.append(rec.arg_vars.get("var", ""))
+                texts.append(text)
+        if images and self.images + len(images) > self.budget.images:
+            self.add_round()
+            self.stop("images", f"showing {len(images)} more image"
+                                f"{'s' if len(images) != 1 else ''} would pass the budget of "
+                                f"{self.budget.images}")
+            return
+        notes = []
+        if self.findings:
+            notes.append("The result does not fit the question:")
+            notes += [f"{i}. {f}" for i, f in enumerate(self.findings, 1)]
+        if self.rounds == self.budget.rounds - 1:
+            notes.append("This is the last round: end it with FINAL=Result(var=...).")
+        text = observation_text(self.rounds, summary, failed=failed, skipped=skipped,
+                                looks=texts, notes=notes)
+        self.images += len(images)
+        tokens = sum(image_tokens(im) for im in images)
+        self.image_tokens += tokens
+        r = self.round
+        assert r is not None
+        r.observation, r.looks, r.images, r.image_tokens = text, looks, list(images), tokens
+        self.add_round()
+        self.messages = self.messages + [
+            {"role": "assistant", "content": self.write.plan.text},
+            {"role": "user", "content": observation_parts(text, images)}]
+        if self.state.error is not None:
+            self.state.rewind()
+
+    # -- the end
+
+    def add_round(self) -> None:
+        if self.round is None:
+            return
+        if self.state is not None:
+            self.state.trace.add_event(self.round)
+        else:
+            self.events.append(self.round)
+        self.round = None
+
+    def value(self) -> Any:
+        return self.state.value()[1] if self.state is not None else None
+
+    def end_event(self, stop: str, answer: str | None, note: str = "") -> AgentRun:
+        ran = self.state.pc if self.state is not None else 0
+        return AgentRun(stop, answer, self.rounds, ran, self.images, self.calls,
+                        dict(self.usage), self.image_tokens,
+                        time.perf_counter() - self.started, note)
+
+    def finish(self) -> None:
+        """The planner wrote Result: the program's value is the answer."""
+        trace = self.state.trace
+        trace.add_event(self.end_event("result", "result"))
+        trace.result = self.value()
+        self.result = ItemResult(self.item.id, trace.result, self.program, trace, None)
+
+    def stop(self, reason: str, note: str, cause: BaseException | None = None) -> None:
+        """A budget (or the planner) ended the run: the answer is the program's last value,
+        or an `AgentError` when no step ran."""
+        state = self.state
+        if state is not None:
+            state.rewind()
+        has, value = state.value() if state is not None else (False, None)
+        if not has:
+            trace = state.trace if state is not None else Trace(
+                program="", events=list(self.events))
+            trace.add_event(self.end_event(reason, None, note))
+            trace.error = f"agent mode stopped before any step ran: {note}"
+            if isinstance(cause, PlanningError) and self.rounds == 1:
+                error: VisProgError = cause  # the first round never parsed: as a plan would
+            else:
+                error = AgentError(trace.error, trace, cause)
+            self.result = ItemResult(self.item.id, None, None, trace, error)
+            return
+        trace = state.trace
+        trace.program = self.program.source
+        trace.add_event(self.end_event(reason, "result" if state.have_result else "last value",
+                                       note))
+        trace.result = value
+        self.result = ItemResult(self.item.id, value, self.program, trace, None)
+
+    def fail(self, error: BaseException) -> None:
+        trace = Trace(program="", error=_failure(error), events=[])
+        err = error if isinstance(error, VisProgError) else AgentError(_failure(error), trace,
+                                                                         error)
+        self.result = ItemResult(self.item.id, None, None, trace, err)
+
+
+def _takes_images(planner: Any) -> bool:
+    return takes_images(getattr(planner, "llm", None))
+
+
+def _is_result(item: LoopItem, module: str) -> bool:
+    """Whether `module` marks a program's result (Result), by the planner's registry."""
+    registry = getattr(item.planner, "registry", None)
+    tool = registry.find(module) if registry is not None else None
+    return bool(tool is not None and tool.result)
+
+
+def _before(program: Any, index: int) -> Any:
+    """The program of the steps before step `index` (its lines before that step's)."""
+    from visprog.language.parser import parse
+
+    line = program.steps[index].line
+    text = "\n".join(program.source.split("\n")[:line - 1]).rstrip("\n")
+    return parse(text) if index > 0 else None

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.traces.draw import color_for, draw_objects, thumbnail
+from visprog.traces.draw import background as _background, color_for, draw_objects, thumbnail
 from visprog.traces.events import Repair, RunRecord, Vote
 from visprog.traces.step import StepRecord
 from visprog.values import Objects
@@ -155,14 +155,6 @@ def _encode(im: Image.Image) -> str:
         if len(jpg.getvalue()) < len(best):
             best, mime = jpg.getvalue(), "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
-
-
-def _background(step: StepRecord) -> Image.Image | None:
-    """The image a step's Objects are drawn over: its `draw_on` argument, else its first
-    image argument."""
-    if step.draw_on and isinstance(step.args.get(step.draw_on), Image.Image):
-        return step.args[step.draw_on]
-    return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)
 
 
 def _source_block(program: str, bad_line: int | None) -> str:
