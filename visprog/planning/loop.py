@@ -732,7 +732,8 @@ def fit_pixels(im: Any, min_pixels: int, max_pixels: int) -> Any:
     im = im.convert("RGB") if im.mode != "RGB" else im
     if scale == 1.0:
         return im
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    whole = math.floor if scale < 1 else math.ceil  # stay inside the range
+    size = (max(1, whole(w * scale)), max(1, whole(h * scale)))
     return im.resize(size, Image.Resampling.BICUBIC)
 
 

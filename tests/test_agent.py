@@ -1,0 +1,455 @@
+"""Agent mode (issue 21): the planner writes the program in rounds and sees what each round
+gave. Look and Region, the engine going on from a kept run, rounds parsed and checked
+against the program so far, observations (text, and images for a model that takes them),
+the budgets, a step that raises mid-round, batched rounds across items, the trace's rounds
+(JSON, HTML), the saved program re-run with no LLM, the CLI, and the tiny local VLM planner
+end to end. The LLM is the scripted loopback server of tests/llm_server.py through the real
+`openai` client."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_server import Reply, ScriptedServer, scripted_client
+from visprog.errors import ConfigError, StepError, VisProgError
+from visprog.language.parser import parse
+from visprog.planning.loop import AgentError, AgentSettings, RepairSettings, look_at
+from visprog.registry import tool
+from visprog.traces.events import AgentRun, PlanAttempt, Round
+from visprog.traces.records import Trace
+from visprog.values import Objects
+
+pytestmark = pytest.mark.usefixtures("no_llm_env")
+
+LOOK_ROUND = "BOX=Region(image=IMAGE, box=[100, 100, 600, 700])\nLOOK=Look(var=BOX)"
+ANSWER_ROUND = "ZOOM=Crop(image=IMAGE, box=BOX)\nN=Count(box=BOX)\nFINAL=Result(var=N)"
+
+
+def scene(size=(320, 240), seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "scene.png"
+    scene().save(path)
+    return path
+
+
+def engine(server, *, images=False, **kw):
+    from visprog.api import VisProg
+
+    llm = scripted_client(server)
+    llm.takes_images = images
+    kw.setdefault("cache", False)
+    return VisProg(preset="tiny", llm=llm, plugins=False, **kw)
+
+
+def image_parts(message):
+    content = message["content"]
+    return [] if isinstance(content, str) else [p for p in content if p["type"] == "image_url"]
+
+
+def text_of(message):
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(p["text"] for p in content if p["type"] == "text")
+
+
+# --------------------------------------------------------------------------- Region and Look
+
+
+def test_region_reads_boxes_from_0_to_1000_and_refuses_bad_ones():
+    from visprog.tools.region import pixel_box, region
+
+    assert pixel_box([0, 0, 1000, 1000], (640, 480)) == (0, 0, 640, 480)
+    assert pixel_box([100, 250, 501, 500], (640, 480)) == (64, 120, 321, 240)  # outward
+    assert pixel_box([999.9, 999.9, 1000, 1000], (640, 480)) == (639, 479, 640, 480)
+    objs = region(image=scene((640, 480)), box=[100, 250, 500, 500])
+    assert isinstance(objs, Objects) and objs.image_size == (640, 480)
+    assert objs.labels == ["region"] and objs[0].box == (64.0, 120.0, 320.0, 240.0)
+    bad = {"four numbers": [[1, 2, 3], "0,0,10,10", [0, 0, 10, "x"], [True, 0, 5, 5], None],
+           "outside the image": [[0, 0, 1200, 900], [-5, 0, 10, 10]],
+           "is empty": [[500, 100, 500, 200], [600, 100, 400, 200], [0, 300, 10, 300]]}
+    for why, boxes in bad.items():
+        for box in boxes:
+            with pytest.raises(ValueError, match=why):
+                region(image=scene(), box=box)
+
+
+def test_region_in_a_program_refuses_clearly_and_zooms_keeping_pixels():
+    from visprog.api import VisProg
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    big = scene((3840, 2160))
+    out = vp.execute("R=Region(image=IMAGE, box=[500, 500, 600, 600])\n"
+                     "Z=Crop(image=IMAGE, box=R)\nL=Look(var=Z)", image=big)
+    # Crop's context margin around a 384x216 box of the 4K image, at full resolution
+    assert out.value.size == (576, 324)
+    assert out.trace["L"].output is out.trace["Z"].output  # Look gives its value back
+    with pytest.raises(StepError, match="Region: box .* outside the image") as e:
+        vp.execute("R=Region(image=IMAGE, box=[0, 0, 3840, 2160])", image=big)
+    assert e.value.module == "Region"
+
+
+def test_vqa_min_pixels_scales_small_crops_up_and_is_keyed_only_when_set():
+    from visprog.api import VisProg
+    from visprog.tools.vqa import bound_pixels
+
+    small = scene((40, 20))
+    assert bound_pixels(small, 1024 * 1024).size == (40, 20)
+    up = bound_pixels(small, 1024 * 1024, 65536)
+    assert up.size[0] * up.size[1] >= 65536 and abs(up.size[0] / up.size[1] - 2) < 0.01
+    assert bound_pixels(scene((2000, 2000)), 1024 * 1024, 65536).size == (1024, 1024)
+    plain = VisProg(preset="tiny", cache=False, plugins=False).registry.get("Vqa").settings
+    assert "min_pixels" not in plain  # the default's cache keys are what they were
+    set_ = VisProg(preset="tiny", cache=False, plugins=False,
+                   config={"Vqa": {"min_pixels": 65536}}).registry.get("Vqa").settings
+    assert set_["min_pixels"] == 65536
+
+
+def test_look_is_not_cached_and_shows_what_it_looks_at():
+    from visprog.api import VisProg
+    from visprog.engine.cache import StepCache
+
+    vp = VisProg(preset="tiny", cache=StepCache(memory=True), plugins=False)
+    program = ("R=Region(image=IMAGE, box=[0, 0, 500, 500])\nL=Look(var=R)\n"
+               "N=Count(box=R)\nT=Look(var=N)\nI=Look(var=IMAGE)")
+    first = vp.execute(program, image=scene())
+    again = vp.execute(program, image=scene())
+    assert again.trace["R"].cached and not again.trace["L"].cached
+    assert again.value is again.trace.inputs["IMAGE"]
+    settings = AgentSettings(look_max_pixels=100 * 100, look_min_pixels=50 * 50)
+    text, im = look_at(first.trace, 1, settings, True)
+    assert text.startswith("Look at R: 1 region of a 320x240 image (drawn in {image})")
+    assert "region [0, 0, 500, 500]" in text
+    assert im.size[0] * im.size[1] <= 100 * 100 and im.size != (320, 240)
+    assert np.asarray(im).std() > 0  # the scene with the box drawn over it
+    text, im = look_at(first.trace, 1, settings, False)
+    assert im is None and "region [0, 0, 500, 500]" in text and "{image}" not in text
+    text, im = look_at(first.trace, 3, settings, True)
+    assert text == "Look at N: Number: 1" and im is None
+    text, im = look_at(first.trace, 4, settings, True)
+    assert text == "Look at IMAGE: an image of 320x240 pixels ({image})."
+    assert im.size[0] * im.size[1] <= 100 * 100
+    tiny = Trace("L=Look(var=X)", steps=[first.trace.steps[4]])
+    tiny.steps[0].output = scene((10, 10))
+    _, im = look_at(tiny, 0, settings, True)
+    assert im.size[0] * im.size[1] >= 50 * 50  # small crops are scaled up to be seen
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def counting_tool(calls):
+    @tool("Bump", params={"x": "Number"}, returns="Number", draw_on=None, cacheable=False)
+    def bump(x):
+        calls.append(x)
+        return x + 1
+    return bump
+
+
+def test_the_engine_goes_on_from_a_kept_run_without_running_earlier_steps():
+    from visprog.api import VisProg
+    from visprog.engine.core import Job
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    calls: list[int] = []
+    vp.register(counting_tool(calls))
+    first = parse("A=Bump(x=1)\nB=Bump(x=A)")
+    [res] = vp.engine.run([Job(first, {}, keep=True)])
+    assert res.value == 3 and calls == [1, 2] and res.state is not None
+    more = parse(first.source + "\nC=Bump(x=B)\nD=Eval(expr=\"{C} * 10\")")
+    [res2] = vp.engine.run([Job(more, {}, resume=res.state, keep=True)])
+    assert res2.value == 40 and calls == [1, 2, 3]  # only the new steps ran
+    assert res2.trace is res.trace and [s.target for s in res2.trace.steps] == list("ABCD")
+    assert res2.trace.program == more.source
+    with pytest.raises(ValueError, match="start with the steps that already ran"):
+        vp.engine.run([Job(parse("A=Bump(x=5)\nX=Bump(x=A)"), {}, resume=res2.state)])
+    # a failed last step is rewound: the next round replaces it
+    bad = parse(more.source + "\nE=Eval(expr=\"{D} / 0\")\nF=Bump(x=D)")
+    [res3] = vp.engine.run([Job(bad, {}, resume=res2.state, keep=True)])
+    assert isinstance(res3.error, StepError) and res3.trace.steps[-1].target == "E"
+    fixed = parse(more.source + "\nE=Eval(expr=\"{D} / 4\")")
+    [res4] = vp.engine.run([Job(fixed, {}, resume=res3.state, keep=True)])
+    assert res4.error is None and res4.value == 10
+    assert [s.target for s in res4.trace.steps] == list("ABCDE") and res4.trace.error is None
+    assert calls == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def test_a_round_is_checked_against_the_program_so_far(picture):
+    from visprog.api import VisProg
+    from visprog.planning.planner import Planner
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    planner = Planner(object(), vp.registry, cache=False)
+    prefix = parse("BOX=Loc(image=IMAGE, object='cup')\nLOOK=Look(var=BOX)")
+    ok = planner.judge_round("N=Count(box=BOX)\nFINAL=Result(var=N)", prefix,
+                             {"IMAGE": "Image"})
+    assert ok.ok and [s.target for s in ok.program.steps] == ["BOX", "LOOK", "N", "FINAL"]
+    assert ok.text == "N=Count(box=BOX)\nFINAL=Result(var=N)"
+    bad = planner.judge_round("N=Count(box=BOXES)\nM=Count(box=IMAGE)", prefix,
+                              {"IMAGE": "Image"})
+    # errors are numbered by the reply's own lines
+    assert [(d.line, d.message) for d in bad.diagnostics] == [
+        (1, "undefined variable 'BOXES'"), (2, "Count's 'box' takes Objects; IMAGE is Image")]
+    assert "did you mean 'BOX'" in str(bad.diagnostics[0])
+    assert planner.judge_round("N=Count(box=", prefix).diagnostics[0].line == 1
+    assert "no steps" in planner.judge_round("```\n```", prefix).diagnostics[0].message
+
+
+def test_agent_prompt_describes_look_and_region_and_the_oneshot_prompt_does_not():
+    from visprog.api import VisProg
+    from visprog.planning.planner import Planner
+    from visprog.planning.prompts import build_messages, load_examples, task_spec
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    planner = Planner(object(), vp.registry, cache=False)
+    messages = planner.agent_messages("What is on the sign?")
+    system = messages[0]["content"]
+    assert "- Look(var: Any) -> Any" in system and "- Region(image: Image, box: Any)" in system
+    assert "0 to 1000" in system and "Result" in system
+    assert messages[-1]["content"] == "Question: What is on the sign?"
+    assert any(m["role"] == "user" and m["content"].startswith("Round 1 ran:")
+               for m in messages)
+    oneshot = build_messages(vp.registry, task_spec("gqa"), "q", load_examples("gqa"))
+    assert "Look(" not in oneshot[0]["content"] and "Region(" not in oneshot[0]["content"]
+
+
+@pytest.mark.parametrize("task", ["gqa", "nlvr", "imgedit"])
+def test_agent_examples_check_round_by_round(task):
+    from visprog.api import VisProg
+    from visprog.language.checker import check
+    from visprog.planning.prompts import agent_task, load_agent_examples, task_spec
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    spec = agent_task(task_spec(task))
+    looked = False
+    for ex in load_agent_examples(task):
+        text = ""
+        for k, r in enumerate(ex.rounds):
+            text = (text + "\n" + r.program).strip()
+            program = parse(text)
+            assert check(program, vp.registry, dict(spec.inputs)) == [], (ex.question, text)
+            modules = {s.module for s in parse(r.program).steps}
+            assert modules <= set(spec.modules), modules - set(spec.modules)
+            last = k == len(ex.rounds) - 1
+            assert bool(r.observation) != last, "every round but the last has one"
+            assert ("Result" in modules) == last
+            if r.observation:
+                looked = True
+                assert r.observation.startswith(f"Round {k + 1} ran:")
+                numbered = re.findall(r"^(\d+)\. (\S+?=)", r.observation, re.M)
+                steps = parse(text).steps
+                assert numbered == [(str(i + 1), steps[i].target + "=")
+                                    for i in range(len(steps) - len(parse(r.program).steps),
+                                                   len(steps))]
+    assert looked or task == "imgedit"  # one-shot examples are one round each
+
+
+# --------------------------------------------------------------------------- a run
+
+
+@pytest.mark.parametrize("images", [True, False])
+def test_two_rounds_look_then_answer(picture, images):
+    with ScriptedServer([LOOK_ROUND, ANSWER_ROUND]) as server:
+        vp = engine(server, images=images)
+        out = vp.run(str(picture), "How many boxes are there?", mode="agent")
+    assert out.value == 1 and len(server.requests) == 2
+    first, second = server.requests
+    assert not any(image_parts(m) for m in first["messages"])
+    shown = image_parts(second["messages"][-1])
+    assert len(shown) == (1 if images else 0)
+    if images:
+        url = shown[0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        assert isinstance(second["messages"][-1]["content"], list)
+    else:
+        assert isinstance(second["messages"][-1]["content"], str)
+    told = text_of(second["messages"][-1])
+    assert told.startswith("Round 1 ran:\n1. BOX=Region(image=IMAGE, box=[100, 100, 600, 700])"
+                           " -> Objects: 1 region (region)\n2. LOOK=Look(var=BOX) ->")
+    assert "Look at BOX: 1 region of a 320x240 image" in told
+    assert "region [100, 100, 600, 700]" in told
+    assert second["messages"][-2] == {"role": "assistant", "content": LOOK_ROUND}
+    # the rounds in the trace
+    rounds = out.trace.find(Round)
+    assert [r.program for r in rounds] == [LOOK_ROUND, ANSWER_ROUND]
+    assert rounds[0].steps == [0, 1] and rounds[1].steps == [2, 3, 4]
+    assert rounds[0].looks == ["BOX"] and len(rounds[0].images) == (1 if images else 0)
+    assert rounds[0].observation == told and rounds[1].observation == ""
+    assert all(isinstance(r.plan[-1], PlanAttempt) and r.plan[-1].ok for r in rounds)
+    assert rounds[0].usage["total_tokens"] > 0 and rounds[0].calls == 1
+    [end] = out.trace.find(AgentRun)
+    assert (end.stop, end.answer, end.rounds, end.steps, end.calls) == ("result", "result", 2,
+                                                                         5, 2)
+    assert end.images == (1 if images else 0) and (end.image_tokens > 0) == images
+    assert out.program.source == LOOK_ROUND + "\n" + ANSWER_ROUND
+    assert out.trace.program == out.program.source
+    assert [s.index for s in out.trace.steps] == [0, 1, 2, 3, 4]
+
+
+def test_the_finished_program_runs_again_with_no_llm(picture, tmp_path, monkeypatch, capsys):
+    from visprog.cli import main
+
+    saved = tmp_path / "agent.vp"
+    trace_json = tmp_path / "t.json"
+    with ScriptedServer([LOOK_ROUND, ANSWER_ROUND]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        monkeypatch.setenv("VISPROG_LLM_MODEL", "m")
+        code = main(["run", "--image", str(picture), "How many boxes?", "--agent",
+                     "--preset", "tiny", "--program", str(saved), "--json", str(trace_json),
+                     "-v"])
+        captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip() == "1", captured.err
+    assert "round 1: BOX=Region(image=IMAGE, box=[100, 100, 600, 700]); LOOK=Look(var=BOX), " \
+           "shown BOX" in captured.err
+    assert "agent: stopped by result after 2 rounds, 5 steps, 2 LLM calls" in captured.err
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "VISPROG_LLM_MODEL"):
+        monkeypatch.delenv(name)
+    assert main(["exec", str(saved), "--image", str(picture), "--preset", "tiny"]) == 0
+    assert capsys.readouterr().out.strip() == "1"
+    loaded = Trace.load_json(trace_json)
+    assert [r.program for r in loaded.find(Round)] == [LOOK_ROUND, ANSWER_ROUND]
+    assert loaded.find(AgentRun)[0].stop == "result" and loaded.program == saved.read_text().strip()
+
+
+def test_a_step_raising_mid_round_comes_back_and_leaves_the_program(picture):
+    r1 = ('A=Eval(expr="6 * 7")\nB=Eval(expr="{A} / 0")\nC=Eval(expr="{B} + 1")\n'
+          'L=Look(var=C)')
+    r2 = 'B=Eval(expr="{A} / 2")\nFINAL=Result(var=B)'
+    with ScriptedServer([r1, r2]) as server:
+        out = engine(server).run(str(picture), "How many?", mode="agent")
+    assert out.value == 21
+    told = text_of(server.requests[1]["messages"][-1])
+    assert "2. B=Eval(expr=\"{A} / 0\") -> error: " in told
+    assert "Step 2 (B=Eval(expr=\"{A} / 0\")) failed: ZeroDivisionError" in told \
+        or "Step 2 (B=Eval(expr=\"{A} / 0\")) failed:" in told
+    assert "Not run, as they came after the failed step: C=Eval(expr=\"{B} + 1\"); " \
+           "L=Look(var=C)" in told
+    assert out.program.source == 'A=Eval(expr="6 * 7")\n' + r2
+    assert [s.target for s in out.trace.steps] == ["A", "B", "FINAL"]
+    rounds = out.trace.find(Round)
+    assert rounds[0].error and "division" in rounds[0].error and rounds[0].steps == [0, 1]
+    assert rounds[1].steps == [1, 2]
+
+
+def test_the_checks_findings_come_back_as_an_observation(picture):
+    r1 = "A=Eval(expr=\"'blue'\")\nFINAL=Result(var=A)"
+    r2 = "B=Eval(expr=\"'yes'\")\nFINAL=Result(var=B)"
+    with ScriptedServer([r1, r2]) as server:
+        out = engine(server).run(str(picture), "Is the sky blue?", mode="agent")
+    assert out.value == "yes" and len(server.requests) == 2
+    told = text_of(server.requests[1]["messages"][-1])
+    assert "The result does not fit the question:\n1. [answer_type]" in told
+    with ScriptedServer([r1]) as server:  # checks only: the first Result stands
+        out = engine(server).run(str(picture), "Is the sky blue?", mode="agent", repair=0)
+    assert out.value == "blue" and len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def no_result_round(k):
+    return f'V{k}=Eval(expr="{k} * 10")\nL{k}=Look(var=V{k})'
+
+
+def test_the_rounds_budget_ends_with_the_last_value(picture):
+    with ScriptedServer([no_result_round(1), no_result_round(2)]) as server:
+        out = engine(server).run(str(picture), "q?", mode="agent", agent={"rounds": 2},
+                                 repair=False)
+    assert out.value == 20 and len(server.requests) == 2
+    [end] = out.trace.find(AgentRun)
+    assert (end.stop, end.answer, end.rounds) == ("rounds", "last value", 2)
+    assert "last round" in text_of(server.requests[1]["messages"][-1])
+    assert out.trace.result == 20
+
+
+def test_the_steps_budget_does_not_run_the_round_that_passes_it(picture):
+    big = "\n".join(f'S{i}=Eval(expr="{i}")' for i in range(5))
+    with ScriptedServer([no_result_round(1), big]) as server:
+        out = engine(server).run(str(picture), "q?", mode="agent", agent={"steps": 4},
+                                 repair=False)
+    assert out.value == 10 and [s.target for s in out.trace.steps] == ["V1", "L1"]
+    [end] = out.trace.find(AgentRun)
+    assert end.stop == "steps" and "5 steps would pass the budget of 4" in end.note
+
+
+def test_the_images_budget_ends_the_run_before_sending(picture):
+    r1 = "L=Look(var=IMAGE)"
+    with ScriptedServer([r1, no_result_round(2)]) as server:
+        out = engine(server, images=True).run(str(picture), "q?", mode="agent",
+                                              agent={"images": 0}, repair=False)
+    assert len(server.requests) == 1 and out.value is out.trace.inputs["IMAGE"]
+    assert out.trace.find(AgentRun)[0].stop == "images"
+    with ScriptedServer([r1, "FINAL=Result(var=L)"]) as server:  # text only: nothing sent
+        out = engine(server).run(str(picture), "q?", mode="agent", agent={"images": 0},
+                                 repair=False)
+    assert len(server.requests) == 2 and out.trace.find(AgentRun)[0].stop == "result"
+
+
+def test_the_deadline_ends_the_run(picture):
+    with ScriptedServer([no_result_round(1), Reply(no_result_round(2), delay=3)]) as server:
+        vp = engine(server)
+        started = time.perf_counter()
+        out = vp.run(str(picture), "q?", mode="agent", repair=False, deadline_s=1.0)
+    assert time.perf_counter() - started < 2.9
+    assert out.value == 10
+    [end] = out.trace.find(AgentRun)
+    assert end.stop == "deadline" and end.answer == "last value"
+
+
+def test_no_value_at_all_is_a_clear_error(picture):
+    with ScriptedServer(['B=Eval(expr="1 / 0")', 'B=Eval(expr="2 / 0")']) as server:
+        with pytest.raises(AgentError, match="stopped before any step ran.*2 rounds") as e:
+            engine(server).run(str(picture), "q?", mode="agent", agent={"rounds": 2})
+    assert e.value.trace.find(AgentRun)[0].answer is None
+    assert len(e.value.trace.find(Round)) == 2 and e.value.trace.steps == []
+    # a first round that never parses fails as a plan does
+    from visprog.planning.planner import PlanningError
+    with ScriptedServer(["nonsense", "more nonsense", "still nonsense"]) as server:
+        with pytest.raises(PlanningError):
+            engine(server).run(str(picture), "q?", mode="agent")
+
+
+def test_planning_that_fails_later_ends_with_the_last_value(picture):
+    with ScriptedServer([no_result_round(1), Reply("down", status=400)]) as server:
+        out = engine(server).run(str(picture), "q?", mode="agent", repair=False)
+    assert out.value == 10 and out.trace.find(AgentRun)[0].stop == "planning"
+
+
+def test_bad_agent_settings_are_refused(picture):
+    from visprog.api import VisProg
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    for bad in ({"rounds": 0}, {"turns": 3}, {"steps": 1.5}, {"look_min_pixels": 10 ** 9}):
+        with pytest.raises(ConfigError, match="agent|rounds|steps|turns|look"):
+            vp.repair_settings(mode="agent", agent=bad)
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        vp.repair_settings(mode="agentic")
+    cfg = VisProg(preset="tiny", cache=False, plugins=False,
+                  config={"planner": {"mode": "agent", "agent_rounds": 3}})
+    settings = cfg.repair_settings()
+    assert settings.mode == "agent" and settings.agent.rounds == 3
+    assert RepairSettings.make(None, {}).mode == "oneshot"
+    with ScriptedServer([]) as server:
+        with pytest.raises(ValueError, match="one-shot"):
+            engine(server).run(str(picture), "q?", mode="agent", vote=3)
+
+
+def test_config_mode_agent_is_used_by_run(picture):
+    with ScriptedServer([LOOK_ROUND, ANSWER_ROUND]) as server:
+        vp = engine(server, config={"planner": {"mode": "agent"}})
+        out = vp.run(str(picture), "How many boxes?")
+    assert out.value == 1 and len(out.trace.find(Round)) == 2
