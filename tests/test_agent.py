@@ -453,3 +453,81 @@ def test_config_mode_agent_is_used_by_run(picture):
         vp = engine(server, config={"planner": {"mode": "agent"}})
         out = vp.run(str(picture), "How many boxes?")
     assert out.value == 1 and len(out.trace.find(Round)) == 2
+
+
+# --------------------------------------------------------------------------- batched
+
+
+def scripted_by_question(plans):
+    """A server answer chosen by the request's question and how many rounds it has seen
+    (after the question: the examples' observations come before it): the requests of a
+    round go out in parallel, in no known order."""
+    def respond(body):
+        messages = body["messages"]
+        question = next(text_of(m) for m in reversed(messages)
+                        if m["role"] == "user" and text_of(m).startswith("Question: "))
+        return plans[question[len("Question: "):]][rounds_seen(body)]
+    return respond
+
+
+PLANS = {
+    "two rounds?": [no_result_round(1), 'FINAL=Result(var=V1)'],
+    "one round?": ['X=Eval(expr="5")\nFINAL=Result(var=X)'],
+    "three rounds?": [no_result_round(1), no_result_round(2), 'FINAL=Result(var=V2)'],
+}
+
+
+def rounds_seen(request):
+    messages = request["messages"]
+    start = max(i for i, m in enumerate(messages)
+                if m["role"] == "user" and text_of(m).startswith("Question: "))
+    return sum(m["role"] == "user" and text_of(m).startswith("Round ")
+               for m in messages[start:])
+
+
+def test_run_batch_in_agent_mode_advances_every_item_round_by_round(picture):
+    from visprog.engine.batch import BatchItem
+
+    with ScriptedServer([], respond=scripted_by_question(PLANS)) as server:
+        vp = engine(server)
+        items = [BatchItem(None, image=str(picture), question=q, id=q) for q in PLANS]
+        items.append(BatchItem('A=Eval(expr="7")', image=str(picture), id="given"))
+        results = vp.run_batch(items, mode="agent", repair=False)
+    assert [r.value for r in results] == [10, 5, 20, 7]
+    # the requests of a round all come before any of the next; done items drop out
+    assert [rounds_seen(r) for r in server.requests] == [0, 0, 0, 1, 1, 2]
+    assert [len(r.trace.find(Round)) for r in results[:3]] == [2, 1, 3]
+    assert results[3].trace.find(Round) == []  # a given program runs as it is
+    # batched with each other in the engine too: the items' steps ran in shared rounds
+    assert all(r.trace.find(AgentRun)[0].stop == "result" for r in results[:3])
+
+
+def test_evaluate_in_agent_mode_reports_costs_per_item(tmp_path, picture):
+    from visprog.evaluation.datasets import EvalItem
+    from visprog.evaluation.harness import evaluate, format_summary, read_results
+
+    items = [EvalItem(q, q, image=str(picture),
+                      answer={"two rounds?": "10", "one round?": "5",
+                              "three rounds?": "0"}[q]) for q in PLANS]
+    with ScriptedServer([], respond=scripted_by_question(PLANS)) as server:
+        vp = engine(server)
+        summary = evaluate(vp, items, tmp_path / "r.jsonl", progress=False, mode="agent",
+                           repair=False)
+    rows = {r["id"]: r for r in read_results(tmp_path / "r.jsonl")}
+    assert summary["accuracy"] == round(2 / 3, 4) and summary["mode"] == "agent"
+    assert [rows[q]["rounds"] for q in PLANS] == [2, 1, 3]
+    assert [rows[q]["llm_calls"] for q in PLANS] == [2, 1, 3]
+    assert [rows[q]["steps"] for q in PLANS] == [3, 2, 5]
+    assert all(rows[q]["llm_tokens"] > 0 for q in PLANS)
+    cost = summary["cost"]
+    assert cost["rounds"] == 2 and cost["llm_calls"] == 2 and cost["steps"] == round(10 / 3, 3)
+    assert cost["seconds"] > 0
+    assert "per item: 2 rounds, 3.333 steps, 2 LLM calls" in format_summary(summary)
+    assert len(server.requests) == 6
+    # one-shot on the same items reports the same figures
+    with ScriptedServer([], respond=lambda body: 'X=Eval(expr="5")\nFINAL=Result(var=X)') \
+            as server:
+        oneshot = evaluate(engine(server), items, tmp_path / "o.jsonl", progress=False,
+                           repair=False)
+    assert oneshot["mode"] == "oneshot" and oneshot["cost"]["rounds"] == 1
+    assert oneshot["cost"]["llm_calls"] == 1 and oneshot["cost"]["steps"] == 2
