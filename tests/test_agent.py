@@ -531,3 +531,50 @@ def test_evaluate_in_agent_mode_reports_costs_per_item(tmp_path, picture):
                            repair=False)
     assert oneshot["mode"] == "oneshot" and oneshot["cost"]["rounds"] == 1
     assert oneshot["cost"]["llm_calls"] == 1 and oneshot["cost"]["steps"] == 2
+
+
+# --------------------------------------------------------------------------- trace and demo
+
+
+def test_html_and_json_show_the_rounds_with_the_images_the_planner_saw(picture, tmp_path):
+    with ScriptedServer([LOOK_ROUND, ANSWER_ROUND]) as server:
+        out = engine(server, images=True).run(str(picture), "How many boxes?", mode="agent")
+    page = out.trace.to_html()
+    assert "<h2>Rounds</h2>" in page and "<h3>Round 1</h3>" in page
+    assert "image 1 shown to the planner" in page and 'alt="round 1 image 1"' in page
+    assert "Stopped by <b>result</b> after 2 rounds" in page
+    assert "Look at BOX: 1 region of a 320x240 image (drawn in image 1)" in page
+    path = out.trace.save_json(tmp_path / "t.json")
+    loaded = Trace.load_json(path)
+    r = loaded.find(Round)[0]
+    assert len(r.images) == 1 and isinstance(r.images[0], Image.Image)
+    assert r.images[0].size == out.trace.find(Round)[0].images[0].size
+    assert loaded.find(AgentRun)[0].to_dict() == out.trace.find(AgentRun)[0].to_dict()
+    assert loaded.to_html().count("shown to the planner") == 1
+
+
+def test_round_events_are_escaped_in_html():
+    trace = Trace(program="A=Eval(expr='1')")
+    trace.add_event(Round(0, "<script>x</script>", observation="<b>told</b>",
+                          error="<i>bad</i>"))
+    trace.add_event(AgentRun("rounds", "last value", 1, note="<u>n</u>"))
+    page = trace.to_html()
+    assert "<script>x" not in page and "&lt;script&gt;" in page
+    assert "<b>told</b>" not in page and "&lt;i&gt;bad" in page and "&lt;u&gt;n" in page
+
+
+def test_demo_ask_in_agent_mode_lists_the_rounds_with_their_images(picture, tmp_path):
+    from visprog.demos import app as demo
+
+    with ScriptedServer([LOOK_ROUND, ANSWER_ROUND]) as server:
+        vp = engine(server, images=True)
+        program, out = demo.ask(vp, "How many boxes?", "gqa", str(picture), agent=True,
+                                folders=demo.RunFolders(tmp_path))
+    assert out.ok and out.result_text == "1" and program == LOOK_ROUND + "\n" + ANSWER_ROUND
+    assert "Answered in 2 rounds" in out.message
+    assert "round 1: <code>BOX=Region" in out.message and "(looked at BOX)" in out.message
+    assert out.message.count("<img ") == 1 and "Rounds" in out.trace_html
+    with ScriptedServer(['B=Eval(expr="1 / 0")']) as server:
+        _, out = demo.ask(engine(server), "How many?", "gqa", str(picture), agent=True,
+                          folders=demo.RunFolders(tmp_path))
+    assert not out.ok and "round 1" in out.message
