@@ -578,3 +578,41 @@ def test_demo_ask_in_agent_mode_lists_the_rounds_with_their_images(picture, tmp_
         _, out = demo.ask(engine(server), "How many?", "gqa", str(picture), agent=True,
                           folders=demo.RunFolders(tmp_path))
     assert not out.ok and "round 1" in out.message
+
+
+# --------------------------------------------------------------------------- the local VLM
+
+
+def test_the_tiny_local_vlm_planner_runs_agent_mode_end_to_end():
+    """`--preset tiny` with no LLM configured plans with Vqa's tiny Qwen3-VL under the
+    grammar: every round it writes parses and checks against the program so far, a round
+    ends at a Look or a Result, and the finished program runs again to the same answer.
+    (Text only for now: the images reach the local planner with the chat-template part of
+    issue 21.)"""
+    pytest.importorskip("torch")
+    pytest.importorskip("llguidance")
+    from visprog.api import VisProg
+    from visprog.planning.llm_local import LocalConstrained
+
+    vp = VisProg(preset="tiny", cache=False, config={"llm": {"backend": "local",
+                                                             "max_steps": 4}})
+    assert isinstance(vp.llm, LocalConstrained)
+    out = vp.run(scene((160, 120)), "How many dogs are there?", mode="agent",
+                 agent={"rounds": 2}, repair=False)
+    rounds = out.trace.find(Round)
+    assert 1 <= len(rounds) <= 2
+    text = ""
+    for r in rounds:
+        assert r.plan[-1].ok and not r.plan[-1].errors
+        steps = parse(r.program).steps
+        assert 1 <= len(steps) <= 4
+        last = vp.registry.get(steps[-1].module)
+        assert last.result or last.name == "Look" or len(steps) == 4
+        text = (text + "\n" + r.program).strip()
+        assert vp.check(text, {"IMAGE": "Image"}) == []
+    end = out.trace.find(AgentRun)[0]
+    assert end.stop in ("result", "rounds") and end.calls == len(rounds)
+    again = vp.execute(out.program, image=out.trace.inputs["IMAGE"])
+    same = again.value == out.value if not isinstance(out.value, Image.Image) else \
+        again.value.tobytes() == out.value.tobytes()
+    assert same
