@@ -236,7 +236,8 @@ def _print_rounds(events: Sequence[Any]) -> None:
 
     for event in events:
         if isinstance(event, Round):
-            steps = "; ".join(line.strip() for line in event.program.splitlines() if line.strip())
+            steps = "; ".join(line.strip() for line in event.program.splitlines()
+                              if line.strip()) or "(no valid steps written)"
             shown = f", shown {', '.join(event.looks)}" if event.looks else ""
             images = f", {len(event.images)} image{'s' if len(event.images) != 1 else ''}" \
                 if event.images else ""
