@@ -616,3 +616,49 @@ def test_the_tiny_local_vlm_planner_runs_agent_mode_end_to_end():
     same = again.value == out.value if not isinstance(out.value, Image.Image) else \
         again.value.tobytes() == out.value.tobytes()
     assert same
+
+
+def test_the_local_planner_writes_a_round_of_many_items_as_one_batch(monkeypatch):
+    """The rounds of several items go to the local model as one batched generation (one
+    forward pass per token for all), each row held to its own grammar and variables, and
+    give what one-at-a-time generation gives."""
+    pytest.importorskip("torch")
+    pytest.importorskip("llguidance")
+    from visprog.api import VisProg
+    from visprog.engine.batch import BatchItem
+    from visprog.planning.chat import ChatCall, chat_many
+    from visprog.planning.llm_local import LocalConstrained
+
+    vp = VisProg(preset="tiny", cache=False, config={"llm": {"backend": "local",
+                                                             "max_steps": 4}})
+    envs = [{"IMAGE": "Image"}, {"IMAGE": "Image", "BOX": "Objects"},
+            {"LEFT": "Image", "RIGHT": "Image"}]
+    views = [vp.llm.constrain_to(vp.registry, e) for e in envs]
+    for v in views:
+        v.round_ends = ("Look",)
+    chats = [[{"role": "user", "content": "How many dogs? " * (k + 1)}] for k in range(3)]
+    for temperature in (0.0, 1.0):
+        alone = [v.chat(m, temperature=temperature, max_tokens=60, seed=5).text
+                 for v, m in zip(views, chats)]
+        calls = chat_many([ChatCall(v, m) for v, m in zip(views, chats)],
+                          temperature=temperature, max_tokens=60, seed=5, n=1)
+        assert [c.error for c in calls] == [None] * 3
+        assert [c.reply.text for c in calls] == alone
+        assert all(c.reply.usage["completion_tokens"] > 0 for c in calls)
+    batches = []
+    real = LocalConstrained.chat_batch
+
+    def spy(self, calls, **sampling):
+        batches.append(len(calls))
+        return real(self, calls, **sampling)
+
+    monkeypatch.setattr(LocalConstrained, "chat_batch", spy)
+    image = scene((96, 64))
+    items = [BatchItem(None, image=image, question=q, id=q)
+             for q in ("How many dogs?", "What colour is the car?", "Is there a cat?")]
+    results = vp.run_batch(items, mode="agent", agent={"rounds": 2}, repair=False)
+    assert batches and batches[0] == 3 and all(b > 1 for b in batches)
+    for res in results:
+        assert res.error is None or isinstance(res.error, VisProgError)
+        rounds = res.trace.find(Round)
+        assert rounds and all(r.plan[-1].ok for r in rounds)

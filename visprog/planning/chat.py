@@ -24,7 +24,7 @@ from visprog.errors import VisProgError
 # with the request policy it bounds, which Vqa's endpoint shares.
 from visprog.models.openai_api import deadline, time_left
 
-__all__ = ["LLMError", "LLMReply", "ChatClient", "ChatCall", "add_usage", "chat_many",
+__all__ = ["LLMError", "LLMReply", "ChatClient", "ChatCall", "add_usage", "chat_many", "chat_one",
            "deadline", "message_text", "takes_images", "text_only", "time_left"]
 
 
@@ -109,7 +109,9 @@ class ChatCall:
     seconds: float = 0.0
 
 
-def _one(call: ChatCall, sampling: Mapping[str, Any]) -> None:
+def chat_one(call: ChatCall, sampling: Mapping[str, Any]) -> None:
+    """Send one call's chat (text only for a client that takes no images) within its
+    deadline; its reply, or its error, and its seconds go into the call."""
     started = time.perf_counter()
     try:
         messages = call.messages if takes_images(call.client) else text_only(call.messages)
@@ -137,10 +139,10 @@ def chat_many(calls: Sequence[ChatCall], **sampling: Any) -> Sequence[ChatCall]:
     workers = min(len(calls), max(1, int(getattr(calls[0].client, "concurrency", 1) or 1)))
     if workers == 1:
         for call in calls:
-            _one(call, sampling)
+            chat_one(call, sampling)
         return calls
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(contextvars.copy_context().run, _one, call, sampling)
+        futures = [pool.submit(contextvars.copy_context().run, chat_one, call, sampling)
                    for call in calls]
         for f in futures:
             f.result()
