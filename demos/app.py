@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image, ImageDraw
 
 from visprog.errors import ImageError, ProgramError, StepError, VisProgError
-from visprog.planning.loop import AgentError
+from visprog.planning.agent import AgentError
 from visprog.traces.events import AgentRun, Repair, Round
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, load_image

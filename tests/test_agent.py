@@ -18,7 +18,8 @@ from PIL import Image
 from llm_server import Reply, ScriptedServer, scripted_client
 from visprog.errors import ConfigError, StepError, VisProgError
 from visprog.language.parser import parse
-from visprog.planning.loop import AgentError, AgentSettings, RepairSettings, look_at
+from visprog.planning.agent import AgentError, AgentSettings, look_at
+from visprog.planning.loop import RepairSettings
 from visprog.registry import tool
 from visprog.traces.events import AgentRun, PlanAttempt, Round
 from visprog.traces.records import Trace
