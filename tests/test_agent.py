@@ -663,3 +663,17 @@ def test_the_local_planner_writes_a_round_of_many_items_as_one_batch(monkeypatch
         assert res.error is None or isinstance(res.error, VisProgError)
         rounds = res.trace.find(Round)
         assert rounds and all(r.plan[-1].ok for r in rounds)
+
+
+def test_a_look_at_objects_finds_the_image_they_were_found_in_through_aliases():
+    from visprog.api import VisProg
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    big = Image.new("RGB", (300, 200), (250, 10, 10))
+    out = vp.execute("R=Region(image=IMAGE, box=[0, 0, 500, 500])\nA=R\nL1=Look(var=A)\n"
+                     "L2=Look(var=L1)", image=big)
+    settings = AgentSettings()
+    _, drawn = look_at(out.trace, 3, settings, True)
+    assert abs(drawn.size[0] / drawn.size[1] - 1.5) < 0.01  # scaled up into the bounds
+    # the red picture under the box, not the grey canvas of objects with no image
+    assert np.asarray(drawn)[150, 250].tolist() == [250, 10, 10]

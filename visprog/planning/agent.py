@@ -143,7 +143,7 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool
     listed in 0-1000 coordinates; anything else is its typed short text."""
     from PIL import Image
 
-    from visprog.traces.draw import background, draw_objects
+    from visprog.traces.draw import draw_objects
     from visprog.values import Objects
 
     rec = trace.steps[index]
@@ -156,9 +156,7 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool
         where = " ({image})" if images else " (not shown: images are not sent to this model)"
         return f"Look at {var}: an image of {w}x{h} pixels{where}.", shown
     if isinstance(value, Objects):
-        source = next((r for r in reversed(trace.steps[:index]) if r.target == var
-                       and r.error is None), None)
-        over = background(source) if source is not None else None
+        over = _found_in(trace, index, var)
         w, h = value.image_size
         n = len(value)
         head = f"Look at {var}: {n} region{'s' if n != 1 else ''} of a {w}x{h} image"
@@ -177,3 +175,23 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool
             lines.append(f"  ... {n - MAX_LOOK_REGIONS} more")
         return "\n".join(lines), shown
     return f"Look at {var}: {show(value, typed=True, limit=MAX_LOOK_TEXT)}", None
+
+
+def _found_in(trace: Trace, index: int, var: str) -> Any:
+    """The image the Objects of `var` (as step `index` reads it) were found in: the
+    background of the step that made them, following pass-through steps (a Look of a Look,
+    an alias, a Result) back; None when no step made them (an input)."""
+    from visprog.traces.draw import background
+
+    seen = 0
+    while var and seen < index + 1:
+        source = next((r for r in reversed(trace.steps[:index]) if r.target == var
+                       and r.error is None), None)
+        if source is None:
+            return None
+        over = background(source)
+        if over is not None:
+            return over
+        index, var = source.index, source.arg_vars.get("var", "")
+        seen += 1
+    return None
