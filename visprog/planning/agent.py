@@ -183,8 +183,7 @@ def _found_in(trace: Trace, index: int, var: str) -> Any:
     an alias, a Result) back; None when no step made them (an input)."""
     from visprog.traces.draw import background
 
-    seen = 0
-    while var and seen < index + 1:
+    while var:  # each pass goes to an earlier step, so it ends
         source = next((r for r in reversed(trace.steps[:index]) if r.target == var
                        and r.error is None), None)
         if source is None:
@@ -193,5 +192,4 @@ def _found_in(trace: Trace, index: int, var: str) -> Any:
         if over is not None:
             return over
         index, var = source.index, source.arg_vars.get("var", "")
-        seen += 1
     return None
