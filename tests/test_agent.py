@@ -595,8 +595,8 @@ def test_the_tiny_local_vlm_planner_runs_agent_mode_end_to_end():
     from visprog.api import VisProg
     from visprog.planning.llm_local import LocalConstrained
 
-    vp = VisProg(preset="tiny", cache=False, config={"llm": {"backend": "local",
-                                                             "max_steps": 4}})
+    vp = VisProg(preset="tiny", cache=False, config={  # no examples: a shorter prompt
+        "llm": {"backend": "local", "max_steps": 4}, "planner": {"examples": 0}})
     assert isinstance(vp.llm, LocalConstrained)
     out = vp.run(scene((160, 120)), "How many dogs are there?", mode="agent",
                  agent={"rounds": 2}, repair=False)
@@ -630,8 +630,8 @@ def test_the_local_planner_writes_a_round_of_many_items_as_one_batch(monkeypatch
     from visprog.planning.chat import ChatCall, chat_many
     from visprog.planning.llm_local import LocalConstrained
 
-    vp = VisProg(preset="tiny", cache=False, config={"llm": {"backend": "local",
-                                                             "max_steps": 4}})
+    vp = VisProg(preset="tiny", cache=False, config={
+        "llm": {"backend": "local", "max_steps": 4}, "planner": {"examples": 0}})
     envs = [{"IMAGE": "Image"}, {"IMAGE": "Image", "BOX": "Objects"},
             {"LEFT": "Image", "RIGHT": "Image"}]
     views = [vp.llm.constrain_to(vp.registry, e) for e in envs]
@@ -677,3 +677,25 @@ def test_a_look_at_objects_finds_the_image_they_were_found_in_through_aliases():
     assert abs(drawn.size[0] / drawn.size[1] - 1.5) < 0.01  # scaled up into the bounds
     # the red picture under the box, not the grey canvas of objects with no image
     assert np.asarray(drawn)[150, 250].tolist() == [250, 10, 10]
+
+
+def test_a_planner_that_fails_as_a_whole_ends_only_its_items(picture):
+    from visprog.engine.batch import BatchItem
+    from visprog.planning.planner import Planner
+
+    def broken(self, requests):
+        raise RuntimeError("the planner broke")
+
+    with ScriptedServer([]) as server:
+        vp = engine(server)
+        original = Planner.write_rounds
+        Planner.write_rounds = broken
+        try:
+            results = vp.run_batch([BatchItem(None, image=str(picture), question="q?"),
+                                    BatchItem('A=Eval(expr="3")', image=str(picture))],
+                                   mode="agent")
+        finally:
+            Planner.write_rounds = original
+    assert isinstance(results[0].error, AgentError) and "the planner broke" in str(
+        results[0].error)
+    assert results[1].value == 3

@@ -58,7 +58,8 @@ from visprog.planning.agent import AgentError, AgentSettings, image_tokens, look
 from visprog.planning.chat import LLMError, add_usage, deadline, takes_images
 from visprog.planning.checks import Finding, enabled_checks, run_checks
 from visprog.planning.critic import Critic, Verdict
-from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError, attempt_events
+from visprog.planning.planner import (DEFAULT_DEADLINE_S, PlanningError, RoundRequest,
+                                      RoundWrite, attempt_events)
 from visprog.planning.prompts import (findings_repair_message, observation_parts,
                                       observation_text, runtime_repair_message)
 from visprog.traces.events import (AgentRun, FailedStep, Repair, Round, RunRecord, Vote,
@@ -528,7 +529,6 @@ class PlanningLoop:
         winner = finals[select(finals, how)]
         return ItemResult(item.id, winner.value, winner.parsed, winner.trace, None)
 
-
     # -- agent mode
 
     def agent(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
@@ -555,11 +555,12 @@ class PlanningLoop:
                 writing.setdefault(id(t.item.planner), []).append(t)
             to_run: list[Track] = []
             for group in writing.values():
-                from visprog.planning.planner import RoundRequest
-
-                writes = group[0].item.planner.write_rounds([RoundRequest(
-                    t.item.question, t.messages, t.program, t.item.inputs, t.time_left())
-                    for t in group])
+                requests = [RoundRequest(t.item.question, t.messages, t.program,
+                                         t.item.inputs, t.time_left()) for t in group]
+                try:
+                    writes = group[0].item.planner.write_rounds(requests)
+                except Exception as e:  # a planner that fails as a whole: these items' end
+                    writes = [RoundWrite(None, [], e) for _ in group]
                 for t, w in zip(group, writes):
                     if t.written(w):
                         to_run.append(t)
