@@ -524,7 +524,7 @@ def test_evaluate_in_agent_mode_reports_costs_per_item(tmp_path, picture):
     assert cost["rounds"] == 2 and cost["llm_calls"] == 2 and cost["steps"] == round(10 / 3, 3)
     assert cost["seconds"] > 0
     assert "per item: 2 rounds, 3.333 steps, 2 LLM calls" in format_summary(summary)
-    assert len(server.requests) == 6
+    assert [rounds_seen(r) for r in server.requests] == [0, 0, 0, 1, 1, 2]
     # one-shot on the same items reports the same figures
     with ScriptedServer([], respond=lambda body: 'X=Eval(expr="5")\nFINAL=Result(var=X)') \
             as server:
@@ -699,3 +699,24 @@ def test_a_planner_that_fails_as_a_whole_ends_only_its_items(picture):
     assert isinstance(results[0].error, AgentError) and "the planner broke" in str(
         results[0].error)
     assert results[1].value == 3
+
+
+def test_visprog_eval_in_agent_mode_from_the_config(tmp_path, picture, monkeypatch, capsys):
+    from visprog.cli import main
+
+    rows = [{"id": q, "image": str(picture), "question": q, "answer": a}
+            for q, a in (("two rounds?", "10"), ("one round?", "5"))]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "agent.toml").write_text('[planner]\nmode = "agent"\nrepair = false\n')
+    with ScriptedServer([], respond=scripted_by_question(PLANS)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        monkeypatch.setenv("VISPROG_LLM_MODEL", "m")
+        code = main(["eval", str(tmp_path / "d.jsonl"), "--preset", "tiny", "--no-progress",
+                     "--config", str(tmp_path / "agent.toml"), "--out",
+                     str(tmp_path / "r.jsonl")])
+    out = capsys.readouterr().out
+    assert code == 0 and "accuracy: 100.00% (2/2)" in out
+    assert "per item: 1.5 rounds, 2.5 steps, 1.5 LLM calls" in out
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["mode"] == "agent" and summary["cost"]["rounds"] == 1.5
