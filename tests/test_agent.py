@@ -720,3 +720,16 @@ def test_visprog_eval_in_agent_mode_from_the_config(tmp_path, picture, monkeypat
     assert "per item: 1.5 rounds, 2.5 steps, 1.5 LLM calls" in out
     summary = json.loads((tmp_path / "r.summary.json").read_text())
     assert summary["mode"] == "agent" and summary["cost"]["rounds"] == 1.5
+
+
+def test_cli_refuses_agent_flags_that_do_not_fit(picture, monkeypatch, capsys):
+    from visprog.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("VISPROG_LLM_MODEL", "m")
+    base = ["run", "--image", str(picture), "q?", "--preset", "tiny"]
+    assert main(base + ["--agent", "--vote", "3"]) == 2
+    assert "one-shot mode" in capsys.readouterr().err
+    assert main(base + ["--rounds", "3"]) == 2
+    assert "add --agent" in capsys.readouterr().err
+    assert main(base + ["--agent", "--rounds", "0"]) == 2

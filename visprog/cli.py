@@ -184,6 +184,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
     vp = _engine(args)
+    mode = vp.repair_settings(mode="agent" if args.agent else None).mode
+    if mode == "agent" and args.vote > 1:
+        raise UsageError("--vote samples whole programs: it is for one-shot mode, not --agent")
+    if args.rounds is not None and mode != "agent":
+        raise UsageError("--rounds is for agent mode: add --agent")
     agent = {"rounds": args.rounds} if args.rounds is not None else None
     try:
         out = vp.run(args.image, args.question, task=args.task, right=args.right,
