@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageDraw
 
-from visprog.errors import ImageError, ProgramError, StepError, VisProgError, no_llm_message
-from visprog.traces.events import Repair
+from visprog.errors import (AgentError, ImageError, ProgramError, StepError, VisProgError,
+                            no_llm_message)
+from visprog.traces.events import AgentRun, Repair, Round
 from visprog.traces.records import StepRecord, Trace
 from visprog.values.text import show
 
@@ -311,11 +312,42 @@ def attempts_html(trace: Trace | None) -> str:
     return f'<ol class="vp-attempts">{"".join(rows)}</ol>'
 
 
+ROUND_THUMB = 160  # longest side of an image the planner saw, as the rounds list shows it
+
+
+def rounds_html(trace: Trace | None) -> str:
+    """Agent mode's rounds, one item each: the steps written, what failed, the images the
+    planner was shown (small), then how the run ended ("" when there were no rounds)."""
+    from visprog.traces.html import image_data_uri
+
+    rounds = trace.find(Round) if trace is not None else []
+    if not rounds:
+        return ""
+    rows = []
+    for r in rounds:
+        steps = "; ".join(line.strip() for line in r.program.splitlines() if line.strip())
+        failed = f' <span class="vp-err">failed: {_esc(r.error)}</span>' if r.error else ""
+        shown = "".join(f'<img src="{image_data_uri(im, ROUND_THUMB)}" alt="round '
+                        f'{r.index + 1} image {k}" title="shown to the planner">'
+                        for k, im in enumerate(r.images, 1) if isinstance(im, Image.Image))
+        looks = f" (looked at {_esc(', '.join(r.looks))})" if r.looks else ""
+        rows.append(f"<li>round {r.index + 1}: <code>{_esc(steps)}</code>{looks}{failed}"
+                    f"{'<div>' + shown + '</div>' if shown else ''}</li>")
+    end = next(iter(trace.find(AgentRun)), None)
+    tail = ""
+    if end is not None:
+        tail = (f"<div>stopped by {_esc(end.stop)} after {end.rounds} rounds; answer from "
+                f"{_esc(end.answer or 'nothing')}</div>")
+    return f'<ol class="vp-rounds">{"".join(rows)}</ol>{tail}'
+
+
 def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
-        right: Any = None, *, folders: RunFolders | None = None
+        right: Any = None, *, folders: RunFolders | None = None, agent: bool = False
         ) -> tuple[str | None, RunOutput]:
     """Plan, run and repair in one go (`vp.run`): the program that answered (for the code
-    box) and what to show, with every attempt of the repair loop listed. Never raises."""
+    box) and what to show, with every attempt of the repair loop listed. With `agent`, the
+    program is written in rounds (`vp.run(..., mode="agent")`) and every round is listed
+    with the images the planner saw. Never raises."""
     question = (question or "").strip()
     if task not in TASKS:
         return None, RunOutput(False, message=message_box("error", f"Unknown task {task!r}."))
@@ -340,12 +372,12 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
     folders = folders or RunFolders()
     try:
         target = (bound["LEFT"], bound["RIGHT"]) if pair else bound["IMAGE"]
-        out = vp.run(target, question, task=task)
-    except StepError as e:  # every attempt failed: show them all, and the last trace
+        out = vp.run(target, question, task=task, **({"mode": "agent"} if agent else {}))
+    except (StepError, AgentError) as e:  # every attempt failed: show them all, and the trace
         trace = e.trace
         page = trace.to_html() if trace is not None else None
         files = save_downloads(trace, folders.new(), page) if trace is not None else []
-        body = f'<div class="vp-err">{_esc(e)}</div>' + attempts_html(trace)
+        body = f'<div class="vp-err">{_esc(e)}</div>' + attempts_html(trace) + rounds_html(trace)
         return (trace.program if trace is not None else None), RunOutput(
             False, message=message_box("error", "No program answered", body), files=files,
             trace_html=trace_view_html(trace, page=page) if trace is not None else "",
@@ -358,9 +390,12 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
     trace = out.trace
     page = trace.to_html()
     files = save_downloads(trace, folders.new(), page)
-    listed = attempts_html(trace)
+    listed = attempts_html(trace) + rounds_html(trace)
     repaired = any((e.chosen or 0) > 0 for e in trace.find(Repair))
     title = "Answered after repair" if repaired else "Answered"
+    rounds = len(trace.find(Round))
+    if rounds:
+        title = f"Answered in {rounds} round{'s' if rounds != 1 else ''}"
     return out.program.source, RunOutput(
         True, result_text=format_result(out.value, task),
         result_image=out.value if isinstance(out.value, Image.Image) else None,
@@ -532,8 +567,9 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
         text, message = plan_program(vp, question, task)
         return (gr.update() if text is None else text), message
 
-    def on_ask(question: str, task: str, image: Any, left: Any, right: Any):
-        text, out = ask(vp, question, task, image, left, right, folders=folders)
+    def on_ask(question: str, task: str, image: Any, left: Any, right: Any, agent: bool):
+        text, out = ask(vp, question, task, image, left, right, folders=folders,
+                        agent=bool(agent))
         return ((gr.update() if text is None else text), out.message, out.result_text,
                 out.result_image, out.trace_html, out.files or None)
 
@@ -569,6 +605,9 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
                 with gr.Row():
                     plan_btn = gr.Button("Plan", elem_id="plan-btn")
                     ask_btn = gr.Button("Ask (plan, run, repair)", elem_id="ask-btn")
+                agent_mode = gr.Checkbox(
+                    label="Agent mode: write the program in rounds, looking at what each "
+                          "round found", value=False, elem_id="agent-mode")
             with gr.Column(scale=1):
                 program = gr.Code(label="Program (editable)", language="python", lines=8,
                                   interactive=True, elem_id="program")
@@ -587,7 +626,7 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
         task.change(on_task, [task], [single, pair, question])
         plan_btn.click(on_plan, [question, task], [program, status])
         question.submit(on_plan, [question, task], [program, status])
-        ask_btn.click(on_ask, [question, task, image, left, right],
+        ask_btn.click(on_ask, [question, task, image, left, right, agent_mode],
                       [program, status, result_text, result_image, trace_view, downloads])
         run_btn.click(on_run, [program, task, image, left, right],
                       [status, result_text, result_image, trace_view, downloads])

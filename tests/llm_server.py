@@ -46,10 +46,15 @@ class Reply:
 
 
 class ScriptedServer:
-    """Serves `script` in order; past its end, answers HTTP 400 "script exhausted"."""
+    """Serves `script` in order; past its end, answers HTTP 400 "script exhausted".
 
-    def __init__(self, script: list[Reply | str]):
+    With `respond` (a function of the request body giving a `Reply` or a text), every
+    request is answered by it instead: for requests sent in parallel, whose order is not
+    known, each answered by what it asks."""
+
+    def __init__(self, script: list[Reply | str], respond: Any = None):
         self.script = [r if isinstance(r, Reply) else Reply(r) for r in script]
+        self.respond = respond
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self._lock = threading.Lock()
@@ -84,6 +89,9 @@ class ScriptedServer:
         with self._lock:
             self.requests.append(body)
             self.paths.append(path)
+            if self.respond is not None:
+                reply = self.respond(body)
+                return reply if isinstance(reply, Reply) else Reply(reply)
             if len(self.requests) <= len(self.script):
                 return self.script[len(self.requests) - 1]
         return Reply("script exhausted: the test sent more requests than it scripted", status=400)

@@ -297,10 +297,11 @@ def test_every_tool_declares_what_it_did_before_the_base(case):
     got = {t.name: {"version": t.version, "settings": json.loads(json.dumps(dict(t.settings))),
                     "cacheable": t.cacheable, "sig": t.signature(), "doc": t.doc,
                     "draw_on": t.draw_on, "batch": t.batch_fn is not None} for t in tools}
-    # Changed on purpose since the fixture: modules added later, and the depth crops, which
-    # became depth-aware (tools/depth.py) with other settings, so other cache keys.
-    added, changed = {"Ocr", "LocText", "Depth"}, {"CropFrontOf", "CropInFront",
-                                                  "CropInFrontOf", "CropAhead", "CropBehind"}
+    # Changed on purpose since the fixture: modules added later (Look and Region: agent
+    # mode), and the depth crops, which became depth-aware (tools/depth.py) with other
+    # settings, so other cache keys.
+    added, changed = {"Ocr", "LocText", "Depth", "Look", "Region"}, {
+        "CropFrontOf", "CropInFront", "CropInFrontOf", "CropAhead", "CropBehind"}
     assert set(got) == set(want) | added
     assert {n: d for n, d in got.items() if n not in added | changed} == \
         {n: d for n, d in want.items() if n not in changed}

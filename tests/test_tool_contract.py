@@ -52,6 +52,7 @@ TEXT_FOR = {  # arguments whose type alone can't make a valid value
     ("Emoji", "emoji"): ["smiling_face_with_sunglasses", "face_with_tongue", "dog_face"],
     ("Vqa", "question"): ["what color is it?", "is there a dog?", "how many cats?"],
     ("List", "query"): ["kinds of dogs", "colours of cars", "farm animals"],
+    ("Region", "box"): [[100, 200, 600, 900], [0, 0, 1000, 1000], [250.5, 10, 260, 990]],
 }
 LIST_REPLIES = ["beagle\npoodle\nboxer", "1. red\n2. blue", "cow, sheep; goat"]
 # A value outside the type vocabulary (type_of says Any): the checker lets it through.

@@ -23,6 +23,10 @@ Settings (section `[Vqa]`; defaults and the other presets in `Vqa.presets`):
         chat model's processor sees them, which bounds its image tokens (Qwen3-VL: one token
         per 32x32 pixels).
     max_answer_words: a chat answer is cut to this many words.
+    min_pixels: images are scaled up (aspect kept) to at least this many pixels before a chat
+        model sees them; 0 (the default): as they are. Qwen3-VL's processor scales small
+        images (a zoomed-in crop) up to 65536 pixels itself; Qwen2.5-VL's only to 3136 and a
+        served model's as its server does, so `min_pixels = 65536` gives those the detail.
     endpoint: the "endpoint" backend's server: model, base_url, api_key (else the
         environment, see visprog.models.remote), timeout, max_retries, concurrency.
 """
@@ -79,9 +83,14 @@ def short_answer(text: str, max_words: int = 3) -> str:
     return clean_answer(" ".join(words).strip(",:;\"'`*"))
 
 
-def bound_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
-    """The image scaled down (aspect ratio kept) to at most `max_pixels` pixels."""
+def bound_pixels(image: Image.Image, max_pixels: int, min_pixels: int = 0) -> Image.Image:
+    """The image scaled down (aspect ratio kept) to at most `max_pixels` pixels, or up to at
+    least `min_pixels` (0: never up)."""
     w, h = image.size
+    if min_pixels > 0 and w * h < min_pixels:
+        scale = math.sqrt(min_pixels / (w * h))
+        return image.resize((math.ceil(w * scale), math.ceil(h * scale)),
+                            Image.Resampling.BICUBIC)
     if max_pixels <= 0 or w * h <= max_pixels:
         return image
     scale = math.sqrt(max_pixels / (w * h))
@@ -240,7 +249,9 @@ class ChatVlm(Backend):
         return {"backend": s["backend"], "max_new_tokens": int(s["max_new_tokens"]),
                 "instruction": str(s.get("instruction") or ""),
                 "max_pixels": int(s["max_pixels"]),
-                "max_answer_words": max(1, int(s["max_answer_words"]))}
+                "max_answer_words": max(1, int(s["max_answer_words"])),
+                # only when set: 0 changes nothing, and the cache keys stay what they were
+                **({"min_pixels": int(s["min_pixels"])} if s.get("min_pixels") else {})}
 
     def forward(self, tool: ModelTool, items: list[tuple[Image.Image, str]]) -> list[str]:
         s = self.settings
@@ -316,7 +327,8 @@ class Vqa(ModelTool):
         if not question:
             raise ValueError("Vqa needs a question, got an empty string")
         if self.backend.chat:
-            image = bound_pixels(image, self.settings["max_pixels"])
+            image = bound_pixels(image, self.settings["max_pixels"],
+                                 self.settings.get("min_pixels", 0))
         return image, question
 
     def postprocess(self, item: Any, answer: str) -> str:

@@ -208,7 +208,8 @@ class VisProg:
 
     def run_batch(self, items: Iterable[Any], *, batch_size: int | str = "auto",
                   use_cache: bool = True, no_cache: Iterable[str] = (),
-                  on_item: Any = None, repair: Any = None) -> list[Any]:
+                  on_item: Any = None, repair: Any = None, mode: str | None = None,
+                  agent: Any = None) -> list[Any]:
         """Run many programs together, batching model calls across them (`visprog.batch`).
 
         Args:
@@ -224,6 +225,9 @@ class VisProg:
                 planner correct the ones that raise or look wrong (`vp.run`'s `repair`;
                 default the config's), through the planning loop
                 (`visprog.planning.loop`). Only those items run again, together.
+            mode, agent: "agent" writes the programs of the items with a question and no
+                program in rounds (`vp.run`'s); all items advance round by round, each
+                round's LLM requests sent together, and an item that is done drops out.
 
         Returns:
             one `ItemResult` (id, value, program, trace, error) per item, in order; an
@@ -234,7 +238,7 @@ class VisProg:
 
         items = [_batch_item(as_batch_item(raw), i)  # query values become program text
                  for i, raw in enumerate(items)]
-        settings = self.repair_settings(repair)
+        settings = self.repair_settings(repair, mode=mode, agent=agent)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
         planners: dict[str, Any] = {}  # task -> its planner, or why there is none
         results: list[ItemResult | None] = []
@@ -314,9 +318,12 @@ class VisProg:
                 n = len(case.attempts) - 1  # the attempt that runs is the case's last
                 # the job's id is its position while it runs, so each result that ends is
                 # reported to the loop at once (candidates of a vote share the item's id)
-                jobs.append(self.job(attempt.parsed, bound, id=position,
-                                     events=attempt.plan_events, checked=True,
-                                     meta={**meta, **({"attempt": n} if n else {})}))
+                job = self.job(attempt.parsed, bound, id=position,
+                               events=attempt.plan_events, checked=True,
+                               meta={**meta, **({"attempt": n} if n else {})})
+                # agent mode: a round goes on from the item's run so far, and keeps it
+                job.resume, job.keep = attempt.resume, attempt.keep
+                jobs.append(job)
 
             def ended(res: ItemResult) -> None:
                 position, res.id = res.id, todo[res.id][0].item.id
@@ -329,19 +336,23 @@ class VisProg:
         loop = PlanningLoop(settings, self._critic(settings))
         return loop.answer(items, runner, on_item=on_item)
 
-    def repair_settings(self, repair: Any = None) -> Any:
+    def repair_settings(self, repair: Any = None, *, mode: str | None = None,
+                        agent: Any = None) -> Any:
         """The planning loop's settings (`visprog.planning.loop.RepairSettings`): the
-        config's [planner] keys (repair, repair_attempts, checks, critic, select), then
-        `repair` (True, False, a number of corrections, a mapping) over them.
+        config's [planner] keys (repair, repair_attempts, checks, critic, select, mode and
+        agent mode's budgets), then `repair` (True, False, a number of corrections, a
+        mapping), `mode` ("oneshot" or "agent") and `agent` (a mapping of rounds, steps,
+        images, look_max_pixels, look_min_pixels) over them.
 
         Raises:
-            ConfigError: a bad setting (an unknown check, a negative count...).
+            ConfigError: a bad setting (an unknown check or mode, a negative count...).
         """
         from visprog.errors import ConfigError
         from visprog.planning.loop import RepairSettings
 
         try:
-            return RepairSettings.make(repair, self.config.get("planner"))
+            return RepairSettings.make(repair, self.config.get("planner"), mode=mode,
+                                       agent=agent)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"repair settings: {e}") from e
 
@@ -404,7 +415,8 @@ class VisProg:
 
     def run(self, image: ImageLike, question: str, task: str = "gqa", *,
             right: ImageLike = None, vote: int = 1, use_cache: bool = True,
-            repair: Any = None, **options: Any) -> RunResult:
+            repair: Any = None, mode: str | None = None, agent: Any = None,
+            **options: Any) -> RunResult:
         """Plan a program for `question`, run it, and repair it when the run goes wrong.
 
         For `task="nlvr"` pass the pair: `run((left, right), statement, task="nlvr")` or
@@ -422,20 +434,35 @@ class VisProg:
         preferred and the majority answer among them wins (every run is listed in the
         trace's `Vote` event); only when none passes is the best one repaired.
 
+        With `mode="agent"` the planner writes the program in rounds: each round's steps
+        run at once (earlier steps are not run again), and the planner is told what they
+        gave, seeing what its `Look` steps show (images too, when its LLM takes them),
+        until it writes `Result` or a budget ends the run (then the answer is the last value
+        the program computed; the trace's `AgentRun` event says so). The trace has a
+        `Round` event per round; the finished program runs again without any LLM.
+
         Args:
             repair: True/False, the number of corrections allowed (0: check, don't
                 repair), a mapping (attempts, checks, critic, select) or `RepairSettings`;
                 default the config's [planner] settings (on, 2 corrections, every check).
+            mode: "oneshot" or "agent" (default the config's [planner] mode, "oneshot").
+            agent: agent mode's budgets, a mapping of rounds, steps, images (and
+                look_max_pixels, look_min_pixels); default the config's [planner]
+                agent_rounds, agent_steps, agent_images (6, 40, 8).
 
         Raises:
             PlanningError, LLMError: no program.
             ImageError: an input image can't be read (checked before the LLM is asked).
             StepError: a step failed (a `RepairError` when every attempt failed; with
                 vote > 1: every run failed).
+            AgentError: agent mode stopped before any step ran.
         """
         from visprog.planning.loop import LoopItem
 
-        settings = self.repair_settings(repair)
+        settings = self.repair_settings(repair, mode=mode, agent=agent)
+        if settings.mode == "agent" and vote > 1:
+            raise ValueError("vote=k samples whole programs: it is for one-shot mode, not "
+                             "agent mode")
         left = None
         if isinstance(image, (tuple, list)):
             if len(image) != 2:

@@ -204,15 +204,27 @@ def _run_inputs(args: argparse.Namespace) -> tuple[str, str, str | None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     task, image, right = _run_inputs(args)
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError("--rounds must be at least 1")
     vp = _engine(args)
+    mode = vp.repair_settings(mode="agent" if args.agent else None).mode
+    if mode == "agent" and args.vote > 1:
+        raise UsageError("--vote samples whole programs: it is for one-shot mode, not --agent")
+    if args.rounds is not None and mode != "agent":
+        raise UsageError("--rounds is for agent mode: add --agent")
+    agent = {"rounds": args.rounds} if args.rounds is not None else None
     try:
         out = vp.run(image, args.question, task=task, right=right,
-                     vote=args.vote, repair=repair_option(args), **_planner_options(args))
-    except StepError as e:
-        if e.trace is not None:
-            _write_outputs(args, e.trace)  # the plan and the steps that ran are not lost
+                     vote=args.vote, repair=repair_option(args),
+                     mode="agent" if args.agent else None, agent=agent,
+                     **_planner_options(args))
+    except VisProgError as e:
+        trace = getattr(e, "trace", None)
+        if trace is not None:
+            _write_outputs(args, trace)  # the plan and the steps that ran are not lost
             if args.verbose:
-                _print_repairs(e.trace.events)
+                _print_repairs(trace.events)
+                _print_rounds(trace.events)
         raise
     if args.verbose:
         from visprog.traces.events import PlanCacheHit, plan_events
@@ -222,8 +234,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 ("ok" if event.ok else plural(len(event.errors), "error"))
             print(f"  plan: {state}", file=sys.stderr)
         _print_repairs(out.trace.events)
+        _print_rounds(out.trace.events)
         print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
               file=sys.stderr)
+    if args.program:
+        Path(args.program).write_text(out.program.source.rstrip("\n") + "\n", encoding="utf-8")
+        print(f"program: {args.program}", file=sys.stderr)
     _write_outputs(args, out.trace)
     _print_result(args, out.value)
     return EXIT_OK
@@ -239,6 +255,29 @@ def _print_repairs(events: Sequence[Any]) -> None:
         for a in event.attempts:
             mark = "*" if a.index == event.chosen else " "
             print(f" {mark}attempt {a.index + 1} ({a.reason}): {a.state()}", file=sys.stderr)
+
+
+def _print_rounds(events: Sequence[Any]) -> None:
+    """Agent mode: one line per round (its steps, what it showed), then how it ended
+    (stderr)."""
+    from visprog.traces.events import AgentRun, Round
+
+    for event in events:
+        if isinstance(event, Round):
+            steps = "; ".join(line.strip() for line in event.program.splitlines()
+                              if line.strip()) or "(no valid steps written)"
+            shown = f", shown {', '.join(event.looks)}" if event.looks else ""
+            images = f", {len(event.images)} image{'s' if len(event.images) != 1 else ''}" \
+                if event.images else ""
+            failed = f", failed: {event.error}" if event.error else ""
+            print(f"  round {event.index + 1}: {steps}{shown}{images}{failed}", file=sys.stderr)
+        elif isinstance(event, AgentRun):
+            tokens = event.usage.get("total_tokens", 0)
+            print(f"  agent: stopped by {event.stop} after {event.rounds} rounds, "
+                  f"{event.steps} steps, {event.calls} LLM calls, {tokens} tokens, "
+                  f"answer from {event.answer or 'nothing'}"
+                  + (f" ({event.note})" if event.note and event.stop != "result" else ""),
+                  file=sys.stderr)
 
 
 def add_repair_arguments(p: argparse.ArgumentParser, *, vote: bool = False) -> None:
@@ -476,8 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", help="the RIGHT image of a pair (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
+    p.add_argument("--agent", action="store_true",
+                   help="agent mode: the planner writes the program in rounds, seeing what "
+                        "each round gave (its Look steps) before the next")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help="agent mode: the most rounds (default: the config's, 6)")
+    p.add_argument("--program", metavar="FILE",
+                   help="save the program that answered (visprog exec runs it again)")
     add_repair_arguments(p, vote=True)
-    _add_output_flags(p, verbose="print the planner's attempts, the repairs and the program")
+    _add_output_flags(p, verbose="print the planner's attempts, the repairs, the rounds and "
+                                 "the program")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_run)
 

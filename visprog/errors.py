@@ -239,6 +239,16 @@ class PlanningError(VisProgError):
         super().__init__("\n".join(lines))
 
 
+class AgentError(VisProgError):
+    """Agent mode stopped before any step ran (no round could be written or run). `.trace`
+    holds the rounds, `.cause` what stopped it (`visprog.planning.agent`)."""
+
+    def __init__(self, message: str, trace: Any = None, cause: BaseException | None = None):
+        super().__init__(message)
+        self.trace = trace
+        self.cause = cause
+
+
 class RepairError(StepError):
     """Every program of an item raised, repairs included. `.attempts` holds every
     `RunAttempt` (`visprog.planning.loop`); `.trace` the last run's trace, whose `Repair`

@@ -19,6 +19,12 @@ their records. The program's result is the value of the last step of a tool decl
 
 Model loads and unloads that happen while a call runs are recorded in the trace of the first
 program that call served, so a run's trace lists the models it caused to load.
+
+A run can go on (agent mode: the planner writes a program in rounds): a job with `keep=True`
+leaves its `RunState` in its result; a later job whose program starts with the same steps
+and that names the state as `resume` runs only the new steps, with the same variables and
+the same trace. A state whose last step failed is first rewound to before that step (the
+failed record leaves the trace), so the new steps replace it.
 """
 from __future__ import annotations
 
@@ -218,6 +224,8 @@ class ItemResult:
     program: Program | None
     trace: Trace | None
     error: VisProgError | None = None
+    state: "RunState | None" = None  # the job asked to `keep` it: the run may go on
+
 
     @property
     def ok(self) -> bool:
@@ -246,18 +254,23 @@ class BatchStats:
 @dataclass
 class Job:
     """One checked program and its bound inputs, ready to run. `events` are recorded in
-    its trace before any step (e.g. the planner's attempts); `meta` goes into trace.meta."""
+    its trace before any step (e.g. the planner's attempts); `meta` goes into trace.meta.
+    `resume`: the kept state of an earlier run of this program's first steps (only the
+    rest run; `inputs` are the state's); `keep`: leave this run's state in its result."""
 
     program: Program
     inputs: Mapping[str, Any]
     id: Any = None
     events: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    resume: "RunState | None" = None
+    keep: bool = False
 
 
 @dataclass(slots=True)
-class _Run:
-    """The state of one program while it runs."""
+class RunState:
+    """The state of one program while it runs (and, kept, between rounds of agent mode):
+    its variables, its trace, where it is."""
 
     pos: int
     job: Job
@@ -273,6 +286,47 @@ class _Run:
     @property
     def active(self) -> bool:
         return self.error is None and self.pc < len(self.steps)
+
+    def rewind(self) -> None:
+        """Forget a failed last step: its record leaves the trace and the program ends
+        before it, as if it had never been written."""
+        if self.error is None:
+            return
+        self.error = None
+        self.trace.error = None
+        del self.trace.steps[self.pc:]
+        del self.steps[self.pc:]
+        del self.tools[self.pc:]
+
+    def value(self) -> tuple[bool, Any]:
+        """(True, the program's value so far: its last Result's, else its last step's), or
+        (False, None) when no step ran."""
+        if self.have_result:
+            return True, self.result
+        if self.pc == 0:
+            return False, None
+        return True, self.env[self.steps[self.pc - 1].target]
+
+    def go_on(self, job: Job, pos: int, tools: list[Tool | None]) -> None:
+        """Take `job`'s program, which starts with the steps that ran, to run the rest.
+
+        Raises:
+            ValueError: the program does not start with the steps that ran.
+        """
+        self.rewind()
+        ran = self.steps[:self.pc]
+        if list(job.program.steps[:self.pc]) != ran:
+            raise ValueError("a resumed program must start with the steps that already ran")
+        self.pos, self.job = pos, job
+        self.steps = list(job.program.steps)
+        self.tools = self.tools[:self.pc] + tools[self.pc:]
+        self.trace.program = job.program.source
+        self.trace.result = None
+        self.trace.events.extend(job.events)
+        self.trace.meta.update(job.meta)
+
+
+_Run = RunState  # the name the core uses
 
 
 @dataclass(slots=True)
@@ -328,6 +382,13 @@ class Engine:
         runs = []
         get = self.registry.get
         for pos, job in enumerate(jobs):
+            if job.resume is not None:
+                state = job.resume
+                tools = [None if s.module is None else get(s.module)
+                         for s in job.program.steps[state.pc:]]
+                state.go_on(job, pos, [None] * state.pc + tools)
+                runs.append(state)
+                continue
             trace = Trace(program=job.program.source, inputs=dict(job.inputs),
                           events=list(job.events), meta=dict(job.meta))
             tools = [None if s.module is None else get(s.module) for s in job.program.steps]
@@ -380,7 +441,7 @@ def _finish(run: _Run) -> ItemResult:
             run.result = run.env[run.steps[-1].target]
         run.trace.result = run.result
     return ItemResult(run.job.id, run.result if run.error is None else None, run.job.program,
-                      run.trace, run.error)
+                      run.trace, run.error, run if run.job.keep else None)
 
 
 @dataclass

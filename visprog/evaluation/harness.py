@@ -42,6 +42,13 @@ kind, the answers the repairs changed, made right and made wrong, and the accura
 repair (first attempts) and after.
 
 The summary (JSON) has the accuracy overall and per question type, and the failure counts.
+
+In agent mode (`mode="agent"`, or the config's [planner] mode) every chunk's items advance
+round by round together (`VisProg.run_batch`). Either mode, each line says what its item
+cost: `rounds` (agent rounds; one-shot: programs run), `steps` (of the final program),
+`llm_calls`, `llm_tokens`, `images` and `image_tokens` (sent to the planner); the summary's
+"cost" averages them per item, with `seconds` per item (this run's wall time over its items),
+so one-shot and agent can be compared on the same models.
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ from visprog.engine.schedule import AUTO, batch_size_arg
 from visprog.evaluation.datasets import DatasetError, EvalItem
 from visprog.errors import (CheckError, HostError, ImageError, LLMError, ModelLoadError,
                             ParseError, RemoteModelError, VisProgWarning)
-from visprog.traces.events import PlanAttempt, Repair, plan_events
+from visprog.traces.events import AgentRun, PlanAttempt, Repair, Round, plan_events
 from visprog.values.text import plural, show
 
 STATUSES = ("correct", "wrong", "no_program", "error")
@@ -128,7 +135,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
              limit: int | None = None, shuffle: bool = False, seed: int = 0,
              chunk_size: int = DEFAULT_CHUNK, use_cache: bool = True, progress: bool = True,
              dataset: str = "", executor: Callable[..., Iterable[dict[str, Any]]] | None = None,
-             repair: Any = None) -> dict[str, Any]:
+             repair: Any = None, mode: str | None = None, agent: Any = None) -> dict[str, Any]:
     """Evaluate `vp` on `items`, resuming from `results_path`; return the summary.
 
     Args:
@@ -145,6 +152,8 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
             (`visprog.hosting.cluster.ray_executor`): called with the list of chunks (and
             batch_size=, use_cache=), it yields their result lines as chunks finish.
         repair: `VisProg.run_batch`'s repair setting (default: the config's).
+        mode, agent: "oneshot" or "agent" and agent mode's budgets (`VisProg.run_batch`;
+            default: the config's).
     """
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
@@ -183,7 +192,8 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
                       for s in range(0, len(runnable), max(1, chunk_size))]
             if executor is None:
                 for chunk in chunks:
-                    _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair)
+                    _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair,
+                               mode=mode, agent=agent)
             else:
                 for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
                     write(record)
@@ -195,7 +205,10 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         bar.close()
         elapsed = time.perf_counter() - started
         summary = summarize(read_results(results_path), [it.id for it in chosen])
+        if summary["cost"] is not None and tally["n"]:
+            summary["cost"]["seconds"] = round(elapsed / tally["n"], 3)
         summary.update({"dataset": dataset, "results": str(results_path),
+                        "mode": _mode(vp, mode),
                         "preset": getattr(vp, "preset", None), "batch_size": batch_size,
                         "this_run": {**counts, "items": tally["n"], "seconds": round(elapsed, 3),
                                      "items_per_s": round(tally["n"] / elapsed, 3)
@@ -255,6 +268,13 @@ def record_cause(record: dict[str, Any]) -> str | None:
     return None
 
 
+def _mode(vp: Any, mode: str | None) -> str:
+    """The mode the items ran in: `mode`, else the config's."""
+    if mode is not None or not hasattr(vp, "repair_settings"):
+        return mode or "oneshot"
+    return vp.repair_settings().mode
+
+
 def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy overall and by question type, and the failure counts, over the records whose
     id is in `ids` (all when None). A repeated id counts once (its last line)."""
@@ -282,7 +302,18 @@ def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = Non
             "failures": {s: counts[s] for s in ("no_program", "error", "wrong")},
             "outside": causes,
             "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())},
-            "repair": _repair_summary(rows)}
+            "repair": _repair_summary(rows), "cost": _cost_summary(rows)}
+
+
+COSTS = ("rounds", "steps", "llm_calls", "llm_tokens", "images", "image_tokens")
+
+
+def _cost_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """What an item cost on average (over the lines that say; None when none does)."""
+    known = [r for r in rows if all(k in r for k in COSTS)]
+    if not known:
+        return None
+    return {k: round(sum(float(r[k] or 0) for r in known) / len(known), 3) for k in COSTS}
 
 
 def _repair_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -338,6 +369,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{rep.get('became_wrong', 0)} became wrong; accuracy "
                      f"{rep['accuracy_before']:.2%} before repair, "
                      f"{rep['accuracy_after']:.2%} after")
+    cost = summary.get("cost")
+    if cost:
+        seconds = f", {cost['seconds']:.2f} s" if cost.get("seconds") is not None else ""
+        lines.append(f"per item: {cost['rounds']:g} rounds, {cost['steps']:g} steps, "
+                     f"{cost['llm_calls']:g} LLM calls, {cost['llm_tokens']:g} LLM tokens, "
+                     f"{cost['images']:g} images ({cost['image_tokens']:g} image tokens)"
+                     f"{seconds}")
     for kind, cells in summary["by_type"].items():
         parts = ", ".join(f"{name} {c['accuracy']:.1%} (n={c['n']})" for name, c in cells.items())
         lines.append(f"by {kind}: {parts}")
@@ -352,7 +390,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 # -- one chunk ------------------------------------------------------------------------------
 
 def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
-               batch_size: int | str, use_cache: bool, *, repair: Any = None) -> None:
+               batch_size: int | str, use_cache: bool, *, repair: Any = None,
+               mode: str | None = None, agent: Any = None) -> None:
     """Items through `run_batch` (the planning loop plans those without a program, runs
     them all together and repairs what needs it); each result line is written as its item
     is done."""
@@ -374,16 +413,21 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
         source = res.program.source if res.program is not None else (
             None if planned else str(item.program))
         events = res.trace.events if res.trace is not None else []
+        steps = len(res.trace.steps) if res.trace is not None else 0
         if res.error is None:
             status = "correct" if is_correct(res.value, item.answer) else "wrong"
-            write(_record(item, source, res.value, status, None, events=events))
+            write(_record(item, source, res.value, status, None, events=events, steps=steps))
         else:
             unplanned = planned and res.program is None and not isinstance(res.error, ImageError)
             status = "no_program" if unplanned or isinstance(res.error, (ParseError, CheckError)) \
                 else "error"
-            write(_record(item, source, None, status, res.error, events=events))
+            write(_record(item, source, None, status, res.error, events=events, steps=steps))
 
-    options = {} if repair is None else {"repair": repair}
+    options: dict[str, Any] = {} if repair is None else {"repair": repair}
+    if mode is not None:
+        options["mode"] = mode
+    if agent is not None:
+        options["agent"] = agent
     vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished, **options)
 
 
@@ -412,8 +456,29 @@ def _repairs(events: Sequence[Any]) -> dict[str, Any]:
             "findings": [f.message for f in attempts[chosen].findings] if attempts else []}
 
 
+def _costs(events: Sequence[Any], steps: int) -> dict[str, Any]:
+    """What an item cost, from its trace's events: agent mode's `AgentRun`, else the
+    planner's replies (plan attempts of every program run, the critic's verdicts)."""
+    ends = [e for e in events if isinstance(e, AgentRun)]
+    if ends:
+        end = ends[-1]
+        return {"rounds": end.rounds, "steps": end.steps, "llm_calls": end.calls,
+                "llm_tokens": int(end.usage.get("total_tokens", 0)), "images": end.images,
+                "image_tokens": end.image_tokens}
+    repairs = [e for e in events if isinstance(e, Repair)]
+    runs = repairs[-1].attempts if repairs else []
+    plans = [p for r in runs for p in r.plan] if runs else plan_events(events)
+    replies = [p for p in plans if isinstance(p, PlanAttempt)]
+    verdicts = [r.critic for r in runs if r.critic is not None and r.critic.reply]
+    tokens = sum(int(p.usage.get("total_tokens", 0)) for p in replies)
+    tokens += sum(int(v.usage.get("total_tokens", 0)) for v in verdicts)
+    return {"rounds": max(1, len(runs)), "steps": steps,
+            "llm_calls": len(replies) + len(verdicts), "llm_tokens": tokens, "images": 0,
+            "image_tokens": 0}
+
+
 def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *,
-            events: Sequence[Any] = ()) -> dict[str, Any]:
+            events: Sequence[Any] = (), steps: int = 0) -> dict[str, Any]:
     if program is not None and not isinstance(program, str):
         program = getattr(program, "source", str(program))
     correct = status == "correct"
@@ -438,7 +503,7 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
             "types": item.types, "first_prediction": first_prediction,
             "first_correct": first_correct, "repairs": rep["kinds"],
             "attempts": rep["attempts"] if program is not None else 0,
-            "findings": rep["findings"]}
+            "findings": rep["findings"], **_costs(events, steps)}
 
 
 def _summary_path(results: Path) -> Path:
@@ -534,7 +599,7 @@ def cmd_eval(args: Any, vp: Any, executor: Any = None, *, repair: Any = None) ->
                            batch_size=args.batch_size, limit=args.limit, shuffle=args.shuffle,
                            seed=args.seed, chunk_size=args.chunk, use_cache=not args.no_cache,
                            progress=not args.no_progress, dataset=str(args.dataset),
-                           executor=executor, repair=repair)
+                           executor=executor, repair=repair, mode=getattr(args, "mode", None))
     except KeyboardInterrupt:
         print(f"stopped: every finished item is in {out}; run the same command again to "
               "resume", file=sys.stderr)

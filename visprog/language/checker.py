@@ -65,6 +65,21 @@ def check(program: Program, registry: Registry,
         first = next((line.strip() for line in program.source.splitlines() if line.strip()), "")
         return [Diagnostic(1, 1, first[:40], "the program has no steps",
                            "write at least one NAME=Module(...) step")]
+    return _walk(program, registry, env)
+
+
+def defined_types(program: Program, registry: Registry,
+                  inputs: Mapping[str, str | Iterable[str]] | None = None) -> dict[str, Types]:
+    """The variables a (checked) program defines, inputs included, and their possible types
+    after its last step: what a program that goes on from it may read (agent mode's rounds,
+    the constrained decoder's variables)."""
+    env = input_types(DEFAULT_INPUTS if inputs is None else inputs)
+    _walk(program, registry, env)
+    return env
+
+
+def _walk(program: Program, registry: Registry, env: dict[str, Types]) -> list[Diagnostic]:
+    """Check each step in order, adding what it defines to `env` (in place)."""
     bound = frozenset(env)
     out: list[Diagnostic] = []
     for step in program:

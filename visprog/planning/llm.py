@@ -24,7 +24,9 @@ verdict), for backends that can constrain their output.
 """
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import os
 from typing import Any, Mapping
 
@@ -44,6 +46,29 @@ ENV_LOCAL_MODEL = "VISPROG_LLM_PATH"
 GRAMMAR_FIELDS = {
     "vllm": "guided_grammar",  # vLLM's OpenAI server, Lark/EBNF text
 }
+
+
+def message_to_openai(message: Mapping[str, Any], images: bool) -> dict[str, Any]:
+    """A chat message as the OpenAI protocol takes it. Content that is a list of parts
+    (`visprog.planning.chat`) becomes `text` parts and, when `images`, `image_url` parts
+    with PNG data URLs; without `images` the text parts alone, as one string."""
+    content = message.get("content")
+    if not isinstance(content, (list, tuple)):
+        return dict(message)
+    if not images:
+        from visprog.planning.chat import message_text
+        return {**message, "content": message_text(content)}
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image":
+            buf = io.BytesIO()
+            part["image"].save(buf, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {**message, "content": parts}
 
 
 class OpenAIChat:
@@ -67,9 +92,17 @@ class OpenAIChat:
             family's extra field, so the server only samples programs of the language.
         extra_body: extra request fields passed as is.
 
+    Attributes:
+        takes_images: send image parts of messages (as `image_url` data URLs); else their
+            text alone (`message_to_openai`).
+        concurrency: requests `visprog.planning.chat.chat_many` sends at once.
+
     Raises:
         LLMError: no model or key is configured, or `openai` is not installed.
     """
+
+    takes_images = False
+    concurrency = 8
 
     def __init__(self, model: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, timeout: float = 60.0, max_retries: int = 3,
@@ -150,7 +183,9 @@ class OpenAIChat:
         return LLMReply(text=texts[0], texts=texts, usage=usage, model=model)
 
     def _create(self, messages: list[dict[str, str]], **sampling: Any) -> LLMReply:
-        args: dict[str, Any] = {"model": self.model, "messages": messages,
+        args: dict[str, Any] = {"model": self.model,
+                                "messages": [message_to_openai(m, self.takes_images)
+                                             for m in messages],
                                 "temperature": sampling["temperature"],
                                 "max_tokens": sampling["max_tokens"]}
         if sampling["n"] != 1:

@@ -109,20 +109,23 @@ class StepGrammar:
         self.max_list = max_list
         self.max_name = max_name
 
-    def text(self, env: Mapping[str, frozenset[str]], *, final: bool = False) -> str:
+    def text(self, env: Mapping[str, frozenset[str]], *, final: bool = False,
+             ends: Iterable[str] = ()) -> str:
         """The grammar of one line `TARGET=Module(arg=value, ...)\\n`.
 
         Args:
             env: defined variable -> its possible types.
-            final: only a `Result` step is allowed (the program must end now); when no
-                registered tool is called Result, any step is.
+            final: only a `Result` step (or a module of `ends`) is allowed (the program or
+                round must end now); when no registered tool is one, any step is.
+            ends: modules a round may end with (agent mode: Look).
         """
         rules: list[str] = []
         calls: list[str] = []
         names = sorted(env)
         tools = self.tools
         if final:
-            only = [t for t in tools if t.result]
+            ends = set(ends)
+            only = [t for t in tools if t.result or t.name in ends]
             tools = only or tools
         for i, t in enumerate(tools):
             parts: list[tuple[str, bool]] = []
@@ -178,6 +181,8 @@ class StepGrammar:
                 alts.append('"None"')
             if any_type or "TextList" in types:
                 alts.append(f"\"[\" (STR (SEP STR){{0,{self.max_list - 1}}})? \"]\"")
+            if any_type:  # e.g. Region's box=[x0, y0, x1, y1]
+                alts.append(f"\"[\" NUM (SEP NUM){{0,{max(3, self.max_list - 1)}}} \"]\"")
         if not alts:
             return None
         rules.append(f"{rule}: {_alts(alts)}")

@@ -78,6 +78,9 @@ class LocalConstrained:
         self._inputs = {k: parse_types(v) for k, v in (inputs or DEFAULT_INPUTS).items()}
         self._grammar: StepGrammar | None = None
         self._free_grammar: str | None = None  # a whole-reply grammar (constrain_grammar)
+        # Agent mode: modules after which a program may stop (a round ends when the planner
+        # looks); set on a view by the planner. Empty: a program ends at its Result.
+        self.round_ends: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ protocol
 
@@ -222,60 +225,98 @@ class LocalConstrained:
     def _sample_program(self, prompt: list[int], temperature: float, max_tokens: int,
                         gen: Any) -> tuple[str, int]:
         """One program, a line at a time. Returns (text, tokens generated)."""
-        import llguidance
-        import llguidance.numpy as llt_np
-        import numpy as np
         import torch
 
-        from visprog.language.parser import parse
-
-        model, tok = self._shared.model, self._shared.tokenizer
-        lltok = self._shared.lltok
-        grammar = self._step_grammar()
-        registry = self._registry
-        env = dict(self._inputs)
-        mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
-        lines: list[str] = []
-        used = 0
+        model = self._shared.model
+        writer = _ProgramWriter(self, temperature, max_tokens, gen)
         with torch.no_grad():
             out = model(torch.tensor([prompt], device=self.device), use_cache=True,
                         **_positions(0, len(prompt), self.device))
             past, logits = out.past_key_values, out.logits[0, -1]
             pos = len(prompt)
-            for step in range(self.max_steps):
-                final = step == self.max_steps - 1 or used >= max_tokens
-                matcher = llguidance.LLMatcher(
-                    lltok, llguidance.grammar_from("lark", grammar.text(env, final=final)))
-                if matcher.is_error():
-                    raise LLMError(f"internal: step grammar rejected: {matcher.get_error()}")
-                line_ids: list[int] = []
-                while not matcher.is_accepting():
-                    if len(line_ids) >= _MAX_LINE_TOKENS:
-                        raise LLMError("internal: a constrained line did not end")
-                    llt_np.fill_next_token_bitmask(matcher, mask, 0)
-                    # Bit i of the packed int32 mask allows token i (little-endian words).
-                    allowed = np.unpackbits(mask[0].view(np.uint8), bitorder="little")
-                    scores = logits.float().clone()
-                    keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
-                    scores[~keep.to(scores.device)] = float("-inf")
-                    token = _pick(scores, temperature, gen)
-                    if not matcher.consume_token(token):
-                        raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
-                    line_ids.append(token)
-                    out = model(torch.tensor([[token]], device=self.device),
-                                past_key_values=past, use_cache=True,
-                                **_positions(pos, 1, self.device))
-                    past, logits = out.past_key_values, out.logits[0, -1]
-                    pos += 1
-                used += len(line_ids)
-                line = tok.decode(line_ids)
-                lines.append(line)
-                written = parse(line).steps[0]
-                tool = registry.get(written.module)
-                env[written.target] = frozenset(tool.returns)
-                if tool.result or (final and step == self.max_steps - 1):
+            while not writer.done:
+                token = writer.next_token(logits)
+                if writer.done:
                     break
-        return "".join(lines).rstrip("\n"), used
+                out = model(torch.tensor([[token]], device=self.device),
+                            past_key_values=past, use_cache=True,
+                            **_positions(pos, 1, self.device))
+                past, logits = out.past_key_values, out.logits[0, -1]
+                pos += 1
+        return writer.text(), writer.used
+
+    def chat_batch(self, calls: Any, *, temperature: float = 0.0, max_tokens: int = 512,
+                   n: int = 1, seed: int | None = None, stop: list[str] | None = None) -> None:
+        """Several chats at once (`visprog.planning.chat.chat_many`: agent mode's rounds of
+        many items): constrained programs of views of this model are written as one batch,
+        the prompts left-padded, one forward pass per token for all of them, each row held
+        to its own grammar and variables; a row that is done waits for the others. Anything
+        else (free text, `n` > 1) goes one call at a time. Each call gets its reply or
+        error."""
+        from visprog.planning.chat import LLMReply, chat_one, text_only
+
+        sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n,
+                    "seed": seed, "stop": stop}
+        views = [c.client for c in calls]
+        together = n == 1 and all(isinstance(v, LocalConstrained) and v._constrained
+                                  and v._free_grammar is None and v._shared is self._shared
+                                  for v in views)
+        if not together:
+            for call in calls:
+                chat_one(call, sampling)
+            return
+        import time
+
+        import torch
+
+        started = time.perf_counter()
+        try:
+            model, tok = self._load()
+            ctx = _context_size(model)
+            keep = ctx - max_tokens - _GENERATION_MARGIN
+            if keep < 16:
+                raise LLMError(f"the model's context ({ctx} tokens) is too small for "
+                               f"max_tokens={max_tokens}")
+            prompts = [v._prompt_ids(text_only(c.messages))[-keep:]
+                       for v, c in zip(views, calls)]
+            writers = [_ProgramWriter(v, temperature, max_tokens, torch.Generator(
+                device="cpu").manual_seed(0 if seed is None else seed)) for v in views]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts],
+                               device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                                device=self.device)
+            # each row's positions count its own tokens from 0 (left padding takes none)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                out = model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
+                past, logits = out.past_key_values, out.logits[:, -1]
+                pos = torch.tensor([len(p) for p in prompts], device=self.device)
+                while not all(w.done for w in writers):
+                    tokens = [pad if w.done else w.next_token(logits[i])
+                              for i, w in enumerate(writers)]
+                    if all(w.done for w in writers):
+                        break
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                    out = model(torch.tensor(tokens, device=self.device)[:, None],
+                                attention_mask=mask, position_ids=pos[:, None],
+                                past_key_values=past, use_cache=True)
+                    past, logits = out.past_key_values, out.logits[:, -1]
+                    pos = pos + 1
+        except Exception as e:  # the batch failed: every call reports it
+            for call in calls:
+                call.error = e if isinstance(e, LLMError) else LLMError(
+                    f"the local LLM failed: {type(e).__name__}: {e}")
+                call.seconds = time.perf_counter() - started
+            return
+        seconds = (time.perf_counter() - started) / len(calls)
+        for call, w, p in zip(calls, writers, prompts):
+            call.reply = LLMReply(text=w.text(), texts=[w.text()],
+                                  usage={"prompt_tokens": len(p), "completion_tokens": w.used,
+                                         "total_tokens": len(p) + w.used},
+                                  model=self.describe()["model"])
+            call.seconds = seconds
 
     def _sample_grammar(self, prompt: list[int], grammar: str, temperature: float,
                         gen: Any) -> tuple[str, int]:
@@ -341,6 +382,86 @@ class LocalConstrained:
                             **_positions(pos, 1, self.device))
                 pos += 1
         return tok.decode(out_ids), len(out_ids)
+
+
+class _ProgramWriter:
+    """Writes one program a token at a time, a line at a time: before each token, the
+    matcher of the current line's grammar (`StepGrammar`, from the variables defined so far)
+    masks every token that would not keep the line a valid prefix; when a line is done the
+    real parser reads it and the variables and their types are updated (the checker's
+    typing, so a pass-through step such as Look keeps its argument's type). The program
+    ends at a Result, at a module of the client's `round_ends`, or after `max_steps` lines
+    (the last must be a Result, or a round's end), or once `max_tokens` are used (then the
+    next line must be)."""
+
+    def __init__(self, client: "LocalConstrained", temperature: float, max_tokens: int,
+                 gen: Any):
+        import llguidance.numpy as llt_np
+
+        self.client = client
+        self.temperature, self.max_tokens, self.gen = temperature, max_tokens, gen
+        self.lltok = client._shared.lltok
+        self.grammar = client._step_grammar()
+        self.env = dict(client._inputs)
+        self.mask = llt_np.allocate_token_bitmask(1, self.lltok.vocab_size)
+        self.lines: list[str] = []
+        self.line_ids: list[int] = []
+        self.used = 0
+        self.done = False
+        self._start_line()
+
+    def _final(self) -> bool:
+        return len(self.lines) == self.client.max_steps - 1 or self.used >= self.max_tokens
+
+    def _start_line(self) -> None:
+        import llguidance
+
+        text = self.grammar.text(self.env, final=self._final(), ends=self.client.round_ends)
+        self.matcher = llguidance.LLMatcher(self.lltok, llguidance.grammar_from("lark", text))
+        if self.matcher.is_error():
+            raise LLMError(f"internal: step grammar rejected: {self.matcher.get_error()}")
+        self.line_ids = []
+
+    def next_token(self, logits: Any) -> int:
+        """The next token, picked from `logits` among those the grammar allows."""
+        import llguidance.numpy as llt_np
+        import numpy as np
+        import torch
+
+        if len(self.line_ids) >= _MAX_LINE_TOKENS:
+            raise LLMError("internal: a constrained line did not end")
+        llt_np.fill_next_token_bitmask(self.matcher, self.mask, 0)
+        # Bit i of the packed int32 mask allows token i (little-endian words).
+        allowed = np.unpackbits(self.mask[0].view(np.uint8), bitorder="little")
+        scores = logits.float().clone()
+        keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
+        scores[~keep.to(scores.device)] = float("-inf")
+        token = _pick(scores, self.temperature, self.gen)
+        if not self.matcher.consume_token(token):
+            raise LLMError(f"internal: constrained token refused: {self.matcher.get_error()}")
+        self.line_ids.append(token)
+        if self.matcher.is_accepting():
+            self._end_line()
+        return token
+
+    def _end_line(self) -> None:
+        from visprog.language.checker import defined_types
+        from visprog.language.parser import parse
+
+        client = self.client
+        self.used += len(self.line_ids)
+        line = client._shared.tokenizer.decode(self.line_ids)
+        self.lines.append(line)
+        program = parse(line)
+        tool = client._registry.get(program.steps[0].module)
+        self.env = defined_types(program, client._registry, self.env)
+        if tool.result or tool.name in client.round_ends or len(self.lines) >= client.max_steps:
+            self.done = True
+        else:
+            self._start_line()
+
+    def text(self) -> str:
+        return "".join(self.lines).rstrip("\n")
 
 
 def _pick(scores: Any, temperature: float, gen: Any) -> int:

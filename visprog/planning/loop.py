@@ -29,6 +29,16 @@ question with either a given program or none (then the planner writes `vote` of 
    passed the checks (and the critic), or among all that ran (`select="majority"`, or the
    loop switched off), ties to the earliest.
 
+**Agent mode** (`settings.mode == "agent"`, for the items without a given program) is the
+same loop with the program written in rounds (`PlanningLoop.agent`): the planner writes a
+few steps against the program so far (`Planner.write_rounds`, every item's round at once),
+they run going on from the item's kept run (the runner's jobs carry `resume`), and the
+planner reads what they gave (each new step's summary, what its Look steps show:
+`visprog.planning.agent.look_at`), until it writes Result (judged by the checks and the
+critic as above: findings become the next observation) or a budget ends the run (its
+answer: the last value the program computed). Each round is a `Round` event, the end an
+`AgentRun` event.
+
 Every LLM request of the loop (plans, corrections, the critic's verdicts) runs inside the
 planner's deadline (`deadline_s`). With `on_item`, each item's result is handed over as soon
 as it is final (its planning failed, or its last run needs no correction or can get none),
@@ -40,24 +50,33 @@ candidate (`visprog.traces.events`).
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from visprog.engine.core import ItemResult
 from visprog.errors import RepairError, StepError, VisProgError
-from visprog.planning.chat import LLMError, deadline
+from visprog.planning.agent import AgentError, AgentSettings, image_tokens, look_at
+from visprog.planning.chat import LLMError, add_usage, deadline, takes_images
 from visprog.planning.checks import Finding, enabled_checks, run_checks
 from visprog.planning.critic import Critic, Verdict
-from visprog.planning.planner import DEFAULT_DEADLINE_S, PlanningError, attempt_events
-from visprog.planning.prompts import findings_repair_message, runtime_repair_message
-from visprog.traces.events import FailedStep, Repair, RunRecord, Vote, as_event
+from visprog.planning.planner import (DEFAULT_DEADLINE_S, PlanningError, RoundRequest,
+                                      RoundWrite, attempt_events)
+from visprog.planning.prompts import (findings_repair_message, observation_parts,
+                                      observation_text, runtime_repair_message)
+from visprog.traces.events import (AgentRun, FailedStep, Repair, Round, RunRecord, Vote,
+                                   as_event)
 from visprog.traces.records import Trace
 from visprog.values.text import answer_key, record_value, show
 
 # Keys of the config's [planner] table that belong to this loop, not to the Planner.
-SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select")
+AGENT_KEYS = ("mode", "agent_rounds", "agent_steps", "agent_images", "look_max_pixels",
+              "look_min_pixels")
+SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select", *AGENT_KEYS)
 SELECT_MODES = ("checks", "majority")
+MODES = ("oneshot", "agent")
 MAX_SUMMARY_STEPS = 40
 MAX_SUMMARY_LINE = 200
 
@@ -74,6 +93,11 @@ class RepairSettings:
             checks, then the majority; "majority" is the majority of all runs.
         enabled: False turns looking back off (no checks, no repair): the first run is the
             answer, or the majority of the candidates.
+        mode: "oneshot" (the program is written whole, then run) or "agent" (written in
+            rounds, the planner seeing what each round gave; `agent` holds its budgets).
+            In agent mode the checks (and the critic) judge the run once it writes
+            Result, and their findings go back as the next observation, up to `attempts`
+            times.
     """
 
     attempts: int = 2
@@ -81,21 +105,37 @@ class RepairSettings:
     critic: bool = False
     select: str = "checks"
     enabled: bool = True
+    mode: str = "oneshot"
+    agent: AgentSettings = field(default_factory=AgentSettings)
 
     @classmethod
-    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None) -> "RepairSettings":
+    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None, *,
+             mode: str | None = None, agent: Any = None) -> "RepairSettings":
         """Settings from the config's [planner] keys (`repair`, `repair_attempts`,
-        `checks`, `critic`, `select`), then `value` over them: None (the config's), True
-        (on), False (off), an int (that many corrections; 0: checks only), a mapping of
-        the attribute names, or `RepairSettings`.
+        `checks`, `critic`, `select`, `mode` and agent mode's, see `AgentSettings`), then
+        `value` over them: None (the config's), True (on), False (off), an int (that many
+        corrections; 0: checks only), a mapping of the attribute names, or
+        `RepairSettings`; then `mode` and `agent` (`AgentSettings.make`) when given.
 
         Raises:
-            ValueError: an unknown check or select mode, a negative attempt count.
+            ValueError: an unknown check, select mode or mode, a negative attempt count, a
+                bad agent budget.
         """
         if isinstance(value, RepairSettings):
-            return value
+            out = value
+            if mode is not None or agent is not None:
+                out = dataclasses.replace(value)
+                out.mode = out.mode if mode is None else str(mode)
+                out.agent = AgentSettings.make(agent) if agent is not None else out.agent
+            if out.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}; got {out.mode!r}")
+            return out
         cfg = dict(config or {})
         out = cls()
+        out.mode = str(cfg.get("mode", out.mode)) if mode is None else str(mode)
+        if out.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {out.mode!r}")
+        out.agent = AgentSettings.make(agent, cfg)
         base = cfg.get("repair", True)
         if isinstance(base, bool):
             out.enabled = base
@@ -138,17 +178,18 @@ class RepairSettings:
 # --------------------------------------------------------------------------- summaries
 
 
-def trace_summary(trace: Trace | None) -> list[str]:
-    """Per step that ran: `N. <line> -> <output's typed short text>` (or its error)."""
+def trace_summary(trace: Trace | None, start: int = 0) -> list[str]:
+    """Per step that ran (from step `start`): `N. <line> -> <output's typed short text>`
+    (or its error)."""
     if trace is None:
         return []
     lines = []
-    for rec in trace.steps[:MAX_SUMMARY_STEPS]:
+    for rec in trace.steps[start:start + MAX_SUMMARY_STEPS]:
         got = f"error: {rec.error}" if rec.error is not None else show(rec.output, typed=True)
         lines.append(show(f"{rec.index + 1}. {rec.source.strip()} -> {got}",
                           limit=MAX_SUMMARY_LINE))
-    if len(trace.steps) > MAX_SUMMARY_STEPS:
-        lines.append(f"... {len(trace.steps) - MAX_SUMMARY_STEPS} more steps")
+    if len(trace.steps) - start > MAX_SUMMARY_STEPS:
+        lines.append(f"... {len(trace.steps) - start - MAX_SUMMARY_STEPS} more steps")
     return lines
 
 
@@ -208,6 +249,8 @@ class RunAttempt:
     verdict: Verdict | None = None
     note: str = ""
     finished: bool = False
+    resume: Any = None   # agent mode: the run this program goes on from (engine's RunState)
+    keep: bool = False   # agent mode: keep this run's state, to go on from it
 
     @property
     def ran(self) -> bool:
@@ -282,7 +325,25 @@ class PlanningLoop:
         """One result per item, in order: plan the items without a program, run every
         first program together, correct and rerun those that need it, select one run per
         item. An item's failure (no plan, every run raised) is in its result. `on_item` gets
-        each item's result as soon as it is final, in the order they become final."""
+        each item's result as soon as it is final, in the order they become final. In agent
+        mode the items without a program are written in rounds (`agent`)."""
+        if self.settings.mode != "agent" or all(i.program is not None for i in items):
+            return self.oneshot(items, runner, on_item)
+        rounds = [i for i, item in enumerate(items) if item.program is None]
+        given = [i for i, item in enumerate(items) if item.program is not None]
+        out: list[Any] = [None] * len(items)
+        if given:
+            for i, res in zip(given, self.oneshot([items[i] for i in given], runner, on_item)):
+                out[i] = res
+        for i, res in zip(rounds, self.agent([items[i] for i in rounds], runner)):
+            out[i] = res
+            if on_item is not None:
+                on_item(res)
+        return out
+
+    def oneshot(self, items: Sequence[LoopItem], runner: Runner,
+                on_item: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
+        """Plan (whole programs), run, look back, select: see the module docstring."""
         results: list[ItemResult | None] = []
         candidates: list[list[Case]] = []
         for item in items:
@@ -511,6 +572,68 @@ class PlanningLoop:
         winner = finals[select(finals, how)]
         return ItemResult(item.id, winner.value, winner.parsed, winner.trace, None)
 
+    # -- agent mode
+
+    def agent(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
+        """Write each item's program in rounds: every round of every item that is not done
+        is written together (`Planner.write_rounds`: the LLM requests of a round go out
+        together), then run together (`runner`, going on from each item's run), then each
+        item's planner is told what its new steps gave; items drop out as they finish."""
+        tracks = [Track(item, self.settings.agent) for item in items]
+        for t in tracks:
+            if t.item.planner is None:
+                t.fail(LLMError("no planner to write a program for this question"))
+            else:
+                try:
+                    t.messages = t.item.planner.agent_messages(t.item.question, t.item.inputs)
+                except Exception as e:  # a bad examples file: this item's failure
+                    t.fail(e)
+        active = [t for t in tracks if t.result is None]
+        while active:
+            for t in active:
+                t.check_budget_before()
+            active = [t for t in active if t.result is None]
+            writing: dict[int, list[Track]] = {}
+            for t in active:
+                writing.setdefault(id(t.item.planner), []).append(t)
+            to_run: list[Track] = []
+            for group in writing.values():
+                requests = [RoundRequest(t.item.question, t.messages, t.program,
+                                         t.item.inputs, t.time_left()) for t in group]
+                try:
+                    writes = group[0].item.planner.write_rounds(requests)
+                except Exception as e:  # a planner that fails as a whole: these items' end
+                    writes = [RoundWrite(None, [], e) for _ in group]
+                for t, w in zip(group, writes):
+                    if t.written(w):
+                        to_run.append(t)
+            if to_run:
+                started = time.perf_counter()
+                pairs = [(Case(t.item, [t.attempt]), t.attempt) for t in to_run]  # type: ignore[list-item]
+                ran = runner(pairs)
+                share = (time.perf_counter() - started) / len(to_run)
+                for t, res in zip(to_run, ran):
+                    t.ran(res, share)
+                    if t.finishing:
+                        self.judge_agent(t)
+                    t.observe()
+            active = [t for t in active if t.result is None]
+        return [t.result for t in tracks]  # type: ignore[misc]
+
+    def judge_agent(self, t: "Track") -> None:
+        """The checks (and the critic) on a run that wrote Result: findings go back as the
+        next observation while corrections are allowed and rounds remain."""
+        attempt = t.attempt
+        attempt.value, attempt.trace, attempt.finished = t.value(), t.state.trace, True
+        self.judge(Case(t.item, [attempt]), attempt)
+        why = [str(f) for f in attempt.findings]
+        if attempt.verdict is not None and not attempt.verdict.ok:
+            why.append(f"[critic] {attempt.verdict.reason or 'it does not answer the question'}")
+        if why and t.corrections < self.settings.attempts and t.rounds < t.budget.rounds:
+            t.corrections += 1
+            t.findings = why
+            t.finishing = False
+
 
 # --------------------------------------------------------------------------- selection
 
@@ -555,3 +678,237 @@ def select(candidates: Sequence[RunAttempt], how: str = "checks") -> int:
     candidates[chosen].trace.add_event(  # type: ignore[union-attr]
         Vote(chosen, all_counts, runs, how, pool, counts))
     return chosen
+
+
+# --------------------------------------------------------------------------- agent mode
+
+
+class Track:
+    """One item in agent mode: its chat, its program and run so far, its rounds and costs."""
+
+    def __init__(self, item: LoopItem, budget: AgentSettings):
+        self.item = item
+        self.budget = budget
+        self.messages: list[dict[str, Any]] = []
+        self.program: Any = None      # the program so far (what ran, without failed steps)
+        self.state: Any = None        # the engine's RunState, kept across rounds
+        self.attempt: RunAttempt | None = None
+        self.write: Any = None        # this round's `RoundWrite`
+        self.rounds = 0
+        self.images = 0
+        self.calls = 0
+        self.usage: dict[str, int] = {}
+        self.image_tokens = 0
+        self.corrections = 0
+        self.findings: list[str] = []
+        self.finishing = False        # this round wrote Result (and ran)
+        self.events: list[Any] = []   # the rounds, before the run's trace exists
+        self.first = 0                # the trace's index of this round's first step
+        self.round: Round | None = None
+        self.result: ItemResult | None = None
+        self.deadline_s = _deadline_s(item)
+        self.started = time.perf_counter()
+
+    # -- budgets
+
+    def time_left(self) -> float | None:
+        if self.deadline_s is None:
+            return None
+        return self.deadline_s - (time.perf_counter() - self.started)
+
+    def check_budget_before(self) -> None:
+        """End the run when no round may be written: rounds used up, or no time left."""
+        if self.rounds >= self.budget.rounds:
+            self.stop("rounds", f"the budget of {self.budget.rounds} round"
+                                f"{'s' if self.budget.rounds != 1 else ''} is used up")
+        elif (left := self.time_left()) is not None and left <= 0:
+            self.stop("deadline", f"the planning deadline of {self.deadline_s:g} s passed")
+
+    # -- one round
+
+    def written(self, w: Any) -> bool:
+        """Take the round the planner wrote; True when it is to run."""
+        self.write = w
+        self.rounds += 1
+        self.calls += w.calls
+        usage: dict[str, int] = {}
+        for a in w.attempts:
+            add_usage(usage, a.usage)
+        add_usage(self.usage, usage)
+        events = attempt_events(w.attempts, self.item.question, self.item.task)
+        for e in events:
+            e.revision = self.rounds - 1
+        self.round = Round(self.rounds - 1, w.plan.text if w.plan is not None else "",
+                           list(events), usage=usage, calls=w.calls, plan_seconds=w.seconds)
+        if w.plan is None:
+            self.add_round()
+            left = self.time_left()
+            reason = "deadline" if left is not None and left <= 0 else "planning"
+            self.stop(reason, f"no round could be written: {_failure(w.error)}", w.error)
+            return False
+        new = len(w.plan.program.steps) - (len(self.program.steps) if self.program else 0)
+        ran = self.state.pc if self.state is not None else 0
+        if ran + new > self.budget.steps:
+            self.add_round()
+            self.stop("steps", f"the round's {new} steps would pass the budget of "
+                               f"{self.budget.steps} steps")
+            return False
+        self.first = ran  # the trace's index of the round's first step
+        self.attempt = RunAttempt("round", w.plan.text, [], w.plan.program,
+                                  resume=self.state, keep=True)
+        self.findings = []
+        return True
+
+    def ran(self, res: ItemResult, seconds: float) -> None:
+        """The round's steps ran (or one raised): keep the run, note what ran."""
+        first = self.first
+        self.state = res.state
+        trace = res.trace
+        assert self.round is not None and trace is not None
+        self.round.run_seconds = seconds
+        self.round.steps = list(range(first, len(trace.steps)))
+        if res.error is not None:
+            failed = trace.steps[-1] if trace.steps else None
+            self.round.error = failed.error if failed is not None else str(res.error)
+        if self.state is None:  # the runner kept nothing: it can't go on
+            self.add_round()
+            self.stop("planning", f"the run can't go on: {_failure(res.error)}" if res.error
+                      else "the run can't go on")
+            return
+        whole = self.attempt.parsed  # type: ignore[union-attr]
+        self.finishing = res.error is None and any(
+            s.module is not None and _is_result(self.item, s.module)
+            for s in whole.steps[first:])
+        self.program = whole if res.error is None else _before(whole, self.state.pc)
+
+    def observe(self) -> None:
+        """What the planner reads next (or, when the run is over, the end of it)."""
+        if self.result is not None:
+            return
+        if self.finishing:
+            self.add_round()
+            self.finish()
+            return
+        trace = self.state.trace
+        first = self.first
+        summary = trace_summary(trace, first)
+        failed, skipped = None, []
+        if self.round.error is not None:  # type: ignore[union-attr]
+            bad = trace.steps[-1]
+            failed = f"Step {bad.index + 1} ({bad.source.strip()}) failed: {bad.error}"
+            whole = self.attempt.parsed  # type: ignore[union-attr]
+            skipped = [s.source.strip() for s in whole.steps[bad.index + 1:]]
+        sends = _takes_images(self.item.planner)
+        looks, images, texts = [], [], []
+        for rec in trace.steps[first:]:
+            if rec.module == "Look" and rec.error is None:
+                text, im = look_at(trace, rec.index, self.budget, sends)
+                if im is not None:
+                    images.append(im)
+                    text = text.replace("{image}", f"image {len(images)}")
+                looks.append(rec.arg_vars.get("var", ""))
+                texts.append(text)
+        if images and self.images + len(images) > self.budget.images:
+            self.add_round()
+            self.stop("images", f"showing {len(images)} more image"
+                                f"{'s' if len(images) != 1 else ''} would pass the budget of "
+                                f"{self.budget.images}")
+            return
+        notes = []
+        if self.findings:
+            notes.append("The result does not fit the question:")
+            notes += [f"{i}. {f}" for i, f in enumerate(self.findings, 1)]
+        if self.rounds == self.budget.rounds - 1:
+            notes.append("This is the last round: end it with FINAL=Result(var=...).")
+        text = observation_text(self.rounds, summary, failed=failed, skipped=skipped,
+                                looks=texts, notes=notes)
+        self.images += len(images)
+        tokens = sum(image_tokens(im) for im in images)
+        self.image_tokens += tokens
+        r = self.round
+        assert r is not None
+        r.observation, r.looks, r.images, r.image_tokens = text, looks, list(images), tokens
+        self.add_round()
+        self.messages = self.messages + [
+            {"role": "assistant", "content": self.write.plan.text},
+            {"role": "user", "content": observation_parts(text, images)}]
+        if self.state.error is not None:
+            self.state.rewind()
+
+    # -- the end
+
+    def add_round(self) -> None:
+        if self.round is None:
+            return
+        if self.state is not None:
+            self.state.trace.add_event(self.round)
+        else:
+            self.events.append(self.round)
+        self.round = None
+
+    def value(self) -> Any:
+        return self.state.value()[1] if self.state is not None else None
+
+    def end_event(self, stop: str, answer: str | None, note: str = "") -> AgentRun:
+        ran = self.state.pc if self.state is not None else 0
+        return AgentRun(stop, answer, self.rounds, ran, self.images, self.calls,
+                        dict(self.usage), self.image_tokens,
+                        time.perf_counter() - self.started, note)
+
+    def finish(self) -> None:
+        """The planner wrote Result: the program's value is the answer."""
+        trace = self.state.trace
+        trace.add_event(self.end_event("result", "result"))
+        trace.result = self.value()
+        self.result = ItemResult(self.item.id, trace.result, self.program, trace, None)
+
+    def stop(self, reason: str, note: str, cause: BaseException | None = None) -> None:
+        """A budget (or the planner) ended the run: the answer is the program's last value,
+        or an `AgentError` when no step ran."""
+        state = self.state
+        if state is not None:
+            state.rewind()
+        has, value = state.value() if state is not None else (False, None)
+        if not has:
+            trace = state.trace if state is not None else Trace(
+                program="", events=list(self.events))
+            trace.add_event(self.end_event(reason, None, note))
+            trace.error = f"agent mode stopped before any step ran: {note}"
+            if isinstance(cause, PlanningError) and self.rounds == 1:
+                error: VisProgError = cause  # the first round never parsed: as a plan would
+            else:
+                error = AgentError(trace.error, trace, cause)
+            self.result = ItemResult(self.item.id, None, None, trace, error)
+            return
+        trace = state.trace
+        trace.program = self.program.source
+        trace.add_event(self.end_event(reason, "result" if state.have_result else "last value",
+                                       note))
+        trace.result = value
+        self.result = ItemResult(self.item.id, value, self.program, trace, None)
+
+    def fail(self, error: BaseException) -> None:
+        trace = Trace(program="", error=_failure(error), events=[])
+        err = error if isinstance(error, VisProgError) else AgentError(_failure(error), trace,
+                                                                         error)
+        self.result = ItemResult(self.item.id, None, None, trace, err)
+
+
+def _takes_images(planner: Any) -> bool:
+    return takes_images(getattr(planner, "llm", None))
+
+
+def _is_result(item: LoopItem, module: str) -> bool:
+    """Whether `module` marks a program's result (Result), by the planner's registry."""
+    registry = getattr(item.planner, "registry", None)
+    tool = registry.find(module) if registry is not None else None
+    return bool(tool is not None and tool.result)
+
+
+def _before(program: Any, index: int) -> Any:
+    """The program of the steps before step `index` (its lines before that step's)."""
+    from visprog.language.parser import parse
+
+    line = program.steps[index].line
+    text = "\n".join(program.source.split("\n")[:line - 1]).rstrip("\n")
+    return parse(text) if index > 0 else None

@@ -16,22 +16,30 @@ After a run: `revise` asks for a corrected program given feedback on how the las
 (`visprog.planning.loop` writes it: the error or the checks' findings and a trace summary).
 
 Every LLM request of a plan or a revision runs inside the planner's deadline (`deadline_s`).
+
+Agent mode (`visprog.planning.loop`): `agent_messages` is the chat a question starts from, and
+`write_rounds` writes the next round of several programs at once: each round is one or more
+steps, cleaned, parsed and checked against the program so far (its variables and their
+types), and repaired with its errors like a plan.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from visprog.language.checker import check
-from visprog.errors import Diagnostic, LLMError, ParseError, PlanningError, no_llm_message
-from visprog.planning.chat import add_usage, deadline
+from visprog.language.checker import check, defined_types
+from visprog.errors import (Diagnostic, LLMError, ParseError, PlanningError, VisProgError,
+                            no_llm_message)
+from visprog.planning.chat import ChatCall, add_usage, chat_many, deadline
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.planning.program_cache import ProgramCache
-from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_messages, load_examples, repair_message,
-                      select_examples, task_spec)
+from visprog.planning.prompts import (PROMPT_VERSION, TaskSpec, build_agent_messages,
+                                      build_messages, load_agent_examples, load_examples,
+                                      repair_message, select_examples, task_spec)
 from visprog.traces.events import PlanAttempt, PlanCacheHit
 
 
@@ -97,6 +105,42 @@ class Plan:
         if self.cached:
             return [PlanCacheHit(self.question, self.task, self.text)]
         return attempt_events(self.attempts, self.question, self.task)
+
+
+@dataclass
+class RoundRequest:
+    """What agent mode asks of `Planner.write_rounds` for one program: the chat so far (it
+    ends with the question or the last observation), the program so far (None before the
+    first round), the inputs' types, and the seconds its requests may take (None: no
+    deadline of its own)."""
+
+    question: str
+    messages: list[dict[str, Any]]
+    prefix: Program | None = None
+    inputs: Mapping[str, str] | None = None
+    deadline_s: float | None = None
+
+
+@dataclass
+class RoundWrite:
+    """A round as the planner wrote it: the plan (its `program` is the whole program so far
+    with the new steps; its `text` the new steps), or the error that stopped it (a
+    `PlanningError`, or the LLM's failure), every reply judged, and the seconds spent."""
+
+    plan: Plan | None
+    attempts: list[Attempt]
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def calls(self) -> int:
+        """The LLM requests made (the replies, and a request that failed)."""
+        return len(self.attempts) + (self.error is not None and not isinstance(
+            self.error, PlanningError))
+
+
+# The module after which a round written under a grammar may end (the planner looks).
+ROUND_ENDS = ("Look",)
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -182,6 +226,12 @@ def clean_reply(reply: str) -> str:
     return "\n".join(kept).strip()
 
 
+def _one_round(example: Any) -> Any:
+    """A one-shot example as an agent-mode example written in one round."""
+    from visprog.planning.prompts import AgentExample, AgentRound
+    return AgentExample(example.question, (AgentRound(example.program),))
+
+
 def _continues_call(lines: list[str]) -> bool:
     """Whether more '(' / '[' are open than closed (outside quotes) in these lines."""
     depth, quote = 0, ""
@@ -250,6 +300,8 @@ class Planner:
             raise ValueError(f"deadline_s must be positive (or None), got {deadline_s!r}")
         self._examples = load_examples(self.task.name if examples_path is None else "custom",
                                        examples_path)
+        self._examples_path = examples_path
+        self._agent_examples: list[Any] | None = None  # loaded when agent mode asks
         self.cache = ProgramCache() if cache is True else (cache or None)
 
     # ------------------------------------------------------------------ public
@@ -319,6 +371,101 @@ class Planner:
         inputs = dict(inputs or self.task.inputs)
         messages = self.messages(question, inputs)
         self.cache.put(self._cache_key(question, inputs, messages, 1, self.temperature), [text])
+
+    # ------------------------------------------------------------------ agent mode
+
+    def agent_messages(self, question: str, inputs: Mapping[str, str] | None = None
+                       ) -> list[dict[str, Any]]:
+        """The chat agent mode starts from for `question` (system, example rounds, the
+        question). A planner given `examples_path` shows those examples, one round each."""
+        if self._agent_examples is None:
+            self._agent_examples = (load_agent_examples(self.task) if self._examples_path is None
+                                    else [_one_round(e) for e in self._examples])
+        chosen = select_examples(self._agent_examples, question, self.examples, how=self.select,
+                                 seed=self.seed)
+        return build_agent_messages(self.registry, self.task, question, chosen,
+                                    dict(inputs or self.task.inputs))
+
+    def judge_round(self, raw: str, prefix: Program | None,
+                    inputs: Mapping[str, str] | None = None,
+                    usage: Mapping[str, int] | None = None) -> Attempt:
+        """Clean, parse and check one reply as the next steps of `prefix`: the new steps
+        must parse on their own and the whole program must check; errors are numbered by
+        the lines of the reply. The attempt's `text` is the new steps, its `program` the
+        whole program."""
+        if prefix is None:
+            return self.judge(raw, inputs, usage)
+        text = clean_reply(raw)
+        usage = dict(usage or {})
+        if not text.strip():
+            return Attempt(raw, text, [Diagnostic(
+                1, 1, "", "the reply contains no steps",
+                "reply with the next steps, one NAME=Module(arg=value) per line")], usage)
+        try:
+            parse(text)
+            whole = parse(prefix.source.rstrip("\n") + "\n" + text)
+        except ParseError as e:
+            return Attempt(raw, text, list(e.diagnostics), usage)
+        offset = len(prefix.source.rstrip("\n").split("\n"))
+        problems = [dataclasses.replace(d, line=d.line - offset) if d.line > offset else d
+                    for d in check(whole, self.registry, dict(inputs or self.task.inputs))]
+        return Attempt(raw, text, problems, usage, whole)
+
+    def write_rounds(self, requests: Sequence[RoundRequest]) -> list[RoundWrite]:
+        """The next round of each request, the LLM requests of all of them sent together
+        (`chat_many`): first every reply, then every repair of the replies that don't parse
+        or check, and so on, up to `attempts` replies each. A request whose LLM fails gets
+        that error; its others go on."""
+        rounds = [RoundWrite(None, []) for _ in requests]
+        chats, clients, inputs = [], [], []
+        for r in requests:
+            bound = dict(r.inputs or self.task.inputs)
+            inputs.append(bound)
+            clients.append(self._round_client(r.prefix, bound))
+            chats.append(list(r.messages))
+        todo = list(range(len(requests)))
+        tries = 0
+        while todo:
+            seed = None if self.seed is None else self.seed + tries
+            calls = chat_many([ChatCall(clients[i], chats[i], requests[i].deadline_s)
+                               for i in todo], temperature=self.temperature,
+                              max_tokens=self.max_tokens, n=1, seed=seed)
+            tries += 1
+            again = []
+            for i, call in zip(todo, calls):
+                out = rounds[i]
+                out.seconds += call.seconds
+                if call.error is not None or call.reply is None:
+                    out.error = call.error or VisProgError("the LLM gave no reply")
+                    continue
+                attempt = self.judge_round(call.reply.text, requests[i].prefix, inputs[i],
+                                           call.reply.usage)
+                out.attempts.append(attempt)
+                if attempt.ok:
+                    out.plan = Plan(attempt.program, attempt.text, out.attempts,  # type: ignore[arg-type]
+                                    question=requests[i].question, task=self.task.name)
+                elif len(out.attempts) < self.attempts:
+                    chats[i] += [{"role": "assistant", "content": attempt.reply},
+                                 {"role": "user", "content": repair_message(attempt.diagnostics)}]
+                    again.append(i)
+                else:
+                    out.error = PlanningError(requests[i].question, out.attempts)
+            todo = again
+        return rounds
+
+    def _round_client(self, prefix: Program | None, inputs: Mapping[str, str]) -> Any:
+        """The client a round is written with: constrained (when the backend can) to the
+        variables defined so far, a round that may end after a Look."""
+        constrain = getattr(self.llm, "constrain_to", None)
+        if constrain is None:
+            return self.llm
+        env: Mapping[str, Any] = inputs
+        if prefix is not None:
+            env = {k: v for k, v in defined_types(prefix, self.registry, inputs).items() if v}
+        view = constrain(self.registry, env) or self.llm
+        if hasattr(view, "round_ends"):
+            view.round_ends = ROUND_ENDS
+        return view
 
     # ------------------------------------------------------------------ internals
 

@@ -21,7 +21,7 @@ import math
 import random
 import tomllib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,12 +41,15 @@ class TaskSpec:
         inputs: input variable -> type, bound by the caller.
         question_label: how the question is introduced ("Question", "Statement"...).
         goal: one sentence for the prompt: what the program must compute.
+        agent: the task as agent mode writes it (its prompt also describes the modules
+            that name "agent" in their `tasks`: Look, Region, Crop).
     """
 
     name: str
     inputs: Mapping[str, str]
     question_label: str
     goal: str
+    agent: bool = False
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -70,6 +73,10 @@ TASKS: dict[str, TaskSpec] = {
         "tag things in the image IMAGE by name, using knowledge (List) where needed; the "
         "Result is the tagged image."),
 }
+
+# Agent mode's prompts also describe the modules that name the pseudo-task "agent" in their
+# `tasks` (issue 21): looking at a value, pointing at a part of an image, cropping to it.
+AGENT = "agent"
 
 LANGUAGE_RULES = """\
 A program is one step per line: TARGET=Module(arg=value, ...). TARGET is a new variable
@@ -133,7 +140,8 @@ def described_tools(registry: Any, task: TaskSpec) -> list[Any]:
     """The tools a task's prompt describes, in registry order: those that name the task in
     their `tasks`, then those that name none (a user's module, Result), the program's
     result marker last (a program ends with it)."""
-    own = [t for t in registry if t.tasks is not None and task.name in t.tasks]
+    own = [t for t in registry if t.tasks is not None
+           and (task.name in t.tasks or (task.agent and AGENT in t.tasks))]
     every = [t for t in registry if t.tasks is None]
     return sorted(own + every, key=lambda t: t.result)
 
@@ -273,3 +281,145 @@ def critic_messages(question: str, program: str, summary: Sequence[str],
             + _summary_block(summary) + f"\nAnswer: {answer}\n"
             "Does this program answer the question?")
     return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- agent mode
+
+AGENT_PROMPT_VERSION = "1"
+
+AGENT_RULES = """\
+You write the program a few steps at a time and see what they gave before you go on. Each
+reply holds one or more new steps; they run at once, and the next message tells you what
+each new step gave, in one line per step. To see a value itself, end your steps with
+LOOK=Look(var=X): an image is shown to you (scaled down), Objects are drawn on the image
+they were found in with their labels, and their boxes are listed as [x0, y0, x1, y1] from 0
+to 1000 (fractions of the image's width and height, left/top to right/bottom); text and
+numbers are written out. When you have seen where something is, point at it with
+R=Region(image=IMAGE, box=[x0, y0, x1, y1]) in those same 0-1000 coordinates and zoom in with
+Crop(image=IMAGE, box=R): small details (text, colours, small objects) are much clearer in a
+crop. Later steps may read every variable of earlier replies; do not write earlier steps
+again. A step that fails is reported with its error, and it and the steps after it in that
+reply did not run: write them differently. When you know the answer, reply with the final
+steps, ending with FINAL=Result(var=...). If you can answer without looking, write the whole
+program in your first reply."""
+
+
+@dataclass(frozen=True)
+class AgentRound:
+    """One round of an agent-mode example: the steps written, and what the planner was told
+    after they ran (empty for the last round)."""
+
+    program: str
+    observation: str = ""
+
+
+@dataclass(frozen=True)
+class AgentExample:
+    """An in-context example of agent mode: a question and its rounds."""
+
+    question: str
+    rounds: tuple[AgentRound, ...]
+
+
+def agent_task(task: TaskSpec) -> TaskSpec:
+    """The task as agent mode describes it: its modules and those declared for agent mode
+    (Look, Region, Crop)."""
+    return replace(task, agent=True)
+
+
+def load_agent_examples(task: str | TaskSpec, path: str | Path | None = None
+                        ) -> list[AgentExample]:
+    """The agent-mode examples of a task, from `planning/examples/<task>_agent.toml` (or
+    `path`): `[[example]]` tables with a `question` and `[[example.round]]` tables of
+    `program` and `observation`. A task without such a file has its one-shot examples, each
+    written in one round.
+
+    Raises:
+        ConfigError: the file is malformed, or its examples are missing.
+    """
+    from visprog.errors import ConfigError
+
+    name = task_spec(task).name if path is None else str(task)
+    try:
+        if path is None:
+            found = resources.files("visprog.planning").joinpath("examples", f"{name}_agent.toml")
+            if not found.is_file():
+                return [AgentExample(e.question, (AgentRound(e.program),))
+                        for e in load_examples(name)]
+            text = found.read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+        out = []
+        for e in data.get("example", []):
+            rounds = tuple(AgentRound(str(r["program"]).strip(),
+                                      str(r.get("observation", "")).strip())
+                           for r in e["round"])
+            if not rounds:
+                raise KeyError("round")
+            out.append(AgentExample(str(e["question"]).strip(), rounds))
+        return out
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read the agent examples of task {name!r}: {e}") from e
+
+
+def agent_system_prompt(registry: Any, task: TaskSpec,
+                        inputs: Mapping[str, str] | None = None) -> str:
+    """The system message of agent mode: the language, looking and pointing, the modules,
+    the task."""
+    task = agent_task(task)
+    bound = ", ".join(f"{k} ({v})" for k, v in (inputs or task.inputs).items())
+    return (
+        "You write programs in visprog, a small language whose steps call vision modules, "
+        "to " + task.goal + "\n\n"
+        + LANGUAGE_RULES + "\n\n" + AGENT_RULES + "\n\n"
+        f"Inputs already defined: {bound}.\n\n"
+        "Modules (Module(argument: type, ...) -> result type):\n"
+        + module_descriptions(registry, task) + "\n\n"
+        "Reply with program steps only: no explanations, no code fences.")
+
+
+def build_agent_messages(registry: Any, task: TaskSpec, question: str,
+                         examples: Iterable[AgentExample],
+                         inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The chat agent mode starts from: system, each example as its turns (question, then
+    each round and what it gave), then the question."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": agent_system_prompt(registry, task, inputs)}]
+    for ex in examples:
+        messages.append({"role": "user", "content": question_message(task, ex.question)})
+        for r in ex.rounds:
+            messages.append({"role": "assistant", "content": r.program})
+            if r.observation:
+                messages.append({"role": "user", "content": r.observation})
+    messages.append({"role": "user", "content": question_message(task, question)})
+    return messages
+
+
+NEXT_STEPS = "Write the next steps, or the final ones ending with FINAL=Result(var=...)."
+
+
+def observation_text(round_no: int, summary: Sequence[str], *, failed: str | None = None,
+                     skipped: Sequence[str] = (), looks: Sequence[str] = (),
+                     notes: Sequence[str] = ()) -> str:
+    """What the planner is told after a round: each new step's one-line summary, the step
+    that failed and its error (and the steps that therefore did not run), what each Look
+    shows (as text that stands alone, for a model that takes no images), and notes (a
+    check's finding, the budget left)."""
+    lines = [f"Round {round_no} ran:"] + list(summary)
+    if failed:
+        lines.append(failed)
+    if skipped:
+        lines.append("Not run, as they came after the failed step: " + "; ".join(skipped))
+    lines += list(looks)
+    lines += list(notes)
+    lines.append(NEXT_STEPS)
+    return "\n".join(lines)
+
+
+def observation_parts(text: str, images: Sequence[Any]) -> str | list[dict[str, Any]]:
+    """An observation as a chat message's content: its text alone, or, with images, the text
+    then each image as a part (`{"type": "image", "image": PIL image}`)."""
+    if not images:
+        return text
+    return [{"type": "text", "text": text}] + [{"type": "image", "image": im} for im in images]

@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from visprog.traces.step import StepRecord
 from visprog.values import Objects
 
 # Distinct, saturated colours; region i gets PALETTE[i % len(PALETTE)].
@@ -147,3 +148,11 @@ def mask_to_image(mask: np.ndarray) -> Image.Image:
     if m.dtype != bool:
         m = m > (0.5 if m.dtype.kind == "f" else 0)
     return Image.fromarray(m.astype(np.uint8) * 255, "L")
+
+
+def background(step: StepRecord) -> Image.Image | None:
+    """The image a step's Objects are drawn over: its `draw_on` argument, else its first
+    image argument (None when it has none)."""
+    if step.draw_on and isinstance(step.args.get(step.draw_on), Image.Image):
+        return step.args[step.draw_on]
+    return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)

@@ -11,6 +11,8 @@
 | `cache_warning` | `CacheFailure` | the engine: a step's result could not be cached |
 | `repair` | `Repair` (its attempts are `RunRecord`s) | the planning loop |
 | `vote` | `Vote` (its candidates are `RunRecord`s) | the planning loop |
+| `round` | `Round` | the planning loop in agent mode: one per round |
+| `agent` | `AgentRun` | the planning loop in agent mode: why it stopped, what it cost |
 | anything else | `Event` (kind and data, kept as they came) | a newer visprog, a plug-in |
 
 Every event has `kind` and `to_dict()` (`{"kind": ..., field: value, ...}`), which a saved
@@ -31,9 +33,9 @@ from typing import Any, ClassVar, Mapping
 from visprog.errors import Diagnostic
 from visprog.values.text import show
 
-__all__ = ["CacheFailure", "Event", "FailedStep", "Finding", "ModelEvent", "ModelNote",
-           "PlanAttempt", "PlanCacheHit", "Repair", "RunRecord", "Verdict", "Vote",
-           "as_event", "event_from_dict", "plan_events"]
+__all__ = ["AgentRun", "CacheFailure", "Event", "FailedStep", "Finding", "ModelEvent",
+           "ModelNote", "PlanAttempt", "PlanCacheHit", "Repair", "Round", "RunRecord", "Verdict",
+           "Vote", "as_event", "event_from_dict", "plan_events"]
 
 
 def _plain(value: Any) -> Any:
@@ -388,6 +390,103 @@ class Vote:
         return cls(**d)
 
 
+# --------------------------------------------------------------------------- agent mode
+
+
+@dataclass
+class Round:
+    """One round of agent mode: the steps the planner wrote, how (its replies: plan
+    attempts), which steps of the trace ran, the step that failed, and what the planner
+    was told after it (`observation`, the text; `images`, the images it was shown, as sent;
+    `looks`, the variables its Look steps showed).
+
+    Attributes:
+        index: 0-based.
+        program: the new steps as written.
+        plan: the plan attempts of this round (the last one valid).
+        steps: indices (in the trace) of the steps that ran in this round.
+        error: the failed step's error, when one raised (it and the steps after it in this
+            round left the program).
+        observation: the text the planner read next ("" after the last round).
+        looks: the variables shown by Look steps.
+        images: the images sent to the planner (none for a model that takes no images).
+        usage: the round's LLM token counts.
+        image_tokens: the images' tokens, estimated as Qwen3-VL counts them (one per 32x32
+            pixels).
+        calls: LLM requests made.
+        plan_seconds, run_seconds: time writing the round, and running its steps.
+    """
+
+    kind: ClassVar[str] = "round"
+    index: int = 0
+    program: str = ""
+    plan: list[Any] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    error: str | None = None
+    observation: str = ""
+    looks: list[str] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+    image_tokens: int = 0
+    calls: int = 0
+    plan_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _event_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Round":
+        d = dict(d)
+        d["plan"] = [as_event(e) for e in _list(d.get("plan") or [])]
+        d["steps"] = [int(i) for i in _list(d.get("steps") or [])]
+        d["looks"] = [str(v) for v in _list(d.get("looks") or [])]
+        d["images"] = list(_list(d.get("images") or []))
+        d["usage"] = dict(_mapping(d.get("usage") or {}))
+        return cls(**d)
+
+
+# Why agent mode stopped: the planner wrote Result, or a budget ended it.
+STOPS = ("result", "rounds", "steps", "images", "deadline", "planning")
+
+
+@dataclass
+class AgentRun:
+    """How an agent-mode run ended and what it cost.
+
+    Attributes:
+        stop: "result" (the planner wrote Result), or the budget that ended it: "rounds",
+            "steps", "images", "deadline", or "planning" (no valid round could be written).
+        answer: where the answer came from: "result" (a Result step), "last value" (a
+            budget ended the run: the last value the program computed), None (none).
+        rounds, steps, images: rounds written, steps run, images sent.
+        calls, usage, image_tokens, seconds: LLM requests, their tokens, the images'
+            estimated tokens, and the run's seconds (writing and running).
+        note: why it stopped, in words.
+    """
+
+    kind: ClassVar[str] = "agent"
+    stop: str = "result"
+    answer: str | None = "result"
+    rounds: int = 0
+    steps: int = 0
+    images: int = 0
+    calls: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    image_tokens: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _event_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AgentRun":
+        d = dict(d)
+        d["usage"] = dict(_mapping(d.get("usage") or {}))
+        return cls(**d)
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -398,6 +497,8 @@ _READERS: dict[str, Any] = {
     "cache_warning": CacheFailure.from_dict,
     "repair": Repair.from_dict,
     "vote": Vote.from_dict,
+    "round": Round.from_dict,
+    "agent": AgentRun.from_dict,
 }
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.traces.draw import color_for, draw_objects, thumbnail
-from visprog.traces.events import Repair, RunRecord, Vote
+from visprog.traces.draw import background as _background, color_for, draw_objects, thumbnail
+from visprog.traces.events import AgentRun, Repair, Round, RunRecord, Vote
 from visprog.traces.step import StepRecord
 from visprog.values import Objects
 from visprog.values.text import show
@@ -131,6 +131,14 @@ class _Page:
         return f"<code>{_esc(_cut(repr(value)))}</code>"
 
 
+def _event_fields(event: Any) -> dict[str, Any]:
+    """An event's fields for the events list; images (a round's) as their size only."""
+    fields = {k: v for k, v in event.to_dict().items() if k != "kind"}
+    if isinstance(event, Round):
+        fields["images"] = [show(im) for im in event.images]
+    return fields
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " ..."
 
@@ -140,6 +148,11 @@ def _json(value: Any) -> str:
         return json.dumps(value, indent=1, ensure_ascii=False, default=repr)
     except (TypeError, ValueError):  # e.g. tuple keys; the text form still says what it was
         return repr(value)
+
+
+def image_data_uri(im: Image.Image, side: int = THUMB_SIDE) -> str:
+    """An image as a data URI, scaled down to `side` pixels on its longest side."""
+    return _encode(thumbnail(im, side))
 
 
 def _encode(im: Image.Image) -> str:
@@ -155,14 +168,6 @@ def _encode(im: Image.Image) -> str:
         if len(jpg.getvalue()) < len(best):
             best, mime = jpg.getvalue(), "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
-
-
-def _background(step: StepRecord) -> Image.Image | None:
-    """The image a step's Objects are drawn over: its `draw_on` argument, else its first
-    image argument."""
-    if step.draw_on and isinstance(step.args.get(step.draw_on), Image.Image):
-        return step.args[step.draw_on]
-    return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)
 
 
 def _source_block(program: str, bad_line: int | None) -> str:
@@ -249,6 +254,49 @@ def _vote_section(event: Vote) -> str:
             '<table class="kv">' + "".join(rows) + "</table>")
 
 
+def _rounds_section(page: _Page, rounds: list[Round], ends: list[AgentRun]) -> str:
+    """Agent mode's rounds (`Round` events): the steps written, whether a step failed, what
+    the planner was told and the images it was shown; then how the run ended."""
+    parts = ['<h2>Rounds</h2>']
+    for r in rounds:
+        failed = '<span class="badge fail">failed</span>' if r.error else ""
+        fixes = sum(1 for e in r.plan if getattr(e, "ok", True) is False)
+        tokens = r.usage.get("total_tokens")
+        meta = [f"{r.calls} LLM call{'s' if r.calls != 1 else ''}"]
+        if tokens is not None:
+            meta.append(f"{tokens} tokens")
+        if r.images:
+            meta.append(f"{len(r.images)} image{'s' if len(r.images) != 1 else ''} "
+                        f"(~{r.image_tokens} tokens)")
+        if fixes:
+            meta.append(f"{fixes} parse/check repair{'s' if fixes != 1 else ''}")
+        meta.append(f"written in {r.plan_seconds:.2f} s, ran in {r.run_seconds * 1000:.0f} ms")
+        steps = ", ".join(str(i + 1) for i in r.steps) or "none"
+        body = [f'<h3>Round {r.index + 1}{failed}</h3>',
+                f'<div class="meta">{_esc(" · ".join(meta))}; steps {_esc(steps)}</div>',
+                f'<pre>{_esc(_cut(r.program))}</pre>']
+        if r.error:
+            body.append(f'<div class="err">{_esc(_cut(r.error))}</div>')
+        if r.observation:
+            body.append(f'<div class="muted">The planner was told:</div>'
+                        f'<pre class="text">{_esc(_cut(r.observation))}</pre>')
+        for k, im in enumerate(r.images, 1):
+            if isinstance(im, Image.Image):
+                body.append(f'<div class="muted">image {k} shown to the planner '
+                            f'({im.width}x{im.height})</div><div>'
+                            f'{page.img(im, f"round {r.index + 1} image {k}")}</div>')
+        parts.append(f'<section class="card">{"".join(body)}</section>')
+    for end in ends:
+        answer = {"result": "its Result", "last value": "the last value it computed"}.get(
+            end.answer or "", "none")
+        note = f" ({_esc(end.note)})" if end.note and end.stop != "result" else ""
+        parts.append(f'<div>Stopped by <b>{_esc(end.stop)}</b>{note} after {end.rounds} '
+                     f'round{"s" if end.rounds != 1 else ""}, {end.steps} steps, '
+                     f'{end.calls} LLM calls, {end.images} images, {end.seconds:.2f} s; '
+                     f'the answer is {_esc(answer)}.</div>')
+    return "".join(parts)
+
+
 def render_html(trace: Any) -> str:
     """The whole trace as one HTML page (a string)."""
     page = _Page()
@@ -279,6 +327,9 @@ def render_html(trace: Any) -> str:
     out += [_step_card(page, s) for s in steps]
     if failed_line is not None:
         out.append('<div class="muted">Steps after the failed one did not run.</div>')
+    rounds, ends = trace.find(Round), trace.find(AgentRun)
+    if rounds or ends:
+        out.append(_rounds_section(page, rounds, ends))
     for event in trace.events:
         if isinstance(event, Repair):
             out.append(_attempts_section(event))
@@ -286,7 +337,7 @@ def render_html(trace: Any) -> str:
             out.append(_vote_section(event))
     if trace.events:
         items = "".join(f'<li><b>{_esc(e.kind)}</b><pre>'
-                        f'{_esc(_cut(_json({k: v for k, v in e.to_dict().items() if k != "kind"})))}'
+                        f'{_esc(_cut(_json(_event_fields(e))))}'
                         f'</pre></li>' for e in trace.events)
         out.append(f'<details><summary>Events ({len(trace.events)})</summary><ul>{items}</ul></details>')
     if trace.meta:

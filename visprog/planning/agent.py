@@ -1,0 +1,183 @@
+"""Agent mode's budgets, and what the planner is shown of a Look step.
+
+The rounds themselves are the planning loop's (`visprog.planning.loop`: `PlanningLoop.agent`
+and its per-item `Track`); this file holds what they are bounded by (`AgentSettings`), the
+error when nothing ran (`AgentError`), and how a Look step's value becomes what the planner
+reads and sees (`look_at`): an image scaled into the Look bounds, Objects drawn on the image
+they were found in with their boxes also listed in Region's 0-1000 coordinates, anything
+else as its typed short text.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from visprog.errors import AgentError, VisProgError
+from visprog.traces.records import Trace
+from visprog.values.text import show
+
+
+@dataclass
+class AgentSettings:
+    """Agent mode's budgets and what the planner is shown.
+
+    Attributes:
+        rounds: rounds the planner may write (a run that has not written Result by then
+            ends with the last value its program computed).
+        steps: steps the program may have (a round that would pass it is not run).
+        images: images the planner may be sent (a round whose Looks would pass it ends the
+            run before they are sent).
+        look_max_pixels, look_min_pixels: an image shown is scaled (aspect kept) into this
+            range of pixels: big ones down, bounding its tokens; small ones (a crop) up.
+    The planning deadline (the planner's `deadline_s`) bounds the whole run: writing and
+    running every round.
+    """
+
+    rounds: int = 6
+    steps: int = 40
+    images: int = 8
+    look_max_pixels: int = 1024 * 1024
+    look_min_pixels: int = 256 * 256
+
+    KEYS = {"rounds": "agent_rounds", "steps": "agent_steps", "images": "agent_images",
+            "look_max_pixels": "look_max_pixels", "look_min_pixels": "look_min_pixels"}
+
+    @classmethod
+    def make(cls, value: Any = None, config: Mapping[str, Any] | None = None) -> "AgentSettings":
+        """From the config's [planner] keys (agent_rounds, agent_steps, agent_images,
+        look_max_pixels, look_min_pixels), then `value` (a mapping of the attribute names,
+        or `AgentSettings`) over them.
+
+        Raises:
+            ValueError: an unknown key, a budget under 1, pixels under 1 or out of order.
+        """
+        if isinstance(value, AgentSettings):
+            return value
+        cfg = dict(config or {})
+        out = cls()
+        for name, key in cls.KEYS.items():
+            if key in cfg:
+                setattr(out, name, _whole(cfg[key], key))
+        if value is not None:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"agent settings are a mapping or AgentSettings; got {value!r}")
+            extra = set(value) - set(cls.KEYS)
+            if extra:
+                raise ValueError(f"unknown agent setting{'s' if len(extra) != 1 else ''} "
+                                 f"{', '.join(sorted(extra))}; use {', '.join(cls.KEYS)}")
+            for name in cls.KEYS:
+                if name in value:
+                    setattr(out, name, _whole(value[name], name))
+        for name in ("rounds", "steps", "look_max_pixels", "look_min_pixels"):
+            if getattr(out, name) < 1:
+                raise ValueError(f"agent {name} must be at least 1, got {getattr(out, name)}")
+        if out.images < 0:
+            raise ValueError(f"agent images must be >= 0, got {out.images}")
+        if out.look_min_pixels > out.look_max_pixels:
+            raise ValueError(f"look_min_pixels ({out.look_min_pixels}) is more than "
+                             f"look_max_pixels ({out.look_max_pixels})")
+        return out
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+IMAGE_TOKEN_SIDE = 32  # Qwen3-VL: one image token per 32x32 pixels (16-pixel patches, merged 2x2)
+MAX_LOOK_REGIONS = 30  # regions listed in a Look of Objects; the rest are counted
+MAX_LOOK_TEXT = 1500   # characters of a Look of text
+
+
+def image_tokens(im: Any) -> int:
+    """An image's tokens, estimated as Qwen3-VL counts them."""
+    w, h = im.size
+    return math.ceil(w / IMAGE_TOKEN_SIDE) * math.ceil(h / IMAGE_TOKEN_SIDE)
+
+
+def fit_pixels(im: Any, min_pixels: int, max_pixels: int) -> Any:
+    """`im` scaled (aspect kept) into [min_pixels, max_pixels] pixels, as RGB."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = 1.0
+    if w * h > max_pixels:
+        scale = math.sqrt(max_pixels / (w * h))
+    elif w * h < min_pixels:
+        scale = math.sqrt(min_pixels / (w * h))
+    im = im.convert("RGB") if im.mode != "RGB" else im
+    if scale == 1.0:
+        return im
+    whole = math.floor if scale < 1 else math.ceil  # stay inside the range
+    size = (max(1, whole(w * scale)), max(1, whole(h * scale)))
+    return im.resize(size, Image.Resampling.BICUBIC)
+
+
+def relative_box(box: Sequence[float], size: tuple[int, int]) -> list[int]:
+    """A pixel box as [x0, y0, x1, y1] from 0 to 1000 (what Region takes)."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    return [round(x0 * 1000 / w), round(y0 * 1000 / h), round(x1 * 1000 / w),
+            round(y1 * 1000 / h)]
+
+
+def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool
+            ) -> tuple[str, Any | None]:
+    """What the Look step `index` shows: its text (standing alone, for a model that takes
+    no images) and the image to send (None: text only). An image is scaled to the
+    settings' bounds; Objects are drawn on the image they were found in, their boxes also
+    listed in 0-1000 coordinates; anything else is its typed short text."""
+    from PIL import Image
+
+    from visprog.traces.draw import draw_objects
+    from visprog.values import Objects
+
+    rec = trace.steps[index]
+    var = rec.arg_vars.get("var") or "the value"
+    value = rec.output
+    if isinstance(value, Image.Image):
+        w, h = value.size
+        shown = fit_pixels(value, settings.look_min_pixels, settings.look_max_pixels) \
+            if images else None
+        where = " ({image})" if images else " (not shown: images are not sent to this model)"
+        return f"Look at {var}: an image of {w}x{h} pixels{where}.", shown
+    if isinstance(value, Objects):
+        over = _found_in(trace, index, var)
+        w, h = value.image_size
+        n = len(value)
+        head = f"Look at {var}: {n} region{'s' if n != 1 else ''} of a {w}x{h} image"
+        shown = None
+        if images:
+            canvas = over if over is not None and over.size == (w, h) else \
+                Image.new("RGB", (w, h), (235, 235, 235))
+            shown = draw_objects(fit_pixels(canvas, settings.look_min_pixels,
+                                            settings.look_max_pixels), value)
+            head += " (drawn in {image})"
+        lines = [head + (", boxes from 0 to 1000:" if n else ".")]
+        for r in value[:MAX_LOOK_REGIONS]:
+            score = "" if r.score is None else f" score {float(r.score):.2f}"
+            lines.append(f"  {r.label or 'object'} {relative_box(r.box, (w, h))}{score}")
+        if n > MAX_LOOK_REGIONS:
+            lines.append(f"  ... {n - MAX_LOOK_REGIONS} more")
+        return "\n".join(lines), shown
+    return f"Look at {var}: {show(value, typed=True, limit=MAX_LOOK_TEXT)}", None
+
+
+def _found_in(trace: Trace, index: int, var: str) -> Any:
+    """The image the Objects of `var` (as step `index` reads it) were found in: the
+    background of the step that made them, following pass-through steps (a Look of a Look,
+    an alias, a Result) back; None when no step made them (an input)."""
+    from visprog.traces.draw import background
+
+    while var:  # each pass goes to an earlier step, so it ends
+        source = next((r for r in reversed(trace.steps[:index]) if r.target == var
+                       and r.error is None), None)
+        if source is None:
+            return None
+        over = background(source)
+        if over is not None:
+            return over
+        index, var = source.index, source.arg_vars.get("var", "")
+    return None
