@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from visprog.errors import ConfigError
-from visprog.models.model_tool import ModelTool, ToolContext, is_model_tool
+from visprog.models.model_tool import ModelTool, ToolContext, is_model_tool, settings_known
 from visprog.models.model_tool import merge_settings as merge
 from visprog.registry import Plugin, Registry, Tool, normalize_name, read_plugins
 from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
@@ -320,7 +320,7 @@ class Assembly:
             tool = self.registry.find(name)
             if tool is None:  # a replica's assembly builds only the module it serves
                 continue
-            s = dict(tool.settings)
+            s = settings_known(tool.settings)  # a backend decided at first use stays undecided
             rows.append({"module": name, "backend": str(s.get("backend") or "-"),
                          "checkpoint": cls.describe_model(s),
                          "device": device if cls.uses_torch else "cpu",
