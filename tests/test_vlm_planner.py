@@ -96,3 +96,30 @@ def test_cli_run_with_no_llm_settings_plans_through_the_local_vlm(tmp_path, caps
     assert attempts and attempts[-1].ok
     parse(saved.program)  # the planned program, as it ran
     assert code == 0 or "step" in out.err.lower()  # a random program may fail at a step
+
+
+def test_planning_and_vqa_use_transformers_cache_api_not_the_deprecated_one(caplog):
+    """transformers 5.25 renamed the key-value cache `cache`; `past_key_values` warns on every
+    call (a FutureWarning, and a log line) and goes in 5.40. The planner's decoding loop uses
+    the new name, so neither shows."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.warning_once.cache_clear()  # "once" per process: start afresh
+    vp = VisProg(preset="tiny", cache=False)
+    root = transformers_logging.get_logger("transformers")
+    propagates = root.propagate
+    root.propagate = True  # transformers keeps its records to its own handler: let caplog see
+    try:
+        with warnings.catch_warnings(record=True) as caught, \
+                caplog.at_level(logging.WARNING, logger="transformers"):
+            warnings.simplefilter("always")
+            vp.plan("How many dogs are there?")
+            vp.execute("A=Vqa(image=IMAGE, question='is it red?')", image=picture(3))
+    finally:
+        root.propagate = propagates
+    deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    deprecated += [r.getMessage() for r in caplog.records if "past_key_values" in r.getMessage()]
+    assert deprecated == []

@@ -240,7 +240,7 @@ class LocalConstrained:
         with torch.no_grad():
             out = model(torch.tensor([prompt], device=self.device), use_cache=True,
                         **_positions(0, len(prompt), self.device))
-            past, logits = out.past_key_values, out.logits[0, -1]
+            past, logits = _kv(out), out.logits[0, -1]
             pos = len(prompt)
             for step in range(self.max_steps):
                 final = step == self.max_steps - 1 or used >= max_tokens
@@ -263,9 +263,9 @@ class LocalConstrained:
                         raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
                     line_ids.append(token)
                     out = model(torch.tensor([[token]], device=self.device),
-                                past_key_values=past, use_cache=True,
+                                **_with_kv(model, past), use_cache=True,
                                 **_positions(pos, 1, self.device))
-                    past, logits = out.past_key_values, out.logits[0, -1]
+                    past, logits = _kv(out), out.logits[0, -1]
                     pos += 1
                 used += len(line_ids)
                 line = tok.decode(line_ids)
@@ -308,7 +308,7 @@ class LocalConstrained:
                     raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
                 out_ids.append(token)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True)
+                            **_with_kv(model, _kv(out)), use_cache=True)
         return tok.decode(out_ids), len(out_ids)
 
     def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
@@ -333,7 +333,7 @@ class LocalConstrained:
                 if cut >= 0:
                     return text[:cut], len(out_ids)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True,
+                            **_with_kv(model, _kv(out)), use_cache=True,
                             **_positions(pos, 1, self.device))
                 pos += 1
         return tok.decode(out_ids), len(out_ids)
@@ -346,6 +346,20 @@ def _pick(scores: Any, temperature: float, gen: Any) -> int:
         return int(torch.argmax(scores))
     probs = torch.softmax(scores / temperature, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _with_kv(model: Any, cache: Any) -> dict[str, Any]:
+    """The key-value cache as the model's forward takes it: `cache` where transformers has
+    renamed it (`past_key_values` warns there, and goes in 5.40), else `past_key_values`."""
+    import inspect
+
+    takes = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in takes else "past_key_values": cache}
+
+
+def _kv(out: Any) -> Any:
+    """The key-value cache a forward gave back, under either name (see `_with_kv`)."""
+    return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
 
 def _positions(start: int, n: int, device: Any) -> dict[str, Any]:
