@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from visprog.models import (TINY_PREFIX, Backend, ModelLoadError, ModelTool, SettingsAtFirstUse,
-                            cache_dir, resolve_checkpoint, rgb_image)
+                            cache_dir, quiet_opencv, resolve_checkpoint, rgb_image)
 from visprog.values import Objects, Region
 
 from ._notes import note
@@ -172,8 +172,10 @@ def cascade_path(s: dict[str, Any]) -> str:
 def load_yunet(path: str, device: str, dtype: Any) -> dict[str, Any]:
     import cv2
 
-    # input size and thresholds are set before each detect
-    det = cv2.FaceDetectorYN.create(path, "", (320, 320))
+    # input size and thresholds are set before each detect; OpenCV 5 warns here that its
+    # graph engine ignores the target the detector always sets (nothing a user can change)
+    with quiet_opencv():
+        det = cv2.FaceDetectorYN.create(path, "", (320, 320))
     return {"detector": det, "lock": threading.Lock()}
 
 

@@ -6,11 +6,13 @@ Exit codes: 0 ok; 1 a program or runtime error (message on stderr, no traceback 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
@@ -491,11 +493,32 @@ def _warning_printer(show: Any) -> Any:
     return printer
 
 
+@contextlib.contextmanager
+def _verbose_log(verbose: bool) -> Iterator[None]:
+    """With -v: visprog's log at INFO on stderr too (what the libraries said that needs no
+    action, `models/library_logs.py`; OpenCV's own log); without, warnings only."""
+    if not verbose:
+        yield
+        return
+    log = logging.getLogger("visprog")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad flags
     try:
-        with warnings.catch_warnings():  # restores showwarning afterwards
+        with _verbose_log(getattr(args, "verbose", False)), \
+                warnings.catch_warnings():  # restores showwarning afterwards
             warnings.showwarning = _warning_printer(warnings.showwarning)
             return args.func(args)
     except UsageError as e:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from visprog.errors import ConfigError
 from visprog.models.checkpoints import (ModelLoadError, hub_unreachable, load_error,
                                         looks_like_path, quiet_loading, resolve_checkpoint)
+from visprog.models.library_logs import route_library_logs
 
 Loader = Callable[[str, str, Any], Any]  # (path_or_id, device, dtype or None) -> model bundle
 
@@ -202,6 +203,7 @@ class ModelManager:
                 hub_unreachable()  # no network: load from the local cache, or fail at once
             dtype = self.dtype(half)
             t0 = time.perf_counter()
+            route_library_logs()  # before the libraries' first words, which loads provoke
             try:
                 with quiet_loading():
                     bundle = loader(os.path.expanduser(resolved) if looks_like_path(resolved)
