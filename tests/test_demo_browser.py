@@ -175,6 +175,35 @@ def test_standalone_trace_page_renders(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "trace_page.png"), full_page=True)
 
 
+def test_trace_page_draws_counted_regions_over_their_image_and_folds_long_tables(page, tmp_path):
+    pytest.importorskip("onnx", reason="tiny:yunet is exported with torch.onnx")
+    # a random YuNet finds hundreds of "faces": a long table, counted by a step of no image
+    vp = VisProg(preset="tiny", cache=False, plugins=False,
+                 config={"FaceDet": {"backend": "yunet", "model": "tiny:yunet",
+                                     "score_threshold": 0.5}})
+    out = vp.execute("FACES=FaceDet(image=IMAGE)\nN=Count(box=FACES)",
+                     image=str(Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"))
+    n = out.value
+    assert n > 50
+    html_path = out.trace.save_html(tmp_path / "t.html")
+    page.goto(html_path.as_uri())
+    cards = page.locator("section.card")
+    found = cards.nth(0).locator("img").last.get_attribute("src")
+    counted = cards.nth(1).locator("img")
+    assert counted.count() == 1 and counted.get_attribute("src") == found  # over the photo
+    # the region table: every column named, the first rows shown, the rest folded
+    heads = cards.nth(1).locator("table.regions").first.locator("th").all_inner_texts()
+    assert heads == ["#", "label", "score", "box (x1, y1, x2, y2)"]
+    fold = cards.nth(1).locator("details.more")
+    assert fold.locator("summary").inner_text() == f"show all {n} regions"
+    assert cards.nth(1).locator("table.regions").first.locator("tr").count() == 1 + 5
+    assert not fold.locator("table").is_visible()
+    fold.locator("summary").click()
+    assert fold.locator("table").is_visible()
+    assert fold.locator("tr").count() == 1 + 45 + 1  # header, rows 6-50, "... more"
+    cards.nth(1).screenshot(path=str(ARTIFACTS / "trace_count_folded_open.png"))
+
+
 PLANNED = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
            "N=Count(box=HALF)\n"
            "FINAL=Result(var=N)")

@@ -340,3 +340,70 @@ def test_mask_to_image():
     assert mask_to_image(m.astype(float) * 0.9).getpixel((2, 1)) == 255
     with pytest.raises(ValueError, match="H x W"):
         mask_to_image(np.zeros((2, 2, 3)))
+
+
+# -- the page's regions: drawn over their image, labelled columns, long tables folded ---------
+
+def _card(page: str, n: int) -> str:
+    """The HTML of step card n (1-based)."""
+    return page.split('<section class="card')[n]
+
+
+def _img_srcs(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html)
+
+
+def test_html_draws_a_steps_objects_over_the_image_they_were_found_on():
+    image, objs = _photo(), _objects()
+    steps = [
+        StepRecord(0, 1, "OBJ0=Loc(image=IMAGE, object='cat')", "OBJ0", "Loc",
+                   args={"image": image, "object": "cat"}, arg_vars={"image": "IMAGE"},
+                   output=objs, draw_on="image"),
+        StepRecord(1, 2, "N=Count(box=OBJ0)", "N", "Count", args={"box": objs},
+                   arg_vars={"box": "OBJ0"}, output=2, draw_on=None),
+        StepRecord(2, 3, "B=OBJ0", "B", None, args={"var": objs}, arg_vars={"var": "OBJ0"},
+                   output=objs, draw_on=None),
+        StepRecord(3, 4, "M=Count(box=B)", "M", "Count", args={"box": objs},
+                   arg_vars={"box": "B"}, output=2, draw_on=None),
+    ]
+    page = Trace("...", steps, inputs={"IMAGE": image}, result=2).to_html()
+    found_drawn = _img_srcs(_card(page, 1))[-1]  # OBJ0 = ..., drawn over IMAGE
+    grey = Trace("...", [StepRecord(0, 1, "N=Count(box=X)", "N", "Count", args={"box": objs},
+                                    arg_vars={"box": "X"}, output=2, draw_on=None)]).to_html()
+    assert _img_srcs(_card(page, 2)) == [found_drawn]  # not a blank canvas
+    assert _img_srcs(_card(page, 4)) == [found_drawn]  # through an alias too
+    assert _img_srcs(_card(grey, 1)) != [found_drawn]  # no image known: the plain canvas
+    # and never over an image of another size
+    other = StepRecord(0, 1, "C=Crop(image=IMAGE, box=OBJ0)", "C", "Crop",
+                       args={"image": _photo(40, 30), "box": objs}, arg_vars={"box": "OBJ0"},
+                       output=_photo(10, 10), draw_on="image")
+    mixed = Trace("...", [steps[0], other]).to_html()
+    assert _img_srcs(_card(mixed, 2))[1] == found_drawn
+
+
+def test_html_region_table_labels_every_column_and_has_only_those_with_content():
+    page = _trace().to_html()
+    table = page[page.index('<table class="regions">'):]
+    head = table[:table.index("</tr>")]
+    assert re.findall(r"<th>([^<]*)</th>", head) == [
+        "#", "label", "score", "box (x1, y1, x2, y2)", "mask", "extra"]
+    bare = Objects([(0, 0, 10, 10), (5, 5, 20, 20)], (32, 32))  # boxes only
+    page = Trace("X=Y", result=bare).to_html()
+    head = page[page.index('<table class="regions">'):]
+    assert re.findall(r"<th>([^<]*)</th>", head[:head.index("</tr>")]) == [
+        "#", "box (x1, y1, x2, y2)"]
+    assert "<th></th>" not in page
+
+
+def test_html_long_region_tables_fold_after_their_first_rows():
+    from visprog.traces.html import FOLDED_ROWS, MAX_TABLE_ROWS
+
+    many = Objects([(i, 0, i + 2, 4) for i in range(70)], (100, 10), labels=["dot"] * 70)
+    page = Trace("X=Y", result=many).to_html()
+    shown, folded = page.split('<details class="more">')
+    assert shown[shown.index('<table class="regions">'):].count("<td>dot</td>") == FOLDED_ROWS
+    assert "<summary>show all 70 regions</summary>" in folded
+    assert folded.count("<td>dot</td>") == MAX_TABLE_ROWS - FOLDED_ROWS
+    assert "... 20 more (the JSON trace lists them all)" in folded
+    few = Objects([(i, 0, i + 2, 4) for i in range(FOLDED_ROWS + 1)], (100, 10))
+    assert '<details class="more">' not in Trace("X=Y", result=few).to_html()

@@ -24,6 +24,7 @@ from visprog.values.text import show
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
 MAX_TABLE_ROWS = 50  # regions listed per Objects value; the rest are counted
+FOLDED_ROWS = 5  # rows shown before a longer region table folds ("show all")
 MAX_TEXT_CHARS = 2000  # longer text values are cut (the JSON trace keeps them whole)
 
 _CSS = """
@@ -49,6 +50,7 @@ img{max-width:100%;border:1px solid #ccc;border-radius:3px;image-rendering:auto}
 .text{white-space:pre-wrap}.muted{color:#888}.swatch{display:inline-block;width:.8em;
  height:.8em;border-radius:2px;margin-right:.3em;vertical-align:middle}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
+details.more{margin:.2em 0}details.more summary{font-weight:400;color:#0b57d0;font-size:.85em}
 """
 
 
@@ -62,6 +64,9 @@ class _Page:
     def __init__(self) -> None:
         self._uris: dict[int, str] = {}
         self._keep: list[Any] = []  # keeps cached objects alive so their ids stay unique
+        # variable -> the image its Objects were drawn over, so a later step that takes
+        # them without their image (Count(box=FACES)) draws them over it too
+        self.drawn_on: dict[str, Image.Image] = {}
 
     def data_uri(self, im: Image.Image) -> str:
         key = id(im)
@@ -75,30 +80,14 @@ class _Page:
                 f'title="{_esc(alt)} ({_esc(show(im))})">')
 
     def objects(self, objs: Objects, over: Image.Image | None, alt: str) -> str:
-        if over is None:
+        if over is None or over.size != objs.image_size:  # never draw boxes on another image
             over = Image.new("RGB", objs.image_size, (235, 235, 235))
         # Draw on the thumbnail, not the full image, so tags stay readable at page size.
         drawn = draw_objects(thumbnail(over.convert("RGB"), THUMB_SIDE), objs)
         parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{_esc(show(objs))} '
                  f'on a {objs.image_size[0]}x{objs.image_size[1]} image</div>']
         if len(objs):
-            rows = []
-            for i, r in enumerate(objs[:MAX_TABLE_ROWS]):
-                c = "#%02x%02x%02x" % color_for(i)
-                score = "" if r.score is None else f"{float(r.score):.3f}"
-                box = ", ".join(f"{v:.1f}" for v in r.box)
-                extra = ", ".join(f"{k}={v}" for k, v in r.extra.items()
-                                  if isinstance(v, (str, int, float, bool)))
-                rows.append(f'<tr><td><span class="swatch" style="background:{c}"></span>{i}</td>'
-                            f'<td>{_esc(r.label if r.label is not None else "")}</td>'
-                            f'<td>{score}</td><td>[{box}]</td><td>'
-                            f'{"mask" if r.mask is not None else ""}</td><td>{_esc(extra)}</td></tr>')
-            more = len(objs) - MAX_TABLE_ROWS
-            if more > 0:
-                rows.append(f'<tr><td colspan="6" class="muted">... {more} more</td></tr>')
-            parts.append('<table class="regions"><tr><th>#</th><th>label</th><th>score</th>'
-                         '<th>box (x1, y1, x2, y2)</th><th></th><th>extra</th></tr>'
-                         + "".join(rows) + "</table>")
+            parts.append(_region_table(objs))
         # Images a module attached to regions (e.g. Depth's `depth_map`), each shown once.
         shown: set[int] = set()
         for r in objs[:MAX_TABLE_ROWS]:
@@ -129,6 +118,39 @@ class _Page:
         if isinstance(value, dict):
             return f"<pre>{_esc(_cut(_json(value)))}</pre>"
         return f"<code>{_esc(_cut(repr(value)))}</code>"
+
+
+def _region_table(objs: Objects) -> str:
+    """The regions as a table: a column only for what some region has (a label, a score, a
+    mask, extra fields). A long table shows its first rows; the rest fold under "show all"
+    (a <details>, no script), and past `MAX_TABLE_ROWS` regions are only counted."""
+    listed = objs[:MAX_TABLE_ROWS]
+    extras = [", ".join(f"{k}={v}" for k, v in r.extra.items()
+                        if isinstance(v, (str, int, float, bool))) for r in listed]
+    columns = [("#", lambda i, r: '<span class="swatch" style="background:#%02x%02x%02x">'
+                '</span>%d' % (*color_for(i), i))]
+    if any(label is not None for label in listed.labels):
+        columns.append(("label", lambda i, r: _esc(r.label if r.label is not None else "")))
+    if listed.has_score.any():
+        columns.append(("score", lambda i, r: "" if r.score is None else f"{float(r.score):.3f}"))
+    columns.append(("box (x1, y1, x2, y2)",
+                    lambda i, r: "[" + ", ".join(f"{v:.1f}" for v in r.box) + "]"))
+    if listed.has_mask.any():
+        columns.append(("mask", lambda i, r: "yes" if r.mask is not None else ""))
+    if any(extras):
+        columns.append(("extra", lambda i, r: _esc(extras[i])))
+    head = "<tr>" + "".join(f"<th>{name}</th>" for name, _ in columns) + "</tr>"
+    rows = ["<tr>" + "".join(f"<td>{cell(i, r)}</td>" for _, cell in columns) + "</tr>"
+            for i, r in enumerate(listed)]
+    more = len(objs) - len(listed)
+    if more > 0:
+        rows.append(f'<tr><td colspan="{len(columns)}" class="muted">... {more} more '
+                    f'(the JSON trace lists them all)</td></tr>')
+    if len(rows) <= FOLDED_ROWS + 1:  # folding a row or two away would only add a click
+        return f'<table class="regions">{head}{"".join(rows)}</table>'
+    return (f'<table class="regions">{head}{"".join(rows[:FOLDED_ROWS])}</table>'
+            f'<details class="more"><summary>show all {len(objs)} regions</summary>'
+            f'<table class="regions">{head}{"".join(rows[FOLDED_ROWS:])}</table></details>')
 
 
 def _cut(text: str) -> str:
@@ -165,6 +187,19 @@ def _background(step: StepRecord) -> Image.Image | None:
     return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)
 
 
+def _under(page: _Page, value: Any, over: Image.Image | None,
+           var: str | None) -> Image.Image | None:
+    """The image to draw `value` over when it is Objects: the step's own image when the
+    regions belong to one of its size, else the image they were drawn over where the
+    variable `var` was made; None: a plain canvas."""
+    if not isinstance(value, Objects):
+        return over
+    if over is not None and over.size == value.image_size:
+        return over
+    earlier = page.drawn_on.get(var) if var else None
+    return earlier if earlier is not None and earlier.size == value.image_size else None
+
+
 def _source_block(program: str, bad_line: int | None) -> str:
     rows = []
     for n, text in enumerate(program.splitlines() or [""], start=1):
@@ -188,14 +223,22 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     for name, value in step.args.items():
         var = step.arg_vars.get(name)
         label = _esc(name) + (f' <span class="muted">&larr; {_esc(var)}</span>' if var else "")
+        under = _under(page, value, over, var)
         rows.append(f'<tr><td class="k">{label}</td><td>'
-                    f'{page.value(value, over=over, alt=f"{step.target} {name}")}</td></tr>')
+                    f'{page.value(value, over=under, alt=f"{step.target} {name}")}</td></tr>')
     if failed:
         rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
                     f'</div></td></tr>')
     else:
+        # an alias (A=B) is drawn where B was
+        under = _under(page, step.output, over, step.arg_vars.get("var") if step.module is None
+                       else None)
+        if under is not None:
+            page.drawn_on[step.target] = under
+        else:
+            page.drawn_on.pop(step.target, None)  # a new value of the name: not drawn yet
         rows.append(f'<tr><td class="k">{_esc(step.target)} =</td><td>'
-                    f'{page.value(step.output, over=over, alt=step.target)}</td></tr>')
+                    f'{page.value(step.output, over=under, alt=step.target)}</td></tr>')
     cls = "card failed" if failed else "card"
     return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
 
