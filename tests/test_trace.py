@@ -396,7 +396,7 @@ def test_html_region_table_labels_every_column_and_has_only_those_with_content()
 
 
 def test_html_long_region_tables_fold_after_their_first_rows():
-    from visprog.traces.html import FOLDED_ROWS, MAX_TABLE_ROWS
+    from visprog.values.region_table import FOLDED_ROWS, MAX_TABLE_ROWS
 
     many = Objects([(i, 0, i + 2, 4) for i in range(70)], (100, 10), labels=["dot"] * 70)
     page = Trace("X=Y", result=many).to_html()
@@ -407,3 +407,61 @@ def test_html_long_region_tables_fold_after_their_first_rows():
     assert "... 20 more (the JSON trace lists them all)" in folded
     few = Objects([(i, 0, i + 2, 4) for i in range(FOLDED_ROWS + 1)], (100, 10))
     assert '<details class="more">' not in Trace("X=Y", result=few).to_html()
+
+
+# -- in a REPL and a notebook ----------------------------------------------------------------
+
+def test_trace_prints_as_trace_show_and_shows_its_page_in_a_notebook(tmp_path, capsys):
+    from visprog.cli import main
+
+    t = _trace()
+    text = str(t)
+    assert text.splitlines()[:2] == ["program:", "    1  OBJ0=Loc(image=IMAGE, object='cat')"]
+    assert "  [1] line 1: OBJ0 = Loc  120.0 ms  -> 3 regions (cat, <script>alert(1)</script>)" \
+        in text
+    assert "[2] line 2: IMAGE0 = Crop  1.0 ms cached  -> image 35x20" in text
+    assert text.endswith(f"result: {ANSWER}")
+    assert "PIL" not in text and "StepRecord" not in text
+    assert repr(t) == f"<Trace: 4 steps, result: {ANSWER}>"
+    failed = _trace(failed=True)
+    assert str(failed).endswith("error: step 3 failed: CUDA out of <memory>")
+    assert "ERROR CUDA out of <memory> & more" in str(failed)
+    assert repr(failed) == "<Trace: 3 steps, error: step 3 failed: CUDA out of <memory>>"
+    # `visprog trace show` prints the same
+    t.save_json(tmp_path / "t.json")
+    assert main(["trace", "show", str(tmp_path / "t.json")]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == str(Trace.load_json(tmp_path / "t.json"))
+    # a notebook: the page as one part of another, its style scoped to it
+    part = t._repr_html_()
+    assert part.startswith('<div class="visprog-trace">') and part.rstrip().endswith("</div>")
+    assert "<html" not in part and "<body" not in part
+    assert len(re.findall(r'<img src="data:image/(?:png|jpeg);base64,', part)) >= 5
+    style = part[part.index("<style>") + 7:part.index("</style>")]
+    rules = [r for r in style.split("}") if r]
+    assert all(all(sel.startswith(".visprog-trace") for sel in r.split("{")[0].split(","))
+               for r in rules)
+    assert XSS_LABEL not in part
+
+
+def test_run_result_and_objects_read_briefly(tmp_path):
+    from visprog.api import VisProg
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    out = vp.execute("A=Loc(image=IMAGE, object='LEFT')\nN=Count(box=A)", image=_photo())
+    assert repr(out) == "<RunResult: 1 (2 steps)>"
+    assert str(out) == str(out.trace) and "Image" not in repr(out)
+    assert out._repr_html_() == out.trace._repr_html_()
+    many = Objects([(i, 0, i + 2, 4) for i in range(30)], (100, 10), labels=["dot"] * 30,
+                   scores=[0.5] * 30)
+    assert repr(many) == ("Objects(n=30, image_size=(100, 10), labels=['dot', 'dot', 'dot', "
+                          "'dot', 'dot', 'dot', 'dot', 'dot', 'dot', 'dot', ...])")
+    lines = str(many).splitlines()
+    assert lines[0] == "30 regions on a 100x10 image" and len(lines) == 1 + 10 + 1
+    assert lines[1].split() == ["0", "dot", "0.500", "[0.0,", "0.0,", "2.0,", "4.0]"]
+    assert lines[-1] == "  ... 20 more"
+    html = many._repr_html_()
+    assert html.startswith("<div>30 regions on a 100x10 image</div><table class=\"regions\">")
+    assert "<summary>show all 30 regions</summary>" in html
+    masked = _objects()
+    assert "mask" in str(masked).splitlines()[1] and "&lt;script&gt;" in masked._repr_html_()
+    assert str(Objects.empty((8, 8))) == "0 regions on a 8x8 image"

@@ -284,20 +284,9 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
-    from visprog.values.text import show
 
     trace = Trace.load_json(args.file)
-    print("program:")
-    for i, line in enumerate(trace.program.splitlines(), 1):
-        print(f"  {i:3d}  {line}")
-    print("steps:")
-    for rec in trace.steps:
-        status = f"ERROR {rec.error}" if rec.error else show(rec.output, limit=80)
-        cached = " cached" if rec.cached else ""
-        print(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = {rec.module or 'alias'}"
-              f"  {rec.duration * 1000:.1f} ms{cached}  -> {status}")
-    print("result:" if trace.ok else "error:",
-          show(trace.result, limit=80) if trace.ok else trace.error)
+    print(trace)  # the program, a line a step, the result (Trace.__str__)
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")

@@ -20,11 +20,10 @@ from visprog.traces.draw import color_for, draw_objects, thumbnail
 from visprog.traces.events import Repair, RunRecord, Vote
 from visprog.traces.step import StepRecord
 from visprog.values import Objects
+from visprog.values.region_table import MAX_TABLE_ROWS, region_table
 from visprog.values.text import show
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
-MAX_TABLE_ROWS = 50  # regions listed per Objects value; the rest are counted
-FOLDED_ROWS = 5  # rows shown before a longer region table folds ("show all")
 MAX_TEXT_CHARS = 2000  # longer text values are cut (the JSON trace keeps them whole)
 
 _CSS = """
@@ -87,7 +86,7 @@ class _Page:
         parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{_esc(show(objs))} '
                  f'on a {objs.image_size[0]}x{objs.image_size[1]} image</div>']
         if len(objs):
-            parts.append(_region_table(objs))
+            parts.append(region_table(objs, color=color_for))
         # Images a module attached to regions (e.g. Depth's `depth_map`), each shown once.
         shown: set[int] = set()
         for r in objs[:MAX_TABLE_ROWS]:
@@ -118,39 +117,6 @@ class _Page:
         if isinstance(value, dict):
             return f"<pre>{_esc(_cut(_json(value)))}</pre>"
         return f"<code>{_esc(_cut(repr(value)))}</code>"
-
-
-def _region_table(objs: Objects) -> str:
-    """The regions as a table: a column only for what some region has (a label, a score, a
-    mask, extra fields). A long table shows its first rows; the rest fold under "show all"
-    (a <details>, no script), and past `MAX_TABLE_ROWS` regions are only counted."""
-    listed = objs[:MAX_TABLE_ROWS]
-    extras = [", ".join(f"{k}={v}" for k, v in r.extra.items()
-                        if isinstance(v, (str, int, float, bool))) for r in listed]
-    columns = [("#", lambda i, r: '<span class="swatch" style="background:#%02x%02x%02x">'
-                '</span>%d' % (*color_for(i), i))]
-    if any(label is not None for label in listed.labels):
-        columns.append(("label", lambda i, r: _esc(r.label if r.label is not None else "")))
-    if listed.has_score.any():
-        columns.append(("score", lambda i, r: "" if r.score is None else f"{float(r.score):.3f}"))
-    columns.append(("box (x1, y1, x2, y2)",
-                    lambda i, r: "[" + ", ".join(f"{v:.1f}" for v in r.box) + "]"))
-    if listed.has_mask.any():
-        columns.append(("mask", lambda i, r: "yes" if r.mask is not None else ""))
-    if any(extras):
-        columns.append(("extra", lambda i, r: _esc(extras[i])))
-    head = "<tr>" + "".join(f"<th>{name}</th>" for name, _ in columns) + "</tr>"
-    rows = ["<tr>" + "".join(f"<td>{cell(i, r)}</td>" for _, cell in columns) + "</tr>"
-            for i, r in enumerate(listed)]
-    more = len(objs) - len(listed)
-    if more > 0:
-        rows.append(f'<tr><td colspan="{len(columns)}" class="muted">... {more} more '
-                    f'(the JSON trace lists them all)</td></tr>')
-    if len(rows) <= FOLDED_ROWS + 1:  # folding a row or two away would only add a click
-        return f'<table class="regions">{head}{"".join(rows)}</table>'
-    return (f'<table class="regions">{head}{"".join(rows[:FOLDED_ROWS])}</table>'
-            f'<details class="more"><summary>show all {len(objs)} regions</summary>'
-            f'<table class="regions">{head}{"".join(rows[FOLDED_ROWS:])}</table></details>')
 
 
 def _cut(text: str) -> str:
@@ -292,8 +258,22 @@ def _vote_section(event: Vote) -> str:
             '<table class="kv">' + "".join(rows) + "</table>")
 
 
-def render_html(trace: Any) -> str:
-    """The whole trace as one HTML page (a string)."""
+def _scoped(css: str, root: str) -> str:
+    """The page's CSS for a part of another page (a notebook's output): every selector
+    under `root`, and `body` is `root` itself, so none of it styles the page around."""
+    rules = []
+    for rule in css.replace("\n", "").split("}"):
+        if rule.strip():
+            selectors, declarations = rule.split("{", 1)
+            scoped = ",".join(root if s.strip() == "body" else f"{root} {s.strip()}"
+                              for s in selectors.split(","))
+            rules.append(f"{scoped}{{{declarations}}}")
+    return "".join(rules)
+
+
+def render_html(trace: Any, *, fragment: bool = False) -> str:
+    """The whole trace as one HTML page (a string); `fragment`: as a part of another page
+    (what a notebook shows: one <div>, its style scoped to it)."""
     page = _Page()
     steps: list[StepRecord] = []
     for step in trace.steps:
@@ -303,9 +283,12 @@ def render_html(trace: Any) -> str:
     failed_line = steps[-1].line if steps and steps[-1].error is not None else None
     status = ('<span class="badge fail">failed</span>' if not trace.ok or failed_line is not None
               else '<span class="badge ok">ok</span>')
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width,initial-scale=1">',
-           f'<title>visprog trace</title><style>{_CSS}</style></head><body>',
+    top = (['<div class="visprog-trace">',
+            f'<style>{_scoped(_CSS, ".visprog-trace")}</style>'] if fragment else
+           ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width,initial-scale=1">',
+            f'<title>visprog trace</title><style>{_CSS}</style></head><body>'])
+    out = [*top,
            f'<h1>visprog trace {status}</h1>',
            f'<div class="meta muted">{len(steps)} step{"s" if len(steps) != 1 else ""}, '
            f'{sum(s.duration for s in steps) * 1000:.1f} ms</div>',
@@ -335,5 +318,5 @@ def render_html(trace: Any) -> str:
     if trace.meta:
         out.append(f'<details><summary>Run details</summary><pre>{_esc(_cut(_json(trace.meta)))}'
                    f'</pre></details>')
-    out.append('</body></html>')
+    out.append('</div>' if fragment else '</body></html>')
     return "\n".join(out)
