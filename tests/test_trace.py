@@ -465,3 +465,31 @@ def test_run_result_and_objects_read_briefly(tmp_path):
     masked = _objects()
     assert "mask" in str(masked).splitlines()[1] and "&lt;script&gt;" in masked._repr_html_()
     assert str(Objects.empty((8, 8))) == "0 regions on a 8x8 image"
+
+
+def test_html_events_and_run_details_read_as_fields_not_json():
+    from visprog.traces.events import Finding, PlanAttempt, Repair, RunRecord
+
+    long_line = "X=Eval(expr='" + "9" * 3000 + "')"
+    plan = PlanAttempt(index=0, question="Is it?", task="gqa", reply=long_line, text=long_line,
+                       ok=True, usage={"prompt_tokens": 30, "total_tokens": 40})
+    attempts = [RunRecord(i, program=long_line, answer="no", passed=False,
+                          findings=[Finding("answer_type", "not a yes/no <answer>")])
+                for i in range(2)]
+    t = _trace()
+    t.events = [plan, Repair(chosen=1, attempts=attempts)]
+    t.meta = {"preset": "tiny", "batch": [{"module": "Loc", "chunk": 2}] * 3, "empty": [],
+              "nested": {"a": {"b": {"c": 1}}}}
+    page = t.to_html()
+    events = page[page.index("<summary>Events (2)</summary>"):page.index("<summary>Run details")]
+    assert "<pre>{" not in page and '"kind"' not in events  # no JSON dumps
+    assert '<td class="k">plan attempt</td>' in events and '<td class="k">repair</td>' in events
+    assert "prompt_tokens: 30, total_tokens: 40" in events
+    assert "2, listed under Attempts above" in events
+    assert events.count("X=Eval(expr=&#x27;" + "9" * 40) == 2  # the reply and the program
+    assert "9" * 500 not in events  # long text is cut (the JSON trace keeps it)
+    details = page[page.index("<summary>Run details"):]
+    assert '<td class="k">preset</td><td><span class="wrap">tiny</span>' in details
+    assert details.count("module: Loc, chunk: 2") == 3 and '<td class="k">empty</td>' not in details
+    assert "{&quot;c&quot;: 1}" in details  # deeper than two levels: one line of JSON
+    assert "&lt;answer&gt;" in page and "<answer>" not in page

@@ -49,6 +49,11 @@ img{max-width:100%;border:1px solid #ccc;border-radius:3px;image-rendering:auto}
 .text{white-space:pre-wrap}.muted{color:#888}.swatch{display:inline-block;width:.8em;
  height:.8em;border-radius:2px;margin-right:.3em;vertical-align:middle}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
+.wrap,table.kv pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
+.card code{overflow-wrap:anywhere}
+table.fields{border-collapse:collapse;font-size:.9em}table.fields td{vertical-align:top;
+ padding:.1em .5em;border-top:1px solid #eee}table.fields td.k{color:#555;font-weight:600;
+ white-space:nowrap}ol.fields{margin:.2em 0;padding-left:1.6em}
 details.more{margin:.2em 0}details.more summary{font-weight:400;color:#0b57d0;font-size:.85em}
 """
 
@@ -119,8 +124,72 @@ class _Page:
         return f"<code>{_esc(_cut(repr(value)))}</code>"
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " ..."
+MAX_FIELD_CHARS = 400  # a field's text in the events and run details (the JSON keeps it whole)
+MAX_FIELD_ITEMS = 10  # entries listed of a list of records; the rest are counted
+MAX_FIELD_LINES = 6  # lines shown of a field's text
+
+
+def _event_fields(event: Any) -> dict[str, Any]:
+    """An event's fields for the Events list; the runs of a repair or a vote are listed in
+    their own sections above, so here they are only counted."""
+    fields = {k: v for k, v in event.to_dict().items() if k != "kind"}
+    if isinstance(event, Repair):
+        fields["attempts"] = f"{len(event.attempts)}, listed under Attempts above"
+    elif isinstance(event, Vote):
+        fields["runs"] = f"{len(event.runs)}, listed under Candidates above"
+    return fields
+
+
+def _fields(record: Any, depth: int = 0) -> str:
+    """A record (an event's fields, the run details) as a table of its fields that wraps to
+    the page's width: empty fields left out, nested records as nested tables (two levels;
+    deeper ones as one line of JSON), long text cut."""
+    if not isinstance(record, dict):
+        return _field(record, depth) or ""
+    rows = [(k, _field(v, depth)) for k, v in record.items()]
+    return ('<table class="fields">' + "".join(
+        f'<tr><td class="k">{_esc(str(k).replace("_", " "))}</td><td>{h}</td></tr>'
+        for k, h in rows if h is not None) + "</table>")
+
+
+def _field(value: Any, depth: int) -> str | None:
+    """One field's value as HTML, or None when there is nothing to show."""
+    if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
+        return None
+    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return f"<code>{_esc(show(value))}</code>"
+    if isinstance(value, str):
+        if "\n" not in value:
+            return f'<span class="wrap">{_esc(_cut(value, MAX_FIELD_CHARS))}</span>'
+        lines = value.splitlines()
+        text = "\n".join(lines[:MAX_FIELD_LINES]) + (
+            f"\n... {len(lines) - MAX_FIELD_LINES} more lines" if len(lines) > MAX_FIELD_LINES
+            else "")
+        return f'<pre class="wrap">{_esc(_cut(text, MAX_FIELD_CHARS))}</pre>'
+    scalars = (str, int, float, bool, type(None))
+    if isinstance(value, dict) and depth < 2:
+        if all(isinstance(v, scalars) for v in value.values()):  # a line: usage, counts
+            return '<span class="wrap">' + _esc(", ".join(
+                f"{k}: {show(v)}" for k, v in value.items())) + "</span>"
+        return _fields(value, depth + 1)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, scalars) for v in value):
+        return f'<span class="wrap">{_esc(_cut(", ".join(map(show, value)), MAX_FIELD_CHARS))}</span>'
+    if isinstance(value, (list, tuple)) and depth < 2:
+        items = "".join(f"<li>{_field(v, depth + 1) or ''}</li>"
+                        for v in value[:MAX_FIELD_ITEMS])
+        more = len(value) - MAX_FIELD_ITEMS
+        return (f'<ol class="fields" start="0">{items}</ol>'
+                + (f'<div class="muted">... {more} more</div>' if more > 0 else ""))
+    try:  # deeper records: one line of JSON
+        text = json.dumps(value, ensure_ascii=False, default=repr) \
+            if isinstance(value, (dict, list, tuple)) else repr(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f'<span class="wrap">{_esc(_cut(text, MAX_FIELD_CHARS))}</span>'
+
+
+def _cut(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _json(value: Any) -> str:
@@ -311,12 +380,11 @@ def render_html(trace: Any, *, fragment: bool = False) -> str:
         elif isinstance(event, Vote):
             out.append(_vote_section(event))
     if trace.events:
-        items = "".join(f'<li><b>{_esc(e.kind)}</b><pre>'
-                        f'{_esc(_cut(_json({k: v for k, v in e.to_dict().items() if k != "kind"})))}'
-                        f'</pre></li>' for e in trace.events)
-        out.append(f'<details><summary>Events ({len(trace.events)})</summary><ul>{items}</ul></details>')
+        rows = "".join(f'<tr><td class="k">{_esc(e.kind.replace("_", " "))}</td><td>'
+                       f'{_fields(_event_fields(e))}</td></tr>' for e in trace.events)
+        out.append(f'<details><summary>Events ({len(trace.events)})</summary>'
+                   f'<table class="kv fields">{rows}</table></details>')
     if trace.meta:
-        out.append(f'<details><summary>Run details</summary><pre>{_esc(_cut(_json(trace.meta)))}'
-                   f'</pre></details>')
+        out.append(f'<details><summary>Run details</summary>{_fields(trace.meta)}</details>')
     out.append('</div>' if fragment else '</body></html>')
     return "\n".join(out)
