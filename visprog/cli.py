@@ -86,7 +86,8 @@ def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
     p.add_argument("--html", help="write the trace as one HTML page")
     p.add_argument("--json", help="write the trace as JSON (images beside it)")
     p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
-    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help=f"{verbose}, and what the libraries said that needs no action")
 
 
 def _check_engine_flags(args: argparse.Namespace) -> None:
