@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from visprog.errors import (AgentError, ImageError, ProgramError, StepError, VisProgError,
                             no_llm_message)
-from visprog.traces.events import AgentRun, Repair, Round
+from visprog.traces.events import AgentRun, Repair, Round, RunRecord, Vote
 from visprog.traces.records import StepRecord, Trace
 from visprog.values.text import show
 
@@ -52,7 +52,14 @@ TASK_HELP = {
     "imgedit": "an editing instruction, e.g. 'Blur the background behind the ball.'",
     "knowtag": "a tagging instruction needing knowledge, e.g. 'Tag the planets.'",
 }
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# The examples' photos: scikit-image's sample data, inside its wheel (each public domain or
+# CC0, as `skimage.data`'s docstrings say), so the demo ships no pictures of its own.
+EXAMPLE_PHOTOS = {
+    "astronaut.png": "Eileen Collins, NASA (public domain)",
+    "chelsea.png": "Chelsea the cat, Stefan van der Walt (CC0)",
+    "coffee.png": "a cup of coffee, Rachel Michetti (CC0)",
+    "rocket.jpg": "DSCOVR on Falcon 9, SpaceX (public domain)",
+}
 
 BY_HAND = "You can still write a program in the code box, or click an example, and press Run."
 NO_LLM_MESSAGE = no_llm_message("Planning") + " (before starting the demo). " + BY_HAND
@@ -392,15 +399,49 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
     files = save_downloads(trace, folders.new(), page)
     listed = attempts_html(trace) + rounds_html(trace)
     repaired = any((e.chosen or 0) > 0 for e in trace.find(Repair))
-    title = "Answered after repair" if repaired else "Answered"
-    rounds = len(trace.find(Round))
-    if rounds:
-        title = f"Answered in {rounds} round{'s' if rounds != 1 else ''}"
+    flagged, runs = flagged_answer(trace)
+    if flagged is not None:  # the best there was, but the checks (or the critic) object
+        every = all(not r.passed for r in runs)
+        title = ("Answered, but every attempt was flagged" if every and len(runs) > 1 else
+                 "Answered, but the answer was flagged") + ": check it before you trust it"
+        message = message_box("warn", title, "<div>What the checks found in the answer "
+                              "given:</div>" + findings_html(flagged)
+                              + "<div>The attempts:</div>" + listed)
+    else:
+        title = "Answered after repair" if repaired else "Answered"
+        rounds = len(trace.find(Round))
+        if rounds:
+            title = f"Answered in {rounds} round{'s' if rounds != 1 else ''}"
+        message = message_box("ok", title, listed)
     return out.program.source, RunOutput(
         True, result_text=format_result(out.value, task),
         result_image=out.value if isinstance(out.value, Image.Image) else None,
-        trace_html=trace_view_html(trace, page=page), files=files,
-        message=message_box("ok", title, listed), trace=trace)
+        trace_html=trace_view_html(trace, page=page), files=files, message=message,
+        trace=trace)
+
+
+def flagged_answer(trace: Trace) -> tuple[RunRecord | None, list[RunRecord]]:
+    """The run whose answer was given, when the result checks or the critic objected to it
+    (the planning loop answers with the best it had), else None; and all the runs."""
+    for event in reversed(trace.events):
+        if isinstance(event, Repair):
+            chosen, runs = event.chosen_attempt, event.attempts
+        elif isinstance(event, Vote):
+            runs = event.runs
+            chosen = runs[event.chosen] if 0 <= event.chosen < len(runs) else None
+        else:
+            continue
+        flagged = chosen is not None and chosen.ran and not chosen.passed
+        return (chosen if flagged else None), runs
+    return None, []
+
+
+def findings_html(run: RunRecord) -> str:
+    """What the checks and the critic said about a run's answer, a line each."""
+    lines = [_esc(str(f)) for f in run.findings]
+    if run.critic is not None and not run.critic.ok:
+        lines.append("[critic] " + _esc(run.critic.show()))
+    return f'<ul class="vp-findings">{"".join(f"<li>{ln}</li>" for ln in lines)}</ul>'
 
 
 # -- plan -----------------------------------------------------------------------------------
@@ -439,77 +480,54 @@ def plan_program(vp: Any, question: str, task: str) -> tuple[str | None, str]:
 
 
 # -- examples -------------------------------------------------------------------------------
-def _scene(size: tuple[int, int], shapes: Sequence[tuple[str, tuple[int, int, int, int],
-                                                         tuple[int, int, int]]],
-           sky: tuple[int, int, int] = (170, 210, 245),
-           ground: tuple[int, int, int] = (120, 170, 90)) -> Image.Image:
-    w, h = size
-    im = Image.new("RGB", size, sky)
-    d = ImageDraw.Draw(im)
-    d.rectangle((0, int(h * 0.62), w, h), fill=ground)
-    for kind, box, color in shapes:
-        if kind == "circle":
-            d.ellipse(box, fill=color, outline=(30, 30, 30), width=2)
-        else:
-            d.rectangle(box, fill=color, outline=(30, 30, 30), width=2)
-    return im
-
-
-def example_images(folder: str | Path = EXAMPLES_DIR) -> dict[str, Path]:
-    """Write the demo's example images into `folder` (when missing) and return their paths.
-
-    They are drawn here, so the repository ships no downloaded pictures: a park scene with a
-    ball, a box and the sun, and a LEFT/RIGHT pair with different numbers of balls.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    specs = {
-        "park.png": _scene((320, 240), [
-            ("circle", (250, 20, 300, 70), (250, 210, 40)),      # sun
-            ("circle", (60, 140, 120, 200), (220, 40, 40)),       # red ball
-            ("rect", (180, 120, 270, 200), (60, 90, 200)),        # blue box
-        ]),
-        "pair_left.png": _scene((240, 180), [
-            ("circle", (20, 100, 60, 140), (220, 40, 40)),
-            ("circle", (90, 95, 140, 145), (240, 150, 30)),
-            ("circle", (170, 105, 205, 140), (140, 60, 190)),
-        ]),
-        "pair_right.png": _scene((240, 180), [
-            ("circle", (100, 95, 150, 145), (220, 40, 40)),
-        ], sky=(200, 200, 220)),
-    }
-    paths = {}
-    for name, im in specs.items():
-        path = folder / name
-        if not path.exists():
-            im.save(path, optimize=True)
-        paths[name] = path
-    return paths
+def example_images() -> dict[str, Path]:
+    """The example photos (`EXAMPLE_PHOTOS`) by name: files inside scikit-image's wheel;
+    none without scikit-image."""
+    try:
+        from skimage import data
+    except ImportError:
+        return {}
+    folder = Path(data.__file__).resolve().parent
+    return {name: folder / name for name in EXAMPLE_PHOTOS if (folder / name).is_file()}
 
 
 def example_rows(paths: dict[str, Path]) -> list[list[Any]]:
-    """Rows for gr.Examples: task, question, program, image, left, right. The programs use
-    only modules that run without a planner."""
-    park, left, right = (str(paths[n]) for n in ("park.png", "pair_left.png", "pair_right.png"))
-    return [
-        ["gqa", "Is there a ball?",
-         "BALL=Loc(image=IMAGE, object='ball')\nN=Count(box=BALL)\n"
+    """Rows for gr.Examples: task, question, program, image, left, right; one a task at
+    least, on real photos. The programs use only modules that run without a planner (and
+    rows whose photo is missing are left out)."""
+    rows = [
+        ["gqa", "Is there a cat?",
+         "CAT=Loc(image=IMAGE, object='cat')\nN=Count(box=CAT)\n"
          "ANSWER=Eval(expr=\"'yes' if {N} > 0 else 'no'\")\nRESULT=Result(var=ANSWER)",
-         park, None, None],
+         "chelsea.png", None, None],
+        ["gqa", "What is in the picture?",
+         "ANSWER=Vqa(image=IMAGE, question='What is in the picture?')\nRESULT=Result(var=ANSWER)",
+         "rocket.jpg", None, None],
+        ["imgedit", "Put sunglasses on the faces.",
+         "FACES=FaceDet(image=IMAGE)\n"
+         "IMAGE0=Emoji(image=IMAGE, object=FACES, emoji='smiling_face_with_sunglasses')\n"
+         "RESULT=Result(var=IMAGE0)",
+         "astronaut.png", None, None],
         ["imgedit", "Keep the left half in colour.",
          "HALF=Loc(image=IMAGE, object='LEFT')\nIMAGE0=ColorPop(image=IMAGE, object=HALF)\n"
          "RESULT=Result(var=IMAGE0)",
-         park, None, None],
-        ["knowtag", "Tag the bottom half.",
-         "PART=Loc(image=IMAGE, object='BOTTOM')\nIMAGE0=Tag(image=IMAGE, object=PART)\n"
+         "coffee.png", None, None],
+        ["knowtag", "Tag the faces.",
+         "FACES=FaceDet(image=IMAGE)\nIMAGE0=Tag(image=IMAGE, object=FACES)\n"
          "RESULT=Result(var=IMAGE0)",
-         park, None, None],
-        ["nlvr", "There are more balls on the left than on the right.",
-         "A=Loc(image=LEFT, object='ball')\nB=Loc(image=RIGHT, object='ball')\n"
-         "NA=Count(box=A)\nNB=Count(box=B)\nANSWER=Eval(expr='{NA} > {NB}')\n"
+         "astronaut.png", None, None],
+        ["nlvr", "There is a cat on the left and none on the right.",
+         "A=Loc(image=LEFT, object='cat')\nB=Loc(image=RIGHT, object='cat')\n"
+         "NA=Count(box=A)\nNB=Count(box=B)\nANSWER=Eval(expr='{NA} > 0 and {NB} == 0')\n"
          "RESULT=Result(var=ANSWER)",
-         None, left, right],
+         None, "chelsea.png", "coffee.png"],
     ]
+    out = []
+    for task, question, program, *photos in rows:
+        if all(p is None or p in paths for p in photos):
+            out.append([task, question, program,
+                        *(None if p is None else str(paths[p]) for p in photos)])
+    return out
 
 
 def count_steps(vp: Any, program: str) -> int:
@@ -547,16 +565,20 @@ CSS = """
 .vp-diag{color:#842029;white-space:pre-wrap}.vp-ln{display:inline-block;width:2.4em;
  color:#999;text-align:right;margin-right:.8em}.vp-caret{color:#d9534f;font-weight:700}
 .vp-hint{color:#555;font-style:italic}.vp-err{white-space:pre-wrap;font-family:monospace}
+.vp-findings{margin:.3em 0 .3em 1.2em;padding:0}
 """
 
 
-def build_app(vp: Any, *, folders: RunFolders | None = None,
-              examples_dir: str | Path | None = None) -> Any:
+def build_app(vp: Any, *, folders: RunFolders | None = None) -> Any:
     """The Gradio Blocks of the demo, around one `VisProg` engine."""
     import gradio as gr
 
     folders = folders or RunFolders()
-    paths = example_images(examples_dir or EXAMPLES_DIR)
+    paths = example_images()
+
+    def shown_image(image: Image.Image | None) -> Any:
+        # the result image's box only for an image answer: a text answer needs no half screen
+        return gr.update(value=image, visible=image is not None)
 
     def on_task(task: str):
         pair = TASKS.get(task, ("IMAGE",)) == ("LEFT", "RIGHT")
@@ -571,13 +593,13 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
         text, out = ask(vp, question, task, image, left, right, folders=folders,
                         agent=bool(agent))
         return ((gr.update() if text is None else text), out.message, out.result_text,
-                out.result_image, out.trace_html, out.files or None)
+                shown_image(out.result_image), out.trace_html, out.files or None)
 
     def on_run(program: str, task: str, image: Any, left: Any, right: Any,
                progress=gr.Progress()):
         out = run_program(vp, program, image, left, right, task=task, folders=folders,
                           on_step=step_progress(progress, count_steps(vp, program)))
-        return (out.message, out.result_text, out.result_image, out.trace_html,
+        return (out.message, out.result_text, shown_image(out.result_image), out.trace_html,
                 out.files or None)
 
     with gr.Blocks(title="visprog demo") as app:
@@ -615,13 +637,17 @@ def build_app(vp: Any, *, folders: RunFolders | None = None,
                 status = gr.HTML(elem_id="status")
                 result_text = gr.Textbox(label="Result", interactive=False, elem_id="result-text")
                 result_image = gr.Image(label="Result image", type="pil", interactive=False,
-                                        elem_id="result-image", height=280)
+                                        elem_id="result-image", height=280, visible=False)
         gr.Markdown("### Trace")
         trace_view = gr.HTML(elem_id="trace-view")
         downloads = gr.File(label="Download the trace (HTML, JSON)", file_count="multiple",
                             interactive=False, elem_id="downloads")
-        gr.Examples(example_rows(paths), inputs=[task, question, program, image, left, right],
-                    label="Examples (click one, then Run)", elem_id="examples")
+        if paths:
+            gr.Examples(example_rows(paths), inputs=[task, question, program, image, left, right],
+                        label="Examples (click one, then Run)", elem_id="examples")
+            gr.Markdown("Example photos from scikit-image's sample data: " + "; ".join(
+                f"{name}: {_esc(credit)}" for name, credit in EXAMPLE_PHOTOS.items()
+                if name in paths) + ".", elem_id="example-credits")
 
         task.change(on_task, [task], [single, pair, question])
         plan_btn.click(on_plan, [question, task], [program, status])
@@ -689,7 +715,8 @@ def launch(preset: str = "default", *, port: int | None = None, host: str = "127
     app.queue(default_concurrency_limit=1)  # one engine, one run at a time
     try:
         app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-                   max_file_size=MAX_UPLOAD_SIZE, allowed_paths=[str(EXAMPLES_DIR)],
+                   max_file_size=MAX_UPLOAD_SIZE,
+                   allowed_paths=sorted({str(p.parent) for p in example_images().values()}),
                    css=CSS, theme=gr.themes.Soft(), footer_links=[], quiet=not block)
     except OSError as e:  # taken between the check and the launch
         if port is None:

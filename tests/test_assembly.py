@@ -90,12 +90,14 @@ def test_config_show_says_why_there_is_no_llm(capsys):
     assert {r["module"]: r for r in info["modules"]}["List"]["checkpoint"] == "-"
 
 
-@pytest.mark.parametrize("backend, loads", [
-    ("cascade", "scikit-image LBP frontal-face cascade"),
-    ("yunet", "tiny:yunet"),
+@pytest.mark.parametrize("settings, loads", [
+    ({"backend": "cascade"}, "scikit-image LBP frontal-face cascade"),
+    ({"backend": "yunet", "model": "tiny:yunet"}, "tiny:yunet"),
+    # decided at first use, so config show looks for no file
+    ({"backend": "auto"}, "YuNet if its model file is found at first use, else the cascade"),
 ])
-def test_what_a_module_loads_is_said_by_the_module(backend, loads):
-    info = describe_config("tiny", {"FaceDet": {"backend": backend}})
+def test_what_a_module_loads_is_said_by_the_module(settings, loads):
+    info = describe_config("tiny", {"FaceDet": settings})
     assert {r["module"]: r for r in info["modules"]}["FaceDet"]["checkpoint"] == loads
     import visprog.api
 

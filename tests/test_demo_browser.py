@@ -96,13 +96,13 @@ def _run(page) -> None:
 
 
 def test_upload_run_shows_result_trace_and_downloads(page):
-    park = demo.example_images()["park.png"]
-    page.locator("#image-input input[type=file]").set_input_files(str(park))
+    coffee = demo.example_images()["coffee.png"]
+    page.locator("#image-input input[type=file]").set_input_files(str(coffee))
     page.wait_for_selector("#image-input img")
     _set_program(page, HALF_PROGRAM)
     _run(page)
     assert "Ran 4 steps" in page.locator("#status").inner_text()
-    assert page.locator("#result-text textarea").input_value() == "image 320x240 (shown below)"
+    assert page.locator("#result-text textarea").input_value() == "image 600x400 (shown below)"
     page.wait_for_selector("#result-image img")
     trace = page.frame_locator("iframe.vp-trace")
     cards = trace.locator("section.card")
@@ -121,7 +121,7 @@ def test_upload_run_shows_result_trace_and_downloads(page):
 
 def test_broken_program_shows_error_with_its_line(page):
     page.locator("#image-input input[type=file]").set_input_files(
-        str(demo.example_images()["park.png"]))
+        str(demo.example_images()["coffee.png"]))
     _set_program(page, BROKEN_PROGRAM)
     _run(page)
     status = page.locator("#status")
@@ -136,7 +136,7 @@ def test_broken_program_shows_error_with_its_line(page):
 
 def test_failing_step_shows_which_and_the_trace_up_to_it(page):
     page.locator("#image-input input[type=file]").set_input_files(
-        str(demo.example_images()["park.png"]))
+        str(demo.example_images()["coffee.png"]))
     _set_program(page, FAILING_PROGRAM)
     _run(page)
     assert "Step 3 failed (line 3" in page.locator("#status").inner_text()
@@ -148,9 +148,13 @@ def test_failing_step_shows_which_and_the_trace_up_to_it(page):
 
 def test_pair_example_and_plan_without_llm(page):
     rows = page.locator("#examples table tbody tr")
-    rows.filter(has_text="more balls on the left").first.click()
+    rows.filter(has_text="cat on the left").first.click()
     page.wait_for_selector("#left-input img")
     page.wait_for_selector("#right-input img")
+    # real photos (scikit-image's cat and coffee), not drawn shapes
+    sizes = [page.locator(f"#{side}-input img").first.evaluate(
+        "im => [im.naturalWidth, im.naturalHeight]") for side in ("left", "right")]
+    assert sizes == [[451, 300], [600, 400]]
     assert "LEFT" in page.locator("#program .cm-content").inner_text()
     assert page.locator("#task input[value=nlvr]").is_checked()
     page.click("#plan-btn")
@@ -163,7 +167,7 @@ def test_pair_example_and_plan_without_llm(page):
 
 def test_standalone_trace_page_renders(page, tmp_path):
     vp = VisProg(preset="tiny", cache=False, plugins=False)
-    out = demo.run_program(vp, HALF_PROGRAM, demo.example_images()["park.png"],
+    out = demo.run_program(vp, HALF_PROGRAM, demo.example_images()["coffee.png"],
                            folders=demo.RunFolders(tmp_path))
     html_path = Path(out.files[0])
     page.goto(html_path.as_uri())
@@ -173,6 +177,35 @@ def test_standalone_trace_page_renders(page, tmp_path):
     assert page.locator("section.card").count() == 4
     assert page.locator("table.regions").count() >= 1  # the half box, listed under its drawing
     page.screenshot(path=str(ARTIFACTS / "trace_page.png"), full_page=True)
+
+
+def test_trace_page_draws_counted_regions_over_their_image_and_folds_long_tables(page, tmp_path):
+    pytest.importorskip("onnx", reason="tiny:yunet is exported with torch.onnx")
+    # a random YuNet finds hundreds of "faces": a long table, counted by a step of no image
+    vp = VisProg(preset="tiny", cache=False, plugins=False,
+                 config={"FaceDet": {"backend": "yunet", "model": "tiny:yunet",
+                                     "score_threshold": 0.5}})
+    out = vp.execute("FACES=FaceDet(image=IMAGE)\nN=Count(box=FACES)",
+                     image=str(Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"))
+    n = out.value
+    assert n > 50
+    html_path = out.trace.save_html(tmp_path / "t.html")
+    page.goto(html_path.as_uri())
+    cards = page.locator("section.card")
+    found = cards.nth(0).locator("img").last.get_attribute("src")
+    counted = cards.nth(1).locator("img")
+    assert counted.count() == 1 and counted.get_attribute("src") == found  # over the photo
+    # the region table: every column named, the first rows shown, the rest folded
+    heads = cards.nth(1).locator("table.regions").first.locator("th").all_inner_texts()
+    assert heads == ["#", "label", "score", "box (x1, y1, x2, y2)"]
+    fold = cards.nth(1).locator("details.more")
+    assert fold.locator("summary").inner_text() == f"show all {n} regions"
+    assert cards.nth(1).locator("table.regions").first.locator("tr").count() == 1 + 5
+    assert not fold.locator("table").is_visible()
+    fold.locator("summary").click()
+    assert fold.locator("table").is_visible()
+    assert fold.locator("tr").count() == 1 + 45 + 1  # header, rows 6-50, "... more"
+    cards.nth(1).screenshot(path=str(ARTIFACTS / "trace_count_folded_open.png"))
 
 
 PLANNED = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
@@ -203,7 +236,7 @@ def test_plan_fills_the_program_then_run_answers(browser, planning_server):
     pg.goto(url)
     pg.wait_for_selector("#run-btn")
     pg.locator("#image-input input[type=file]").set_input_files(
-        str(demo.example_images()["park.png"]))
+        str(demo.example_images()["coffee.png"]))
     pg.wait_for_selector("#image-input img")
     pg.locator("#question textarea").fill("How many halves are on the left?")
     pg.click("#plan-btn")
@@ -216,5 +249,58 @@ def test_plan_fills_the_program_then_run_answers(browser, planning_server):
     _run(pg)
     assert "Ran 3 steps" in pg.locator("#status").inner_text()
     assert pg.locator("#result-text textarea").input_value() == "1"
+    # a text answer: no empty image box taking half the screen
+    assert not pg.locator("#result-image").is_visible()
     pg.screenshot(path=str(ARTIFACTS / "demo_plan_run.png"), full_page=True)
+    pg.close()
+
+
+FLAGGED = ("HALF=Loc(image=IMAGE, object='LEFT')\nIMAGE0=ColorPop(image=IMAGE, object=HALF)\n"
+           "RESULT=Result(var=IMAGE0)")
+
+
+@pytest.fixture()
+def flagging_server():
+    """The demo with an LLM that answers a yes/no question with an image, every time."""
+    from llm_server import ScriptedServer, scripted_client
+
+    with ScriptedServer([f"```\n{FLAGGED}\n```"] * 3) as llm_server:
+        vp = VisProg(preset="tiny", cache=False, plugins=False, llm=scripted_client(llm_server))
+        port = _free_port()
+        blocks = demo.launch(vp=vp, port=port, block=False)
+        yield f"http://127.0.0.1:{port}/"
+        blocks.close()
+
+
+def test_ask_flagged_every_time_warns_with_findings_and_the_trace_panels_read(browser,
+                                                                             flagging_server):
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(flagging_server)
+    pg.wait_for_selector("#run-btn")
+    pg.locator("#image-input input[type=file]").set_input_files(
+        str(demo.example_images()["coffee.png"]))
+    pg.wait_for_selector("#image-input img")
+    pg.locator("#question textarea").fill("Is the cup full?")
+    pg.click("#ask-btn")
+    pg.wait_for_selector("#status .vp-msg")
+    status = pg.locator("#status .vp-msg")
+    assert "vp-warn" in status.get_attribute("class")
+    assert "Answered, but every attempt was flagged" in status.inner_text()
+    assert "[answer_type]" in status.locator(".vp-findings").inner_text()
+    assert status.locator(".vp-attempts li").count() == 3
+    assert pg.locator("#result-image").is_visible()  # the answer is an image: shown
+    # the trace's Events and Run details: fields that wrap, never wider than the frame
+    trace = pg.frame_locator("iframe.vp-trace")
+    for summary in ("Events", "Run details"):
+        trace.locator(f"summary:has-text('{summary}')").click()
+    events = trace.locator("details:has(summary:has-text('Events')) table.fields")
+    assert events.count() >= 2 and trace.locator("details pre:has-text('{')").count() == 0
+    assert "plan attempt" in trace.locator("details").first.inner_text()
+    widths = trace.locator("html").evaluate(
+        "h => [h.scrollWidth, h.clientWidth]")
+    assert widths[0] <= widths[1], widths  # nothing runs off the right edge
+    trace.locator("summary:has-text('Events')").scroll_into_view_if_needed()
+    pg.screenshot(path=str(ARTIFACTS / "demo_ask_flagged.png"), full_page=True)
+    pg.locator("iframe.vp-trace").screenshot(path=str(ARTIFACTS / "demo_ask_flagged_trace.png"))
     pg.close()

@@ -266,9 +266,8 @@ def test_seg_unknown_backend():
 def test_facedet_and_seg_through_the_interpreter():
     from visprog.api import VisProg
 
-    # tiny's FaceDet mirrors default's (YuNet, here a random one): the real cascade finds the face
-    vp = VisProg(preset="tiny", config={"FaceDet": {"backend": "cascade"}}, cache=False,
-                 plugins=False)
+    # tiny's FaceDet is the real cascade: it finds the face
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
     image, _ = astronaut_on((400, 300), 0.5, (100, 20))
     out = vp.execute("FACES=FaceDet(image=IMAGE)\nSEGS=Seg(image=IMAGE)\n"
                      "N=Count(box=FACES)\nRESULT=Result(var=N)", image=image)
@@ -277,3 +276,60 @@ def test_facedet_and_seg_through_the_interpreter():
     assert len(segs) >= 1 and all(r.mask.shape == (300, 400) for r in segs)
     kinds = {e["kind"] for e in vp.models.loaded()}
     assert kinds == {"face_cascade", "mask2former"}  # only what the program uses
+
+
+# -- the README's command, offline: --preset tiny finds the face the README picture shows ------
+
+def test_tiny_preset_finds_the_astronauts_face_not_a_random_nets_thousand():
+    from pathlib import Path
+
+    from visprog.api import VisProg
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    out = vp.execute((examples / "sunglasses_pop.vp").read_text(encoding="utf-8"),
+                     image=str(examples / "astronaut.jpg"))
+    faces = out.trace["FACES"].output
+    assert 1 <= len(faces) <= 5, len(faces)  # a random tiny YuNet found 1118
+    assert (faces.areas > 0).all()
+    assert max(iou(tuple(b), FACE) for b in faces.boxes) > 0.5
+    assert out.trace["N"].output == len(faces)
+
+
+# -- auto: decided at first use, never when the module is built --------------------------------
+
+def test_facedet_auto_looks_for_yunet_only_when_first_used(monkeypatch, tmp_cache, caplog, capsys):
+    import logging
+
+    from visprog.api import VisProg, describe_config
+    from visprog.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    facedet._AUTO.clear()
+    looked: list[str] = []
+    real_lookup = facedet.yunet_model_path
+
+    def lookup(s, **kw):
+        looked.append(s["hub_file"])
+        return real_lookup(s, **kw)
+
+    monkeypatch.setattr(facedet, "yunet_model_path", lookup)
+    with caplog.at_level(logging.INFO, logger="visprog"):
+        vp = VisProg(preset="default", cache=False, plugins=False)
+        assert vp.check("N=Eval(expr='1')") == []
+        describe_config("default")
+        assert main(["tools"]) == 0 and main(["config", "show"]) == 0
+        assert looked == [] and caplog.records == []
+        assert capsys.readouterr().err == ""
+        # a program without FaceDet runs without looking either
+        vp.execute("F=Loc(image=IMAGE, object='LEFT')\nN=Count(box=F)",
+                   image=Image.new("RGB", (64, 48)))
+        assert looked == [] and caplog.records == []
+        # the first FaceDet step looks (once), falls back with one notice, notes it in the trace
+        out = vp.execute("F=FaceDet(image=IMAGE)", image=Image.fromarray(skimage_data.astronaut()))
+        out2 = vp.execute("F=FaceDet(image=IMAGE)", image=Image.new("RGB", (64, 48)))
+    assert len(looked) == 1
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1 and "cascade" in notices[0]
+    assert len(out.value) >= 1 and out2.value is not None
+    assert vp.registry.get("FaceDet").settings["backend"] == "cascade"  # the key of what ran

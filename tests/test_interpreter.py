@@ -68,9 +68,20 @@ def dictish(image):
     return {1: "int keys are not encodable"}
 
 
+@tool("Flat", params={"image": "Image"}, returns="Objects")
+def flat(image):
+    """A detector that also finds boxes of no area (a line, a point), masks and all."""
+    w, h = image.size
+    masks = np.zeros((4, h, w), bool)
+    masks[0, 2:6, 2:6] = True
+    return Objects([(2, 2, 6, 6), (3, 3, 3, 9), (1, 4, 7, 4), (0, 0, 0, 0)], image.size,
+                   labels=["sq", "vline", "hline", "point"], scores=[0.5, 1.0, 1.0, 1.0],
+                   masks=masks, extra={"rank": [1, 2, 3, 4]})
+
+
 def make_registry() -> Registry:
     tools = find_modules(plugins=False).plain
-    return Registry(tools + [fake_loc, answer, sample, boom, liar, dictish])
+    return Registry(tools + [fake_loc, answer, sample, boom, liar, dictish, flat])
 
 
 def gradient(w: int = 32, h: int = 24, seed: int = 0) -> Image.Image:
@@ -379,3 +390,20 @@ def test_a_warm_run_hashes_only_its_inputs(registry, monkeypatch):
     hashed.clear()
     _, trace = Interpreter(registry, cache).run(parse(gqa("what")), {"IMAGE": gradient()})
     assert all(r.cached for r in trace) and hashed.count("Image") == 2
+
+
+# -- what leaves a tool ------------------------------------------------------------------------
+
+def test_regions_of_zero_area_are_dropped_as_they_leave_any_tool(run, registry):
+    result, trace = run("F=Flat(image=IMAGE)\nN=Count(box=F)")
+    found = trace["F"].output
+    assert list(found.labels) == ["sq"] and result == 1  # counted without them
+    assert found.extra["rank"].tolist() == [1] and found.masks.shape == (1, 24, 32)
+    # in a batch of programs too (the same check on every call's output)
+    from visprog.engine.core import run_chunk
+    [(ok, value)] = run_chunk(registry.get("Flat"), [{"image": gradient()}])
+    assert ok and list(value.labels) == ["sq"]
+    # nothing to drop: the tool's own value passes through untouched
+    fake = registry.get("FakeLoc")
+    [(ok, cars)] = run_chunk(fake, [{"image": gradient(), "object": "car"}])
+    assert ok and len(cars) == 2

@@ -555,7 +555,8 @@ def test_query_values_are_query_instances(vp):
     image = vp.image(photo())
     assert isinstance(image, ImageQuery) and isinstance(image.loc("x"), Query)
     assert image.loc("x").types == frozenset({"Objects"})
-    assert "Objects query CAR=Loc" in repr(image.loc("car")) and "not run" in repr(image)
+    assert "Objects query CAR=Loc" in repr(image.loc("car"))
+    assert "not run" in repr(image.loc("car"))
 
 
 def test_readme_queries_write_the_programs_beside_them(vp):
@@ -602,8 +603,8 @@ def test_list_and_result_are_functions(vp):
 def test_messages_write_articles_and_plurals(vp):
     """'an Image query value', 'pass Objects', 'there is 1 object' (issue 20 item 17)."""
     image = vp.image(photo())
-    with pytest.raises(QueryError, match="an Image query value can't be converted"):
-        str(image)
+    with pytest.raises(QueryError, match="an Objects query value can't be converted"):
+        str(image.loc("x"))
     with pytest.raises(QueryError, match="an Image query value is not a sequence"):
         len(image)
     err = raises_here(lambda: image.crop(box="x"), r"Crop's 'box' takes Objects")
@@ -613,3 +614,26 @@ def test_messages_write_articles_and_plurals(vp):
     with pytest.raises(QueryError, match="there is 1 object$"):
         one[3]
     assert "(1 step, not run)" in repr(vp.image(photo()).loc("cup"))
+
+
+def test_a_known_value_shows_itself_an_unknown_one_is_refused(vp):
+    """An input is its own value, and a query that ran has one: repr and str show it.
+    Before a run, Python can't format a query (that would need the run)."""
+    image = vp.image(photo())
+    assert repr(image) == "<Image input IMAGE: image 64x48>" and str(image) == "image 64x48"
+    half = image.loc("LEFT")
+    assert repr(half).endswith("(1 step, not run)>")
+    with pytest.raises(QueryError, match="can't be converted or formatted"):
+        str(half)
+    assert len(half) == 1  # runs it
+    assert repr(half).endswith("(1 step, ran): 1 region (LEFT)>")
+    assert str(half) == str(half.value) and str(half).startswith("1 region on a 64x48 image")
+    region = half[0]  # a region is an input of the programs that use it
+    assert repr(region) == "<Objects input LEFT_0: 1 region (LEFT)>"
+    assert str(region).splitlines()[1].split()[:2] == ["0", "LEFT"]
+    assert f"{region}" == str(region)
+    n = half.count()
+    with pytest.raises(QueryError, match="can't be converted or formatted"):
+        f"{n}"
+    n.value
+    assert (str(n), f"{n:>3}") == ("1", "  1")

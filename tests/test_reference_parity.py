@@ -558,7 +558,8 @@ def test_facedet_yunet_decodes_as_yunets_published_decoding():
     and the best anchor comes first. (Which anchors survive OpenCV's own non-maximum
     suppression is the library's business, not checked here.)"""
     pytest.importorskip("cv2")
-    facedet = tool("FaceDet", backend="yunet", score_threshold=0.0, max_side=256)
+    facedet = tool("FaceDet", backend="yunet", model="tiny:yunet", score_threshold=0.0,
+                   max_side=256)
     image = photos()[1]
     got = facedet(image=image)
     ref = yunet_reference(str(Path(folder("tiny:yunet")) / "yunet.onnx"), image, 256)

@@ -340,3 +340,156 @@ def test_mask_to_image():
     assert mask_to_image(m.astype(float) * 0.9).getpixel((2, 1)) == 255
     with pytest.raises(ValueError, match="H x W"):
         mask_to_image(np.zeros((2, 2, 3)))
+
+
+# -- the page's regions: drawn over their image, labelled columns, long tables folded ---------
+
+def _card(page: str, n: int) -> str:
+    """The HTML of step card n (1-based)."""
+    return page.split('<section class="card')[n]
+
+
+def _img_srcs(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html)
+
+
+def test_html_draws_a_steps_objects_over_the_image_they_were_found_on():
+    image, objs = _photo(), _objects()
+    steps = [
+        StepRecord(0, 1, "OBJ0=Loc(image=IMAGE, object='cat')", "OBJ0", "Loc",
+                   args={"image": image, "object": "cat"}, arg_vars={"image": "IMAGE"},
+                   output=objs, draw_on="image"),
+        StepRecord(1, 2, "N=Count(box=OBJ0)", "N", "Count", args={"box": objs},
+                   arg_vars={"box": "OBJ0"}, output=2, draw_on=None),
+        StepRecord(2, 3, "B=OBJ0", "B", None, args={"var": objs}, arg_vars={"var": "OBJ0"},
+                   output=objs, draw_on=None),
+        StepRecord(3, 4, "M=Count(box=B)", "M", "Count", args={"box": objs},
+                   arg_vars={"box": "B"}, output=2, draw_on=None),
+    ]
+    page = Trace("...", steps, inputs={"IMAGE": image}, result=2).to_html()
+    found_drawn = _img_srcs(_card(page, 1))[-1]  # OBJ0 = ..., drawn over IMAGE
+    grey = Trace("...", [StepRecord(0, 1, "N=Count(box=X)", "N", "Count", args={"box": objs},
+                                    arg_vars={"box": "X"}, output=2, draw_on=None)]).to_html()
+    assert _img_srcs(_card(page, 2)) == [found_drawn]  # not a blank canvas
+    assert _img_srcs(_card(page, 4)) == [found_drawn]  # through an alias too
+    assert _img_srcs(_card(grey, 1)) != [found_drawn]  # no image known: the plain canvas
+    # and never over an image of another size
+    other = StepRecord(0, 1, "C=Crop(image=IMAGE, box=OBJ0)", "C", "Crop",
+                       args={"image": _photo(40, 30), "box": objs}, arg_vars={"box": "OBJ0"},
+                       output=_photo(10, 10), draw_on="image")
+    mixed = Trace("...", [steps[0], other]).to_html()
+    assert _img_srcs(_card(mixed, 2))[1] == found_drawn
+
+
+def test_html_region_table_labels_every_column_and_has_only_those_with_content():
+    page = _trace().to_html()
+    table = page[page.index('<table class="regions">'):]
+    head = table[:table.index("</tr>")]
+    assert re.findall(r"<th>([^<]*)</th>", head) == [
+        "#", "label", "score", "box (x1, y1, x2, y2)", "mask", "extra"]
+    bare = Objects([(0, 0, 10, 10), (5, 5, 20, 20)], (32, 32))  # boxes only
+    page = Trace("X=Y", result=bare).to_html()
+    head = page[page.index('<table class="regions">'):]
+    assert re.findall(r"<th>([^<]*)</th>", head[:head.index("</tr>")]) == [
+        "#", "box (x1, y1, x2, y2)"]
+    assert "<th></th>" not in page
+
+
+def test_html_long_region_tables_fold_after_their_first_rows():
+    from visprog.values.region_table import FOLDED_ROWS, MAX_TABLE_ROWS
+
+    many = Objects([(i, 0, i + 2, 4) for i in range(70)], (100, 10), labels=["dot"] * 70)
+    page = Trace("X=Y", result=many).to_html()
+    shown, folded = page.split('<details class="more">')
+    assert shown[shown.index('<table class="regions">'):].count("<td>dot</td>") == FOLDED_ROWS
+    assert "<summary>show all 70 regions</summary>" in folded
+    assert folded.count("<td>dot</td>") == MAX_TABLE_ROWS - FOLDED_ROWS
+    assert "... 20 more (the JSON trace lists them all)" in folded
+    few = Objects([(i, 0, i + 2, 4) for i in range(FOLDED_ROWS + 1)], (100, 10))
+    assert '<details class="more">' not in Trace("X=Y", result=few).to_html()
+
+
+# -- in a REPL and a notebook ----------------------------------------------------------------
+
+def test_trace_prints_as_trace_show_and_shows_its_page_in_a_notebook(tmp_path, capsys):
+    from visprog.cli import main
+
+    t = _trace()
+    text = str(t)
+    assert text.splitlines()[:2] == ["program:", "    1  OBJ0=Loc(image=IMAGE, object='cat')"]
+    assert "  [1] line 1: OBJ0 = Loc  120.0 ms  -> 3 regions (cat, <script>alert(1)</script>)" \
+        in text
+    assert "[2] line 2: IMAGE0 = Crop  1.0 ms cached  -> image 35x20" in text
+    assert text.endswith(f"result: {ANSWER}")
+    assert "PIL" not in text and "StepRecord" not in text
+    assert repr(t) == f"<Trace: 4 steps, result: {ANSWER}>"
+    failed = _trace(failed=True)
+    assert str(failed).endswith("error: step 3 failed: CUDA out of <memory>")
+    assert "ERROR CUDA out of <memory> & more" in str(failed)
+    assert repr(failed) == "<Trace: 3 steps, error: step 3 failed: CUDA out of <memory>>"
+    # `visprog trace show` prints the same
+    t.save_json(tmp_path / "t.json")
+    assert main(["trace", "show", str(tmp_path / "t.json")]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == str(Trace.load_json(tmp_path / "t.json"))
+    # a notebook: the page as one part of another, its style scoped to it
+    part = t._repr_html_()
+    assert part.startswith('<div class="visprog-trace">') and part.rstrip().endswith("</div>")
+    assert "<html" not in part and "<body" not in part
+    assert len(re.findall(r'<img src="data:image/(?:png|jpeg);base64,', part)) >= 5
+    style = part[part.index("<style>") + 7:part.index("</style>")]
+    rules = [r for r in style.split("}") if r]
+    assert all(all(sel.startswith(".visprog-trace") for sel in r.split("{")[0].split(","))
+               for r in rules)
+    assert XSS_LABEL not in part
+
+
+def test_run_result_and_objects_read_briefly(tmp_path):
+    from visprog.api import VisProg
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    out = vp.execute("A=Loc(image=IMAGE, object='LEFT')\nN=Count(box=A)", image=_photo())
+    assert repr(out) == "<RunResult: 1 (2 steps)>"
+    assert str(out) == str(out.trace) and "Image" not in repr(out)
+    assert out._repr_html_() == out.trace._repr_html_()
+    many = Objects([(i, 0, i + 2, 4) for i in range(30)], (100, 10), labels=["dot"] * 30,
+                   scores=[0.5] * 30)
+    assert repr(many) == ("Objects(n=30, image_size=(100, 10), labels=['dot', 'dot', 'dot', "
+                          "'dot', 'dot', 'dot', 'dot', 'dot', 'dot', 'dot', ...])")
+    lines = str(many).splitlines()
+    assert lines[0] == "30 regions on a 100x10 image" and len(lines) == 1 + 10 + 1
+    assert lines[1].split() == ["0", "dot", "0.500", "[0.0,", "0.0,", "2.0,", "4.0]"]
+    assert lines[-1] == "  ... 20 more"
+    html = many._repr_html_()
+    assert html.startswith("<div>30 regions on a 100x10 image</div><table class=\"regions\">")
+    assert "<summary>show all 30 regions</summary>" in html
+    masked = _objects()
+    assert "mask" in str(masked).splitlines()[1] and "&lt;script&gt;" in masked._repr_html_()
+    assert str(Objects.empty((8, 8))) == "0 regions on a 8x8 image"
+
+
+def test_html_events_and_run_details_read_as_fields_not_json():
+    from visprog.traces.events import Finding, PlanAttempt, Repair, RunRecord
+
+    long_line = "X=Eval(expr='" + "9" * 3000 + "')"
+    plan = PlanAttempt(index=0, question="Is it?", task="gqa", reply=long_line, text=long_line,
+                       ok=True, usage={"prompt_tokens": 30, "total_tokens": 40})
+    attempts = [RunRecord(i, program=long_line, answer="no", passed=False,
+                          findings=[Finding("answer_type", "not a yes/no <answer>")])
+                for i in range(2)]
+    t = _trace()
+    t.events = [plan, Repair(chosen=1, attempts=attempts)]
+    t.meta = {"preset": "tiny", "batch": [{"module": "Loc", "chunk": 2}] * 3, "empty": [],
+              "nested": {"a": {"b": {"c": 1}}}}
+    page = t.to_html()
+    events = page[page.index("<summary>Events (2)</summary>"):page.index("<summary>Run details")]
+    assert "<pre>{" not in page and '"kind"' not in events  # no JSON dumps
+    assert '<td class="k">plan attempt</td>' in events and '<td class="k">repair</td>' in events
+    assert "prompt_tokens: 30, total_tokens: 40" in events
+    assert "2, listed under Attempts above" in events
+    assert events.count("X=Eval(expr=&#x27;" + "9" * 40) == 2  # the reply and the program
+    assert "9" * 500 not in events  # long text is cut (the JSON trace keeps it)
+    details = page[page.index("<summary>Run details"):]
+    assert '<td class="k">preset</td><td><span class="wrap">tiny</span>' in details
+    assert details.count("module: Loc, chunk: 2") == 3 and '<td class="k">empty</td>' not in details
+    assert "{&quot;c&quot;: 1}" in details  # deeper than two levels: one line of JSON
+    assert "&lt;answer&gt;" in page and "<answer>" not in page

@@ -158,3 +158,30 @@ def test_a_batch_with_vqa_and_the_critic_runs_to_the_end():
     for r in results:
         repair = r.trace.find(Repair)
         assert repair and repair[0].attempts[0].critic.clear
+
+
+def test_planning_and_vqa_use_transformers_cache_api_not_the_deprecated_one(caplog):
+    """transformers 5.25 renamed the key-value cache `cache`; `past_key_values` warns on every
+    call (a FutureWarning, and a log line) and goes in 5.40. The planner's decoding loop uses
+    the new name, so neither shows."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.warning_once.cache_clear()  # "once" per process: start afresh
+    vp = VisProg(preset="tiny", cache=False)
+    root = transformers_logging.get_logger("transformers")
+    propagates = root.propagate
+    root.propagate = True  # transformers keeps its records to its own handler: let caplog see
+    try:
+        with warnings.catch_warnings(record=True) as caught, \
+                caplog.at_level(logging.WARNING, logger="transformers"):
+            warnings.simplefilter("always")
+            vp.plan("How many dogs are there?")
+            vp.execute("A=Vqa(image=IMAGE, question='is it red?')", image=picture(3))
+    finally:
+        root.propagate = propagates
+    deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    deprecated += [r.getMessage() for r in caplog.records if "past_key_values" in r.getMessage()]
+    assert deprecated == []

@@ -19,7 +19,13 @@ Two backends, both small and able to run offline:
 - `auto` (default): YuNet where its model file is present (the configured path, visprog's
   cache, the hub's cache) or can be downloaded once now; otherwise the cascade, with a
   one-line notice on stderr and a note in the trace. The choice is made when the module is
-  built, so the settings (and step-cache keys) are those of the backend that runs.
+  first used (a step needs its settings, the step-cache key, or its model), not when it is
+  built: building every module (`visprog tools`, `check`, `config show`, `VisProg()`) looks
+  for no file and prints nothing. The settings (and step-cache keys) are those of the
+  backend that runs.
+
+The `tiny` preset runs the cascade: it has real weights and ships with scikit-image, so
+`--preset tiny` finds real faces offline (a random YuNet would find a thousand).
 
 Both run on a copy scaled down to at most `max_side` pixels (boxes are scaled back to
 original pixels): detection time grows with the pixel count and faces stay findable.
@@ -37,8 +43,8 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from visprog.models import (TINY_PREFIX, Backend, ModelLoadError, ModelTool, cache_dir,
-                            resolve_checkpoint, rgb_image)
+from visprog.models import (TINY_PREFIX, Backend, ModelLoadError, ModelTool, SettingsAtFirstUse,
+                            cache_dir, quiet_opencv, resolve_checkpoint, rgb_image)
 from visprog.values import Objects, Region
 
 from ._notes import note
@@ -166,8 +172,10 @@ def cascade_path(s: dict[str, Any]) -> str:
 def load_yunet(path: str, device: str, dtype: Any) -> dict[str, Any]:
     import cv2
 
-    # input size and thresholds are set before each detect
-    det = cv2.FaceDetectorYN.create(path, "", (320, 320))
+    # input size and thresholds are set before each detect; OpenCV 5 warns here that its
+    # graph engine ignores the target the detector always sets (nothing a user can change)
+    with quiet_opencv():
+        det = cv2.FaceDetectorYN.create(path, "", (320, 320))
     return {"detector": det, "lock": threading.Lock()}
 
 
@@ -322,13 +330,32 @@ class Cascade(FaceDetector):
                 detect_cascade)
 
 
-def auto(s: dict[str, Any]) -> FaceDetector:
-    """"auto": YuNet where its model file is here or can be fetched now, else the cascade
-    (noted in the trace once). Decided when the module is built, so the settings (and
-    step-cache keys) are those of the backend that runs."""
-    if auto_backend(s) == "yunet":
-        return YuNet(s)
-    return Cascade(s, fell_back=True)
+class Auto(Backend):
+    """"auto": YuNet where its model file is here or can be fetched, else the cascade (noted
+    in the trace once). Decided at first use (`SettingsAtFirstUse`), so the settings (and
+    step-cache keys) are those of the backend that runs, and building the module reads no
+    file."""
+
+    uses_torch = False  # OpenCV and scikit-image
+
+    def __init__(self, s: dict[str, Any]):
+        given = dict(s)
+        self._chosen: FaceDetector | None = None
+        self._lock = threading.Lock()
+        self.settings = SettingsAtFirstUse(lambda: self.chosen().settings,
+                                           {**given, "backend": "auto"})
+
+    def chosen(self) -> FaceDetector:
+        """The backend that runs, decided on the first call (once per module)."""
+        with self._lock:
+            if self._chosen is None:
+                given = {k: v for k, v in self.settings.before.items() if k != "backend"}
+                self._chosen = (YuNet(given) if auto_backend(given) == "yunet"
+                                else Cascade(given, fell_back=True))
+        return self._chosen
+
+    def forward(self, tool: ModelTool, images: list[Image.Image]) -> list[Objects]:
+        return self.chosen().forward(tool, images)
 
 
 # -- the tool --------------------------------------------------------------------------------
@@ -339,12 +366,15 @@ class FaceDet(ModelTool):
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Finds the faces in the image."
-    backends = {"auto": auto, "yunet": YuNet, "cascade": Cascade}
+    backends = {"auto": Auto, "yunet": YuNet, "cascade": Cascade}
     # With "yunet" (or "auto"): model = "/path/to.onnx" (or "tiny:yunet"), score_threshold,
     # nms_threshold, top_k, max_side.
     presets = {"default": {"backend": "auto"},
                "classic": {"backend": "cascade"},  # today's default, unchanged
-               "tiny": {"model": "tiny:yunet", "score_threshold": 0.5}}
+               # real weights that ship with scikit-image, as tiny's Ocr has: the README's
+               # `--preset tiny` command finds the astronaut's face, not a random net's
+               # thousand boxes (`tiny:yunet` still tests YuNet's path through OpenCV)
+               "tiny": {"backend": "cascade"}}
     tiny_checkpoints = {"yunet": build_tiny_yunet}
     uses_torch = False  # OpenCV and scikit-image
 
@@ -354,6 +384,8 @@ class FaceDet(ModelTool):
             return settings.get("model") or f"{settings.get('hub_repo')}/{settings.get('hub_file')}"
         if settings.get("backend") == "cascade":
             return settings.get("cascade") or "scikit-image LBP frontal-face cascade"
+        if settings.get("backend") == "auto":
+            return "YuNet if its model file is found at first use, else the cascade"
         return super().describe_model(settings)
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:

@@ -27,17 +27,30 @@ from visprog.traces.records import Trace
 from visprog.values.text import plural
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
                             load_image, nesting_depth, type_of)
+from visprog.values.text import show
 
 ImageLike = Any  # a path, bytes, PIL image or numpy array
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
-    """What a run gives back: the program's value, the program, and its trace."""
+    """What a run gives back: the program's value, the program, and its trace. `print`s as
+    its trace does; a notebook shows the trace page."""
 
     value: Any
     program: Program
     trace: Trace
+
+    def __str__(self) -> str:
+        return str(self.trace)
+
+    def __repr__(self) -> str:
+        steps = len(self.trace.steps)
+        return (f"<RunResult: {show(self.value, limit=60)} ({steps} "
+                f"step{'s' if steps != 1 else ''})>")
+
+    def _repr_html_(self) -> str:
+        return self.trace._repr_html_()
 
     def save_html(self, path: str | Path) -> Path:
         return self.trace.save_html(path)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
@@ -86,7 +87,8 @@ def _add_output_flags(p: argparse.ArgumentParser, *, verbose: str) -> None:
     p.add_argument("--html", help="write the trace as one HTML page")
     p.add_argument("--json", help="write the trace as JSON (images beside it)")
     p.add_argument("--out", help="where to save an image result (default visprog_result.png)")
-    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help=f"{verbose}, and what the libraries said that needs no action")
 
 
 def _check_engine_flags(args: argparse.Namespace) -> None:
@@ -346,21 +348,10 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
-    from visprog.values.text import show
 
     missing: list[str] = []  # it prints text: images that did not move with it can be spared
     trace = Trace.load_json(args.file, missing=missing)
-    print("program:")
-    for i, line in enumerate(trace.program.splitlines(), 1):
-        print(f"  {i:3d}  {line}")
-    print("steps:")
-    for rec in trace.steps:
-        status = f"ERROR {rec.error}" if rec.error else show(rec.output, limit=80)
-        cached = " cached" if rec.cached else ""
-        print(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = {rec.module or 'alias'}"
-              f"  {rec.duration * 1000:.1f} ms{cached}  -> {status}")
-    print("result:" if trace.ok else "error:",
-          show(trace.result, limit=80) if trace.ok else trace.error)
+    print(trace)  # the program, a line a step, the result (Trace.__str__)
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")
@@ -600,11 +591,32 @@ def _warning_printer(show: Any) -> Any:
     return printer
 
 
+@contextlib.contextmanager
+def _verbose_log(verbose: bool) -> Iterator[None]:
+    """With -v: visprog's log at INFO on stderr too (what the libraries said that needs no
+    action, `models/library_logs.py`; OpenCV's own log); without, warnings only."""
+    if not verbose:
+        yield
+        return
+    log = logging.getLogger("visprog")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on bad flags
     try:
-        with warnings.catch_warnings():  # restores showwarning afterwards
+        with _verbose_log(getattr(args, "verbose", False)), \
+                warnings.catch_warnings():  # restores showwarning afterwards
             warnings.showwarning = _warning_printer(warnings.showwarning)
             return args.func(args)
     except UsageError as e:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Collection, Mapping
 
 from visprog.errors import ConfigError
-from visprog.models.model_tool import ModelTool, ToolContext, is_model_tool
+from visprog.models.model_tool import ModelTool, ToolContext, is_model_tool, settings_known
 from visprog.models.model_tool import merge_settings as merge
 from visprog.registry import Plugin, Registry, Tool, normalize_name, read_plugins
 from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
@@ -319,7 +319,7 @@ class Assembly:
             tool = self.registry.find(name)
             if tool is None:  # a replica's assembly builds only the module it serves
                 continue
-            s = dict(tool.settings)
+            s = settings_known(tool.settings)  # a backend decided at first use stays undecided
             # where and in what its models will load (a hosted twin: in its replica, which
             # `visprog config show` on the serving side describes)
             plan_of = getattr(getattr(tool.fn, "__self__", None), "load_plan", None)

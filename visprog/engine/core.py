@@ -10,7 +10,9 @@ the same `run_chunk`. A step here:
    cached or shared with an identical call of another program;
 3. reads the cache (a hit is `cached=True`), else joins the calls that run together;
 4. is called through the tool's batch entry point, one call at a time if the batch raises, so
-   an error lands on the call that caused it; the output must be of the declared type;
+   an error lands on the call that caused it; the output must be of the declared type, and
+   regions whose box has no area are dropped from Objects (they mark nothing, whichever
+   module made them);
 5. is written to the cache (a cache that fails warns and the run goes on) and recorded.
 
 A failed step ends its program with a `StepError` naming the step; the steps before it keep
@@ -41,7 +43,7 @@ from visprog.language.program import Program, Step, Var
 from visprog.registry import Registry, Tool
 from visprog.traces.events import CacheFailure, ModelEvent
 from visprog.traces.records import StepRecord, Trace
-from visprog.values import codec
+from visprog.values import Objects, codec
 from visprog.values.text import plural
 from visprog.values.types import check_output
 
@@ -177,10 +179,17 @@ Outcome = tuple[bool, Any]  # (True, output) or (False, the exception)
 
 
 def _checked(tool: Tool, value: Any) -> Outcome:
+    """A tool's output as it leaves the tool: of its declared type, and Objects without
+    regions of zero area (a detector's degenerate box marks no pixel; drawn, counted or
+    cropped it would only mislead a later step)."""
     try:
         check_output(tool.name, tool.returns, value)
     except TypeError as e:
         return False, e
+    if isinstance(value, Objects) and len(value):
+        has_area = value.areas > 0
+        if not has_area.all():
+            value = value[has_area]
     return True, value
 
 

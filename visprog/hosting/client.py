@@ -269,7 +269,7 @@ def connect_ray(address: str) -> None:
 
 
 def _settings_json(settings: Mapping[str, Any]) -> str:
-    return json.dumps(settings, sort_keys=True, default=str)
+    return json.dumps(dict(settings), sort_keys=True, default=str)
 
 
 class RayModuleClient:

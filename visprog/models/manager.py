@@ -19,6 +19,7 @@ from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, hub_unreach
                                         resolve_checkpoint, tiny_dir)
 from visprog.models.dtypes import (DeviceCaps, check_dtype_setting, choose_dtype, device_caps,
                                    read_published_dtype, torch_dtype)
+from visprog.models.library_logs import route_library_logs
 
 # (path_or_id, device, dtype) -> model bundle. The manager always gives a torch dtype (None
 # from an older caller means float32): a loader must pass it on, since transformers 5's
@@ -264,6 +265,7 @@ class ModelManager:
                 published = read_published_dtype(os.path.expanduser(resolved), download=online)
             name = choose_dtype(setting, published, self.caps, half=self._want_half(half))
             t0 = time.perf_counter()
+            route_library_logs()  # before the libraries' first words, which loads provoke
             try:
                 with quiet_loading():
                     bundle = loader(os.path.expanduser(resolved) if looks_like_path(resolved)

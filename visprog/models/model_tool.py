@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Hashable, Mapping
+from typing import Any, Callable, ClassVar, Hashable, Iterator, Mapping
 
 from visprog.errors import SettingsError, ToolDeclarationError
 from visprog.models.checkpoints import register_tiny
@@ -99,6 +100,51 @@ class Done:
     value: Any
 
 
+class SettingsAtFirstUse(Mapping):
+    """Settings that are known only once the module is first used: a backend that picks
+    what it runs by looking for files (FaceDet's `auto`) looks when a step first needs its
+    settings (the step's cache key) or its model, not when the module is built, so building
+    every module (`visprog tools`, `check`, `config show`, `VisProg()`) reads no file and
+    prints no notice. `decide()` gives the settings; `before` is what is known without it
+    (what `config show` prints)."""
+
+    def __init__(self, decide: Callable[[], Mapping[str, Any]], before: Mapping[str, Any]):
+        self._decide = decide
+        self.before = dict(before)
+        self._settings: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def decided(self) -> bool:
+        return self._settings is not None
+
+    def _get(self) -> dict[str, Any]:
+        if self._settings is None:
+            with self._lock:
+                if self._settings is None:
+                    self._settings = dict(self._decide())
+        return self._settings
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._settings) if self.decided else f"<decided at first use: {self.before}>"
+
+
+def settings_known(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as far as they are known without deciding anything (for showing them)."""
+    if isinstance(settings, SettingsAtFirstUse) and not settings.decided:
+        return dict(settings.before)
+    return dict(settings)
+
+
 class Backend:
     """One way a model module does its work, picked by name from the module's `backends`.
 
@@ -107,6 +153,7 @@ class Backend:
     a subclass's `__init__` may also make what it needs to run (a client). It changes nothing
     outside itself. The module's steps ask it for what differs between its backends; each
     such method gets the tool, for its models and context (`tool.model(...)`, `tool.ctx`).
+    A backend that can only decide what it is at first use gives `SettingsAtFirstUse`.
     """
 
     uses_torch: ClassVar[bool] = True  # run `forward` under torch.inference_mode

@@ -232,16 +232,16 @@ class LocalConstrained:
         with torch.no_grad():
             out = model(torch.tensor([prompt], device=self.device), use_cache=True,
                         **_positions(0, len(prompt), self.device))
-            past, logits = out.past_key_values, out.logits[0, -1]
+            past, logits = _kv(out), out.logits[0, -1]
             pos = len(prompt)
             while not writer.done:
                 token = writer.next_token(logits)
                 if writer.done:
                     break
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=past, use_cache=True,
+                            **_with_kv(model, past), use_cache=True,
                             **_positions(pos, 1, self.device))
-                past, logits = out.past_key_values, out.logits[0, -1]
+                past, logits = _kv(out), out.logits[0, -1]
                 pos += 1
         return writer.text(), writer.used
 
@@ -291,7 +291,7 @@ class LocalConstrained:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
                 out = model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
-                past, logits = out.past_key_values, out.logits[:, -1]
+                past, logits = _kv(out), out.logits[:, -1]
                 pos = torch.tensor([len(p) for p in prompts], device=self.device)
                 while not all(w.done for w in writers):
                     tokens = [pad if w.done else w.next_token(logits[i])
@@ -301,8 +301,8 @@ class LocalConstrained:
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                     out = model(torch.tensor(tokens, device=self.device)[:, None],
                                 attention_mask=mask, position_ids=pos[:, None],
-                                past_key_values=past, use_cache=True)
-                    past, logits = out.past_key_values, out.logits[:, -1]
+                                **_with_kv(model, past), use_cache=True)
+                    past, logits = _kv(out), out.logits[:, -1]
                     pos = pos + 1
         except Exception as e:  # the batch failed: every call reports it
             for call in calls:
@@ -351,7 +351,7 @@ class LocalConstrained:
                     raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
                 out_ids.append(token)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True,
+                            **_with_kv(model, _kv(out)), use_cache=True,
                             **_positions(pos, 1, self.device))
                 pos += 1
         return tok.decode(out_ids), len(out_ids)
@@ -378,7 +378,7 @@ class LocalConstrained:
                 if cut >= 0:
                     return text[:cut], len(out_ids)
                 out = model(torch.tensor([[token]], device=self.device),
-                            past_key_values=out.past_key_values, use_cache=True,
+                            **_with_kv(model, _kv(out)), use_cache=True,
                             **_positions(pos, 1, self.device))
                 pos += 1
         return tok.decode(out_ids), len(out_ids)
@@ -471,6 +471,20 @@ def _pick(scores: Any, temperature: float, gen: Any) -> int:
         return int(torch.argmax(scores))
     probs = torch.softmax(scores / temperature, dim=-1)
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _with_kv(model: Any, cache: Any) -> dict[str, Any]:
+    """The key-value cache as the model's forward takes it: `cache` where transformers has
+    renamed it (`past_key_values` warns there, and goes in 5.40), else `past_key_values`."""
+    import inspect
+
+    takes = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in takes else "past_key_values": cache}
+
+
+def _kv(out: Any) -> Any:
+    """The key-value cache a forward gave back, under either name (see `_with_kv`)."""
+    return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
 
 def _positions(start: int, n: int, device: Any) -> dict[str, Any]:

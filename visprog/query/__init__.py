@@ -40,7 +40,7 @@ from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryErr
                             caller, compile_query, fail, snake_case)
 from visprog.registry import closest_name
 from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
-from visprog.values.text import a, plural
+from visprog.values.text import a, plural, show
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
 # writes (an expression, a question for the LLM), so those modules are `vp.fn` functions.
@@ -145,14 +145,38 @@ class Query:
         hint = f"; did you mean {near!r}?" if near else ""
         raise AttributeError(f"{type(self).__name__} ({kind}) has no attribute {name!r}{hint}")
 
+    def _known(self) -> tuple[bool, Any]:
+        """(True, the value) for an input (its own value) or a query that has run; else
+        (False, None): nothing runs here."""
+        if isinstance(self._node, Input):
+            return True, self._node.value
+        if self._result is not None:
+            return True, self._result.value
+        return False, None
+
     def __repr__(self) -> str:
+        kind = "/".join(sorted(self.types))
+        known, value = self._known()
+        if isinstance(self._node, Input):
+            return f"<{kind} input {self._node.name}: {show(value, limit=60)}>"
         try:
             last = self.program.rstrip("\n").rsplit("\n", 1)[-1]
             steps = self.program.count("\n")
         except Exception:  # a repr must not raise
             last, steps = "?", 0
-        state = "ran" if self._result is not None else "not run"
-        return f"<{'/'.join(sorted(self.types))} query {last} ({plural(steps, 'step')}, {state})>"
+        state = f"ran): {show(value, limit=60)}" if known else "not run)"
+        return f"<{kind} query {last} ({plural(steps, 'step')}, {state}>"
+
+    def __str__(self) -> str:
+        """The value as text once it is known (an input, a query that ran); before, Python
+        can't format it (it would need the run)."""
+        known, value = self._known()
+        if not known:
+            return self._not_python()
+        return str(value) if isinstance(value, Objects) else show(value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
     # -- what would need Python to evaluate the value: refused --------------------------
     def __bool__(self) -> bool:
@@ -166,7 +190,7 @@ class Query:
                    "use .value for the result, .program for the program, or + between "
                    "Text values to build text in the program")
 
-    __str__ = __format__ = __int__ = __float__ = __index__ = __complex__ = _not_python
+    __int__ = __float__ = __index__ = __complex__ = _not_python
     __round__ = __trunc__ = __floor__ = __ceil__ = __abs__ = __bytes__ = _not_python
 
     def _no_operator(self, *_: Any) -> Any:

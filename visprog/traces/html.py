@@ -20,10 +20,10 @@ from visprog.traces.draw import background as _background, color_for, draw_objec
 from visprog.traces.events import AgentRun, Repair, Round, RunRecord, Vote
 from visprog.traces.step import StepRecord
 from visprog.values import Objects
+from visprog.values.region_table import MAX_TABLE_ROWS, region_table
 from visprog.values.text import show
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
-MAX_TABLE_ROWS = 50  # regions listed per Objects value; the rest are counted
 MAX_TEXT_CHARS = 2000  # longer text values are cut (the JSON trace keeps them whole)
 
 _CSS = """
@@ -49,6 +49,12 @@ img{max-width:100%;border:1px solid #ccc;border-radius:3px;image-rendering:auto}
 .text{white-space:pre-wrap}.muted{color:#888}.swatch{display:inline-block;width:.8em;
  height:.8em;border-radius:2px;margin-right:.3em;vertical-align:middle}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
+.wrap,table.kv pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
+.card code{overflow-wrap:anywhere}
+table.fields{border-collapse:collapse;font-size:.9em}table.fields td{vertical-align:top;
+ padding:.1em .5em;border-top:1px solid #eee}table.fields td.k{color:#555;font-weight:600;
+ white-space:nowrap}ol.fields{margin:.2em 0;padding-left:1.6em}
+details.more{margin:.2em 0}details.more summary{font-weight:400;color:#0b57d0;font-size:.85em}
 """
 
 
@@ -62,6 +68,9 @@ class _Page:
     def __init__(self) -> None:
         self._uris: dict[int, str] = {}
         self._keep: list[Any] = []  # keeps cached objects alive so their ids stay unique
+        # variable -> the image its Objects were drawn over, so a later step that takes
+        # them without their image (Count(box=FACES)) draws them over it too
+        self.drawn_on: dict[str, Image.Image] = {}
 
     def data_uri(self, im: Image.Image) -> str:
         key = id(im)
@@ -75,30 +84,14 @@ class _Page:
                 f'title="{_esc(alt)} ({_esc(show(im))})">')
 
     def objects(self, objs: Objects, over: Image.Image | None, alt: str) -> str:
-        if over is None:
+        if over is None or over.size != objs.image_size:  # never draw boxes on another image
             over = Image.new("RGB", objs.image_size, (235, 235, 235))
         # Draw on the thumbnail, not the full image, so tags stay readable at page size.
         drawn = draw_objects(thumbnail(over.convert("RGB"), THUMB_SIDE), objs)
         parts = [f'<div>{self.img(drawn, alt)}</div>', f'<div class="muted">{_esc(show(objs))} '
                  f'on a {objs.image_size[0]}x{objs.image_size[1]} image</div>']
         if len(objs):
-            rows = []
-            for i, r in enumerate(objs[:MAX_TABLE_ROWS]):
-                c = "#%02x%02x%02x" % color_for(i)
-                score = "" if r.score is None else f"{float(r.score):.3f}"
-                box = ", ".join(f"{v:.1f}" for v in r.box)
-                extra = ", ".join(f"{k}={v}" for k, v in r.extra.items()
-                                  if isinstance(v, (str, int, float, bool)))
-                rows.append(f'<tr><td><span class="swatch" style="background:{c}"></span>{i}</td>'
-                            f'<td>{_esc(r.label if r.label is not None else "")}</td>'
-                            f'<td>{score}</td><td>[{box}]</td><td>'
-                            f'{"mask" if r.mask is not None else ""}</td><td>{_esc(extra)}</td></tr>')
-            more = len(objs) - MAX_TABLE_ROWS
-            if more > 0:
-                rows.append(f'<tr><td colspan="6" class="muted">... {more} more</td></tr>')
-            parts.append('<table class="regions"><tr><th>#</th><th>label</th><th>score</th>'
-                         '<th>box (x1, y1, x2, y2)</th><th></th><th>extra</th></tr>'
-                         + "".join(rows) + "</table>")
+            parts.append(region_table(objs, color=color_for))
         # Images a module attached to regions (e.g. Depth's `depth_map`), each shown once.
         shown: set[int] = set()
         for r in objs[:MAX_TABLE_ROWS]:
@@ -131,16 +124,75 @@ class _Page:
         return f"<code>{_esc(_cut(repr(value)))}</code>"
 
 
+MAX_FIELD_CHARS = 400  # a field's text in the events and run details (the JSON keeps it whole)
+MAX_FIELD_ITEMS = 10  # entries listed of a list of records; the rest are counted
+MAX_FIELD_LINES = 6  # lines shown of a field's text
+
+
 def _event_fields(event: Any) -> dict[str, Any]:
-    """An event's fields for the events list; images (a round's) as their size only."""
+    """An event's fields for the Events list; the runs of a repair or a vote are listed in
+    their own sections above, so here they are only counted; a round's images as their
+    size."""
     fields = {k: v for k, v in event.to_dict().items() if k != "kind"}
     if isinstance(event, Round):
         fields["images"] = [show(im) for im in event.images]
+    elif isinstance(event, Repair):
+        fields["attempts"] = f"{len(event.attempts)}, listed under Attempts above"
+    elif isinstance(event, Vote):
+        fields["runs"] = f"{len(event.runs)}, listed under Candidates above"
     return fields
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + " ..."
+def _fields(record: Any, depth: int = 0) -> str:
+    """A record (an event's fields, the run details) as a table of its fields that wraps to
+    the page's width: empty fields left out, nested records as nested tables (two levels;
+    deeper ones as one line of JSON), long text cut."""
+    if not isinstance(record, dict):
+        return _field(record, depth) or ""
+    rows = [(k, _field(v, depth)) for k, v in record.items()]
+    return ('<table class="fields">' + "".join(
+        f'<tr><td class="k">{_esc(str(k).replace("_", " "))}</td><td>{h}</td></tr>'
+        for k, h in rows if h is not None) + "</table>")
+
+
+def _field(value: Any, depth: int) -> str | None:
+    """One field's value as HTML, or None when there is nothing to show."""
+    if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
+        return None
+    if isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return f"<code>{_esc(show(value))}</code>"
+    if isinstance(value, str):
+        if "\n" not in value:
+            return f'<span class="wrap">{_esc(_cut(value, MAX_FIELD_CHARS))}</span>'
+        lines = value.splitlines()
+        text = "\n".join(lines[:MAX_FIELD_LINES]) + (
+            f"\n... {len(lines) - MAX_FIELD_LINES} more lines" if len(lines) > MAX_FIELD_LINES
+            else "")
+        return f'<pre class="wrap">{_esc(_cut(text, MAX_FIELD_CHARS))}</pre>'
+    scalars = (str, int, float, bool, type(None))
+    if isinstance(value, dict) and depth < 2:
+        if all(isinstance(v, scalars) for v in value.values()):  # a line: usage, counts
+            return '<span class="wrap">' + _esc(", ".join(
+                f"{k}: {show(v)}" for k, v in value.items())) + "</span>"
+        return _fields(value, depth + 1)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, scalars) for v in value):
+        return f'<span class="wrap">{_esc(_cut(", ".join(map(show, value)), MAX_FIELD_CHARS))}</span>'
+    if isinstance(value, (list, tuple)) and depth < 2:
+        items = "".join(f"<li>{_field(v, depth + 1) or ''}</li>"
+                        for v in value[:MAX_FIELD_ITEMS])
+        more = len(value) - MAX_FIELD_ITEMS
+        return (f'<ol class="fields" start="0">{items}</ol>'
+                + (f'<div class="muted">... {more} more</div>' if more > 0 else ""))
+    try:  # deeper records: one line of JSON
+        text = json.dumps(value, ensure_ascii=False, default=repr) \
+            if isinstance(value, (dict, list, tuple)) else repr(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f'<span class="wrap">{_esc(_cut(text, MAX_FIELD_CHARS))}</span>'
+
+
+def _cut(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _json(value: Any) -> str:
@@ -170,6 +222,19 @@ def _encode(im: Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
 
 
+def _under(page: _Page, value: Any, over: Image.Image | None,
+           var: str | None) -> Image.Image | None:
+    """The image to draw `value` over when it is Objects: the step's own image when the
+    regions belong to one of its size, else the image they were drawn over where the
+    variable `var` was made; None: a plain canvas."""
+    if not isinstance(value, Objects):
+        return over
+    if over is not None and over.size == value.image_size:
+        return over
+    earlier = page.drawn_on.get(var) if var else None
+    return earlier if earlier is not None and earlier.size == value.image_size else None
+
+
 def _source_block(program: str, bad_line: int | None) -> str:
     rows = []
     for n, text in enumerate(program.splitlines() or [""], start=1):
@@ -193,14 +258,22 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     for name, value in step.args.items():
         var = step.arg_vars.get(name)
         label = _esc(name) + (f' <span class="muted">&larr; {_esc(var)}</span>' if var else "")
+        under = _under(page, value, over, var)
         rows.append(f'<tr><td class="k">{label}</td><td>'
-                    f'{page.value(value, over=over, alt=f"{step.target} {name}")}</td></tr>')
+                    f'{page.value(value, over=under, alt=f"{step.target} {name}")}</td></tr>')
     if failed:
         rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
                     f'</div></td></tr>')
     else:
+        # an alias (A=B) is drawn where B was
+        under = _under(page, step.output, over, step.arg_vars.get("var") if step.module is None
+                       else None)
+        if under is not None:
+            page.drawn_on[step.target] = under
+        else:
+            page.drawn_on.pop(step.target, None)  # a new value of the name: not drawn yet
         rows.append(f'<tr><td class="k">{_esc(step.target)} =</td><td>'
-                    f'{page.value(step.output, over=over, alt=step.target)}</td></tr>')
+                    f'{page.value(step.output, over=under, alt=step.target)}</td></tr>')
     cls = "card failed" if failed else "card"
     return f'<section class="{cls}">{head}<table class="kv">{"".join(rows)}</table></section>'
 
@@ -297,8 +370,22 @@ def _rounds_section(page: _Page, rounds: list[Round], ends: list[AgentRun]) -> s
     return "".join(parts)
 
 
-def render_html(trace: Any) -> str:
-    """The whole trace as one HTML page (a string)."""
+def _scoped(css: str, root: str) -> str:
+    """The page's CSS for a part of another page (a notebook's output): every selector
+    under `root`, and `body` is `root` itself, so none of it styles the page around."""
+    rules = []
+    for rule in css.replace("\n", "").split("}"):
+        if rule.strip():
+            selectors, declarations = rule.split("{", 1)
+            scoped = ",".join(root if s.strip() == "body" else f"{root} {s.strip()}"
+                              for s in selectors.split(","))
+            rules.append(f"{scoped}{{{declarations}}}")
+    return "".join(rules)
+
+
+def render_html(trace: Any, *, fragment: bool = False) -> str:
+    """The whole trace as one HTML page (a string); `fragment`: as a part of another page
+    (what a notebook shows: one <div>, its style scoped to it)."""
     page = _Page()
     steps: list[StepRecord] = []
     for step in trace.steps:
@@ -308,9 +395,12 @@ def render_html(trace: Any) -> str:
     failed_line = steps[-1].line if steps and steps[-1].error is not None else None
     status = ('<span class="badge fail">failed</span>' if not trace.ok or failed_line is not None
               else '<span class="badge ok">ok</span>')
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width,initial-scale=1">',
-           f'<title>visprog trace</title><style>{_CSS}</style></head><body>',
+    top = (['<div class="visprog-trace">',
+            f'<style>{_scoped(_CSS, ".visprog-trace")}</style>'] if fragment else
+           ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width,initial-scale=1">',
+            f'<title>visprog trace</title><style>{_CSS}</style></head><body>'])
+    out = [*top,
            f'<h1>visprog trace {status}</h1>',
            f'<div class="meta muted">{len(steps)} step{"s" if len(steps) != 1 else ""}, '
            f'{sum(s.duration for s in steps) * 1000:.1f} ms</div>',
@@ -336,12 +426,11 @@ def render_html(trace: Any) -> str:
         elif isinstance(event, Vote):
             out.append(_vote_section(event))
     if trace.events:
-        items = "".join(f'<li><b>{_esc(e.kind)}</b><pre>'
-                        f'{_esc(_cut(_json(_event_fields(e))))}'
-                        f'</pre></li>' for e in trace.events)
-        out.append(f'<details><summary>Events ({len(trace.events)})</summary><ul>{items}</ul></details>')
+        rows = "".join(f'<tr><td class="k">{_esc(e.kind.replace("_", " "))}</td><td>'
+                       f'{_fields(_event_fields(e))}</td></tr>' for e in trace.events)
+        out.append(f'<details><summary>Events ({len(trace.events)})</summary>'
+                   f'<table class="kv fields">{rows}</table></details>')
     if trace.meta:
-        out.append(f'<details><summary>Run details</summary><pre>{_esc(_cut(_json(trace.meta)))}'
-                   f'</pre></details>')
-    out.append('</body></html>')
+        out.append(f'<details><summary>Run details</summary>{_fields(trace.meta)}</details>')
+    out.append('</div>' if fragment else '</body></html>')
     return "\n".join(out)

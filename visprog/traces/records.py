@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visprog.traces.step import StepRecord
+from visprog.values.text import show
 
 __all__ = ["StepRecord", "Trace"]
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
     """The record of one run. `trace[i]` is the i-th step; `trace["OBJ1"]` is the (last)
-    step that wrote OBJ1."""
+    step that wrote OBJ1. `print(trace)` gives what `visprog trace show` prints; a notebook
+    shows the trace page (`_repr_html_`)."""
 
     program: str
     steps: list[StepRecord] = field(default_factory=list)
@@ -49,6 +51,30 @@ class Trace:
     @property
     def duration(self) -> float:
         return sum(s.duration for s in self.steps)
+
+    def __str__(self) -> str:
+        """The program, a line a step (its module, time, output as short text), the result."""
+        lines = ["program:"]
+        lines += [f"  {i:3d}  {line}" for i, line in enumerate(self.program.splitlines(), 1)]
+        lines.append("steps:")
+        for rec in self.steps:
+            status = f"ERROR {rec.error}" if rec.error else show(rec.output, limit=80)
+            cached = " cached" if rec.cached else ""
+            lines.append(f"  [{rec.index + 1}] line {rec.line}: {rec.target} = "
+                         f"{rec.module or 'alias'}  {rec.duration * 1000:.1f} ms{cached}  "
+                         f"-> {status}")
+        lines.append(f"result: {show(self.result, limit=80)}" if self.ok
+                     else f"error: {self.error}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        state = f"result: {show(self.result, limit=60)}" if self.ok else \
+            f"error: {show(str(self.error).splitlines()[0] if self.error else '', limit=60)}"
+        return f"<Trace: {len(self.steps)} step{'s' if len(self.steps) != 1 else ''}, {state}>"
+
+    def _repr_html_(self) -> str:
+        from visprog.traces.html import render_html
+        return render_html(self, fragment=True)
 
     def add_event(self, event: Any) -> None:
         """Append an event (a `visprog.traces.events` record)."""

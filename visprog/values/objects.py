@@ -43,6 +43,7 @@ class _Absent:
 
 # In an `extra` column given to `Objects(...)`: this region has no such field.
 ABSENT = _Absent()
+SHOWN_REGIONS = 10  # regions `str` and `repr` list; the rest are counted
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,8 +285,36 @@ class Objects(Sequence[Region]):
     __hash__ = None  # type: ignore[assignment]  # equal by content
 
     def __repr__(self) -> str:
+        labels = [repr(label) for label in self.labels[:SHOWN_REGIONS]]
+        more = ", ..." if len(self) > SHOWN_REGIONS else ""
         return (f"Objects(n={len(self)}, image_size={self.image_size}, "
-                f"labels={list(self.labels)})")
+                f"labels=[{', '.join(labels)}{more}])")
+
+    def __str__(self) -> str:
+        """How many regions on what image, then a line a region (the first
+        `SHOWN_REGIONS`): its number, label, score, box, and whether it has a mask."""
+        n, (w, h) = len(self), self.image_size
+        lines = [f"{n} region{'s' if n != 1 else ''} on a {w}x{h} image"]
+        for i in range(min(n, SHOWN_REGIONS)):
+            label = self.labels[i] if self.labels[i] is not None else "-"
+            score = f"{self.scores[i]:.3f}" if self.has_score[i] else "-"
+            box = ", ".join(f"{v:.1f}" for v in self.boxes[i])
+            mask = "  mask" if self.has_mask[i] else ""
+            lines.append(f"  {i:3d}  {label}  {score}  [{box}]{mask}")
+        if n > SHOWN_REGIONS:
+            lines.append(f"  ... {n - SHOWN_REGIONS} more")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the line `str` starts with and the region table (Objects
+        don't hold their image: `visprog.traces.draw.draw_objects(image, objs)` draws them,
+        and a trace shows them drawn over it)."""
+        from html import escape
+
+        from visprog.values.region_table import region_table
+
+        return (f"<div>{escape(str(self).splitlines()[0])}</div>"
+                + (region_table(self) if len(self) else ""))
 
     # -- views --------------------------------------------------------------------------
     @property
