@@ -28,6 +28,14 @@ program, "runtime", "check", "critic"), the number of programs run (`attempts`) 
 checks' findings on the final run. The summary's "repair" part counts the repaired items by
 kind and gives the accuracy before repair (first attempts) and after.
 
+A multiple-choice item (V*Bench, HR-Bench) is right when the option its prediction chooses
+is the right one (`visprog.evaluation.answers.choose_option`); its line also has `chosen`,
+that option's letter (None when it chose none).
+
+`mode="agent"` (`visprog eval --mode agent`) has the planner write each program in rounds,
+looking at what its steps found (`VisProg.run_batch(..., mode="agent")`); "oneshot" (the
+default) plans each program at once, as before.
+
 The summary (JSON) has the accuracy overall and per question type, and the failure counts.
 """
 from __future__ import annotations
@@ -42,18 +50,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from visprog.evaluation.answers import is_correct
+from visprog.evaluation.answers import choose_option, is_correct
 from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
-from visprog.evaluation.datasets import EvalItem
-from visprog.errors import CheckError, ImageError, ParseError, VisProgWarning
+from visprog.evaluation.datasets import FORMATS, EvalItem
+from visprog.errors import CheckError, ConfigError, ImageError, ParseError, VisProgWarning
 from visprog.traces.events import PlanAttempt, Repair, plan_events
 from visprog.values.text import show
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 REPAIR_KINDS = ("plan", "runtime", "check", "critic")
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
+MODES = ("oneshot", "agent")  # how programs are planned: at once, or in rounds that look
 
 
 def select(items: Sequence[EvalItem], *, limit: int | None = None, shuffle: bool = False,
@@ -108,7 +117,7 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
              limit: int | None = None, shuffle: bool = False, seed: int = 0,
              chunk_size: int = DEFAULT_CHUNK, use_cache: bool = True, progress: bool = True,
              dataset: str = "", executor: Callable[..., Iterable[dict[str, Any]]] | None = None,
-             repair: Any = None) -> dict[str, Any]:
+             repair: Any = None, mode: str = "oneshot") -> dict[str, Any]:
     """Evaluate `vp` on `items`, resuming from `results_path`; return the summary.
 
     Args:
@@ -125,7 +134,13 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
             (`visprog.hosting.cluster.ray_executor`): called with the list of chunks (and
             batch_size=, use_cache=), it yields their result lines as chunks finish.
         repair: `VisProg.run_batch`'s repair setting (default: the config's).
+        mode: "oneshot" (default) or "agent": `VisProg.run_batch`'s planning mode.
+
+    Raises:
+        ConfigError: an unknown mode, or agent mode where the engine (or the executor)
+            has none.
     """
+    _check_mode(vp, mode, executor)
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
     chosen = select(items, limit=limit, shuffle=shuffle, seed=seed)
@@ -147,15 +162,17 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), max(1, chunk_size))]
         if executor is None:
             for chunk in chunks:
-                _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair)
+                _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair, mode=mode)
         else:
-            for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
+            options = {} if mode == "oneshot" else {"mode": mode}
+            for record in executor(chunks, batch_size=batch_size, use_cache=use_cache,
+                                   **options):
                 write(record)
         os.fsync(out.fileno())
     bar.close()
     elapsed = time.perf_counter() - started
     summary = summarize(read_results(results_path), [it.id for it in chosen])
-    summary.update({"dataset": dataset, "results": str(results_path),
+    summary.update({"dataset": dataset, "mode": mode, "results": str(results_path),
                     "preset": getattr(vp, "preset", None), "batch_size": batch_size,
                     "this_run": {"items": tally["n"], "seconds": round(elapsed, 3),
                                  "items_per_s": round(tally["n"] / elapsed, 3) if elapsed else None}})
@@ -232,8 +249,32 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 # -- one chunk ------------------------------------------------------------------------------
 
+def _check_mode(vp: Any, mode: str, executor: Any = None) -> None:
+    """Refuse an unknown mode, and agent mode where whatever runs the items can't take it
+    (before any item runs, so nothing is written)."""
+    import inspect
+
+    if mode not in MODES:
+        raise ConfigError(f"unknown planning mode {mode!r}; modes: {', '.join(MODES)}")
+    if mode == "oneshot":
+        return
+    for what, fn in (("VisProg.run_batch", getattr(vp, "run_batch", None)),
+                     ("the executor", executor)):
+        if fn is None:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        takes = "mode" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        if not takes:
+            raise ConfigError(f"{mode} mode is not available: {what} has no mode argument "
+                              f"in this version; use --mode oneshot")
+
+
 def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
-               batch_size: int | str, use_cache: bool, *, repair: Any = None) -> None:
+               batch_size: int | str, use_cache: bool, *, repair: Any = None,
+               mode: str = "oneshot") -> None:
     """Items through `run_batch` (the planning loop plans those without a program, runs
     them all together and repairs what needs it); each result line is written as its item
     is done."""
@@ -257,7 +298,7 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
             None if planned else str(item.program))
         events = res.trace.events if res.trace is not None else []
         if res.error is None:
-            status = "correct" if is_correct(res.value, item.answer) else "wrong"
+            status = "correct" if is_correct(res.value, item.answer, item.options) else "wrong"
             write(_record(item, source, res.value, status, None, events=events))
         else:
             unplanned = planned and res.program is None and not isinstance(res.error, ImageError)
@@ -266,6 +307,8 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
             write(_record(item, source, None, status, res.error, events=events))
 
     options = {} if repair is None else {"repair": repair}
+    if mode != "oneshot":
+        options["mode"] = mode
     vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished, **options)
 
 
@@ -308,17 +351,21 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
     elif rep["history"]:
         ran = rep["first_ran"]
         first_prediction = show(rep["first_answer"], task=item.task) if ran else None
-        first_correct = ran and is_correct(rep["first_answer"], item.answer)
+        first_correct = ran and is_correct(rep["first_answer"], item.answer, item.options)
     else:
         first_prediction, first_correct = prediction, correct
-    return {"id": item.id, "task": item.task, "question": item.question, "answer": item.answer,
-            "program": program, "prediction": prediction, "correct": correct, "status": status,
-            "error": None if error is None else (error if isinstance(error, str)
-                                                 else f"{type(error).__name__}: {error}"),
-            "types": item.types, "first_prediction": first_prediction,
-            "first_correct": first_correct, "repairs": rep["kinds"],
-            "attempts": rep["attempts"] if program is not None else 0,
-            "findings": rep["findings"]}
+    record = {"id": item.id, "task": item.task, "question": item.question,
+              "answer": item.answer, "program": program, "prediction": prediction,
+              "correct": correct, "status": status,
+              "error": None if error is None else (error if isinstance(error, str)
+                                                   else f"{type(error).__name__}: {error}"),
+              "types": item.types, "first_prediction": first_prediction,
+              "first_correct": first_correct, "repairs": rep["kinds"],
+              "attempts": rep["attempts"] if program is not None else 0,
+              "findings": rep["findings"]}
+    if item.options:  # multiple choice: the option the answer chose
+        record["chosen"] = choose_option(value, item.options) if prediction is not None else None
+    return record
 
 
 def _summary_path(results: Path) -> Path:
@@ -376,10 +423,14 @@ def _progress(total: int, initial: int, *, enabled: bool) -> Any:
 
 def add_eval_arguments(p: Any) -> None:
     """The flags of `visprog eval` (the engine flags are added by the CLI)."""
-    p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL or JSONL "
-                                   "of {image, question, answer[, program]}")
-    p.add_argument("--format", choices=("gqa", "nlvr2", "jsonl"),
+    p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL, V*Bench's "
+                                   "test_questions.jsonl or folder, HR-Bench TSV, or JSONL of "
+                                   "{image, question, answer[, program]}")
+    p.add_argument("--format", choices=FORMATS,
                    help="data set format (default: detected from the file)")
+    p.add_argument("--mode", choices=MODES, default="oneshot",
+                   help="oneshot: plan each program at once (default); agent: write it in "
+                        "rounds, the planner looking at what each round found")
     p.add_argument("--images", help="images folder (default: beside the data set file)")
     p.add_argument("--programs", help="JSONL of {id, program}: ready programs for the items")
     p.add_argument("--out", help="results JSONL (default: <dataset>.results.jsonl); "
@@ -411,7 +462,7 @@ def cmd_eval(args: Any, vp: Any, executor: Any = None, *, repair: Any = None) ->
                        limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                        chunk_size=args.chunk, use_cache=not args.no_cache,
                        progress=not args.no_progress, dataset=str(args.dataset),
-                       executor=executor, repair=repair)
+                       executor=executor, repair=repair, mode=getattr(args, "mode", "oneshot"))
     print(format_summary(summary))
     print(f"results: {out}\nsummary: {summary['summary']}")
     return summary
