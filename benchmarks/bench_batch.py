@@ -144,7 +144,7 @@ def calibrate_loc(vp, gdino: Path, image, keep: int = 8) -> float:
     would dominate the timing; a trained detector passes a handful."""
     import torch
 
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.tools.loc import build, grounding_prompt, load_grounding_dino
     from visprog.models import model_dtype, to_model_inputs
 

@@ -31,8 +31,8 @@ def random_image(w: int, h: int) -> Image.Image:
 
 
 IMAGE = random_image(640, 480)
-FOUND = Objects.from_boxes([(10, 10, 100, 100), (200, 50, 300, 200)], IMAGE.size,
-                           labels=["thing", "thing"], scores=[0.9, 0.8])
+FOUND = Objects([(10, 10, 100, 100), (200, 50, 300, 200)], IMAGE.size,
+                labels=["thing", "thing"], scores=[0.9, 0.8])
 
 
 # -- no-op modules: the engine's own cost is all that is left ----------------------------------
@@ -156,8 +156,8 @@ def sleepy_tools(seconds: float):
     def slow_loc(image, object):
         time.sleep(seconds)
         w, h = image.size
-        return Objects.from_boxes([(w * 0.1, h * 0.1, w * 0.5, h * 0.6)], image.size,
-                                  labels=[object], scores=[0.9])
+        return Objects([(w * 0.1, h * 0.1, w * 0.5, h * 0.6)], image.size,
+                       labels=[object], scores=[0.9])
 
     @tool("SlowVqa", params={"image": "Image", "question": "Text"}, returns="Text",
           draw_on=None)

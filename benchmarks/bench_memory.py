@@ -38,7 +38,7 @@ def dummy_args(tool, image):
     from visprog.values import Objects
 
     w, h = image.size
-    objects = Objects.from_boxes([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
+    objects = Objects([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
     by_type = {"Image": image, "Objects": objects, "Text": "car", "TextList": ["car", "dog"],
                "Number": 2}
     args = {}
@@ -56,7 +56,7 @@ def child(args) -> dict:
     from PIL import Image
 
     from visprog.api import VisProg
-    from visprog.tools import MODEL_MODULES
+    from visprog.config import find_modules
 
     config = {}
     if args.full_size:
@@ -73,7 +73,7 @@ def child(args) -> dict:
     skipped = []
     t0 = time.perf_counter()
     if args.mode == "eager":
-        for name in MODEL_MODULES:
+        for name in find_modules(plugins=False).classes:
             tool = vp.registry.find(name)
             if tool is None:
                 continue

@@ -73,8 +73,8 @@ def candidates(size=(640, 480), n=4):
     from visprog.values import Objects
 
     w, h = size
-    return Objects.from_boxes([(i * w / n, h / 4, (i + 1) * w / n, 3 * h / 4) for i in range(n)],
-                              size, labels=["dog"] * n, scores=[0.9] * n)
+    return Objects([(i * w / n, h / 4, (i + 1) * w / n, 3 * h / 4) for i in range(n)],
+                   size, labels=["dog"] * n, scores=[0.9] * n)
 
 
 def _save(folder: Path, model: Any, processor: Any) -> None:
@@ -510,7 +510,7 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
     """Load and call one module's tool; returns the figures."""
     import torch
 
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.models import ModelManager
 
     bench = BENCHES[name]

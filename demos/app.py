@@ -23,14 +23,15 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageDraw
 
-from visprog.errors import ImageError, ProgramError, StepError, VisProgError
+from visprog.errors import ImageError, ProgramError, StepError, VisProgError, no_llm_message
 from visprog.traces.events import Repair
 from visprog.traces.records import StepRecord, Trace
-from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MIN_SIDE, load_image
 from visprog.values.text import show
 
 # -- limits (what one demo request may ask for) ---------------------------------------------
-MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 photo; larger uploads are refused with a message
+# The demo's engine refuses larger uploads with a message (`VisProg(max_pixels=...)`, the
+# one limit its bind and its runs apply; `--max-pixels` changes it): a 4000 x 4000 photo.
+MAX_IMAGE_PIXELS = 16_000_000
 MAX_UPLOAD_SIZE = "25mb"  # Gradio refuses bigger files before they reach us
 MAX_PROGRAM_CHARS = 4_000
 MAX_PROGRAM_LINES = 60
@@ -53,8 +54,7 @@ TASK_HELP = {
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 BY_HAND = "You can still write a program in the code box, or click an example, and press Run."
-NO_LLM_MESSAGE = ("Planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY (and "
-                  "OPENAI_BASE_URL for a compatible server) before starting the demo. " + BY_HAND)
+NO_LLM_MESSAGE = no_llm_message("Planning") + " (before starting the demo). " + BY_HAND
 
 
 def _esc(value: Any) -> str:
@@ -155,21 +155,21 @@ def program_problem(program: str) -> str | None:
     return None
 
 
-def read_inputs(image: Any, left: Any, right: Any,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, Image.Image]:
-    """The uploaded images as input variables, each checked against the pixel limit and
-    the engine's limits on sides and shape (`visprog.values`).
+def read_inputs(vp: Any, image: Any, left: Any, right: Any) -> dict[str, Image.Image]:
+    """The uploaded images as input variables, bound by the engine as every entry binds
+    inputs (`VisProg.bind`: read once, converted to RGB, checked against the engine's image
+    limits).
 
     Raises:
-        ImageError: an upload is not an image or is too large (message names which one).
+        ImageError: an upload is not an image or is outside the limits (the message names
+            which one).
     """
     bound = {}
     for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
         if value is None:
             continue
         try:
-            bound[name] = load_image(value, max_pixels=max_pixels, min_side=DEFAULT_MIN_SIDE,
-                                     max_aspect=DEFAULT_MAX_ASPECT)
+            bound.update(vp.bind(**{name.lower(): value}))
         except ImageError as e:
             raise ImageError(f"the {name} image: {e}") from e
     return bound
@@ -220,8 +220,7 @@ def save_downloads(trace: Trace, folder: Path, page: str | None = None) -> list[
 
 def run_program(vp: Any, program: str, image: Any = None, left: Any = None, right: Any = None,
                 *, task: str = "gqa", folders: RunFolders | None = None,
-                on_step: Callable[[StepRecord], None] | None = None,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> RunOutput:
+                on_step: Callable[[StepRecord], None] | None = None) -> RunOutput:
     """Run a (possibly hand-edited) program on the uploaded images; never raises for bad
     input: every failure comes back as a message.
 
@@ -232,14 +231,13 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
         task: decides how a yes/no result is printed.
         folders: where the downloads go (a fresh temporary base when None).
         on_step: called with each finished step (progress display).
-        max_pixels: input images over this are refused.
     """
     program = program or ""
     problem = program_problem(program)
     if problem:
         return RunOutput(False, message=message_box("error", problem))
     try:
-        bound = read_inputs(image, left, right, max_pixels)
+        bound = read_inputs(vp, image, left, right)
     except ImageError as e:
         return RunOutput(False, message=message_box("error", "Can't use the uploaded image",
                                                     _esc(e)))
@@ -314,8 +312,8 @@ def attempts_html(trace: Trace | None) -> str:
 
 
 def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
-        right: Any = None, *, folders: RunFolders | None = None,
-        max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str | None, RunOutput]:
+        right: Any = None, *, folders: RunFolders | None = None
+        ) -> tuple[str | None, RunOutput]:
     """Plan, run and repair in one go (`vp.run`): the program that answered (for the code
     box) and what to show, with every attempt of the repair loop listed. Never raises."""
     question = (question or "").strip()
@@ -331,7 +329,7 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
         return None, RunOutput(False, message=message_box("warn", "This visprog has no planner.",
                                                           _esc(NO_LLM_MESSAGE)))
     try:
-        bound = read_inputs(image, left, right, max_pixels)
+        bound = read_inputs(vp, image, left, right)
     except ImageError as e:
         return None, RunOutput(False, message=message_box("error", "Can't use the uploaded image",
                                                           _esc(e)))
@@ -625,7 +623,8 @@ def check_port(host: str, port: int | None) -> None:
 
 def launch(preset: str = "default", *, port: int | None = None, host: str = "127.0.0.1",
            cache: bool = True, cache_dir: str | None = None, block: bool = True,
-           vp: Any = None, **launch_kwargs: Any) -> Any:
+           vp: Any = None, max_pixels: int | None = MAX_IMAGE_PIXELS,
+           **launch_kwargs: Any) -> Any:
     """Build the engine and start the demo server.
 
     Args:
@@ -635,7 +634,8 @@ def launch(preset: str = "default", *, port: int | None = None, host: str = "127
         cache: use the step cache.
         cache_dir: the on-disk cache folder.
         block: keep serving until interrupted; False returns once the server is up.
-        vp: an engine to use instead of building one.
+        vp: an engine to use instead of building one (its own image limits hold).
+        max_pixels: the engine's limit on an input image's pixels, when it is built here.
 
     Returns:
         The Gradio Blocks (call `.close()` to stop a non-blocking server).
@@ -645,7 +645,7 @@ def launch(preset: str = "default", *, port: int | None = None, host: str = "127
     from visprog.api import VisProg
 
     check_port(host, port)
-    vp = vp or VisProg(preset=preset, cache=cache, cache_dir=cache_dir)
+    vp = vp or VisProg(preset=preset, cache=cache, cache_dir=cache_dir, max_pixels=max_pixels)
     app = build_app(vp)
     app.queue(default_concurrency_limit=1)  # one engine, one run at a time
     try:
@@ -668,9 +668,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help=f"refuse uploads over this many pixels (default {MAX_IMAGE_PIXELS:,})")
     args = p.parse_args(argv)
     try:
-        launch(args.preset, port=args.port, host=args.host, cache=not args.no_cache)
+        launch(args.preset, port=args.port, host=args.host, cache=not args.no_cache,
+               max_pixels=args.max_pixels)
     except PortInUse as e:
         p.error(str(e))
     return 0

@@ -3,7 +3,6 @@ isolated failures, the cache, and the automatic batch size."""
 from __future__ import annotations
 
 from dataclasses import replace
-from importlib import import_module
 
 import numpy as np
 import pytest
@@ -58,7 +57,7 @@ class Counting:
                 w, h = c["image"].size
                 n = len(c["object"]) % 3  # 0, 1 or 2 objects, depending on the name
                 boxes = [(i * w / 4, i * h / 4, w / 2 + i, h / 2 + i) for i in range(n)]
-                out.append(Objects.from_boxes(boxes, (w, h), labels=[c["object"]] * n))
+                out.append(Objects(boxes, (w, h), labels=[c["object"]] * n))
             return out
 
         @tool("Sample", params={"question": "Text"}, returns="Text", cacheable=False)
@@ -71,9 +70,9 @@ class Counting:
 
 
 def plain_tools():
-    from visprog.tools import PLAIN_MODULES
+    from visprog.config import find_modules
 
-    return [t for m in PLAIN_MODULES for t in import_module(f"visprog.tools.{m}").TOOLS]
+    return find_modules(plugins=False).plain
 
 
 def make_registry(counting: Counting) -> Registry:

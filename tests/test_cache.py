@@ -29,7 +29,7 @@ def objects_with_masks() -> Objects:
     m1[1:3, 2:7] = True
     m2 = np.ones((6, 8), bool)
     m2[5, 7] = False  # the last bit of the packed mask matters
-    return Objects((
+    return Objects.from_regions((
         Region(box=(0.1, 0.2, 3.3333333333333335, 5.999999), mask=m1, label="cat", score=0.87654321,
                extra={"class_score": 0.5, "source": "täg", "n": 3, "ok": True, "none": None}),
         Region(box=(1 / 3, 0, 8, 6), mask=m2, label=None, score=None),
@@ -68,8 +68,8 @@ ROUND_TRIPS = {
     "gray image": rgb().convert("L"),
     "objects with masks": objects_with_masks(),
     "empty objects": Objects.empty((640, 480)),
-    "objects from boxes": Objects.from_boxes([[0, 0, 10.5, 20.25], [-5, -5, 1e9, 3]], (100, 50),
-                                             labels=["a", "b"], scores=[0.1, 1.0]),
+    "objects from boxes": Objects([[0, 0, 10.5, 20.25], [-5, -5, 1e9, 3]], (100, 50),
+                                  labels=["a", "b"], scores=[0.1, 1.0]),
     "str": "a red car",
     "empty str": "",
     "unicode str": "café 🐱 \u00e9\u0301 \"quotes\" {braces} \n\t\x00",
@@ -193,7 +193,7 @@ def test_digest_of_objects_sees_every_field():
         base.with_regions([Region(r0.box, r0.mask, r0.label, r0.score, {}), *base[1:]]),
         base[:2],
         base[[1, 0, 2]],
-        Objects(base.regions[2:], (9, 6)),
+        Objects.from_regions(base[2:], (9, 6)),
     ]
     digests = {codec.digest(v) for v in variants}
     assert d not in digests and len(digests) == len(variants)
@@ -219,7 +219,7 @@ def test_step_keys_are_stable():
     """Keys name entries on disk across versions of visprog: a change of the key scheme must
     be deliberate (bump `_KEY_SCHEME`), never a side effect of making keys faster."""
     args = {"image": "x", "object": "cat", "threshold": 0.3,
-            "box": Objects.from_boxes([(1, 2, 3, 4)], (10, 10))}
+            "box": Objects([(1, 2, 3, 4)], (10, 10))}
     assert step_key("Loc", "1", {}, args) == \
         "4937777d7344a5b109dd29d6a158948be68b7da20abe01d798b13698a99b23b2"
     assert step_key("Loc", "1", {"model": "m", "dtype": "fp16"}, args) == \

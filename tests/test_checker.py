@@ -1,15 +1,14 @@
 """Checker: unknown names with suggestions, arguments, variables, types; all errors at once."""
 from __future__ import annotations
 
-from importlib import import_module
 
 import pytest
 
 from visprog.language.checker import DEFAULT_INPUTS, check, check_or_raise
 from visprog.errors import CheckError
 from visprog.language.parser import parse
+from visprog.config import find_modules
 from visprog.registry import Registry, tool
-from visprog.tools import PLAIN_MODULES
 from visprog.values import Objects
 
 
@@ -31,7 +30,7 @@ def label(image, text=None):
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    tools = [t for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS]
+    tools = find_modules(plugins=False).plain
     return Registry(tools + [fake_loc, join, label])
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
-from visprog.tools import ToolContext  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import classify as cls_mod  # noqa: E402
 from visprog.tools import vqa as vqa_mod  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402
@@ -34,7 +34,7 @@ def image(size=(160, 120), seed=0):
 def objects(size=(160, 120), n=4):
     w, h = size
     boxes = [(i * w / n, 0, (i + 1) * w / n, h) for i in range(n)]
-    return Objects.from_boxes(boxes, size, labels=["face"] * n, scores=[0.9 - 0.1 * i for i in range(n)])
+    return Objects(boxes, size, labels=["face"] * n, scores=[0.9 - 0.1 * i for i in range(n)])
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -112,7 +112,8 @@ def test_classify_batch_equals_one_by_one(ctx, backend):
              {"image": image(seed=3), "object": objects(n=0), "categories": ["dog"]}]
     for call, got in zip(calls, tool.batch_fn(calls)):
         one = tool(**call)
-        assert got.labels == one.labels and [r.box for r in got] == [r.box for r in one]
+        assert got.labels.tolist() == one.labels.tolist()
+        assert [r.box for r in got] == [r.box for r in one]
         assert np.allclose([r.extra["class_score"] for r in got],
                            [r.extra["class_score"] for r in one], atol=1e-5)
 
@@ -120,7 +121,7 @@ def test_classify_batch_equals_one_by_one(ctx, backend):
 @pytest.mark.parametrize("backend", CLASSIFIERS)
 def test_classify_single_string_category_and_bad_input(ctx, backend):
     tool = classifier(backend, ctx)
-    assert tool(image=image(), object=objects(), categories="dog").labels == ["dog"]
+    assert tool(image=image(), object=objects(), categories="dog").labels.tolist() == ["dog"]
     with pytest.raises(ValueError, match="size"):
         tool(image=image((10, 10)), object=objects(), categories=["dog"])
 

@@ -33,7 +33,7 @@ def masked_objects() -> Objects:
     m1[1:3, 2:7] = True
     m2 = np.ones((6, 8), bool)
     m2[5, 7] = False  # the last bit matters
-    return Objects((
+    return Objects.from_regions((
         Region(box=(0.1, 0.2, 3.3333333333333335, 5.999999), mask=m1, label="cat",
                score=0.87654321, extra={"n": 3, "ok": True, "none": None, "s": "täg"}),
         Region(box=(1 / 3, 0, 8, 6), mask=m2, label=None, score=None),
@@ -141,8 +141,10 @@ def test_one_schema_for_cache_wire_and_trace(tmp_path):
     trace = json.loads(path.read_text())["inputs"]["v"]
     assert without_refs(cache) == without_refs(wire) == without_refs(trace)
     assert wire["image"]["format"] == "raw" and "format" not in cache["image"]
-    assert cache["found"]["regions"][0]["mask"]["format"] == "bits"
-    assert trace["found"]["regions"][0]["mask"]["file"].endswith(".png")
+    # the Objects' masks are one blob: packed bits, or a PNG a person can look at
+    assert cache["found"]["masks"]["format"] == "bits" and cache["found"]["masks"]["rows"] == [0, 1]
+    assert trace["found"]["masks"]["file"].endswith(".png")
+    assert cache["found"]["scores"][1] is None  # no model score: null, as before
     # plain JSON where JSON can say it: a trace stays readable
     assert cache["answer"] == {"$type": "tuple", "items": ["yes", 2, 0.5,
                                                            {"$type": "float", "value": "nan"}]}
@@ -236,7 +238,7 @@ def test_a_document_stores_each_image_once_and_shares_it_on_reading(tmp_path):
     enc = Encoder(store, exact=False)
     nodes = [enc.encode(v) for v in (im, im.copy(), [im, objs], objs, rgb(seed=6))]
     files = sorted(p.name for p in (tmp_path / "f").iterdir())
-    assert len(files) == 2 + 2  # two distinct images, two distinct masks
+    assert len(files) == 2 + 1  # two distinct images, one blob of the Objects' masks
     dec = Decoder(DocumentBlobs(tmp_path))
     values = [dec.decode(n) for n in nodes]
     assert values[0] is values[1] is values[2][0] and values[4] is not values[0]

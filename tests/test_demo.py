@@ -20,7 +20,8 @@ HALF_PROGRAM = ("HALF=Loc(image=IMAGE, object='LEFT')\n"
 
 @pytest.fixture(scope="module")
 def vp():
-    return VisProg(preset="tiny", cache=False, plugins=False)
+    """The engine `launch` builds: the demo's limit on upload pixels."""
+    return VisProg(preset="tiny", cache=False, plugins=False, max_pixels=demo.MAX_IMAGE_PIXELS)
 
 
 @pytest.fixture()
@@ -124,7 +125,8 @@ def test_program_limits(vp, folders, photo, program, needle):
 
 
 def test_image_limits_and_bad_uploads(vp, folders, photo, tmp_path):
-    out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders, max_pixels=1000)
+    small = VisProg(preset="tiny", cache=False, plugins=False, max_pixels=1000)
+    out = demo.run_program(small, HALF_PROGRAM, photo, folders=folders)
     assert not out.ok and "IMAGE image" in out.message and "over the limit" in out.message
     fake = tmp_path / "notes.png"
     fake.write_text("not a picture")
@@ -132,6 +134,41 @@ def test_image_limits_and_bad_uploads(vp, folders, photo, tmp_path):
     assert not out.ok and "not an image" in out.message
     out = demo.run_program(vp, HALF_PROGRAM, None, folders=folders)
     assert not out.ok and "Upload an image first" in out.message
+
+
+@pytest.mark.usefixtures("no_llm_env")
+def test_uploads_are_bound_by_the_engine_with_its_limits(folders, photo, monkeypatch):
+    """Run and Ask read uploads through `VisProg.bind`, so the engine's limits are the only
+    ones (here a shortest side of 64 refuses the 80x60 photo that the library's default
+    of 8 takes), said with which upload it was; a pair names the failing side."""
+    strict = VisProg(preset="tiny", cache=False, plugins=False, min_side=64)
+    assert strict.llm is not None  # Vqa's local VLM plans, so Ask gets as far as binding
+    bound = []
+    real = strict.bind
+    monkeypatch.setattr(strict, "bind", lambda *a, **kw: bound.append(kw or a) or real(*a, **kw))
+    out = demo.run_program(strict, HALF_PROGRAM, photo, folders=folders)
+    assert not out.ok and "the IMAGE image" in out.message and "minimum of 64" in out.message
+    _, asked = demo.ask(strict, "How many balls?", "gqa", photo, folders=folders)
+    assert not asked.ok and "Can&#x27;t use the uploaded image" in asked.message
+    _, pair = demo.ask(strict, "Both have balls.", "nlvr", None, Image.new("RGB", (100, 100)),
+                       photo, folders=folders)
+    assert not pair.ok and "the RIGHT image" in pair.message
+    assert len(bound) == 4  # IMAGE, IMAGE, LEFT, RIGHT: each upload through the engine
+    fine = VisProg(preset="tiny", cache=False, plugins=False)
+    assert demo.run_program(fine, HALF_PROGRAM, photo, folders=folders).ok
+
+
+def test_the_demos_pixel_limit_is_its_engines(monkeypatch):
+    from visprog.cli import main
+
+    seen = {}
+    monkeypatch.setattr(demo, "launch", lambda *a, **kw: seen.update(kw))
+    assert demo.main(["--preset", "tiny", "--max-pixels", "1234"]) == 0
+    assert seen["max_pixels"] == 1234
+    assert main(["demo", "--preset", "tiny", "--no-cache", "--max-pixels", "99"]) == 0
+    assert seen["vp"].image_limits["max_pixels"] == 99
+    assert main(["demo", "--preset", "tiny", "--no-cache"]) == 0
+    assert seen["vp"].image_limits["max_pixels"] == demo.MAX_IMAGE_PIXELS
 
 
 def test_big_upload_is_refused_before_decoding(vp, folders, tmp_path):
@@ -257,13 +294,12 @@ def test_a_run_reads_each_upload_once_and_renders_the_trace_once(vp, folders, ph
     import visprog.api as api_module
 
     reads, renders = [], []
-    real_load, real_html = demo.load_image, Trace.to_html
-    monkeypatch.setattr(demo, "load_image", lambda *a, **k: reads.append(1) or real_load(*a, **k))
+    real_load, real_html = api_module.load_image, Trace.to_html
     monkeypatch.setattr(api_module, "load_image",
-                        lambda *a, **k: reads.append(2) or real_load(*a, **k))
+                        lambda *a, **k: reads.append(1) or real_load(*a, **k))
     monkeypatch.setattr(Trace, "to_html", lambda self: renders.append(1) or real_html(self))
     out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders)
-    assert out.ok and reads == [1] and renders == [1]
+    assert out.ok and reads == [1] and renders == [1]  # read by the engine's bind, once
 
 
 def test_a_taken_port_is_one_line_naming_it_and_the_flag(capsys):

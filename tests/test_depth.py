@@ -16,7 +16,8 @@ from visprog import VisProg
 from visprog.config import load_config
 from visprog.errors import ConfigError
 from visprog.models import ModelManager, resolve_checkpoint
-from visprog.tools import ToolContext, depth as depth_mod
+from visprog.models import ToolContext
+from visprog.tools import depth as depth_mod
 from visprog.traces.records import Trace
 from visprog.values import Objects, Region
 
@@ -66,7 +67,7 @@ def objects(size=SIZE):
     w, h = size
     mask = np.zeros((h, w), bool)
     mask[70:110, 20:60] = True
-    return Objects((
+    return Objects.from_regions((
         Region(box=(100, 10, 150, 50), label="far box", score=0.9, extra={"class_score": 0.5}),
         Region(box=(20, 70, 60, 110), mask=mask, label="masked", score=0.8),
         Region(box=(60, 20, 100, 60), label="middle", score=0.7),
@@ -103,10 +104,10 @@ def test_depth_gives_each_object_its_distance_nearest_first(checkpoint):
     assert all(0.0 <= r.extra["depth"] <= 1.0 for r in out)
     by_label = {r.label: r for r in out}
     assert by_label["far box"].extra["class_score"] == 0.5  # other fields kept
-    assert by_label["masked"].mask is objs[1].mask and by_label["middle"].score == 0.7
+    assert np.array_equal(by_label["masked"].mask, objs[1].mask) and by_label["middle"].score == 0.7
     picture = out[0].extra["depth_map"]
     assert picture.mode == "L" and max(picture.size) <= 256
-    assert all("depth_map" not in r.extra for r in out.regions[1:])
+    assert all("depth_map" not in r.extra for r in out[1:])
 
 
 def test_depth_with_no_objects_is_empty_and_runs_no_model():
@@ -118,7 +119,7 @@ def test_depth_with_no_objects_is_empty_and_runs_no_model():
 
 def test_depth_refuses_objects_of_another_image():
     with pytest.raises(ValueError, match="found in a 10x10 image"):
-        make_tools()["Depth"](image=scene(), object=Objects.from_boxes([(0, 0, 5, 5)], (10, 10)))
+        make_tools()["Depth"](image=scene(), object=Objects([(0, 0, 5, 5)], (10, 10)))
 
 
 def test_output_depth_flips_the_distances():
@@ -175,7 +176,7 @@ def test_one_depth_map_per_image_and_batches_match_single_calls(monkeypatch):
     monkeypatch.setattr(depth_mod, "predict", counting_predict)
     tools = make_tools()
     a, b, c = scene(), scene(seed=1), scene((90, 140))
-    objs_a, objs_c = objects(), Objects.from_boxes([(10, 10, 50, 60)], (90, 140))
+    objs_a, objs_c = objects(), Objects([(10, 10, 50, 60)], (90, 140))
     batch = tools["Depth"].batch_fn([{"image": a, "object": objs_a}, {"image": b, "object": objs_a},
                                      {"image": c, "object": objs_c}])
     assert sorted(calls) == [(1, (90, 140)), (2, SIZE)]  # a and b share a pass; c has its own

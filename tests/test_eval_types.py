@@ -21,7 +21,7 @@ from visprog.language.parser import parse
 from visprog.planning.llm_grammar import StepGrammar
 from visprog.planning.prompts import TASKS, load_examples
 from visprog.registry import Registry, tool
-from visprog.tools import builtin_tools
+from visprog.config import find_modules
 from visprog.values import Objects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def items(image):
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry([*builtin_tools(), ask, items])
+    return Registry([*find_modules(plugins=False).tools(), ask, items])
 
 
 # A program whose variables have every type Eval meets: N Number, A Text (an answer), OBJ

@@ -114,7 +114,7 @@ def test_variable_reading(value, expected):
 
 
 def test_objects_read_as_their_count():
-    objs = Objects.from_boxes([(0, 0, 5, 5), (2, 2, 8, 8)], image_size=(10, 10))
+    objs = Objects([(0, 0, 5, 5), (2, 2, 8, 8)], image_size=(10, 10))
     empty = Objects.empty((10, 10))
     assert evaluate("{OBJ}", {"OBJ": objs}) == 2
     assert evaluate("{OBJ} > 0", {"OBJ": objs}) is True

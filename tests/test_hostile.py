@@ -231,8 +231,8 @@ def test_model_modules_take_strips_that_steps_make(tiny_vp, module, size):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (h, w, 3), np.uint8))
     kwargs = {"image": image, **STRIP_CALLS[module]}
     if module in ("Select", "Classify"):
-        kwargs["object"] = Objects.from_boxes([(0, 0, w, h), (0, 0, w / 2, h / 2)], size,
-                                              labels=["dog", "cat"])
+        kwargs["object"] = Objects([(0, 0, w, h), (0, 0, w / 2, h / 2)], size,
+                                   labels=["dog", "cat"])
     out = tiny_vp.registry.get(module)(**kwargs)
     if isinstance(out, Objects):
         assert out.image_size == size

@@ -302,9 +302,8 @@ def test_eval_spread_over_the_cluster(cluster, tmp_path):
     items = load_dataset(tmp_path / "data.jsonl")
     vp = VisProg(preset="tiny", cache=False)
     here = evaluate(vp, items, tmp_path / "here.jsonl", chunk_size=2, progress=False)
-    executor = ray_executor(cluster, functools.partial(
-        VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None),
-        num_cpus=0.25)
+    executor = ray_executor(cluster, functools.partial(VisProg.from_recipe, vp.assembly.recipe),
+                            num_cpus=0.25)
     first = evaluate(vp, items, tmp_path / "there.jsonl", chunk_size=2, progress=False,
                      limit=3, executor=executor)
     assert first["this_run"]["items"] == 3

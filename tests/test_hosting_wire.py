@@ -102,6 +102,101 @@ def test_a_value_the_wire_cannot_carry_fails_only_its_own_call():
     assert body[0] == {"ok": 1} and body[2] == {"ok": "x"} and "error" in body[1]
 
 
+def replica_of(tool):
+    """A replica's request handling (`ModuleServer._run`: decode, run the calls through the
+    engine's chunk runner, encode) without Ray: only what `_run` reads is set."""
+    from visprog.hosting.serve import ModuleServer
+
+    server = ModuleServer.__new__(ModuleServer)
+    server.tool, server.max_batch_size = tool, 8
+    server.batches, server.calls, server.batch_sizes = 0, 0, []
+    return server
+
+
+class ThroughTheWire:
+    """A `RayModuleClient` stand-in whose requests go through the wire format to a replica's
+    request handling in this process."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def call(self, calls):
+        from visprog.hosting.client import decode_reply, encode_request
+
+        reply = self.server._run([encode_request(calls, self.server.tool.name)])[0]
+        return decode_reply(reply, self.server.tool.name, len(calls))
+
+
+def test_an_error_raised_in_a_replica_reaches_the_client_as_the_same_class():
+    """A replica's ModelLoadError (whose constructor takes a checkpoint besides the message)
+    comes back as a ModelLoadError with its checkpoint, not as a RemoteToolError; through an
+    engine, it is the cause of the StepError, as for a module that runs in-process."""
+    from visprog.errors import ModelLoadError, RemoteToolError
+    from visprog.hosting.client import HostSpec, remote_tool
+    from visprog.registry import tool
+
+    class OwnError(Exception):
+        pass
+
+    @tool("Broken", params={"image": "Image", "what": "Text"}, returns="Text")
+    def broken(image, what):
+        if what == "own":
+            raise OwnError("a class only the replica has")
+        raise ModelLoadError(f"could not load model {what!r}: no such folder", checkpoint=what)
+
+    wire = ThroughTheWire(replica_of(broken))
+    with pytest.raises(ModelLoadError, match="no such folder") as err:
+        wire.call([{"image": picture(1), "what": "/models/vqa"}])
+    assert type(err.value) is ModelLoadError and err.value.checkpoint == "/models/vqa"
+    with pytest.raises(RemoteToolError, match="OwnError: a class only the replica has"):
+        wire.call([{"image": picture(1), "what": "own"}])
+
+    vp = VisProg(preset="tiny", cache=False, plugins=False)
+    vp.register(remote_tool(broken, HostSpec("Broken", host="ray"), client=wire))
+    with pytest.raises(StepError) as step:
+        vp.execute("A=Broken(image=IMAGE, what='/models/x')", image=picture(2))
+    assert type(step.value.cause) is ModelLoadError and step.value.cause.checkpoint == "/models/x"
+
+
+def test_rebuilt_errors_take_only_plain_instance_data():
+    from visprog.errors import HostError, ModelLoadError, rebuild_error
+
+    e = rebuild_error("HostError", "down", {"module": "Vqa", "address": "h:1",
+                                            "args": "x", "with_traceback": "x", "_x": 1,
+                                            "cause": ["not", "plain"]})
+    assert type(e) is HostError and str(e) == "down" and e.module == "Vqa"
+    assert callable(e.with_traceback) and e.args == ("down",) and not hasattr(e, "_x")
+    assert not hasattr(e, "cause")
+    assert isinstance(rebuild_error("KeyError", "k"), KeyError)
+    assert rebuild_error("SystemExit", "bye") is None  # only visprog's and plain Python errors
+    assert rebuild_error("first_line", "x") is None    # a function of visprog.errors, not a class
+    assert rebuild_error("ModelLoadError", "m").args == ("m",)
+    assert isinstance(rebuild_error("ModelLoadError", "m"), ModelLoadError)
+
+
+def test_every_error_class_lives_in_visprog_errors():
+    """No error class is defined anywhere else in visprog/, so each can be rebuilt by name on
+    the other side of the wire; the exceptions are signals one module raises and catches
+    itself (or turns into one of visprog.errors), which never reach a caller."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "visprog"
+    elsewhere = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "errors.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                    for b in node.bases):
+                elsewhere.append(f"{path.relative_to(root)}: {node.name}")
+    internal = ["cli.py: UsageError",                 # the command line's exit status 2
+                "language/fastparse.py: NoFastPath",  # "ask Lark instead"
+                "models/openai_api.py: NotACompletion",  # retried, then the caller's error
+                "query/expr.py: ExprProblem"]         # becomes a QueryError with its hint
+    assert elsewhere == internal, elsewhere
+
+
 # -- without Ray installed ---------------------------------------------------------------------
 
 def test_a_hosted_module_without_ray_fails_clearly(monkeypatch):

@@ -76,7 +76,7 @@ def test_every_tool_of_spec_is_declared():
     ([(0, 0, 5, 5), (2, 2, 3, 3), (-9, -9, -1, -1)], 3),  # boxes outside still count
 ])
 def test_count(boxes, expected):
-    assert ALL["Count"](box=Objects.from_boxes(boxes, (10, 10))) == expected
+    assert ALL["Count"](box=Objects(boxes, (10, 10))) == expected
 
 
 def test_count_refuses_non_objects():
@@ -100,7 +100,7 @@ def test_count_refuses_non_objects():
 ])
 def test_crop_keeps_the_grown_box(size, box, expected):
     image = noise_image(size)
-    out = ALL["Crop"](image=image, box=Objects.from_boxes([box], size))
+    out = ALL["Crop"](image=image, box=Objects([box], size))
     left, top, right, bottom = expected
     assert out.size == (right - left, bottom - top)
     assert out.tobytes() == image.crop(expected).tobytes()
@@ -123,7 +123,7 @@ def test_crop_keeps_the_grown_box(size, box, expected):
 ])
 def test_side_crops_keep_the_side_up_to_the_centre(name, size, box, expected):
     image = noise_image(size)
-    out = ALL[name](image=image, box=Objects.from_boxes([box], size))
+    out = ALL[name](image=image, box=Objects([box], size))
     left, top, right, bottom = expected
     assert out.size == (right - left, bottom - top)
     assert out.tobytes() == image.crop(expected).tobytes()
@@ -132,7 +132,7 @@ def test_side_crops_keep_the_side_up_to_the_centre(name, size, box, expected):
 def test_crops_use_the_first_object():
     size = (100, 80)
     image = noise_image(size)
-    objs = Objects.from_boxes([(70, 10, 90, 30), (0, 0, 10, 10)], size)
+    objs = Objects([(70, 10, 90, 30), (0, 0, 10, 10)], size)
     assert ALL["CropLeftOf"](image=image, box=objs).size == (80, 80)
     assert ALL["Crop"](image=image, box=objs).size == (30, 30)
 
@@ -153,7 +153,7 @@ def test_crops_are_never_empty(name, size):
     w, h = size
     image = noise_image(size)
     for box in [(0, 0, 0, 0), (w, h, w, h), (-5, -5, -1, -1), (w + 1, 0, w + 9, h), (0, 0, w, h)]:
-        out = ALL[name](image=image, box=Objects.from_boxes([box], size))
+        out = ALL[name](image=image, box=Objects([box], size))
         assert out.width >= 1 and out.height >= 1
         assert out.width <= w and out.height <= h
 
@@ -171,7 +171,7 @@ def test_colorpop_colour_inside_gray_outside(size, with_mask):
     image = noise_image(size, seed=1)
     box = (w * 0.2, h * 0.2, w * 0.7, h * 0.8)
     mask = disc_mask(size, w * 0.45, h * 0.5, min(w, h) * 0.25) if with_mask else None
-    objs = Objects((Region(box=box, mask=mask),), size)
+    objs = Objects.from_regions((Region(box=box, mask=mask),), size)
     out = np.asarray(ALL["ColorPop"](image=image, object=objs))
     src = np.asarray(image)
     inside = objs.union_mask()
@@ -187,7 +187,7 @@ def test_colorpop_colour_inside_gray_outside(size, with_mask):
 def test_colorpop_unions_objects_and_grays_all_without_any():
     size = (40, 30)
     image = noise_image(size, seed=2)
-    objs = Objects.from_boxes([(0, 0, 10, 10), (30, 20, 40, 30)], size)
+    objs = Objects([(0, 0, 10, 10), (30, 20, 40, 30)], size)
     out = np.asarray(ALL["ColorPop"](image=image, object=objs))
     src = np.asarray(image)
     assert np.array_equal(out[:10, :10], src[:10, :10])
@@ -206,7 +206,7 @@ def test_bgblur_leaves_objects_and_blurs_the_rest(size, with_mask):
     image = noise_image(size, seed=3)
     box = (w * 0.3, h * 0.3, w * 0.6, h * 0.7)
     mask = disc_mask(size, w * 0.45, h * 0.5, min(w, h) * 0.15) if with_mask else None
-    objs = Objects((Region(box=box, mask=mask),), size)
+    objs = Objects.from_regions((Region(box=box, mask=mask),), size)
     out = np.asarray(ALL["BgBlur"](image=image, object=objs))
     src = np.asarray(image)
     inside = objs.union_mask()
@@ -242,7 +242,7 @@ def _gray_canvas(size) -> Image.Image:
 ])
 def test_emoji_covers_the_box_in_colour(name, size, box):
     image = _gray_canvas(size)
-    objs = Objects.from_boxes([box], size)
+    objs = Objects([box], size)
     out = np.asarray(ALL["Emoji"](image=image, object=objs, emoji=name)).astype(int)
     src = np.asarray(image).astype(int)
     inside = objs.union_mask()
@@ -259,14 +259,14 @@ def test_emoji_covers_the_box_in_colour(name, size, box):
 def test_emoji_covers_each_object_and_skips_zero_area_boxes():
     size = (120, 60)
     image = _gray_canvas(size)
-    objs = Objects.from_boxes([(0, 0, 40, 40), (70, 10, 110, 50), (60, 5, 60, 30)], size)
+    objs = Objects([(0, 0, 40, 40), (70, 10, 110, 50), (60, 5, 60, 30)], size)
     out = np.asarray(ALL["Emoji"](image=image, object=objs, emoji="thumbs_up"))
     src = np.asarray(image)
     for x1, y1, x2, y2 in [(0, 0, 40, 40), (70, 10, 110, 50)]:
         assert (out[y1:y2, x1:x2] != src[y1:y2, x1:x2]).any()
     untouched = ~objs[:2].union_mask()
     assert np.array_equal(out[untouched], src[untouched])
-    only_zero = Objects.from_boxes([(60, 5, 60, 30), (-9, -9, -1, -1)], size)
+    only_zero = Objects([(60, 5, 60, 30), (-9, -9, -1, -1)], size)
     same = ALL["Emoji"](image=image, object=only_zero, emoji="thumbs_up")
     assert same.tobytes() == image.tobytes()
 
@@ -280,7 +280,7 @@ def test_emoji_covers_each_object_and_skips_zero_area_boxes():
 def test_emoji_unknown_name_is_a_value_error_with_suggestions(name, suggestion):
     size = (32, 32)
     with pytest.raises(ValueError, match="emoji") as err:
-        ALL["Emoji"](image=_gray_canvas(size), object=Objects.from_boxes([(0, 0, 9, 9)], size),
+        ALL["Emoji"](image=_gray_canvas(size), object=Objects([(0, 0, 9, 9)], size),
                      emoji=name)
     if suggestion:
         assert suggestion in str(err.value) and "did you mean" in str(err.value)
@@ -340,8 +340,8 @@ def test_tag_draws_boxes_and_labels(size):
     w, h = size
     image = _gray_canvas(size)
     box = (w * 0.3, h * 0.3, w * 0.7, h * 0.9)
-    labelled = Objects.from_boxes([box], size, labels=["dog"], scores=[0.87])
-    bare = Objects.from_boxes([box], size)
+    labelled = Objects([box], size, labels=["dog"], scores=[0.87])
+    bare = Objects([box], size)
     out = np.asarray(ALL["Tag"](image=image, object=labelled))
     plain = np.asarray(ALL["Tag"](image=image, object=bare))
     src = np.asarray(image)
@@ -362,7 +362,7 @@ def test_tag_without_objects_is_a_copy():
 
 def _objects_with_and_without_masks(size) -> Objects:
     w, h = size
-    return Objects((
+    return Objects.from_regions((
         Region(box=(0, 0, w / 2, h / 2), mask=disc_mask(size, w / 4, h / 4, max(w, h) / 5),
                label="a", score=0.9),
         Region(box=(w / 3, h / 3, w, h), label="b", score=0.4),
@@ -389,7 +389,7 @@ def test_inputs_are_unchanged_and_outputs_are_rgb(name, size):
 @pytest.mark.parametrize("name", IMAGE_TOOLS)
 def test_objects_of_another_image_are_refused(name):
     image = noise_image((64, 48))
-    objs = Objects.from_boxes([(0, 0, 10, 10)], (48, 64))
+    objs = Objects([(0, 0, 10, 10)], (48, 64))
     with pytest.raises(ValueError, match="48x64 image.*64x48"):
         call(name, image, objs)
 
@@ -405,5 +405,5 @@ def test_wrong_argument_types_are_refused(name):
 @pytest.mark.parametrize("name", ["Crop", "ColorPop", "BgBlur", "Tag"])
 def test_non_rgb_images_are_accepted(name):
     image = noise_image((20, 10)).convert("RGBA")
-    out = call(name, image, Objects.from_boxes([(2, 2, 8, 8)], (20, 10)))
+    out = call(name, image, Objects([(2, 2, 8, 8)], (20, 10)))
     assert out.mode == "RGB" and image.mode == "RGBA"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from importlib import import_module
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from visprog.engine.cache import StepCache
 from visprog.errors import CheckError, StepError
 from visprog.engine.interpreter import Interpreter
 from visprog.language.parser import parse
+from visprog.config import find_modules
 from visprog.registry import Registry, tool
-from visprog.tools import PLAIN_MODULES
 from visprog.values import Objects
 
 CALLS: Counter = Counter()
@@ -32,8 +31,8 @@ def fake_loc(image, object):
     w, h = image.size
     boxes = {"car": [(0, 0, w / 4, h / 4), (w / 2, h / 2, w, h)], "dog": [(1, 1, 5, 5)]}
     found = boxes.get(object, [])
-    return Objects.from_boxes(found, image.size, labels=[object] * len(found),
-                              scores=[0.9] * len(found))
+    return Objects(found, image.size, labels=[object] * len(found),
+                   scores=[0.9] * len(found))
 
 
 @tool("Answer", params={"image": "Image", "question": "Text"}, returns="Text", draw_on=None)
@@ -70,7 +69,7 @@ def dictish(image):
 
 
 def make_registry() -> Registry:
-    tools = [t for mod in PLAIN_MODULES for t in import_module(f"visprog.tools.{mod}").TOOLS]
+    tools = find_modules(plugins=False).plain
     return Registry(tools + [fake_loc, answer, sample, boom, liar, dictish])
 
 

@@ -4,31 +4,29 @@ registry. Read from the source with ast (lazy imports inside functions count too
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "visprog"
 
 # Lower rank = lower layer. A module may import its own sub-package and lower ranks only.
 RANKS = {
-    "errors": 0, "_moved": 0,
+    "errors": 0,
     "values": 1,
     "registry": 2,
     "language": 3, "models": 3, "traces": 3,
     "engine": 4,
     "planning": 5, "evaluation": 5,
     "hosting": 6,
-    "config": 7,
+    "config": 7,  # the assembly
     "query": 7,  # composed queries build program text; VisProg runs them
     "api": 8,
     "cli": 9,
     "__init__": 10,  # the package's public face re-exports from everywhere
 }
 # The one place that assembles the default registry from tools/.
-ASSEMBLES_TOOLS = {"visprog.config"}  # presets, the default tools, hosting's catalog
+ASSEMBLES_TOOLS = {"visprog.config"}  # presets, the tools, the plug-ins, hosting's catalog
 
 
 def module_name(path: Path) -> str:
@@ -147,18 +145,3 @@ def test_tools_import_only_the_public_protocol():
                 if m.startswith("visprog.tools"):
                     bad.append(f"tools/{path.name} imports {m}: use a relative import")
     assert not bad, "\n".join(bad)
-
-
-@pytest.mark.parametrize("old, new", [("visprog.parser", "visprog.language.parser"),
-                                      ("visprog.tools.models", "visprog.models")])
-def test_old_import_paths_still_work_with_a_warning(old, new):
-    import importlib
-    import sys
-
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mod = importlib.import_module(old)
-    assert mod is importlib.import_module(new)
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
-               for w in caught)

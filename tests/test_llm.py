@@ -17,7 +17,7 @@ from visprog.values.types import parse_types
 from visprog.language.parser import parse
 from visprog.planning.prompts import TASKS, load_examples
 from visprog.registry import Registry, tool
-from visprog.tools import builtin_tools
+from visprog.config import find_modules
 
 PROGRAM = "CATS=Loc(image=IMAGE, object='cat')\nN=Count(box=CATS)\nFINAL=Result(var=N)"
 MESSAGES = [{"role": "user", "content": "Question: how many cats?"}]
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a te
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(builtin_tools())
+    return Registry(find_modules(plugins=False).tools())
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

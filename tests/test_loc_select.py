@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
-from visprog.tools import ToolContext  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import loc as loc_mod  # noqa: E402
 from visprog.tools import select_objects as sel_mod  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402
@@ -43,8 +43,8 @@ def image(size, seed=0):
 
 def thirds(size, labels=("dog", "cat", "dog")):
     w, h = size
-    return Objects.from_boxes([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
-                              size, labels=list(labels), scores=[0.9, 0.8, 0.7])
+    return Objects([(0, 0, w / 3, h), (w / 3, 0, 2 * w / 3, h), (2 * w / 3, 0, w, h)],
+                   size, labels=list(labels), scores=[0.9, 0.8, 0.7])
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_clean_detections_clips_drops_empty_and_caps():
 def test_halves_need_no_model(name, box):
     fresh = ToolContext(models=ModelManager(device="cpu"))
     out = make_loc(fresh)(image=image((300, 200)), object=f" {name} ")
-    assert len(out) == 1 and out[0].box == box and out.labels == [name]
+    assert len(out) == 1 and out[0].box == box and out.labels.tolist() == [name]
     assert fresh.models.loaded() == []
 
 
@@ -118,9 +118,9 @@ def test_loc_boxes_in_original_pixels(ctx, backend, size):
     # Boxes must reach across the original image, which is larger than the models' inputs
     # (at most 384 px) for 640x480 and 300x900: boxes in model-input pixels could not.
     assert b[:, 2].max() > 0.6 * w and b[:, 3].max() > 0.6 * h
-    assert out.labels == ["red car"] * len(out)
-    scores = out.scores
-    assert scores == sorted(scores, reverse=True)
+    assert out.labels.tolist() == ["red car"] * len(out)
+    scores = out.scores.tolist()
+    assert scores == sorted(scores, reverse=True) and out.has_score.all()
     assert len(out) <= 50
 
 
@@ -148,7 +148,7 @@ def test_loc_batch_equals_one_by_one(ctx, backend):
     batched = tool.batch_fn(calls)
     for call, got in zip(calls, batched):
         one = tool(**call)
-        assert got.labels == one.labels
+        assert got.labels.tolist() == one.labels.tolist()
         assert np.allclose(got.boxes, one.boxes, atol=1e-2)
         assert np.allclose(got.scores, one.scores, atol=1e-4)
 
@@ -190,7 +190,7 @@ def test_select_keeps_candidate_masks(ctx):
     size = (120, 80)
     mask = np.zeros((80, 120), bool)
     mask[10:70, 5:115] = True
-    cands = Objects.from_boxes([(5, 10, 115, 70)], size, labels=["dog"], masks=[mask])
+    cands = Objects([(5, 10, 115, 70)], size, labels=["dog"], masks=[mask])
     out = make_select(ctx)(image=image(size), object=cands, query="dog")
     assert len(out) == 1 and np.array_equal(out[0].mask, mask)
 
@@ -200,7 +200,7 @@ def test_select_comma_query_selects_each(ctx, backend):
     size = (240, 160)
     out = make_select(ctx, backend=backend)(image=image(size), object=thirds(size),
                                             query="dog, cat")
-    assert out.labels == ["dog", "cat"]                  # one per part, in query order
+    assert out.labels.tolist() == ["dog", "cat"]         # one per part, in query order
     assert len({r.box for r in out}) == 2                # different candidates
 
 
@@ -247,7 +247,8 @@ def test_select_batch_equals_one_by_one(ctx, backend):
              for s, q in [(1, "dog"), (2, "dog,cat"), (3, "cat")]]
     for call, got in zip(calls, tool.batch_fn(calls)):
         one = tool(**call)
-        assert got.labels == one.labels and [r.box for r in got] == [r.box for r in one]
+        assert got.labels.tolist() == one.labels.tolist()
+        assert [r.box for r in got] == [r.box for r in one]
         for a, b in zip(got, one):
             assert (a.mask != b.mask).mean() < 0.01
 
@@ -257,12 +258,12 @@ def test_select_clip_backend(ctx):
     tool = make_select(ctx, backend="clip")
     assert tool.settings["checkpoints"] == {"clip": "tiny:clip"}
     out = tool(image=image(size), object=thirds(size), query="dog,cat,car,person")
-    assert out.labels == ["dog", "cat", "car"]            # 3 candidates: one each, 3 parts
+    assert out.labels.tolist() == ["dog", "cat", "car"]   # 3 candidates: one each, 3 parts
     assert len({r.box for r in out}) == 3 and all(r.mask is None for r in out)
     assert all(isinstance(r.extra["clip_score"], float) for r in out)
     batched = tool.batch_fn([{"image": image(size), "object": thirds(size), "query": "dog",
                               "category": "cat"}])
-    assert batched[0].labels == ["dog"] and batched[0][0].extra["candidate_label"] == "cat"
+    assert batched[0].labels.tolist() == ["dog"] and batched[0][0].extra["candidate_label"] == "cat"
 
 
 def test_select_bad_input(ctx):

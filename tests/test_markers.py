@@ -46,3 +46,17 @@ def test_slow_runs_by_default_and_says_how_to_leave_it_out():
     browser tests); its description and the README say how to leave it out."""
     assert "-m \"not slow\"" in declared()["slow"]
     assert "-m \"not slow\"" in (ROOT / "README.md").read_text()
+
+
+def test_deprecations_of_visprogs_own_code_are_errors():
+    """The suite's warning filters (pyproject.toml): a DeprecationWarning attributed to
+    visprog's code (a deprecated call in it, or one of its own deprecations reached from a
+    test) fails the test; one inside a third-party library does not."""
+    import warnings
+
+    import pytest
+
+    for module in ("visprog.api", "visprog.tools.loc", "demos.app", "test_api"):
+        with pytest.raises(DeprecationWarning, match="old"):
+            warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module=module)
+    warnings.warn_explicit("old", DeprecationWarning, "x.py", 1, module="transformers.utils")

@@ -17,10 +17,9 @@ torch = pytest.importorskip("torch")
 
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError, ToolDeclarationError  # noqa: E402
-from visprog.models import (Backend, Done, ModelManager, ModelTool,  # noqa: E402
-                            SettingsError, merge_settings, resolve_checkpoint)
-from visprog.tools import (ToolContext, build_module, builtin_tools,  # noqa: E402
-                           model_module_names, plain_tools)
+from visprog.config import find_modules  # noqa: E402
+from visprog.models import (Backend, Done, ModelManager, ModelTool, SettingsError,  # noqa: E402
+                            ToolContext, is_model_tool, merge_settings, resolve_checkpoint)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tool_declarations.json"
 
@@ -217,9 +216,10 @@ def test_backends_must_be_a_table_of_classes():
 
 
 def _every_backend():
-    from visprog.tools import model_modules
+    from visprog.config import find_modules
 
-    return [(name, b) for name, cls in model_modules().items() for b in cls.backends]
+    return [(name, b) for name, cls in find_modules(plugins=False).classes.items()
+            for b in cls.backends]
 
 
 @pytest.mark.parametrize("name, backend", _every_backend())
@@ -229,11 +229,11 @@ def test_building_a_backend_changes_nothing_but_the_new_tool(name, backend, monk
     effects), and building it again gives the same settings."""
     import copy
 
-    from visprog.tools import model_modules
+    from visprog.config import find_modules
 
     monkeypatch.setenv("VISPROG_VQA_MODEL", "served-vlm")
     monkeypatch.setenv("VISPROG_VQA_API_KEY", "k")
-    cls = model_modules()[name]
+    cls = find_modules(plugins=False).classes[name]
     before = {k: copy.deepcopy(v) for k, v in vars(cls).items() if not k.startswith("__")
               and not callable(v) and not isinstance(v, (classmethod, staticmethod, property))}
     settings = {**load_config("tiny")[name], "backend": backend}
@@ -292,7 +292,8 @@ def test_every_tool_declares_what_it_did_before_the_base(case):
     want = json.loads(FIXTURE.read_text())[case]
     mm = ModelManager(device="cpu")
     cfg = load_config("classic") if preset == "default" else load_config("tiny", overrides=TINY_CLASSIC)
-    tools = builtin_tools(cfg, ToolContext(mm, DescribedLLM() if llm == "llm" else None))
+    tools = find_modules(plugins=False).tools(cfg, ToolContext(mm, DescribedLLM() if llm == "llm"
+                                                                else None))
     got = {t.name: {"version": t.version, "settings": json.loads(json.dumps(dict(t.settings))),
                     "cacheable": t.cacheable, "sig": t.signature(), "doc": t.doc,
                     "draw_on": t.draw_on, "batch": t.batch_fn is not None} for t in tools}
@@ -308,44 +309,58 @@ def test_every_tool_declares_what_it_did_before_the_base(case):
     assert mm.loaded() == []
 
 
-def test_the_model_modules_and_building_one_by_name():
-    names = set(model_module_names())
-    assert names == {"Loc", "Select", "Classify", "Vqa", "FaceDet", "Seg", "Replace", "List",
-                     "Ocr", "LocText", "Depth", "CropFrontOf", "CropInFront", "CropInFrontOf",
-                     "CropAhead", "CropBehind"}
-    assert not names & {t.name for t in plain_tools()}
+def test_every_tool_file_entry_is_a_plain_tool_or_a_model_module():
+    """The modules are what the files of tools/ declare: no list names them. Each `TOOLS`
+    entry is a plain tool or a model module, never both, and each name is found once."""
+    from visprog.registry import Tool
+    from visprog.tools import tool_files
+
+    modules = find_modules(plugins=False)
+    entries = [t for mod in tool_files().values() for t in mod.TOOLS]
+    assert entries and all(isinstance(t, Tool) or is_model_tool(t) for t in entries)
+    assert set(modules.classes.values()) == {t for t in entries if is_model_tool(t)}
+    assert modules.plain == [t for t in entries if isinstance(t, Tool)]
+    names = [t.name for t in entries]
+    assert len(names) == len(set(names))
+
+
+def test_building_a_model_module_by_name():
+    modules = find_modules(plugins=False)
     cfg = load_config("tiny")
-    vqa = build_module("vqa", cfg, ToolContext(ModelManager(device="cpu")))
-    assert vqa.name == "Vqa" and vqa.settings["checkpoint"] == "tiny:qwen3_vl"
-    with pytest.raises(ConfigError, match="no model module named 'Count'"):
-        build_module("Count", cfg)
+    mm = ModelManager(device="cpu")
+    for name, cls in modules.classes.items():
+        built = modules.build(name.lower(), cfg, ToolContext(mm))  # found leniently
+        assert built.name == name and built.settings == cls.build(cfg[name], ToolContext(mm)).settings
+    plain = modules.plain[0].name
+    with pytest.raises(ConfigError, match=f"no model module named '{plain}'"):
+        modules.build(plain, cfg)
+    assert mm.loaded() == []
 
 
 DEPTH_CROPS = ("CropFrontOf", "CropInFront", "CropInFrontOf", "CropAhead", "CropBehind")
 
 
 def test_tools_of_one_file_share_its_first_modules_section():
-    from visprog.tools import preset_settings, shared_sections, with_shared_sections
-
-    assert shared_sections() == {"LocText": "Ocr", **{c: "Depth" for c in DEPTH_CROPS}}
-    assert "LocText" not in preset_settings("tiny") and "Ocr" in preset_settings("tiny")
+    modules = find_modules(plugins=False)
+    assert modules.shared_sections() == {"LocText": "Ocr", **{c: "Depth" for c in DEPTH_CROPS}}
+    assert "LocText" not in modules.preset_settings("tiny")
+    assert "Ocr" in modules.preset_settings("tiny")
     cfg = load_config("tiny", overrides={"Depth": {"margin": 0.2}, "CropBehind": {"fill": 10}})
-    assert with_shared_sections(cfg) == cfg  # applying it again changes nothing
+    assert modules.with_shared_sections(cfg) == cfg  # applying it again changes nothing
     for crop in DEPTH_CROPS:
         assert cfg[crop]["checkpoint"] == "tiny:depth_anything" and cfg[crop]["margin"] == 0.2
     assert cfg["CropBehind"]["fill"] == 10 and cfg["CropFrontOf"]["fill"] == 128
-    tools = {t.name: t for t in builtin_tools(cfg)}
+    tools = {t.name: t for t in modules.tools(cfg)}
     assert tools["CropAhead"].settings["margin"] == 0.2
     assert tools["CropBehind"].settings["fill"] == 10 and tools["CropFrontOf"].settings["fill"] == 128
     # a hand-made config (not through load_config) is shared the same way
-    tools = {t.name: t for t in builtin_tools({"Ocr": {"min_score": 0.7}})}
+    tools = {t.name: t for t in modules.tools({"Ocr": {"min_score": 0.7}})}
     assert tools["LocText"].settings["min_score"] == tools["Ocr"].settings["min_score"] == 0.7
-    assert build_module("loctext", {"Ocr": {"merge_gap": 2.0}}).settings["merge_gap"] == 2.0
+    assert modules.build("loctext", {"Ocr": {"merge_gap": 2.0}}).settings["merge_gap"] == 2.0
 
 
 def test_hosting_keys_of_a_shared_section_host_each_of_its_tools():
-    from visprog.config import build_module as replica_build
-    from visprog.api import module_catalog
+    from visprog.config import assemble_replica, module_catalog
     from visprog.hosting.client import split_config
 
     catalog = module_catalog()
@@ -357,17 +372,9 @@ def test_hosting_keys_of_a_shared_section_host_each_of_its_tools():
     assert "host" not in tools_config["LocText"]
     # a replica builds the tool from its own section as the client does
     mm = ModelManager(device="cpu")
-    local = {t.name: t for t in builtin_tools(tools_config, ToolContext(mm))}
-    remote = replica_build("LocText", tools_config["LocText"], mm)
+    local = {t.name: t for t in find_modules(plugins=False).tools(tools_config, ToolContext(mm))}
+    remote = assemble_replica(cfg, "LocText").registry.get("LocText")
     assert remote.settings == local["LocText"].settings and remote.settings["min_score"] == 0.6
-
-
-def test_the_old_file_lists_still_answer():
-    from visprog import tools
-
-    assert tools.MODEL_MODULES["Select"] == "select_objects"
-    assert set(tools.MODEL_MODULES) == set(model_module_names())
-    assert "crop" in tools.PLAIN_MODULES and "loc" not in tools.PLAIN_MODULES
 
 
 def test_module_settings_live_only_in_the_tools_files():

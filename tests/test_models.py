@@ -292,9 +292,10 @@ def test_missing_user_file_and_bad_override(tmp_path):
 def test_model_tools_declare_settings_version_and_batch(name):
     import json
 
-    from visprog.tools import ToolContext, model_modules
+    from visprog.config import find_modules
+    from visprog.models import ToolContext
 
-    cls = model_modules()[name]
+    cls = find_modules(plugins=False).classes[name]
     mm = ModelManager(device="cpu")
     tiny = cls.build(load_config("tiny")[name], ToolContext(models=mm))
     default = cls.build(load_config("default")[name], ToolContext(models=mm))

@@ -19,7 +19,8 @@ from visprog import VisProg  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
 from visprog.models import ModelLoadError, ModelManager  # noqa: E402
-from visprog.tools import ToolContext, ocr as ocr_mod  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
+from visprog.tools import ocr as ocr_mod  # noqa: E402
 from visprog.values import Objects  # noqa: E402
 
 FONT_DIR = Path("/usr/share/fonts/truetype")
@@ -107,14 +108,14 @@ def test_lines_come_in_reading_order_and_loctext_finds_each(tools):
     assert tools["Ocr"](image=image) == "NORTH EXIT Trains to York"
     found = tools["LocText"](image=image)
     assert isinstance(found, Objects) and found.image_size == image.size
-    assert found.labels == ["NORTH EXIT", "Trains to York"]
+    assert found.labels.tolist() == ["NORTH EXIT", "Trains to York"]
     for region, label_box in zip(found, [top, bottom]):
         x1, y1, x2, y2 = region.box
         assert label_box[0] <= x1 < x2 <= label_box[2] and label_box[1] <= y1 < y2 <= label_box[3]
         assert 0.5 <= region.score <= 1.0
     only = tools["LocText"](image=image, text="york")  # any case, part of a line
-    assert only.labels == ["Trains to York"]
-    assert tools["LocText"](image=image, text="northexit").labels == ["NORTH EXIT"]  # spaces ignored
+    assert only.labels.tolist() == ["Trains to York"]
+    assert tools["LocText"](image=image, text="northexit").labels.tolist() == ["NORTH EXIT"]  # spaces ignored
     assert len(tools["LocText"](image=image, text="Paris")) == 0
 
 

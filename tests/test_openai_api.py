@@ -31,7 +31,7 @@ def planner_client(server, **kw):
 def vqa_endpoint(server, **kw):
     """Ask Vqa's endpoint backend (a built tool); its answer as text."""
     from visprog.config import load_config
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.tools.vqa import Vqa
 
     ep = {"model": "served-vlm", "base_url": server.url, "api_key": "k", "backoff": 0.01, **kw}
@@ -117,7 +117,7 @@ def test_vqa_batches_in_threads_keep_the_callers_deadline():
     """Vqa's endpoint sends a batch's requests from worker threads: the deadline holds there
     too (a thread would otherwise start with no deadline and wait out every timeout)."""
     from visprog.config import load_config
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.tools.vqa import Vqa
 
     with ScriptedServer([Reply("late", delay=8)] * 8) as server:

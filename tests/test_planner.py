@@ -12,9 +12,10 @@ from visprog.planning.loop import RunAttempt, majority, select
 from visprog.planning.planner import Plan, Planner, PlanningError, attempt_events, clean_reply
 from visprog.planning.program_cache import ProgramCache, default_program_cache_dir
 from visprog.planning.prompts import (PROMPT_VERSION, TASKS, Example, bow_cosine, build_messages,
-                             load_examples, module_descriptions, select_examples, system_prompt)
+                                      described_tools, load_examples, module_descriptions,
+                                      select_examples, system_prompt)
 from visprog.registry import Registry, tool
-from visprog.tools import builtin_tools
+from visprog.config import find_modules
 from visprog.traces.events import PlanAttempt, PlanCacheHit, Vote
 from visprog.traces.records import Trace
 from visprog.values.text import answer_key, normalize
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a te
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(builtin_tools())
+    return Registry(find_modules(plugins=False).tools())
 
 
 # --------------------------------------------------------------------------- prompts
@@ -35,7 +36,10 @@ def registry() -> Registry:
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_examples_parse_check_and_cover_the_task_modules(registry, task):
+    """The modules that say a task's prompt describes them are exactly those its examples
+    use: the declarations in tools/ and the examples agree."""
     spec = TASKS[task]
+    described = {t.name for t in described_tools(registry, spec)}
     examples = load_examples(task)
     assert len(examples) >= 4
     used = set()
@@ -44,8 +48,7 @@ def test_examples_parse_check_and_cover_the_task_modules(registry, task):
         assert check(program, registry, spec.inputs) == [], (task, ex.question)
         assert program[len(program) - 1].module == "Result"
         used |= {s.module for s in program}
-    assert used == set(spec.modules), f"{task}: unused {set(spec.modules) - used}"
-    assert set(spec.modules) <= set(registry.names())
+    assert used == described, f"{task}: unused {described - used}, undeclared {used - described}"
 
 
 def test_module_descriptions_come_from_the_registry(registry):
@@ -54,13 +57,22 @@ def test_module_descriptions_come_from_the_registry(registry):
         """Describes the image in one sentence."""
         return "a picture"
 
-    extended = Registry([*registry, caption])
+    @tool("Compare", params={"left": "Image", "right": "Image"}, returns="Bool",
+          tasks=["nlvr"])
+    def compare(left, right):
+        """Whether the two images look alike."""
+        return True
+
+    extended = Registry([*registry, caption, compare])
     for spec in TASKS.values():
         text = system_prompt(extended, spec)
-        # A new module shows in every task's prompt, signature and doc, without edits.
+        # A new module shows in every task's prompt, signature and doc, without edits...
         assert "Caption(image: Image, style: Text = 'short') -> Text: Describes the image" in text
-        for name in spec.modules:
-            assert registry.get(name).signature() in text
+        # ...or in the prompts of the tasks it names
+        assert ("Compare(left: Image, right: Image) -> Bool" in text) == (spec.name == "nlvr")
+        for t in described_tools(registry, spec):
+            assert t.signature() in text
+        assert described_tools(extended, spec)[-1].name == "Result"  # a program ends with it
     gqa = module_descriptions(registry, TASKS["gqa"])
     assert "Replace(" not in gqa and "Loc(image: Image, object: Text) -> Objects" in gqa
     assert "LEFT (Image), RIGHT (Image)" in system_prompt(registry, TASKS["nlvr"])

@@ -1,8 +1,9 @@
 """A new model module is one file: written into a temporary package that advertises it
 through the `visprog.tools` entry point, built on `visprog.models.ModelTool` with a tiny ViT
-classifier built offline, it shows in `visprog tools`, the checker, the planner's prompt, a
-lone run, a batched run (its forward gets several images at once) and the step cache, and
-its presets (tiny, and a third one) reach `load_config` with nothing else edited."""
+classifier built offline, it shows in `visprog tools`, the checker, the prompt of the
+planning task it names (and not the others), `visprog config show`, a lone run, a batched
+run (its forward gets several images at once) and the step cache, and its presets (tiny,
+and a third one) reach `load_config` with nothing else edited."""
 from __future__ import annotations
 
 import sys
@@ -48,6 +49,7 @@ class ImageLabel(ModelTool):
     params = {"image": "Image"}
     returns = "Text"
     doc = "one label for the whole image"
+    tasks = ("gqa",)  # described in the planner's prompts of these tasks
     presets = {"default": {"checkpoint": "google/vit-base-patch16-224", "top": 1},
                "tiny": {"checkpoint": "tiny:plugin_vit"},
                "classic": {"checkpoint": "tiny:plugin_vit", "top": 2}}
@@ -99,6 +101,11 @@ def test_the_module_is_listed_checked_and_described(plugin, capsys):
     wrong = vp.check("L=ImageLabel(image='a photo')")
     assert wrong and "image" in str(wrong[0])
     assert "ImageLabel(image: Image) -> Text" in module_descriptions(vp.registry, TASKS["gqa"])
+    for task in ("nlvr", "imgedit", "knowtag"):
+        assert "ImageLabel" not in module_descriptions(vp.registry, TASKS[task]), task
+    assert main(["config", "show", "--preset", "tiny"]) == 0
+    shown = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert ["ImageLabel", "-", "tiny:plugin_vit"] in [row[:3] for row in shown]
 
 
 def test_its_presets_reach_the_configuration(plugin):

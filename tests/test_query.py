@@ -222,7 +222,8 @@ def same_value(a, b):
     if isinstance(a, Image.Image):
         return isinstance(b, Image.Image) and np.array_equal(np.asarray(a), np.asarray(b))
     if isinstance(a, Objects):
-        return isinstance(b, Objects) and np.allclose(a.boxes, b.boxes) and a.labels == b.labels
+        return isinstance(b, Objects) and np.allclose(a.boxes, b.boxes) \
+            and list(a.labels) == list(b.labels)
     return a == b and type(a) is type(b)
 
 

@@ -57,7 +57,7 @@ def repair_event(trace):
 
 IMG = Image.new("RGB", (40, 30), "white")
 EMPTY = Objects.empty((40, 30))
-ONE = Objects.from_boxes([(2, 2, 20, 20)], (40, 30), labels=["cup"])
+ONE = Objects([(2, 2, 20, 20)], (40, 30), labels=["cup"])
 
 
 def rec(index, target, module, args, output, arg_vars=None):

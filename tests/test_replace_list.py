@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from visprog.errors import ConfigError
-from visprog.tools import ToolContext, list_items
+from visprog.models import ToolContext
+from visprog.tools import list_items
 from visprog.tools import replace as rep
 from visprog.models import ModelLoadError, ModelManager
 from visprog.values import Objects, Region
@@ -52,12 +53,12 @@ def ellipse_mask(w: int, h: int) -> np.ndarray:
 # -- Replace ----------------------------------------------------------------------------------
 
 REPLACE_CASES = {  # name: (size, objects maker)
-    "odd 97x61, one box": ((97, 61), lambda s: Objects.from_boxes([(10, 5, 40, 30)], s)),
-    "tall 61x200, mask": ((61, 200), lambda s: Objects((Region((0, 0, 1, 1),
-                                                               ellipse_mask(*s)),), s)),
-    "wide 300x40, box + mask": ((300, 40), lambda s: Objects(
+    "odd 97x61, one box": ((97, 61), lambda s: Objects([(10, 5, 40, 30)], s)),
+    "tall 61x200, mask": ((61, 200), lambda s: Objects.from_regions((Region((0, 0, 1, 1),
+                                                                          ellipse_mask(*s)),), s)),
+    "wide 300x40, box + mask": ((300, 40), lambda s: Objects.from_regions(
         (Region((250, 0, 300, 40)), Region((0, 0, 1, 1), ellipse_mask(*s))), s)),
-    "square 64x64, edge box": ((64, 64), lambda s: Objects.from_boxes([(50, 50, 64, 64)], s)),
+    "square 64x64, edge box": ((64, 64), lambda s: Objects([(50, 50, 64, 64)], s)),
 }
 
 
@@ -76,7 +77,7 @@ def test_replace_keeps_pixels_outside_the_mask(tool, size, make):
 
 def test_replace_same_seed_same_output_other_seed_differs(ctx, tool):
     image = noise(97, 61)
-    objects = Objects.from_boxes([(20, 10, 70, 50)], image.size)
+    objects = Objects([(20, 10, 70, 50)], image.size)
     a = tool(image=image, object=objects, prompt="a blue dog")
     b = tool(image=image, object=objects, prompt="a blue dog")
     base = TINY_REPLACE if "backend" not in tool.settings else TINY_SDXL
@@ -86,7 +87,7 @@ def test_replace_same_seed_same_output_other_seed_differs(ctx, tool):
 
 
 @pytest.mark.parametrize("objects", [Objects.empty((97, 61)),
-                                     Objects.from_boxes([(10, 10, 10, 30)], (97, 61))],
+                                     Objects([(10, 10, 10, 30)], (97, 61))],
                          ids=["no objects", "zero-area box"])
 def test_replace_nothing_to_paint_returns_an_unchanged_copy(tool, objects):
     image = noise(97, 61)
@@ -96,7 +97,7 @@ def test_replace_nothing_to_paint_returns_an_unchanged_copy(tool, objects):
 
 def test_replace_batch_equals_one_by_one(tool):
     images = [noise(97, 61, 1), noise(97, 61, 2), noise(50, 80, 3), noise(97, 61, 4)]
-    calls = [{"image": im, "object": Objects.from_boxes([(5, 5, 40, 40)], im.size), "prompt": p}
+    calls = [{"image": im, "object": Objects([(5, 5, 40, 40)], im.size), "prompt": p}
              for im, p in zip(images, ["a red car", "a blue sky", "a dog", "a cat"])]
     calls[3]["object"] = Objects.empty(images[3].size)
     batch = tool.batch_fn(calls)
@@ -119,9 +120,9 @@ def test_replace_cacheable_only_with_a_fixed_seed(ctx, tool):
 def test_replace_bad_inputs(tool):
     image = noise(40, 30)
     with pytest.raises(ValueError, match="40x30"):
-        tool(image=image, object=Objects.from_boxes([(0, 0, 5, 5)], (50, 50)), prompt="x")
+        tool(image=image, object=Objects([(0, 0, 5, 5)], (50, 50)), prompt="x")
     with pytest.raises(TypeError, match="prompt"):
-        tool(image=image, object=Objects.from_boxes([(0, 0, 5, 5)], (40, 30)), prompt=3)
+        tool(image=image, object=Objects([(0, 0, 5, 5)], (40, 30)), prompt=3)
 
 
 @pytest.mark.parametrize("size, res, want", [((97, 61), 64, (64, 40)), ((61, 200), 64, (16, 64)),
@@ -137,7 +138,7 @@ def test_replace_missing_checkpoint_names_it(tmp_path):
                      ToolContext(models=ModelManager(device="cpu")))
     image = noise(32, 32)
     with pytest.raises(ModelLoadError, match="no-such-inpainter"):
-        tool(image=image, object=Objects.from_boxes([(0, 0, 9, 9)], image.size), prompt="a")
+        tool(image=image, object=Objects([(0, 0, 9, 9)], image.size), prompt="a")
 
 
 def test_replace_through_the_interpreter(ctx):

@@ -12,8 +12,8 @@ from visprog.values.text import answer_key, record_value, show
 
 IMG = Image.new("RGB", (40, 30), "white")
 EMPTY = Objects.empty((40, 30))
-ONE = Objects.from_boxes([(2, 2, 20, 20)], (40, 30), labels=["cup"])
-SEVEN = Objects.from_boxes([(0, 0, 1, 1)] * 7, (40, 30), labels=[f"o{i}" for i in range(7)])
+ONE = Objects([(2, 2, 20, 20)], (40, 30), labels=["cup"])
+SEVEN = Objects([(0, 0, 1, 1)] * 7, (40, 30), labels=[f"o{i}" for i in range(7)])
 
 
 @pytest.mark.parametrize("value, task, text", [
@@ -54,7 +54,7 @@ def test_record_value_keeps_scalars_and_summarises_the_rest():
 
 
 def test_answer_key_tells_non_answers_apart_by_content():
-    assert answer_key(ONE) == answer_key(Objects.from_boxes([(2, 2, 20, 20)], (40, 30),
+    assert answer_key(ONE) == answer_key(Objects([(2, 2, 20, 20)], (40, 30),
                                                             labels=["cup"]))
     assert answer_key(ONE) != answer_key(EMPTY)
     assert answer_key(IMG) != answer_key(Image.new("RGB", (40, 30), "black"))

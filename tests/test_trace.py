@@ -35,7 +35,7 @@ def _objects(size=(96, 64)) -> Objects:
     w, h = size
     mask = np.zeros((h, w), bool)
     mask[10:30, 5:40] = True
-    return Objects((
+    return Objects.from_regions((
         Region(box=(5.0, 10.0, 40.0, 30.0), mask=mask, label="cat", score=0.91,
                extra={"source": "owlv2", "rank": 1}),
         Region(box=(50.5, 0.0, 96.0, 64.0), label=XSS_LABEL, score=0.4),
@@ -101,7 +101,8 @@ def _same_value(a, b):
     elif isinstance(a, Objects):
         assert isinstance(b, Objects) and a.image_size == b.image_size and len(a) == len(b)
         assert np.array_equal(a.boxes, b.boxes)
-        assert a.labels == b.labels and a.scores == b.scores
+        assert a.labels.tolist() == b.labels.tolist() and a.scores.tolist() == b.scores.tolist()
+        assert a.has_score.tolist() == b.has_score.tolist()
         for ra, rb in zip(a, b):
             assert (ra.mask is None) == (rb.mask is None)
             if ra.mask is not None:
@@ -159,7 +160,7 @@ def test_json_is_plain_and_versioned(tmp_path):
     doc = json.loads(path.read_text())  # strict JSON: no NaN/Infinity literals
     assert doc["format"] == "visprog-trace" and doc["version"] == 1
     assert doc["steps"][2]["output"] == ANSWER
-    assert doc["steps"][0]["output"]["regions"][0]["label"] == "cat"
+    assert doc["steps"][0]["output"]["labels"][0] == "cat"
 
 
 def test_json_image_modes_round_trip(tmp_path):
@@ -316,15 +317,15 @@ def test_draw_objects_edge_cases(size):
     image = Image.new("L", size, 50)  # not RGB: converted on the copy
     empty = draw_objects(image, Objects.empty(size))
     assert empty is not image and empty.mode == "RGB" and empty.size == size
-    border = Objects.from_boxes([[0, 0, size[0], size[1]], [size[0], size[1], size[0], size[1]]],
-                                size, labels=["edge", "point"], scores=[1.0, 0.0])
+    border = Objects([[0, 0, size[0], size[1]], [size[0], size[1], size[0], size[1]]],
+                     size, labels=["edge", "point"], scores=[1.0, 0.0])
     assert draw_objects(image, border).size == size
 
 
 def test_draw_objects_scales_to_a_thumbnail():
     image = _photo(400, 300)
-    objs = Objects.from_boxes([[100, 100, 300, 200]], (400, 300),
-                              masks=[np.ones((300, 400), bool)])
+    objs = Objects([[100, 100, 300, 200]], (400, 300),
+                   masks=[np.ones((300, 400), bool)])
     small = thumbnail(image, 100)
     assert small.size == (100, 75) and image.size == (400, 300)
     assert draw_objects(small, objs).size == (100, 75)

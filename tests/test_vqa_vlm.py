@@ -24,7 +24,7 @@ from visprog.errors import ConfigError  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402
 from visprog.models.vlm import VLM_KIND, load_vlm, template_kwargs  # noqa: E402
 from visprog.models import resolve_checkpoint  # noqa: E402
-from visprog.tools import ToolContext  # noqa: E402
+from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import vqa as vqa_mod  # noqa: E402
 
 CFG = load_config("tiny")

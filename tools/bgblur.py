@@ -25,7 +25,7 @@ def blur_radius(size: tuple[int, int]) -> float:
 
 
 @tool("BgBlur", params={"image": "Image", "object": "Objects"}, returns="Image",
-      settings={"blur_fraction": BLUR_FRACTION, "min_radius": MIN_RADIUS})
+      settings={"blur_fraction": BLUR_FRACTION, "min_radius": MIN_RADIUS}, tasks=("imgedit",))
 def bg_blur(image: Image.Image, object: Objects) -> Image.Image:  # noqa: A002 (SPEC name)
     """Blurs everything but the objects."""
     rgb = check_objects_image(image, object, "BgBlur")

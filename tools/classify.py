@@ -194,6 +194,7 @@ class Siglip2(Clip):
 
 class Classify(ModelTool):
     name = "Classify"
+    tasks = ("knowtag",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "categories": "TextList"}
     returns = "Objects"
     doc = "labels each object with one of `categories`, keeping the best object per category"

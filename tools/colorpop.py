@@ -14,7 +14,8 @@ from visprog.values import Objects
 from .crop import check_objects_image
 
 
-@tool("ColorPop", params={"image": "Image", "object": "Objects"}, returns="Image")
+@tool("ColorPop", params={"image": "Image", "object": "Objects"}, returns="Image",
+      tasks=("imgedit",))
 def color_pop(image: Image.Image, object: Objects) -> Image.Image:  # noqa: A002 (SPEC name)
     """Keeps the objects in colour and turns the rest of the image grayscale."""
     rgb = check_objects_image(image, object, "ColorPop")

@@ -3,7 +3,7 @@ from visprog.registry import tool
 from visprog.values import Objects
 
 
-@tool("Count", params={"box": "Objects"}, returns="Number", draw_on=None)
+@tool("Count", params={"box": "Objects"}, returns="Number", draw_on=None, tasks=("gqa",))
 def count(box: Objects) -> int:
     """The number of objects."""
     if not isinstance(box, Objects):

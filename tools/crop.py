@@ -117,7 +117,7 @@ def _make_context_crop(name: str, doc: str) -> Tool:
 
     crop.__name__ = f"crop_{name.lower()}"
     return tool(name, params={"image": "Image", "box": "Objects"}, returns="Image",
-                doc=doc, settings={"context_margin": CONTEXT_MARGIN})(crop)
+                doc=doc, settings={"context_margin": CONTEXT_MARGIN}, tasks=("gqa",))(crop)
 
 
 def _make_side_crop(name: str, side: str) -> Tool:
@@ -128,7 +128,7 @@ def _make_side_crop(name: str, side: str) -> Tool:
     doc = (f"The part of the image {side}{' of' if side in ('left', 'right') else ''} the first "
            "object, up to its centre; the whole image when there is none.")
     return tool(name, params={"image": "Image", "box": "Objects"}, returns="Image",
-                doc=doc)(crop)
+                doc=doc, tasks=("gqa",))(crop)
 
 
 _CROP_DOC = ("Crops around the first object, enlarged for context; the whole image when "

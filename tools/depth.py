@@ -211,6 +211,7 @@ def build_tiny_depth_anything(folder) -> None:
 
 class Depth(ModelTool):
     name = "Depth"
+    tasks = ("gqa",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects"}
     returns = "Objects"
     doc = ("orders the objects by distance from the camera, nearest first, each with its "

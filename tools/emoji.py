@@ -176,7 +176,7 @@ def emoji_artwork(char: str, font_path: str) -> Image.Image:
 
 # Version 2: OpenMoji's artwork by default (results cached with another font stay apart).
 @tool("Emoji", params={"image": "Image", "object": "Objects", "emoji": "Text"}, returns="Image",
-      version="2")
+      version="2", tasks=("imgedit",))
 def emoji(image: Image.Image, object: Objects, emoji: str) -> Image.Image:  # noqa: A002
     """Covers each object with the named emoji (e.g. face_with_tongue)."""
     rgb = check_objects_image(image, object, "Emoji")
@@ -199,5 +199,5 @@ TOOLS = [emoji]
 
 if __name__ == "__main__":  # quick look: python -m visprog.tools.emoji NAME OUT.png
     demo = Image.new("RGB", (256, 256), (40, 90, 160))
-    objs = Objects.from_boxes([(32, 32, 224, 224)], demo.size)
+    objs = Objects([(32, 32, 224, 224)], demo.size)
     emoji.fn(image=demo, object=objs, emoji=sys.argv[1]).save(sys.argv[2])

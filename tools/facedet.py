@@ -30,8 +30,9 @@ import logging
 import os
 import threading
 import urllib.request
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
@@ -208,7 +209,7 @@ def detect_yunet(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) 
         regions.append(Region(box=(x, y, x + w, y + h), label="face", score=float(f[14]),
                               extra={"landmarks": landmarks}))
     regions.sort(key=lambda r: -(r.score or 0.0))
-    return Objects(tuple(regions), image.size)
+    return Objects.from_regions(regions, image.size)
 
 
 def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]) -> Objects:
@@ -225,7 +226,7 @@ def detect_cascade(image: Image.Image, bundle: dict[str, Any], s: dict[str, Any]
     boxes = [(d["c"] / scale, d["r"] / scale, (d["c"] + d["width"]) / scale,
               (d["r"] + d["height"]) / scale) for d in found]
     boxes.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))  # no score: larger first
-    return Objects.from_boxes(boxes, image.size, labels=["face"] * len(boxes))
+    return Objects(boxes, image.size, labels=["face"] * len(boxes))
 
 
 def build_tiny_yunet(folder: Path) -> None:
@@ -257,9 +258,14 @@ def build_tiny_yunet(folder: Path) -> None:
 
     torch.manual_seed(0)
     names = [f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)]
-    torch.onnx.export(TinyYuNet().eval(), (torch.zeros(1, 3, 320, 320),),
-                      str(folder / "yunet.onnx"), input_names=["input"], output_names=names,
-                      dynamo=False, opset_version=13)
+    with warnings.catch_warnings():
+        # The TorchScript exporter on purpose: torch's newer one needs onnxscript, which
+        # visprog does not depend on, and writes the same small graph.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX",
+                                DeprecationWarning)
+        torch.onnx.export(TinyYuNet().eval(), (torch.zeros(1, 3, 320, 320),),
+                          str(folder / "yunet.onnx"), input_names=["input"], output_names=names,
+                          dynamo=False, opset_version=13)
 
 
 # -- the backends ----------------------------------------------------------------------------
@@ -329,6 +335,7 @@ def auto(s: dict[str, Any]) -> FaceDetector:
 
 class FaceDet(ModelTool):
     name = "FaceDet"
+    tasks = ("imgedit", "knowtag")  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Finds the faces in the image."
@@ -340,6 +347,14 @@ class FaceDet(ModelTool):
                "tiny": {"model": "tiny:yunet", "score_threshold": 0.5}}
     tiny_checkpoints = {"yunet": build_tiny_yunet}
     uses_torch = False  # OpenCV and scikit-image
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        if settings.get("backend") == "yunet":
+            return settings.get("model") or f"{settings.get('hub_repo')}/{settings.get('hub_file')}"
+        if settings.get("backend") == "cascade":
+            return settings.get("cascade") or "scikit-image LBP frontal-face cascade"
+        return super().describe_model(settings)
 
     def preprocess(self, call: dict[str, Any]) -> Image.Image:
         return rgb_image(call["image"])

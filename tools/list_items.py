@@ -15,18 +15,16 @@ sampling module and never cached.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
-from visprog.errors import ConfigError
+from visprog.errors import ConfigError, no_llm_message
 from visprog.models import ModelTool
 
 SYSTEM_PROMPT = (
     "You answer knowledge questions with a plain list. Write each item on its own line. "
     "Write only the items: no numbering, no bullets, no introduction and no explanation.")
 
-NO_LLM = ("List needs an LLM: set VISPROG_LLM_MODEL (with OPENAI_API_KEY, and OPENAI_BASE_URL "
-          "for a server other than OpenAI) or VISPROG_LLM_PATH for a local model, or configure "
-          "[llm] in your config file")
+NO_LLM = no_llm_message("List")
 
 _FENCE = re.compile(r"^```[\w-]*\s*$")
 # bullets, "1." "2)" "(3)" "4:" and "a)" (not "A." which starts names like "A. Lincoln")
@@ -94,6 +92,7 @@ class List(ModelTool):
     take one conversation at a time."""
 
     name = "List"
+    tasks = ("knowtag",)  # the planner's prompts that describe it
     params = {"query": "Text", "max": "Number"}
     returns = "TextList"
     doc = "Up to `max` items that answer a knowledge query, from the LLM."
@@ -111,6 +110,11 @@ class List(ModelTool):
         if callable(describe):
             s["llm"] = describe()  # which model answers is part of the cache key
         return s
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        llm = settings.get("llm")
+        return str(llm.get("model") or "-") if isinstance(llm, Mapping) else "-"
 
     def cacheable(self) -> bool:
         return float(self.settings["temperature"]) == 0.0

@@ -304,6 +304,7 @@ class Sam3(Detector):
 
 class Loc(ModelTool):
     name = "Loc"
+    tasks = ("gqa", "knowtag")  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Text"}
     returns = "Objects"
     doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"
@@ -335,8 +336,8 @@ class Loc(ModelTool):
         if not name.strip():
             raise ValueError("Loc needs an object to look for, got an empty string")
         if name.strip() in HALVES:
-            return Done(Objects.from_boxes([half_box(name.strip(), image.size)], image.size,
-                                           labels=[name.strip()], scores=[1.0]))
+            return Done(Objects([half_box(name.strip(), image.size)], image.size,
+                                labels=[name.strip()], scores=[1.0]))
         return image, name
 
     def batch_key(self, item: tuple[Image.Image, str]) -> Any:
@@ -348,8 +349,8 @@ class Loc(ModelTool):
         (image, name), (boxes, scores) = item, found
         boxes, scores = clean_detections(boxes, scores, image.size, self.settings["nms_iou"],
                                          self.settings["max_detections"])
-        return Objects.from_boxes(boxes, image.size, labels=[name.strip()] * len(boxes),
-                                  scores=scores.tolist())
+        return Objects(boxes, image.size, labels=[name.strip()] * len(boxes),
+                       scores=scores.tolist())
 
 
 TOOLS = [Loc]

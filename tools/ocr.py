@@ -155,6 +155,7 @@ def matches(line: str, query: str) -> bool:
 
 class Ocr(ModelTool):
     name = "Ocr"
+    tasks = ("gqa",)  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Text"
     doc = ("reads the text in the image (signs, labels, numbers), lines in reading order "
@@ -202,6 +203,7 @@ class Ocr(ModelTool):
 class LocText(Ocr):
     section = "Ocr"
     name = "LocText"
+    tasks = ("gqa", "knowtag")  # the planner's prompts that describe it
     params = {"image": "Image", "text": "Text|None"}
     defaults = {"text": None}
     returns = "Objects"
@@ -212,9 +214,9 @@ class LocText(Ocr):
         image, query = item
         if query is not None and query.strip():
             lines = [ln for ln in lines if matches(ln[1], query)]
-        return Objects.from_boxes([b for b, _, _ in lines], image.size,
-                                  labels=[t for _, t, _ in lines],
-                                  scores=[sc for _, _, sc in lines])
+        return Objects([b for b, _, _ in lines], image.size,
+                       labels=[t for _, t, _ in lines],
+                       scores=[sc for _, _, sc in lines])
 
 
 TOOLS = [Ocr, LocText]

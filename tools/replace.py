@@ -309,6 +309,7 @@ class Sd(Inpainter):
 
 class Replace(ModelTool):
     name = "Replace"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "prompt": "Text"}
     returns = "Image"
     doc = "Replaces the objects with what the prompt describes (inpainting)."

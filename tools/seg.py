@@ -80,7 +80,7 @@ def _regions(result: dict[str, Any], size: tuple[int, int], id2label: dict[int, 
                               score=float(info["score"]),
                               extra={"raw_label": raw, "label_id": int(info["label_id"])}))
     regions.sort(key=lambda r: -(r.score or 0.0))
-    return Objects(tuple(regions), (w, h))
+    return Objects.from_regions(regions, (w, h))
 
 
 def segment(images: list[Image.Image], bundle: tuple[Any, Any], s: dict[str, Any]
@@ -181,6 +181,7 @@ class Segmenter(Backend):
 
 class Seg(ModelTool):
     name = "Seg"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Objects"
     doc = "Panoptic segmentation: every thing and stuff region, with masks and labels."

@@ -201,7 +201,7 @@ class Sam3Concepts(Backend):
                     regions += [Region(box=tuple(map(float, b)), mask=m, label=q, score=float(sc),
                                        extra={"sam3_score": float(sc)})
                                 for b, sc, m in zip(f.boxes, f.scores, f.masks)]
-                out.append(Objects(tuple(regions), image.size))
+                out.append(Objects.from_regions(regions, image.size))
                 continue
             cand_masks = np.stack([cands.region_mask(i) for i in range(len(cands))])
             taken: set[int] = set()
@@ -211,7 +211,7 @@ class Sam3Concepts(Backend):
                     taken.add(c)
                     regions.append(_selected(cands[c], q, f.masks[g], match_iou=iou,
                                              sam3_score=float(f.scores[g])))
-            out.append(Objects(tuple(regions), image.size))
+            out.append(Objects.from_regions(regions, image.size))
         return out
 
 
@@ -249,7 +249,7 @@ class GroundedSam(Backend):
                 for c, g, iou in pick_by_iou(mask_iou(masks, cand_masks), s["match_iou"], taken):
                     taken.add(c)
                     regions.append(_selected(cands[c], q, masks[g], match_iou=iou))
-            out.append(Objects(tuple(regions), image.size))
+            out.append(Objects.from_regions(regions, image.size))
         return out
 
 
@@ -278,12 +278,13 @@ class ClipCrops(GroundedSam):
                     taken.add(free[0])
                     regions.append(_selected(cands[free[0]], q, None,
                                              clip_score=float(scores[free[0]])))
-            out.append(Objects(tuple(regions), image.size))
+            out.append(Objects.from_regions(regions, image.size))
         return out
 
 
 class Select(ModelTool):
     name = "Select"
+    tasks = ("imgedit",)  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Objects", "query": "Text", "category": "Text|None"}
     defaults = {"category": None}
     returns = "Objects"

@@ -10,7 +10,8 @@ from visprog.values import Objects
 from .crop import check_objects_image
 
 
-@tool("Tag", params={"image": "Image", "object": "Objects"}, returns="Image")
+@tool("Tag", params={"image": "Image", "object": "Objects"}, returns="Image",
+      tasks=("knowtag",))
 def tag(image: Image.Image, object: Objects) -> Image.Image:  # noqa: A002 (SPEC name)
     """Draws each object's box and label (and score) on the image."""
     rgb = check_objects_image(image, object, "Tag")

@@ -1,11 +1,7 @@
 """visprog: visual programming with vision modules, an interpreter and traces."""
-from visprog import _moved
-
-_moved.install()  # old flat import paths, for one release
-
 from visprog.api import RunResult, VisProg
-from visprog.errors import (CheckError, Diagnostic, EvalError, ImageError, ParseError, ProgramError,
-                     StepError, VisProgError)
+from visprog.errors import (CheckError, Diagnostic, EvalError, ImageError, ParseError,
+                            ProgramError, StepError, VisProgError)
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.registry import Param, Registry, Tool, tool

@@ -21,7 +21,7 @@ from visprog.language.checker import check_or_raise
 from visprog.language.parser import parse
 from visprog.language.program import Program
 from visprog.config import module_catalog  # noqa: F401 - hosting's view of the tools, public here
-from visprog.registry import Registry, Tool
+from visprog.registry import Tool
 from visprog.traces.events import as_event
 from visprog.traces.records import Trace
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
@@ -48,16 +48,20 @@ class RunResult:
 class VisProg:
     """Runs visprog programs (and, with an LLM, questions) on images.
 
+    Built by `visprog.config.assemble` from its arguments (`vp.assembly`: the resolved
+    config, model manager, LLM, registry, cache, image limits, and how to build it again).
+
     Args:
         preset: "default" (real checkpoints, downloaded on first use) or "tiny" (small random
             models built offline: every code path runs, answers are meaningless).
         config: a TOML file path, or a mapping of overrides (`{"Loc": {"box_threshold": .3}}`),
             merged over the preset key by key.
         cache: True for the in-memory and on-disk step cache, False for none, or a
-            `visprog.cache.StepCache`.
+            `visprog.engine.cache.StepCache`.
         cache_dir: where the on-disk cache lives (default: the user cache dir, or
             VISPROG_CACHE_DIR).
-        llm: the planner's LLM client (see `visprog.llm`), also used by the List module.
+        llm: the planner's LLM client (see `visprog.planning.llm`), also used by the List
+            module; None: from the config's [llm] table or the environment.
         device: "cpu", "cuda", "mps"... overrides the config's device.
         max_pixels: input images over this many pixels are refused (None: no limit).
         min_side: input images with a side under this many pixels are refused.
@@ -72,37 +76,32 @@ class VisProg:
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  min_side: int | None = DEFAULT_MIN_SIDE,
                  max_aspect: float | None = DEFAULT_MAX_ASPECT, plugins: bool = True):
-        from visprog.config import load_config
-        from visprog.hosting.client import host_tools, split_config
-        from visprog.models.memory import make_manager
-        from visprog.config import default_tools, module_catalog, tool_context
+        from visprog.config import assemble
 
-        if isinstance(config, Mapping):
-            self.config = load_config(preset, overrides=config)
-        else:
-            self.config = load_config(preset, config)
-        self.preset = preset
-        manager_cfg = self.config.get("models", {})
-        self.models = make_manager(manager_cfg, device=device)  # with its memory budget, if any
-        # The planner's LLM: given, else from the config's [llm] table or the environment
-        # (visprog.llm.make_llm); a misconfiguration is reported when planning.
-        self._llm_error: Exception | None = None
-        if llm is None:
-            llm, self._llm_error = _llm_from_config(self.config.get("llm"), self.config,
-                                                    self.models)
-        self.llm = llm
-        self.image_limits = {"max_pixels": max_pixels, "min_side": min_side,
-                             "max_aspect": max_aspect}
-        # Hosting keys (host = "ray", ...) leave the module sections before the tools are
-        # built, so cache keys don't depend on where a module runs; hosted tools call out.
-        catalog = module_catalog()
-        tools_config, hosts = split_config(self.config, catalog.model_modules,
-                                           catalog.plain_modules)
-        ctx = tool_context(self.models, llm)
-        self.registry = Registry(host_tools(default_tools(tools_config, ctx), hosts))
-        if plugins:
-            self.registry.load_entry_points(config=self.config, ctx=ctx)
-        self.cache = _make_cache(cache, cache_dir)
+        self._adopt(assemble(preset, config, device=device, llm=llm, cache=cache,
+                             cache_dir=cache_dir, plugins=plugins,
+                             image_limits={"max_pixels": max_pixels, "min_side": min_side,
+                                           "max_aspect": max_aspect}))
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> VisProg:
+        """The engine a `visprog.config.Recipe` describes (`vp.assembly.recipe`): a Ray
+        worker of a distributed evaluation builds the client's engine this way."""
+        vp = cls.__new__(cls)  # the arguments are in the recipe, not repeated here
+        vp._adopt(recipe.assemble())
+        return vp
+
+    def _adopt(self, assembly: Any) -> None:
+        # Everything comes from the one assembly (visprog.config.assemble); the engine runs it.
+        self.assembly = assembly
+        self.preset = assembly.preset
+        self.config = assembly.config
+        self.models = assembly.models
+        self.llm = assembly.llm
+        self._llm_error = assembly.llm_error  # said when planning
+        self.registry = assembly.registry
+        self.cache = assembly.cache
+        self.image_limits = assembly.image_limits
         # One engine for every way of running: lone runs, batches, planned runs.
         self.engine = Engine(self.registry, self.cache, models=self.models)
         self._sizers: dict[Any, Any] = {}  # batch size -> sizer, so "auto" keeps what it measured
@@ -374,17 +373,11 @@ class VisProg:
         Raises:
             LLMError: no LLM is configured (the message says what to set).
         """
-        from visprog.planning.llm import LLMError
         from visprog.planning.planner import Planner
-
-        if self.llm is None:
-            if self._llm_error is not None:
-                raise self._llm_error
-            raise LLMError("no LLM configured for planning: set VISPROG_LLM_MODEL and "
-                           "OPENAI_API_KEY (plus OPENAI_BASE_URL for a local server such as "
-                           "vLLM or Ollama), or VISPROG_LLM_PATH for a local model, or pass "
-                           "VisProg(llm=...)")
         from visprog.planning.loop import SETTING_KEYS
+
+        if self.llm is None and self._llm_error is not None:
+            raise self._llm_error  # what was wrong with the configured LLM
 
         settings = {**dict(self.config.get("planner", {})), **options}
         for key in SETTING_KEYS:  # the repair loop's, not the planner's
@@ -454,109 +447,18 @@ class VisProg:
         return RunResult(res.value, res.program, res.trace)
 
 
-def _make_cache(cache: Any, cache_dir: str | os.PathLike | None) -> Any:
-    from visprog.engine.cache import StepCache, default_cache_dir
-
-    if cache is True:
-        return StepCache(memory=True, disk_dir=Path(cache_dir) if cache_dir else default_cache_dir())
-    if cache is False or cache is None:
-        return None
-    return cache
-
-
-# What says an LLM is configured in the environment (visprog.planning.llm reads them).
-_LLM_ENV = ("VISPROG_LLM_BACKEND", "VISPROG_LLM_MODEL", "VISPROG_LLM_PATH", "OPENAI_API_KEY",
-            "OPENAI_BASE_URL")
-
-
-def vqa_vlm_checkpoint(config: Mapping[str, Any]) -> str | None:
-    """The checkpoint of Vqa's local chat VLM, when its backend is one ("vlm"), else None."""
-    from visprog.models import pick_checkpoint
-
-    vqa = config.get("Vqa")
-    if not isinstance(vqa, Mapping) or vqa.get("backend") != "vlm":
-        return None
-    try:
-        return pick_checkpoint(vqa) or None
-    except (KeyError, TypeError):
-        return None
-
-
-def _llm_from_config(section: Any, config: Mapping[str, Any] | None = None,
-                     models: Any = None) -> tuple[Any, Exception | None]:
-    """The planner's client. Vqa's local VLM plans too (one copy in the model manager for
-    both roles) where `[llm] backend = "local"` names no model, and where no LLM is
-    configured at all (no [llm] backend or model, none in the environment): that makes
-    `visprog run` work with no configuration. `[llm] backend = "none"` turns planning off."""
-    from visprog.planning.llm import LLMError, make_llm
-
-    cfg = dict(section) if isinstance(section, Mapping) else {}
-    vlm = vqa_vlm_checkpoint(config or {})
-    if vlm is not None and not os.environ.get("VISPROG_LLM_PATH"):
-        backend = str(cfg.get("backend") or os.environ.get("VISPROG_LLM_BACKEND") or "").lower()
-        configured = any(cfg.get(k) for k in ("backend", "model", "model_path", "base_url",
-                                               "api_key")) or any(os.environ.get(k)
-                                                                  for k in _LLM_ENV)
-        if (backend == "local" and not cfg.get("model_path")) or not configured:
-            cfg = {**cfg, "backend": "local", "model_path": vlm}
-    try:
-        return make_llm(cfg or None, models=models), None
-    except LLMError as e:
-        return None, e
-
-
 def _question_meta(item: Any) -> dict[str, Any]:
     return {"task": item.task, "question": item.question} if item.question else {}
 
 
 def describe_config(preset: str = "default", config: str | os.PathLike | Mapping | None = None,
                     *, device: str | None = None) -> dict[str, Any]:
-    """The resolved configuration, as `visprog config show` prints it: every model module's
-    backend, checkpoint(s), device and dtype, and its full settings. Builds each module (as
-    VisProg would) but loads no model.
+    """The resolved configuration, as `visprog config show` prints it: what a `VisProg` of
+    these arguments runs (`visprog.config.Assembly.describe`). Loads no model.
 
     Raises:
         ConfigError: an unknown preset, a bad file or a bad setting.
     """
-    from visprog.config import load_config
-    from visprog.hosting.client import split_config
-    from visprog.models.memory import make_manager
-    from visprog.config import model_module_classes, tool_context
+    from visprog.config import assemble
 
-    if isinstance(config, Mapping):
-        cfg = load_config(preset, overrides=config)
-    else:
-        cfg = load_config(preset, config)
-    catalog = module_catalog()
-    tools_config, hosts = split_config(cfg, catalog.model_modules, catalog.plain_modules)
-    models_cfg = dict(cfg.get("models", {}))
-    manager = make_manager(models_cfg, device=device)
-    torch_device = manager.device
-    torch_dtype = str(manager.dtype() or "float32").replace("torch.", "")
-    rows = []
-    for name, cls in sorted(model_module_classes().items()):
-        module = cls(dict(tools_config.get(name, {})), tool_context(manager, None))
-        s = dict(module.settings)
-        rows.append({"module": name, "backend": str(s.get("backend") or "-"),
-                     "checkpoint": _checkpoint_of(s),
-                     "device": torch_device if cls.uses_torch else "cpu",
-                     "dtype": torch_dtype if cls.uses_torch else "-",
-                     "host": hosts[name].host if name in hosts else "local",
-                     "settings": s})
-    return {"preset": preset, "models": {**models_cfg, "device": torch_device},
-            "modules": rows}
-
-
-def _checkpoint_of(settings: Mapping[str, Any]) -> str:
-    """What a module's settings load: its checkpoint, its checkpoints, or a model file."""
-    if settings.get("checkpoint"):
-        return str(settings["checkpoint"])
-    if isinstance(settings.get("checkpoints"), Mapping):
-        return ", ".join(f"{k}={v}" for k, v in settings["checkpoints"].items())
-    if settings.get("backend") == "yunet":
-        return settings.get("model") or f"{settings.get('hub_repo')}/{settings.get('hub_file')}"
-    if settings.get("backend") == "cascade":
-        return settings.get("cascade") or "scikit-image LBP frontal-face cascade"
-    if isinstance(settings.get("llm"), Mapping):
-        return str(settings["llm"].get("model") or "-")
-    return "-"
+    return assemble(preset, config, device=device, cache=False).describe()

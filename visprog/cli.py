@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
-from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning
+from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning, first_line
 from visprog.values.textfiles import read_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -327,6 +327,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     for row in [cols, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    llm = info.get("llm")
+    if llm:
+        print(f"planner LLM: {llm.get('backend', '?')} {llm.get('model') or '-'}"
+              + (f" at {llm['base_url']}" if llm.get("base_url") else ""))
+    else:
+        why = info.get("llm_error") or "none configured"
+        print(f"planner LLM: none ({first_line(why)})")
     return EXIT_OK
 
 
@@ -341,9 +348,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from visprog.api import VisProg
         from visprog.hosting.cluster import ray_executor
 
-        # each worker builds an engine like this one (same preset and merged config)
-        executor = ray_executor(args.ray, functools.partial(
-            VisProg, preset=vp.preset, config=dict(vp.config), cache=vp.cache is not None))
+        # each worker assembles this engine again, from its recipe (the resolved config)
+        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe,
+                                                            vp.assembly.recipe))
     run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
 
@@ -361,9 +368,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs gradio: pip install 'visprog[demo]'") from None
     from visprog.demos import app  # demos/ installs as visprog.demos
 
+    max_pixels = args.max_pixels or app.MAX_IMAGE_PIXELS  # the demo's own, lower default
     try:
         app.check_port(args.host, args.port)  # before the engine is built
-        app.launch(vp=_engine(args), preset=args.preset, port=args.port, host=args.host)
+        app.launch(vp=_engine(args, max_pixels=max_pixels), preset=args.preset,
+                   port=args.port, host=args.host)
     except app.PortInUse as e:
         raise UsageError(str(e)) from None
     return EXIT_OK
@@ -434,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0 serves other machines)")
+    p.add_argument("--max-pixels", type=int,
+                   help="refuse uploads over this many pixels (default: the demo's 16 MP)")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_demo)
 
@@ -461,11 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from visprog.api import module_catalog
-    from visprog.config import load_config
+    from visprog.config import find_modules, load_config
     from visprog.hosting.serve import main as serve_main
 
-    return serve_main(args, load_config(args.preset, args.config), module_catalog())
+    modules = find_modules()
+    return serve_main(args, load_config(args.preset, args.config, modules=modules),
+                      modules.catalog())
 
 
 def _warning_printer(show: Any) -> Any:

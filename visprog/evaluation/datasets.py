@@ -49,16 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from visprog.errors import VisProgError
+from visprog.errors import DatasetError
 from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench")
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")  # the official folder's parts
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-class DatasetError(VisProgError):
-    """A data set file that can't be read or lacks what an item needs."""
 
 
 @dataclass

@@ -25,14 +25,14 @@ to `max_batch_size` a request, and the replica's `@serve.batch` coalesces concur
 (from many threads or interpreters) into calls of the module's batched entry point.
 
 Values cross the wire as `visprog.codec` bytes (raw pixels, packed masks, JSON), never as
-pickles of user data. A tool's own error (a bad argument) comes back as that error; a failure
+pickles of user data. A tool's own error (a bad argument, a `ModelLoadError`) comes back as
+that error, of the same class (every visprog error class lives in `visprog.errors`); a failure
 of the host (unreachable, no such deployment, a replica that died, a timeout) is retried
 `retries` times and then raised as `HostError`, naming the module and the address. Nothing is
 returned for a failed call, so the interpreter caches nothing for it.
 """
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import json
 import os
@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.values import codec
-from visprog.errors import ConfigError, VisProgError, first_line
+from visprog.errors import (ConfigError, HostError, RemoteToolError, VisProgError, error_fields,
+                            first_line, rebuild_error)
 from visprog.registry import Tool
 
 HOSTS = ("local", "ray")
@@ -51,25 +52,13 @@ HOSTS = ("local", "ray")
 @dataclass(frozen=True)
 class ModuleCatalog:
     """What hosting knows of the modules, handed down by the layer that assembles the tools
-    (`visprog.api.module_catalog()`), so hosting never imports tools/. Picklable: a Ray
-    replica receives it and builds its module with `build(name, settings, models)`."""
+    (`visprog.config.module_catalog()`), so hosting never imports tools/. Picklable: a Ray
+    replica receives it and assembles the module it serves with `assemble(config, module)`
+    (`visprog.config.assemble_replica`: an object with `.registry` and `.models`)."""
 
     model_modules: frozenset[str]
     plain_modules: frozenset[str]
-    build: Callable[[str, Mapping[str, Any], Any], Tool]
-
-
-class HostError(VisProgError):
-    """A hosted module could not be reached, or its host failed, after the retries."""
-
-    def __init__(self, message: str, *, module: str, address: str):
-        self.module = module
-        self.address = address
-        super().__init__(message)
-
-
-class RemoteToolError(VisProgError):
-    """A hosted tool raised an error that has no local class of the same name."""
+    assemble: Callable[[Mapping[str, Any], str], Any]
 
 
 @dataclass(frozen=True)
@@ -196,7 +185,10 @@ def outcome_ok(value: Any) -> dict[str, Any]:
 
 
 def outcome_error(error: BaseException) -> dict[str, Any]:
-    return {"error": {"type": type(error).__name__, "message": str(error)}}
+    """A call's error as it travels: its class name, message and plain attributes (a
+    `ModelLoadError`'s checkpoint), so the client raises the same class again."""
+    return {"error": {"type": type(error).__name__, "message": str(error),
+                      "fields": error_fields(error)}}
 
 
 def encode_reply(outcomes: Sequence[Mapping[str, Any]]) -> bytes:
@@ -209,23 +201,11 @@ def encode_error(error: BaseException) -> bytes:
     return codec.encode(outcome_error(error))
 
 
-_REMOTE_ERRORS = {name: getattr(builtins, name) for name in (
-    "ValueError", "TypeError", "KeyError", "IndexError", "RuntimeError", "ZeroDivisionError",
-    "NotImplementedError")}
-
-
 def _raise_remote(error: Any) -> None:
     kind = error.get("type", "") if isinstance(error, dict) else ""
     message = error.get("message", "") if isinstance(error, dict) else str(error)
-    from visprog import errors
-
-    cls = _REMOTE_ERRORS.get(kind) or getattr(errors, kind, None)
-    raised = None
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            raised = cls(message)
-        except TypeError:  # an error class with a different constructor
-            raised = None
+    fields = error.get("fields") if isinstance(error, dict) else None
+    raised = rebuild_error(str(kind), str(message), fields if isinstance(fields, dict) else None)
     raise raised or RemoteToolError(f"{kind}: {message}")
 
 

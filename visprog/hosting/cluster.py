@@ -14,19 +14,20 @@ _ENGINES: dict[str, Any] = {}  # per worker process: token -> VisProg (models lo
 
 def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: float = 1.0,
                  num_gpus: float = 0.0) -> Any:
-    """An `executor` for `visprog.evaluate.evaluate` that spreads chunks of items over a Ray
-    cluster: each chunk is one Ray task that plans and runs its items with a `VisProg`
-    built like `vp` (same preset and merged config, so the same models, settings and
-    hosting), and returns its result lines. The caller writes the lines as chunks finish,
-    so resume and the summary work as on one machine.
+    """An `executor` for `visprog.evaluation.harness.evaluate` that spreads chunks of items
+    over a Ray cluster: each chunk is one Ray task that plans and runs its items with the
+    engine `make_engine` assembles (the client's own: its recipe holds the resolved config,
+    device, cache and image limits, so the same models, settings and hosting), and returns
+    its result lines. The caller writes the lines as chunks finish, so resume and the
+    summary work as on one machine.
 
     Image paths must be readable on the workers (a shared file system), as on one machine.
 
     Args:
         address: the Ray cluster ("auto", "HOST:6379", "ray://HOST:10001").
-        make_engine: builds the engine a worker runs its chunks on (picklable, e.g.
-            `functools.partial(VisProg, preset=..., config=..., cache=...)`); built once per
-            worker and evaluation.
+        make_engine: builds the engine a worker runs its chunks on (picklable:
+            `functools.partial(VisProg.from_recipe, vp.assembly.recipe)`, which assembles
+            it with `visprog.config`); built once per worker and evaluation.
         num_cpus, num_gpus: resources of each task (a task holds its models while it runs).
     """
     import os

@@ -1,8 +1,9 @@
 """Ray Serve deployments of the model modules, and the `visprog serve` launcher.
 
-One Serve application per hosted module, named `<ray_app>-<Module>` (see visprog/hosting.py
-for the config keys). Each replica builds the module exactly as an in-process interpreter
-does (`build(settings, ctx)` with its own model manager, memory budget included) and serves:
+One Serve application per hosted module, named `<ray_app>-<Module>` (see
+visprog/hosting/client.py for the config keys). Each replica assembles its module exactly as
+an in-process interpreter does (`visprog.config.assemble_replica`, handed down in the
+catalog: the same settings, its own model manager, memory budget included) and serves:
 
 - `__call__(request bytes) -> reply bytes`: one or more calls (a client sends a batch's calls
   together, up to `max_batch_size` a request). Ray Serve's `@serve.batch` coalesces the
@@ -39,19 +40,17 @@ class ModuleServer:
         module: the tool name ("Vqa").
         config: the whole configuration (preset merged with the user's file); the replica
             uses `[models]` and the module's section.
-        catalog: the modules and how to build one (`visprog.api.module_catalog()`).
+        catalog: the modules and how to assemble one (`visprog.config.module_catalog()`).
         max_batch_size, batch_wait_s: Ray Serve batching of this replica.
     """
 
     def __init__(self, module: str, config: Mapping[str, Any], catalog: ModuleCatalog,
                  max_batch_size: int = 16, batch_wait_s: float = 0.01, warmup: bool = True):
-        from visprog.models.memory import make_manager
-
         from ray import serve
 
-        tools_config, _ = split_config(config, catalog.model_modules, catalog.plain_modules)
-        self.models = make_manager(tools_config.get("models", {}))
-        self.tool = catalog.build(module, dict(tools_config.get(module, {})), self.models)
+        assembly = catalog.assemble(config, module)
+        self.models = assembly.models
+        self.tool = assembly.registry.get(module)
         # Ray Serve's batching, made here so this module imports without ray (the CLI
         # builds its parser from it) and each deployment gets its own batch size.
         self.max_batch_size = max_batch_size
@@ -141,7 +140,7 @@ def warm_up(tool: Any) -> str | None:
     size = (64, 48)
     samples = {"Image": Image.new("RGB", size, (127, 127, 127)), "Text": "object",
                "TextList": ["object"], "Number": 1, "Bool": True,
-               "Objects": Objects.from_boxes([(8, 8, 40, 40)], size, labels=["object"])}
+               "Objects": Objects([(8, 8, 40, 40)], size, labels=["object"])}
     kwargs = {}
     for p in tool.params:
         if not p.required:

@@ -16,17 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from visprog.errors import CacheWarning, VisProgError
+from visprog.errors import CacheWarning, ModelLoadError
 
 TINY_PREFIX = "tiny:"
-
-
-class ModelLoadError(VisProgError):
-    """A model checkpoint that could not be loaded; the message says which and how to get it."""
-
-    def __init__(self, message: str, checkpoint: str):
-        self.checkpoint = checkpoint
-        super().__init__(message)
 
 
 # -- where checkpoints come from -------------------------------------------------------------

@@ -37,15 +37,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Hashable, Mapping
 
-from visprog.errors import ConfigError, ToolDeclarationError
+from visprog.errors import SettingsError, ToolDeclarationError
 from visprog.models.checkpoints import register_tiny
 from visprog.models.manager import Loader, manager_of, model_dtype, to_model_inputs
 from visprog.registry import REQUIRED, Param, Tool, parse_types
 from visprog.values.types import describe, fits, type_of
-
-
-class SettingsError(ConfigError, ValueError):
-    """A model module's settings are wrong (an unknown backend, a bad value)."""
 
 
 def merge_settings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,6 +78,16 @@ def hf_loader(model_class: str, processor_class: str = "AutoProcessor") -> Loade
 def model_inputs(inputs: Any, model: Any) -> dict[str, Any]:
     """A processor's outputs on the model's device, floating tensors in the model's dtype."""
     return to_model_inputs(inputs, model.device, model_dtype(model))
+
+
+@dataclass
+class ToolContext:
+    """What model tools share. `models`: the model manager (`ModelManager`); `llm`: the
+    planner's LLM client (an object with `chat(messages, **sampling)` returning a reply with
+    `.text`), or None when none is configured."""
+
+    models: Any = None
+    llm: Any = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,8 @@ class ModelTool:
             settings this one shares (LocText reads `[Ocr]`, the depth crops `[Depth]`);
             None: its own `[<name>]`. A tool that shares a section takes that module's
             presets (subclass it); its own section, when a user writes one, overrides keys.
+        tasks: the planning tasks whose prompts describe it ("gqa", "knowtag"...); None:
+            every task's.
     """
 
     name: ClassVar[str]
@@ -155,6 +163,7 @@ class ModelTool:
     uses_torch: ClassVar[bool] = True
     hostable: ClassVar[bool] = True
     section: ClassVar[str | None] = None
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -210,6 +219,17 @@ class ModelTool:
         """The settings that change results (they go into the cache key), checked; it changes
         nothing (a module with backends: its backend's `configure` instead)."""
         return settings
+
+    @classmethod
+    def describe_model(cls, settings: Mapping[str, Any]) -> str:
+        """What these (configured) settings load, in a few words, for `visprog config
+        show`: the checkpoint, or each backend's; a module that loads something else (a
+        model file, an LLM) says so in its own class."""
+        if settings.get("checkpoint"):
+            return str(settings["checkpoint"])
+        if isinstance(settings.get("checkpoints"), Mapping):
+            return ", ".join(f"{k}={v}" for k, v in settings["checkpoints"].items())
+        return "-"
 
     def cacheable(self) -> bool:
         """False for a module that samples (its results must not be reused)."""
@@ -273,7 +293,7 @@ class ModelTool:
         return Tool(name=self.name, params=params, returns=parse_types(self.returns),
                     fn=self.run, doc=self.doc, cacheable=self.cacheable(), version=self.version,
                     settings=self.settings, batch_fn=self.run_batch, draw_on=self.draw_on,
-                    hostable=self.hostable)
+                    hostable=self.hostable, tasks=self.tasks)
 
     def _complete(self, call: Mapping[str, Any]) -> dict[str, Any]:
         extra = sorted(set(call) - set(self.params))

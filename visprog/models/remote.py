@@ -21,17 +21,13 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.errors import VisProgError
+from visprog.errors import RemoteModelError
 from visprog.models.openai_api import OPENAI_URL, ChatServer
 
 ENV_API_KEY = "OPENAI_API_KEY"  # shared with the planner's client unless VISPROG_VQA_API_KEY
 ENV_VQA_API_KEY = "VISPROG_VQA_API_KEY"
 ENV_VQA_BASE_URL = "VISPROG_VQA_BASE_URL"
 ENV_VQA_MODEL = "VISPROG_VQA_MODEL"
-
-
-class RemoteModelError(VisProgError):
-    """The endpoint could not be reached, refused, or timed out (after the allowed retries)."""
 
 
 def image_data_url(image: Image.Image, fmt: str = "png") -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-from visprog.errors import VisProgError
+from visprog.errors import LLMError
 # The deadline of a plan's LLM requests (the planner sets it, `OpenAIChat` honours it) lives
 # with the request policy it bounds, which Vqa's endpoint shares.
 from visprog.models.openai_api import deadline, time_left
@@ -22,10 +22,6 @@ __all__ = ["LLMError", "LLMReply", "ChatClient", "add_usage", "deadline", "time_
            "content_text", "text_messages", "message_images", "check_messages",
            "takes_images", "for_client", "IMAGE_MAX_PIXELS", "images_flag",
            "image_pixels"]
-
-
-class LLMError(VisProgError):
-    """The LLM could not be reached, refused, or timed out (after the allowed retries)."""
 
 
 @dataclass

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from visprog.engine.core import ItemResult
-from visprog.errors import StepError, VisProgError
+from visprog.errors import RepairError, StepError, VisProgError
 from visprog.planning.chat import LLMError, deadline
 from visprog.planning.checks import Finding, enabled_checks, run_checks
 from visprog.planning.critic import Critic, Verdict
@@ -244,30 +244,6 @@ class Case:
 # The caller's engine: runs (case, attempt) pairs together, one result (with value, trace,
 # error) each, in order.
 Runner = Callable[[list[tuple[Case, RunAttempt]]], Sequence[Any]]
-
-
-class RepairError(StepError):
-    """Every program of an item raised, repairs included. `.attempts` holds every
-    `RunAttempt`; `.trace` the last run's trace, whose `Repair` event lists them all."""
-
-    def __init__(self, question: str, attempts: list[RunAttempt], trace: Trace | None):
-        last = next(a.error for a in reversed(attempts) if a.error is not None)
-        self.index = getattr(last, "index", -1)
-        self.line = getattr(last, "line", 0)
-        self.target = getattr(last, "target", "")
-        self.module = getattr(last, "module", None)
-        self.cause = getattr(last, "cause", last)
-        self.trace = trace
-        self.question = question
-        self.attempts = list(attempts)
-        n = len(attempts)
-        lines = [f"no program for {question!r} ran to the end in {n} attempt"
-                 f"{'s' if n != 1 else ''}:"]
-        for i, a in enumerate(attempts, 1):
-            lines.append(f"attempt {i} ({a.reason}): {a.error}")
-            if a.note:
-                lines.append(f"  {a.note}")
-        VisProgError.__init__(self, "\n".join(lines))
 
 
 def _deadline_s(item: LoopItem) -> float | None:

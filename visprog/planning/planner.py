@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from visprog.language.checker import check
-from visprog.errors import Diagnostic, ParseError, VisProgError
+from visprog.errors import Diagnostic, LLMError, ParseError, PlanningError, no_llm_message
 from visprog.planning.chat import add_usage, deadline
 from visprog.language.parser import parse
 from visprog.language.program import Program
@@ -39,20 +39,6 @@ from visprog.traces.events import PlanAttempt, PlanCacheHit
 # and its wait): a server that accepts connections and never answers ends planning here
 # instead of after (retries + 1) x timeout per request.
 DEFAULT_DEADLINE_S = 120.0
-
-
-class PlanningError(VisProgError):
-    """The LLM never wrote a valid program. `.attempts` holds every try and its errors."""
-
-    def __init__(self, question: str, attempts: list["Attempt"]):
-        self.question = question
-        self.attempts = list(attempts)
-        lines = [f"no valid program for {question!r} after {len(attempts)} "
-                 f"attempt{'s' if len(attempts) != 1 else ''}:"]
-        for i, a in enumerate(attempts, 1):
-            lines.append(f"attempt {i}:")
-            lines.extend(f"  {d}" for d in a.diagnostics)
-        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -249,10 +235,7 @@ class Planner:
                  max_tokens: int = 512, examples_path: str | None = None,
                  deadline_s: float | None = DEFAULT_DEADLINE_S):
         if llm is None:
-            from visprog.planning.llm import LLMError
-            raise LLMError("planning needs an LLM: set VISPROG_LLM_MODEL and OPENAI_API_KEY "
-                           "(and OPENAI_BASE_URL for a local server), or VISPROG_LLM_PATH for a "
-                           "local model, or pass llm=...")
+            raise LLMError(no_llm_message("planning"))
         self.llm = llm
         self.registry = registry
         self.task = task_spec(task)

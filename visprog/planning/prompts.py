@@ -2,8 +2,9 @@
 
 A prompt is a chat: a system message (how the language works, the modules, the task), then
 the chosen examples as question/program turns, then the question. The module list is
-generated from the registry's signatures and docs, so a newly registered module appears
-in every prompt without editing anything here.
+generated from the registry's signatures and docs: a module says which tasks' prompts
+describe it (`Tool.tasks`; none said, as for a user's module: every task's), so a new module
+appears in the right prompts without editing anything here.
 
 Examples live in `planning/examples/<task>.toml` (`[[example]]` tables with `question` and
 `program`), written for this project. Which ones go into a prompt: all of them, k chosen at
@@ -25,28 +26,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-PROMPT_VERSION = "2"
-
-_CROPS = ("Crop", "CropLeftOf", "CropRightOf", "CropAbove", "CropBelow", "CropFrontOf",
-          "CropInFront", "CropInFrontOf", "CropBehind", "CropAhead")
+PROMPT_VERSION = "3"  # 3: modules in registry order, each task's from the modules' own word
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """A kind of question the planner knows (SPEC 6).
 
+    Its prompt describes the registered modules that name it in their `tasks` (and those
+    that name no task); `described_tools` lists them.
+
     Attributes:
         name: "gqa", "nlvr", ...
         inputs: input variable -> type, bound by the caller.
-        modules: the modules its examples use and its prompt describes (registered tools
-            outside every built-in task are described too).
         question_label: how the question is introduced ("Question", "Statement"...).
         goal: one sentence for the prompt: what the program must compute.
     """
 
     name: str
     inputs: Mapping[str, str]
-    modules: tuple[str, ...]
     question_label: str
     goal: str
 
@@ -54,32 +52,24 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "gqa": TaskSpec(
         "gqa", {"IMAGE": "Image"},
-        ("Loc", *_CROPS, "Depth", "Ocr", "LocText", "Count", "Vqa", "Eval", "Result"),
         "Question",
         "answer a question about the image IMAGE; the Result is a short text answer "
         "(a word, a number, or yes/no)."),
     "nlvr": TaskSpec(
         "nlvr", {"LEFT": "Image", "RIGHT": "Image"},
-        ("Vqa", "Eval", "Result"),
         "Statement",
         "decide whether a statement about the pair of images LEFT and RIGHT is true; the "
         "Result is True or False."),
     "imgedit": TaskSpec(
         "imgedit", {"IMAGE": "Image"},
-        ("Seg", "FaceDet", "Select", "Replace", "ColorPop", "BgBlur", "Emoji", "Result"),
         "Instruction",
         "edit the image IMAGE as the instruction says; the Result is the edited image."),
     "knowtag": TaskSpec(
         "knowtag", {"IMAGE": "Image"},
-        ("Loc", "FaceDet", "List", "Classify", "LocText", "Tag", "Result"),
         "Instruction",
         "tag things in the image IMAGE by name, using knowledge (List) where needed; the "
         "Result is the tagged image."),
 }
-
-# Built-in module names: a registered tool outside this set is a user's, described in
-# every task's prompt.
-_BUILTIN = {m for t in TASKS.values() for m in t.modules} | {"Select", "Seg", "Emoji"}
 
 LANGUAGE_RULES = """\
 A program is one step per line: TARGET=Module(arg=value, ...). TARGET is a new variable
@@ -140,11 +130,12 @@ def load_examples(task: str | TaskSpec, path: str | Path | None = None) -> list[
 
 
 def described_tools(registry: Any, task: TaskSpec) -> list[Any]:
-    """The tools a task's prompt describes: its own modules that are registered, then every
-    registered tool that no built-in task uses (a user's or a plugin's)."""
-    own = [registry.find(m) for m in task.modules]
-    extra = [t for t in registry if t.name not in _BUILTIN and t.name not in task.modules]
-    return [t for t in own if t is not None] + sorted(extra, key=lambda t: t.name)
+    """The tools a task's prompt describes, in registry order: those that name the task in
+    their `tasks`, then those that name none (a user's module, Result), the program's
+    result marker last (a program ends with it)."""
+    own = [t for t in registry if t.tasks is not None and task.name in t.tasks]
+    every = [t for t in registry if t.tasks is None]
+    return sorted(own + every, key=lambda t: t.result)
 
 
 def module_descriptions(registry: Any, task: TaskSpec) -> str:

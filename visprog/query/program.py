@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visprog.language.checker import DEFAULT_INPUTS, check
-from visprog.errors import CheckError, Diagnostic
+from visprog.errors import NoSuchMethod, QueryError  # noqa: F401 - raised by the query layer
 from visprog.language.parser import parse
 from visprog.language.program import RESERVED_NAMES
 from visprog.query.expr import Const, Op, render_expr
@@ -39,23 +39,6 @@ def caller() -> tuple[str, int, int, str]:
     column = (getattr(info, "positions", None) and info.positions.col_offset) or 0
     text = info.code_context[0].strip() if info.code_context else ""
     return info.filename, info.lineno, column + 1, text
-
-
-class QueryError(CheckError):
-    """A query that can't be written: a wrong type, argument or operator. Raised by the call
-    that made it, before anything runs; `filename` and `lineno` are the caller's."""
-
-    def __init__(self, problems: list[tuple[str, str]], where: tuple[str, int, int, str]):
-        self.filename, self.lineno, column, text = where
-        self.diagnostics = [Diagnostic(self.lineno, column, text, m, h) for m, h in problems]
-        self.source = text
-        lines = [f"{m} (hint: {h})" if h else m for m, h in problems]
-        Exception.__init__(self, f"{self.filename}:{self.lineno}: " + "\n  ".join(lines))
-
-
-class NoSuchMethod(QueryError, AttributeError):
-    """A module asked of a value of the wrong type (also an AttributeError, so `hasattr`
-    and `getattr(q, name, default)` keep working)."""
 
 
 def fail(message: str, hint: str = "") -> QueryError:

@@ -97,6 +97,8 @@ class Tool:
             step's value is the program's value.
         hostable: whether a deployment may serve it elsewhere (False for tools that use
             what lives with the caller, such as the planner's LLM client).
+        tasks: the planning tasks ("gqa", "nlvr"...) whose prompts describe it; None (a
+            user's tool, or one every program uses such as Result): every task's.
     """
 
     name: str
@@ -111,6 +113,7 @@ class Tool:
     draw_on: str | None = "image"
     result: bool = False
     hostable: bool = True
+    tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -125,6 +128,11 @@ class Tool:
         parse_types(self.returns)
         if not callable(self.fn):
             raise ToolDeclarationError(f"tool {self.name}: fn is not callable")
+        if self.tasks is not None:
+            if isinstance(self.tasks, str) or not all(isinstance(t, str) for t in self.tasks):
+                raise ToolDeclarationError(f"tool {self.name}: tasks must be task names, "
+                                           f"got {self.tasks!r}")
+            object.__setattr__(self, "tasks", tuple(self.tasks))
         self._check_signature()
         # looked up on every step: built once
         object.__setattr__(self, "_by_key", {p.name.lower(): p for p in self.params})
@@ -166,7 +174,7 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
          draw_on: str | None = "image", result: bool = False,
          refs: Mapping[str, Callable[[str], list[str]]] | None = None,
          expr_types: Mapping[str, Callable[..., Any]] | None = None,
-         ) -> Callable[[Callable[..., Any]], Tool]:
+         tasks: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool. Defaults come from the function's own signature.
 
     Example:
@@ -185,7 +193,8 @@ def tool(name: str, *, params: Mapping[str, str], returns: str, doc: str | None 
         text = doc if doc is not None else (inspect.getdoc(fn) or "").split("\n")[0]
         return Tool(name=name, params=tuple(ps), returns=parse_types(returns), fn=fn, doc=text,
                     cacheable=cacheable, version=version, settings=dict(settings or {}),
-                    draw_on=draw_on, result=result)
+                    draw_on=draw_on, result=result,
+                    tasks=None if tasks is None else tuple(tasks))
 
     return wrap
 
@@ -236,23 +245,54 @@ class Registry:
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP, *,
                           config: Mapping[str, Any] | None = None, ctx: Any = None) -> list[str]:
-        """Register tools that installed packages advertise under the entry-point group.
+        """Register tools that installed packages advertise under the entry-point group
+        (`read_plugins`, then `add_plugins`)."""
+        return self.add_plugins(read_plugins(group), config=config, ctx=ctx)
 
-        An entry point may name a `Tool`, a model module's class (anything with a `name`
-        and `build(settings, ctx)`, e.g. a `visprog.models.ModelTool` subclass: built with
-        its section of `config` and `ctx`), a list of these, or a function `(config) -> Tool
-        | list[Tool]`. A broken plugin is skipped with a warning, never taking the engine down.
+    def add_plugins(self, plugins: Iterable["Plugin"], *,
+                    config: Mapping[str, Any] | None = None, ctx: Any = None) -> list[str]:
+        """Register the tools of plug-ins already read (`read_plugins`).
+
+        A plug-in may name a `Tool`, a model module's class (anything with a `name` and
+        `build(settings, ctx)`, e.g. a `visprog.models.ModelTool` subclass: built with its
+        section of `config` and `ctx`), a list of these, or a function `(config) -> Tool |
+        list[Tool]`. A broken plug-in is skipped with a warning, never taking the engine down.
         """
         added = []
-        for ep in entry_points(group=group):
+        for plugin in plugins:
             try:
-                for t in _plugin_tools(ep.load(), config or {}, ctx):
+                if plugin.error is not None:
+                    raise plugin.error
+                for t in _plugin_tools(plugin.obj, config or {}, ctx):
                     self.register(t, replace=True)
                     added.append(t.name)
             except Exception as e:  # a plugin must not break the engine
-                warnings.warn(f"skipping tool plugin {ep.name!r} ({ep.value}): {e}",
+                warnings.warn(f"skipping tool plugin {plugin.name!r} ({plugin.value}): {e}",
                               VisProgWarning, stacklevel=2)
         return added
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One entry point of the `visprog.tools` group, loaded: what it names (`obj`), or the
+    error loading it raised."""
+
+    name: str
+    value: str
+    obj: Any = None
+    error: BaseException | None = None
+
+
+def read_plugins(group: str = ENTRY_POINT_GROUP) -> list[Plugin]:
+    """Every entry point of `group`, loaded once (a broken one keeps its error, for the
+    warning `Registry.add_plugins` gives)."""
+    found = []
+    for ep in entry_points(group=group):
+        try:
+            found.append(Plugin(ep.name, ep.value, ep.load()))
+        except Exception as e:  # reported when its tools are registered
+            found.append(Plugin(ep.name, ep.value, error=e))
+    return found
 
 
 def _is_builder(obj: Any) -> bool:

@@ -46,8 +46,8 @@ def _scaled(objects: Objects, size: tuple[int, int]) -> tuple[np.ndarray, list[n
     if (ow, oh) != (w, h):
         boxes *= np.array([w / ow, h / oh, w / ow, h / oh])
     masks: list[np.ndarray | None] = []
-    for r in objects:
-        m = r.mask
+    for i, has in enumerate(objects.has_mask):
+        m = objects.masks[i] if has else None
         if m is not None and (ow, oh) != (w, h):
             m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
         masks.append(m)
@@ -114,8 +114,8 @@ def draw_objects(image: Image.Image, objects: Objects, *, masks: bool = True, la
         draw.rectangle([left, top, right, bottom], outline=color, width=line)
     # Tags go on after all boxes so no outline crosses a tag's text.
     for i, (x1, y1, _x2, _y2) in enumerate(boxes):
-        region = objects[i]
-        text = _tag_text(region.label, region.score, labels, scores)
+        score = objects.scores[i] if objects.has_score[i] else None
+        text = _tag_text(objects.labels[i], score, labels, scores)
         if not text:
             continue
         color = color_for(i)

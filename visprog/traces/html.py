@@ -83,7 +83,7 @@ class _Page:
                  f'on a {objs.image_size[0]}x{objs.image_size[1]} image</div>']
         if len(objs):
             rows = []
-            for i, r in enumerate(objs.regions[:MAX_TABLE_ROWS]):
+            for i, r in enumerate(objs[:MAX_TABLE_ROWS]):
                 c = "#%02x%02x%02x" % color_for(i)
                 score = "" if r.score is None else f"{float(r.score):.3f}"
                 box = ", ".join(f"{v:.1f}" for v in r.box)
@@ -101,7 +101,7 @@ class _Page:
                          + "".join(rows) + "</table>")
         # Images a module attached to regions (e.g. Depth's `depth_map`), each shown once.
         shown: set[int] = set()
-        for r in objs.regions[:MAX_TABLE_ROWS]:
+        for r in objs[:MAX_TABLE_ROWS]:
             for k, v in r.extra.items():
                 if isinstance(v, Image.Image) and id(v) not in shown:
                     shown.add(id(v))

@@ -33,7 +33,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visprog.errors import VisProgError
+from visprog.errors import TraceLoadError, VisProgError
 from visprog.traces.events import event_from_dict
 from visprog.traces.step import StepRecord
 from visprog.values.codec import CodecError, Decoder, DocumentBlobs, Encoder, ReprValue
@@ -45,10 +45,6 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ReprValue", "TraceLoadError", "load
 FORMAT_NAME = "visprog-trace"
 # Still 1: image nodes gained "mode" and "size", which readers of version 1 ignore.
 FORMAT_VERSION = 1
-
-
-class TraceLoadError(VisProgError, ValueError):
-    """A saved trace that can't be read back; the message names the file."""
 
 
 # -- saving -----------------------------------------------------------------------------

@@ -21,10 +21,7 @@ import binascii
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Protocol
 
-
-class BlobError(ValueError):
-    """A reference that can't be read: the message says which blob and why (the codec turns
-    it into its own `CodecError`)."""
+from visprog.errors import BlobError
 
 
 class BlobStore(Protocol):

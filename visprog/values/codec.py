@@ -26,14 +26,13 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from visprog.values.blobs import BlobError, BlobStore, BytesBlobs, DocumentBlobs
-from visprog.values.objects import Objects
+from visprog.values.objects import ABSENT, Objects
 from visprog.values.tree import (PNG_COMPRESS_LEVEL, PNG_MODES, TAG, CodecError, Decoder,
                                  Encoder, ReprValue)
 
@@ -169,17 +168,19 @@ def _feed(h: "hashlib._Hash", value: Any) -> None:
 
 
 def _feed_objects(h: "hashlib._Hash", objs: Objects) -> None:
+    # Region by region, as when Objects were a list of records: the step-cache keys of
+    # values hashed then must not change (tests/fixtures/objects_v1).
     w, h_ = objs.image_size
     h.update(b"O" + _U64.pack(w) + _U64.pack(h_) + _U64.pack(len(objs)))
-    for r in objs.regions:
-        h.update(b"r" + struct.pack("<4d", *r.box))
-        if r.mask is None:
-            h.update(b"m0")
+    for i, box in enumerate(objs.boxes.tolist()):
+        h.update(b"r" + struct.pack("<4d", *box))
+        if objs.has_mask[i]:
+            _feed_bytes(h, b"m1", np.ascontiguousarray(objs.masks[i]).data.cast("B"))
         else:
-            _feed_bytes(h, b"m1", np.ascontiguousarray(r.mask, dtype=bool).data.cast("B"))
-        _feed(h, r.label)
-        _feed(h, r.score)
-        _feed(h, dict(r.extra))
+            h.update(b"m0")
+        _feed(h, objs.labels[i])
+        _feed(h, float(objs.scores[i]) if objs.has_score[i] else None)
+        _feed(h, objs.region_extra(i))
 
 
 # -- detaching ----------------------------------------------------------------------------
@@ -187,8 +188,8 @@ def _feed_objects(h: "hashlib._Hash", objs: Objects) -> None:
 def detach(value: Any) -> Any:
     """A copy of `value` that shares no mutable object with it.
 
-    Images are copied; lists/tuples are rebuilt; Objects are immutable except for each
-    region's `extra` dict, which is copied (masks are read-only arrays and are shared).
+    Images are copied; lists/tuples are rebuilt; Objects are immutable (read-only arrays)
+    except for mutable values in their extra fields, which are copied.
     Scalars and strings are immutable and returned as they are.
     """
     if isinstance(value, Image.Image):
@@ -200,19 +201,14 @@ def detach(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: detach(v) for k, v in value.items()}
     if isinstance(value, Objects):
-        if not any(r.extra for r in value.regions) and all(
-                r.mask is None or not r.mask.flags.writeable for r in value.regions):
+        # every array of Objects is read-only; only extra fields can hold mutable values
+        if all(_immutable(v) for col in value.extra.values() for v in col):
             return value
-        return value.with_regions(
-            replace(r, extra=detach(dict(r.extra)),
-                    mask=None if r.mask is None else _readonly_copy(r.mask))
-            for r in value.regions)
+        return value.with_extra(**{
+            name: [detach(v) if has else ABSENT for v, has in zip(col, value.has_extra(name))]
+            for name, col in value.extra.items()})
     return value
 
 
-def _readonly_copy(mask: np.ndarray) -> np.ndarray:
-    if not mask.flags.writeable:
-        return mask
-    out = mask.copy()
-    out.setflags(write=False)
-    return out
+def _immutable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool, int, float, np.generic))

@@ -9,9 +9,14 @@ tagged with "$type":
   ``"format": "raw"`` when the blob is raw pixels instead of PNG. <ref> is what the blob
   store made: ``"blob": 0`` (bytes), ``"file": "run_files/img_0.png"`` or ``"blob": "img_0"``
   (documents).
-- ``objects``: ``{"$type": "objects", "image_size": [W, H], "regions": [{"box": [x1, y1,
-  x2, y2], "label": <node>, "score": <node>, "extra": <node> (left out when empty),
-  "mask": <ref> (left out when there is none; plus ``"format": "bits"`` for packed bits)}]}``.
+- ``objects``: parallel lists, ``{"$type": "objects", "image_size": [W, H], "boxes":
+  [[x1, y1, x2, y2], ...], "labels": [str or null, ...], "scores": [<node> or null (no
+  model score), ...], "extra": {name: [<node>, ...]} (left out when empty), "absent": {name:
+  [i, ...]} (the regions that lack a field, left out when none do), "masks": {"rows": [i,
+  ...], <ref>} (left out when no region has a mask)}``: the masks of the listed regions as
+  one blob of K x H x W bits (plus ``"format": "bits"`` for packed bits; a document's is a
+  1-bit PNG of K*H rows). The form written before (``"regions": [{"box", "label", "score",
+  "extra", "mask": <ref>}, ...]``, one blob per mask) still reads.
 - ``tuple`` (``"items"``), ``float`` (non-finite: ``"value": "nan"``), ``dict`` (a dict
   whose keys are not all strings, or that has a "$type" key: ``"items": [[k, v], ...]``).
 - Only in records (``exact=False``, the trace): ``ndarray`` (small numeric arrays) and
@@ -37,9 +42,9 @@ from typing import Any, Hashable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from visprog.errors import VisProgError
+from visprog.errors import CodecError
 from visprog.values.blobs import BlobError, BlobStore
-from visprog.values.objects import Objects, Region
+from visprog.values.objects import ABSENT, Objects, Region
 from visprog.values.types import MAX_NESTING
 
 TAG = "$type"
@@ -59,10 +64,6 @@ _RAW_BITS = {"1": 1, "L": 8, "LA": 16, "RGB": 24, "RGBA": 32}
 # Arrays larger than this are kept as a repr: a trace is a record, not a data store.
 _MAX_ARRAY_ITEMS = 4096
 _MAX_REPR_CHARS = 2000
-
-
-class CodecError(VisProgError, ValueError):
-    """Input that is not a well-formed encoding of a value; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -194,26 +195,34 @@ class Encoder:
         return node
 
     def _mask(self, mask: np.ndarray) -> dict[str, Any]:
+        """The reference to a bool array's blob: (H, W), or (K, H, W) stored as one image of
+        K*H rows (packed bits, or a 1-bit PNG a person can look at)."""
         mask = np.asarray(mask, dtype=bool)
         bits = np.packbits(mask.ravel()).tobytes()
         if self.store.mask_format == "bits":
             return {"format": "bits", **self._put("mask", "bits", bits, str(mask.shape),
                                                   lambda: bits)}
-        return self._put("mask", "png", bits, str(mask.shape),
-                         lambda: _png(Image.fromarray(mask)))
+        flat = mask.reshape(-1, mask.shape[-1])
+        return self._put("mask", "png", bits, str(mask.shape), lambda: _png(Image.fromarray(flat)))
 
     def _objects(self, objs: Objects, depth: int) -> dict[str, Any]:
-        regions = []
-        for r in objs.regions:
-            d: dict[str, Any] = {"box": [float(v) for v in r.box],
-                                 "label": self._node(r.label, depth + 1),
-                                 "score": self._node(r.score, depth + 1)}
-            if r.extra:
-                d["extra"] = self._node(dict(r.extra), depth + 1)
-            if r.mask is not None:
-                d["mask"] = self._mask(r.mask)
-            regions.append(d)
-        return {TAG: "objects", "image_size": list(objs.image_size), "regions": regions}
+        node: dict[str, Any] = {
+            TAG: "objects", "image_size": list(objs.image_size), "boxes": objs.boxes.tolist(),
+            "labels": list(objs.labels),
+            "scores": [self._node(s) if has else None
+                       for s, has in zip(objs.scores.tolist(), objs.has_score)]}
+        if objs.extra:
+            # values at the depth they had inside each region's extra dict
+            node["extra"] = {name: [self._node(v, depth + 2) if has else None
+                                    for v, has in zip(col, objs.has_extra(name))]
+                             for name, col in objs.extra.items()}
+            absent = {name: np.flatnonzero(~objs.has_extra(name)).tolist() for name in objs.extra}
+            if any(absent.values()):
+                node["absent"] = {name: rows for name, rows in absent.items() if rows}
+        if objs.masks is not None:
+            rows = np.flatnonzero(objs.has_mask)
+            node["masks"] = {"rows": rows.tolist(), **self._mask(objs.masks[rows])}
+        return node
 
 
 def _png(im: Image.Image) -> bytes:
@@ -318,26 +327,63 @@ class Decoder:
         self._images[key] = im
         return im
 
-    def _mask(self, ref: Any, w: int, h: int) -> np.ndarray:
+    def _mask(self, ref: Any, w: int, h: int, count: int | None = None) -> np.ndarray:
+        """The (H, W) mask a reference points to, or with `count` the (count, H, W) stack."""
         if not isinstance(ref, dict):
             raise CodecError(f"bad mask reference: {ref!r:.80}")
+        shape = (h, w) if count is None else (count, h, w)
+        size = h * w * (1 if count is None else count)
+        what = f"a {w}x{h} mask" if count is None else f"{count} masks of {w}x{h}"
         fmt = ref.get("format", "png")
         _, data, label = self.store.read(ref, "mask")
         if fmt == "bits":
             bits = np.frombuffer(data, dtype=np.uint8)
-            if bits.size != (w * h + 7) // 8:
-                raise CodecError(f"{label} has {bits.size} bytes, a {w}x{h} mask needs "
-                                 f"{(w * h + 7) // 8}")
-            return np.unpackbits(bits, count=w * h).reshape(h, w).astype(bool)
+            if bits.size != (size + 7) // 8:
+                raise CodecError(f"{label} has {bits.size} bytes, {what} needs "
+                                 f"{(size + 7) // 8}")
+            return np.unpackbits(bits, count=size).reshape(shape).astype(bool)
         if fmt != "png":
             raise CodecError(f"unknown mask format {fmt!r:.40}")
         mask = np.asarray(_read_png(data, label).convert("L")) > 0
-        if mask.shape != (h, w):
-            raise CodecError(f"mask shape {mask.shape} does not fit image size {(w, h)}")
-        return mask
+        if mask.shape != (size // w, w):
+            raise CodecError(f"{label} of {mask.shape[1]}x{mask.shape[0]} pixels is not {what}")
+        return mask.reshape(shape)
 
     def _objects(self, node: dict[str, Any], depth: int) -> Objects:
         w, h = (int(v) for v in _list(node["image_size"]))
+        if "regions" in node:
+            return self._objects_v1(node, w, h, depth)
+        boxes = [_list(b) for b in _list(node["boxes"])]
+        n = len(boxes)
+        scores = [None if s is None else self._value(s, depth + 1)
+                  for s in _list(node.get("scores", [None] * n))]
+        extra = node.get("extra", {})
+        absent = node.get("absent", {})
+        if not isinstance(extra, dict) or not isinstance(absent, dict):
+            raise CodecError("an Objects' extra or absent is not a dict")
+        columns = {}
+        for name, values in extra.items():
+            col = [self._value(v, depth + 2) for v in _list(values)]
+            for i in _rows(absent.get(name, []), len(col)):
+                col[i] = ABSENT
+            columns[name] = col
+        masks = None
+        if node.get("masks") is not None:
+            ref = node["masks"]
+            if not isinstance(ref, dict):
+                raise CodecError(f"bad mask reference: {ref!r:.80}")
+            rows = _rows(ref.get("rows"), n)
+            stack = self._mask(ref, w, h, len(rows))
+            stack.setflags(write=False)  # so Objects keeps it rather than a copy
+            masks = stack if len(rows) == n else [None] * n
+            for k, i in enumerate(rows if len(rows) < n else ()):
+                masks[i] = stack[k]
+        return Objects(boxes, (w, h), scores=scores, labels=_list(node.get("labels", [None] * n)),
+                       masks=masks, extra=columns)
+
+    def _objects_v1(self, node: dict[str, Any], w: int, h: int, depth: int) -> Objects:
+        # the form written while Objects were a list of records (kept in old cache entries
+        # and traces): one node per region, one blob per mask
         regions = []
         for r in _list(node["regions"]):
             mask = None if r.get("mask") is None else self._mask(r["mask"], w, h)
@@ -347,7 +393,16 @@ class Decoder:
             regions.append(Region(box=tuple(float(v) for v in _list(r["box"])), mask=mask,
                                   label=self._value(r.get("label"), depth + 1),
                                   score=self._value(r.get("score"), depth + 1), extra=extra))
-        return Objects(tuple(regions), (w, h))
+        return Objects.from_regions(regions, (w, h))
+
+
+def _rows(value: Any, n: int) -> list[int]:
+    """Region numbers listed in a node: ints in 0..n-1, increasing."""
+    rows = _list(value)
+    if not all(type(i) is int for i in rows) or rows != sorted(set(rows)) \
+            or (rows and not 0 <= rows[0] <= rows[-1] < n):
+        raise CodecError(f"bad region numbers {rows!r:.80} for {n} regions")
+    return rows
 
 
 def _list(value: Any) -> list[Any]:
