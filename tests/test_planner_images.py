@@ -188,7 +188,7 @@ pytest.importorskip("llguidance")
 from visprog.models import ModelManager  # noqa: E402
 from visprog.planning.llm_local import LocalConstrained, _prompt_positions  # noqa: E402
 from visprog.registry import Registry  # noqa: E402
-from visprog.tools import builtin_tools  # noqa: E402
+from visprog.config import find_modules  # noqa: E402
 from visprog.language.checker import check  # noqa: E402
 from visprog.language.parser import parse  # noqa: E402
 
@@ -198,7 +198,7 @@ INPUTS = {"IMAGE": "Image"}
 
 @pytest.fixture(scope="module")
 def registry():
-    return Registry(builtin_tools())
+    return Registry(find_modules(plugins=False).tools())
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,7 @@ def test_cached_decode_at_our_positions_equals_one_full_forward(ck, models, regi
 
 def test_a_text_only_turn_after_images_and_after_vqa_is_unchanged(models, registry, one_thread):
     from visprog.config import load_config
-    from visprog.tools import ToolContext
+    from visprog.models import ToolContext
     from visprog.tools import vqa as vqa_mod
 
     llm = planner("tiny:qwen3_vl", models, registry)
