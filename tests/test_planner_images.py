@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,3 +337,28 @@ def test_a_prompt_whose_images_do_not_fit_the_context_is_refused(models, registr
         llm.chat(looked(picture((2400, 2400), 11)), max_tokens=40)
     with pytest.raises(LLMError, match="image_max_pixels"):
         LocalConstrained("tiny:qwen3_vl", image_max_pixels=0)
+
+
+def test_a_hub_id_in_the_local_cache_is_recognised_as_a_vlm(tmp_path, registry):
+    """The default preset names Vqa's VLM by hub id: the planner must load it as the VLM
+    bundle Vqa shares (it was read as a causal LM, which transformers can't build from a
+    Qwen3-VL config). Checked in a fresh process against a hub cache written here, offline."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from visprog.models import resolve_checkpoint
+
+    tiny = Path(resolve_checkpoint("tiny:qwen3_vl"))
+    snapshot = tmp_path / "hub" / "models--someone--tiny-vl" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny / "config.json", snapshot / "config.json")
+    (tmp_path / "hub" / "models--someone--tiny-vl" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-vl" / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = ("from visprog.models.vlm import is_vlm_checkpoint as v; "
+            "print(v('someone/tiny-vl'), v('someone/not-there'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
