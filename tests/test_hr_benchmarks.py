@@ -304,7 +304,7 @@ def test_cli_eval_reads_the_new_formats_and_refuses_bad_modes(tmp_path, capsys):
     programs = write_jsonl(tmp_path / "p.jsonl", [
         {"id": str(i), "program": "A=Eval(expr=\"'A'\")"} for i in range(4)])
     args = ["eval", str(path), "--preset", "tiny", "--no-cache", "--no-progress",
-            "--programs", str(programs), "--format", "hrbench"]
+            "--programs", str(programs), "--format", "hrbench", "--no-repair"]
     assert main(args) == 0
     assert "accuracy: 25.00% (1/4)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:

@@ -218,7 +218,7 @@ def one_thread():
 def planner(ck, models, registry, **kw):
     if ck == "tiny:smolvlm":
         pytest.importorskip("num2words")  # SmolVLMProcessor refuses to start without it
-    kw = {"max_steps": 3, "max_string": 6, "max_list": 2, **kw}
+    kw = {"max_steps": 2, "max_string": 6, "max_list": 2, **kw}  # short programs: quick tests
     return LocalConstrained(ck, models=models, **kw).constrain_to(registry, INPUTS)
 
 
@@ -256,7 +256,8 @@ def test_batched_and_alone_give_the_same_tokens(ck, models, registry, one_thread
              [{"role": "user", "content": [{"type": "image", "image": picture((90, 300), 4)},
                                            {"type": "text", "text": "how many dogs?"}]}],
              [{"role": "user", "content": "what color is the car?"}]]
-    for kw in ({"temperature": 0.0}, {"temperature": 1.0, "seed": 7, "n": 2}):
+    sampled = [{"temperature": 1.0, "seed": 7, "n": 2}] if ck == "tiny:qwen3_vl" else []
+    for kw in [{"temperature": 0.0}] + sampled:  # (sampling once: the slower models cost time)
         alone = [llm.chat(c, max_tokens=40, **kw) for c in convs]
         together = llm.chat_many(convs, max_tokens=40, **kw)
         assert [r.texts for r in together] == [r.texts for r in alone]
