@@ -112,7 +112,8 @@ def test_manager_loads_once_and_lists():
     a = mm.get("lin", "/", linear_loader(calls))  # an existing local path
     b = mm.get("lin", "/", linear_loader(calls))
     assert a is b and len(calls) == 1
-    assert calls[0] == ("/", "cpu", None)
+    # float32 named, never None: transformers 5 would keep a checkpoint's own type
+    assert calls[0] == ("/", "cpu", torch.float32)
     assert not a[0].training  # put in eval mode
     (info,) = mm.loaded()
     assert info["kind"] == "lin" and info["checkpoint"] == "/" and info["device"] == "cpu"

@@ -117,6 +117,39 @@ def test_replace_cacheable_only_with_a_fixed_seed(ctx, tool):
         rep.Replace.build({**TINY_REPLACE, "seed": 1.5}, ctx)
 
 
+def test_replace_strength_is_099_for_sdxl_and_10_for_sd(ctx):
+    # SDXL inpainting rarely works at strength 1.0 (its model card: stay below 1.0, 0.99 in
+    # its example); SD 1.5 inpainting keeps 1.0, and the classic preset its cache keys
+    from visprog.config import load_config
+
+    assert load_config("default")["Replace"]["strength"] == "auto"
+    assert rep.Replace.build(load_config("default")["Replace"], ctx).settings["strength"] == 0.99
+    classic = rep.Replace.build(load_config("classic")["Replace"], ctx).settings["strength"]
+    assert classic == 1.0 and isinstance(classic, float)
+    assert rep.Replace.build({**TINY_SDXL, "strength": 0.5}, ctx).settings["strength"] == 0.5
+    assert rep.Replace.build({**TINY_REPLACE, "strength": 0.99}, ctx).settings["strength"] == 0.99
+    for bad in (0, 1.5, -0.1, "strong", True, None):
+        with pytest.raises(ValueError, match="strength"):
+            rep.Replace.build({**TINY_SDXL, "strength": bad}, ctx)
+    # the pipeline gets it: diffusers denoises int(steps * strength) of the steps, so at 4
+    # steps SDXL's UNet runs 3 times (1.0 would run it 4 times), SD's 4 times
+    image = noise(64, 64)
+    objects = Objects([(8, 8, 40, 40)], image.size)
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    for base, runs in ((TINY_SDXL, 3), (TINY_REPLACE, 4)):
+        calls = []
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda mod, args, out: calls.append(1) if isinstance(mod, UNet2DConditionModel)
+            else None)
+        try:
+            rep.Replace.build({**base, "steps": 4}, ctx)(image=image, object=objects, prompt="a red car")
+        finally:
+            hook.remove()
+        assert len(calls) == runs, base["backend"]
+
+
 def test_replace_bad_inputs(tool):
     image = noise(40, 30)
     with pytest.raises(ValueError, match="40x30"):

@@ -13,12 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("llguidance")
 
-from visprog.api import VisProg  # noqa: E402
+from visprog.api import VisProg
 from visprog.language.parser import parse  # noqa: E402
 from visprog.models.vlm import VLM_KIND, load_vlm  # noqa: E402
 from visprog.planning.llm import LLMError, OpenAIChat  # noqa: E402
 from visprog.planning.llm_local import LocalConstrained  # noqa: E402
-from visprog.traces.events import PlanAttempt  # noqa: E402
+from visprog.traces.events import PlanAttempt, Repair  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_llm_env")  # only the LLM settings a test makes
 
@@ -96,3 +96,65 @@ def test_cli_run_with_no_llm_settings_plans_through_the_local_vlm(tmp_path, caps
     assert attempts and attempts[-1].ok
     parse(saved.program)  # the planned program, as it ran
     assert code == 0 or "step" in out.err.lower()  # a random program may fail at a step
+
+
+def _critic_after(vqa_images):
+    """The critic's verdict and sampled replies, a plan and a free-text reply (the local
+    backend's three decoders), and the next-token logits of every decode step, on a fresh
+    engine whose VLM first answered Vqa on `vqa_images` in one batch."""
+    import torch
+
+    from visprog.planning.critic import VERDICT_GRAMMAR, Critic
+
+    vp = VisProg(preset="tiny", cache=False)
+    if vqa_images:
+        program = "A=Vqa(image=IMAGE, question='what color is the car?')"
+        results = vp.run_batch([{"program": program, "image": im} for im in vqa_images],
+                               batch_size=len(vqa_images))
+        assert all(r.ok for r in results)
+    model, _ = vp.models.get(VLM_KIND, "tiny:qwen3_vl", load_vlm)
+    if vqa_images:  # what the bug fed into the critic's decoding
+        assert model.model.rope_deltas is not None and model.model.rope_deltas.shape[0] == 2
+    logits = []
+    hook = model.lm_head.register_forward_hook(
+        lambda mod, args, out: logits.append(out[0, -1].detach().clone()))
+    try:
+        verdict = Critic(vp.llm, max_tokens=48).judge(
+            "How many cats?", "N=Count(box=CATS)", ["1. ... -> Number: 0"], "0")
+        sampled = vp.llm.constrain_grammar(VERDICT_GRAMMAR).chat(
+            [{"role": "user", "content": "is it right?"}], temperature=1.0, n=2, seed=5)
+        plan = vp.plan("How many dogs are there?").text
+        free = vp.llm.chat([{"role": "user", "content": "say something"}], max_tokens=8,
+                           temperature=1.0, seed=2).text
+    finally:
+        hook.remove()
+    return verdict, sampled, torch.stack(logits), plan, free
+
+
+def test_the_critic_after_a_batched_vqa_decodes_as_a_model_that_never_ran_vqa():
+    # Qwen3-VL keeps the rope offsets of its last generate (a batch of 2 here, 736 positions
+    # for a 1024x768 image) and adds them to any cached decode step given no positions: the
+    # critic then crashed ("Sizes of tensors must match") or decoded at wrong positions.
+    fresh = _critic_after([])
+    after = _critic_after([picture(0, (1024, 768)), picture(1, (320, 240))])
+    assert after[0].to_dict() == fresh[0].to_dict()  # verdict, reply, usage
+    assert after[1].texts == fresh[1].texts and after[1].usage == fresh[1].usage
+    assert after[3:] == fresh[3:]  # the planner's program and free text too
+    # every decode step saw the same positions: the logits are equal, not just the argmax
+    # (wrong positions moved them by ~0.03 on this tiny model)
+    assert after[2].shape == fresh[2].shape
+    assert float((after[2] - fresh[2]).abs().max()) < 1e-5
+
+
+def test_a_batch_with_vqa_and_the_critic_runs_to_the_end():
+    # the issue's case: two items with questions batched through Vqa, then the critic on
+    # each; it raised "Sizes of tensors must match" and aborted the whole batch
+    vp = VisProg(preset="tiny", cache=False)
+    program = "A=Vqa(image=IMAGE, question='what color is the car?')"
+    items = [{"program": program, "image": picture(0, (1024, 768)), "question": "What color?"},
+             {"program": program, "image": picture(1, (320, 240)), "question": "Which color?"}]
+    results = vp.run_batch(items, repair={"critic": True, "checks": False}, batch_size=2)
+    assert [r.ok for r in results] == [True, True]
+    for r in results:
+        repair = r.trace.find(Repair)
+        assert repair and repair[0].attempts[0].critic.clear

@@ -102,24 +102,26 @@ def assign_one_to_one(scores: np.ndarray) -> list[tuple[int, int]]:
 
 
 def build_tiny_clip(folder) -> None:
-    """A CLIP of about 0.1M random parameters, 64-pixel inputs."""
+    """A CLIP of about 0.1M random parameters with openai/clip-vit-base-patch32's inputs:
+    its preprocessor_config.json (shortest edge 224, bicubic, centre crop 224, OpenAI
+    mean/std: CLIPImageProcessor's defaults), config.json (vision image_size 224,
+    patch_size 32; text max_position_embeddings 77) and tokenizer_config.json
+    (model_max_length 77, padding on the right)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(0)
     tok = tiny_clip_tokenizer(TINY_WORDS)
+    tok.model_max_length, tok.padding_side = 77, "right"
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 64},
-                                              crop_size={"height": 64, "width": 64}),
-        tokenizer=tok)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tok)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
                          eos_token_id=eot, pad_token_id=eot,
                          bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>")),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=64, patch_size=16),
+                           num_attention_heads=2, image_size=224, patch_size=32),
         projection_dim=32)
     CLIPModel(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -132,7 +134,11 @@ def build_tiny_siglip2(folder) -> None:
                               Siglip2Processor, Siglip2TextConfig, Siglip2VisionConfig)
 
     torch.manual_seed(0)
-    tok = tiny_siglip2_tokenizer(TINY_WORDS + ["this", "is"])
+    # google/siglip2-base-patch16-naflex tokenizer_config.json: model_max_length 64, padding
+    # on the right (the Gemma class defaults to the left): the text model pools the LAST
+    # position, which the real layout makes a pad token
+    tok = tiny_siglip2_tokenizer(TINY_WORDS + ["this", "is"], model_max_length=64,
+                                 padding_side="right")
     # google/siglip2-base-patch16-naflex preprocessor_config.json: patch_size=16,
     # max_num_patches=256, image_mean=image_std=[0.5]*3, resample bilinear (the PIL
     # processor's defaults); the text is padded to 64 tokens (text max_position_embeddings).
@@ -208,7 +214,7 @@ class Classify(ModelTool):
         "classic": {"backend": "clip"},
         "tiny": {"checkpoints": {"siglip2": "tiny:siglip2", "clip": "tiny:clip"}},
     }
-    tiny_checkpoints = {"clip": build_tiny_clip, "siglip2": build_tiny_siglip2}
+    tiny_checkpoints = {"clip": (build_tiny_clip, "2"), "siglip2": (build_tiny_siglip2, "3")}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, objs, cats = rgb_image(call["image"]), call["object"], call["categories"]

@@ -141,17 +141,19 @@ def tiny_grounding_parts(tok: Any) -> dict[str, Any]:
 
 
 def build_tiny_grounding_dino(folder) -> None:
-    """A GroundingDINO of about 0.5M random parameters, 256-pixel inputs."""
+    """A GroundingDINO of about 0.5M random parameters with IDEA-Research/grounding-dino-tiny's
+    inputs: preprocessor_config.json (shortest edge 800, longest 1333, ImageNet mean/std,
+    padded: GroundingDinoImageProcessor's defaults), config.json (max_text_len 256) and
+    tokenizer_config.json (BERT uncased, model_max_length 512, padding on the right)."""
     import torch
     from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoImageProcessorPil, GroundingDinoProcessor)
 
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer(TINY_WORDS)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessorPil(
-            size={"shortest_edge": 224, "longest_edge": 384}),
-        tokenizer=tok)
+    tok.model_max_length, tok.padding_side = 512, "right"
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+                                       tokenizer=tok)
     cfg = GroundingDinoConfig(**tiny_grounding_parts(tok), use_timm_backbone=False)
     GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -168,8 +170,9 @@ def build_tiny_mm_grounding_dino(folder) -> None:
 
     Copied from the published settings (openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det
     preprocessor_config.json and config.json): images resized to shortest edge 800, longest
-    1333, ImageNet mean/std, rescale 1/255; a BERT (uncased WordPiece) tokenizer; text length
-    256 (max_text_len); a Swin backbone with 4 feature levels. Widths and depths are shrunk.
+    1333, ImageNet mean/std, rescale 1/255; a BERT (uncased WordPiece) tokenizer
+    (tokenizer_config.json: model_max_length 512, padding on the right); text length 256
+    (max_text_len); a Swin backbone with 4 feature levels. Widths and depths are shrunk.
     """
     import torch
     from transformers import (GroundingDinoImageProcessorPil, GroundingDinoProcessor,
@@ -177,6 +180,7 @@ def build_tiny_mm_grounding_dino(folder) -> None:
 
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer(TINY_WORDS)
+    tok.model_max_length, tok.padding_side = 512, "right"
     # GroundingDinoImageProcessor's defaults are the checkpoints' settings
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
                                        tokenizer=tok)
@@ -327,8 +331,9 @@ class Loc(ModelTool):
                                  "sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
                                  "owlv2": "tiny:owlv2"}},
     }
-    tiny_checkpoints = {"grounding_dino": build_tiny_grounding_dino, "owlv2": build_tiny_owlv2,
-                        "mm_grounding_dino": build_tiny_mm_grounding_dino,
+    tiny_checkpoints = {"grounding_dino": (build_tiny_grounding_dino, "2"),
+                        "owlv2": build_tiny_owlv2,
+                        "mm_grounding_dino": (build_tiny_mm_grounding_dino, "2"),
                         "sam3": _sam3.build_tiny_sam3}
 
     def preprocess(self, call: dict[str, Any]) -> Any:

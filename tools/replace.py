@@ -60,6 +60,7 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 PIPELINES = {"sdxl": "StableDiffusionXLInpaintPipeline", "sd": "StableDiffusionInpaintPipeline"}
+STRENGTHS = {"sdxl": 0.99, "sd": 1.0}  # what strength = "auto" means for each backend
 OFFLOADS = ("auto", "none", "model", "sequential")
 SMALL_GPU_BYTES = 12 * 2**30  # "auto" offloads below this much GPU memory
 
@@ -261,6 +262,13 @@ class Inpainter(Backend):
                                   "mask_dilation", "negative_prompt", "strength",
                                   "safety_checker")}}
         del s[self.drop]
+        strength = s["strength"]
+        if strength == "auto":
+            s["strength"] = STRENGTHS[self.name]
+        elif isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+                or not 0 < strength <= 1:
+            raise SettingsError(f"Replace: strength must be a number in (0, 1] or \"auto\", "
+                                f"got {strength!r}")
         # TOML has no null: "random" (or "", or a negative number) means a fresh sample per call
         seed = s["seed"]  # (note 0 == False: compare by type, not with `in`)
         if (isinstance(seed, str) and seed in ("", "random")) or seed is False or (
@@ -325,7 +333,11 @@ class Replace(ModelTool):
             "resolution": 1024,       # the working size's longer side (SDXL's; SD 1.5: 512)
             "mask_dilation": 4,       # pixels at the original size
             "negative_prompt": "",
-            "strength": 1.0,
+            # how far the masked area is noised: 1.0 starts from pure noise. "auto": the
+            # backend's own (STRENGTHS): SDXL inpainting rarely works at 1.0 (its model card
+            # says to stay below it and uses 0.99; diffusers' SDXL pipeline defaults to
+            # 0.9999, PR 4858), SD 1.5 inpainting was trained for 1.0
+            "strength": "auto",
             "safety_checker": True,   # "sd": the checkpoint's NSFW filter (blacks out flagged images)
             "offload": "auto",        # "auto", "none", "model", "sequential" (see above)
             # `checkpoint = "..."` (a hub id or folder) overrides checkpoints[backend]

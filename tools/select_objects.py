@@ -79,13 +79,15 @@ def sam_masks(bundle: tuple[Any, Any], image: Image.Image, boxes: np.ndarray) ->
 
 
 def build_tiny_sam(folder) -> None:
-    """A SAM of about 0.1M random parameters, 256-pixel inputs."""
+    """A SAM of about 0.1M random parameters with facebook/sam-vit-base's inputs:
+    preprocessor_config.json (longest edge 1024, padded to 1024x1024, ImageNet mean/std:
+    SamImageProcessor's defaults) and config.json (vision image_size 1024, patch_size 16)."""
     import torch
     from transformers import (SamConfig, SamImageProcessorPil, SamMaskDecoderConfig,
                               SamModel, SamProcessor, SamPromptEncoderConfig, SamVisionConfig)
 
     torch.manual_seed(0)
-    side, width = 256, 32  # vision output channels == prompt encoder == mask decoder width
+    side, width = 1024, 32  # vision output channels == prompt encoder == mask decoder width
     cfg = SamConfig(
         vision_config=SamVisionConfig(hidden_size=32, output_channels=width, num_hidden_layers=2,
                                       num_attention_heads=2, window_size=4, global_attn_indexes=[1],
@@ -93,8 +95,7 @@ def build_tiny_sam(folder) -> None:
         prompt_encoder_config=SamPromptEncoderConfig(hidden_size=width, image_size=side),
         mask_decoder_config=SamMaskDecoderConfig(hidden_size=width, mlp_dim=64,
                                                  num_attention_heads=2, iou_head_hidden_dim=32))
-    processor = SamProcessor(image_processor=SamImageProcessorPil(
-        size={"longest_edge": side}, pad_size={"height": side, "width": side}))
+    processor = SamProcessor(image_processor=SamImageProcessorPil())
     SamModel(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -304,7 +305,7 @@ class Select(ModelTool):
                  "checkpoints": {"sam3": "tiny:sam3", "grounding_dino": "tiny:grounding_dino",
                                  "sam": "tiny:sam", "clip": "tiny:clip"}},
     }
-    tiny_checkpoints = {"sam": build_tiny_sam, "sam3": _sam3.build_tiny_sam3}
+    tiny_checkpoints = {"sam": (build_tiny_sam, "2"), "sam3": _sam3.build_tiny_sam3}
 
     def preprocess(self, call: dict[str, Any]) -> Any:
         image, cands = rgb_image(call["image"]), call["object"]

@@ -126,7 +126,11 @@ def blip_answers(bundle: tuple[Any, Any], images: Sequence[Image.Image],
 
 
 def build_tiny_blip(folder) -> None:
-    """A BLIP VQA of about 0.2M random parameters, 64-pixel inputs."""
+    """A BLIP VQA of about 0.2M random parameters with Salesforce/blip-vqa-capfilt-large's
+    inputs: preprocessor_config.json (384x384, bicubic, OpenAI mean/std: BlipImageProcessor's
+    defaults), config.json (vision image_size 384, patch_size 16; text
+    max_position_embeddings 512) and tokenizer_config.json (BERT uncased, model_max_length
+    512, padding on the right)."""
     import torch
     from transformers import (BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil,
                               BlipProcessor, BlipTextConfig, BlipVisionConfig)
@@ -134,14 +138,14 @@ def build_tiny_blip(folder) -> None:
     torch.manual_seed(0)
     tok = tiny_bert_tokenizer(TINY_WORDS, extra_special=["[DEC]"])
     tok.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder starts with [DEC]
+    tok.model_max_length, tok.padding_side = 512, "right"
     vocab = tok.get_vocab()
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 64, "width": 64}),
-                              tokenizer=tok)
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(), tokenizer=tok)
     vision = BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, image_size=64, patch_size=16)
+                              num_attention_heads=2, image_size=384, patch_size=16)
     text = BlipTextConfig(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=32,
                           intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                          max_position_embeddings=64, pad_token_id=vocab["[PAD]"],
+                          max_position_embeddings=512, pad_token_id=vocab["[PAD]"],
                           bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"],
                           eos_token_id=vocab["[SEP]"])
     cfg = BlipConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), projection_dim=32)
@@ -293,7 +297,7 @@ class Vqa(ModelTool):
                  "checkpoints": {"vlm": "tiny:qwen3_vl", "blip": "tiny:blip_vqa",
                                  "vilt": "tiny:vilt"}},
     }
-    tiny_checkpoints = {"blip_vqa": build_tiny_blip, "vilt": build_tiny_vilt,
+    tiny_checkpoints = {"blip_vqa": (build_tiny_blip, "2"), "vilt": build_tiny_vilt,
                         "qwen3_vl": _vlm.build_tiny_qwen3_vl,
                         "qwen2_5_vl": _vlm.build_tiny_qwen2_5_vl,
                         "qwen3_5": _vlm.build_tiny_qwen3_5,

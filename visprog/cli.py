@@ -318,8 +318,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1, default=str))
         return EXIT_OK
     models = info["models"]
-    print(f"preset: {info['preset']}   device: {models['device']}   half: "
-          f"{models.get('half', True)}" + (f"   config: {args.config}" if args.config else ""))
+    # no global "half" here: each module's dtype below is what it will load in
+    print(f"preset: {info['preset']}   device: {models['device']}"
+          + (f"   config: {args.config}" if args.config else ""))
     cols = ["module", "backend", "checkpoint", "device", "dtype"]
     if any(r["host"] != "local" for r in info["modules"]):
         cols.append("host")

@@ -314,17 +314,19 @@ class Assembly:
         settings as built (List's LLM included); the model manager's settings; the
         planner's LLM. Loads no model."""
         device = self.models.device
-        dtype = str(self.models.dtype() or "float32").replace("torch.", "")
         rows = []
         for name, cls in sorted(self.modules.classes.items()):
             tool = self.registry.find(name)
             if tool is None:  # a replica's assembly builds only the module it serves
                 continue
             s = dict(tool.settings)
+            # where and in what its models will load (a hosted twin: in its replica, which
+            # `visprog config show` on the serving side describes)
+            plan_of = getattr(getattr(tool.fn, "__self__", None), "load_plan", None)
+            plan = plan_of() if callable(plan_of) else {"device": "-", "dtype": "-"}
             rows.append({"module": name, "backend": str(s.get("backend") or "-"),
                          "checkpoint": cls.describe_model(s),
-                         "device": device if cls.uses_torch else "cpu",
-                         "dtype": dtype if cls.uses_torch else "-",
+                         "device": plan["device"], "dtype": plan["dtype"],
                          "host": self.hosts[name].host if name in self.hosts else "local",
                          "settings": s})
         describe_llm = getattr(self.llm, "describe", None)

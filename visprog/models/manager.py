@@ -10,13 +10,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable
 
 from visprog.errors import ConfigError
-from visprog.models.checkpoints import (ModelLoadError, hub_unreachable, load_error,
-                                        looks_like_path, quiet_loading, resolve_checkpoint)
+from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, hub_unreachable,
+                                        load_error, looks_like_path, quiet_loading,
+                                        resolve_checkpoint, tiny_dir)
+from visprog.models.dtypes import (DeviceCaps, check_dtype_setting, choose_dtype, device_caps,
+                                   read_published_dtype, torch_dtype)
 
-Loader = Callable[[str, str, Any], Any]  # (path_or_id, device, dtype or None) -> model bundle
+# (path_or_id, device, dtype) -> model bundle. The manager always gives a torch dtype (None
+# from an older caller means float32): a loader must pass it on, since transformers 5's
+# from_pretrained without one keeps the checkpoint's own (bfloat16 on CPU, say).
+Loader = Callable[[str, str, Any], Any]
 
 # -- the manager -----------------------------------------------------------------------------
 
@@ -138,9 +145,14 @@ class ModelManager:
 
     Args:
         device: "cuda", "cuda:1", "mps", "cpu", or None/"auto" to pick the best available.
-        half: load in float16 on CUDA (None or True: yes; False: no). Ignored elsewhere.
+        half: whether a model whose `dtype` setting is "auto" may run in half precision on
+            a GPU although its checkpoint was published in float32 (None or True: yes, in
+            bfloat16 where the GPU has it, else float16; False: no). See
+            `visprog.models.dtypes`; CPU and MPS always load "auto" models in float32.
         cpu_threads: torch's CPU threads while this manager's models run (see
             `use_cpu_threads`); None leaves torch's default.
+        caps: the device's capabilities (`visprog.models.dtypes.DeviceCaps`); None detects
+            them on first use. Given, they decide the dtypes as on that device (tests).
 
     Example:
         >>> mm = ModelManager(device="cpu")
@@ -148,14 +160,16 @@ class ModelManager:
     """
 
     def __init__(self, device: str | None = None, half: bool | None = None,
-                 cpu_threads: int | None = None):
+                 cpu_threads: int | None = None, caps: DeviceCaps | None = None):
         self._device_arg = device
         self._device: str | None = None
         self._half = half
+        self._caps = caps
         self.cpu_threads = check_cpu_threads(cpu_threads)
         self._models: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.RLock()
         self.events: list[dict[str, Any]] = []
+        self._dtype_warned: set[tuple[str, str]] = set()
 
     @property
     def device(self) -> str:
@@ -163,17 +177,49 @@ class ModelManager:
             self._device = pick_device(self._device_arg)
         return self._device
 
+    @property
+    def caps(self) -> DeviceCaps:
+        """What the device computes in (given, or detected on first use)."""
+        if self._caps is None:
+            self._caps = device_caps(self.device)
+        return self._caps
+
     def dtype(self, half: bool | None = None) -> Any:
-        """The dtype loaders should use: float16 on CUDA unless `half` is False, else None
-        (float32). Half precision is never used on CPU or MPS, whatever `half` says."""
+        """The torch dtype of an "auto" model whose checkpoint was published in float32
+        (most), or None for float32. Kept for callers that predate per-model dtypes; see
+        `dtype_for`."""
+        name = choose_dtype("auto", "float32", self.caps, half=self._want_half(half))
+        return None if name == "float32" else torch_dtype(name)
+
+    def dtype_for(self, checkpoint: str, setting: str = "auto", *,
+                  half: bool | None = None) -> str:
+        """The dtype name ("bfloat16", "float16", "float32") `checkpoint` loads in with a
+        module's `dtype` setting, decided as `get` decides it; builds, loads and downloads
+        nothing (a hub checkpoint's published type is read from the local cache, and one
+        not there counts as float32; a `tiny:` model not yet built is float32, as its
+        builders write it).
+
+        Raises:
+            DtypeError: a bad setting, or an explicit type the device lacks.
+        """
+        setting = "fp32" if half is False else check_dtype_setting(setting)
+        published = None
+        if setting == "auto" and self.caps.kind == "cuda":  # else it decides nothing
+            published = read_published_dtype(self._local_path(checkpoint))
+        return choose_dtype(setting, published, self.caps, half=self._want_half(half))
+
+    def _want_half(self, half: bool | None) -> bool:
         want = self._half if half is None else half
-        if want is False or not self.device.startswith("cuda"):
-            return None
-        import torch
+        return want is not False
 
-        return torch.float16
+    @staticmethod
+    def _local_path(checkpoint: str) -> str:
+        if checkpoint.startswith(TINY_PREFIX):
+            return str(tiny_dir() / checkpoint[len(TINY_PREFIX):])
+        return checkpoint
 
-    def get(self, kind: str, checkpoint: str, loader: Loader, *, half: bool | None = None) -> Any:
+    def get(self, kind: str, checkpoint: str, loader: Loader, *, half: bool | None = None,
+            dtype: str = "auto") -> Any:
         """The model bundle for (kind, checkpoint), loading it with `loader` the first time.
 
         Args:
@@ -183,10 +229,16 @@ class ModelManager:
             loader: `loader(path_or_id, device, dtype)` returning the bundle (a model, or a
                 tuple of model and processor).
             half: False for models that must stay in float32 even on CUDA.
+            dtype: the module's `dtype` setting ("auto", "bf16", "fp16", "fp32"; see
+                `visprog.models.dtypes`). The first load of a (kind, checkpoint) decides it;
+                a later call that asks for another explicit type gets the loaded model and
+                a warning.
 
         Raises:
             ModelLoadError: the checkpoint is missing or could not be loaded.
+            DtypeError: a bad `dtype`, or an explicit type the device lacks.
         """
+        setting = "fp32" if half is False else check_dtype_setting(dtype)
         if self.cpu_threads is not None:
             use_cpu_threads(self.cpu_threads)
         resolved = resolve_checkpoint(checkpoint)
@@ -194,18 +246,28 @@ class ModelManager:
         with self._lock:
             entry = self._models.get(key)
             if entry is not None:
+                if setting != "auto" and entry["dtype"] != choose_dtype(
+                        setting, None, self.caps) and (kind, setting) not in self._dtype_warned:
+                    self._dtype_warned.add((kind, setting))
+                    warnings.warn(f"{checkpoint} ({kind}) is already loaded in "
+                                  f"{entry['dtype']}; dtype {setting!r} applies only to a "
+                                  "model it loads first", RuntimeWarning, stacklevel=3)
                 return entry["bundle"]
+            online = False
             if looks_like_path(resolved):
                 if not os.path.exists(os.path.expanduser(resolved)):
                     raise load_error(checkpoint, FileNotFoundError(f"no such folder: {resolved}"))
             else:
-                hub_unreachable()  # no network: load from the local cache, or fail at once
-            dtype = self.dtype(half)
+                online = not hub_unreachable()  # no network: the local cache, or fail at once
+            published = None
+            if setting == "auto" and self.caps.kind == "cuda":  # else it decides nothing
+                published = read_published_dtype(os.path.expanduser(resolved), download=online)
+            name = choose_dtype(setting, published, self.caps, half=self._want_half(half))
             t0 = time.perf_counter()
             try:
                 with quiet_loading():
                     bundle = loader(os.path.expanduser(resolved) if looks_like_path(resolved)
-                                    else resolved, self.device, dtype)
+                                    else resolved, self.device, torch_dtype(name))
             except ModelLoadError:
                 raise
             except Exception as e:  # from_pretrained raises OSError, ValueError, HF errors...
@@ -215,7 +277,7 @@ class ModelManager:
                 m.eval()
             seconds = time.perf_counter() - t0
             self._models[key] = {"kind": kind, "checkpoint": checkpoint, "path": resolved,
-                                 "device": self.device, "dtype": str(dtype or "float32"),
+                                 "device": self.device, "dtype": name,
                                  "bytes": _nbytes(modules), "load_seconds": seconds,
                                  "bundle": bundle}
             self.events.append({"event": "load", "kind": kind, "checkpoint": checkpoint,

@@ -180,7 +180,8 @@ class BudgetedModelManager(ModelManager):
     def _sizes(self) -> dict[Key, int]:
         return {(e["kind"], e["checkpoint"]): int(e["bytes"]) for e in self.loaded()}
 
-    def get(self, kind: str, checkpoint: str, loader: Any, *, half: bool | None = None) -> Any:
+    def get(self, kind: str, checkpoint: str, loader: Any, *, half: bool | None = None,
+            dtype: str = "auto") -> Any:
         key = (kind, checkpoint)
         with self._lock:
             sizes = self._sizes()
@@ -191,7 +192,7 @@ class BudgetedModelManager(ModelManager):
                 self._evict(self.budget.victims(sizes, keep=key,
                                                 incoming=self._known_sizes[key]))
             n_events = len(self.events)
-            bundle = super().get(kind, checkpoint, loader, half=half)
+            bundle = super().get(kind, checkpoint, loader, half=half, dtype=dtype)
             self.budget.touch(key)
             if fresh:
                 sizes = self._sizes()

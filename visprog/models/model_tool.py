@@ -39,6 +39,7 @@ from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 from visprog.errors import SettingsError, ToolDeclarationError
 from visprog.models.checkpoints import register_tiny
+from visprog.models.dtypes import check_dtype_setting
 from visprog.models.manager import Loader, manager_of, model_dtype, to_model_inputs
 from visprog.registry import REQUIRED, Param, Tool, parse_types
 from visprog.values.types import describe, fits, type_of
@@ -187,6 +188,9 @@ class ModelTool:
     def __init__(self, settings: Mapping[str, Any] | None = None, ctx: Any = None):
         self.ctx = ctx
         s = merge_settings(self.presets["default"], settings or {})
+        # every module's `dtype` ("auto", "bf16", "fp16", "fp32"; visprog.models.dtypes):
+        # which type its models load in, like the device not part of the cache key
+        self.dtype = check_dtype_setting(s.pop("dtype", None), f"{self.name}")
         self.all_settings = copy.deepcopy(s)
         self.backend: Backend | None = None
         if self.backends:
@@ -259,8 +263,26 @@ class ModelTool:
 
     def model(self, kind: str, checkpoint: str, loader: Loader, *, half: bool | None = None
               ) -> Any:
-        """The model bundle, loaded on first use by the shared model manager."""
-        return manager_of(self.ctx).get(kind, checkpoint, loader, half=half)
+        """The model bundle, loaded on first use by the shared model manager, in the dtype
+        this module's `dtype` setting gives on its device."""
+        return manager_of(self.ctx).get(kind, checkpoint, loader, half=half, dtype=self.dtype)
+
+    def load_plan(self) -> dict[str, str]:
+        """Where and in what this module's models will load: {"device", "dtype"}, the dtype
+        one name, or "name=dtype, ..." when its checkpoints differ; "-" for a module that
+        loads no torch model. Loads, builds and downloads nothing (`ModelManager.dtype_for`).
+        """
+        if not self.uses_torch:
+            return {"device": "cpu", "dtype": "-"}
+        manager = manager_of(self.ctx)
+        checkpoints = _checkpoints(self.settings)
+        dtypes = {name: manager.dtype_for(ck, self.dtype) for name, ck in checkpoints.items()}
+        if not dtypes:  # nothing loaded here (a module whose model is an endpoint)
+            return {"device": "-", "dtype": "-"}
+        if len(set(dtypes.values())) == 1:
+            return {"device": manager.device, "dtype": next(iter(dtypes.values()))}
+        return {"device": manager.device,
+                "dtype": ", ".join(f"{name}={d}" for name, d in dtypes.items())}
 
     model_inputs = staticmethod(model_inputs)
 
@@ -326,6 +348,17 @@ class ModelTool:
 
 
 _SCALARS = frozenset({"Text", "Number", "Bool", "TextList", "None"})
+
+
+def _checkpoints(settings: Mapping[str, Any]) -> dict[str, str]:
+    """What a module's (configured) settings load: its `checkpoint`, or each entry of its
+    `checkpoints` table."""
+    if isinstance(settings.get("checkpoint"), str):
+        return {"checkpoint": settings["checkpoint"]}
+    table = settings.get("checkpoints")
+    if isinstance(table, Mapping):
+        return {str(k): v for k, v in table.items() if isinstance(v, str)}
+    return {}
 
 
 def _runtime_types(declared: str, default_none: bool) -> frozenset[str]:

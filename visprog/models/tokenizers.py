@@ -61,16 +61,17 @@ def tiny_clip_tokenizer(words: Iterable[str]) -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
-def tiny_siglip2_tokenizer(words: Sequence[str]) -> Any:
+def tiny_siglip2_tokenizer(words: Sequence[str], **settings: Any) -> Any:
     """A Gemma-style SentencePiece BPE (google/siglip2-base-patch16-naflex tokenizer: lower
     case, ' ' -> '▁' without a dummy prefix, byte fallback <0x00>..<0xFF>, <pad>=0 <eos>=1
-    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word, '▁word' first."""
+    <bos>=2 <unk>=3) over the letters plus merges that rebuild each word, '▁word' first.
+    `settings` go to the tokenizer (and are saved with it: attributes set later are not)."""
     from transformers import Siglip2Tokenizer
 
     first = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
     vocab, merges = tiny_bpe([list("▁" + w) for w in words] + [list(w) for w in words],
                              alphabet=first + list("▁abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"))
-    return Siglip2Tokenizer(vocab=vocab, merges=merges)
+    return Siglip2Tokenizer(vocab=vocab, merges=merges, **settings)
 
 
 def byte_symbols() -> list[str]:
