@@ -1,6 +1,7 @@
 """Tiny random vision-language chat models (`tiny:qwen3_vl`, `tiny:qwen2_5_vl`,
 `tiny:qwen3_5`, `tiny:smolvlm`), built offline with hand-made byte-level BPE tokenizers
-(`visprog.models.byte_level_bpe`); Vqa registers them. Not a tool file (its name starts with '_', and it exposes no TOOLS).
+(`visprog.models.byte_level_bpe`); Vqa registers them. Not a tool file (its name starts
+with '_', and it exposes no TOOLS).
 
 Each builder copies what decides shapes and prompts from the published checkpoint (patch
 and image sizes, normalisation, special tokens, the chat template's layout); the widths and
