@@ -540,8 +540,12 @@ def _prompt_positions(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     mask = batch["attention_mask"]
     rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
     if rope_index is not None and batch.get("image_grid_thw") is not None:
-        positions, _ = rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-                                  image_grid_thw=batch["image_grid_thw"], attention_mask=mask)
+        # (mm_token_type_ids where the processor gives them; older versions find the images
+        # by their tokens)
+        kinds = ({"mm_token_type_ids": batch["mm_token_type_ids"]}
+                 if batch.get("mm_token_type_ids") is not None else {})
+        positions, _ = rope_index(batch["input_ids"], image_grid_thw=batch["image_grid_thw"],
+                                  attention_mask=mask, **kinds)
         return positions, positions.amax(dim=(0, 2)) + 1
     return (mask.long().cumsum(-1) - 1).clamp(min=0), mask.long().sum(-1)
 
