@@ -143,7 +143,8 @@ def test_vstar_official_folder_first_option_is_right_but_not_always_a(tmp_path):
     cup = by_id["direct_attributes/sa_4690"]
     assert cup.options[cup.answer] == "red"  # the annotation's first option
     assert sorted(cup.options.values()) == ["blue", "green", "red", "white"]
-    assert by_id["direct_attributes/sa_17"].options[by_id["direct_attributes/sa_17"].answer] == "blue"
+    bag = by_id["direct_attributes/sa_17"]
+    assert bag.options[bag.answer] == "blue"
     assert by_id["relative_position/sa_79958"].options[
         by_id["relative_position/sa_79958"].answer] == SIDES["A"]
     assert {i.answer for i in items} != {"A"}  # shuffled: an always-(A) answer does not win

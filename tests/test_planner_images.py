@@ -172,7 +172,8 @@ def test_message_to_openai():
     msg = {"role": "user", "content": [{"type": "image", "image": image},
                                        {"type": "text", "text": "what is this?"}]}
     sent = message_to_openai(msg, True)
-    assert sent["role"] == "user" and sent["content"][1] == {"type": "text", "text": "what is this?"}
+    assert sent["role"] == "user"
+    assert sent["content"][1] == {"type": "text", "text": "what is this?"}
     assert sent["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert message_to_openai(msg, False) == {"role": "user", "content": "what is this?"}
     assert message_to_openai({"role": "system", "content": "s"}, True) == {
@@ -243,7 +244,8 @@ def test_an_image_part_reaches_the_local_vlm_under_the_grammar(ck, models, regis
     # the image became image tokens of the prompt; without it they are gone
     blind = llm.chat(text_messages(looked(picture())), max_tokens=40)
     assert seeing.usage["image_tokens"] > 0 and "image_tokens" not in blind.usage
-    assert seeing.usage["prompt_tokens"] >= blind.usage["prompt_tokens"] + seeing.usage["image_tokens"]
+    assert seeing.usage["prompt_tokens"] >= (blind.usage["prompt_tokens"]
+                                             + seeing.usage["image_tokens"])
     off = planner(ck, models, registry, images=False)
     assert off.chat(looked(picture()), max_tokens=40).text == blind.text  # text only
 
@@ -300,7 +302,8 @@ def test_cached_decode_at_our_positions_equals_one_full_forward(ck, models, regi
     full["input_ids"] = torch.cat([batch["input_ids"], new], 1)
     full["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(new)], 1)
     if "mm_token_type_ids" in full:
-        full["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(new)], 1)
+        full["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"],
+                                               torch.zeros_like(new)], 1)
     if getattr(getattr(model, "model", None), "get_rope_index", None) is None:
         # no multimodal rope: positions count the real tokens, as generate() does
         full["position_ids"] = _prompt_positions(model, full)[0]

@@ -317,8 +317,8 @@ class LocalConstrained:
 
         model, tok = self._shared.model, self._shared.tokenizer
         if self.takes_images and any(message_images(m) for m in rows):
-            chats = [[{**m, "content": _parts(m["content"], self.image_max_pixels)} for m in messages]
-                     for messages in rows]
+            chats = [[{**m, "content": _parts(m["content"], self.image_max_pixels)}
+                      for m in messages] for messages in rows]
             batch = self._shared.processor.apply_chat_template(
                 chats, add_generation_prompt=True, tokenize=True, return_dict=True,
                 return_tensors="pt", processor_kwargs={"padding": True},
