@@ -243,7 +243,8 @@ def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
     `api_key`, `timeout`, `max_retries`, `grammar`, `image_format` (openai), `images`,
     `image_max_pixels` (both) and `model_path`, `device`, `max_steps` (local). `models`: the
     model manager a local model is loaded through (so a checkpoint Vqa uses too is one
-    copy). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without that, "openai" when `$VISPROG_LLM_MODEL` is set and "local" when `$VISPROG_LLM_PATH` is.
+    copy). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without that, "openai" when
+    `$VISPROG_LLM_MODEL` is set and "local" when `$VISPROG_LLM_PATH` is.
 
     Raises:
         LLMError: an unknown backend, or one that is asked for but not configured.
