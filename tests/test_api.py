@@ -229,3 +229,25 @@ def test_an_unwritable_cache_dir_warns_and_the_run_succeeds(tmp_path):
     with pytest.warns(UserWarning, match="cache"):
         out = vp.execute(COUNTED, image=photo())
     assert out.value == 100 and out.trace.ok
+
+
+def test_run_batch_takes_program_texts(vp):
+    """A program text is an item of its own (no inputs); a mapping or a query value beside
+    it keeps its inputs (issue 20 item 14)."""
+    results = vp.run_batch([{"program": HALVES, "image": photo()}, "N=Eval(expr='2 * 3')",
+                            "P=Loc(image=IMAGE, object='dog')", vp.image(photo()).loc("LEFT")])
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert results[0].value == 1 and results[1].value == 6 and results[1].id == 1
+    assert "the input IMAGE was not given" in str(results[2].error)
+    assert "image=... in Python" in str(results[2].error)
+    with pytest.raises(TypeError, match="run_batch item 1: unknown key 'imgae'"):
+        vp.run_batch([{"program": HALVES}, {"program": HALVES, "imgae": photo()}])
+    with pytest.raises(TypeError, match="run_batch item 0: expected a mapping.*got int"):
+        vp.run_batch([3])
+
+
+def test_a_forgotten_input_says_how_to_pass_it(vp):
+    with pytest.raises(CheckError, match="the input IMAGE was not given") as e:
+        vp.execute(HALVES)
+    assert "image=... in Python" in str(e.value) and "--image PATH" in str(e.value)
+    assert "quotes" not in str(e.value)

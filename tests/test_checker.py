@@ -139,6 +139,24 @@ ONE_PROBLEM = [
      ""),
     ("no default inputs when inputs given", "N=Count(box=OBJ)\nA=Crop(image=IMAGE, box=OBJ)",
      {"OBJ": "Objects"}, (2, 8), "undefined variable 'IMAGE'", ""),
+    # a forgotten input is an input, not a string without quotes (issue 20 item 15)
+    ("IMAGE not given", "OBJ=FakeLoc(image=IMAGE, object='x')", {}, (1, 13),
+     "undefined variable 'IMAGE': the input IMAGE was not given",
+     "pass it: image=... in Python (vp.execute, vp.run), --image PATH on the command line"),
+    ("IMAGE read where a pair is bound", "OBJ=FakeLoc(image=IMAGE, object='x')",
+     {"LEFT": "Image", "RIGHT": "Image"}, (1, 13), "the input IMAGE was not given",
+     "this run's inputs are LEFT, RIGHT: read one of them, or pass it: image=..."),
+    ("RIGHT not given", "OBJ=FakeLoc(image=RIGHT, object='x')", {"LEFT": "Image"}, (1, 13),
+     "the input RIGHT was not given", "--right PATH on the command line"),
+    ("Eval reads a missing input", "A=Eval(expr='{IMAGE} == 1')", {}, (1, 8),
+     "expression reads undefined variable 'IMAGE': the input IMAGE was not given", "image="),
+    ("alias of a missing input", "A=LEFT", {}, (1, 3), "the input LEFT was not given",
+     "--left PATH"),
+    # articles and plurals (issue 20 item 17)
+    ("text where objects", "A=Crop(image=IMAGE, box='x')", None, (1, 21),
+     "'box' takes Objects; got Text", "pass Objects"),
+    ("text where image", LOC + "A=Crop(image='x', box=OBJ)", None, (2, 8),
+     "'image' takes Image; got Text", "pass an Image"),
 ]
 
 

@@ -156,7 +156,7 @@ def test_forward_must_give_one_output_per_item(ctx):
         def forward(self, items):
             return super().forward(items)[:-1]
 
-    with pytest.raises(RuntimeError, match="Short: forward gave 1 outputs for 2 items"):
+    with pytest.raises(RuntimeError, match="Short: forward gave 1 output for 2 items"):
         Short({}, ctx).run_batch([{"x": 1}, {"x": 2}])
 
 

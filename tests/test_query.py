@@ -597,3 +597,19 @@ def test_list_and_result_are_functions(vp):
                               "TAG=Tag(image=IMAGE, object=CLASSIFY)\n")
     raises_here(lambda: image.classify(image.loc("dog"), image.vqa("which?")),
                 r"'categories' takes TextList; the Vqa result is Text")
+
+
+def test_messages_write_articles_and_plurals(vp):
+    """'an Image query value', 'pass Objects', 'there is 1 object' (issue 20 item 17)."""
+    image = vp.image(photo())
+    with pytest.raises(QueryError, match="an Image query value can't be converted"):
+        str(image)
+    with pytest.raises(QueryError, match="an Image query value is not a sequence"):
+        len(image)
+    err = raises_here(lambda: image.crop(box="x"), r"Crop's 'box' takes Objects")
+    assert "(hint: pass Objects)" in str(err) and "a Objects" not in str(err)
+    one = vp.image(photo()).loc("LEFT")
+    assert len(one) == 1
+    with pytest.raises(QueryError, match="there is 1 object$"):
+        one[3]
+    assert "(1 step, not run)" in repr(vp.image(photo()).loc("cup"))

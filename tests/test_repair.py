@@ -102,6 +102,13 @@ def test_answer_kind(value, kind):
     ("What is the man holding?", "gqa", 3, False),
     ("What is the man holding?", "gqa", ONE, True),
     ("Is the cup red or blue?", "gqa", "yes", False),  # the wording does not say
+    # ... but in a question task an image or regions never answer (issue 20 item 18)
+    ("Is the cat looking to our right or left?", "gqa", IMG, True),
+    ("Is the cat looking to our right or left?", "gqa", ONE, True),
+    ("Is the cat looking to our right or left?", "gqa", "left", False),
+    ("Which way does it face, left or right?", None, IMG, True),
+    ("The dog is on the left.", "nlvr", IMG, True),
+    ("Tag the actors", "knowtag", IMG, False),
     ("Replace the car", "imgedit", "car", True),
     ("Replace the car", "imgedit", IMG, False),
 ])
@@ -560,8 +567,9 @@ def test_eval_records_first_and_final_answers_and_repairs(tmp_path):
     assert rep["repaired"] == 2 and rep["by_kind"] == {"plan": 1, "runtime": 1, "check": 0,
                                                        "critic": 0}
     assert rep["accuracy_before"] == round(1 / 3, 4) and rep["accuracy_after"] == 1.0
-    assert "2 items repaired (plan 1, runtime 1); accuracy 33.33% before repair, 100.00% after" \
-        in format_summary(summary)
+    assert (rep["changed"], rep["became_right"], rep["became_wrong"]) == (2, 2, 0)
+    assert "2 items repaired (plan 1, runtime 1): 2 answers changed, 2 became right, 0 became " \
+        "wrong; accuracy 33.33% before repair, 100.00% after" in format_summary(summary)
 
 
 # --------------------------------------------------------------------------- faces
@@ -643,4 +651,5 @@ def test_cli_eval_repair_flags(tmp_path, monkeypatch, capsys):
         assert main(base + ["--out", str(tmp_path / "on.jsonl"), "--repair", "1"]) == 0
         assert len(server.requests) == 1
     assert read_results(tmp_path / "on.jsonl")[0]["repairs"] == ["runtime"]
-    assert "1 items repaired (runtime 1)" in capsys.readouterr().out
+    assert "1 item repaired (runtime 1): 1 answer changed, 1 became right" in \
+        capsys.readouterr().out

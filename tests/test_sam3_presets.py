@@ -236,7 +236,7 @@ def test_config_show_prints_every_module(capsys, tmp_path):
     assert rows["Loc"]["backend"] == "owlv2" and rows["Loc"]["checkpoint"] == "tiny:owlv2"
     assert rows["Select"]["checkpoint"] == "sam3=tiny:sam3"
     assert rows["FaceDet"]["dtype"] == "-" and info["preset"] == "tiny"
-    assert main(["config", "show", "--preset", "nope"]) == 2  # a usage error
+    assert main(["config", "show", "--preset", "nope"]) == 2  # a usage error (issue 20 item 13)
     assert "unknown preset 'nope'" in capsys.readouterr().err
 
 

@@ -50,7 +50,10 @@ def test_record_value_keeps_scalars_and_summarises_the_rest():
     assert record_value(3) == 3 and record_value(True) is True and record_value(None) is None
     assert record_value(np.float32(0.5)) == 0.5 and type(record_value(np.int64(2))) is int
     assert record_value("y" * 300) == "y" * 197 + "..."
-    assert record_value(ONE) == "Objects: 1 region (cup)" and record_value(IMG) == "Image: 40x30"
+    # the rest read as `show` writes them, so a record and the value itself read alike
+    assert record_value(ONE) == show(ONE) == "1 region (cup)"
+    assert record_value(IMG) == show(IMG) == "image 40x30"
+    assert record_value(["a", "b"]) == show(["a", "b"]) == "a, b"
 
 
 def test_answer_key_tells_non_answers_apart_by_content():
@@ -58,3 +61,14 @@ def test_answer_key_tells_non_answers_apart_by_content():
                                                             labels=["cup"]))
     assert answer_key(ONE) != answer_key(EMPTY)
     assert answer_key(IMG) != answer_key(Image.new("RGB", (40, 30), "black"))
+
+
+def test_plural_and_articles():
+    from visprog.values.text import a, plural
+
+    assert [plural(n, "region") for n in (0, 1, 2)] == ["0 regions", "1 region", "2 regions"]
+    assert plural(1, "box", "boxes") == "1 box" and plural(3, "box", "boxes") == "3 boxes"
+    assert [a(t) for t in ("Image", "Objects", "Text", "Number", "TextList", "None", "Any")] == \
+        ["an Image", "Objects", "a Text", "a Number", "a TextList", "None", "any value"]
+    assert a("Objects", "query value") == "an Objects query value"
+    assert a("int") == "an int" and a("dict") == "a dict"

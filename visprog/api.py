@@ -24,6 +24,7 @@ from visprog.config import module_catalog  # noqa: F401 - hosting's view of the 
 from visprog.registry import Tool
 from visprog.traces.events import as_event
 from visprog.traces.records import Trace
+from visprog.values.text import plural
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
                             load_image, nesting_depth, type_of)
 
@@ -212,9 +213,10 @@ class VisProg:
 
         Args:
             items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
-                right, inputs, id (and question, task, events), or query values
-                (`vp.image(...)...`; also as a mapping's program). An item with a
-                question and no program gets one from the planner.
+                right, inputs, id (and question, task, events), query values
+                (`vp.image(...)...`; also as a mapping's program), or program texts (a
+                program with no inputs bound). An item with a question and no program gets
+                one from the planner.
             batch_size: calls per batched module call, or "auto" (by device, measured).
             on_item: called with each `ItemResult` as soon as its program ends (items with
                 a question: once the planning loop is done with them).
@@ -230,8 +232,8 @@ class VisProg:
         from visprog.engine.batch import BatchItem
         from visprog.query import as_batch_item
 
-        items = [as_batch_item(i) for i in items]  # query values become program text
-        items = [raw if isinstance(raw, BatchItem) else BatchItem(**dict(raw)) for raw in items]
+        items = [_batch_item(as_batch_item(raw), i)  # query values become program text
+                 for i, raw in enumerate(items)]
         settings = self.repair_settings(repair)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
         planners: dict[str, Any] = {}  # task -> its planner, or why there is none
@@ -305,22 +307,27 @@ class VisProg:
         the planning loop; each program it runs is a job of this engine (`job`, `run_jobs`)."""
         from visprog.planning.loop import PlanningLoop
 
-        def runner(todo: list[Any]) -> list[ItemResult]:
+        def runner(todo: list[Any], on_result: Any = None) -> list[ItemResult]:
             jobs = []
-            for case, attempt in todo:
+            for position, (case, attempt) in enumerate(todo):
                 bound, meta = case.item.payload
                 n = len(case.attempts) - 1  # the attempt that runs is the case's last
-                jobs.append(self.job(attempt.parsed, bound, id=case.item.id,
+                # the job's id is its position while it runs, so each result that ends is
+                # reported to the loop at once (candidates of a vote share the item's id)
+                jobs.append(self.job(attempt.parsed, bound, id=position,
                                      events=attempt.plan_events, checked=True,
                                      meta={**meta, **({"attempt": n} if n else {})}))
-            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
-                                 no_cache=no_cache)
 
-        results = PlanningLoop(settings, self._critic(settings)).answer(items, runner)
-        if on_item is not None:
-            for res in results:
-                on_item(res)
-        return results
+            def ended(res: ItemResult) -> None:
+                position, res.id = res.id, todo[res.id][0].item.id
+                if on_result is not None:
+                    on_result(position, res)
+
+            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
+                                 no_cache=no_cache, on_item=ended)
+
+        loop = PlanningLoop(settings, self._critic(settings))
+        return loop.answer(items, runner, on_item=on_item)
 
     def repair_settings(self, repair: Any = None) -> Any:
         """The planning loop's settings (`visprog.planning.loop.RepairSettings`): the
@@ -432,7 +439,8 @@ class VisProg:
         left = None
         if isinstance(image, (tuple, list)):
             if len(image) != 2:
-                raise ValueError(f"a pair of images is (left, right); got {len(image)} items")
+                raise ValueError(f"a pair of images is (left, right); got "
+                                 f"{plural(len(image), 'item')}")
             image, right = image
         if task == "nlvr" or right is not None:
             left, image = image, None
@@ -445,6 +453,33 @@ class VisProg:
         if res.error is not None:
             raise res.error
         return RunResult(res.value, res.program, res.trace)
+
+
+def _batch_item(raw: Any, index: int) -> Any:
+    """A `run_batch` item as a `BatchItem`: one already, a mapping of its fields, or a
+    program (text or parsed) with no inputs.
+
+    Raises:
+        TypeError: anything else, or a mapping with a key `BatchItem` does not have.
+    """
+    from dataclasses import fields
+
+    from visprog.engine.batch import BatchItem
+
+    if isinstance(raw, BatchItem):
+        return raw
+    if isinstance(raw, (str, Program)):
+        return BatchItem(program=raw)
+    if isinstance(raw, Mapping):
+        known = [f.name for f in fields(BatchItem)]
+        unknown = [k for k in raw if k not in known]
+        if unknown:
+            raise TypeError(f"run_batch item {index}: unknown key{'s' if len(unknown) > 1 else ''}"
+                            f" {', '.join(map(repr, unknown))}; an item's keys are "
+                            f"{', '.join(known)}")
+        return BatchItem(**raw)
+    raise TypeError(f"run_batch item {index}: expected a mapping (program, image...), a "
+                    f"BatchItem, a query value or program text, got {type(raw).__name__}")
 
 
 def _question_meta(item: Any) -> dict[str, Any]:

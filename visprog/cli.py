@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 a program or runtime error (message on stderr, no traceback 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -16,6 +17,7 @@ from PIL import Image
 
 from visprog.engine.schedule import batch_size_arg
 from visprog.errors import ProgramError, StepError, VisProgError, VisProgWarning, first_line
+from visprog.values.text import plural
 from visprog.values.textfiles import read_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -142,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for d in problems:
             print(_diagnostic_line(args.file, d), file=sys.stderr)
         return EXIT_ERROR
-    print(f"ok: {len(vp.parse(text))} steps")
+    print(f"ok: {plural(len(vp.parse(text)), 'step')}")
     return EXIT_OK
 
 
@@ -171,19 +173,40 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     vp = _engine(args)
-    plan = vp.plan(args.question, task=args.task, **_planner_options(args))
+    plan = vp.plan(args.question, task=args.task or "gqa", **_planner_options(args))
     print(plan.text)
     return EXIT_OK
 
 
+def _run_inputs(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(task, image or left, right) of `visprog run`: a pair (--left/--right, or --image with
+    --right) is the nlvr task unless --task says otherwise; a task whose inputs don't match
+    the images given is a usage error."""
+    from visprog.planning.prompts import TASKS
+
+    if args.left and args.image:
+        raise UsageError("give --image PATH for one image, or --left PATH --right PATH for a "
+                         "pair, not both --image and --left")
+    first = args.left or args.image
+    pair = bool(args.left or args.right)
+    task = args.task or ("nlvr" if pair else "gqa")
+    wants_pair = set(TASKS[task].inputs) == {"LEFT", "RIGHT"}
+    if wants_pair and not (first and args.right):
+        raise UsageError(f"--task {task} compares two images: give --left LEFT --right RIGHT")
+    if not first:
+        raise UsageError("give an input image: --image PATH (or --left PATH --right PATH for "
+                         "a pair)")
+    if pair and not wants_pair:
+        raise UsageError(f"--task {task} takes one image (--image PATH); a pair (--left/"
+                         "--right) is --task nlvr")
+    return task, first, args.right if pair else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.image:
-        raise UsageError("give an input image: --image PATH (and --right PATH for --task nlvr)")
-    if args.task == "nlvr" and not args.right:
-        raise UsageError("--task nlvr compares two images: give --image LEFT --right RIGHT")
+    task, image, right = _run_inputs(args)
     vp = _engine(args)
     try:
-        out = vp.run(args.image, args.question, task=args.task, right=args.right,
+        out = vp.run(image, args.question, task=task, right=right,
                      vote=args.vote, repair=repair_option(args), **_planner_options(args))
     except StepError as e:
         if e.trace is not None:
@@ -196,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for event in plan_events(out.trace.events):
             state = "cached" if isinstance(event, PlanCacheHit) else \
-                ("ok" if event.ok else f"{len(event.errors)} errors")
+                ("ok" if event.ok else plural(len(event.errors), "error"))
             print(f"  plan: {state}", file=sys.stderr)
         _print_repairs(out.trace.events)
         print("program:\n" + "\n".join(f"  {line}" for line in out.program.source.splitlines()),
@@ -218,8 +241,9 @@ def _print_repairs(events: Sequence[Any]) -> None:
             print(f" {mark}attempt {a.index + 1} ({a.reason}): {a.state()}", file=sys.stderr)
 
 
-def add_repair_arguments(p: argparse.ArgumentParser) -> None:
-    """The repair loop's flags (`visprog run` and `visprog eval`)."""
+def add_repair_arguments(p: argparse.ArgumentParser, *, vote: bool = False) -> None:
+    """The repair loop's flags (`visprog run` and `visprog eval`; `--select` only where
+    there is a `--vote`)."""
     from visprog.planning.checks import CHECKS
 
     p.add_argument("--repair", type=int, metavar="N",
@@ -231,9 +255,10 @@ def add_repair_arguments(p: argparse.ArgumentParser) -> None:
                    help="also ask the LLM whether each run answers its question")
     p.add_argument("--no-check", action="append", default=[], choices=sorted(CHECKS),
                    metavar="NAME", help=f"switch a check off ({', '.join(CHECKS)})")
-    p.add_argument("--select", choices=("checks", "majority"),
-                   help="with --vote: prefer runs that pass the checks (default) or the "
-                        "plain majority")
+    if vote:
+        p.add_argument("--select", choices=("checks", "majority"),
+                       help="with --vote: prefer runs that pass the checks (default) or the "
+                            "plain majority")
 
 
 def repair_option(args: Any) -> Any:
@@ -269,8 +294,8 @@ def _add_planner_flags(p: argparse.ArgumentParser) -> None:
     from visprog.planning.prompts import TASKS
 
     p.add_argument("question", help="the question, statement or instruction")
-    p.add_argument("--task", default="gqa", choices=sorted(TASKS),
-                   help="which kind of question (default gqa)")
+    p.add_argument("--task", choices=sorted(TASKS),
+                   help="which kind of question (default gqa; nlvr for a pair of images)")
     p.add_argument("--attempts", type=int, help="tries per program, repairs included (default 3)")
     p.add_argument("--deadline", type=float, metavar="SECONDS",
                    help="the most all LLM requests of a plan may take together, retries "
@@ -284,7 +309,8 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     from visprog.traces.records import Trace
     from visprog.values.text import show
 
-    trace = Trace.load_json(args.file)
+    missing: list[str] = []  # it prints text: images that did not move with it can be spared
+    trace = Trace.load_json(args.file, missing=missing)
     print("program:")
     for i, line in enumerate(trace.program.splitlines(), 1):
         print(f"  {i:3d}  {line}")
@@ -299,6 +325,12 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     if args.html:
         trace.save_html(args.html)
         print(f"html: {args.html}")
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                          if len(missing) > 5 else "")
+        print(f"visprog: warning: {plural(len(missing), 'image file')} of this trace "
+              f"{'is' if len(missing) == 1 else 'are'} missing (its _files folder did not "
+              f"move with it?); shown as text: {shown}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -338,10 +370,37 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that files close and the summary is written
+    as on Ctrl-C (exit 143)."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Any:
+    """While the block runs, SIGTERM unwinds it like Ctrl-C (only the main thread can)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
     vp = _engine(args)
+    if args.no_plan_cache:  # the planner reads the [planner] table when it is made
+        vp.config["planner"] = {**dict(vp.config.get("planner", {})), "cache": False}
     executor = None
     if getattr(args, "ray", None):
         import functools
@@ -352,7 +411,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # each worker assembles this engine again, from its recipe (the resolved config)
         executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe,
                                                             vp.assembly.recipe))
-    run_eval(args, vp, executor, repair=repair_option(args))
+    with _terminate_as_interrupt():
+        run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
 
 
@@ -411,11 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="plan a program for a question, then run it on an image")
     _add_planner_flags(p)
-    p.add_argument("--image", help="the IMAGE input (the LEFT image for --task nlvr)")
-    p.add_argument("--right", help="the RIGHT image (--task nlvr)")
+    p.add_argument("--image", help="the IMAGE input (with --right: the LEFT image)")
+    p.add_argument("--left", help="the LEFT image of a pair (--task nlvr)")
+    p.add_argument("--right", help="the RIGHT image of a pair (--task nlvr)")
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
-    add_repair_arguments(p)
+    add_repair_arguments(p, vote=True)
     _add_output_flags(p, verbose="print the planner's attempts, the repairs and the program")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_run)
@@ -513,9 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"visprog: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("visprog: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         # The reader went away (`visprog config show | head`): not an error of ours. Point
         # stdout at nothing so the interpreter's own flush at exit does not fail again.

@@ -143,6 +143,11 @@ class ConfigError(VisProgError):
     """A configuration or preset that can't be used."""
 
 
+class DtypeError(ConfigError, ValueError):
+    """A model module's `dtype` setting that is not auto, bf16, fp16 or fp32, or that the
+    device can't run (`visprog.models.dtypes`)."""
+
+
 class SettingsError(ConfigError, ValueError):
     """A model module's settings are wrong (an unknown backend, a bad value)."""
 
@@ -152,6 +157,15 @@ class SettingsError(ConfigError, ValueError):
 class BlobError(ValueError):
     """A reference that can't be read: the message says which blob and why (the codec turns
     it into its own `CodecError`)."""
+
+
+class MissingBlob(BlobError):
+    """A blob file that is not there (a saved trace moved without its `_files` folder);
+    `path` is where it was looked for."""
+
+    def __init__(self, message: str, path: str):
+        self.path = path
+        super().__init__(message)
 
 
 class CodecError(VisProgError, ValueError):

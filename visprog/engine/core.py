@@ -36,6 +36,7 @@ from visprog.registry import Registry, Tool
 from visprog.traces.events import CacheFailure, ModelEvent
 from visprog.traces.records import StepRecord, Trace
 from visprog.values import codec
+from visprog.values.text import plural
 from visprog.values.types import check_output
 
 StepCallback = Callable[[StepRecord], None]
@@ -195,8 +196,8 @@ def run_chunk(tool: Tool, calls: Sequence[Mapping[str, Any]]) -> list[Outcome]:
     try:
         outputs = list(tool.batch_fn([dict(c) for c in calls]))
         if len(outputs) != len(calls):
-            raise ValueError(f"{tool.name} batch returned {len(outputs)} outputs "
-                             f"for {len(calls)} calls")
+            raise ValueError(f"{tool.name} batch returned {plural(len(outputs), 'output')} "
+                             f"for {plural(len(calls), 'call')}")
     except Exception as e:
         if len(calls) == 1:
             return [(False, e)]

@@ -45,11 +45,13 @@ import os
 import random
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from visprog.errors import DatasetError
+from visprog.errors import DatasetError, VisProgWarning
+from visprog.values.text import plural
 from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench")
@@ -86,9 +88,10 @@ class EvalItem:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'vstar' for V*Bench's folder or JSON lines with "text" and "label", 'hrbench' for a
-    .tsv, 'gqa' for a .json file holding one object, 'nlvr2' for JSON lines with an
-    "identifier" and a "sentence", else 'jsonl'."""
+    """'vstar' for V*Bench's folder or JSON lines with "image", "text" and "label";
+    'hrbench' for a .tsv; 'nlvr2' for JSON lines with an "identifier" and a "sentence";
+    'jsonl' for other JSON lines (a first line that is a whole object of plain fields); 'gqa'
+    for a file holding one object of question id -> question (on many lines, or one)."""
     p = Path(path)
     if p.is_dir():
         if any((p / c).is_dir() for c in VSTAR_CATEGORIES):
@@ -109,8 +112,11 @@ def detect_format(path: str | os.PathLike) -> str:
         return "nlvr2"
     if isinstance(first, dict) and "text" in first and "label" in first and "image" in first:
         return "vstar"
-    if isinstance(first, dict) and ("question" in first or "image" in first):
-        return "jsonl"
+    if isinstance(first, dict) and first and all(isinstance(v, dict) for v in first.values()) \
+            and "question" not in first:
+        return "gqa"  # the whole questions file on one line
+    if isinstance(first, dict):
+        return "jsonl"  # a line with a field missing is reported by the JSONL reader
     if stripped.startswith("{"):
         return "gqa"
     raise DatasetError(f"{p}: can't tell the data set format; pass --format "
@@ -149,19 +155,35 @@ def load_dataset(path: str | os.PathLike, fmt: str | None = None, *,
             raise DatasetError(f"{p}: id {item.id!r} appears more than once")
         seen.add(item.id)
     if programs:
-        attach_programs(items, programs)
+        attach_programs(items, programs, dataset=p)
     return items
 
 
-def attach_programs(items: list[EvalItem], path: str | os.PathLike) -> int:
-    """Set `program` on the items a programs file names; returns how many it set."""
+def attach_programs(items: list[EvalItem], path: str | os.PathLike, *,
+                    dataset: Any = "the data set") -> int:
+    """Set `program` on the items a programs file names; returns how many it set.
+
+    Raises:
+        DatasetError: none of its ids names an item (a programs file of another data set,
+            or ids written differently); some that don't are a warning naming them.
+    """
     by_id = {item.id: item for item in items}
     n = 0
+    unknown: list[str] = []
     for lineno, row in _json_lines(Path(path)):
         pid = str(_field(row, "id", path, lineno))
         if pid in by_id:
             by_id[pid].program = _field(row, "program", path, lineno)
             n += 1
+        else:
+            unknown.append(pid)
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        example = f" (its ids look like {next(iter(by_id))!r})" if by_id else ""
+        what = f"{plural(len(unknown), 'id')} of {path} ({shown}) name no item of {dataset}"
+        if not n:
+            raise DatasetError(f"none of the programs is used: {what}{example}")
+        warnings.warn(f"{what}; those programs are not used", VisProgWarning, stacklevel=2)
     return n
 
 
@@ -184,7 +206,9 @@ def _read_gqa(path: Path, images: Path) -> Iterator[EvalItem]:
         raise DatasetError(f"{path}: a GQA questions file is an object of question id -> question")
     for qid, q in data.items():
         if not isinstance(q, dict):
-            raise DatasetError(f"{path}: question {qid!r} is not an object")
+            raise DatasetError(f"{path}: question {qid!r} is not an object (a GQA questions "
+                               "file is one object of question id -> question; for one item "
+                               "a line, pass --format jsonl)")
         where = f"question {qid!r}"
         types = q.get("types") or {}
         yield EvalItem(id=str(qid), question=_field(q, "question", path, where),

@@ -5,19 +5,31 @@
 
 Each item's program is the one it carries, else one planned by the LLM. Items run in chunks
 through `VisProg.run_batch` and its planning loop (`visprog.planning.loop`: plan, run, look
-back, select), so model calls are batched across questions. Every
-finished item is appended to the results file at once (flushed), so a killed run loses at
-most the items in flight: a rerun skips the ids already in the file, after cutting off a last
-line that the kill left half-written.
+back, select), so model calls are batched across questions. Every item is appended to the
+results file (flushed) as soon as it is final, not when its chunk ends, and the progress bar
+moves with it; Ctrl-C (or SIGTERM, from `visprog eval`) keeps every finished line and writes
+the summary of what is done. A rerun resumes: it skips the ids already in the file, after
+cutting off a last line that a kill left half-written, and retries the items that failed for
+a reason outside the program (`cause` below). The summary's `this_run` says how many items
+were resumed, retried and new.
+
+Before any planning, every item's image files are looked for: an item whose files are missing
+is written at once as an `error` whose message names the folder looked in and `--images`;
+when no item's images are there, `evaluate` raises `DatasetError` before doing any work.
 
 Each result line: id, task, question, answer, program, prediction (as the benchmark writes
-it), correct, status and error. Status is one of:
+it, `visprog.values.text.show`), correct, status, error and cause. Status is one of:
 
 - `correct`;
 - `wrong`: the program ran, the answer differs after normalisation (`visprog.answers`);
 - `no_program`: no valid program (no LLM, the planner failed, or the given program does not
   parse or check);
 - `error`: the program failed while running (a step error, an unreadable image).
+
+`cause` says when a failure was not the program's: "input" (an input image could not be
+read) or "service" (an LLM, server or model could not be reached or is not configured);
+None otherwise. Those items run again on the next run. (Lines written before `cause` existed
+are read by their error: `ImageError` and `LLMError` are retried.)
 
 With repair on (the config's [planner] settings, or `repair=`), each item's run is checked
 against its question and corrected by the planner when it raises or looks wrong
@@ -26,7 +38,8 @@ attempt's prediction and whether it was right (`first_prediction`, `first_correc
 repairs led to the final program (`repairs`: "plan" for a parse/check repair of the first
 program, "runtime", "check", "critic"), the number of programs run (`attempts`) and the
 checks' findings on the final run. The summary's "repair" part counts the repaired items by
-kind and gives the accuracy before repair (first attempts) and after.
+kind, the answers the repairs changed, made right and made wrong, and the accuracy before
+repair (first attempts) and after.
 
 A multiple-choice item (V*Bench, HR-Bench) is right when the option its prediction chooses
 is the right one (`visprog.evaluation.answers.choose_option`); its line also has `chosen`,
@@ -54,15 +67,22 @@ from visprog.evaluation.answers import choose_option, is_correct
 from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
-from visprog.evaluation.datasets import FORMATS, EvalItem
-from visprog.errors import CheckError, ConfigError, ImageError, ParseError, VisProgWarning
+from visprog.evaluation.datasets import FORMATS, DatasetError, EvalItem
+from visprog.errors import (CheckError, ConfigError, HostError, ImageError, LLMError,
+                            ModelLoadError, ParseError, RemoteModelError, VisProgWarning)
 from visprog.traces.events import PlanAttempt, Repair, plan_events
-from visprog.values.text import show
+from visprog.values.text import plural, show
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 REPAIR_KINDS = ("plan", "runtime", "check", "critic")
+CAUSES = ("input", "service")  # failures outside the program: retried on resume
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
 MODES = ("oneshot", "agent")  # how programs are planned: at once, or in rounds that look
+NO_LLM = "no program given and no LLM configured to plan one"
+# Errors of a service the program needs (an endpoint, a model's checkpoint, the LLM, a
+# hosted module).
+_SERVICE_ERRORS = (RemoteModelError, ModelLoadError, LLMError, HostError, ConnectionError,
+                   TimeoutError)
 
 
 def select(items: Sequence[EvalItem], *, limit: int | None = None, shuffle: bool = False,
@@ -144,41 +164,113 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
     chosen = select(items, limit=limit, shuffle=shuffle, seed=seed)
-    done = {str(r["id"]) for r in read_results(results_path)}
-    todo = [it for it in chosen if it.id not in done]
+    last: dict[str, dict[str, Any]] = {}
+    for r in read_results(results_path):
+        last[str(r["id"])] = r
+    retry = {i for i, r in last.items() if record_cause(r) is not None}
+    todo = [it for it in chosen if it.id not in last or it.id in retry]
+    counts = {"resumed": len(chosen) - len(todo), "retried": sum(it.id in retry for it in todo),
+              "new": sum(it.id not in last for it in todo)}
+    missing = {} if executor is not None else {  # the workers read the images: they look
+        it.id: msg for it in todo if (msg := missing_images(it)) is not None}
+    if todo and len(missing) == len(todo):
+        raise DatasetError(_none_found(todo, missing))
     results_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     bar = _progress(len(chosen), len(chosen) - len(todo), enabled=progress)
     tally = {"n": 0, "correct": 0}
-    with open(results_path, "a", encoding="utf-8") as out:
-        def write(record: dict[str, Any]) -> None:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            tally["n"] += 1
-            tally["correct"] += record["correct"]
-            bar.update(1)
-            bar.set_postfix(acc=f"{tally['correct'] / tally['n']:.3f}", refresh=False)
+    interrupted = False
+    try:
+        with open(results_path, "a", encoding="utf-8") as out:
+            def write(record: dict[str, Any]) -> None:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()  # on disk as soon as the item is final: a kill loses nothing done
+                tally["n"] += 1
+                tally["correct"] += record["correct"]
+                bar.update(1)
+                bar.set_postfix(acc=f"{tally['correct'] / tally['n']:.3f}", refresh=False)
 
-        chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), max(1, chunk_size))]
-        if executor is None:
-            for chunk in chunks:
-                _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair, mode=mode)
-        else:
-            options = {} if mode == "oneshot" else {"mode": mode}
-            for record in executor(chunks, batch_size=batch_size, use_cache=use_cache,
-                                   **options):
-                write(record)
-        os.fsync(out.fileno())
-    bar.close()
-    elapsed = time.perf_counter() - started
-    summary = summarize(read_results(results_path), [it.id for it in chosen])
-    summary.update({"dataset": dataset, "mode": mode, "results": str(results_path),
-                    "preset": getattr(vp, "preset", None), "batch_size": batch_size,
-                    "this_run": {"items": tally["n"], "seconds": round(elapsed, 3),
-                                 "items_per_s": round(tally["n"] / elapsed, 3) if elapsed else None}})
-    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    summary["summary"] = str(summary_path)
+            for item in todo:  # found missing before any planning: nothing to run
+                if item.id in missing:
+                    write(_record(item, None, None, "error", ImageError(missing[item.id])))
+            runnable = [it for it in todo if it.id not in missing]
+            chunks = [runnable[s:s + chunk_size]
+                      for s in range(0, len(runnable), max(1, chunk_size))]
+            if executor is None:
+                for chunk in chunks:
+                    _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair,
+                               mode=mode)
+            else:
+                options = {} if mode == "oneshot" else {"mode": mode}
+                for record in executor(chunks, batch_size=batch_size, use_cache=use_cache,
+                                       **options):
+                    write(record)
+            os.fsync(out.fileno())
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        bar.close()
+        elapsed = time.perf_counter() - started
+        summary = summarize(read_results(results_path), [it.id for it in chosen])
+        summary.update({"dataset": dataset, "mode": mode, "results": str(results_path),
+                        "preset": getattr(vp, "preset", None), "batch_size": batch_size,
+                        "this_run": {**counts, "items": tally["n"], "seconds": round(elapsed, 3),
+                                     "items_per_s": round(tally["n"] / elapsed, 3)
+                                     if elapsed else None, "interrupted": interrupted}})
+        summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False),
+                                encoding="utf-8")
+        summary["summary"] = str(summary_path)
     return summary
+
+
+def missing_images(item: EvalItem) -> str | None:
+    """Why an item's image files can't be read (not there, not a file), naming the folder
+    looked in; None when they are there (http(s) addresses are not looked for)."""
+    gone = [p for p in (item.image, item.left, item.right)
+            if isinstance(p, str) and "://" not in p and not os.path.isfile(p)]
+    if not gone:
+        return None
+    folders = sorted({str(Path(p).parent.resolve()) for p in gone})
+    what = "image file not found" if len(gone) == 1 else "image files not found"
+    return (f"{what}: {', '.join(gone)} (looked in {' and '.join(folders)}; give the images "
+            f"folder with --images)")
+
+
+def _none_found(todo: Sequence[EvalItem], missing: dict[str, str]) -> str:
+    folders = sorted({str(Path(p).parent.resolve()) for it in todo
+                      for p in (it.image, it.left, it.right) if isinstance(p, str)})
+    shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+    first = missing[todo[0].id]
+    return (f"none of the {plural(len(todo), 'item')} to evaluate has its images: looked in "
+            f"{shown}; give the images folder with --images (the first: {first})")
+
+
+def failure_cause(error: Any) -> str | None:
+    """"input" when an input image could not be read, "service" when an LLM, a server or a
+    model could not be reached (or none is configured), else None: the program's own."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ImageError):
+            return "input"
+        if isinstance(error, _SERVICE_ERRORS):
+            return "service"
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
+
+
+def record_cause(record: dict[str, Any]) -> str | None:
+    """The `cause` of a result line's failure; for lines written before it was recorded,
+    read from the error's class name."""
+    if "cause" in record:
+        return record["cause"] if record["cause"] in CAUSES else None
+    error = str(record.get("error") or "")
+    if error.startswith("ImageError:"):
+        return "input"
+    if error.startswith("LLMError:") or error == NO_LLM:
+        return "service"
+    return None
 
 
 def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = None) -> dict[str, Any]:
@@ -201,27 +293,37 @@ def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = Non
         for cell in cells.values():
             cell["accuracy"] = round(cell["correct"] / cell["n"], 4)
     n = len(rows)
+    causes = {c: sum(record_cause(r) == c for r in rows) for c in CAUSES}
     return {"total": len(ids) if ids is not None else n, "done": n,
             "correct": counts["correct"],
             "accuracy": round(counts["correct"] / n, 4) if n else None,
             "failures": {s: counts[s] for s in ("no_program", "error", "wrong")},
+            "outside": causes,
             "by_type": {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())},
             "repair": _repair_summary(rows)}
 
 
 def _repair_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Items repaired, by kind, and the accuracy of the first attempts against the final."""
+    """Items repaired, by kind; the answers the repairs changed, made right and made wrong;
+    the accuracy of the first attempts against the final."""
     by_kind = {k: 0 for k in REPAIR_KINDS}
-    repaired = 0
+    repaired = changed = fixed = broken = 0
     first = 0
     for r in rows:
         kinds = r.get("repairs") or []
         repaired += bool(kinds)
         for k in kinds:
             by_kind[k] = by_kind.get(k, 0) + 1
-        first += bool(r.get("first_correct", r.get("correct")))
+        was = bool(r.get("first_correct", r.get("correct")))
+        now = bool(r.get("correct"))
+        first += was
+        if kinds:
+            changed += r.get("first_prediction", r.get("prediction")) != r.get("prediction")
+            fixed += now and not was
+            broken += was and not now
     n = len(rows)
-    return {"repaired": repaired, "by_kind": by_kind,
+    return {"repaired": repaired, "by_kind": by_kind, "changed": changed,
+            "became_right": fixed, "became_wrong": broken,
             "attempts": sum(int(r.get("attempts") or 0) for r in rows),
             "accuracy_before": round(first / n, 4) if n else None,
             "accuracy_after": round(sum(bool(r.get("correct")) for r in rows) / n, 4) if n else None}
@@ -236,14 +338,32 @@ def format_summary(summary: dict[str, Any]) -> str:
     f = summary["failures"]
     lines.append(f"failures: no valid program {f['no_program']}, runtime error {f['error']}, "
                  f"wrong answer {f['wrong']}")
+    outside = summary.get("outside") or {}
+    if any(outside.values()):
+        parts = []
+        if outside.get("input"):
+            parts.append(f"{plural(outside['input'], 'item')} whose images could not be read")
+        if outside.get("service"):
+            parts.append(f"{plural(outside['service'], 'item')} whose LLM, server or model "
+                         "could not be reached")
+        lines.append(f"not the program's fault: {' and '.join(parts)}; a rerun retries them")
     rep = summary.get("repair")
     if rep and rep["repaired"] and rep["accuracy_before"] is not None:
         kinds = ", ".join(f"{k} {v}" for k, v in rep["by_kind"].items() if v)
-        lines.append(f"repair: {rep['repaired']} items repaired ({kinds}); accuracy "
-                     f"{rep['accuracy_before']:.2%} before repair, {rep['accuracy_after']:.2%} after")
+        lines.append(f"repair: {plural(rep['repaired'], 'item')} repaired ({kinds}): "
+                     f"{plural(rep.get('changed', 0), 'answer')} changed, "
+                     f"{rep.get('became_right', 0)} became right, "
+                     f"{rep.get('became_wrong', 0)} became wrong; accuracy "
+                     f"{rep['accuracy_before']:.2%} before repair, "
+                     f"{rep['accuracy_after']:.2%} after")
     for kind, cells in summary["by_type"].items():
         parts = ", ".join(f"{name} {c['accuracy']:.1%} (n={c['n']})" for name, c in cells.items())
         lines.append(f"by {kind}: {parts}")
+    run = summary.get("this_run")
+    if run and "new" in run:
+        lines.append(f"this run: {run['new']} new, {run['retried']} retried (failed outside the "
+                     f"program before), {run['resumed']} resumed from the results file"
+                     + (" (interrupted)" if run.get("interrupted") else ""))
     return "\n".join(lines)
 
 
@@ -282,8 +402,7 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
     by_id: dict[str, EvalItem] = {}
     for item in items:
         if item.program is None and getattr(vp, "llm", None) is None:
-            write(_record(item, None, None, "no_program",
-                          "no program given and no LLM configured to plan one"))
+            write(_record(item, None, None, "no_program", NO_LLM))
             continue
         by_id[item.id] = item
         batch.append(BatchItem(item.program, image=item.image, left=item.left, right=item.right,
@@ -354,11 +473,13 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
         first_correct = ran and is_correct(rep["first_answer"], item.answer, item.options)
     else:
         first_prediction, first_correct = prediction, correct
+    cause = "service" if error == NO_LLM else failure_cause(error)
     record = {"id": item.id, "task": item.task, "question": item.question,
               "answer": item.answer, "program": program, "prediction": prediction,
               "correct": correct, "status": status,
               "error": None if error is None else (error if isinstance(error, str)
                                                    else f"{type(error).__name__}: {error}"),
+              "cause": cause if status in ("no_program", "error") else None,
               "types": item.types, "first_prediction": first_prediction,
               "first_correct": first_correct, "repairs": rep["kinds"],
               "attempts": rep["attempts"] if program is not None else 0,
@@ -444,6 +565,8 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"items run together per batch (default {DEFAULT_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plan-cache", action="store_true",
+                   help="ask the LLM even for questions planned before")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="spread the chunks over a Ray cluster ('auto', 'HOST:6379'): planning "
                         "and execution run there (needs the ray extra; image paths must be "
@@ -458,11 +581,17 @@ def cmd_eval(args: Any, vp: Any, executor: Any = None, *, repair: Any = None) ->
 
     items = load_dataset(args.dataset, args.format, images=args.images, programs=args.programs)
     out = args.out or str(Path(args.dataset).with_suffix("")) + ".results.jsonl"
-    summary = evaluate(vp, items, out, summary_path=args.summary, batch_size=args.batch_size,
-                       limit=args.limit, shuffle=args.shuffle, seed=args.seed,
-                       chunk_size=args.chunk, use_cache=not args.no_cache,
-                       progress=not args.no_progress, dataset=str(args.dataset),
-                       executor=executor, repair=repair, mode=getattr(args, "mode", "oneshot"))
+    try:
+        summary = evaluate(vp, items, out, summary_path=args.summary,
+                           batch_size=args.batch_size, limit=args.limit, shuffle=args.shuffle,
+                           seed=args.seed, chunk_size=args.chunk, use_cache=not args.no_cache,
+                           progress=not args.no_progress, dataset=str(args.dataset),
+                           executor=executor, repair=repair,
+                           mode=getattr(args, "mode", "oneshot"))
+    except KeyboardInterrupt:
+        print(f"stopped: every finished item is in {out}; run the same command again to "
+              "resume", file=sys.stderr)
+        raise
     print(format_summary(summary))
     print(f"results: {out}\nsummary: {summary['summary']}")
     return summary

@@ -14,11 +14,15 @@ from typing import Any, Iterable, Mapping
 from visprog.errors import CheckError, Diagnostic, ToolDeclarationError, VisProgError
 from visprog.language.program import RESERVED_NAMES, Arg, Program, Step, Var, var_refs
 from visprog.registry import Param, Registry, Tool
+from visprog.values.text import a
 from visprog.values.types import (ANY, NOT_TEXT_LIST, Types, describe, fits, list_types,
                                   parse_types, type_of)
 
 # What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
 DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
+# How a caller passes each of them (a program that reads one it was not given says so).
+PASS_INPUT = {"IMAGE": ("image=...", "--image PATH"), "LEFT": ("left=...", "--left PATH"),
+              "RIGHT": ("right=...", "--right PATH")}
 
 
 def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
@@ -66,7 +70,7 @@ def check(program: Program, registry: Registry,
     for step in program:
         out.extend(_check_target(step, bound))
         if step.module is None:
-            out.extend(_check_alias(step, env))
+            out.extend(_check_alias(step, env, bound))
             env[step.target] = env.get(step.alias_of or "", ANY)
             continue
         tool = registry.find(step.module)
@@ -77,10 +81,10 @@ def check(program: Program, registry: Registry,
                                   f"did you mean {suggestion!r}?" if suggestion else
                                   f"known modules: {', '.join(sorted(registry.names()))}"))
             for arg in step.args:  # still report undefined variables it reads
-                out.extend(_undefined(arg, env))
+                out.extend(_undefined(arg, env, bound))
             env[step.target] = ANY
             continue
-        out.extend(_check_call(step, tool, env))
+        out.extend(_check_call(step, tool, env, bound))
         env[step.target] = _output_types(step, tool, env)
     return out
 
@@ -111,28 +115,42 @@ def _output_types(step: Step, tool: Tool, env: Mapping[str, Types]) -> Types:
     return tool.returns
 
 
-def _check_alias(step: Step, env: Mapping[str, Types]) -> list[Diagnostic]:
+def _check_alias(step: Step, env: Mapping[str, Types],
+                 inputs: frozenset[str]) -> list[Diagnostic]:
     name = step.alias_of or ""
     if name in env:
         return []
-    return [Diagnostic(step.line, step.module_column, step.source,
-                       f"undefined variable {name!r}", _undefined_hint(name, env))]
+    message, hint = _undefined_message(name, env, inputs)
+    return [Diagnostic(step.line, step.module_column, step.source, message, hint)]
 
 
-def _undefined_hint(name: str, env: Mapping[str, Types]) -> str:
+def _undefined_message(name: str, env: Mapping[str, Types],
+                       inputs: frozenset[str]) -> tuple[str, str]:
+    """(message, hint) for a variable read before anything defines it. One of the usual
+    inputs (IMAGE, LEFT, RIGHT) was not given: say so and how to pass it, rather than
+    suggest quotes."""
+    if name in PASS_INPUT:
+        python, cli = PASS_INPUT[name]
+        how = f"pass it: {python} in Python (vp.execute, vp.run), {cli} on the command line"
+        if inputs:
+            how = (f"this run's inputs are {', '.join(sorted(inputs))}: read one of them, or "
+                   + how)
+        return f"undefined variable {name!r}: the input {name} was not given", how
     close = difflib.get_close_matches(name, list(env), n=1, cutoff=0.6)
     if close:
-        return f"did you mean {close[0]!r}?"
-    return "no earlier step or input defines it; strings need quotes"
+        return f"undefined variable {name!r}", f"did you mean {close[0]!r}?"
+    return (f"undefined variable {name!r}",
+            "no earlier step or input defines it; strings need quotes")
 
 
-def _undefined(arg: Arg, env: Mapping[str, Types]) -> list[Diagnostic]:
-    return [Diagnostic(arg.line, arg.column, arg.name, f"undefined variable {v.name!r}",
-                       _undefined_hint(v.name, env))
+def _undefined(arg: Arg, env: Mapping[str, Types],
+               inputs: frozenset[str]) -> list[Diagnostic]:
+    return [Diagnostic(arg.line, arg.column, arg.name, *_undefined_message(v.name, env, inputs))
             for v in var_refs(arg.value) if v.name not in env]
 
 
-def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagnostic]:
+def _check_call(step: Step, tool: Tool, env: Mapping[str, Types],
+                inputs: frozenset[str] = frozenset()) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     seen: set[str] = set()
     for arg in step.args:
@@ -144,14 +162,14 @@ def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagno
                 f"{tool.name} takes {', '.join(names) or 'no arguments'}"
             out.append(Diagnostic(arg.line, arg.column, arg.name,
                                   f"{tool.name} has no argument {arg.name!r}", hint))
-            out.extend(_undefined(arg, env))
+            out.extend(_undefined(arg, env, inputs))
             continue
         if param.name in seen:
             out.append(Diagnostic(arg.line, arg.column, arg.name,
                                   f"argument {param.name!r} given twice", "keep one of them"))
             continue
         seen.add(param.name)
-        undefined = _undefined(arg, env)
+        undefined = _undefined(arg, env, inputs)
         if undefined:
             out.extend(undefined)
             continue
@@ -166,7 +184,7 @@ def _check_call(step: Step, tool: Tool, env: Mapping[str, Types]) -> list[Diagno
                 _type_hint(given, param.types)))
             continue
         if param.refs is not None and isinstance(arg.value, str):
-            found = _check_refs(arg, param.refs, env)
+            found = _check_refs(arg, param.refs, env, inputs)
             out.extend(found)
             if found:
                 continue
@@ -189,18 +207,23 @@ def _type_hint(given: Types, wanted: Types) -> str:
         return "pass the result of Loc, Seg, Select, FaceDet or Classify"
     if "Image" in wanted and "Objects" in given:
         return "pass the image itself (e.g. IMAGE), and the objects as box=/object="
-    return f"pass a {' or '.join(sorted(wanted))}"
+    return f"pass {' or '.join(a(t) for t in sorted(wanted))}"
 
 
-def _check_refs(arg: Arg, refs: Any, env: Mapping[str, Types]) -> list[Diagnostic]:
+def _check_refs(arg: Arg, refs: Any, env: Mapping[str, Types],
+                inputs: frozenset[str]) -> list[Diagnostic]:
     try:
         names = refs(arg.value)
     except VisProgError as e:
         return [Diagnostic(arg.line, arg.column, arg.value, f"bad expression: {e}",
                            "see the Eval section of the language")]
-    return [Diagnostic(arg.line, arg.column, arg.value,
-                       f"expression reads undefined variable {n!r}", _undefined_hint(n, env))
-            for n in names if n not in env]
+    out = []
+    for n in names:
+        if n not in env:
+            message, hint = _undefined_message(n, env, inputs)
+            out.append(Diagnostic(arg.line, arg.column, arg.value,
+                                  f"expression reads {message}", hint))
+    return out
 
 
 def _check_expr_types(arg: Arg, param: Param, env: Mapping[str, Types]) -> list[Diagnostic]:

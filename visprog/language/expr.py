@@ -478,9 +478,10 @@ def read_value(name: str, value: Any, *, as_text: bool = False) -> Value:
 
 def _kind(value: Any) -> str:
     from visprog.values import type_of
+    from visprog.values.text import a
     kind = type_of(value)
     kind = type(value).__name__ if kind == "Any" else kind
-    return ("an " if kind[:1].lower() in "aeiou" else "a ") + kind
+    return a(kind, "value") if kind == "Objects" else a(kind)
 
 
 def _describe(value: Value) -> str:
@@ -969,9 +970,10 @@ def _typed(text: str, variables_items: frozenset[tuple[str, frozenset[str]]]) ->
         types = variables.get(node.name, frozenset({"Any"}))
         kinds = reads(types, as_text=node.as_text)
         if not kinds:
-            from visprog.values.types import describe  # local: keeps the parser light
+            from visprog.values.text import a  # local: keeps the parser light
+            from visprog.values.types import describe
             what = describe(types)
-            what = (("an " if what[:1] in "AEIOU" else "a ") if types else "") + what
+            what = " or ".join(a(t) for t in sorted(types)) if types else what
             hint = ("ask about an image with Vqa, or count what Loc finds ({OBJ} > 0); "
                     if "Image" in types else "") + _EVAL_READS
             problems[(f"Eval can't read {unparse(node)}: it is {what}", hint)] = None

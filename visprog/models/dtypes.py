@@ -26,16 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from visprog.errors import ConfigError
+from visprog.errors import DtypeError
 
 DTYPE_SETTINGS = ("auto", "bf16", "fp16", "fp32")
 TORCH_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _PUBLISHED = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
               "half": "float16", "float32": "float32", "fp32": "float32", "float": "float32"}
-
-
-class DtypeError(ConfigError, ValueError):
-    """A `dtype` setting that is not one of DTYPE_SETTINGS, or that the device can't run."""
 
 
 @dataclass(frozen=True)

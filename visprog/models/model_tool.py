@@ -42,6 +42,7 @@ from visprog.models.checkpoints import register_tiny
 from visprog.models.dtypes import check_dtype_setting
 from visprog.models.manager import Loader, manager_of, model_dtype, to_model_inputs
 from visprog.registry import REQUIRED, Param, Tool, parse_types
+from visprog.values.text import plural
 from visprog.values.types import describe, fits, type_of
 
 
@@ -299,8 +300,9 @@ class ModelTool:
                 for idx in groups.values():
                     raw = self.forward([items[i] for i in idx])
                     if len(raw) != len(idx):
-                        raise RuntimeError(f"{self.name}: forward gave {len(raw)} outputs "
-                                           f"for {len(idx)} items")
+                        raise RuntimeError(f"{self.name}: forward gave "
+                                           f"{plural(len(raw), 'output')} for "
+                                           f"{plural(len(idx), 'item')}")
                     for i, r in zip(idx, raw):
                         out[i] = self.postprocess(items[i], r)
         return out

@@ -22,6 +22,7 @@ import time
 from typing import Any, Iterator, Mapping
 
 from visprog.errors import VisProgError, api_message, first_line, retry_after_seconds
+from visprog.values.text import plural
 
 # The total time the requests made inside `deadline(...)` may take together: (monotonic time
 # it ends, its length in seconds, the setting's name, what it bounds), for messages.
@@ -75,8 +76,6 @@ def completion_choices(resp: Any) -> list[Any]:
     return choices
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 class ChatServer:

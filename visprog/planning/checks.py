@@ -9,7 +9,8 @@ returns `Finding`s; a run with findings is re-planned with them as feedback (see
 The rules (`CHECKS`, each can be switched off by name):
 
 - `answer_type`: the kind of answer the question asks for (yes/no, a number, a colour, a
-  word; an image for editing tasks) against the answer.
+  word; an image for editing tasks) against the answer; in a question task an image or
+  regions never answer, whatever the wording.
 - `empty_used`: a step that finds regions (Loc, Select, ...) found none of an object the
   question takes for granted, and a later step used that empty result.
 - `crop_fallback`: a Crop step got no region and so kept the whole image.
@@ -48,6 +49,7 @@ _STOP = {"the", "a", "an", "of", "in", "on", "at", "to", "is", "are", "and", "or
          "that", "this", "what", "which", "who", "image", "picture", "photo", "left", "right",
          "top", "bottom"}
 _FINDER_ARGS = ("object", "query", "category")  # the text argument that names what is sought
+IMAGE_TASKS = ("imgedit", "knowtag")  # tasks answered with an image; the others with words
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def expected_answer(question: str, task: str = "gqa") -> str | None:
     "image", or None when the wording does not say (e.g. "Is it red or blue?")."""
     if task == "nlvr":
         return "yesno"
-    if task in ("imgedit", "knowtag"):
+    if task in IMAGE_TASKS:
         return "image"
     q = " ".join(_words(question))
     words = q.split()
@@ -176,11 +178,18 @@ def _is_crop(rec: Any) -> bool:
 
 
 def check_answer_type(facts: RunFacts) -> list[Finding]:
-    want = expected_answer(facts.question, facts.task)
-    if want is None or facts.trace.error is not None:
+    if facts.trace.error is not None:
         return []
+    want = expected_answer(facts.question, facts.task)
     got = answer_kind(facts.value)
     shown = show(facts.value, typed=True, limit=60)
+    if want is None:
+        # the wording does not say which answer ("Is it to our right or left?"), but a
+        # question task's answer is never an image or regions
+        if facts.task in IMAGE_TASKS or got not in ("image", "objects"):
+            return []
+        return [Finding("answer_type", f"the question asks for words (yes/no, a number or a "
+                                       f"name), but the answer is {shown}")]
     if want == "image":
         ok = got == "image"
     elif got in ("empty", "objects", "image", "other"):

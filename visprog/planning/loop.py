@@ -30,9 +30,13 @@ question with either a given program or none (then the planner writes `vote` of 
    loop switched off), ties to the earliest.
 
 Every LLM request of the loop (plans, corrections, the critic's verdicts) runs inside the
-planner's deadline (`deadline_s`). The chosen run's trace gets a `Repair` event listing every
-attempt (program, why it was written, its plan attempts, answer or error, findings, verdict)
-and, among candidates, a `Vote` event listing every candidate (`visprog.traces.events`).
+planner's deadline (`deadline_s`). With `on_item`, each item's result is handed over as soon
+as it is final (its planning failed, or its last run needs no correction or can get none),
+while the others go on: the runner reports each run as it ends, so a long batch loses nothing
+finished when it is stopped, and a progress bar moves per item. The chosen run's trace gets
+a `Repair` event listing every attempt (program, why it was written, its plan attempts,
+answer or error, findings, verdict) and, among candidates, a `Vote` event listing every
+candidate (`visprog.traces.events`).
 """
 from __future__ import annotations
 
@@ -231,19 +235,22 @@ class RunAttempt:
 
 @dataclass
 class Case:
-    """One candidate program of an item and its attempts so far (the first one given)."""
+    """One candidate program of an item and its attempts so far (the first one given).
+    `stopped`: asking for a correction failed, so it gets no more attempts."""
 
     item: LoopItem
     attempts: list[RunAttempt]
+    stopped: bool = False
 
     @property
     def last(self) -> RunAttempt:
         return self.attempts[-1]
 
 
-# The caller's engine: runs (case, attempt) pairs together, one result (with value, trace,
-# error) each, in order.
-Runner = Callable[[list[tuple[Case, RunAttempt]]], Sequence[Any]]
+# The caller's engine: runs (case, attempt) pairs together and returns one result (with
+# value, trace, error) each, in order; it calls `on_result(position, result)` as each run
+# ends, where it can (a runner that can't just returns them all).
+Runner = Callable[..., Sequence[Any]]
 
 
 def _deadline_s(item: LoopItem) -> float | None:
@@ -270,30 +277,65 @@ class PlanningLoop:
         self.settings = settings
         self.critic = critic if settings.critic and settings.enabled else None
 
-    def answer(self, items: Sequence[LoopItem], runner: Runner) -> list[ItemResult]:
+    def answer(self, items: Sequence[LoopItem], runner: Runner,
+               on_item: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
         """One result per item, in order: plan the items without a program, run every
         first program together, correct and rerun those that need it, select one run per
-        item. An item's failure (no plan, every run raised) is in its result."""
+        item. An item's failure (no plan, every run raised) is in its result. `on_item` gets
+        each item's result as soon as it is final, in the order they become final."""
         results: list[ItemResult | None] = []
         candidates: list[list[Case]] = []
         for item in items:
             cases, failed = self.plan(item)
             results.append(failed)
             candidates.append(cases)
-        cases = [c for group in candidates for c in group]
-        self.repair(cases, runner, rounds=0)
-        if self.settings.enabled and self.settings.attempts:
-            todo = []
-            for item, group in zip(items, candidates):
-                if item.vote <= 1 or len(group) == 1:
-                    todo += group
-                elif group and not any(c.last.passed for c in group):
-                    # candidates are selected, not corrected one by one: only the most
+            if failed is not None and on_item is not None:
+                on_item(failed)
+        group_of = {id(c): k for k, group in enumerate(candidates) for c in group}
+        targets: dict[int, list[Case]] = {}  # item -> the cases that may be corrected
+
+        def to_correct(k: int) -> list[Case]:
+            """The cases of item k that go on to be corrected, once its first runs ended."""
+            if k not in targets:
+                item, group = items[k], candidates[k]
+                if not (self.settings.enabled and self.settings.attempts):
+                    targets[k] = []
+                elif item.vote <= 1 or len(group) == 1:
+                    targets[k] = list(group)
+                elif any(c.last.passed for c in group):
+                    targets[k] = []
+                else:  # candidates are selected, not corrected one by one: only the most
                     # promising one is, when none passed
-                    todo.append(min(group, key=lambda c: (not c.last.ran, c.last.problems)))
-            self.repair(todo, runner)
-        return [failed if failed is not None else self.select_run(item, group)
-                for item, group, failed in zip(items, candidates, results)]
+                    targets[k] = [min(group, key=lambda c: (not c.last.ran, c.last.problems))]
+            return targets[k]
+
+        def finished(case: Case) -> None:
+            """A run of `case` ended: hand its item over if nothing more will run for it."""
+            k = group_of[id(case)]
+            if results[k] is not None or any(not c.last.finished for c in candidates[k]):
+                return
+            if any(self.may_correct(c) for c in to_correct(k)):
+                return
+            results[k] = self.select_run(items[k], candidates[k])
+            on_item(results[k])  # type: ignore[misc]
+
+        done = finished if on_item is not None else None
+        self.repair([c for group in candidates for c in group], runner, rounds=0, finished=done)
+        todo = [c for k, group in enumerate(candidates) if results[k] is None
+                for c in to_correct(k)]
+        if todo:
+            self.repair(todo, runner, finished=done)
+        for k, (item, group) in enumerate(zip(items, candidates)):
+            if results[k] is None:
+                results[k] = self.select_run(item, group)
+                if on_item is not None:
+                    on_item(results[k])  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+
+    def may_correct(self, case: Case) -> bool:
+        """Whether the case's last run, which ended, may still get a correction."""
+        return (self.settings.enabled and not case.stopped and case.item.planner is not None
+                and len(case.attempts) - 1 < self.settings.attempts and not case.last.passed)
 
     # -- plan
 
@@ -358,20 +400,19 @@ class PlanningLoop:
 
     # -- run and correct
 
-    def repair(self, cases: Sequence[Case], runner: Runner, *, rounds: int | None = None) -> None:
+    def repair(self, cases: Sequence[Case], runner: Runner, *, rounds: int | None = None,
+               finished: Callable[[Case], None] | None = None) -> None:
         """Run every case's unfinished last attempt, then correct and rerun the ones that
         need it, up to `rounds` times (default `settings.attempts`; none when the loop is
-        off). Cases change in place."""
+        off). Cases change in place; `finished(case)` is called after each run is judged and
+        after a correction could not be written."""
         if rounds is None:
             rounds = self.settings.attempts if self.settings.enabled else 0
         todo = [(c, c.last) for c in cases if not c.last.finished]
         judged = [c for c in cases if c.last.finished]
         for done_round in range(rounds + 1):
             if todo:
-                for (case, attempt), res in zip(todo, runner(todo)):
-                    attempt.value, attempt.trace, attempt.error = res.value, res.trace, res.error
-                    attempt.finished = True
-                    self.judge(case, attempt)
+                self.run(todo, runner, finished)
                 judged += [c for c, _ in todo]
             if done_round == rounds:
                 break
@@ -381,9 +422,30 @@ class PlanningLoop:
                 if new is not None:
                     case.attempts.append(new)
                     todo.append((case, new))
+                elif case.stopped and finished is not None:
+                    finished(case)
             judged = []
             if not todo:
                 break
+
+    def run(self, todo: list[tuple[Case, RunAttempt]], runner: Runner,
+            finished: Callable[[Case], None] | None = None) -> None:
+        """Run the attempts together; each is judged as soon as its run ends."""
+        taken: set[int] = set()
+
+        def take(position: int, res: Any) -> None:
+            if position in taken:
+                return
+            taken.add(position)
+            case, attempt = todo[position]
+            attempt.value, attempt.trace, attempt.error = res.value, res.trace, res.error
+            attempt.finished = True
+            self.judge(case, attempt)
+            if finished is not None:
+                finished(case)
+
+        for position, res in enumerate(runner(todo, on_result=take)):
+            take(position, res)  # what the runner did not report as it went
 
     def correction(self, case: Case) -> RunAttempt | None:
         """The corrected program of a case whose last run needs one (None when it doesn't,
@@ -398,6 +460,7 @@ class PlanningLoop:
                 plan = item.planner.revise(item.question, last.program, message, item.inputs)
         except Exception as e:  # PlanningError, LLMError, a failing client: keep what ran
             last.note = f"no correction: {_failure(e)}"
+            case.stopped = True
             return None
         revision = len(case.attempts)
         events = []

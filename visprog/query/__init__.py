@@ -40,6 +40,7 @@ from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryErr
                             caller, compile_query, fail, snake_case)
 from visprog.registry import closest_name
 from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
+from visprog.values.text import a, plural
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
 # writes (an expression, a question for the LLM), so those modules are `vp.fn` functions.
@@ -136,8 +137,7 @@ class Query:
         if t is not None:
             first = t.params[0]
             kinds = "/".join(sorted(method_types(t)))
-            where = (f"call it on {'an' if kinds[0] in 'AEIOU' else 'a'} {kinds} value"
-                     if kinds else f"call vp.fn.{name}(...)")
+            where = f"call it on {a(kinds, 'value')}" if kinds else f"call vp.fn.{name}(...)"
             raise NoSuchMethod([(f"{name}() is not a method of {kind} values: "
                                  f"{t.signature()} takes {first.name} as {first.type_str}",
                                  where)], caller())
@@ -152,7 +152,7 @@ class Query:
         except Exception:  # a repr must not raise
             last, steps = "?", 0
         state = "ran" if self._result is not None else "not run"
-        return f"<{'/'.join(sorted(self.types))} query {last} ({steps} steps, {state})>"
+        return f"<{'/'.join(sorted(self.types))} query {last} ({plural(steps, 'step')}, {state})>"
 
     # -- what would need Python to evaluate the value: refused --------------------------
     def __bool__(self) -> bool:
@@ -161,7 +161,7 @@ class Query:
                    "use .then(a, b), .and_(), .or_(), .not_(), or .value to run it first")
 
     def _not_python(self, *_: Any) -> Any:
-        raise fail(f"a {'/'.join(sorted(self.types))} query value can't be converted or "
+        raise fail(f"{a('/'.join(sorted(self.types)), 'query value')} can't be converted or "
                    "formatted by Python before it runs",
                    "use .value for the result, .program for the program, or + between "
                    "Text values to build text in the program")
@@ -187,7 +187,7 @@ class Query:
     __hash__ = object.__hash__  # identity, as == is refused or builds an expression
 
     def _not_sequence(self, *_: Any) -> Any:
-        raise fail(f"a {'/'.join(sorted(self.types))} query value is not a sequence",
+        raise fail(f"{a('/'.join(sorted(self.types)), 'query value')} is not a sequence",
                    "only Objects values have len(), iteration and indexing")
 
     __len__ = __iter__ = __getitem__ = _not_sequence
@@ -223,7 +223,9 @@ class ObjectsQuery(Query):
             part, label = objects[index], "PART"
         elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             if not -len(objects) <= index < len(objects):
-                raise fail(f"index {index} is out of range: there are {len(objects)} objects")
+                n = len(objects)
+                raise fail(f"index {index} is out of range: there "
+                           f"{'is' if n == 1 else 'are'} {plural(n, 'object')}")
             i = int(index) % len(objects)
             part, label = objects[i:i + 1], str(i)
         else:
@@ -444,7 +446,7 @@ def to_node(vp: Any, value: Any, what: str) -> Any:
         return Input("IMAGE", loaded, frozenset({"Image"}), ("image", id(value)), value)
     if isinstance(value, Objects):
         return Input("OBJECTS", value, frozenset({"Objects"}), ("objects", id(value)), value)
-    raise fail(f"{what}: can't pass a {type(value).__name__} into a program",
+    raise fail(f"{what}: can't pass {a(type(value).__name__)} into a program",
                "pass a query value, an image, Objects, text, a number, a bool, None or a "
                "list of those")
 

@@ -23,6 +23,7 @@ from visprog.language.expr import (MAX_DEPTH, NUMBERS, OPERATORS, Binary, Compar
                                    result_kinds, syntax, write_op)
 from visprog.language.expr import Const as ExprConst
 from visprog.language.expr import reads as eval_reads
+from visprog.values.text import a
 
 SCALARS = frozenset({"Number", "Bool", "Text"})
 # The logic operators and `if` are methods of query values: errors name the method.
@@ -74,7 +75,7 @@ def const(value: Any) -> Const:
         if not math.isfinite(value):
             raise ExprProblem(f"{value} is not a number an expression can write")
         return Const(value)
-    raise ExprProblem(f"a {type(value).__name__} can't be part of an expression",
+    raise ExprProblem(f"{a(type(value).__name__)} can't be part of an expression",
                       "expressions take Text, Number and Bool values (Objects: .count())")
 
 
@@ -100,7 +101,7 @@ def make_op(op: str, operands: tuple[Any, ...]) -> Op:
     for x in operands:
         # Eval reads Objects as their count, but a query says so: .count()
         if not isinstance(x, Const) and not (x.types & SCALARS or "Any" in x.types):
-            what = f"a {'/'.join(sorted(x.types))} value" if x.types else \
+            what = a('/'.join(sorted(x.types)), "value") if x.types else \
                 "a list that is not all text"
             raise ExprProblem(f"{_symbol(op)} can't use {what}",
                               "count Objects with .count()" if "Objects" in x.types else

@@ -102,9 +102,9 @@ def _step_doc(s: StepRecord, writer: Encoder) -> dict[str, Any]:
 class _Reader:
     """Decodes a document's values; a codec error becomes a `TraceLoadError` naming the file."""
 
-    def __init__(self, json_path: Path, blobs: Any = None):
+    def __init__(self, json_path: Path, blobs: Any = None, missing: list[str] | None = None):
         self.json_path = json_path
-        self.decoder = Decoder(DocumentBlobs(json_path.parent, table=blobs))
+        self.decoder = Decoder(DocumentBlobs(json_path.parent, table=blobs), missing=missing)
 
     def fail(self, message: str) -> TraceLoadError:
         return TraceLoadError(f"{self.json_path}: {message}")
@@ -116,8 +116,14 @@ class _Reader:
             raise self.fail(str(e)) from e
 
 
-def load_trace(path: str | Path, trace_class: Any) -> Any:
+def load_trace(path: str | Path, trace_class: Any, *, missing: list[str] | None = None) -> Any:
     """Read a trace written by `save_trace`.
+
+    Args:
+        missing: None: an image file that is not there is an error. A list: the trace loads
+            without it (such an image reads as `image WxH (file missing)`, such a mask is left
+            out), and the missing files' paths are appended to the list; what `visprog trace
+            show` does, as it prints only text.
 
     Raises:
         TraceLoadError: the file is missing, not JSON, not a visprog trace, of a newer format
@@ -144,7 +150,7 @@ def load_trace(path: str | Path, trace_class: Any) -> Any:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise reader.fail(f"trace format version {version!r} is not supported "
                           f"(this visprog reads up to {FORMAT_VERSION})")
-    reader = _Reader(path, doc.get("blobs"))
+    reader = _Reader(path, doc.get("blobs"), missing)
     try:
         steps = [_step_from(s, reader) for s in doc.get("steps", [])]
         return trace_class(

@@ -64,9 +64,11 @@ class Trace:
         return save_trace(self, path, inline=inline)
 
     @classmethod
-    def load_json(cls, path: str | Path) -> "Trace":
+    def load_json(cls, path: str | Path, *, missing: list[str] | None = None) -> "Trace":
+        """A saved trace. With a list as `missing`, image files that are not there (the
+        `_files` folder did not move with the JSON) are listed in it instead of raising."""
         from visprog.traces.json_io import load_trace
-        return load_trace(path, trace_class=cls)
+        return load_trace(path, trace_class=cls, missing=missing)
 
     def to_html(self) -> str:
         from visprog.traces.html import render_html

@@ -21,7 +21,7 @@ import binascii
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Protocol
 
-from visprog.errors import BlobError
+from visprog.errors import BlobError, MissingBlob
 
 
 class BlobStore(Protocol):
@@ -118,7 +118,7 @@ class DocumentBlobs:
             try:
                 data = file.read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-                raise BlobError(f"{what} file not found: {file}") from e
+                raise MissingBlob(f"{what} file not found: {file}", str(file)) from e
             except OSError as e:
                 raise BlobError(f"could not read {what} file {file}: {e}") from e
             return ("file", str(file)), data, f"{what} file {file}"

@@ -251,7 +251,8 @@ class Objects(Sequence[Region]):
             raise IndexError(f"Objects take a 1-D index, got one of shape {idx.shape}")
         if idx.dtype == bool:
             if idx.shape != (n,):
-                raise IndexError(f"boolean index of length {len(idx)} for {n} objects")
+                raise IndexError(f"boolean index of length {len(idx)} for {n} "
+                                 f"object{'s' if n != 1 else ''}")
             idx = np.flatnonzero(idx)
         elif idx.size == 0:
             idx = idx.astype(np.intp)

@@ -12,6 +12,9 @@ value. Its two forms:
 - typed (`show(v, typed=True)`, what the LLM reads in a trace summary): `Objects: 2 regions
   (cat, dog)`, `Image: 320x240`, `Bool: True`, `Number: 3`, `Text: 'blue'`, `TextList: [...]`.
 
+Counts and type names in messages read as English through `plural` (`1 region`, `2 regions`)
+and `a` (`an Image`, `a Number`).
+
 `normalize` is how answers compare, as the VQA-style benchmarks do it; scoring compares the
 normal forms of a prediction and its reference, and a vote counts runs by theirs
 (`answer_key`), so "two", "2" and 2.0 are one answer everywhere. The rules, in order:
@@ -39,7 +42,8 @@ import numpy as np
 from visprog.values.codec import digest
 from visprog.values.objects import Objects
 
-__all__ = ["show", "record_value", "normalize", "answer_key", "NUMBER_WORDS"]
+__all__ = ["show", "record_value", "normalize", "answer_key", "plural", "a",
+           "NUMBER_WORDS"]
 
 SHOWN_LABELS = 5  # labels listed for Objects; the rest are "..."
 TYPED_TEXT_LIMIT = 80  # a typed Text/TextList shows its repr up to this many characters
@@ -69,14 +73,31 @@ def show(value: Any, *, task: str | None = None, typed: bool = False,
 
 def record_value(value: Any, limit: int = RECORD_TEXT_LIMIT) -> Any:
     """A value as a record (an event, a result line) keeps it: None, booleans and numbers as
-    they are, text cut to `limit`, anything else as its typed short text."""
+    they are, anything else as its plain short text (`show`) cut to `limit`, so that a
+    record reads as the value itself would (`image 320x240` in both)."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (np.bool_, np.integer, np.floating)):
         return value.item()
-    if isinstance(value, str):
-        return show(value, limit=limit)
-    return show(value, typed=True)
+    return show(value, limit=limit)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 region`, `2 regions`, `0 regions` (`many`: the plural when it is not word + s)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def a(word: str, noun: str | None = None) -> str:
+    """A type (or any) name as a message writes it after a verb: `an Image`, `a Number`,
+    `Objects` (a plural), `None`, `any value`; with `noun`: `an Objects query value`."""
+    article = "an" if word[:1].lower() in "aeiou" else "a"
+    if noun:
+        return f"{article} {word} {noun}"
+    if word in ("Objects", "None"):
+        return word
+    if word == "Any":
+        return "any value"
+    return f"{article} {word}"
 
 
 def _number(value: Any) -> str:
@@ -97,7 +118,7 @@ def _labels(objs: Objects) -> str:
 
 
 def _regions(objs: Objects) -> str:
-    return f"{len(objs)} region{'s' if len(objs) != 1 else ''}{_labels(objs)}"
+    return f"{plural(len(objs), 'region')}{_labels(objs)}"
 
 
 def _is_image(value: Any) -> bool:

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from visprog.errors import CodecError
-from visprog.values.blobs import BlobError, BlobStore
+from visprog.values.blobs import BlobError, BlobStore, MissingBlob
 from visprog.values.objects import ABSENT, Objects, Region
 from visprog.values.types import MAX_NESTING
 
@@ -251,11 +251,16 @@ class Decoder:
         store: where the blobs are.
         exact: refuse the record-only tags (ndarray, repr): what the cache or the wire
             hands back must be a value an exact encoder could have written.
+        missing: None: a blob file that is not there is an error. A list: such an image
+            becomes a `ReprValue` that says so (`image 320x240 (file missing)`), such a mask
+            is left out, and each missing file's path is appended to the list.
     """
 
-    def __init__(self, store: BlobStore, *, exact: bool = False):
+    def __init__(self, store: BlobStore, *, exact: bool = False,
+                 missing: list[str] | None = None):
         self.store = store
         self.exact = exact
+        self.missing = missing
         self._images: dict[Hashable, Image.Image] = {}
 
     def decode(self, node: Any) -> Any:
@@ -311,7 +316,16 @@ class Decoder:
         fmt = node.get("format", "png")
         mode = node.get("mode")
         size = None if node.get("size") is None else tuple(int(v) for v in _list(node["size"]))
-        key, data, label = self.store.read(node, "image")
+        try:
+            key, data, label = self.store.read(node, "image")
+        except MissingBlob as e:
+            if self.missing is None:
+                raise
+            if e.path not in self.missing:
+                self.missing.append(e.path)
+            shape = f" {size[0]}x{size[1]}" if size is not None and len(size) == 2 else ""
+            missing_image = ReprValue("PIL.Image.Image", f"image{shape} (file missing)")
+            return missing_image  # type: ignore[return-value]
         key = (key, fmt, mode, size)
         if key in self._images:
             return self._images[key]
@@ -335,7 +349,14 @@ class Decoder:
         size = h * w * (1 if count is None else count)
         what = f"a {w}x{h} mask" if count is None else f"{count} masks of {w}x{h}"
         fmt = ref.get("format", "png")
-        _, data, label = self.store.read(ref, "mask")
+        try:
+            _, data, label = self.store.read(ref, "mask")
+        except MissingBlob as e:
+            if self.missing is None:
+                raise
+            if e.path not in self.missing:
+                self.missing.append(e.path)
+            return None  # type: ignore[return-value]
         if fmt == "bits":
             bits = np.frombuffer(data, dtype=np.uint8)
             if bits.size != (size + 7) // 8:
