@@ -275,7 +275,7 @@ def test_two_rounds_look_then_answer(picture, images):
     assert len(shown) == (1 if images else 0)
     if images:
         url = shown[0]["image_url"]["url"]
-        assert url.startswith("data:image/png;base64,")
+        assert url.startswith("data:image/jpeg;base64,")  # JPEG q95 by default
         assert isinstance(second["messages"][-1]["content"], list)
     else:
         assert isinstance(second["messages"][-1]["content"], str)
