@@ -337,8 +337,10 @@ def test_a_text_only_turn_after_images_and_after_vqa_is_unchanged(models, regist
 
 def test_a_prompt_whose_images_do_not_fit_the_context_is_refused(models, registry):
     llm = planner("tiny:qwen3_vl", models, registry, image_max_pixels=4096 * 4096)
+    # the context (32768) less what is kept for the reply leaves about 4000 tokens for the
+    # prompt; the image alone is 2400x2400 / 32^2 = 5625
     with pytest.raises(LLMError, match="image_max_pixels"):
-        llm.chat(looked(picture((2400, 2400), 11)), max_tokens=40)
+        llm.chat(looked(picture((2400, 2400), 11)), max_tokens=28000)
     with pytest.raises(LLMError, match="image_max_pixels"):
         LocalConstrained("tiny:qwen3_vl", image_max_pixels=0)
 

@@ -100,7 +100,9 @@ def build_tiny_qwen3_vl(folder: Path) -> None:
         # rope_theta=5000000, tie_word_embeddings=true; eos <|im_end|>, pad <|endoftext|>.
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         head_dim=16, max_position_embeddings=4096,
+                         # 262144 published; 32768 here (rotary: no weights) so agent
+                         # mode's prompt in this tokenizer's many tokens fits with its images
+                         head_dim=16, max_position_embeddings=32768,
                          rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
                                           "mrope_section": [3, 3, 2],
                                           "mrope_interleaved": True},

@@ -304,7 +304,7 @@ class Vqa(ModelTool):
                                  "vilt": "tiny:vilt"}},
     }
     tiny_checkpoints = {"blip_vqa": (build_tiny_blip, "2"), "vilt": build_tiny_vilt,
-                        "qwen3_vl": _vlm.build_tiny_qwen3_vl,
+                        "qwen3_vl": (_vlm.build_tiny_qwen3_vl, "2"),
                         "qwen2_5_vl": _vlm.build_tiny_qwen2_5_vl,
                         "qwen3_5": _vlm.build_tiny_qwen3_5,
                         "smolvlm": _vlm.build_tiny_smolvlm}
