@@ -368,3 +368,23 @@ def test_a_hub_id_in_the_local_cache_is_recognised_as_a_vlm(tmp_path, registry):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+
+
+def test_a_cache_key_of_messages_with_images_digests_their_pixels():
+    """The planner's cache key digests the chat: an image part is keyed by its pixels (it
+    was a TypeError from json.dumps), and a chat of text alone keys as it always did."""
+    import hashlib
+    import json
+
+    from visprog.planning.planner import messages_digest
+
+    text = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    assert messages_digest(text) == hashlib.sha256(
+        json.dumps(text, sort_keys=True).encode("utf-8")).hexdigest()
+    same = messages_digest(looked(picture(seed=1)))
+    assert same == messages_digest(looked(picture(seed=1)))  # another copy, same pixels
+    assert same != messages_digest(looked(picture(seed=2)))
+    assert same != messages_digest(looked(picture(seed=1).convert("L")))
+    assert same != messages_digest(text_messages(looked(picture(seed=1))))
+    with pytest.raises(TypeError, match="cache key"):
+        messages_digest([{"role": "user", "content": [{"type": "x", "x": object()}]}])
