@@ -5,7 +5,6 @@ the option the answer chooses, and `visprog eval --mode oneshot|agent`."""
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import json
 from dataclasses import replace
@@ -298,7 +297,6 @@ def test_hrbench_and_vstar_scored_by_the_chosen_option(tmp_path):
 
 
 def test_cli_eval_reads_the_new_formats_and_refuses_bad_modes(tmp_path, capsys):
-    from visprog.api import VisProg
     from visprog.cli import main
 
     path = make_hrbench(tmp_path)
@@ -311,13 +309,127 @@ def test_cli_eval_reads_the_new_formats_and_refuses_bad_modes(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + ["--mode", "sometimes"])
     assert e.value.code == 2
-    if "mode" not in inspect.signature(VisProg.run_batch).parameters:
-        # agent mode arrives with the agent branch; until then it is refused, clearly, and
-        # before anything is written
-        out = tmp_path / "agent.jsonl"
-        assert main(args + ["--mode", "agent", "--out", str(out)]) == 1
-        assert "agent mode is not available" in capsys.readouterr().err
-        assert not out.exists()
+
+
+def test_agent_mode_is_refused_where_run_batch_or_the_executor_takes_none(tmp_path):
+    """An engine (or an executor) of a version without planning modes: agent mode is
+    refused, clearly and before anything is written, not run as one-shot."""
+    vp = colour_engine()
+    real = vp.run_batch
+    vp.run_batch = lambda items, *, batch_size, use_cache, on_item, repair=None: real(
+        items, batch_size=batch_size, use_cache=use_cache, on_item=on_item)
+    items = load_dataset(make_hrbench(tmp_path))
+    out = tmp_path / "agent.jsonl"
+    with pytest.raises(ConfigError, match="VisProg.run_batch takes no mode argument"):
+        evaluate(vp, items, out, progress=False, mode="agent")
+    assert not out.exists()
+
+    def executor(chunks, *, batch_size, use_cache):
+        return []
+
+    with pytest.raises(ConfigError, match="the executor takes no agent argument"):
+        evaluate(colour_engine(), items, out, progress=False, agent={"rounds": 2},
+                 executor=executor)
+    assert not out.exists()
+
+
+def test_the_ray_executor_hands_the_mode_and_budgets_to_each_chunk(tmp_path):
+    """`visprog eval --ray` in agent mode: the executor takes mode= and agent= (so evaluate
+    does not refuse it) and each chunk's worker passes them to run_batch."""
+    import inspect
+
+    from visprog.hosting import cluster
+
+    params = inspect.signature(cluster.ray_executor("auto", colour_engine)).parameters
+    assert {"mode", "agent"} <= set(params)
+    vp = colour_engine()
+    seen = []
+    real = vp.run_batch
+
+    def run_batch(items, **kw):
+        seen.append((kw.pop("mode", None), kw.pop("agent", None)))
+        return real(items, **kw)
+
+    vp.run_batch = run_batch
+    items = load_dataset(make_hrbench(tmp_path))
+    for item in items:
+        item.program = "A=Colour(image=IMAGE)"
+    lines = cluster._eval_chunk("t", lambda: vp, items, "auto", False, "agent", {"rounds": 2})
+    assert seen == [("agent", {"rounds": 2})] and [r["correct"] for r in lines] == [True] * 4
+    cluster._ENGINES.clear()
+
+
+LOOK = "L=Look(var=IMAGE)"
+ANSWER_A = "A=Eval(expr=\"'A'\")\nFINAL=Result(var=A)"
+
+
+def user_text(message):
+    content = message["content"]
+    return content if isinstance(content, str) else "\n".join(
+        p["text"] for p in content if p["type"] == "text")
+
+
+@pytest.mark.parametrize("bench", ["hrbench", "vstar"])
+def test_cli_eval_of_the_benchmarks_in_both_modes_reports_the_cost_per_item(
+        bench, tmp_path, monkeypatch, capsys):
+    """`visprog eval` on V*Bench and HR-Bench with a scripted server that takes images:
+    --mode agent looks at the image in round 1 and answers a letter in round 2 (the image
+    sent with round 2's request), --mode oneshot answers at once; each summary has the
+    accuracy by the chosen option and the cost per item, printed and in its JSON."""
+    from llm_server import ScriptedServer
+    from visprog.cli import main
+
+    if bench == "hrbench":
+        path, right = make_hrbench(tmp_path), 1 / 4
+    else:
+        (tmp_path / "v").mkdir()
+        path, right = make_vstar_jsonl(tmp_path / "v"), 2 / 3
+    n = len(load_dataset(path))
+
+    def agent(body):
+        last = user_text(body["messages"][-1])
+        return ANSWER_A if last.startswith("Round 1 ran") else LOOK
+
+    figures = {}
+    for mode, respond in (("agent", agent), ("oneshot", lambda body: ANSWER_A)):
+        with ScriptedServer([], respond=respond) as server:
+            monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+            monkeypatch.setenv("OPENAI_API_KEY", "k")
+            monkeypatch.setenv("VISPROG_LLM_MODEL", "m")
+            monkeypatch.setenv("VISPROG_LLM_IMAGES", "1")
+            out, summary_path = tmp_path / f"{mode}.jsonl", tmp_path / f"{mode}.json"
+            assert main(["eval", str(path), "--preset", "tiny", "--no-progress", "--no-cache",
+                         "--no-plan-cache", "--no-repair", "--mode", mode, "--out", str(out),
+                         "--summary", str(summary_path)]) == 0
+        printed = capsys.readouterr().out
+        summary = json.loads(summary_path.read_text())
+        rows = list(read_results(out))
+        assert summary["mode"] == mode and summary["accuracy"] == round(right, 4)
+        assert all(r["chosen"] == "A" for r in rows) and len(rows) == n
+        questions = [user_text(m) for r in server.requests for m in r["messages"]
+                     if m["role"] == "user" and "(A) " in user_text(m)]
+        assert questions  # the options went to the planner as "(A) ..." lines
+        cost = summary["cost"]
+        if mode == "agent":
+            assert len(server.requests) == 2 * n
+            sent = [p for r in server.requests for p in r["messages"][-1]["content"]
+                    if isinstance(r["messages"][-1]["content"], list)
+                    and p["type"] == "image_url"]
+            assert len(sent) == n  # each item's image, once, with its round 2
+            assert (cost["rounds"], cost["steps"], cost["llm_calls"], cost["images"]) == (
+                2, 3, 2, 1)
+            assert cost["image_tokens"] > 0
+        else:
+            assert len(server.requests) == n
+            assert (cost["rounds"], cost["steps"], cost["llm_calls"], cost["images"],
+                    cost["image_tokens"]) == (1, 2, 1, 0, 0)
+        assert cost["llm_tokens"] > 0 and cost["seconds"] > 0
+        assert all(r["rounds"] == cost["rounds"] and r["llm_tokens"] > 0 for r in rows)
+        assert (f"per item: {cost['rounds']:g} rounds, {cost['steps']:g} steps, "
+                f"{cost['llm_calls']:g} LLM calls, {cost['llm_tokens']:g} LLM tokens, "
+                f"{cost['images']:g} images") in printed
+        figures[mode] = cost
+    assert figures["agent"]["llm_tokens"] > figures["oneshot"]["llm_tokens"]
 
 
 def test_evaluate_passes_the_mode_to_run_batch(tmp_path, monkeypatch):
