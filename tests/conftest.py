@@ -29,5 +29,5 @@ def tmp_cache(tmp_path_factory, tiny_models_dir, monkeypatch):
 def no_llm_env(monkeypatch):
     """The test sees only the LLM settings it makes itself (use with `usefixtures`)."""
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VISPROG_LLM_MODEL", "VISPROG_LLM_BACKEND",
-                 "VISPROG_LLM_PATH"):
+                 "VISPROG_LLM_PATH", "VISPROG_LLM_IMAGES"):
         monkeypatch.delenv(name, raising=False)

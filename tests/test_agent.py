@@ -275,7 +275,7 @@ def test_two_rounds_look_then_answer(picture, images):
     assert len(shown) == (1 if images else 0)
     if images:
         url = shown[0]["image_url"]["url"]
-        assert url.startswith("data:image/png;base64,")
+        assert url.startswith("data:image/jpeg;base64,")  # JPEG q95 by default
         assert isinstance(second["messages"][-1]["content"], list)
     else:
         assert isinstance(second["messages"][-1]["content"], str)
@@ -590,8 +590,7 @@ def test_the_tiny_local_vlm_planner_runs_agent_mode_end_to_end():
     """`--preset tiny` with no LLM configured plans with Vqa's tiny Qwen3-VL under the
     grammar: every round it writes parses and checks against the program so far, a round
     ends at a Look or a Result, and the finished program runs again to the same answer.
-    (Text only for now: the images reach the local planner with the chat-template part of
-    issue 21.)"""
+    (What a Look shows reaching this planner: the next two tests.)"""
     pytest.importorskip("torch")
     pytest.importorskip("llguidance")
     from visprog.api import VisProg
@@ -665,6 +664,100 @@ def test_the_local_planner_writes_a_round_of_many_items_as_one_batch(monkeypatch
         assert res.error is None or isinstance(res.error, VisProgError)
         rounds = res.trace.find(Round)
         assert rounds and all(r.plan[-1].ok for r in rounds)
+
+
+def test_the_tiny_local_vlm_planner_sees_what_a_look_showed():
+    """Agent mode end to end under `--preset tiny` with the tiny local VLM planner: a round
+    that ends at a Look has its image sent with the next round's request, through the
+    processor and chat template under the grammar (the reply's prompt has image tokens),
+    and the next round is valid against the program so far. The random model chooses what
+    it writes; sampled with a seed, some of the first seeds write a Look of the image."""
+    pytest.importorskip("torch")
+    pytest.importorskip("llguidance")
+    from visprog.api import VisProg
+
+    base = VisProg(preset="tiny", cache=False, config={
+        "llm": {"backend": "local", "max_steps": 2}, "planner": {"examples": 0}})
+    assert base.llm.takes_images
+    for seed in range(16):
+        vp = VisProg(preset="tiny", cache=False, llm=base.llm, config={
+            "planner": {"examples": 0, "temperature": 1.0, "seed": seed}})
+        try:
+            out = vp.run(scene((160, 120)), "How many dogs are there?", mode="agent",
+                         agent={"rounds": 2}, repair=False)
+        except VisProgError:
+            continue
+        rounds = out.trace.find(Round)
+        if len(rounds) == 2 and rounds[0].images:
+            break
+    else:
+        pytest.fail("no seed of 16 wrote a round that Looks at an image")
+    first, second = rounds
+    assert parse(first.program).steps[-1].module == "Look" and len(first.images) == 1
+    [reply] = second.plan
+    assert reply.ok and reply.usage["image_tokens"] > 0  # the image, as the model's tokens
+    assert "image_tokens" not in first.plan[-1].usage     # round 1 had none to see
+    assert vp.check(first.program + "\n" + second.program, {"IMAGE": "Image"}) == []
+    end = out.trace.find(AgentRun)[0]
+    assert end.images == 1 and end.image_tokens == first.image_tokens > 0
+
+
+def test_the_local_vlm_planner_writes_rounds_with_images_as_one_batch(monkeypatch):
+    """Rounds of several items whose observations carry images go to the local VLM as one
+    batch (`chat_many` -> `chat_batch` -> the decoder's `chat_many` with each item's view),
+    each image reaching the model, and give what each item's round alone gives."""
+    pytest.importorskip("torch")
+    pytest.importorskip("llguidance")
+    from visprog.api import VisProg
+    from visprog.planning.llm_local import LocalConstrained
+    from visprog.planning.planner import RoundRequest
+    from visprog.planning.prompts import observation_parts
+
+    vp = VisProg(preset="tiny", cache=False, config={
+        "llm": {"backend": "local", "max_steps": 3}, "planner": {"examples": 0}})
+    planner = vp.planner("gqa")
+    prefixes = ["L=Look(var=IMAGE)", "BOX=Loc(image=IMAGE, object='dog')\nL=Look(var=BOX)",
+                "N=Eval(expr=\"2\")\nL=Look(var=N)"]
+    shown = [[scene((160, 120), 1)], [scene((90, 200), 2), scene((64, 64), 3)], []]
+    requests = []
+    for prefix, images in zip(prefixes, shown):
+        q = "How many dogs are there?"
+        messages = planner.agent_messages(q) + [
+            {"role": "assistant", "content": prefix},
+            {"role": "user", "content": observation_parts("Round 1 ran. Look:", images)}]
+        requests.append(RoundRequest(q, messages, parse(prefix), {"IMAGE": "Image"}))
+    batches = []
+    real = LocalConstrained.chat_batch
+
+    def spy(self, calls, **sampling):
+        batches.append(len(calls))
+        return real(self, calls, **sampling)
+
+    alone = [planner.write_rounds([r])[0] for r in requests]
+    monkeypatch.setattr(LocalConstrained, "chat_batch", spy)
+    together = planner.write_rounds(requests)
+    assert batches and batches[0] == 3
+    for a, t, prefix, images in zip(alone, together, prefixes, shown):
+        assert t.error is None and t.plan is not None
+        assert t.plan.text == a.plan.text
+        assert t.attempts[0].usage == a.attempts[0].usage
+        assert (t.attempts[0].usage.get("image_tokens", 0) > 0) == bool(images)
+        assert t.plan.program.source.startswith(prefix + "\n")  # the new steps go on from it
+        assert vp.check(t.plan.program.source, {"IMAGE": "Image"}) == []
+
+
+def test_images_of_an_observation_never_sent_are_not_counted(picture):
+    """The rounds budget ends the run after round 2's Look: its image was never sent, so
+    the run's images (and their tokens) are round 1's alone."""
+    with ScriptedServer(["L1=Look(var=IMAGE)", "L2=Look(var=IMAGE)"]) as server:
+        out = engine(server, images=True).run(str(picture), "q?", mode="agent",
+                                              agent={"rounds": 2}, repair=False)
+    assert len(server.requests) == 2 and len(image_parts(server.requests[1]["messages"][-1])) == 1
+    first, second = out.trace.find(Round)
+    assert len(first.images) == 1 and len(second.images) == 1  # both were looked at
+    end = out.trace.find(AgentRun)[0]
+    assert end.stop == "rounds" and end.images == 1
+    assert end.image_tokens == first.image_tokens > 0
 
 
 def test_a_look_at_objects_finds_the_image_they_were_found_in_through_aliases():

@@ -22,13 +22,13 @@ from llm_server import Reply, ScriptedServer  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import ConfigError  # noqa: E402
 from visprog.models import ModelManager  # noqa: E402
-from visprog.models.vlm import VLM_KIND, load_vlm  # noqa: E402
+from visprog.models.vlm import VLM_KIND, load_vlm, template_kwargs  # noqa: E402
 from visprog.models import resolve_checkpoint  # noqa: E402
 from visprog.models import ToolContext  # noqa: E402
 from visprog.tools import vqa as vqa_mod  # noqa: E402
 
 CFG = load_config("tiny")
-VLMS = ["tiny:qwen3_vl", "tiny:qwen2_5_vl", "tiny:smolvlm"]
+VLMS = ["tiny:qwen3_vl", "tiny:qwen2_5_vl", "tiny:qwen3_5", "tiny:smolvlm"]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_vlm_batch_is_left_padded_through_the_chat_template(ctx, ck):
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"},
                                       {"type": "text", "text": "q"}]}], add_generation_prompt=True,
-        tokenize=False)
-    assert text.rstrip().endswith(("assistant", "Assistant:"))  # the answer comes next
+        tokenize=False, **template_kwargs(processor.chat_template))
+    # the answer comes next (after Qwen3.5's empty think block)
+    assert text.rstrip().endswith(("assistant", "Assistant:", "</think>"))
     short = int(mask.sum(1).argmin())
     alone = vqa_mod.vlm_inputs(bundle, images[short:short + 1], questions[short:short + 1],
                                vqa_mod.INSTRUCTION)
@@ -97,6 +98,17 @@ def test_vlm_prompt_carries_the_question_and_the_short_answer_instruction(ctx):
     text = bundle[1].tokenizer.decode(inputs["input_ids"][0])
     assert "what color is the car?\n" + vqa_mod.INSTRUCTION in text
     assert "<|vision_start|><|image_pad|>" in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_qwen3_5_answers_without_thinking(ctx):
+    """Qwen3.5's template starts a <think> block unless told not to; Vqa wants the answer at
+    once, so its prompt ends in the empty think block (the published non-thinking form)."""
+    bundle = ctx.models.get(VLM_KIND, "tiny:qwen3_5", load_vlm)
+    assert type(bundle[0]).__name__ == "Qwen3_5ForConditionalGeneration"
+    ids = vqa_mod.vlm_inputs(bundle, [image()], ["is it red?"], "")["input_ids"][0]
+    text = bundle[1].tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert isinstance(vlm("tiny:qwen3_5", ctx)(image=image(), question="is it red?"), str)
 
 
 def test_max_pixels_bounds_the_image_tokens(ctx):

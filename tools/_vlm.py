@@ -1,6 +1,7 @@
-"""Tiny random vision-language chat models (`tiny:qwen3_vl`, `tiny:qwen2_5_vl`, `tiny:smolvlm`),
-built offline with hand-made byte-level BPE tokenizers (`visprog.models.byte_level_bpe`); Vqa
-registers them. Not a tool file (its name starts with '_', and it exposes no TOOLS).
+"""Tiny random vision-language chat models (`tiny:qwen3_vl`, `tiny:qwen2_5_vl`,
+`tiny:qwen3_5`, `tiny:smolvlm`), built offline with hand-made byte-level BPE tokenizers
+(`visprog.models.byte_level_bpe`); Vqa registers them. Not a tool file (its name starts
+with '_', and it exposes no TOOLS).
 
 Each builder copies what decides shapes and prompts from the published checkpoint (patch
 and image sizes, normalisation, special tokens, the chat template's layout); the widths and
@@ -36,6 +37,14 @@ QWEN_CHAT_TEMPLATE = (
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
+# Qwen3.5's layout is Qwen-VL's with a thinking switch in the generation prompt
+# (Qwen/Qwen3.5-0.8B chat_template): `<|im_start|>assistant\n<think>\n` by default, and an
+# empty `<think>\n\n</think>\n\n` block when `enable_thinking` is false (what visprog asks).
+QWEN3_5_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "<|im_start|>assistant\n{% endif %}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
+
 # SmolVLM-Instruct's layout (HuggingFaceTB/SmolVLM-256M-Instruct chat_template.json):
 # `<|im_start|>User:{content}<end_of_utterance>\nAssistant:`.
 SMOLVLM_CHAT_TEMPLATE = (
@@ -46,17 +55,17 @@ SMOLVLM_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
-def qwen_tokenizer():
-    """A Qwen2Tokenizer with the Qwen-VL special tokens (Qwen/Qwen3-VL-2B-Instruct
-    tokenizer_config.json: eos <|im_end|>, pad <|endoftext|>). They must be registered as
-    special tokens, or BPE splits '<|image_pad|>' into bytes."""
-    from transformers import Qwen2Tokenizer
+def qwen_tokenizer(cls_name: str = "Qwen2Tokenizer", template: str = QWEN_CHAT_TEMPLATE):
+    """A Qwen2Tokenizer (or Qwen3.5's own class) with the Qwen-VL special tokens
+    (Qwen/Qwen3-VL-2B-Instruct tokenizer_config.json: eos <|im_end|>, pad <|endoftext|>).
+    They must be registered as special tokens, or BPE splits '<|image_pad|>' into bytes."""
+    import transformers
 
     vocab, merges = byte_level_bpe(TINY_WORDS, QWEN_SPECIALS)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
-                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = getattr(transformers, cls_name)(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
+                                          eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
-    tok.chat_template = QWEN_CHAT_TEMPLATE  # text-only chats (the planner) use the tokenizer's
+    tok.chat_template = template  # text-only chats (the planner) use the tokenizer's
     return tok
 
 
@@ -91,7 +100,9 @@ def build_tiny_qwen3_vl(folder: Path) -> None:
         # rope_theta=5000000, tie_word_embeddings=true; eos <|im_end|>, pad <|endoftext|>.
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         head_dim=16, max_position_embeddings=4096,
+                         # 262144 published; 32768 here (rotary: no weights) so agent
+                         # mode's prompt in this tokenizer's many tokens fits with its images
+                         head_dim=16, max_position_embeddings=32768,
                          rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
                                           "mrope_section": [3, 3, 2],
                                           "mrope_interleaved": True},
@@ -142,6 +153,60 @@ def build_tiny_qwen2_5_vl(folder: Path) -> None:
                            window_size=112, fullatt_block_indexes=[1], out_hidden_size=32),
         tie_word_embeddings=True, **_qwen_ids(tok))
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def build_tiny_qwen3_5(folder: Path) -> None:
+    """Qwen3.5 (Qwen3_5ForConditionalGeneration, transformers `qwen3_5`) of about 0.1M random
+    parameters: the published hybrid text stack (3 Gated DeltaNet linear-attention layers,
+    then 1 gated full-attention layer; their pure-torch fallback, no fla or causal-conv1d)
+    behind the Qwen3-VL vision tower and processor."""
+    import torch
+    from transformers import (Qwen2VLImageProcessorPil, Qwen3_5Config,
+                              Qwen3_5ForConditionalGeneration, Qwen3VLProcessor)
+
+    from visprog.models.vlm import image_only
+
+    torch.manual_seed(0)
+    tok = qwen_tokenizer("Qwen3_5Tokenizer", QWEN3_5_CHAT_TEMPLATE)
+    tok.add_tokens(["<think>", "</think>"])  # whole tokens, decoded as text (as published)
+    # transformers maps qwen3_5 to Qwen2VLImageProcessor(Pil) and Qwen3VLProcessor; the
+    # published preprocessor_config.json has the Qwen3-VL values: patch 16, merge 2, temporal
+    # 2, mean = std = 0.5, size 65536..16777216 PIXELS.
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
+                                             chat_template=QWEN3_5_CHAT_TEMPLATE)
+    cfg = Qwen3_5Config(
+        # Qwen/Qwen3.5-0.8B config.json text_config: layer_types 3 x linear_attention then
+        # full_attention (full_attention_interval 4), head_dim 256, 8 heads / 2 kv heads,
+        # linear_conv_kernel_dim 4, linear key/value head dim 128, 16 key and 16 value heads,
+        # rope {default, rope_theta 1e7, partial_rotary_factor 0.25, mrope_interleaved,
+        # mrope_section [11, 11, 10]: sums to 256 * 0.25 / 2}, tie_word_embeddings true, eos
+        # <|im_end|>, pad <|endoftext|>. Here head_dim 32, so the section sums to 4: [2, 1, 1]
+        # (a wrong sum is not checked by transformers).
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=4,
+                         layer_types=["linear_attention"] * 3 + ["full_attention"],
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                         linear_num_key_heads=2, linear_num_value_heads=2,
+                         linear_key_head_dim=16, linear_value_head_dim=16,
+                         linear_conv_kernel_dim=4, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e7,
+                                          "partial_rotary_factor": 0.25,
+                                          "mrope_interleaved": True, "mrope_section": [2, 1, 1]},
+                         bos_token_id=None, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True),
+        # vision_config: depth 12, patch 16, spatial merge 2, temporal patch 2,
+        # num_position_embeddings 2304 (48^2; here 64 = 8^2, square as it must be),
+        # out_hidden_size = the text hidden size.
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=32, num_position_embeddings=64),
+        tie_word_embeddings=True, **_qwen_ids(tok))
+    Qwen3_5ForConditionalGeneration(cfg).save_pretrained(folder)
     processor.save_pretrained(folder)
     tok.save_pretrained(folder)
 

@@ -2,7 +2,7 @@
 
 Backends:
 - "vlm" (default): a vision-language chat model from transformers through its chat template
-  (Qwen3-VL by default; Qwen2.5-VL, SmolVLM and others by `checkpoints.vlm`), a batch of
+  (Qwen3-VL by default; Qwen2.5-VL, Qwen3.5, SmolVLM and others by `checkpoints.vlm`), a batch of
   calls as one left-padded greedy `generate`, with a short-answer instruction.
 - "endpoint": any OpenAI-compatible chat-completions server that takes images (vLLM or
   Ollama serving a VLM, a hosted model); parallel requests stand in for batching.
@@ -32,15 +32,15 @@ Settings (section `[Vqa]`; defaults and the other presets in `Vqa.presets`):
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Sequence
 
 from PIL import Image
 
-from visprog.models import (Backend, ModelTool, SettingsError, hf_loader, model_images,
-                            model_inputs, pick_checkpoint, rgb_image, tiny_bert_tokenizer)
-from visprog.models.vlm import VLM_KIND, load_vlm
+from visprog.models import (Backend, ModelTool, SettingsError, bound_pixels, hf_loader,
+                            model_images, model_inputs, pick_checkpoint, rgb_image,
+                            tiny_bert_tokenizer)
+from visprog.models.vlm import VLM_KIND, load_vlm, template_kwargs
 
 from . import _vlm
 
@@ -83,21 +83,6 @@ def short_answer(text: str, max_words: int = 3) -> str:
     return clean_answer(" ".join(words).strip(",:;\"'`*"))
 
 
-def bound_pixels(image: Image.Image, max_pixels: int, min_pixels: int = 0) -> Image.Image:
-    """The image scaled down (aspect ratio kept) to at most `max_pixels` pixels, or up to at
-    least `min_pixels` (0: never up)."""
-    w, h = image.size
-    if min_pixels > 0 and w * h < min_pixels:
-        scale = math.sqrt(min_pixels / (w * h))
-        return image.resize((math.ceil(w * scale), math.ceil(h * scale)),
-                            Image.Resampling.BICUBIC)
-    if max_pixels <= 0 or w * h <= max_pixels:
-        return image
-    scale = math.sqrt(max_pixels / (w * h))
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
 # -- chat VLMs (transformers) ----------------------------------------------------------------
 
 def vlm_prompt(question: str, instruction: str) -> str:
@@ -114,7 +99,8 @@ def vlm_inputs(bundle: tuple[Any, Any], images: Sequence[Image.Image],
              for im, q in zip(images, questions)]
     inputs = processor.apply_chat_template(chats, add_generation_prompt=True, tokenize=True,
                                            return_dict=True, return_tensors="pt",
-                                           processor_kwargs={"padding": True})
+                                           processor_kwargs={"padding": True},
+                                           **template_kwargs(processor.chat_template))
     return model_inputs(inputs, model)
 
 
@@ -318,8 +304,9 @@ class Vqa(ModelTool):
                                  "vilt": "tiny:vilt"}},
     }
     tiny_checkpoints = {"blip_vqa": (build_tiny_blip, "2"), "vilt": build_tiny_vilt,
-                        "qwen3_vl": _vlm.build_tiny_qwen3_vl,
+                        "qwen3_vl": (_vlm.build_tiny_qwen3_vl, "2"),
                         "qwen2_5_vl": _vlm.build_tiny_qwen2_5_vl,
+                        "qwen3_5": _vlm.build_tiny_qwen3_5,
                         "smolvlm": _vlm.build_tiny_smolvlm}
 
     def preprocess(self, call: dict[str, Any]) -> tuple[Image.Image, str]:

@@ -1,4 +1,5 @@
-"""Evaluation data sets: GQA, NLVR2 and a generic JSONL, read into one `EvalItem` form.
+"""Evaluation data sets: GQA, NLVR2, V*Bench, HR-Bench and a generic JSONL, read into one
+`EvalItem` form.
 
 - GQA: the official questions JSON, a dict of question id -> {"imageId", "question",
   "answer", "types": {"structural", "semantic", "detailed"}, ...}, and a folder of
@@ -11,13 +12,39 @@
 - Generic JSONL: {"image", "question", "answer"} per line, with optional "id", "program",
   "left"/"right" (pairs), "type" (a question type for the report) and "task".
 
+- V*Bench (Wu & Xie 2023, `craigwu/vstar_bench`), multiple choice, in either published form:
+  its `test_questions.jsonl`, one question per line with "image" (e.g.
+  "direct_attributes/sa_4690.jpg", beside the file), "text" (the question, then one option
+  per line as "(A) ...", then an instruction line), "label" (the right letter), "category"
+  and "question_id"; or the benchmark folder the official script reads, whose
+  `direct_attributes/` and `relative_position/` folders hold each image beside a JSON of
+  {"question", "options", ...} whose first option is the right one (the options are then
+  shown in an order shuffled by the image's name, so the right one is not always (A)).
+- HR-Bench (Wang et al. 2025, `DreamMr/HR-Bench`: `hr_bench_4k.tsv`, `hr_bench_8k.tsv`),
+  multiple choice: a tab-separated file in VLMEvalKit's form with the columns "index",
+  "question", "answer" (the right letter), "A".."D", "category", "cycle_category" and
+  "image" (the image as base64, or the index of an earlier row with the same image) or
+  "image_path". The images are written once into a folder (`--images`, default
+  `<file>_images/` beside it) as `<index>.<jpg|png|...>`.
+
+A multiple-choice item's question is its question followed by the options, one per line as
+"(A) text", and its answer is the right letter; it is scored by the option the prediction
+chooses (a letter, or an option's text: `visprog.evaluation.answers.choose_option`), as the
+benchmarks' own scripts score the option a model chose.
+
 Any item may carry a ready "program": it is evaluated without an LLM. A programs file
 (JSONL of {"id", "program"}) can add programs to items of any format.
 """
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
 import json
 import os
+import random
+import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +54,9 @@ from visprog.errors import DatasetError, VisProgWarning
 from visprog.values.text import plural
 from visprog.values.textfiles import read_text
 
-FORMATS = ("gqa", "nlvr2", "jsonl")
+FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench")
+VSTAR_CATEGORIES = ("direct_attributes", "relative_position")  # the official folder's parts
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -42,6 +71,8 @@ class EvalItem:
         image, left, right: image paths (`image` for gqa, `left`/`right` for nlvr).
         program: a ready program, or None to plan one with the LLM.
         types: question types for the per-type report, e.g. {"structural": "verify"}.
+        options: a multiple-choice item's options, letter -> text ({"A": "red", ...}); its
+            `answer` is then the right letter. Empty for other items.
     """
 
     id: str
@@ -53,13 +84,22 @@ class EvalItem:
     right: str | None = None
     program: str | None = None
     types: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'nlvr2' for JSON lines with an "identifier" and a "sentence"; 'jsonl' for other JSON
-    lines (a first line that is a whole object of plain fields); 'gqa' for a file holding one
-    object of question id -> question (on many lines, or one)."""
+    """'vstar' for V*Bench's folder or JSON lines with "image", "text" and "label";
+    'hrbench' for a .tsv; 'nlvr2' for JSON lines with an "identifier" and a "sentence";
+    'jsonl' for other JSON lines (a first line that is a whole object of plain fields); 'gqa'
+    for a file holding one object of question id -> question (on many lines, or one)."""
     p = Path(path)
+    if p.is_dir():
+        if any((p / c).is_dir() for c in VSTAR_CATEGORIES):
+            return "vstar"
+        raise DatasetError(f"{p}: a folder is a data set only as V*Bench's (with "
+                           f"{' or '.join(VSTAR_CATEGORIES)} inside)")
+    if p.suffix.lower() == ".tsv":
+        return "hrbench"
     with open(p, "rb") as f:
         head = f.read(1 << 16).decode("utf-8-sig", errors="replace")
     stripped = head.lstrip()
@@ -70,6 +110,8 @@ def detect_format(path: str | os.PathLike) -> str:
         first = None
     if isinstance(first, dict) and "identifier" in first and "sentence" in first:
         return "nlvr2"
+    if isinstance(first, dict) and "text" in first and "label" in first and "image" in first:
+        return "vstar"
     if isinstance(first, dict) and first and all(isinstance(v, dict) for v in first.values()) \
             and "question" not in first:
         return "gqa"  # the whole questions file on one line
@@ -77,7 +119,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "jsonl"  # a line with a field missing is reported by the JSONL reader
     if stripped.startswith("{"):
         return "gqa"
-    raise DatasetError(f"{p}: can't tell the data set format; pass --format gqa|nlvr2|jsonl")
+    raise DatasetError(f"{p}: can't tell the data set format; pass --format "
+                       f"{'|'.join(FORMATS)}")
 
 
 def load_dataset(path: str | os.PathLike, fmt: str | None = None, *,
@@ -86,23 +129,25 @@ def load_dataset(path: str | os.PathLike, fmt: str | None = None, *,
     """Read a data set.
 
     Args:
-        path: the questions file.
-        fmt: "gqa", "nlvr2", "jsonl", or None to detect it.
+        path: the questions file (V*Bench: its test_questions.jsonl or its folder).
+        fmt: "gqa", "nlvr2", "jsonl", "vstar", "hrbench", or None to detect it.
         images: the images folder; default: the folder of `path` (for GQA: its `images`
-            sub-folder when there is one).
+            sub-folder when there is one; for HR-Bench, where the images are written:
+            `<file>_images/` beside it).
         programs: optional JSONL of {"id", "program"} to attach ready programs.
 
     Raises:
         DatasetError: unreadable file, bad JSON, a missing field, repeated ids.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file() and not (p.is_dir() and fmt in (None, "vstar")):
         raise DatasetError(f"data set file not found: {p}")
     fmt = fmt or detect_format(p)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown data set format {fmt!r}; formats: {', '.join(FORMATS)}")
     folder = Path(images) if images else _default_images(p, fmt)
-    reader = {"gqa": _read_gqa, "nlvr2": _read_nlvr2, "jsonl": _read_jsonl}[fmt]
+    reader = {"gqa": _read_gqa, "nlvr2": _read_nlvr2, "jsonl": _read_jsonl,
+              "vstar": _read_vstar, "hrbench": _read_hrbench}[fmt]
     items = list(reader(p, folder))
     seen: set[str] = set()
     for item in items:
@@ -145,6 +190,10 @@ def attach_programs(items: list[EvalItem], path: str | os.PathLike, *,
 def _default_images(path: Path, fmt: str) -> Path:
     if fmt == "gqa" and (path.parent / "images").is_dir():
         return path.parent / "images"
+    if fmt == "vstar" and path.is_dir():
+        return path
+    if fmt == "hrbench":
+        return path.parent / f"{path.stem}_images"
     return path.parent
 
 
@@ -208,6 +257,196 @@ def _read_jsonl(path: Path, images: Path) -> Iterator[EvalItem]:
             right=str(images / _field(row, "right", path, lineno)) if pair else None,
             program=row.get("program"),
             types={"type": str(item_type)} if item_type is not None else {})
+
+
+# -- multiple choice ---------------------------------------------------------------------------
+
+_OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*\S)\s*$")
+
+
+def choice_question(question: str, options: dict[str, str]) -> str:
+    """The question as an item carries it: the question, then "(A) text" per option."""
+    return "\n".join([question.strip()] + [f"({k}) {v}" for k, v in options.items()])
+
+
+def _letter(answer: Any, options: dict[str, str], where: str) -> str:
+    letter = str(answer).strip().strip("()").upper()
+    if letter not in options:
+        raise DatasetError(f"{where}: the answer {answer!r} is not one of the options "
+                           f"{', '.join(options)}")
+    return letter
+
+
+def _read_vstar(path: Path, images: Path) -> Iterator[EvalItem]:
+    if path.is_dir():
+        yield from _read_vstar_folder(path, images)
+        return
+    for lineno, row in _json_lines(path):
+        text = str(_field(row, "text", path, lineno))
+        stem, options = [], {}
+        for line in text.split("\n"):
+            m = _OPTION_LINE.match(line.strip())
+            if m and m.group(1) not in options:
+                options[m.group(1)] = m.group(2)
+            elif not options:
+                stem.append(line)
+            # lines after the options: the instruction ("Answer with the option's letter
+            # from the given choices directly."), which visprog's prompt replaces
+        if len(options) < 2 or not "\n".join(stem).strip():
+            raise DatasetError(f"{path}:{lineno}: the text has no question with options "
+                               f"'(A) ...' on lines of their own")
+        category = row.get("category")
+        yield EvalItem(id=str(row.get("question_id", lineno)),
+                       question=choice_question("\n".join(stem), options),
+                       answer=_letter(_field(row, "label", path, lineno), options,
+                                      f"{path}:{lineno}"),
+                       task="gqa", image=str(images / _field(row, "image", path, lineno)),
+                       program=row.get("program"), options=options,
+                       types={"category": str(category)} if category is not None else {})
+
+
+def _read_vstar_folder(folder: Path, images: Path) -> Iterator[EvalItem]:
+    """The official benchmark folder: per category, each image beside its annotation JSON,
+    whose first option is the right one."""
+    found = False
+    for category in VSTAR_CATEGORIES:
+        sub = folder / category
+        if not sub.is_dir():
+            continue
+        for ann in sorted(sub.glob("*.json")):
+            found = True
+            try:
+                data = json.loads(read_text(ann))
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{ann}: not a V*Bench annotation: {e}") from None
+            if not isinstance(data, dict):
+                raise DatasetError(f"{ann}: a V*Bench annotation is a JSON object")
+            raw = _field(data, "options", ann, "options")
+            if not isinstance(raw, list) or len(raw) < 2 or not all(
+                    isinstance(o, str) and o.strip() for o in raw):
+                raise DatasetError(f"{ann}: 'options' must be a list of two or more texts")
+            image = next((p for p in (ann.with_suffix(s) for s in IMAGE_SUFFIXES)
+                          if p.is_file()), None)
+            if image is None:
+                raise DatasetError(f"{ann}: no image beside it ({ann.stem} with one of "
+                                   f"{', '.join(IMAGE_SUFFIXES)})")
+            item_id = f"{category}/{ann.stem}"
+            order = list(range(len(raw)))
+            random.Random(f"vstar:{item_id}").shuffle(order)  # the same order every run
+            letters = [chr(ord("A") + i) for i in range(len(raw))]
+            options = {letters[i]: raw[j].strip() for i, j in enumerate(order)}
+            yield EvalItem(id=item_id,
+                           question=choice_question(str(_field(data, "question", ann,
+                                                               "question")), options),
+                           answer=letters[order.index(0)], task="gqa",
+                           image=str(images / image.relative_to(folder)), options=options,
+                           types={"category": category})
+    if not found:
+        raise DatasetError(f"{folder}: no V*Bench annotations (*.json) in "
+                           f"{' or '.join(VSTAR_CATEGORIES)}")
+
+
+HRBENCH_COLUMNS = ("index", "question", "answer", "A", "B")
+
+
+def _read_hrbench(path: Path, images: Path) -> Iterator[EvalItem]:
+    """VLMEvalKit's TSV. To save space a row's image may be the index of another row that
+    holds the same image (a field of 64 characters or fewer, as VLMEvalKit reads it);
+    images go to `images` once, named by the index of the row that holds them."""
+    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))  # an 8K image in base64 is one field
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise DatasetError(f"could not read {path}: {e}") from None
+    items: list[EvalItem] = []
+    pending: list[tuple[EvalItem, str, str]] = []  # (item, index it refers to, where)
+    written: dict[str, str] = {}  # index -> the image file its row held
+    with f:
+        reader = csv.DictReader(f, delimiter="\t")
+        header = reader.fieldnames or []
+        missing = [c for c in HRBENCH_COLUMNS if c not in header]
+        if missing or not ({"image", "image_path"} & set(header)):
+            raise DatasetError(f"{path}: not an HR-Bench TSV: it needs the columns "
+                               f"{', '.join(HRBENCH_COLUMNS)} and image or image_path; "
+                               f"missing {', '.join(missing) or 'image'}")
+        try:
+            for lineno, row in enumerate(reader, 2):
+                where = f"{path}:{lineno}"
+                index = str(row.get("index") or "").strip()
+                if not index:
+                    raise DatasetError(f"{where}: missing index")
+                options = {k: row[k].strip() for k in "ABCDEFGH"
+                           if k in row and row[k] is not None and row[k].strip()
+                           and row[k].strip().lower() != "nan"}
+                types = {k: str(row[c]).strip() for k, c in (("category", "category"),
+                                                             ("cycle", "cycle_category"))
+                         if row.get(c) not in (None, "")}
+                item = EvalItem(id=index, question=choice_question(
+                                    str(_field(row, "question", path, lineno)), options),
+                                answer=_letter(_field(row, "answer", path, lineno), options,
+                                               where),
+                                task="gqa", options=options, types=types)
+                data = (row.get("image") or "").strip()
+                if row.get("image_path") and not data:
+                    item.image = str(images / row["image_path"].strip())
+                elif not data:
+                    raise DatasetError(f"{where}: the row has no image")
+                elif len(data) <= 64:  # the index of the row that holds the image
+                    pending.append((item, data, where))
+                else:
+                    item.image = written[index] = _write_image(data, index, images, where)
+                items.append(item)
+        except csv.Error as e:
+            raise DatasetError(f"{path}: bad TSV: {e}") from None
+    for item, ref, where in pending:
+        if ref not in written:
+            raise DatasetError(f"{where}: the image refers to row index {ref!r}, which holds "
+                               f"no image")
+        item.image = written[ref]
+    return iter(items)
+
+
+def _write_image(data: str, index: str, images: Path, where: str) -> str:
+    """A base64 image written to `images/<index>.<its type>` (unless it is there already);
+    its path."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise DatasetError(f"{where}: the image is neither base64 nor a row index") from None
+    suffix = _image_suffix(raw)
+    if suffix is None:
+        raise DatasetError(f"{where}: the image's bytes are not a JPEG, PNG, WebP or BMP")
+    target = images / f"{_safe_name(index)}{suffix}"
+    if not (target.is_file() and target.stat().st_size == len(raw)):
+        try:
+            images.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + f".{os.getpid()}.part")
+            tmp.write_bytes(raw)
+            os.replace(tmp, target)  # a reader never sees half an image
+        except OSError as e:
+            raise DatasetError(f"{where}: could not write the image to {target}: {e}") from None
+    return str(target)
+
+
+def _image_suffix(raw: bytes) -> str | None:
+    if raw.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return ".webp"
+    if raw.startswith(b"BM"):
+        return ".bmp"
+    return None
+
+
+def _safe_name(index: str) -> str:
+    """An index as a file name: letters, digits, '-', '_' and '.' only (never a path); an
+    index that had other characters gets a digest of itself, so two never share a name."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", index).lstrip(".")
+    if name != index:
+        name = f"{name or '_'}-{hashlib.sha256(index.encode('utf-8')).hexdigest()[:10]}"
+    return name
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:

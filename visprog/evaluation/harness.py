@@ -41,10 +41,16 @@ checks' findings on the final run. The summary's "repair" part counts the repair
 kind, the answers the repairs changed, made right and made wrong, and the accuracy before
 repair (first attempts) and after.
 
+A multiple-choice item (V*Bench, HR-Bench) is right when the option its prediction chooses
+is the right one (`visprog.evaluation.answers.choose_option`); its line also has `chosen`,
+that option's letter (None when it chose none).
+
 The summary (JSON) has the accuracy overall and per question type, and the failure counts.
 
-In agent mode (`mode="agent"`, or the config's [planner] mode) every chunk's items advance
-round by round together (`VisProg.run_batch`). Either mode, each line says what its item
+`mode="agent"` (`visprog eval --mode agent`, or the config's [planner] mode) has the planner
+write each program in rounds, looking at what its steps found; every chunk's items advance
+round by round together (`VisProg.run_batch(..., mode="agent")`). "oneshot" plans each
+program at once. Either mode, each line says what its item
 cost: `rounds` (agent rounds; one-shot: programs run), `steps` (of the final program),
 `llm_calls`, `llm_tokens`, `images` and `image_tokens` (sent to the planner); the summary's
 "cost" averages them per item, with `seconds` per item (this run's wall time over its items),
@@ -62,20 +68,21 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from visprog.evaluation.answers import is_correct
+from visprog.evaluation.answers import choose_option, is_correct
 from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
-from visprog.evaluation.datasets import DatasetError, EvalItem
-from visprog.errors import (CheckError, HostError, ImageError, LLMError, ModelLoadError,
-                            ParseError, RemoteModelError, VisProgWarning)
-from visprog.traces.events import AgentRun, PlanAttempt, Repair, Round, plan_events
+from visprog.evaluation.datasets import FORMATS, DatasetError, EvalItem
+from visprog.errors import (CheckError, ConfigError, HostError, ImageError, LLMError,
+                            ModelLoadError, ParseError, RemoteModelError, VisProgWarning)
+from visprog.traces.events import AgentRun, PlanAttempt, Repair, plan_events
 from visprog.values.text import plural, show
 
 STATUSES = ("correct", "wrong", "no_program", "error")
 REPAIR_KINDS = ("plan", "runtime", "check", "critic")
 CAUSES = ("input", "service")  # failures outside the program: retried on resume
 DEFAULT_CHUNK = 64  # items per run_batch call: big enough to fill batches, small enough to resume
+MODES = ("oneshot", "agent")  # how programs are planned: at once, or in rounds that look
 NO_LLM = "no program given and no LLM configured to plan one"
 # Errors of a service the program needs (an endpoint, a model's checkpoint, the LLM, a
 # hosted module).
@@ -154,7 +161,12 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         repair: `VisProg.run_batch`'s repair setting (default: the config's).
         mode, agent: "oneshot" or "agent" and agent mode's budgets (`VisProg.run_batch`;
             default: the config's).
+
+    Raises:
+        ConfigError: an unknown mode, or a mode or budgets where the engine (or the
+            executor) takes none (before any item runs).
     """
+    _check_mode(vp, mode, agent, executor)
     results_path = Path(results_path)
     summary_path = Path(summary_path) if summary_path else _summary_path(results_path)
     chosen = select(items, limit=limit, shuffle=shuffle, seed=seed)
@@ -195,7 +207,8 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
                     _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair,
                                mode=mode, agent=agent)
             else:
-                for record in executor(chunks, batch_size=batch_size, use_cache=use_cache):
+                for record in executor(chunks, batch_size=batch_size, use_cache=use_cache,
+                                       **_mode_options(mode, agent)):
                     write(record)
             os.fsync(out.fileno())
     except KeyboardInterrupt:
@@ -207,8 +220,8 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
         summary = summarize(read_results(results_path), [it.id for it in chosen])
         if summary["cost"] is not None and tally["n"]:
             summary["cost"]["seconds"] = round(elapsed / tally["n"], 3)
-        summary.update({"dataset": dataset, "results": str(results_path),
-                        "mode": _mode(vp, mode),
+        summary.update({"dataset": dataset, "mode": _mode(vp, mode),
+                        "results": str(results_path),
                         "preset": getattr(vp, "preset", None), "batch_size": batch_size,
                         "this_run": {**counts, "items": tally["n"], "seconds": round(elapsed, 3),
                                      "items_per_s": round(tally["n"] / elapsed, 3)
@@ -389,6 +402,32 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 # -- one chunk ------------------------------------------------------------------------------
 
+def _check_mode(vp: Any, mode: str | None, agent: Any, executor: Any = None) -> None:
+    """Refuse an unknown mode, and a mode or budgets where whatever runs the items can't
+    take them (before any item runs, so nothing is written)."""
+    import inspect
+
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"unknown planning mode {mode!r}; modes: {', '.join(MODES)}")
+    for name in _mode_options(mode, agent):
+        for what, fn in (("VisProg.run_batch", getattr(vp, "run_batch", None)),
+                         ("the executor", executor)):
+            if fn is None:
+                continue
+            try:
+                params = inspect.signature(fn).parameters
+            except (TypeError, ValueError):
+                continue
+            if name not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise ConfigError(f"{what} takes no {name} argument in this version"
+                                  + ("; use --mode oneshot" if name == "mode" else ""))
+
+
+def _mode_options(mode: str | None, agent: Any) -> dict[str, Any]:
+    """The planning mode and agent budgets to pass on (none: the config's)."""
+    return {k: v for k, v in (("mode", mode), ("agent", agent)) if v is not None}
+
+
 def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]], None],
                batch_size: int | str, use_cache: bool, *, repair: Any = None,
                mode: str | None = None, agent: Any = None) -> None:
@@ -415,7 +454,7 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
         events = res.trace.events if res.trace is not None else []
         steps = len(res.trace.steps) if res.trace is not None else 0
         if res.error is None:
-            status = "correct" if is_correct(res.value, item.answer) else "wrong"
+            status = "correct" if is_correct(res.value, item.answer, item.options) else "wrong"
             write(_record(item, source, res.value, status, None, events=events, steps=steps))
         else:
             unplanned = planned and res.program is None and not isinstance(res.error, ImageError)
@@ -424,10 +463,7 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
             write(_record(item, source, None, status, res.error, events=events, steps=steps))
 
     options: dict[str, Any] = {} if repair is None else {"repair": repair}
-    if mode is not None:
-        options["mode"] = mode
-    if agent is not None:
-        options["agent"] = agent
+    options.update(_mode_options(mode, agent))
     vp.run_batch(batch, batch_size=batch_size, use_cache=use_cache, on_item=finished, **options)
 
 
@@ -491,19 +527,23 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
     elif rep["history"]:
         ran = rep["first_ran"]
         first_prediction = show(rep["first_answer"], task=item.task) if ran else None
-        first_correct = ran and is_correct(rep["first_answer"], item.answer)
+        first_correct = ran and is_correct(rep["first_answer"], item.answer, item.options)
     else:
         first_prediction, first_correct = prediction, correct
     cause = "service" if error == NO_LLM else failure_cause(error)
-    return {"id": item.id, "task": item.task, "question": item.question, "answer": item.answer,
-            "program": program, "prediction": prediction, "correct": correct, "status": status,
-            "error": None if error is None else (error if isinstance(error, str)
-                                                 else f"{type(error).__name__}: {error}"),
-            "cause": cause if status in ("no_program", "error") else None,
-            "types": item.types, "first_prediction": first_prediction,
-            "first_correct": first_correct, "repairs": rep["kinds"],
-            "attempts": rep["attempts"] if program is not None else 0,
-            "findings": rep["findings"], **_costs(events, steps)}
+    record = {"id": item.id, "task": item.task, "question": item.question,
+              "answer": item.answer, "program": program, "prediction": prediction,
+              "correct": correct, "status": status,
+              "error": None if error is None else (error if isinstance(error, str)
+                                                   else f"{type(error).__name__}: {error}"),
+              "cause": cause if status in ("no_program", "error") else None,
+              "types": item.types, "first_prediction": first_prediction,
+              "first_correct": first_correct, "repairs": rep["kinds"],
+              "attempts": rep["attempts"] if program is not None else 0,
+              "findings": rep["findings"], **_costs(events, steps)}
+    if item.options:  # multiple choice: the option the answer chose
+        record["chosen"] = choose_option(value, item.options) if prediction is not None else None
+    return record
 
 
 def _summary_path(results: Path) -> Path:
@@ -561,10 +601,15 @@ def _progress(total: int, initial: int, *, enabled: bool) -> Any:
 
 def add_eval_arguments(p: Any) -> None:
     """The flags of `visprog eval` (the engine flags are added by the CLI)."""
-    p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL or JSONL "
-                                   "of {image, question, answer[, program]}")
-    p.add_argument("--format", choices=("gqa", "nlvr2", "jsonl"),
+    p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL, V*Bench's "
+                                   "test_questions.jsonl or folder, HR-Bench TSV, or JSONL of "
+                                   "{image, question, answer[, program]}")
+    p.add_argument("--format", choices=FORMATS,
                    help="data set format (default: detected from the file)")
+    p.add_argument("--mode", choices=MODES,
+                   help="oneshot: plan each program at once; agent: write it in rounds, the "
+                        "planner looking at what each round found (default: the config's "
+                        "[planner] mode, oneshot unless set)")
     p.add_argument("--images", help="images folder (default: beside the data set file)")
     p.add_argument("--programs", help="JSONL of {id, program}: ready programs for the items")
     p.add_argument("--out", help="results JSONL (default: <dataset>.results.jsonl); "

@@ -36,14 +36,16 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
-    def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool) -> Any:
+    def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool,
+            mode: str | None = None, agent: Any = None) -> Any:
         import ray
 
         connect_ray(address)
         task = ray.remote(_eval_chunk).options(
             num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
             runtime_env={"env_vars": env} if env else None)
-        pending = [task.remote(token, make_engine, list(chunk), batch_size, use_cache)
+        pending = [task.remote(token, make_engine, list(chunk), batch_size, use_cache,
+                               mode, agent)
                    for chunk in chunks if chunk]
         failures: list[BaseException] = []
         while pending:
@@ -65,8 +67,10 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
 
 
 def _eval_chunk(token: str, make_engine: Callable[[], Any], items: list[Any], batch_size: Any,
-                use_cache: bool) -> list[dict[str, Any]]:
-    """One chunk of evaluation items, in a Ray worker: their result lines."""
+                use_cache: bool, mode: str | None = None,
+                agent: Any = None) -> list[dict[str, Any]]:
+    """One chunk of evaluation items, in a Ray worker: their result lines (planned in `mode`
+    with `agent`'s budgets; None: the engine's config's)."""
     from visprog.evaluation.harness import _run_chunk
 
     vp = _ENGINES.get(token)
@@ -74,5 +78,5 @@ def _eval_chunk(token: str, make_engine: Callable[[], Any], items: list[Any], ba
         _ENGINES.clear()  # an earlier evaluation's engine: free its models
         vp = _ENGINES[token] = make_engine()
     lines: list[dict[str, Any]] = []
-    _run_chunk(vp, items, lines.append, batch_size, use_cache)
+    _run_chunk(vp, items, lines.append, batch_size, use_cache, mode=mode, agent=agent)
     return lines

@@ -5,7 +5,8 @@ from visprog.models.checkpoints import (TINY_PREFIX, ModelLoadError, add_tiny_so
                                         hub_unreachable, load_error, looks_like_path,
                                         quiet_loading, register_tiny, resolve_checkpoint,
                                         tiny_dir)
-from visprog.models.images import MODEL_MAX_ASPECT, model_image, model_images, rgb_image
+from visprog.models.images import (MODEL_MAX_ASPECT, bound_pixels, model_image, model_images,
+                                   rgb_image)
 from visprog.models.library_logs import quiet_opencv, route_library_logs
 from visprog.models.manager import (Loader, ModelManager, default_manager, manager_of,
                                     model_dtype, pick_device, to_model_inputs)
@@ -18,8 +19,8 @@ from visprog.models.tokenizers import (byte_level_bpe, tiny_bert_tokenizer, tiny
 
 __all__ = ["TINY_PREFIX", "ModelLoadError", "add_tiny_source", "cache_dir", "hub_unreachable",
            "load_error", "looks_like_path", "quiet_loading", "register_tiny",
-           "resolve_checkpoint", "tiny_dir", "MODEL_MAX_ASPECT", "model_image", "model_images",
-           "rgb_image", "Loader",
+           "resolve_checkpoint", "tiny_dir", "MODEL_MAX_ASPECT", "bound_pixels", "model_image",
+           "model_images", "rgb_image", "Loader",
            "ModelManager", "default_manager", "manager_of", "model_dtype", "pick_device",
            "to_model_inputs", "byte_level_bpe", "tiny_bert_tokenizer", "tiny_bpe",
            "tiny_clip_tokenizer", "tiny_siglip2_tokenizer", "Backend", "Done", "ModelTool",

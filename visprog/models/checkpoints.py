@@ -43,7 +43,12 @@ LOAD_BAR_DELAY_S = 2.0
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """Within: transformers' progress bars show only once they have run `LOAD_BAR_DELAY_S`
-    (diffusers' own per-load bar is turned off by the Replace loader)."""
+    (diffusers' own per-load bar is turned off by the Replace loader), and what the libraries
+    say that no user can act on goes to visprog's log (`library_logs`: building a tiny
+    model provokes it too)."""
+    from visprog.models.library_logs import route_library_logs
+
+    route_library_logs()
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:

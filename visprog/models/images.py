@@ -1,5 +1,5 @@
-"""Images as the model modules hand them to a processor: RGB, and never so thin that the
-processor's resize makes them vanish."""
+"""Images as the model modules and chat models get them: RGB, never so thin that the
+processor's resize makes them vanish, and within a pixel bound."""
 from __future__ import annotations
 
 import math
@@ -41,3 +41,21 @@ def model_image(image: Image.Image) -> Image.Image:
 def model_images(images: Any) -> list[Image.Image]:
     """`model_image` of each image: what a module passes as a processor's `images=`."""
     return [model_image(im) for im in images]
+
+
+def bound_pixels(image: Image.Image, max_pixels: int, min_pixels: int = 0) -> Image.Image:
+    """The image scaled down (aspect ratio kept, bicubic) to at most `max_pixels` pixels, or
+    up to at least `min_pixels` (0: never up; a small crop scaled up gives Vqa the detail);
+    the image itself when it is within the bounds or the bound is 0 or less. What a chat
+    model is sent (Vqa's images, the planner's) is bounded this way, which bounds its image
+    tokens."""
+    w, h = image.size
+    if min_pixels > 0 and w * h < min_pixels:
+        scale = math.sqrt(min_pixels / (w * h))
+        return image.resize((math.ceil(w * scale), math.ceil(h * scale)),
+                            Image.Resampling.BICUBIC)
+    if max_pixels <= 0 or w * h <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / (w * h))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)

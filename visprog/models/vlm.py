@@ -1,4 +1,4 @@
-"""Vision-language chat models (Qwen3-VL, Qwen2.5-VL, SmolVLM, ... any transformers
+"""Vision-language chat models (Qwen3-VL, Qwen2.5-VL, Qwen3.5, SmolVLM, ... any transformers
 image-text-to-text model with a chat template): the loader both Vqa and the local planner use,
 so the model manager holds one copy for both roles (kind `VLM_KIND`, same checkpoint).
 
@@ -22,6 +22,8 @@ PROCESSORS = {
     "qwen3_vl_moe": "Qwen3VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "qwen2_vl": "Qwen2VLProcessor",
+    "qwen3_5": "Qwen3VLProcessor",  # as transformers' AutoProcessor maps it
+    "qwen3_5_moe": "Qwen3VLProcessor",
     "smolvlm": "SmolVLMProcessor",
     "idefics3": "Idefics3Processor",
 }
@@ -69,17 +71,40 @@ def image_only(processor_class: type) -> type:
     return _IMAGE_ONLY[name]
 
 
+def template_kwargs(template: str | None) -> dict[str, Any]:
+    """What to pass to a chat template beside the messages: thinking off where the template
+    has the switch (Qwen3.5 thinks first by default; Vqa wants a word, the planner a
+    program); nothing for a template without it (an unknown variable only warns)."""
+    return {"enable_thinking": False} if template and "enable_thinking" in template else {}
+
+
 def is_vlm_checkpoint(path: str) -> bool:
-    """Whether a local checkpoint folder holds a vision-language model (its config has a
-    vision part)."""
+    """Whether a checkpoint holds a vision-language model (its config has a vision part): a
+    local folder's config.json, else a hub id's config as transformers finds it (its local
+    cache first)."""
     import json
 
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(cfg, dict) and "vision_config" in cfg
+    from visprog.models.checkpoints import hub_unreachable
+
     try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
+        import transformers
+
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        except OSError:
+            if hub_unreachable():  # no network: not found, and no minutes of retries
+                return False
+            config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, ImportError):
         return False
-    return "vision_config" in cfg
+    return getattr(config, "vision_config", None) is not None
 
 
 def load_processor(path: str) -> Any:

@@ -16,6 +16,9 @@ verdict), for backends that can constrain their output.
   llama.cpp server...) through the official `openai` client, with the request policy of
   `visprog.models.openai_api` (bounded retries, the planning deadline), which Vqa's endpoint
   backend shares.
+  With images on (`images=True`, `[llm] images = true` or `VISPROG_LLM_IMAGES=1`), a
+  message's image parts go to the server as `image_url` parts (`message_to_openai`); off
+  (the default), the server gets each message's text only.
 - `LocalConstrained` (`visprog.llm_local`): a local Hugging Face causal LM whose sampling is
   constrained by a grammar derived from the registry, so every program it writes parses and
   checks.
@@ -24,51 +27,56 @@ verdict), for backends that can constrain their output.
 """
 from __future__ import annotations
 
-import base64
 import copy
-import io
 import os
 from typing import Any, Mapping
 
+from visprog.models.images import bound_pixels
 from visprog.models.openai_api import OPENAI_URL, ChatServer
-from visprog.planning.chat import ChatClient, LLMError, LLMReply, add_usage, deadline, time_left
+from visprog.models.remote import image_data_url
+from visprog.planning.chat import (IMAGE_MAX_PIXELS, ChatClient, LLMError, LLMReply, add_usage,
+                                   check_messages, content_text, deadline, image_pixels,
+                                   images_flag, time_left)
 
 __all__ = ["ChatClient", "LLMError", "LLMReply", "add_usage", "deadline", "time_left",
-           "OpenAIChat", "make_llm"]
+           "OpenAIChat", "make_llm", "message_to_openai", "IMAGE_MAX_PIXELS", "images_flag"]
 
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_BASE_URL = "OPENAI_BASE_URL"
 ENV_MODEL = "VISPROG_LLM_MODEL"
 ENV_BACKEND = "VISPROG_LLM_BACKEND"
 ENV_LOCAL_MODEL = "VISPROG_LLM_PATH"
+ENV_IMAGES = "VISPROG_LLM_IMAGES"
+
+IMAGE_FORMATS = ("jpeg", "png")
+
+
+def message_to_openai(message: dict[str, Any], images: bool, *,
+                      max_pixels: int = IMAGE_MAX_PIXELS, image_format: str = "jpeg"
+                      ) -> dict[str, Any]:
+    """A chat message (`visprog.planning.chat`: content a string or a list of text and image
+    parts) as the OpenAI chat-completions API takes it. With `images`, each image part becomes
+    one `image_url` part whose URL is a base64 data URL of the image scaled down to at most
+    `max_pixels` pixels, as JPEG (quality 95) or PNG; without, the content is the text parts
+    joined by a newline. A string content passes as it is either way."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return dict(message)
+    if not images:
+        return {**message, "content": content_text(content)}
+    parts: list[dict[str, Any]] = []
+    for part in content or ():
+        if part.get("type") == "image":
+            url = image_data_url(bound_pixels(part["image"], max_pixels), image_format)
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append({"type": "text", "text": part["text"]})
+    return {**message, "content": parts}
 
 # Extra request fields that carry a grammar, by server family (off unless asked for).
 GRAMMAR_FIELDS = {
     "vllm": "guided_grammar",  # vLLM's OpenAI server, Lark/EBNF text
 }
-
-
-def message_to_openai(message: Mapping[str, Any], images: bool) -> dict[str, Any]:
-    """A chat message as the OpenAI protocol takes it. Content that is a list of parts
-    (`visprog.planning.chat`) becomes `text` parts and, when `images`, `image_url` parts
-    with PNG data URLs; without `images` the text parts alone, as one string."""
-    content = message.get("content")
-    if not isinstance(content, (list, tuple)):
-        return dict(message)
-    if not images:
-        from visprog.planning.chat import message_text
-        return {**message, "content": message_text(content)}
-    parts: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            parts.append({"type": "text", "text": str(part.get("text", ""))})
-        elif kind == "image":
-            buf = io.BytesIO()
-            part["image"].save(buf, format="PNG")
-            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-            parts.append({"type": "image_url", "image_url": {"url": url}})
-    return {**message, "content": parts}
 
 
 class OpenAIChat:
@@ -91,23 +99,37 @@ class OpenAIChat:
             each request carries the program grammar (set by `constrain_to`) in that
             family's extra field, so the server only samples programs of the language.
         extra_body: extra request fields passed as is.
+        images: whether the served model takes images (`takes_images`): then image parts go
+            as `image_url` data URLs, else each message as its text. None: `$VISPROG_LLM_IMAGES`
+            (1/true/yes/on), else False.
+        image_format: "jpeg" (default, quality 95) or "png" (lossless, larger).
+        image_max_pixels: each image is scaled down to at most this many pixels first
+            (default `IMAGE_MAX_PIXELS`, 1024x1024).
 
     Attributes:
-        takes_images: send image parts of messages (as `image_url` data URLs); else their
-            text alone (`message_to_openai`).
+        takes_images: from `images`: image parts are sent (`message_to_openai`).
         concurrency: requests `visprog.planning.chat.chat_many` sends at once.
 
     Raises:
-        LLMError: no model or key is configured, or `openai` is not installed.
+        LLMError: no model or key is configured, `openai` is not installed, or an image
+            setting is not valid.
     """
 
-    takes_images = False
     concurrency = 8
 
     def __init__(self, model: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, timeout: float = 60.0, max_retries: int = 3,
                  *, backoff: float = 0.5, max_backoff: float = 8.0, grammar: str | None = None,
-                 extra_body: Mapping[str, Any] | None = None):
+                 extra_body: Mapping[str, Any] | None = None, images: bool | None = None,
+                 image_format: str = "jpeg", image_max_pixels: int = IMAGE_MAX_PIXELS):
+        self.takes_images = images_flag(os.environ.get(ENV_IMAGES, "") if images is None
+                                        else images,
+                                        ENV_IMAGES if images is None else "images")
+        self.image_format = str(image_format).lower().replace("jpg", "jpeg")
+        if self.image_format not in IMAGE_FORMATS:
+            raise LLMError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, "
+                           f"got {image_format!r}")
+        self.image_max_pixels = image_pixels(image_max_pixels)
         self.model = model or os.environ.get(ENV_MODEL, "")
         if not self.model:
             raise LLMError(f"no LLM model configured: pass model=... or set {ENV_MODEL} "
@@ -135,8 +157,12 @@ class OpenAIChat:
         self.extra_body = dict(extra_body or {})
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.model, "base_url": self.server.where,
-                "grammar": self.grammar}
+        out = {"backend": "openai", "model": self.model, "base_url": self.server.where,
+               "grammar": self.grammar}
+        if self.takes_images:  # what the model is shown changes its programs (a cache key)
+            out.update(images=True, image_format=self.image_format,
+                       image_max_pixels=self.image_max_pixels)
+        return out
 
     def constrain_to(self, registry: Any, inputs: Mapping[str, str]) -> "OpenAIChat":
         """The client for planning: when `grammar` is set, a copy (same connection) whose
@@ -157,14 +183,19 @@ class OpenAIChat:
         view.grammar_text = grammar
         return view
 
-    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
+    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0,
              max_tokens: int = 512, n: int = 1, seed: int | None = None,
              stop: list[str] | None = None) -> LLMReply:
         """One completion request (or a few, when the server returns fewer than `n` choices).
+        Image parts go as `image_url` parts when the model takes images, else are dropped.
 
         Raises:
-            LLMError: unreachable server, refused request, or retries used up.
+            LLMError: malformed messages, unreachable server, refused request, or retries
+                used up.
         """
+        check_messages(messages)
+        messages = [message_to_openai(m, self.takes_images, max_pixels=self.image_max_pixels,
+                                      image_format=self.image_format) for m in messages]
         texts: list[str] = []
         usage: dict[str, int] = {}
         model = self.model
@@ -182,10 +213,8 @@ class OpenAIChat:
             raise LLMError(f"the LLM server at {self.describe()['base_url']} returned no choices")
         return LLMReply(text=texts[0], texts=texts, usage=usage, model=model)
 
-    def _create(self, messages: list[dict[str, str]], **sampling: Any) -> LLMReply:
-        args: dict[str, Any] = {"model": self.model,
-                                "messages": [message_to_openai(m, self.takes_images)
-                                             for m in messages],
+    def _create(self, messages: list[dict[str, Any]], **sampling: Any) -> LLMReply:
+        args: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": sampling["temperature"],
                                 "max_tokens": sampling["max_tokens"]}
         if sampling["n"] != 1:
@@ -217,10 +246,11 @@ def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
     """A client from a config mapping, else from the environment; None when none is set up.
 
     Keys (all optional): `backend` ("openai" | "local" | None), `model`, `base_url`,
-    `api_key`, `timeout`, `max_retries`, `grammar` (openai) and `model_path`, `device`,
-    `max_steps` (local). `models`: the model manager a local model is loaded through (so a
-    checkpoint Vqa uses too is one copy). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without
-    that, "openai" when `$VISPROG_LLM_MODEL` is set and "local" when `$VISPROG_LLM_PATH` is.
+    `api_key`, `timeout`, `max_retries`, `grammar`, `image_format` (openai), `images`,
+    `image_max_pixels` (both) and `model_path`, `device`, `max_steps` (local). `models`: the
+    model manager a local model is loaded through (so a checkpoint Vqa uses too is one
+    copy). Without a `backend`, `$VISPROG_LLM_BACKEND` decides; without that, "openai" when
+    `$VISPROG_LLM_MODEL` is set and "local" when `$VISPROG_LLM_PATH` is.
 
     Raises:
         LLMError: an unknown backend, or one that is asked for but not configured.
@@ -239,7 +269,8 @@ def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
         return None
     if backend == "openai":
         known = {"model", "base_url", "api_key", "timeout", "max_retries", "backoff",
-                 "max_backoff", "grammar", "extra_body"}
+                 "max_backoff", "grammar", "extra_body", "images", "image_format",
+                 "image_max_pixels"}
         return OpenAIChat(**{k: v for k, v in cfg.items() if k in known})
     if backend == "local":
         from visprog.planning.llm_local import LocalConstrained
@@ -247,7 +278,7 @@ def make_llm(config: Mapping[str, Any] | None = None, *, models: Any = None
         if not path:
             raise LLMError(f"the local LLM backend needs a model: set {ENV_LOCAL_MODEL} to a "
                            f"Hugging Face model directory or id (or model_path= in the config)")
-        known = {"device", "max_steps", "max_string", "dtype"}
+        known = {"device", "max_steps", "max_string", "dtype", "images", "image_max_pixels"}
         return LocalConstrained(path, models=models,
                                 **{k: v for k, v in cfg.items() if k in known})
     raise LLMError(f"unknown LLM backend {backend!r}; use 'openai', 'local' or none")

@@ -11,14 +11,26 @@ line may only read what exists with a type that fits. The result parses and chec
 Termination is bounded: each line's grammar is finite (bounded names, strings, lists and
 expressions) and a line stops as soon as its matcher accepts (at its newline); the program
 ends at a `Result` step, which is the only step allowed once `max_steps` lines or
-`max_tokens` tokens have been written.
+`max_tokens` tokens have been written. In agent mode a view's `round_ends` (Look) may end a
+round too.
+
+A vision-language checkpoint loaded through the model manager (Vqa's: Qwen3-VL, Qwen2.5-VL,
+Qwen3.5, SmolVLM) takes images (`takes_images`): a message's image parts go through its
+processor and chat template, the prompt is decoded at explicit (for Qwen-VL, 3-D multimodal)
+positions, and the grammar constraint is the same. `chat_many` decodes several conversations
+as one batch, every token of every row one forward pass; `chat_batch` (what
+`visprog.planning.chat.chat_many` calls: agent mode's rounds of many items) sends the chats
+of several views of one loaded model through it, each row written by its own view (its
+grammar, variables and round ends).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from visprog.planning.chat import LLMError, LLMReply
+from visprog.planning.chat import (IMAGE_MAX_PIXELS, LLMError, LLMReply, check_messages,
+                                   image_pixels, images_flag, message_images,
+                                   text_messages)
 from visprog.planning.llm_grammar import StepGrammar
 from visprog.values.types import parse_types
 
@@ -37,6 +49,7 @@ class _Loaded:
     tokenizer: Any = None
     lltok: Any = None
     template: str | None = None  # a chat template from elsewhere (a VLM's processor)
+    processor: Any = None  # a vision-language model's processor (its images, its template)
 
 
 class LocalConstrained:
@@ -54,14 +67,20 @@ class LocalConstrained:
         max_string, max_list: bounds of string and list literals.
         models: a `visprog.models.ModelManager`: the model is loaded through it (its device
             and dtype), so a vision-language checkpoint that Vqa also uses (same
-            checkpoint) is one copy serving both roles; planning then uses its text side.
+            checkpoint) is one copy serving both roles.
+        images: whether a vision-language checkpoint gets the messages' images (default
+            True); False, or a text-only model, gets each message's text.
+        image_max_pixels: images are scaled down to at most this many pixels before the
+            processor sees them (default 1024x1024, as for an OpenAI-compatible server),
+            which bounds their tokens (Qwen3-VL: one per 32x32 pixels).
     """
 
     def __init__(self, model_path: str | None = None, *, model: Any = None,
                  tokenizer: Any = None, registry: Any = None,
                  inputs: Mapping[str, str] | None = None, device: str = "cpu",
                  dtype: str | None = None, max_steps: int = 12, max_string: int = 60,
-                 max_list: int = 6, models: Any = None):
+                 max_list: int = 6, models: Any = None, images: bool = True,
+                 image_max_pixels: int | None = None):
         if model_path is None and (model is None or tokenizer is None):
             raise LLMError("LocalConstrained needs model_path=... or both model= and tokenizer=")
         self.model_path = model_path
@@ -71,6 +90,9 @@ class LocalConstrained:
         self.max_string = int(max_string)
         self.max_list = int(max_list)
         self.models = models
+        self.images = images_flag(images)
+        self.image_max_pixels = image_pixels(IMAGE_MAX_PIXELS if image_max_pixels is None
+                                             else image_max_pixels)
         self._shared = _Loaded()
         self._shared.model, self._shared.tokenizer = model, tokenizer
         self._constrained = registry is not None
@@ -83,6 +105,26 @@ class LocalConstrained:
         self.round_ends: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ protocol
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether image parts reach the model: a vision-language checkpoint loaded through
+        the model manager (as Vqa's), unless `images=False`. Reads the checkpoint's config
+        before the model is loaded; loads nothing."""
+        shared = self._shared
+        if not self.images:
+            return False
+        if shared.processor is not None:
+            return True
+        if shared.model is not None or self.models is None or not self.model_path:
+            return False
+        from visprog.models import ModelLoadError, resolve_checkpoint
+        from visprog.models.vlm import is_vlm_checkpoint
+
+        try:
+            return is_vlm_checkpoint(resolve_checkpoint(self.model_path))
+        except ModelLoadError:
+            return False
 
     def describe(self) -> dict[str, Any]:
         model = self._shared.model
@@ -111,39 +153,111 @@ class LocalConstrained:
         view._free_grammar = grammar
         return view
 
-    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.0,
+    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0,
              max_tokens: int = 512, n: int = 1, seed: int | None = None,
              stop: list[str] | None = None) -> LLMReply:
         """`n` replies: programs when constrained (then `stop` is not needed: the grammar
         ends each program), else free text up to `max_tokens`, end of text or a `stop`.
+        Image parts reach a vision-language model through its processor (`takes_images`);
+        any other model gets each message's text.
 
         Raises:
-            LLMError: the model can't be loaded, or the prompt leaves no room to write.
+            LLMError: malformed messages, the model can't be loaded, or the prompt leaves no
+                room to write.
+        """
+        return self.chat_many([messages], temperature=temperature, max_tokens=max_tokens,
+                              n=n, seed=seed, stop=stop)[0]
+
+    def chat_many(self, conversations: Sequence[list[dict[str, Any]]], *,
+                  temperature: float = 0.0, max_tokens: int = 512, n: int = 1,
+                  seed: int | None = None, stop: list[str] | None = None,
+                  views: Sequence["LocalConstrained"] | None = None) -> list[LLMReply]:
+        """One reply (of `n` samples) per conversation, as `chat` gives each, decoded
+        together: the prompts are left-padded into one batch with explicit positions (3-D
+        multimodal ones for a Qwen-VL prompt with images), and every token of every row is
+        one forward pass of the batch; a row that is done waits. Sample i of every
+        conversation uses the generator seeded `seed + i` (0 + i without a seed), so a
+        conversation gets the same tokens alone and in a batch.
+
+        Args:
+            views: the client each conversation is written by (views of this loaded model,
+                e.g. constrained to different programs so far); default: this one for all.
+
+        Raises:
+            LLMError: as `chat`; views that are not of this loaded model.
         """
         import torch
 
-        model, tok = self._load()
-        ids = self._prompt_ids(messages)
+        conversations = list(conversations)
+        for messages in conversations:
+            check_messages(messages)
+        views = [self] * len(conversations) if views is None else list(views)
+        if len(views) != len(conversations) or any(
+                not isinstance(v, LocalConstrained) or v._shared is not self._shared
+                for v in views):
+            raise LLMError("chat_many's views must be one per conversation, each a view of "
+                           "this loaded model")
+        if not conversations:
+            return []
+        model, _ = self._load()
         ctx = _context_size(model)
         keep = ctx - max_tokens - _GENERATION_MARGIN
         if keep < 16:
             raise LLMError(f"the model's context ({ctx} tokens) is too small for "
                            f"max_tokens={max_tokens}")
-        ids = ids[-keep:]  # the end of the prompt (the question) matters most
-        texts, completion = [], 0
-        for i in range(max(1, n)):
-            gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed + i)
-            if self._free_grammar is not None:
-                text, used = self._sample_grammar(ids, self._free_grammar, temperature, gen)
-            elif self._constrained:
-                text, used = self._sample_program(ids, temperature, max_tokens, gen)
-            else:
-                text, used = self._sample_text(ids, temperature, max_tokens, gen, stop or [])
-            texts.append(text)
-            completion += used
-        usage = {"prompt_tokens": len(ids) * len(texts), "completion_tokens": completion,
-                 "total_tokens": len(ids) * len(texts) + completion}
-        return LLMReply(text=texts[0], texts=texts, usage=usage, model=self.describe()["model"])
+        n = max(1, int(n))
+        rows = [messages for messages in conversations for _ in range(n)]
+        batch, prompt_lengths, image_tokens = self._encode(rows, keep)
+        writers = []
+        for view in views:
+            for i in range(n):
+                gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed + i)
+                writers.append(view._writer(temperature, max_tokens, stop or [], gen))
+        self._decode(batch, writers)
+        replies = []
+        for k in range(len(conversations)):
+            mine = range(k * n, (k + 1) * n)
+            texts = [writers[r].text() for r in mine]
+            prompt = sum(prompt_lengths[r] for r in mine)
+            completion = sum(writers[r].used for r in mine)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion}
+            images = sum(image_tokens[r] for r in mine)
+            if images:
+                usage["image_tokens"] = images
+            replies.append(LLMReply(text=texts[0], texts=texts, usage=usage,
+                                    model=self.describe()["model"]))
+        return replies
+
+    def chat_batch(self, calls: Sequence[Any], **sampling: Any) -> None:
+        """`visprog.planning.chat.chat_many`'s batch: the calls whose clients are views of
+        this loaded model go through `chat_many` as one batch (each row written by its own
+        view); any other call goes alone (`chat_one`). Each call gets its reply or error
+        (a batch that fails gives every call of it the error) and its share of the time."""
+        import time
+
+        from visprog.planning.chat import chat_one
+
+        mine = [c for c in calls if isinstance(c.client, LocalConstrained)
+                and c.client._shared is self._shared]
+        for call in calls:
+            if not any(call is c for c in mine):
+                chat_one(call, sampling)
+        if not mine:
+            return
+        started = time.perf_counter()
+        try:
+            replies = self.chat_many([c.messages for c in mine],
+                                     views=[c.client for c in mine], **sampling)
+        except Exception as e:  # the batch failed: every call of it reports it
+            error = e if isinstance(e, LLMError) else LLMError(
+                f"the local LLM failed: {type(e).__name__}: {e}")
+            replies = [None] * len(mine)
+        else:
+            error = None
+        seconds = (time.perf_counter() - started) / len(mine)
+        for call, reply in zip(mine, replies):
+            call.reply, call.error, call.seconds = reply, error, seconds
 
     # ------------------------------------------------------------------ internals
 
@@ -192,9 +306,11 @@ class LocalConstrained:
             if is_vlm_checkpoint(resolved):
                 model, processor = self.models.get(VLM_KIND, self.model_path, load_vlm)
                 tok = processor.tokenizer
-                # text-only chats use the processor's template when the tokenizer has none
-                shared.template = getattr(tok, "chat_template", None) or getattr(
-                    processor, "chat_template", None)
+                shared.processor = processor
+                # One template for text-only and image prompts: the processor's (the
+                # published VLMs keep it there), else the tokenizer's.
+                shared.template = getattr(processor, "chat_template", None) or getattr(
+                    tok, "chat_template", None)
             else:
                 model, tok = self.models.get("causal_lm", self.model_path, _load_causal_lm)
         except ModelLoadError as e:
@@ -210,258 +326,254 @@ class LocalConstrained:
                                         max_list=self.max_list)
         return self._grammar
 
-    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def _template(self) -> str | None:
+        return self._shared.template or getattr(self._shared.tokenizer, "chat_template", None)
+
+    def _template_kwargs(self) -> dict[str, Any]:
+        """Thinking off where the template has the switch (Qwen3.5): a program or a verdict
+        is written at once."""
+        from visprog.models.vlm import template_kwargs
+
+        return template_kwargs(self._template())
+
+    def _prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         tok = self._shared.tokenizer
-        template = getattr(tok, "chat_template", None) or self._shared.template
+        template = self._template()
         if template:
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                           chat_template=template)
+                                           chat_template=template, **self._template_kwargs())
         else:  # a base model: a plain transcript ending where the answer goes
             text = "".join(f"{m['role']}:\n{m['content']}\n\n" for m in messages) + "assistant:\n"
         ids = tok(text, add_special_tokens=False)["input_ids"]
         bos = getattr(tok, "bos_token_id", None)
         return ([bos] if bos is not None and not template else []) + ids
 
-    def _sample_program(self, prompt: list[int], temperature: float, max_tokens: int,
-                        gen: Any) -> tuple[str, int]:
-        """One program, a line at a time. Returns (text, tokens generated)."""
+    def _encode(self, rows: list[list[dict[str, Any]]], keep: int
+                ) -> tuple[dict[str, Any], list[int], list[int]]:
+        """The rows' prompts as one left-padded batch on the model's device: through the
+        processor (images scaled to `image_max_pixels`) when a row has an image and the
+        model takes them, else token ids from the chat template, each cut to its last
+        `keep` tokens (the question matters most). Returns (batch, prompt lengths, image
+        tokens per row).
+
+        Raises:
+            LLMError: a prompt with images longer than `keep` tokens (its images can't be cut).
+        """
+        import torch
+
+        from visprog.models import model_inputs
+
+        model, tok = self._shared.model, self._shared.tokenizer
+        if self.takes_images and any(message_images(m) for m in rows):
+            chats = [[{**m, "content": _parts(m["content"], self.image_max_pixels)}
+                      for m in messages] for messages in rows]
+            batch = self._shared.processor.apply_chat_template(
+                chats, add_generation_prompt=True, tokenize=True, return_dict=True,
+                return_tensors="pt", processor_kwargs={"padding": True},
+                **self._template_kwargs())
+            lengths = [int(x) for x in batch["attention_mask"].sum(1)]
+            if max(lengths) > keep:
+                raise LLMError(f"a prompt with its images is {max(lengths)} tokens; the model's "
+                               f"context leaves {keep} for it: lower image_max_pixels "
+                               f"(now {self.image_max_pixels}) or send fewer images")
+            image_id = _image_token_id(model)
+            ids = batch["input_ids"]
+            images = [int((row == image_id).sum()) if image_id is not None else 0 for row in ids]
+            return model_inputs(batch, model), lengths, images
+        prompts = [self._prompt_ids(text_messages(m))[-keep:] for m in rows]
+        width = max(len(p) for p in prompts)
+        pad = _pad_id(tok)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        batch = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
+        return batch, [len(p) for p in prompts], [0] * len(prompts)
+
+    def _writer(self, temperature: float, max_tokens: int, stop: list[str], gen: Any) -> Any:
+        if self._free_grammar is not None:
+            return _GrammarWriter(self, self._free_grammar, temperature, gen)
+        if self._constrained:
+            return _ProgramWriter(self, temperature, max_tokens, gen)
+        return _TextWriter(self, temperature, max_tokens, stop, gen)
+
+    def _decode(self, batch: dict[str, Any], writers: list[Any]) -> None:
+        """Feed the batch, then one token per row until every writer is done: each writer
+        picks its row's next token from the last logits (None once it is done; a done row
+        is fed padding, which no live row reads). Positions are explicit, so nothing a
+        Qwen-VL model remembers from an earlier call (its rope offsets from a Vqa batch)
+        shifts them."""
         import torch
 
         model = self._shared.model
-        writer = _ProgramWriter(self, temperature, max_tokens, gen)
+        device = batch["input_ids"].device
+        mask = batch["attention_mask"]
+        positions, nxt = _prompt_positions(model, batch)
+        pad = _pad_id(self._shared.tokenizer)
+        last = _last_logits_only(model)
+        cache = _cache_name(model)
         with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
-                        **_positions(0, len(prompt), self.device))
-            past, logits = _kv(out), out.logits[0, -1]
-            pos = len(prompt)
-            while not writer.done:
-                token = writer.next_token(logits)
-                if writer.done:
+            out = model(**batch, position_ids=positions, use_cache=True, **last)
+            while True:
+                logits = out.logits[:, -1]
+                tokens = [None if w.done else w.step(logits[b]) for b, w in enumerate(writers)]
+                if all(t is None for t in tokens):
                     break
-                out = model(torch.tensor([[token]], device=self.device),
-                            **_with_kv(model, past), use_cache=True,
-                            **_positions(pos, 1, self.device))
-                past, logits = _kv(out), out.logits[0, -1]
-                pos += 1
-        return writer.text(), writer.used
-
-    def chat_batch(self, calls: Any, *, temperature: float = 0.0, max_tokens: int = 512,
-                   n: int = 1, seed: int | None = None, stop: list[str] | None = None) -> None:
-        """Several chats at once (`visprog.planning.chat.chat_many`: agent mode's rounds of
-        many items): constrained programs of views of this model are written as one batch,
-        the prompts left-padded, one forward pass per token for all of them, each row held
-        to its own grammar and variables; a row that is done waits for the others. Anything
-        else (free text, `n` > 1) goes one call at a time. Each call gets its reply or
-        error."""
-        from visprog.planning.chat import LLMReply, chat_one, text_only
-
-        sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n,
-                    "seed": seed, "stop": stop}
-        views = [c.client for c in calls]
-        together = n == 1 and all(isinstance(v, LocalConstrained) and v._constrained
-                                  and v._free_grammar is None and v._shared is self._shared
-                                  for v in views)
-        if not together:
-            for call in calls:
-                chat_one(call, sampling)
-            return
-        import time
-
-        import torch
-
-        started = time.perf_counter()
-        try:
-            model, tok = self._load()
-            ctx = _context_size(model)
-            keep = ctx - max_tokens - _GENERATION_MARGIN
-            if keep < 16:
-                raise LLMError(f"the model's context ({ctx} tokens) is too small for "
-                               f"max_tokens={max_tokens}")
-            prompts = [v._prompt_ids(text_only(c.messages))[-keep:]
-                       for v, c in zip(views, calls)]
-            writers = [_ProgramWriter(v, temperature, max_tokens, torch.Generator(
-                device="cpu").manual_seed(0 if seed is None else seed)) for v in views]
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            width = max(map(len, prompts))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts],
-                               device=self.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                                device=self.device)
-            # each row's positions count its own tokens from 0 (left padding takes none)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
-                out = model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
-                past, logits = _kv(out), out.logits[:, -1]
-                pos = torch.tensor([len(p) for p in prompts], device=self.device)
-                while not all(w.done for w in writers):
-                    tokens = [pad if w.done else w.next_token(logits[i])
-                              for i, w in enumerate(writers)]
-                    if all(w.done for w in writers):
-                        break
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                    out = model(torch.tensor(tokens, device=self.device)[:, None],
-                                attention_mask=mask, position_ids=pos[:, None],
-                                **_with_kv(model, past), use_cache=True)
-                    past, logits = _kv(out), out.logits[:, -1]
-                    pos = pos + 1
-        except Exception as e:  # the batch failed: every call reports it
-            for call in calls:
-                call.error = e if isinstance(e, LLMError) else LLMError(
-                    f"the local LLM failed: {type(e).__name__}: {e}")
-                call.seconds = time.perf_counter() - started
-            return
-        seconds = (time.perf_counter() - started) / len(calls)
-        for call, w, p in zip(calls, writers, prompts):
-            call.reply = LLMReply(text=w.text(), texts=[w.text()],
-                                  usage={"prompt_tokens": len(p), "completion_tokens": w.used,
-                                         "total_tokens": len(p) + w.used},
-                                  model=self.describe()["model"])
-            call.seconds = seconds
-
-    def _sample_grammar(self, prompt: list[int], grammar: str, temperature: float,
-                        gen: Any) -> tuple[str, int]:
-        """One reply of `grammar`, stopping as soon as the matcher accepts (the grammar
-        ends with its own terminator). Returns (text, tokens generated)."""
-        import llguidance
-        import llguidance.numpy as llt_np
-        import numpy as np
-        import torch
-
-        model, tok = self._shared.model, self._shared.tokenizer
-        lltok = self._shared.lltok
-        matcher = llguidance.LLMatcher(lltok, llguidance.grammar_from("lark", grammar))
-        if matcher.is_error():
-            raise LLMError(f"the reply grammar is not valid: {matcher.get_error()}")
-        mask = llt_np.allocate_token_bitmask(1, lltok.vocab_size)
-        out_ids: list[int] = []
-        with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
-                        **_positions(0, len(prompt), self.device))
-            pos = len(prompt)
-            while not matcher.is_accepting():
-                if len(out_ids) >= _MAX_LINE_TOKENS:
-                    raise LLMError("internal: a constrained reply did not end")
-                llt_np.fill_next_token_bitmask(matcher, mask, 0)
-                allowed = np.unpackbits(mask[0].view(np.uint8), bitorder="little")
-                scores = out.logits[0, -1].float().clone()
-                keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
-                scores[~keep.to(scores.device)] = float("-inf")
-                token = _pick(scores, temperature, gen)
-                if not matcher.consume_token(token):
-                    raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
-                out_ids.append(token)
-                out = model(torch.tensor([[token]], device=self.device),
-                            **_with_kv(model, _kv(out)), use_cache=True,
-                            **_positions(pos, 1, self.device))
-                pos += 1
-        return tok.decode(out_ids), len(out_ids)
-
-    def _sample_text(self, prompt: list[int], temperature: float, max_tokens: int, gen: Any,
-                     stop: list[str]) -> tuple[str, int]:
-        """Free text: up to `max_tokens` tokens, the end-of-text token, or a stop string."""
-        import torch
-
-        model, tok = self._shared.model, self._shared.tokenizer
-        eos = getattr(tok, "eos_token_id", None)
-        out_ids: list[int] = []
-        with torch.no_grad():
-            out = model(torch.tensor([prompt], device=self.device), use_cache=True,
-                        **_positions(0, len(prompt), self.device))
-            pos = len(prompt)
-            for _ in range(max_tokens):
-                token = _pick(out.logits[0, -1].float(), temperature, gen)
-                if token == eos:
-                    break
-                out_ids.append(token)
-                text = tok.decode(out_ids)
-                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-                if cut >= 0:
-                    return text[:cut], len(out_ids)
-                out = model(torch.tensor([[token]], device=self.device),
-                            **_with_kv(model, _kv(out)), use_cache=True,
-                            **_positions(pos, 1, self.device))
-                pos += 1
-        return tok.decode(out_ids), len(out_ids)
+                ids = torch.tensor([[pad if t is None else t] for t in tokens], device=device)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                out = model(input_ids=ids, attention_mask=mask, position_ids=nxt[:, None],
+                            use_cache=True, **last, **{cache: getattr(out, cache)})
+                nxt = nxt + 1
 
 
-class _ProgramWriter:
-    """Writes one program a token at a time, a line at a time: before each token, the
-    matcher of the current line's grammar (`StepGrammar`, from the variables defined so far)
-    masks every token that would not keep the line a valid prefix; when a line is done the
-    real parser reads it and the variables and their types are updated (the checker's
-    typing, so a pass-through step such as Look keeps its argument's type). The program
-    ends at a Result, at a module of the client's `round_ends`, or after `max_steps` lines
-    (the last must be a Result, or a round's end), or once `max_tokens` are used (then the
-    next line must be)."""
+# -- writers: what a row writes, token by token ------------------------------------------------
 
-    def __init__(self, client: "LocalConstrained", temperature: float, max_tokens: int,
-                 gen: Any):
-        import llguidance.numpy as llt_np
+class _Writer:
+    """A row's sampler: `step(logits)` gives its next token, or None once it is done."""
 
-        self.client = client
-        self.temperature, self.max_tokens, self.gen = temperature, max_tokens, gen
+    def __init__(self, client: LocalConstrained, temperature: float, gen: Any):
+        self.tok = client._shared.tokenizer
         self.lltok = client._shared.lltok
-        self.grammar = client._step_grammar()
-        self.env = dict(client._inputs)
-        self.mask = llt_np.allocate_token_bitmask(1, self.lltok.vocab_size)
-        self.lines: list[str] = []
-        self.line_ids: list[int] = []
+        self.temperature, self.gen = temperature, gen
+        self.ids: list[int] = []
         self.used = 0
         self.done = False
-        self._start_line()
 
-    def _final(self) -> bool:
-        return len(self.lines) == self.client.max_steps - 1 or self.used >= self.max_tokens
-
-    def _start_line(self) -> None:
-        import llguidance
-
-        text = self.grammar.text(self.env, final=self._final(), ends=self.client.round_ends)
-        self.matcher = llguidance.LLMatcher(self.lltok, llguidance.grammar_from("lark", text))
-        if self.matcher.is_error():
-            raise LLMError(f"internal: step grammar rejected: {self.matcher.get_error()}")
-        self.line_ids = []
-
-    def next_token(self, logits: Any) -> int:
-        """The next token, picked from `logits` among those the grammar allows."""
+    def constrained_pick(self, matcher: Any, logits: Any) -> int:
+        """The next token among those that keep `matcher`'s text a valid prefix."""
         import llguidance.numpy as llt_np
         import numpy as np
         import torch
 
-        if len(self.line_ids) >= _MAX_LINE_TOKENS:
-            raise LLMError("internal: a constrained line did not end")
-        llt_np.fill_next_token_bitmask(self.matcher, self.mask, 0)
+        if getattr(self, "_mask", None) is None:
+            self._mask = llt_np.allocate_token_bitmask(1, self.lltok.vocab_size)
+        llt_np.fill_next_token_bitmask(matcher, self._mask, 0)
         # Bit i of the packed int32 mask allows token i (little-endian words).
-        allowed = np.unpackbits(self.mask[0].view(np.uint8), bitorder="little")
+        allowed = np.unpackbits(self._mask[0].view(np.uint8), bitorder="little")
         scores = logits.float().clone()
         keep = torch.from_numpy(allowed[:scores.shape[0]].astype(bool))
         scores[~keep.to(scores.device)] = float("-inf")
         token = _pick(scores, self.temperature, self.gen)
-        if not self.matcher.consume_token(token):
-            raise LLMError(f"internal: constrained token refused: {self.matcher.get_error()}")
-        self.line_ids.append(token)
-        if self.matcher.is_accepting():
-            self._end_line()
+        if not matcher.consume_token(token):
+            raise LLMError(f"internal: constrained token refused: {matcher.get_error()}")
         return token
 
-    def _end_line(self) -> None:
+    def text(self) -> str:
+        return self.tok.decode(self.ids)
+
+
+class _ProgramWriter(_Writer):
+    """One program, a line at a time: each line under the grammar of the step that may come
+    next (the variables defined so far, with their types: the checker's typing, so a
+    pass-through step such as Look keeps its argument's type). The program ends at a Result,
+    at a module of the client's `round_ends` (agent mode: a round may end at a Look), or
+    after `max_steps` lines, the last of which must be one of those (as must the next line
+    once `max_tokens` are used)."""
+
+    def __init__(self, client: LocalConstrained, temperature: float, max_tokens: int, gen: Any):
+        super().__init__(client, temperature, gen)
+        self.grammar = client._step_grammar()
+        self.registry = client._registry
+        self.round_ends = tuple(client.round_ends)
+        self.env = dict(client._inputs)
+        self.max_steps, self.max_tokens = client.max_steps, max_tokens
+        self.lines: list[str] = []
+        self.line_ids: list[int] = []
+        self.matcher: Any = None
+        self.final = False
+
+    def step(self, logits: Any) -> int | None:
+        import llguidance
+
         from visprog.language.checker import defined_types
         from visprog.language.parser import parse
 
-        client = self.client
-        self.used += len(self.line_ids)
-        line = client._shared.tokenizer.decode(self.line_ids)
-        self.lines.append(line)
-        program = parse(line)
-        tool = client._registry.get(program.steps[0].module)
-        self.env = defined_types(program, client._registry, self.env)
-        if tool.result or tool.name in client.round_ends or len(self.lines) >= client.max_steps:
-            self.done = True
-        else:
-            self._start_line()
+        while True:
+            if self.matcher is None:
+                line = len(self.lines)
+                self.final = line == self.max_steps - 1 or self.used >= self.max_tokens
+                self.matcher = llguidance.LLMatcher(self.lltok, llguidance.grammar_from(
+                    "lark", self.grammar.text(self.env, final=self.final,
+                                              ends=self.round_ends)))
+                if self.matcher.is_error():
+                    raise LLMError(f"internal: step grammar rejected: {self.matcher.get_error()}")
+                self.line_ids = []
+            if not self.matcher.is_accepting():
+                break
+            # the line is complete: read it, learn what it defines
+            self.used += len(self.line_ids)
+            text = self.tok.decode(self.line_ids)
+            self.lines.append(text)
+            program = parse(text)
+            tool = self.registry.get(program.steps[0].module)
+            self.env = defined_types(program, self.registry, self.env)
+            self.matcher = None
+            if tool.result or tool.name in self.round_ends or len(self.lines) >= self.max_steps:
+                self.done = True
+                return None
+        if len(self.line_ids) >= _MAX_LINE_TOKENS:
+            raise LLMError("internal: a constrained line did not end")
+        token = self.constrained_pick(self.matcher, logits)
+        self.line_ids.append(token)
+        return token
 
     def text(self) -> str:
         return "".join(self.lines).rstrip("\n")
+
+
+class _GrammarWriter(_Writer):
+    """One reply of a whole-reply grammar, ending as soon as the matcher accepts (the
+    grammar ends with its own terminator)."""
+
+    def __init__(self, client: LocalConstrained, grammar: str, temperature: float, gen: Any):
+        import llguidance
+
+        super().__init__(client, temperature, gen)
+        self.matcher = llguidance.LLMatcher(self.lltok, llguidance.grammar_from("lark", grammar))
+        if self.matcher.is_error():
+            raise LLMError(f"the reply grammar is not valid: {self.matcher.get_error()}")
+
+    def step(self, logits: Any) -> int | None:
+        if self.matcher.is_accepting():
+            self.done = True
+            return None
+        if len(self.ids) >= _MAX_LINE_TOKENS:
+            raise LLMError("internal: a constrained reply did not end")
+        token = self.constrained_pick(self.matcher, logits)
+        self.ids.append(token)
+        self.used += 1
+        return token
+
+
+class _TextWriter(_Writer):
+    """Free text: up to `max_tokens` tokens, the end-of-text token, or a stop string."""
+
+    def __init__(self, client: LocalConstrained, temperature: float, max_tokens: int,
+                 stop: list[str], gen: Any):
+        super().__init__(client, temperature, gen)
+        self.max_tokens, self.stop = max_tokens, [s for s in stop if s]
+        self.eos = getattr(self.tok, "eos_token_id", None)
+        self.cut: str | None = None
+
+    def step(self, logits: Any) -> int | None:
+        if len(self.ids) >= self.max_tokens:
+            self.done = True
+            return None
+        token = _pick(logits.float(), self.temperature, self.gen)
+        if token == self.eos:
+            self.done = True
+            return None
+        self.ids.append(token)
+        self.used += 1
+        if self.stop:
+            text = self.tok.decode(self.ids)
+            at = min((text.find(s) for s in self.stop if s in text), default=-1)
+            if at >= 0:
+                self.cut = text[:at]
+                self.done = True
+                return None
+        return token
+
+    def text(self) -> str:
+        return self.cut if self.cut is not None else self.tok.decode(self.ids)
 
 
 def _pick(scores: Any, temperature: float, gen: Any) -> int:
@@ -473,27 +585,68 @@ def _pick(scores: Any, temperature: float, gen: Any) -> int:
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 
-def _with_kv(model: Any, cache: Any) -> dict[str, Any]:
-    """The key-value cache as the model's forward takes it: `cache` where transformers has
-    renamed it (`past_key_values` warns there, and goes in 5.40), else `past_key_values`."""
+def _prompt_positions(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Explicit positions for a left-padded prompt batch, and each row's next position.
+    Why explicit: Qwen-VL models keep multimodal rope offsets from their last `generate` (a
+    Vqa batch) and apply them to a call without positions, which breaks a text-only pass.
+    A Qwen-VL prompt with images gets its 3-D (time, height, width) positions from the
+    model's own `get_rope_index` (an image's tokens share positions, so a row's next
+    position is its largest + 1); any other prompt counts its real tokens (padding gets 0)."""
+    mask = batch["attention_mask"]
+    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+    if rope_index is not None and batch.get("image_grid_thw") is not None:
+        # (mm_token_type_ids where the processor gives them; older versions find the images
+        # by their tokens)
+        kinds = ({"mm_token_type_ids": batch["mm_token_type_ids"]}
+                 if batch.get("mm_token_type_ids") is not None else {})
+        positions, _ = rope_index(batch["input_ids"], image_grid_thw=batch["image_grid_thw"],
+                                  attention_mask=mask, **kinds)
+        return positions, positions.amax(dim=(0, 2)) + 1
+    return (mask.long().cumsum(-1) - 1).clamp(min=0), mask.long().sum(-1)
+
+
+def _last_logits_only(model: Any) -> dict[str, Any]:
+    """Ask for the last position's logits only where the model can (a long prompt's full
+    logits over a 150k vocabulary are gigabytes)."""
     import inspect
 
-    takes = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in takes else "past_key_values": cache}
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-def _kv(out: Any) -> Any:
-    """The key-value cache a forward gave back, under either name (see `_with_kv`)."""
-    return out["cache"] if "cache" in out.keys() else out["past_key_values"]
+def _cache_name(model: Any) -> str:
+    """The forward argument that takes the cache: `cache` from transformers 5.25 on (where
+    `past_key_values` warns that it is deprecated), else `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _positions(start: int, n: int, device: Any) -> dict[str, Any]:
-    """Explicit position ids. Why: Qwen-VL models keep multimodal rope offsets from their
-    last `generate` (a Vqa batch) and apply them to a call without positions, which breaks
-    a text-only pass; for a plain causal LM these are the positions it would use anyway."""
-    import torch
+def _pad_id(tok: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
 
-    return {"position_ids": torch.arange(start, start + n, device=device)[None]}
+
+def _image_token_id(model: Any) -> int | None:
+    cfg = model.config
+    value = getattr(cfg, "image_token_id", None)
+    if value is None:
+        value = getattr(cfg, "image_token_index", None)
+    return value if isinstance(value, int) else None
+
+
+def _parts(content: Any, max_pixels: int) -> list[dict[str, Any]]:
+    """A message's content as the processor's chat template takes it: a list of parts, each
+    image scaled down to at most `max_pixels` pixels (and RGB)."""
+    from visprog.models import bound_pixels, rgb_image
+
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [{"type": "image", "image": bound_pixels(rgb_image(p["image"]), max_pixels)}
+            if p["type"] == "image" else {"type": "text", "text": p["text"]} for p in content]
 
 
 def _load_causal_lm(path: str, device: str, dtype: Any) -> tuple[Any, Any]:

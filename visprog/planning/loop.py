@@ -695,10 +695,11 @@ class Track:
         self.attempt: RunAttempt | None = None
         self.write: Any = None        # this round's `RoundWrite`
         self.rounds = 0
-        self.images = 0
+        self.images = 0               # images sent to the planner, and their tokens
         self.calls = 0
         self.usage: dict[str, int] = {}
         self.image_tokens = 0
+        self.unsent = (0, 0)          # the last observation's images and tokens, until sent
         self.corrections = 0
         self.findings: list[str] = []
         self.finishing = False        # this round wrote Result (and ran)
@@ -730,6 +731,10 @@ class Track:
         """Take the round the planner wrote; True when it is to run."""
         self.write = w
         self.rounds += 1
+        # the last observation went with this round's request: its images count as sent
+        self.images, self.image_tokens = (self.images + self.unsent[0],
+                                          self.image_tokens + self.unsent[1])
+        self.unsent = (0, 0)
         self.calls += w.calls
         usage: dict[str, int] = {}
         for a in w.attempts:
@@ -822,9 +827,8 @@ class Track:
             notes.append("This is the last round: end it with FINAL=Result(var=...).")
         text = observation_text(self.rounds, summary, failed=failed, skipped=skipped,
                                 looks=texts, notes=notes)
-        self.images += len(images)
         tokens = sum(image_tokens(im) for im in images)
-        self.image_tokens += tokens
+        self.unsent = (len(images), tokens)  # sent with the next round's request, if any
         r = self.round
         assert r is not None
         r.observation, r.looks, r.images, r.image_tokens = text, looks, list(images), tokens

@@ -226,6 +226,21 @@ def clean_reply(reply: str) -> str:
     return "\n".join(kept).strip()
 
 
+def messages_digest(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A digest of a chat for cache keys: its JSON, an image part's image as a digest of its
+    mode, size and pixels (a chat of text alone hashes as its plain JSON, as before images)."""
+    def image(value: Any) -> Any:
+        tobytes = getattr(value, "tobytes", None)
+        if tobytes is None:
+            raise TypeError(f"a chat message holds a {type(value).__name__}, which has no "
+                            f"stable form for a cache key")
+        return {"image": hashlib.sha256(tobytes()).hexdigest(), "mode": value.mode,
+                "size": list(value.size)}
+
+    text = json.dumps(list(messages), sort_keys=True, default=image)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _one_round(example: Any) -> Any:
     """A one-shot example as an agent-mode example written in one round."""
     from visprog.planning.prompts import AgentExample, AgentRound
@@ -543,7 +558,7 @@ class Planner:
 
     def _cache_key(self, question: str, inputs: Mapping[str, str], messages: list[dict],
                    k: int, temperature: float) -> dict[str, Any]:
-        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
+        digest = messages_digest(messages)
         return {"llm": self.llm.describe(), "prompt_version": PROMPT_VERSION,
                 "task": self.task.name, "question": question, "inputs": dict(inputs),
                 "examples": self.examples, "select": self.select, "seed": self.seed,
