@@ -19,7 +19,8 @@ from PIL import Image
 from visprog.traces.draw import color_for, draw_objects, thumbnail
 from visprog.traces.events import Repair, RunRecord, Vote
 from visprog.traces.step import StepRecord
-from visprog.values import Objects
+from visprog.traces.video import VIDEO_CSS, tracks_html, video_html
+from visprog.values import Objects, Tracks, Video
 from visprog.values.text import show
 
 THUMB_SIDE = 320  # longest side of an image shown in the page
@@ -49,7 +50,7 @@ img{max-width:100%;border:1px solid #ccc;border-radius:3px;image-rendering:auto}
 .text{white-space:pre-wrap}.muted{color:#888}.swatch{display:inline-block;width:.8em;
  height:.8em;border-radius:2px;margin-right:.3em;vertical-align:middle}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
-"""
+""" + VIDEO_CSS
 
 
 def _esc(value: Any) -> str:
@@ -113,7 +114,12 @@ class _Page:
         if isinstance(value, Image.Image):
             return self.img(value, alt or "image")
         if isinstance(value, Objects):
-            return self.objects(value, over, alt or "objects")
+            return self.objects(value, over if isinstance(over, Image.Image) else None,
+                                alt or "objects")
+        if isinstance(value, Video):  # a strip of a few frames (traces/video.py)
+            return video_html(self.img, value)
+        if isinstance(value, Tracks):  # drawn over the video they were tracked in
+            return tracks_html(self.img, value, over if isinstance(over, Video) else None)
         if value is None:
             return '<span class="muted">None</span>'
         if isinstance(value, bool):
@@ -157,10 +163,10 @@ def _encode(im: Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
 
 
-def _background(step: StepRecord) -> Image.Image | None:
-    """The image a step's Objects are drawn over: its `draw_on` argument, else its first
-    image argument."""
-    if step.draw_on and isinstance(step.args.get(step.draw_on), Image.Image):
+def _background(step: StepRecord) -> Image.Image | Video | None:
+    """The image a step's Objects are drawn over (or the video its Tracks are): its
+    `draw_on` argument, else its first image argument."""
+    if step.draw_on and isinstance(step.args.get(step.draw_on), (Image.Image, Video)):
         return step.args[step.draw_on]
     return next((v for v in step.args.values() if isinstance(v, Image.Image)), None)
 
@@ -188,8 +194,11 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     for name, value in step.args.items():
         var = step.arg_vars.get(name)
         label = _esc(name) + (f' <span class="muted">&larr; {_esc(var)}</span>' if var else "")
-        rows.append(f'<tr><td class="k">{label}</td><td>'
-                    f'{page.value(value, over=over, alt=f"{step.target} {name}")}</td></tr>')
+        # a video read from a variable is drawn where it was bound or made: one line here
+        shown = f'<span class="muted">{_esc(show(value))}</span>' \
+            if var and isinstance(value, Video) else \
+            page.value(value, over=over, alt=f"{step.target} {name}")
+        rows.append(f'<tr><td class="k">{label}</td><td>{shown}</td></tr>')
     if failed:
         rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
                     f'</div></td></tr>')
