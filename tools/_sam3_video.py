@@ -220,14 +220,26 @@ def track(bundle: dict[str, Any], frames: Sequence[Any], phrases: Sequence[str],
 
 def _result(post: Any, session: Any, out: Any, w: int, h: int, masks: bool) -> FrameResult:
     r = post.postprocess_outputs(session, out, original_sizes=[[h, w]])
-    ids = [int(i) for i in r["object_ids"].tolist()]
     prompt_of = {i: text for text, obj_ids in r["prompt_to_obj_ids"].items() for i in obj_ids}
-    boxes = r["boxes"].float().cpu().numpy().astype(np.float64).reshape(-1, 4)
+    # post-processing takes the boxes before it resolves overlaps between the masks of one
+    # prompt, which can leave a mask smaller or empty: boxes are taken again from the masks
+    # as they end, and an object left with no pixels is not seen in this frame
+    final = r["masks"]
+    kept = final.flatten(1).any(1).cpu() if len(final) else torch_empty_bool()
+    idx = kept.nonzero().flatten().tolist()
+    ids = [int(r["object_ids"][i]) for i in idx]
+    final = final[kept.to(final.device)] if len(final) else final
+    boxes = masks_to_boxes(final).float().cpu().numpy().astype(np.float64).reshape(-1, 4)
     boxes[:, 2:] += 1  # the last pixel row and column -> the box's far edges
-    boxes = np.clip(boxes, 0, [w, h, w, h])
-    return FrameResult(ids, [prompt_of[i] for i in ids],
-                       r["scores"].float().cpu().numpy().astype(np.float64), boxes,
-                       r["masks"].cpu().numpy().astype(bool) if masks else None)
+    scores = r["scores"].float().cpu().numpy().astype(np.float64)[idx]
+    return FrameResult(ids, [prompt_of[i] for i in ids], scores, boxes,
+                       final.cpu().numpy().astype(bool) if masks else None)
+
+
+def torch_empty_bool() -> Any:
+    import torch
+
+    return torch.zeros(0, dtype=torch.bool)
 
 
 def prune_session(session: Any, model: Any, frame_idx: int, empty: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from visprog.models import ModelTool
+from visprog.models import ModelTool, SettingsError
 from visprog.values import Tracks, Video, codec
 
 from . import _sam3, _sam3_video
@@ -93,7 +93,7 @@ class Track(ModelTool):
             if v is None or (isinstance(v, str) and v.lower() == "none"):
                 return None
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"Track: {key} must be a number or none, got {v!r}")
+                raise SettingsError(f"Track: {key} must be a number or none, got {v!r}")
             return kind(v)
 
         return {"checkpoint": str(s["checkpoint"]), "max_objects": number("max_objects", int),

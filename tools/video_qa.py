@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from visprog.models import ModelTool, model_inputs
+from visprog.models import ModelTool, SettingsError, model_inputs
 from visprog.models.vlm import VLM_KIND, load_vlm
 from visprog.values import Video
 
@@ -33,7 +33,8 @@ def video_chat(frames: list[Image.Image], times: list[float], question: str,
     """One user turn: each frame after its time, then the question and the instruction."""
     content: list[dict[str, Any]] = []
     for im, t in zip(frames, times):
-        content += [{"type": "text", "text": f"at {t:.1f} s:"}, {"type": "image", "image": im}]
+        when = f"{t:.2f}".rstrip("0").rstrip(".")
+        content += [{"type": "text", "text": f"at {when} s:"}, {"type": "image", "image": im}]
     text = f"{question}\n{instruction}".strip() if instruction else question
     return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
 
@@ -55,7 +56,7 @@ class VideoQa(ModelTool):
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
         frames = s["frames"]
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
-            raise ValueError(f"VideoQa: frames must be a whole number of at least 1, got "
+            raise SettingsError(f"VideoQa: frames must be a whole number of at least 1, got "
                              f"{frames!r}")
         return {"checkpoint": str(s["checkpoint"]), "frames": frames,
                 "max_pixels": int(s["max_pixels"]), "max_new_tokens": int(s["max_new_tokens"]),
