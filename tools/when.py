@@ -73,11 +73,7 @@ def seen_at(tracks: Tracks, time: float) -> Objects:
     tracks = _tracks(tracks, "SeenAt")
     if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
         raise ValueError(f"SeenAt: time is a number of seconds, got {time!r}")
-    import bisect
-
-    t = min(max(bisect.bisect_right(tracks.times.tolist(), float(time)) - 1, 0),
-            len(tracks.times) - 1)
-    return tracks.frame(t)
+    return tracks.frame(tracks.index_at(time))
 
 
 TOOLS = [first_seen, last_seen, seen_for, seen_at]

@@ -487,8 +487,8 @@ class VisProg:
             image, right = image
         if task == "nlvr" or right is not None:
             left, image = image, None
-        bound = self.bind(image, left=left, right=right, video=video)  # bad inputs fail
-        # before planning
+        # bad inputs fail here, before the LLM is asked
+        bound = self.bind(image, left=left, right=right, video=video)
         item = LoopItem(question, task, {name: type_of(v) for name, v in bound.items()},
                         self.planner(task, **options), vote=vote, remember=vote <= 1,
                         payload=(bound, {"task": task, "question": question}))

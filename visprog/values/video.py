@@ -276,6 +276,17 @@ class Tracks:
                       scores=self.scores[:, cols],
                       masks=None if self.masks is None else self.masks[:, cols])
 
+    def index_at(self, time: float) -> int:
+        """The frame on screen at `time` seconds (as `Video.index_at`).
+
+        Raises:
+            ValueError: tracks of no frames.
+        """
+        if not len(self.times):
+            raise ValueError("these tracks have no frames")
+        i = bisect.bisect_right(self.times.tolist(), float(time)) - 1
+        return min(max(i, 0), len(self.times) - 1)
+
     def frame(self, t: int) -> Objects:
         """What is seen in frame `t`, as Objects (`extra["track_id"]`: each one's id)."""
         cols = np.flatnonzero(self.seen[t])
