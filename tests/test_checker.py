@@ -213,9 +213,10 @@ def test_later_steps_are_checked_after_an_unknown_module(registry):
     assert [(d.line, d.message) for d in found][1:] == [(3, "undefined variable 'Y'")]
 
 
-def test_default_inputs_are_three_images(registry):
-    assert dict(DEFAULT_INPUTS) == {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
-    assert problems(registry, "A=Result(var=LEFT)\nB=Result(var=RIGHT)") == []
+def test_default_inputs_are_three_images_and_a_video(registry):
+    assert dict(DEFAULT_INPUTS) == {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image",
+                                    "VIDEO": "Video"}
+    assert problems(registry, "A=Result(var=LEFT)\nB=Result(var=RIGHT)\nC=Result(var=VIDEO)") == []
 
 
 @pytest.mark.parametrize("inputs,ok", [

@@ -2,7 +2,7 @@
 animated gif, a folder of frames, a list of images), sampling, the limits and hostile files,
 the Video and Tracks values (types, checker, codec and cache keys, Eval, the constrained
 grammar, traces), binding VIDEO through the API and the command line, and the plain video
-modules (Frames, FrameAt, Clip; FirstSeen, LastSeen, SeenFor, SeenAt and Count over tracks
+modules (Frames, FrameAt, Clip; FirstSeen, LastSeen, SeenFor, ObjectsAt and Count over tracks
 whose truth is known)."""
 from __future__ import annotations
 
@@ -377,8 +377,8 @@ FIRST=FirstSeen(tracks=T)
 LEFT=LastSeen(tracks=T)
 SEEN=SeenFor(tracks=T)
 BALL=SeenFor(tracks=B)
-AT=SeenAt(tracks=T, time=1.0)
-LATE=SeenAt(tracks=T, time=1.9)
+AT=ObjectsAt(tracks=T, time=1.0)
+LATE=ObjectsAt(tracks=T, time=1.9)
 A=Eval(expr="'yes' if {LEFT} < 1.5 and {T} == 2 else 'no'")
 """
     ball = tracks[1]

@@ -1,4 +1,4 @@
-"""When tracked objects are seen (SPEC 4): FirstSeen, LastSeen, SeenFor, SeenAt.
+"""When tracked objects are seen (SPEC 4): FirstSeen, LastSeen, SeenFor, ObjectsAt.
 
 Each reads the Tracks that `Track` gives (every object it followed through the clip, with
 an id that stays the same from frame to frame); several objects count together ("when is a
@@ -11,9 +11,9 @@ second times are known to half a second.
 - `LastSeen(tracks)` -> Number: the time at which the last of them leaves: the end of the
   last frame any is seen in (the clip's end when one is still there).
 - `SeenFor(tracks)` -> Number: for how many seconds at least one of them is seen.
-- `SeenAt(tracks, time)` -> Objects: those seen in the frame on screen at `time`, as regions
-  of that frame (labels, scores, masks; `extra["track_id"]` their ids), to use with that
-  frame's image (`FrameAt(video=..., time=...)`): Crop, Vqa on a crop, ColorPop...
+- `ObjectsAt(tracks, time)` -> Objects: those seen in the frame on screen at `time`, as
+  regions of that frame (labels, scores, masks; `extra["track_id"]` their ids), to use with
+  that frame's image (`FrameAt(video=..., time=...)`): Crop, Vqa on a crop, ColorPop...
 
 How many distinct objects were seen is `Count(box=TRACKS)` (each id once). FirstSeen and
 LastSeen of tracks in which nothing is seen fail with a message saying so: count them first.
@@ -66,14 +66,14 @@ def seen_for(tracks: Tracks) -> float:
     return _tracks(tracks, "SeenFor").time_seen()
 
 
-@tool("SeenAt", params={"tracks": "Tracks", "time": "Number"}, returns="Objects",
+@tool("ObjectsAt", params={"tracks": "Tracks", "time": "Number"}, returns="Objects",
       draw_on=None, tasks=("video",))
-def seen_at(tracks: Tracks, time: float) -> Objects:
+def objects_at(tracks: Tracks, time: float) -> Objects:
     """The tracked objects seen at `time` seconds, as regions of that frame."""
-    tracks = _tracks(tracks, "SeenAt")
+    tracks = _tracks(tracks, "ObjectsAt")
     if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
-        raise ValueError(f"SeenAt: time is a number of seconds, got {time!r}")
+        raise ValueError(f"ObjectsAt: time is a number of seconds, got {time!r}")
     return tracks.frame(tracks.index_at(time))
 
 
-TOOLS = [first_seen, last_seen, seen_for, seen_at]
+TOOLS = [first_seen, last_seen, seen_for, objects_at]
