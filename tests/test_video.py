@@ -406,3 +406,16 @@ def test_tracks_values_refuse_what_does_not_fit():
                masks=np.zeros((1, 1, 3, 3), bool))
     with pytest.raises(ValueError, match="increasing"):
         Video([Image.new("RGB", (8, 8))] * 2, [1.0, 0.5])
+
+
+def test_a_trace_whose_frame_files_are_gone_still_loads(vp, tmp_path, clips):
+    out = vp.execute("F=FrameAt(video=VIDEO, time=0.5)", video=clips["mp4"])
+    path = out.save_json(tmp_path / "run.json")
+    for f in (tmp_path / "run_files").glob("*.png"):
+        f.unlink()
+    missing: list[str] = []
+    back = Trace.load_json(path, missing=missing)
+    assert show(back.inputs["VIDEO"]) == "video of 4 frames (files missing)"
+    assert len(missing) == 4 and "files missing" in back.to_html()
+    with pytest.raises(ValueError, match="not found"):
+        Trace.load_json(path)
