@@ -249,10 +249,8 @@ def prune_session(session: Any, model: Any, frame_idx: int, empty: Any) -> None:
     window = max(int(tc.num_maskmem), int(tc.max_object_pointers_in_encoder))
     old = frame_idx - window  # memories before this frame are never read again
     hot = frame_idx - int(model.hotstart_delay)  # nor hotstart bookkeeping before this one
-    if session.processed_frames is not None:
-        for f, v in session.processed_frames.items():
-            if f <= frame_idx and v.numel():
-                session.processed_frames[f] = empty  # keeps the count the tracker reads
+    if session.processed_frames is not None and frame_idx in session.processed_frames:
+        session.processed_frames[frame_idx] = empty  # keeps the count the tracker reads
     for d in session.output_dict_per_obj.values():
         non_cond, cond = d["non_cond_frame_outputs"], d["cond_frame_outputs"]
         for f in [f for f in non_cond if f < old]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from visprog.engine.core import Engine, ItemResult, Job, StepCallback
 from visprog.engine.schedule import AUTO, make_batch_size
-from visprog.errors import Diagnostic, StepError, VisProgError
+from visprog.errors import ConfigError, Diagnostic, StepError, VideoError, VisProgError
 from visprog.language.checker import check as check_program
 from visprog.language.checker import check_or_raise
 from visprog.language.parser import parse
@@ -57,7 +57,8 @@ class VisProg:
         preset: "default" (real checkpoints, downloaded on first use) or "tiny" (small random
             models built offline: every code path runs, answers are meaningless).
         config: a TOML file path, or a mapping of overrides (`{"Loc": {"box_threshold": .3}}`),
-            merged over the preset key by key.
+            merged over the preset key by key. Its `[video]` table says how input videos
+            are sampled and what they may be (`visprog.values.VideoSettings`).
         cache: True for the in-memory and on-disk step cache, False for none, or a
             `visprog.engine.cache.StepCache`.
         cache_dir: where the on-disk cache lives (default: the user cache dir, or
@@ -105,7 +106,6 @@ class VisProg:
         self.cache = assembly.cache
         self.image_limits = assembly.image_limits
         # how input videos are sampled and what they may be: the config's [video] table
-        from visprog.errors import ConfigError
         try:
             self.video_settings = VideoSettings.make(self.config.get("video"))
         except ValueError as e:
@@ -187,7 +187,6 @@ class VisProg:
         Raises:
             VideoError: it can't be read, is outside the limits, or a setting is wrong.
         """
-        from visprog.errors import VideoError
         try:
             settings = VideoSettings.make(self.video_settings, **sampling)
         except ValueError as e:
