@@ -203,7 +203,7 @@ def test_a_round_is_checked_against_the_program_so_far(picture):
                               {"IMAGE": "Image"})
     # errors are numbered by the reply's own lines
     assert [(d.line, d.message) for d in bad.diagnostics] == [
-        (1, "undefined variable 'BOXES'"), (2, "Count's 'box' takes Objects; IMAGE is Image")]
+        (1, "undefined variable 'BOXES'"), (2, "Count's 'box' takes Objects or Tracks; IMAGE is Image")]
     assert "did you mean 'BOX'" in str(bad.diagnostics[0])
     assert planner.judge_round("N=Count(box=", prefix).diagnostics[0].line == 1
     assert "no steps" in planner.judge_round("```\n```", prefix).diagnostics[0].message

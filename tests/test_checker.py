@@ -93,7 +93,7 @@ ONE_PROBLEM = [
     ("unknown argument, no close name", LOC + "N=Count(box=OBJ, zzz=1)", None, (2, 18),
      "no argument 'zzz'", "Count takes box"),
     ("missing argument", "N=Count()", None, (1, 3), "Count needs argument 'box'",
-     "add box=<Objects>"),
+     "add box=<Objects|Tracks>"),
     ("missing one of two", "A=FakeLoc(image=IMAGE)", None, (1, 3),
      "FakeLoc needs argument 'object'", "add object=<Text>"),
     ("duplicate argument", LOC + "N=Count(box=OBJ, BOX=OBJ)", None, (2, 18),
@@ -107,7 +107,7 @@ ONE_PROBLEM = [
     ("alias of undefined", "A=NOPE", None, (1, 3), "undefined variable 'NOPE'", ""),
     ("undefined in a list", "T=Join(words=['a', W])", None, (1, 8), "undefined variable 'W'", ""),
     ("image where objects", "N=Count(box=IMAGE)", None, (1, 9),
-     "Count's 'box' takes Objects; IMAGE is Image", "Loc"),
+     "Count's 'box' takes Objects or Tracks; IMAGE is Image", "Loc"),
     ("objects where image", LOC + "A=Crop(image=OBJ, box=OBJ)", None, (2, 8),
      "'image' takes Image; OBJ is Objects", "pass the image itself"),
     ("number where text", "OBJ=FakeLoc(image=IMAGE, object=3)", None, (1, 26),
@@ -213,9 +213,10 @@ def test_later_steps_are_checked_after_an_unknown_module(registry):
     assert [(d.line, d.message) for d in found][1:] == [(3, "undefined variable 'Y'")]
 
 
-def test_default_inputs_are_three_images(registry):
-    assert dict(DEFAULT_INPUTS) == {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
-    assert problems(registry, "A=Result(var=LEFT)\nB=Result(var=RIGHT)") == []
+def test_default_inputs_are_three_images_and_a_video(registry):
+    assert dict(DEFAULT_INPUTS) == {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image",
+                                    "VIDEO": "Video"}
+    assert problems(registry, "A=Result(var=LEFT)\nB=Result(var=RIGHT)\nC=Result(var=VIDEO)") == []
 
 
 @pytest.mark.parametrize("inputs,ok", [

@@ -59,7 +59,7 @@ def test_check_reports_every_error_with_line_and_column(work, capsys):
     assert code == EXIT_ERROR and out == ""
     assert err.splitlines() == [
         "bad.vp:1:3: unknown module 'Lco' (hint: did you mean 'Loc'?)",
-        "bad.vp:2:9: Count's 'box' takes Objects; IMAGE is Image "
+        "bad.vp:2:9: Count's 'box' takes Objects or Tracks; IMAGE is Image "
         "(hint: pass the result of Loc, Seg, Select, FaceDet or Classify)",
     ]
     assert "Traceback" not in err
@@ -220,7 +220,7 @@ def test_trace_show_bad_files(work, capsys, content, message):
 def test_tools_lists_signatures(work, capsys):
     code, out, _ = run_cli(capsys, "tools", *TINY)
     assert code == EXIT_OK
-    assert "Count(box: Objects) -> Number" in out and "CropLeftOf(image: Image, box: Objects)" in out
+    assert "Count(box: Objects|Tracks) -> Number" in out and "CropLeftOf(image: Image, box: Objects)" in out
 
 
 # -- a real process -------------------------------------------------------------------------------

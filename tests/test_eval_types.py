@@ -370,7 +370,8 @@ def test_any_tool_may_declare_how_its_expression_is_typed():
     found = check(parse("S=Score(image=IMAGE, formula='x * 2')"), Registry([score]))
     assert [(d.line, d.column, d.text, d.message, d.hint) for d in found] == \
         [(1, 22, "x * 2", "formula: always wrong", "a hint")]
-    assert seen == [("x * 2", {"IMAGE": {"Image"}, "LEFT": {"Image"}, "RIGHT": {"Image"}})]
+    assert seen == [("x * 2", {"IMAGE": {"Image"}, "LEFT": {"Image"}, "RIGHT": {"Image"},
+                               "VIDEO": {"Video"}})]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -395,13 +396,13 @@ def test_a_query_value_that_is_a_list_of_numbers(registry):
     vp = VisProg(preset="tiny", cache=False, plugins=False)
     numbers = vp.fn.result([1, 2])
     assert numbers.types == frozenset() and vp.fn.result(numbers).value == [1, 2]
-    with pytest.raises(QueryError, match="'box' takes Objects; the Result result is a list "
+    with pytest.raises(QueryError, match="'box' takes Objects or Tracks; the Result result is a list "
                                          "that is not all text"):
         vp.fn.count(numbers)
     with pytest.raises(QueryError, match="can't use a list that is not all text"):
         vp.fn.eval("{R} + 1", R=numbers)
     assert check(parse("N=Count(box=R)"), registry, {"R": frozenset()})[0].message == \
-        "Count's 'box' takes Objects; R is a list that is not all text"
+        "Count's 'box' takes Objects or Tracks; R is a list that is not all text"
 
 
 def test_an_unknown_input_type_is_refused_by_name(registry):

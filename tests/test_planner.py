@@ -144,7 +144,7 @@ def test_plan_valid_program(registry):
     assert len(plan.attempts) == 1 and plan.attempts[0].ok
     assert plan.usage["completion_tokens"] == len(GOOD.split())
     sent = server.requests[0]["messages"]
-    assert sent[0]["role"] == "system" and "Count(box: Objects) -> Number" in sent[0]["content"]
+    assert sent[0]["role"] == "system" and "Count(box: Objects|Tracks) -> Number" in sent[0]["content"]
     assert sent[-1] == {"role": "user", "content": "Question: How many cats?"}
     assert len(sent) == 2 + 2 * len(load_examples("gqa"))
 

@@ -330,7 +330,7 @@ def test_help_shows_signature_and_docstring(vp):
     assert str(inspect.signature(image.loc)) == "(object: 'Text') -> 'Objects'"
     assert str(inspect.signature(image.select)) == \
         "(object: 'Objects', query: 'Text', category: 'None|Text' = None) -> 'Objects'"
-    assert str(inspect.signature(vp.fn.count)) == "(box: 'Objects') -> 'Number'"
+    assert str(inspect.signature(vp.fn.count)) == "(box: 'Objects|Tracks') -> 'Number'"
     text = pydoc.render_doc(image.mean_grey, renderer=pydoc.plaintext)
     assert "MeanGrey(image: Image) -> Number" in text
     assert "the image's mean grey level" in text

@@ -34,7 +34,7 @@ from llm_server import ScriptedServer, scripted_client
 from visprog.api import VisProg
 from visprog.engine.cache import StepCache
 from visprog.errors import StepError
-from visprog.values import Objects
+from visprog.values import Objects, Tracks, Video, codec
 from visprog.values.types import TYPES, fits, type_of
 
 pytest.importorskip("torch")
@@ -51,6 +51,7 @@ TEXT_FOR = {  # arguments whose type alone can't make a valid value
     ("Eval", "expr"): ["'yes' if 2 > 1 else 'no'", "1 + 2", "'a' == 'b'"],
     ("Emoji", "emoji"): ["smiling_face_with_sunglasses", "face_with_tongue", "dog_face"],
     ("Vqa", "question"): ["what color is it?", "is there a dog?", "how many cats?"],
+    ("VideoQa", "question"): ["what color is it?", "is there a dog?", "how many cats?"],
     ("List", "query"): ["kinds of dogs", "colours of cars", "farm animals"],
     ("Region", "box"): [[100, 200, 600, 900], [0, 0, 1000, 1000], [250.5, 10, 260, 990]],
 }
@@ -77,12 +78,33 @@ def loc_like(size: tuple[int, int]) -> Objects:
     return Objects(boxes, size, labels=["dog", "cat"], scores=[0.9, 0.6], masks=masks)
 
 
+def clip_like(image: Image.Image) -> Video:
+    """Three frames of 0.5 s: the image, then it shifted right by 4 and 8 pixels."""
+    frames = [image] + [Image.fromarray(np.roll(np.asarray(image), 4 * k, axis=1))
+                        for k in (1, 2)]
+    return Video(frames, [0.0, 0.5, 1.0], sampling={"fps": 2.0})
+
+
+def tracks_like(size: tuple[int, int]) -> Tracks:
+    """Two objects over three frames: the first seen in frames 0 and 1, the second in 1 and 2."""
+    w, h = size
+    boxes = np.full((3, 2, 4), np.nan)
+    boxes[:2, 0] = (0.1 * w, 0.2 * h, 0.5 * w, 0.7 * h)
+    boxes[1:, 1] = (0.45 * w, 0.1 * h, 0.9 * w, 0.6 * h)
+    return Tracks([1, 2], ["dog", "cat"], [0.0, 0.5, 1.0], end=1.5, frame_size=size,
+                  boxes=boxes, scores=np.full((3, 2), 0.8))
+
+
 def sample(tool_name: str, types: frozenset[str], name: str, image: Image.Image, i: int) -> Any:
     """A valid value of the declared types for call `i` (of the image passed)."""
     if "Image" in types:
         return image
     if "Objects" in types:
         return loc_like(image.size)
+    if "Video" in types:
+        return clip_like(image)
+    if "Tracks" in types:
+        return tracks_like(image.size)
     if "TextList" in types:
         return [TEXTS[i], TEXTS[(i + 1) % 3]]
     if "Text" in types or "Any" in types:
@@ -126,7 +148,9 @@ def vp():
 def same(a: Any, b: Any, where: str = "value") -> None:
     """Assert two outputs are the same value. Floats may differ by a few float32 ulps: a CPU
     kernel run on a batch sums in another order than on one item (CLIP in Classify)."""
-    if isinstance(a, Objects):
+    if isinstance(a, (Video, Tracks)):
+        assert type(a) is type(b) and codec.digest(a) == codec.digest(b), where
+    elif isinstance(a, Objects):
         assert isinstance(b, Objects), where
         assert a.image_size == b.image_size and len(a) == len(b), where
         assert list(a.labels) == list(b.labels), where
@@ -174,7 +198,8 @@ def test_declaration_is_valid(vp, name):
     assert tool.batch_fn is None or callable(tool.batch_fn)
     if tool.draw_on is not None:
         drawn = tool.param(tool.draw_on)
-        assert drawn is not None and "Image" in drawn.types, "draw_on names an Image argument"
+        assert drawn is not None and drawn.types & {"Image", "Video"}, \
+            "draw_on names an Image (or Video) argument"
     assert tool.signature().startswith(f"{name}(")
 
     fn_params = inspect.signature(tool.fn).parameters

@@ -15,7 +15,7 @@ from PIL import Image
 
 from visprog.engine.core import Engine, ItemResult, Job, StepCallback
 from visprog.engine.schedule import AUTO, make_batch_size
-from visprog.errors import Diagnostic, StepError, VisProgError
+from visprog.errors import ConfigError, Diagnostic, StepError, VideoError, VisProgError
 from visprog.language.checker import check as check_program
 from visprog.language.checker import check_or_raise
 from visprog.language.parser import parse
@@ -26,10 +26,11 @@ from visprog.traces.events import as_event
 from visprog.traces.records import Trace
 from visprog.values.text import plural
 from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
-                            load_image, nesting_depth, type_of)
+                            Video, VideoSettings, load_image, load_video, nesting_depth, type_of)
 from visprog.values.text import show
 
 ImageLike = Any  # a path, bytes, PIL image or numpy array
+VideoLike = Any  # a video file's path or bytes, a folder of frames, a list of images, a Video
 
 
 @dataclass(repr=False)
@@ -69,7 +70,8 @@ class VisProg:
         preset: "default" (real checkpoints, downloaded on first use) or "tiny" (small random
             models built offline: every code path runs, answers are meaningless).
         config: a TOML file path, or a mapping of overrides (`{"Loc": {"box_threshold": .3}}`),
-            merged over the preset key by key.
+            merged over the preset key by key. Its `[video]` table says how input videos
+            are sampled and what they may be (`visprog.values.VideoSettings`).
         cache: True for the in-memory and on-disk step cache, False for none, or a
             `visprog.engine.cache.StepCache`.
         cache_dir: where the on-disk cache lives (default: the user cache dir, or
@@ -116,6 +118,11 @@ class VisProg:
         self.registry = assembly.registry
         self.cache = assembly.cache
         self.image_limits = assembly.image_limits
+        # how input videos are sampled and what they may be: the config's [video] table
+        try:
+            self.video_settings = VideoSettings.make(self.config.get("video"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         # One engine for every way of running: lone runs, batches, planned runs.
         self.engine = Engine(self.registry, self.cache, models=self.models)
         self._sizers: dict[Any, Any] = {}  # batch size -> sizer, so "auto" keeps what it measured
@@ -140,23 +147,30 @@ class VisProg:
         return check_program(self.parse(program), self.registry, inputs)
 
     def bind(self, image: ImageLike = None, *, left: ImageLike = None, right: ImageLike = None,
-             inputs: Mapping[str, Any] | None = None,
+             video: VideoLike = None, inputs: Mapping[str, Any] | None = None,
              read: dict[str, Any] | None = None) -> dict[str, Any]:
         """The input variables of a run: images are read (paths, arrays, PIL), checked
-        against the image limits and converted to RGB; other values are bound as given.
-        `read` maps paths already read to their image, so an image shared by many items is
-        read (and hashed) once.
+        against the image limits and converted to RGB; `video` (VIDEO) is decoded and
+        sampled as the config's `[video]` table says (`self.video_settings`) and checked
+        against its limits (a `Video` passed in is checked as it is); other values are bound
+        as given. `read` maps paths already read to their image or video, so an input shared
+        by many items is read (and hashed) once.
 
         Raises:
-            ImageError: an image can't be read or is outside the limits.
+            ImageError: an image can't be read or is outside the limits (a `VideoError`, one
+                kind of ImageError, for a video).
             ValueError: a value nests lists deeper than `values.MAX_NESTING`.
         """
         bound: dict[str, Any] = {}
         for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
             if value is not None:
                 bound[name] = self._read(value, read)
+        if video is not None:
+            bound["VIDEO"] = self._read_video(video, read)
         for name, value in (inputs or {}).items():
-            if isinstance(value, Image.Image) or type(value).__module__ == "numpy":
+            if isinstance(value, Video):
+                value = self._read_video(value, read)
+            elif isinstance(value, Image.Image) or type(value).__module__ == "numpy":
                 value = self._read(value, read)
             elif nesting_depth(value) > MAX_NESTING:
                 raise ValueError(f"input {name!r} nests lists more than {MAX_NESTING} deep")
@@ -170,6 +184,27 @@ class VisProg:
         if key not in read:
             read[key] = load_image(value, **self.image_limits)
         return read[key]
+
+    def _read_video(self, value: VideoLike, read: dict[str, Any] | None) -> Video:
+        if read is None or not isinstance(value, (str, os.PathLike)):
+            return load_video(value, self.video_settings, image_limits=self.image_limits)
+        key = ("video", os.fspath(value))
+        if key not in read:
+            read[key] = load_video(value, self.video_settings, image_limits=self.image_limits)
+        return read[key]
+
+    def load_video(self, source: VideoLike, **sampling: Any) -> Video:
+        """A video read as `video=` would read it, with sampling settings of its own over the
+        config's (`fps=8`, `frames=16`, `max_side=512`, or a limit), to bind as `video=`.
+
+        Raises:
+            VideoError: it can't be read, is outside the limits, or a setting is wrong.
+        """
+        try:
+            settings = VideoSettings.make(self.video_settings, **sampling)
+        except ValueError as e:
+            raise VideoError(str(e)) from e
+        return load_video(source, settings, image_limits=self.image_limits)
 
     def job(self, program: str | Program, bound: Mapping[str, Any], *, id: Any = None,
             events: Any = (), meta: Mapping[str, Any] | None = None,
@@ -203,17 +238,18 @@ class VisProg:
         return self._sizers[key]
 
     def execute(self, program: str | Program, image: ImageLike = None, *,
-                left: ImageLike = None, right: ImageLike = None,
+                left: ImageLike = None, right: ImageLike = None, video: VideoLike = None,
                 inputs: Mapping[str, Any] | None = None, use_cache: bool = True,
                 no_cache: Iterable[str] = (), on_step: StepCallback | None = None) -> RunResult:
         """Parse, check and run a program.
 
         Raises:
             ParseError, CheckError: the program can't run (nothing ran).
-            ImageError: an input image can't be read.
+            ImageError: an input image (or the video: VideoError) can't be read.
             StepError: a step failed; `.trace` holds the steps up to it.
         """
-        job = self.job(program, self.bind(image, left=left, right=right, inputs=inputs))
+        job = self.job(program, self.bind(image, left=left, right=right, video=video,
+                                          inputs=inputs))
         res = self.run_jobs([job], use_cache=use_cache, no_cache=no_cache, on_step=on_step)[0]
         if res.error is not None:
             raise res.error
@@ -227,7 +263,7 @@ class VisProg:
 
         Args:
             items: `visprog.batch.BatchItem`s, mappings with keys program, image, left,
-                right, inputs, id (and question, task, events), query values
+                right, video, inputs, id (and question, task, events), query values
                 (`vp.image(...)...`; also as a mapping's program), or program texts (a
                 program with no inputs bound). An item with a question and no program gets
                 one from the planner.
@@ -265,7 +301,7 @@ class VisProg:
                 elif not item.question:
                     raise VisProgError("a batch item needs a program, or a question to plan one")
                 bound = self.bind(item.image, left=item.left, right=item.right,
-                                  inputs=item.inputs, read=read)
+                                  video=item.video, inputs=item.inputs, read=read)
                 if program is None:
                     job = None
                     self._batch_planner(item.task, planners, raises=True)
@@ -427,13 +463,15 @@ class VisProg:
         return self.planner(task, **options).plan(question)
 
     def run(self, image: ImageLike, question: str, task: str = "gqa", *,
-            right: ImageLike = None, vote: int = 1, use_cache: bool = True,
-            repair: Any = None, mode: str | None = None, agent: Any = None,
-            **options: Any) -> RunResult:
+            right: ImageLike = None, video: VideoLike = None, vote: int = 1,
+            use_cache: bool = True, repair: Any = None, mode: str | None = None,
+            agent: Any = None, **options: Any) -> RunResult:
         """Plan a program for `question`, run it, and repair it when the run goes wrong.
 
         For `task="nlvr"` pass the pair: `run((left, right), statement, task="nlvr")` or
-        `run(left, statement, task="nlvr", right=right)`. The planner's attempts (errors and
+        `run(left, statement, task="nlvr", right=right)`. A question about a video binds
+        VIDEO: `run(None, question, task=..., video="clip.mp4")`, or pass a `Video`
+        (`vp.load_video(...)`) as `image`. The planner's attempts (errors and
         token usage) go into `trace.events`.
 
         Plan, run, look back and select go through the planning loop
@@ -477,6 +515,10 @@ class VisProg:
             raise ValueError("vote=k samples whole programs: it is for one-shot mode, not "
                              "agent mode")
         left = None
+        if isinstance(image, Video):
+            if video is not None:
+                raise ValueError("give the video once: as image or as video=, not both")
+            image, video = None, image
         if isinstance(image, (tuple, list)):
             if len(image) != 2:
                 raise ValueError(f"a pair of images is (left, right); got "
@@ -484,7 +526,8 @@ class VisProg:
             image, right = image
         if task == "nlvr" or right is not None:
             left, image = image, None
-        bound = self.bind(image, left=left, right=right)  # bad images fail before planning
+        # bad inputs fail here, before the LLM is asked
+        bound = self.bind(image, left=left, right=right, video=video)
         item = LoopItem(question, task, {name: type_of(v) for name, v in bound.items()},
                         self.planner(task, **options), vote=vote, remember=vote <= 1,
                         payload=(bound, {"task": task, "question": question}))

@@ -150,11 +150,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _video_input(args: argparse.Namespace, vp: Any) -> Any:
+    """The VIDEO input of --video, sampled as --fps/--frames say (else as the config's
+    [video] table does); None without --video."""
+    if getattr(args, "fps", None) is not None or getattr(args, "frames", None) is not None:
+        if not args.video:
+            raise UsageError("--fps and --frames sample the --video input: give --video PATH")
+        return vp.load_video(args.video, fps=args.fps, frames=args.frames)
+    return args.video
+
+
+def _add_video_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", help="the VIDEO input: a video file (mp4, webm, mov, animated "
+                                   "gif...) or a folder of frames")
+    p.add_argument("--fps", type=float, help="sample the video at this many frames a second "
+                                             "(default: the config's [video] fps, 2)")
+    p.add_argument("--frames", type=int, help="or sample this many frames, spread evenly")
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     text = _read_program(args.file)
-    if not (args.image or args.left or args.right):
-        raise UsageError("give an input image: --image PATH (or --left/--right for pairs)")
+    if not (args.image or args.left or args.right or args.video):
+        raise UsageError("give an input image: --image PATH (or --left/--right for pairs, "
+                         "--video PATH for a video)")
     vp = _engine(args)
+    video = _video_input(args, vp)
     on_step = None
     if args.verbose:
         def on_step(rec: Any) -> None:
@@ -162,7 +182,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
             print(f"  [{rec.index + 1}] {rec.source}  {rec.duration * 1000:.0f} ms{tag}",
                   file=sys.stderr)
     try:
-        out = vp.execute(text, args.image, left=args.left, right=args.right,
+        out = vp.execute(text, args.image, left=args.left, right=args.right, video=video,
                          inputs=_parse_inputs(args.input), on_step=on_step)
     except StepError as e:
         if e.trace is not None:
@@ -205,10 +225,16 @@ def _run_inputs(args: argparse.Namespace) -> tuple[str, str, str | None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    task, image, right = _run_inputs(args)
+    if args.video:  # a question about a video: its task's prompt binds VIDEO
+        if args.left or args.right:
+            raise UsageError("give --video PATH, or images (--image, --left/--right), not both")
+        task, image, right = args.task or "video", args.image, None
+    else:
+        task, image, right = _run_inputs(args)
     if args.rounds is not None and args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
     vp = _engine(args)
+    video = _video_input(args, vp)
     mode = vp.repair_settings(mode="agent" if args.agent else None).mode
     if mode == "agent" and args.vote > 1:
         raise UsageError("--vote samples whole programs: it is for one-shot mode, not --agent")
@@ -216,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--rounds is for agent mode: add --agent")
     agent = {"rounds": args.rounds} if args.rounds is not None else None
     try:
-        out = vp.run(image, args.question, task=task, right=right,
+        out = vp.run(image, args.question, task=task, right=right, video=video,
                      vote=args.vote, repair=repair_option(args),
                      mode="agent" if args.agent else None, agent=agent,
                      **_planner_options(args))
@@ -486,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="the IMAGE input")
     p.add_argument("--left", help="the LEFT image (pairs)")
     p.add_argument("--right", help="the RIGHT image (pairs)")
+    _add_video_flags(p)
     p.add_argument("--input", action="append", default=[], metavar="NAME=TEXT",
                    help="bind another input variable to a text value")
     _add_output_flags(p, verbose="print each step as it ends")
@@ -504,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="the IMAGE input (with --right: the LEFT image)")
     p.add_argument("--left", help="the LEFT image of a pair (--task nlvr)")
     p.add_argument("--right", help="the RIGHT image of a pair (--task nlvr)")
+    _add_video_flags(p)
     p.add_argument("--vote", type=int, default=1,
                    help="sample this many programs, run each, keep the majority answer")
     p.add_argument("--agent", action="store_true",

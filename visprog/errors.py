@@ -120,6 +120,12 @@ class ImageError(VisProgError):
     """An input that can't be read as an image, or is over the pixel limit."""
 
 
+class VideoError(ImageError):
+    """An input that can't be read as a video (not a video, damaged, no frames), or is over
+    a limit (frames, duration, pixels per frame). An ImageError, so whatever refuses a bad
+    input image refuses a bad video the same way."""
+
+
 class ToolDeclarationError(VisProgError):
     """A tool whose declaration is inconsistent (found at registration, not at run time)."""
 

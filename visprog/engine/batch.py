@@ -45,7 +45,8 @@ __all__ = ["AUTO", "AutoBatchSize", "FixedBatchSize", "make_batch_size", "BatchI
 @dataclass
 class BatchItem:
     """One program and its inputs. The program is text or a parsed `Program` (None: the
-    planner writes one for the `question`); images are paths, bytes, PIL images or arrays
+    planner writes one for the `question`); images are paths, bytes, PIL images or arrays,
+    a `video` (VIDEO) a file's path, a folder of frames, a list of images or a `Video`
     (`VisProg.run_batch` reads them). An item with a `question` (and its `task`) can be
     checked and repaired after it runs (`visprog.planning.loop`); `events` start its trace
     (`visprog.traces.events` records, e.g. the planner's attempts)."""
@@ -59,6 +60,7 @@ class BatchItem:
     question: str | None = None
     task: str = "gqa"
     events: Sequence[Any] = ()
+    video: Any = None
 
 
 class BatchRunner:

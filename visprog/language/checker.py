@@ -19,10 +19,11 @@ from visprog.values.types import (ANY, NOT_TEXT_LIST, Types, describe, fits, lis
                                   parse_types, type_of)
 
 # What `visprog check FILE` assumes when the caller declares no inputs (SPEC 1).
-DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image"}
+DEFAULT_INPUTS: Mapping[str, str] = {"IMAGE": "Image", "LEFT": "Image", "RIGHT": "Image",
+                                     "VIDEO": "Video"}
 # How a caller passes each of them (a program that reads one it was not given says so).
 PASS_INPUT = {"IMAGE": ("image=...", "--image PATH"), "LEFT": ("left=...", "--left PATH"),
-              "RIGHT": ("right=...", "--right PATH")}
+              "RIGHT": ("right=...", "--right PATH"), "VIDEO": ("video=...", "--video PATH")}
 
 
 def literal_types(value: Any, env: Mapping[str, Types]) -> Types:
@@ -222,6 +223,12 @@ def _type_hint(given: Types, wanted: Types) -> str:
         return "pass the result of Loc, Seg, Select, FaceDet or Classify"
     if "Image" in wanted and "Objects" in given:
         return "pass the image itself (e.g. IMAGE), and the objects as box=/object="
+    if "Image" in wanted and "Video" in given:
+        return "take a frame of the video first: FrameAt(video=VIDEO, time=...)"
+    if "Video" in wanted and "Image" in given:
+        return "pass the video itself (e.g. VIDEO), or a Clip or Frames of it"
+    if "Objects" in wanted and "Tracks" in given:
+        return "Track follows objects through a video; for one frame's objects, Loc a FrameAt"
     return f"pass {' or '.join(a(t) for t in sorted(wanted))}"
 
 

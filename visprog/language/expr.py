@@ -15,7 +15,8 @@ answer containing quotes, braces or code is just a string. How values read:
   wanted: in a comparison or arithmetic with a number, or with another such text (`{A} + {B}`
   of the answers 'two' and 'one' is 3; `{A} == {B}` of 'two dogs' and 'Two.' is True).
   Literals in the expression are never read this way, and `'{A}'` is always the plain text.
-- Objects read as their count, so `{OBJ} > 0` works without a Count step.
+- Objects read as their count, so `{OBJ} > 0` works without a Count step; so do Tracks
+  (the number of objects followed through a video).
 - Bool, Number and None read as themselves; other types (Image, TextList) are an error.
 - A quoted string that is exactly one reference, `'{NAME}'`, is that variable's value as
   text (VisProg-style programs write answers that way); it is never re-parsed.
@@ -469,8 +470,8 @@ def read_value(name: str, value: Any, *, as_text: bool = False) -> Value:
         return value
     if isinstance(value, str):
         return _counted(value)
-    from visprog.values import Objects  # local: values imports numpy/PIL, keep this module light
-    if isinstance(value, Objects):
+    from visprog.values import Objects, Tracks  # local: values imports numpy/PIL
+    if isinstance(value, (Objects, Tracks)):
         return len(value) if not as_text else str(len(value))
     raise EvalError(f"variable {{{name}}} is {_kind(value)}; Eval reads Text, Number, Bool "
                     "or Objects (as their count)")
@@ -718,7 +719,7 @@ def evaluate(text: str, variables: Mapping[str, Any] | None = None) -> bool | in
 #                          a count ('seven', '2 dogs') as a Number where a number is wanted. So
 #                          a Vqa answer may be compared with a number, added to one, or joined
 #                          with text: which one works is known only when it runs.
-#   Objects             -> Number (their count); as '{NAME}', its text
+#   Objects, Tracks     -> Number (their count); as '{NAME}', its text
 #   Any                 -> any kind
 #   Image, TextList     -> nothing: reading one is an error before anything runs
 #
@@ -800,6 +801,7 @@ READS: dict[str, frozenset[str]] = {
     "Number": frozenset({"Number"}), "Bool": frozenset({"Bool"}), "None": frozenset({"None"}),
     "Text": frozenset({"Text", "Number", "Bool"}), "Objects": frozenset({"Number"}),
     "Any": ANY_KIND, "Image": frozenset(), "TextList": frozenset(),
+    "Tracks": frozenset({"Number"}), "Video": frozenset(),
 }
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visprog.traces.draw import background as _background, color_for, draw_objects, thumbnail
+from visprog.traces.draw import background, color_for, draw_objects, thumbnail
 from visprog.traces.events import AgentRun, Repair, Round, RunRecord, Vote
 from visprog.traces.step import StepRecord
-from visprog.values import Objects
+from visprog.traces.video import VIDEO_CSS, tracks_html, video_html
+from visprog.values import Objects, Tracks, Video
 from visprog.values.region_table import MAX_TABLE_ROWS, region_table
 from visprog.values.text import show
 
@@ -55,7 +56,7 @@ table.fields{border-collapse:collapse;font-size:.9em}table.fields td{vertical-al
  padding:.1em .5em;border-top:1px solid #eee}table.fields td.k{color:#555;font-weight:600;
  white-space:nowrap}ol.fields{margin:.2em 0;padding-left:1.6em}
 details.more{margin:.2em 0}details.more summary{font-weight:400;color:#0b57d0;font-size:.85em}
-"""
+""" + VIDEO_CSS
 
 
 def _esc(value: Any) -> str:
@@ -106,7 +107,12 @@ class _Page:
         if isinstance(value, Image.Image):
             return self.img(value, alt or "image")
         if isinstance(value, Objects):
-            return self.objects(value, over, alt or "objects")
+            return self.objects(value, over if isinstance(over, Image.Image) else None,
+                                alt or "objects")
+        if isinstance(value, Video):  # a strip of a few frames (traces/video.py)
+            return video_html(self.img, value)
+        if isinstance(value, Tracks):  # drawn over the video they were tracked in
+            return tracks_html(self.img, value, over if isinstance(over, Video) else None)
         if value is None:
             return '<span class="muted">None</span>'
         if isinstance(value, bool):
@@ -229,10 +235,18 @@ def _under(page: _Page, value: Any, over: Image.Image | None,
     variable `var` was made; None: a plain canvas."""
     if not isinstance(value, Objects):
         return over
-    if over is not None and over.size == value.image_size:
+    if isinstance(over, Image.Image) and over.size == value.image_size:
         return over
     earlier = page.drawn_on.get(var) if var else None
     return earlier if earlier is not None and earlier.size == value.image_size else None
+
+
+def _background(step: StepRecord) -> Image.Image | Video | None:
+    """The image a step's Objects are drawn over, or the video its Tracks are: a video
+    `draw_on` argument, else `traces.draw.background`."""
+    if step.draw_on and isinstance(step.args.get(step.draw_on), Video):
+        return step.args[step.draw_on]
+    return background(step)
 
 
 def _source_block(program: str, bad_line: int | None) -> str:
@@ -258,9 +272,12 @@ def _step_card(page: _Page, step: StepRecord) -> str:
     for name, value in step.args.items():
         var = step.arg_vars.get(name)
         label = _esc(name) + (f' <span class="muted">&larr; {_esc(var)}</span>' if var else "")
-        under = _under(page, value, over, var)
-        rows.append(f'<tr><td class="k">{label}</td><td>'
-                    f'{page.value(value, over=under, alt=f"{step.target} {name}")}</td></tr>')
+        # a video read from a variable is drawn where it was bound or made: one line here
+        shown = f'<span class="muted">{_esc(show(value))}</span>' \
+            if var and isinstance(value, Video) else \
+            page.value(value, over=_under(page, value, over, var),
+                       alt=f"{step.target} {name}")
+        rows.append(f'<tr><td class="k">{label}</td><td>{shown}</td></tr>')
     if failed:
         rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
                     f'</div></td></tr>')

@@ -33,6 +33,7 @@ from PIL import Image
 
 from visprog.values.blobs import BlobError, BlobStore, BytesBlobs, DocumentBlobs
 from visprog.values.objects import ABSENT, Objects
+from visprog.values.video import Tracks, Video
 from visprog.values.tree import (PNG_COMPRESS_LEVEL, PNG_MODES, TAG, CodecError, Decoder,
                                  Encoder, ReprValue)
 
@@ -160,6 +161,10 @@ def _feed(h: "hashlib._Hash", value: Any) -> None:
         _feed_bytes(h, b"P", value.tobytes())
     elif isinstance(value, Objects):
         _feed_objects(h, value)
+    elif isinstance(value, Video):
+        _feed_bytes(h, b"V", _video_digest(value))
+    elif isinstance(value, Tracks):
+        _feed_tracks(h, value)
     elif isinstance(value, np.ndarray):
         _feed_bytes(h, b"A", f"{value.dtype.str}{value.shape}".encode("ascii"))
         _feed_bytes(h, b"a", np.ascontiguousarray(value).data.cast("B"))
@@ -183,13 +188,45 @@ def _feed_objects(h: "hashlib._Hash", objs: Objects) -> None:
         _feed(h, objs.region_extra(i))
 
 
+def _video_digest(video: Video) -> bytes:
+    """A video's content hash: its frames' pixels, their times, where it ends and how it was
+    sampled (not where it came from). Computed once per Video (it never changes): a long
+    clip is many megabytes of pixels, and every step that reads it needs its key."""
+    if video._digest is None:
+        h = hashlib.sha256()
+        _feed(h, video.times.tolist())
+        _feed(h, float(video.end))
+        _feed(h, dict(video.sampling))
+        for frame in video.frames:
+            _feed(h, frame)
+        object.__setattr__(video, "_digest", h.digest())
+    return video._digest
+
+
+def _feed_tracks(h: "hashlib._Hash", tracks: Tracks) -> None:
+    h.update(b"K")
+    _feed(h, tracks.ids.tolist())
+    _feed(h, tracks.labels.tolist())
+    _feed(h, tracks.times.tolist())
+    _feed(h, float(tracks.end))
+    _feed(h, list(tracks.frame_size))
+    _feed(h, tracks.boxes)
+    _feed(h, tracks.scores)
+    if tracks.masks is None:
+        h.update(b"m0")
+    else:
+        _feed_bytes(h, b"m1", np.packbits(tracks.masks.ravel()).tobytes())
+
+
 # -- detaching ----------------------------------------------------------------------------
 
 def detach(value: Any) -> Any:
     """A copy of `value` that shares no mutable object with it.
 
     Images are copied; lists/tuples are rebuilt; Objects are immutable (read-only arrays)
-    except for mutable values in their extra fields, which are copied.
+    except for mutable values in their extra fields, which are copied. Videos and Tracks
+    are immutable and shared (a clip's frames are many megabytes; the tools that draw on a
+    frame copy it first).
     Scalars and strings are immutable and returned as they are.
     """
     if isinstance(value, Image.Image):

@@ -8,7 +8,8 @@ value. Its two forms:
 - plain (`show(v)`): `yes`/`no` for a boolean when the task is a question (`task="gqa"`),
   `True`/`False` otherwise; numbers without a useless decimal part (`2.0` -> `2`, else six
   significant digits); text as it is; lists joined with ", "; `image 320x240`;
-  `2 regions (cat, dog)`; "" for None.
+  `2 regions (cat, dog)`; `video 320x240, 16 frames, 0-8 s`; `2 tracks (car) over 16
+  frames`; "" for None.
 - typed (`show(v, typed=True)`, what the LLM reads in a trace summary): `Objects: 2 regions
   (cat, dog)`, `Image: 320x240`, `Bool: True`, `Number: 3`, `Text: 'blue'`, `TextList: [...]`.
 
@@ -41,6 +42,7 @@ import numpy as np
 
 from visprog.values.codec import digest
 from visprog.values.objects import Objects
+from visprog.values.video import Tracks, Video
 
 __all__ = ["show", "record_value", "normalize", "answer_key", "plural", "a",
            "NUMBER_WORDS"]
@@ -121,6 +123,18 @@ def _regions(objs: Objects) -> str:
     return f"{plural(len(objs), 'region')}{_labels(objs)}"
 
 
+def _video(video: Video) -> str:
+    w, h = video.size
+    return f"video {w}x{h}, {plural(len(video), 'frame')}, {video.times[0]:.3g}-{video.end:.3g} s"
+
+
+def _tracks(tracks: Tracks) -> str:
+    labels = list(dict.fromkeys(str(x) for x in tracks.labels))
+    more = ", ..." if len(labels) > SHOWN_LABELS else ""
+    named = f" ({', '.join(labels[:SHOWN_LABELS])}{more})" if labels else ""
+    return f"{plural(len(tracks), 'track')}{named} over {plural(len(tracks.times), 'frame')}"
+
+
 def _is_image(value: Any) -> bool:
     return hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "tobytes")
 
@@ -138,6 +152,10 @@ def _plain(value: Any, task: str | None) -> str:
         return value
     if isinstance(value, Objects):
         return _regions(value)
+    if isinstance(value, Video):
+        return _video(value)
+    if isinstance(value, Tracks):
+        return _tracks(value)
     if _is_image(value):
         return f"image {value.size[0]}x{value.size[1]}"
     if isinstance(value, (list, tuple)):
@@ -152,6 +170,10 @@ def _plain(value: Any, task: str | None) -> str:
 def _typed(value: Any) -> str:
     if isinstance(value, Objects):
         return f"Objects: {_regions(value)}"
+    if isinstance(value, Video):
+        return f"Video: {_video(value)[len('video '):]}"
+    if isinstance(value, Tracks):
+        return f"Tracks: {_tracks(value)}"
     if _is_image(value):
         return f"Image: {value.size[0]}x{value.size[1]}"
     if isinstance(value, (bool, np.bool_)):

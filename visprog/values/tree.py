@@ -17,6 +17,14 @@ tagged with "$type":
   one blob of K x H x W bits (plus ``"format": "bits"`` for packed bits; a document's is a
   1-bit PNG of K*H rows). The form written before (``"regions": [{"box", "label", "score",
   "extra", "mask": <ref>}, ...]``, one blob per mask) still reads.
+- ``video``: ``{"$type": "video", "times": [s, ...], "end": s, "sampling": {...}, "source":
+  str, "frames": [<image node>, ...]}``: each frame an image node (a file of its own in a
+  saved trace).
+- ``tracks``: ``{"$type": "tracks", "ids": [int, ...], "labels": [str, ...], "times": [...],
+  "end": s, "frame_size": [W, H], "boxes": [[[x1, y1, x2, y2] or null (not seen), ...] per
+  frame], "scores": [[s or null, ...] per frame], "masks": {"rows": [[t, k], ...], <ref>}}``
+  (masks left out when the tracks have none; the listed (frame, track) pairs' masks are one
+  blob, as Objects' are).
 - ``tuple`` (``"items"``), ``float`` (non-finite: ``"value": "nan"``), ``dict`` (a dict
   whose keys are not all strings, or that has a "$type" key: ``"items": [[k, v], ...]``).
 - Only in records (``exact=False``, the trace): ``ndarray`` (small numeric arrays) and
@@ -45,6 +53,7 @@ from PIL import Image, PngImagePlugin
 from visprog.errors import CodecError
 from visprog.values.blobs import BlobError, BlobStore, MissingBlob
 from visprog.values.objects import ABSENT, Objects, Region
+from visprog.values.video import Tracks, Video
 from visprog.values.types import MAX_NESTING
 
 TAG = "$type"
@@ -144,6 +153,10 @@ class Encoder:
             return self._image(value)
         if isinstance(value, Objects):
             return self._objects(value, depth)
+        if isinstance(value, Video):
+            return self._video(value, depth)
+        if isinstance(value, Tracks):
+            return self._tracks(value)
         if self.exact:
             raise TypeError(f"can't encode a value of type {type(value).__name__}")
         if (isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
@@ -225,6 +238,29 @@ class Encoder:
         return node
 
 
+    def _video(self, video: Video, depth: int) -> dict[str, Any]:
+        return {TAG: "video", "times": video.times.tolist(), "end": video.end,
+                "sampling": self._node(dict(video.sampling), depth + 1), "source": video.source,
+                "frames": [self._image(f) for f in video.frames]}
+
+    def _tracks(self, tracks: Tracks) -> dict[str, Any]:
+        seen = tracks.seen
+        node: dict[str, Any] = {
+            TAG: "tracks", "ids": tracks.ids.tolist(), "labels": tracks.labels.tolist(),
+            "times": tracks.times.tolist(), "end": tracks.end,
+            "frame_size": list(tracks.frame_size),
+            "boxes": [[b if s else None for b, s in zip(row, srow)]
+                      for row, srow in zip(tracks.boxes.tolist(), seen.tolist())],
+            "scores": [[v if s else None for v, s in zip(row, srow)]
+                       for row, srow in zip(tracks.scores.tolist(), seen.tolist())]}
+        if tracks.masks is not None:
+            rows = np.argwhere(seen)
+            node["masks"] = {"rows": rows.tolist()}
+            if len(rows):
+                node["masks"].update(self._mask(tracks.masks[rows[:, 0], rows[:, 1]]))
+        return node
+
+
 def _png(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
@@ -292,6 +328,10 @@ class Decoder:
                 return self._image(node)
             if tag == "objects":
                 return self._objects(node, depth)
+            if tag == "video":
+                return self._video(node, depth)
+            if tag == "tracks":
+                return self._tracks(node)
             if tag == "tuple":
                 return tuple(self._value(v, depth + 1) for v in _list(node["items"]))
             if tag == "float":
@@ -415,6 +455,62 @@ class Decoder:
                                   label=self._value(r.get("label"), depth + 1),
                                   score=self._value(r.get("score"), depth + 1), extra=extra))
         return Objects.from_regions(regions, (w, h))
+
+
+    def _video(self, node: dict[str, Any], depth: int) -> Any:
+        frames = [self._image(_dict(f)) for f in _list(node["frames"])]
+        sampling = self._value(node.get("sampling", {}), depth + 1)
+        if not isinstance(sampling, dict):
+            raise CodecError("a video's sampling is not a dict")
+        times = [_number(t) for t in _list(node["times"])]
+        if any(isinstance(f, ReprValue) for f in frames):  # a trace whose files are gone
+            return ReprValue("visprog.values.video.Video",
+                             f"video of {len(frames)} frames (files missing)")
+        return Video(frames, times, end=_number(node["end"]), sampling=sampling,
+                     source=_str(node.get("source", "")))
+
+    def _tracks(self, node: dict[str, Any]) -> Tracks:
+        w, h = (int(v) for v in _list(node["frame_size"]))
+        ids = [int(i) for i in _list(node["ids"])]
+        times = [_number(t) for t in _list(node["times"])]
+        t, k = len(times), len(ids)
+        boxes = np.full((t, k, 4), np.nan)
+        rows = _list(node["boxes"])
+        if len(rows) != t or any(len(_list(r)) != k for r in rows):
+            raise CodecError(f"tracks' boxes are not {t} frames x {k} tracks")
+        for i, row in enumerate(rows):
+            for j, box in enumerate(row):
+                if box is not None:
+                    boxes[i, j] = [_number(v) for v in _list(box)]
+        scores = np.array([[np.nan if v is None else _number(v) for v in _list(r)]
+                           for r in _list(node["scores"])], dtype=np.float64).reshape(t, k)
+        masks = None
+        if node.get("masks") is not None:
+            ref = _dict(node["masks"])
+            pairs = [_list(p) for p in _list(ref.get("rows"))]
+            if not all(len(p) == 2 and all(type(v) is int for v in p) and 0 <= p[0] < t
+                       and 0 <= p[1] < k for p in pairs):
+                raise CodecError(f"bad track mask rows {pairs!r:.80}")
+            masks = np.zeros((t, k, h, w), dtype=bool)
+            if pairs:
+                stack = self._mask(ref, w, h, len(pairs))
+                if stack is not None:
+                    idx = np.array(pairs)
+                    masks[idx[:, 0], idx[:, 1]] = stack
+        return Tracks(ids, _list(node["labels"]), times, end=_number(node["end"]),
+                      frame_size=(w, h), boxes=boxes, scores=scores, masks=masks)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 def _rows(value: Any, n: int) -> list[int]:

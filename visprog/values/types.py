@@ -14,10 +14,13 @@ from PIL import Image
 
 from visprog.errors import ToolDeclarationError
 from visprog.values.objects import Objects
+from visprog.values.video import Tracks, Video
 
 # The closed vocabulary a tool declares its inputs and output in. "Any" is for Result and
-# aliases; "None" marks an optional argument that may be passed None.
-TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None")
+# aliases; "None" marks an optional argument that may be passed None. A Video is a clip's
+# sampled frames with their times, Tracks are objects followed through one (values/video.py).
+TYPES = ("Image", "Objects", "Text", "Number", "Bool", "TextList", "Any", "None", "Video",
+         "Tracks")
 
 Types = frozenset[str]
 ANY: Types = frozenset({"Any"})
@@ -50,6 +53,10 @@ def type_of(value: Any) -> str:
         return "Image"
     if isinstance(value, Objects):
         return "Objects"
+    if isinstance(value, Video):
+        return "Video"
+    if isinstance(value, Tracks):
+        return "Tracks"
     if isinstance(value, bool):
         return "Bool"
     if isinstance(value, (int, float)):
