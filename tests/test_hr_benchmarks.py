@@ -452,3 +452,38 @@ def test_evaluate_passes_the_mode_to_run_batch(tmp_path, monkeypatch):
     assert seen == ["agent", "oneshot"]
     with pytest.raises(ConfigError, match="unknown planning mode"):
         evaluate(vp, items, tmp_path / "r3.jsonl", progress=False, mode="twoshot")
+
+
+def test_eval_on_the_cluster_hands_the_cli_repair_flags_to_each_chunk(tmp_path):
+    """`visprog eval --ray ... --repair 0 --critic`: the flags reach the workers' run_batch
+    (they used the config's settings before), through the executor and `_eval_chunk`."""
+    from visprog.evaluation.harness import evaluate
+    from visprog.hosting import cluster
+
+    vp = colour_engine()
+    seen = []
+    real = vp.run_batch
+
+    def run_batch(items, **kw):
+        seen.append(kw.get("repair"))
+        return real(items, **kw)
+
+    vp.run_batch = run_batch
+    items = load_dataset(make_hrbench(tmp_path))
+    for item in items:
+        item.program = "A=Colour(image=IMAGE)"
+    flags = {"attempts": 0, "critic": True}
+
+    def executor(chunks, **kw):  # what ray_executor's run does, in this process
+        assert kw["repair"] == flags
+        for chunk in chunks:
+            yield from cluster._eval_chunk("t", lambda: vp, list(chunk), kw["batch_size"],
+                                           kw["use_cache"], kw.get("mode"), kw.get("agent"),
+                                           kw.get("repair"))
+
+    summary = evaluate(vp, items, tmp_path / "r.jsonl", executor=executor, repair=flags,
+                       progress=False)
+    assert summary["accuracy"] == 1.0 and seen and all(r == flags for r in seen)
+    cluster._ENGINES.clear()
+    import inspect
+    assert "repair" in inspect.signature(cluster.ray_executor("auto", colour_engine)).parameters

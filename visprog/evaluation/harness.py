@@ -207,8 +207,11 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
                     _run_chunk(vp, chunk, write, batch_size, use_cache, repair=repair,
                                mode=mode, agent=agent)
             else:
+                # the CLI's repair flags reach the workers too (None: their config's)
+                extra = {**_mode_options(mode, agent),
+                         **({"repair": repair} if repair is not None else {})}
                 for record in executor(chunks, batch_size=batch_size, use_cache=use_cache,
-                                       **_mode_options(mode, agent)):
+                                       **extra):
                     write(record)
             os.fsync(out.fileno())
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
 
     def run(chunks: Sequence[Sequence[Any]], *, batch_size: Any, use_cache: bool,
-            mode: str | None = None, agent: Any = None) -> Any:
+            mode: str | None = None, agent: Any = None, repair: Any = None) -> Any:
         import ray
 
         connect_ray(address)
@@ -45,7 +45,7 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
             num_cpus=num_cpus, num_gpus=num_gpus, max_retries=2,
             runtime_env={"env_vars": env} if env else None)
         pending = [task.remote(token, make_engine, list(chunk), batch_size, use_cache,
-                               mode, agent)
+                               mode, agent, repair)
                    for chunk in chunks if chunk]
         failures: list[BaseException] = []
         while pending:
@@ -67,10 +67,10 @@ def ray_executor(address: str, make_engine: Callable[[], Any], *, num_cpus: floa
 
 
 def _eval_chunk(token: str, make_engine: Callable[[], Any], items: list[Any], batch_size: Any,
-                use_cache: bool, mode: str | None = None,
-                agent: Any = None) -> list[dict[str, Any]]:
+                use_cache: bool, mode: str | None = None, agent: Any = None,
+                repair: Any = None) -> list[dict[str, Any]]:
     """One chunk of evaluation items, in a Ray worker: their result lines (planned in `mode`
-    with `agent`'s budgets; None: the engine's config's)."""
+    with `agent`'s budgets, repaired as `repair` says; None: the engine's config's)."""
     from visprog.evaluation.harness import _run_chunk
 
     vp = _ENGINES.get(token)
@@ -78,5 +78,6 @@ def _eval_chunk(token: str, make_engine: Callable[[], Any], items: list[Any], ba
         _ENGINES.clear()  # an earlier evaluation's engine: free its models
         vp = _ENGINES[token] = make_engine()
     lines: list[dict[str, Any]] = []
-    _run_chunk(vp, items, lines.append, batch_size, use_cache, mode=mode, agent=agent)
+    _run_chunk(vp, items, lines.append, batch_size, use_cache, repair=repair, mode=mode,
+               agent=agent)
     return lines
