@@ -681,7 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_batch_arguments(p: Any) -> None:
     """The flags of `visprog batch` (the engine flags are added by the CLI)."""
     p.add_argument("items", help="JSONL, one item a line: {id, program or program_file, "
-                                 "image | left and right, inputs}")
+                                 "image | left and right | video, inputs}")
     p.add_argument("--out", help="results JSONL (default: standard output)")
     p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
     p.add_argument("--images", dest="image_dir",
@@ -733,12 +733,13 @@ def run_items(args: Any, vp: Any) -> int:
                                    f"{program_file}: {e}") from None
         if "program" not in row:
             raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
-        for key in ("image", "left", "right"):
+        for key in ("image", "left", "right", "video"):
             if isinstance(row.get(key), str):
                 row[key] = str(base / row[key])
         row.setdefault("id", lineno)
         items.append(BatchItem(**{k: row.get(k) for k in
-                                  ("program", "image", "left", "right", "inputs", "id")}))
+                                  ("program", "image", "left", "right", "inputs", "id",
+                                   "video")}))
     if args.image_dir:
         image_dir = Path(args.image_dir)
     elif args.out:

@@ -9,10 +9,11 @@ returns `Finding`s; a run with findings is re-planned with them as feedback (see
 The rules (`CHECKS`, each can be switched off by name):
 
 - `answer_type`: the kind of answer the question asks for (yes/no, a number, a colour, a
-  word; an image for editing tasks) against the answer; in a question task an image or
-  regions never answer, whatever the wording.
-- `empty_used`: a step that finds regions (Loc, Select, ...) found none of an object the
-  question takes for granted, and a later step used that empty result.
+  word; an image for editing tasks) against the answer; in a question task an image,
+  regions, a video or tracks never answer, whatever the wording.
+- `empty_used`: a step that finds regions (Loc, Select, ...) or tracks objects (Track)
+  found none of an object the question takes for granted, and a later step used that
+  empty result.
 - `crop_fallback`: a Crop step got no region and so kept the whole image.
 - `vqa_on_missing`: a yes/no question was put to Vqa about a crop of a region that was not
   found.
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.traces.events import Finding  # a trace records findings (repair and vote events)
 from visprog.traces.records import Trace
-from visprog.values import Objects
+from visprog.values import Objects, Tracks, Video
 from visprog.values.text import show
 
 # First words of a question answered yes or no.
@@ -50,6 +51,7 @@ _STOP = {"the", "a", "an", "of", "in", "on", "at", "to", "is", "are", "and", "or
          "top", "bottom"}
 _FINDER_ARGS = ("object", "query", "category")  # the text argument that names what is sought
 IMAGE_TASKS = ("imgedit", "knowtag")  # tasks answered with an image; the others with words
+NOT_ANSWERS = ("objects", "image", "video", "tracks")  # what never answers a question
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,17 @@ def expected_answer(question: str, task: str = "gqa") -> str | None:
 
 def answer_kind(value: Any) -> str:
     """The kind of an answer value: "yesno", "number", "colour", "word", "empty", "image",
-    "objects" or "other"."""
+    "objects", "video", "tracks" or "other"."""
     if isinstance(value, bool):
         return "yesno"
     if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, Objects):
         return "objects"
+    if isinstance(value, Video):
+        return "video"
+    if isinstance(value, Tracks):
+        return "tracks"
     if hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
         return "image"
     if isinstance(value, str):
@@ -185,14 +191,14 @@ def check_answer_type(facts: RunFacts) -> list[Finding]:
     shown = show(facts.value, typed=True, limit=60)
     if want is None:
         # the wording does not say which answer ("Is it to our right or left?"), but a
-        # question task's answer is never an image or regions
-        if facts.task in IMAGE_TASKS or got not in ("image", "objects"):
+        # question task's answer is never an image, regions, a video or tracks
+        if facts.task in IMAGE_TASKS or got not in NOT_ANSWERS:
             return []
         return [Finding("answer_type", f"the question asks for words (yes/no, a number or a "
                                        f"name), but the answer is {shown}")]
     if want == "image":
         ok = got == "image"
-    elif got in ("empty", "objects", "image", "other"):
+    elif got in ("empty", "other", *NOT_ANSWERS):
         ok = False
     elif want == "word":
         ok = got != "yesno"  # a number or a colour can answer "what"/"which"
@@ -210,7 +216,8 @@ def check_empty_used(facts: RunFacts) -> list[Finding]:
         return []
     out = []
     for rec in facts.trace.steps:
-        if not (isinstance(rec.output, Objects) and len(rec.output) == 0) or rec.module is None:
+        if not (isinstance(rec.output, (Objects, Tracks)) and len(rec.output) == 0) \
+                or rec.module is None:
             continue
         sought = next((rec.args[a] for a in _FINDER_ARGS if isinstance(rec.args.get(a), str)),
                       None)
