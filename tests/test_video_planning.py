@@ -68,6 +68,11 @@ def text_of(message):
 # --------------------------------------------------------------------------- what a Look shows
 
 
+def shows(*args, **kw):
+    view = look_at(*args, **kw)
+    return view.text, view.images
+
+
 def known_video_and_tracks():
     """A 12-frame clip (2 per second) of coloured frames and two tracks: #1 seen in frames
     0-3, #2 in frames 2-11."""
@@ -97,7 +102,7 @@ def test_a_look_at_a_video_shows_a_few_frames_with_their_times():
     video, tracks = known_video_and_tracks()
     trace = look_trace(video, tracks)
     settings = AgentSettings(look_max_pixels=200 * 200, look_min_pixels=40 * 40)
-    text, shown = look_at(trace, 3, settings, True)
+    text, shown = shows(trace, 3, settings, True)
     assert text == ("Look at VIDEO: a video of 12 frames of 320x180, 0.00 s to 6.00 s; 4 frames "
                     "shown: 0.00 s ({image}), 2.00 s ({image}), 3.50 s ({image}), 5.50 s "
                     "({image}).")
@@ -105,12 +110,13 @@ def test_a_look_at_a_video_shows_a_few_frames_with_their_times():
     # the four frames together keep to the bound of one image
     assert all(im.size[0] * im.size[1] <= 200 * 200 // 4 for im in shown)
     assert [np.asarray(im)[5, 5, 0] for im in shown] == [0, 40, 70, 110]  # frames 0, 4, 7, 11
+    assert look_at(trace, 3, settings, True).frames == [0.0, 2.0, 3.5, 5.5]
     # the images budget: no more frames than it has room for, and one when it has none
-    text, shown = look_at(trace, 3, settings, True, room=2)
+    text, shown = shows(trace, 3, settings, True, room=2)
     assert len(shown) == 2 and "2 frames shown; the images budget has room for 2:" in text
-    assert len(look_at(trace, 3, settings, True, room=0)[1]) == 1
-    assert len(look_at(trace, 3, AgentSettings(look_frames=6), True, room=9)[1]) == 6
-    text, shown = look_at(trace, 3, settings, False)
+    assert len(shows(trace, 3, settings, True, room=0)[1]) == 1
+    assert len(shows(trace, 3, AgentSettings(look_frames=6), True, room=9)[1]) == 6
+    text, shown = shows(trace, 3, settings, False)
     assert shown == [] and "{image}" not in text and "not shown" in text
 
 
@@ -118,7 +124,7 @@ def test_a_look_at_tracks_draws_them_on_the_frames_they_are_seen_in():
     video, tracks = known_video_and_tracks()
     trace = look_trace(video, tracks)
     settings = AgentSettings(look_max_pixels=4 * 320 * 180, look_min_pixels=100)  # as they are
-    text, shown = look_at(trace, 2, settings, True)
+    text, shown = shows(trace, 2, settings, True)
     lines = text.split("\n")
     assert lines[0] == ("Look at A: 2 tracked objects over 12 frames of 320x180, drawn on 4 "
                         "frames: 0.00 s ({image}), 2.00 s ({image}), 3.50 s ({image}), 5.50 s "
@@ -127,22 +133,23 @@ def test_a_look_at_tracks_draws_them_on_the_frames_they_are_seen_in():
                         "375, 778], at 1.50 s [62, 222, 375, 778]")
     assert lines[2].startswith("  #2 dog: seen 1.00 s to 6.00 s (5.00 s in all); at 1.00 s")
     assert len(shown) == 4 and shown[0].size == (320, 180)
+    assert look_at(trace, 2, settings, True).frames == [0.0, 2.0, 3.5, 5.5]
     first = np.asarray(shown[0])
     # drawn over the video's own frame (through the alias A=T), each id in its colour
     assert first[100, 180].tolist() == [0, 200, 40]
     assert first[80, 20].tolist() == list(track_color(1))
     assert list(track_color(2)) in np.asarray(shown[3]).reshape(-1, 3).tolist()
-    text, shown = look_at(trace, 2, settings, True, room=3)
+    text, shown = shows(trace, 2, settings, True, room=3)
     assert len(shown) == 3 and "the images budget has room for 3" in text
-    text, shown = look_at(trace, 2, settings, False)
+    text, shown = shows(trace, 2, settings, False)
     assert shown == [] and "#2 dog: seen 1.00 s to 6.00 s" in text and "{image}" not in text
     # tracks no step made (an input) are drawn over grey
     alone = Trace("", steps=[StepRecord(0, 1, "L=Look(var=X)", "L", "Look", {"var": tracks},
                                         {"var": "X"}, tracks, draw_on=None)])
-    _, shown = look_at(alone, 0, settings, True)
+    _, shown = shows(alone, 0, settings, True)
     assert np.asarray(shown[0])[100, 180].tolist() == [235, 235, 235]
     nothing = Tracks.empty(video)
-    _, shown = look_at(Trace("", steps=[StepRecord(0, 1, "L=Look(var=X)", "L", "Look",
+    _, shown = shows(Trace("", steps=[StepRecord(0, 1, "L=Look(var=X)", "L", "Look",
                                                    {"var": nothing}, {"var": "X"}, nothing)]),
                        0, settings, True)
     assert len(shown) == 4  # nothing seen: the clip's frames, spread evenly
@@ -212,7 +219,7 @@ def test_tracks_as_an_answer_are_repaired(shared, clip):
 
 
 @pytest.mark.parametrize("images", [True, False])
-def test_agent_mode_tracks_looks_at_frames_then_answers(shared, clip, images):
+def test_agent_mode_tracks_looks_at_frames_then_answers(shared, clip, images, tmp_path):
     with ScriptedServer([LOOK_ROUND, ANSWER]) as server:
         out = engine(shared, server, images=images).run(None, "Is there a red square?",
                                                         video=str(clip), mode="agent")
@@ -234,8 +241,12 @@ def test_agent_mode_tracks_looks_at_frames_then_answers(shared, clip, images):
         assert f"Look at T: {len(tracks)} tracked object" in told
         assert f"drawn on {drawn} frame" in told and "(image 2)" in told
         assert end.image_tokens > 0
+        # the tracks' frames (by their times in the video), kept with the round
+        assert len(r1.frames) == drawn and set(r1.frames) <= set(tracks.times.tolist())
+        loaded = Trace.load_json(out.trace.save_json(tmp_path / "t.json"))
+        assert loaded.find(Round)[0].frames == r1.frames
     else:
-        assert shown == [] and end.images == 0 and "not shown" in told
+        assert shown == [] and end.images == 0 and "not shown" in told and r1.frames == []
     assert r1.looks == ["F", "T"] and r2.observation == ""
     assert (end.stop, end.rounds) == ("result", 2)
     assert out.value == ("yes" if len(tracks) else "no")

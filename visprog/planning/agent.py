@@ -15,7 +15,7 @@ has room for (as video agents look at a few frames a question, chosen as they go
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from visprog.errors import AgentError, VisProgError
@@ -134,11 +134,27 @@ def relative_box(box: Sequence[float], size: tuple[int, int]) -> list[int]:
             round(y1 * 1000 / h)]
 
 
+@dataclass
+class LookView:
+    """What one Look step shows the planner.
+
+    Attributes:
+        text: what it reads (standing alone, for a model that takes no images); each image
+            is marked by an `{image}` placeholder, numbered in order by the caller.
+        images: the images to send (none: text only).
+        frames: the times (seconds) of the video frames among them, for a Look at a Video
+            or Tracks (their frames' times are the input video's: Clip and Frames keep
+            them).
+    """
+
+    text: str
+    images: list[Any] = field(default_factory=list)
+    frames: list[float] = field(default_factory=list)
+
+
 def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool,
-            room: int | None = None) -> tuple[str, list[Any]]:
-    """What the Look step `index` shows: its text (standing alone, for a model that takes
-    no images) and the images to send (none: text only), each marked in the text by an
-    `{image}` placeholder that the caller numbers in order. An image is scaled to the
+            room: int | None = None) -> LookView:
+    """What the Look step `index` shows (`LookView`): its text and the images to send. An image is scaled to the
     settings' bounds; Objects are drawn on the image they were found in, their boxes also
     listed in 0-1000 coordinates; a Video shows a few of its frames with their times;
     Tracks are drawn on a few frames of their video, when each is seen listed as text;
@@ -157,7 +173,7 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool,
         shown = [fit_pixels(value, settings.look_min_pixels, settings.look_max_pixels)] \
             if images else []
         where = " ({image})" if images else NOT_SENT
-        return f"Look at {var}: an image of {w}x{h} pixels{where}.", shown
+        return LookView(f"Look at {var}: an image of {w}x{h} pixels{where}.", shown)
     if isinstance(value, Objects):
         over = _found_in(trace, index, var)
         w, h = value.image_size
@@ -176,14 +192,14 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool,
             lines.append(f"  {r.label or 'object'} {relative_box(r.box, (w, h))}{score}")
         if n > MAX_LOOK_REGIONS:
             lines.append(f"  ... {n - MAX_LOOK_REGIONS} more")
-        return "\n".join(lines), shown
+        return LookView("\n".join(lines), shown)
     if isinstance(value, Video):
         return _look_at_video(var, value, settings, images, room)
     if isinstance(value, Tracks):
         over = _found_in(trace, index, var)
         return _look_at_tracks(var, value, over if isinstance(over, Video) else None,
                                settings, images, room)
-    return f"Look at {var}: {show(value, typed=True, limit=MAX_LOOK_TEXT)}", []
+    return LookView(f"Look at {var}: {show(value, typed=True, limit=MAX_LOOK_TEXT)}")
 
 
 NOT_SENT = " (not shown: images are not sent to this model)"
@@ -214,25 +230,26 @@ def _budget_note(settings: AgentSettings, k: int, room: int | None) -> str:
 
 
 def _look_at_video(var: str, video: Any, settings: AgentSettings, images: bool,
-                   room: int | None) -> tuple[str, list[Any]]:
+                   room: int | None) -> LookView:
     from visprog.traces.video import strip_rows
 
     w, h = video.size
     head = (f"Look at {var}: a video of {len(video)} frame{'s' if len(video) != 1 else ''} "
             f"of {w}x{h}, {_seconds(float(video.times[0]))} to {_seconds(video.end)}")
     if not images:
-        return head + NOT_SENT + ".", []
+        return LookView(head + NOT_SENT + ".")
     k = _frame_count(settings, room, len(video))
     rows = strip_rows(len(video), k)
     bound = _frame_bound(settings, len(rows))
     shown = [fit_pixels(video.frames[t], settings.look_min_pixels, bound) for t in rows]
     at = ", ".join(f"{_seconds(float(video.times[t]))} ({{image}})" for t in rows)
-    return (f"{head}; {len(rows)} frame{'s' if len(rows) != 1 else ''} shown"
-            f"{_budget_note(settings, len(rows), room)}: {at}."), shown
+    return LookView(f"{head}; {len(rows)} frame{'s' if len(rows) != 1 else ''} shown"
+                    f"{_budget_note(settings, len(rows), room)}: {at}.", shown,
+                    [float(video.times[t]) for t in rows])
 
 
 def _look_at_tracks(var: str, tracks: Any, video: Any, settings: AgentSettings, images: bool,
-                    room: int | None) -> tuple[str, list[Any]]:
+                    room: int | None) -> LookView:
     import numpy as np
     from PIL import Image
 
@@ -263,8 +280,8 @@ def _look_at_tracks(var: str, tracks: Any, video: Any, settings: AgentSettings, 
     if n > MAX_LOOK_REGIONS:
         lines.append(f"  ... {n - MAX_LOOK_REGIONS} more")
     if not images:
-        return "\n".join([head + NOT_SENT + (", boxes from 0 to 1000:" if n else ".")]
-                         + lines), []
+        return LookView("\n".join([head + NOT_SENT + (", boxes from 0 to 1000:" if n else ".")]
+                                   + lines))
     # the frames where something is seen (all frames when nothing is), spread evenly
     pool = np.flatnonzero(seen.any(axis=1)) if seen.any() else np.arange(frames)
     k = _frame_count(settings, room, len(pool))
@@ -278,7 +295,8 @@ def _look_at_tracks(var: str, tracks: Any, video: Any, settings: AgentSettings, 
     at = ", ".join(f"{_seconds(float(tracks.times[t]))} ({{image}})" for t in rows)
     head += (f", drawn on {len(rows)} frame{'s' if len(rows) != 1 else ''}"
              f"{_budget_note(settings, len(rows), room)}: {at}")
-    return "\n".join([head + ("; boxes from 0 to 1000:" if n else ".")] + lines), shown
+    return LookView("\n".join([head + ("; boxes from 0 to 1000:" if n else ".")] + lines),
+                    shown, [float(tracks.times[t]) for t in rows])
 
 
 def _found_in(trace: Trace, index: int, var: str) -> Any:

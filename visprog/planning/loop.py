@@ -805,14 +805,16 @@ class Track:
             whole = self.attempt.parsed  # type: ignore[union-attr]
             skipped = [s.source.strip() for s in whole.steps[bad.index + 1:]]
         sends = _takes_images(self.item.planner)
-        looks, images, texts = [], [], []
+        looks, images, texts, frames = [], [], [], []
         for rec in trace.steps[first:]:
             if rec.module == "Look" and rec.error is None:
                 room = self.budget.images - self.images - len(images)
-                text, shown = look_at(trace, rec.index, self.budget, sends, room)
-                for im in shown:  # each image (a frame of a video too) numbered in order
+                view = look_at(trace, rec.index, self.budget, sends, room)
+                text = view.text
+                for im in view.images:  # each image (a frame of a video too) numbered in order
                     images.append(im)
                     text = text.replace("{image}", f"image {len(images)}", 1)
+                frames += view.frames
                 looks.append(rec.arg_vars.get("var", ""))
                 texts.append(text)
         if images and self.images + len(images) > self.budget.images:
@@ -834,6 +836,7 @@ class Track:
         r = self.round
         assert r is not None
         r.observation, r.looks, r.images, r.image_tokens = text, looks, list(images), tokens
+        r.frames = frames
         self.add_round()
         self.messages = self.messages + [
             {"role": "assistant", "content": self.write.plan.text},
