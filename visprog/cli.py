@@ -451,12 +451,37 @@ def _terminate_as_interrupt() -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _eval_sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The [video] keys --fps and --frames set for `visprog eval` (--fps alone turns a
+    configured `frames` off)."""
+    out: dict[str, Any] = {}
+    if args.fps is not None:
+        out.update(fps=args.fps, frames=0)
+    if args.frames is not None:
+        out["frames"] = args.frames
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
     vp = _engine(args)
     if args.no_plan_cache:  # the planner reads the [planner] table when it is made
         vp.config["planner"] = {**dict(vp.config.get("planner", {})), "cache": False}
+    recipe = vp.assembly.recipe
+    sampling = _eval_sampling(args)
+    if sampling:  # each item's video, sampled as --fps/--frames say (here and on workers)
+        from dataclasses import replace
+
+        from visprog.values import VideoSettings
+
+        video = {**dict(vp.config.get("video") or {}), **sampling}
+        try:
+            vp.video_settings = VideoSettings.make(video)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        vp.config["video"] = video
+        recipe = replace(recipe, config={**recipe.config, "video": video})
     executor = None
     if getattr(args, "ray", None):
         import functools
@@ -465,8 +490,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from visprog.hosting.cluster import ray_executor
 
         # each worker assembles this engine again, from its recipe (the resolved config)
-        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe,
-                                                            vp.assembly.recipe))
+        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe, recipe))
     with _terminate_as_interrupt():
         run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
@@ -556,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from visprog.evaluation.harness import add_eval_arguments
 
-    p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
+    p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2, V*Bench, "
+                                    "HR-Bench, NExT-QA, EgoSchema or a JSONL")
     add_eval_arguments(p)
     add_repair_arguments(p)
     _add_engine_flags(p)
