@@ -298,3 +298,35 @@ def test_the_command_line_runs_a_video_question(clip, monkeypatch, capsys):
     assert code == 0, captured.err
     assert captured.out.strip() in ("yes", "no")
     assert "VIDEO (Video)" in server.requests[0]["messages"][0]["content"]
+
+
+# --------------------------------------------------------------------------- composed queries
+
+
+def test_video_queries_have_the_video_modules_as_methods(shared, clip):
+    from visprog.query import QueryError
+
+    video = shared.video(str(clip))
+    assert {"track", "frame_at", "frames", "clip", "video_qa"} <= set(dir(video))
+    assert "loc" not in dir(video)
+    squares = video.track("red square")
+    assert {"count", "first_seen", "last_seen", "seen_for", "objects_at"} <= set(dir(squares))
+    answer = (squares.count() > 0).then("yes", "no")
+    assert answer.program == (f"RED_SQUARE={TRACK[2:]}\nCOUNT=Count(box=RED_SQUARE)\n"
+                              "EVAL=Eval(expr=\"'yes' if {COUNT} > 0 else 'no'\")\n")
+    assert list(answer.inputs) == ["VIDEO"]
+    direct = shared.execute(f"{TRACK}\n{ANSWER}", video=str(clip))
+    assert answer.value == direct.value  # runs exactly as the program text would
+    frame = video.frame_at(squares.first_seen()) if len(direct.trace["T"].output) else \
+        video.frame_at(0)
+    assert isinstance(frame.value, Image.Image) and frame.value.size == (160, 120)
+    assert "vqa" in dir(frame)  # a frame is an Image: every image module applies
+    few = shared.video(str(clip), frames=2)
+    assert len(few.value) == 2 and few.clip(0, 1).frames(n=1).program == (
+        "CLIP=Clip(video=VIDEO, start=0, end=1)\nFRAMES=Frames(video=CLIP, n=1)\n")
+    [batched] = shared.run_batch([answer])
+    assert batched.value == direct.value
+    with pytest.raises(QueryError, match="loc\\(\\) is not a method of Video values"):
+        video.loc("square")
+    with pytest.raises(QueryError, match="takes video as Video"):
+        squares.frame_at(1)

@@ -423,6 +423,13 @@ class VisProg:
         from visprog.query import pair
         return pair(self, left, right)
 
+    def video(self, video: VideoLike, **sampling: Any) -> Any:
+        """A query value bound to VIDEO (read as `video=` reads it; `fps=`, `frames=`...
+        sample it as `load_video` does): its methods are the modules that take a Video
+        (`vp.video("clip.mp4").track("car").count()`); nothing runs until `.value`."""
+        from visprog.query import video as video_query
+        return video_query(self, video, **sampling)
+
     @property
     def fn(self) -> Any:
         """Every module as a function of query values (`vp.fn.eval("{N} > 0", N=n)`,
