@@ -330,3 +330,41 @@ def test_video_queries_have_the_video_modules_as_methods(shared, clip):
         video.loc("square")
     with pytest.raises(QueryError, match="takes video as Video"):
         squares.frame_at(1)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def test_the_demo_runs_and_asks_about_an_uploaded_video(shared, clip, tmp_path):
+    from visprog.demos import app as demo
+
+    folders = demo.RunFolders(tmp_path)
+    out = demo.run_program(shared, f"{TRACK}\n{ANSWER}", video=str(clip), task="video",
+                           folders=folders)
+    assert out.ok, out.message
+    assert out.result_text in ("yes", "no") and "Ran 4 steps" in out.message
+    assert 'class=&quot;strip&quot;' in out.trace_html  # the tracks drawn on a strip of frames
+    # a program that reads VIDEO with no video says what to upload
+    out = demo.run_program(shared, f"{TRACK}\n{ANSWER}", image=Image.new("RGB", (64, 64)),
+                           folders=folders)
+    assert not out.ok and "reads VIDEO: upload a video (task video)" in out.message
+    # a file that is not a video is refused by the engine, saying so
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video")
+    out = demo.run_program(shared, f"{TRACK}\n{ANSWER}", video=str(fake), folders=folders)
+    assert not out.ok and "Can&#x27;t use the uploaded video" in out.message
+    assert "the VIDEO video" in out.message
+    # Ask: the video task plans with VIDEO and answers, in one go and in agent mode
+    with ScriptedServer([f"{TRACK}\n{ANSWER}"]) as server:
+        program, out = demo.ask(engine(shared, server), "Is there a red square?", "video",
+                                video=str(clip), folders=folders)
+    assert out.ok and out.result_text in ("yes", "no") and program == f"{TRACK}\n{ANSWER}"
+    assert "VIDEO (Video)" in server.requests[0]["messages"][0]["content"]
+    with ScriptedServer([LOOK_ROUND, ANSWER]) as server:
+        program, out = demo.ask(engine(shared, server, images=True), "Is there a red square?",
+                                "video", video=str(clip), folders=folders, agent=True)
+    assert out.ok and "Answered in 2 rounds" in out.message and "(looked at F, T)" in out.message
+    assert out.message.count("<img ") >= 2  # the frame and the tracks' frames it was shown
+    _, out = demo.ask(shared, "Is there a red square?", "video", image=str(clip),
+                      folders=folders)
+    assert not out.ok and "Upload a video first." in out.message
