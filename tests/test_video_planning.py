@@ -166,6 +166,13 @@ def test_a_video_or_tracks_never_answers_a_question():
             found = run_checks(question, "video", trace, value, ["answer_type"])
             assert len(found) == 1 and kind in found[0].message, (question, found)
     assert run_checks("How many cars are there?", "video", trace, 2, ["answer_type"]) == []
+    # multiple choice (NExT-QA, EgoSchema): whatever chooses an option answers
+    choice = "How many babies are in the video?\n(A) kitchen\n(B) four\n(C) two"
+    for answer in ("C", "(C)", "two", 2, "B. four"):
+        assert run_checks(choice, "video", trace, answer, ["answer_type"]) == [], answer
+    for answer in ("purple", "D", tracks):
+        [found] = run_checks(choice, "video", trace, answer, ["answer_type"])
+        assert "choose one of the options (A), (B), (C)" in found.message
     # a Track that found none of what the question presumes, used later
     empty = Tracks.empty(video)
     steps = [StepRecord(0, 1, "T=Track(video=VIDEO, object='car')", "T", "Track",

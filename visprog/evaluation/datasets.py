@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visprog.errors import DatasetError, VisProgWarning
-from visprog.values.text import plural
+from visprog.values.text import OPTION_LINE, plural
 from visprog.values.textfiles import read_text
 
 FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench", "nextqa", "egoschema")
@@ -350,7 +350,6 @@ def _answer_letter(answer: Any, options: dict[str, str], where: str) -> str:
 
 # -- multiple choice ---------------------------------------------------------------------------
 
-_OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*\S)\s*$")
 
 
 def choice_question(question: str, options: dict[str, str]) -> str:
@@ -374,7 +373,7 @@ def _read_vstar(path: Path, images: Path) -> Iterator[EvalItem]:
         text = str(_field(row, "text", path, lineno))
         stem, options = [], {}
         for line in text.split("\n"):
-            m = _OPTION_LINE.match(line.strip())
+            m = OPTION_LINE.match(line.strip())
             if m and m.group(1) not in options:
                 options[m.group(1)] = m.group(2)
             elif not options:

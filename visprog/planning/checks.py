@@ -10,7 +10,9 @@ The rules (`CHECKS`, each can be switched off by name):
 
 - `answer_type`: the kind of answer the question asks for (yes/no, a number, a colour, a
   word; an image for editing tasks) against the answer; in a question task an image,
-  regions, a video or tracks never answer, whatever the wording.
+  regions, a video or tracks never answer, whatever the wording. A multiple-choice question
+  (its options on lines of their own, "(A) text") is answered by anything that chooses one
+  of them: a letter or an option's text (`visprog.values.text.choose_option`).
 - `empty_used`: a step that finds regions (Loc, Select, ...) or tracks objects (Track)
   found none of an object the question takes for granted, and a later step used that
   empty result.
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from visprog.traces.events import Finding  # a trace records findings (repair and vote events)
 from visprog.traces.records import Trace
 from visprog.values import Objects, Tracks, Video
-from visprog.values.text import show
+from visprog.values.text import choose_option, question_options, show
 
 # First words of a question answered yes or no.
 YES_NO_START = {"is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "has",
@@ -189,6 +191,15 @@ def check_answer_type(facts: RunFacts) -> list[Finding]:
     want = expected_answer(facts.question, facts.task)
     got = answer_kind(facts.value)
     shown = show(facts.value, typed=True, limit=60)
+    options = question_options(facts.question) if facts.task not in IMAGE_TASKS else {}
+    if options:  # multiple choice: whatever chooses an option answers ("B", "two", True)
+        if got not in ("empty", "other", *NOT_ANSWERS) \
+                and choose_option(facts.value, options) is not None:
+            return []
+        listed = ", ".join(f"({k})" for k in options)
+        return [Finding("answer_type", f"the question asks to choose one of the options "
+                                       f"{listed}, but the answer is {shown}, which chooses "
+                                       f"none")]
     if want is None:
         # the wording does not say which answer ("Is it to our right or left?"), but a
         # question task's answer is never an image, regions, a video or tracks
