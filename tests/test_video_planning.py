@@ -148,6 +148,16 @@ def test_a_look_at_tracks_draws_them_on_the_frames_they_are_seen_in():
                                         {"var": "X"}, tracks, draw_on=None)])
     _, shown = shows(alone, 0, settings, True)
     assert np.asarray(shown[0])[100, 180].tolist() == [235, 235, 235]
+    # regions of one frame of the tracks (ObjectsAt) are drawn over that frame of the video
+    at = tracks.frame(tracks.index_at(1.0))  # frame 2: both objects seen
+    trace.steps += [StepRecord(4, 5, "O=ObjectsAt(tracks=T, time=1)", "O", "ObjectsAt",
+                               {"tracks": tracks, "time": 1}, {"tracks": "T"}, at,
+                               draw_on=None),
+                    StepRecord(5, 6, "LO=Look(var=O)", "LO", "Look", {"var": at}, {"var": "O"},
+                               at, draw_on=None)]
+    text, [drawn] = shows(trace, 5, settings, True)
+    assert text.startswith("Look at O: 2 regions of a 320x180 image (drawn in {image})")
+    assert np.asarray(drawn)[100, 180].tolist() == [20, 200, 40]  # frame 2, not grey
     nothing = Tracks.empty(video)
     _, shown = shows(Trace("", steps=[StepRecord(0, 1, "L=Look(var=X)", "L", "Look",
                                                    {"var": nothing}, {"var": "X"}, nothing)]),

@@ -176,6 +176,8 @@ def look_at(trace: Trace, index: int, settings: AgentSettings, images: bool,
         return LookView(f"Look at {var}: an image of {w}x{h} pixels{where}.", shown)
     if isinstance(value, Objects):
         over = _found_in(trace, index, var)
+        if over is None:  # regions of one frame of tracks (ObjectsAt): over that frame
+            over = _tracked_frame(trace, index, var, value)
         w, h = value.image_size
         n = len(value)
         head = f"Look at {var}: {n} region{'s' if n != 1 else ''} of a {w}x{h} image"
@@ -313,6 +315,32 @@ def _found_in(trace: Trace, index: int, var: str) -> Any:
         if over is not None:
             return over
         index, var = source.index, source.arg_vars.get("var", "")
+    return None
+
+
+def _tracked_frame(trace: Trace, index: int, var: str, objects: Any) -> Any:
+    """The frame of a video that `objects` are one frame of, when a step made them from
+    Tracks (ObjectsAt): the frame whose tracked boxes they are, of the video those Tracks
+    were tracked in; None otherwise."""
+    import numpy as np
+
+    from visprog.values import Tracks, Video
+
+    source = next((r for r in reversed(trace.steps[:index]) if r.target == var
+                   and r.error is None), None)
+    if source is None or not len(objects):
+        return None
+    for name, tracks in source.args.items():
+        if not isinstance(tracks, Tracks) or tuple(tracks.frame_size) != objects.image_size:
+            continue
+        video = _found_in(trace, source.index, source.arg_vars.get(name, ""))
+        if not isinstance(video, Video) or len(video) != len(tracks.times):
+            continue
+        boxes = np.asarray(objects.boxes, dtype=np.float64)
+        for t in range(len(tracks.times)):
+            cols = np.flatnonzero(tracks.seen[t])
+            if len(cols) == len(boxes) and np.allclose(tracks.boxes[t, cols], boxes):
+                return video.frames[t]
     return None
 
 
