@@ -17,6 +17,7 @@ pytest.importorskip("torch")
 
 from llm_server import ScriptedServer, scripted_client  # noqa: E402
 from video_clips import square_frames, write_clip  # noqa: E402
+from visprog.errors import VideoError  # noqa: E402
 from visprog.planning.agent import AgentSettings, look_at  # noqa: E402
 from visprog.planning.checks import run_checks  # noqa: E402
 from visprog.traces.events import AgentRun, Repair, Round  # noqa: E402
@@ -347,6 +348,10 @@ def test_video_queries_have_the_video_modules_as_methods(shared, clip):
         video.loc("square")
     with pytest.raises(QueryError, match="takes video as Video"):
         squares.frame_at(1)
+    with pytest.raises(QueryError, match="give a video file's path"):
+        shared.video(None)
+    with pytest.raises(VideoError, match="video file not found"):
+        shared.video("no such clip.mp4")
 
 
 # --------------------------------------------------------------------------- the demo

@@ -610,6 +610,9 @@ def video(vp: Any, source: Any, **sampling: Any) -> VideoQuery:
     reads it."""
     if isinstance(source, VideoQuery):
         return source
+    if source is None:
+        raise fail("vp.video(): give a video file's path, a folder of frames, a list of "
+                   "images or a Video", "e.g. vp.video('clip.mp4')")
     loaded = vp.load_video(source, **sampling) if sampling else vp.bind(video=source)["VIDEO"]
     key = (os.fspath(source) if isinstance(source, (str, os.PathLike)) else id(source),
            tuple(sorted(sampling.items())))
