@@ -390,3 +390,20 @@ def test_the_demo_runs_and_asks_about_an_uploaded_video(shared, clip, tmp_path):
     _, out = demo.ask(shared, "Is there a red square?", "video", image=str(clip),
                       folders=folders)
     assert not out.ok and "Upload a video first." in out.message
+
+
+def test_the_trace_page_draws_tracks_over_their_video_in_the_steps_that_read_them():
+    import base64
+    import io
+    import re
+
+    video, tracks = known_video_and_tracks()
+    trace = look_trace(video, tracks)
+    trace.steps.append(StepRecord(4, 5, "N=Count(box=T)", "N", "Count", {"box": tracks},
+                                  {"box": "T"}, 2, draw_on=None))
+    card = next(c for c in trace.to_html().split('<section class="card')
+                if "N=Count(box=T)" in c)
+    images = [Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB")
+              for m in re.findall(r'src="data:image/[a-z]+;base64,([^"]+)"', card)]
+    # the Count step's tracks are drawn over the video's frames (blue 40), not grey (235)
+    assert len(images) == 8 and all(np.asarray(im)[2, -3, 2] < 100 for im in images)
