@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from visprog.errors import (AgentError, ImageError, ProgramError, StepError, VisProgError,
-                            no_llm_message)
+from visprog.errors import (AgentError, ImageError, ProgramError, StepError, VideoError,
+                            VisProgError, no_llm_message)
 from visprog.traces.events import AgentRun, Repair, Round, RunRecord, Vote
 from visprog.traces.records import StepRecord, Trace
 from visprog.values.text import show
@@ -33,7 +33,7 @@ from visprog.values.text import show
 # The demo's engine refuses larger uploads with a message (`VisProg(max_pixels=...)`, the
 # one limit its bind and its runs apply; `--max-pixels` changes it): a 4000 x 4000 photo.
 MAX_IMAGE_PIXELS = 16_000_000
-MAX_UPLOAD_SIZE = "25mb"  # Gradio refuses bigger files before they reach us
+MAX_UPLOAD_SIZE = "25mb"  # Gradio refuses bigger files (a video too) before they reach us
 MAX_PROGRAM_CHARS = 4_000
 MAX_PROGRAM_LINES = 60
 MAX_QUESTION_CHARS = 500
@@ -45,12 +45,14 @@ TASKS: dict[str, tuple[str, ...]] = {
     "nlvr": ("LEFT", "RIGHT"),
     "imgedit": ("IMAGE",),
     "knowtag": ("IMAGE",),
+    "video": ("VIDEO",),
 }
 TASK_HELP = {
     "gqa": "a question about the image, e.g. 'Is there a red ball left of the box?'",
     "nlvr": "a statement about a LEFT/RIGHT pair, e.g. 'There are more circles on the left.'",
     "imgedit": "an editing instruction, e.g. 'Blur the background behind the ball.'",
     "knowtag": "a tagging instruction needing knowledge, e.g. 'Tag the planets.'",
+    "video": "a question about the video, e.g. 'How many cars drive past?'",
 }
 # The examples' photos: scikit-image's sample data, inside its wheel (each public domain or
 # CC0, as `skimage.data`'s docstrings say), so the demo ships no pictures of its own.
@@ -163,14 +165,16 @@ def program_problem(program: str) -> str | None:
     return None
 
 
-def read_inputs(vp: Any, image: Any, left: Any, right: Any) -> dict[str, Image.Image]:
-    """The uploaded images as input variables, bound by the engine as every entry binds
-    inputs (`VisProg.bind`: read once, converted to RGB, checked against the engine's image
-    limits).
+def read_inputs(vp: Any, image: Any, left: Any, right: Any, video: Any = None
+                ) -> dict[str, Any]:
+    """The uploaded images (and video) as input variables, bound by the engine as every
+    entry binds inputs (`VisProg.bind`: read once, converted to RGB, checked against the
+    engine's image limits; a video decoded and sampled as its `[video]` table says, within
+    its limits of frames, duration and pixels per frame).
 
     Raises:
-        ImageError: an upload is not an image or is outside the limits (the message names
-            which one).
+        ImageError: an image upload is not an image or is outside the limits (the message
+            names which one); VideoError (an ImageError) for the video upload.
     """
     bound = {}
     for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
@@ -180,19 +184,31 @@ def read_inputs(vp: Any, image: Any, left: Any, right: Any) -> dict[str, Image.I
             bound.update(vp.bind(**{name.lower(): value}))
         except ImageError as e:
             raise ImageError(f"the {name} image: {e}") from e
+    if video is not None:
+        try:
+            bound.update(vp.bind(video=video))
+        except ImageError as e:
+            raise VideoError(f"the VIDEO video: {e}") from e
     return bound
+
+
+def upload_problem(e: ImageError) -> str:
+    """The message box of an upload the engine refused."""
+    what = "video" if isinstance(e, VideoError) else "image"
+    return message_box("error", f"Can't use the uploaded {what}", _esc(e))
 
 
 def _missing_inputs_hint(diagnostics: Sequence[Any], bound: dict[str, Any]) -> str:
     """What to upload when the checker found an input variable undefined."""
     wanted = sorted({m.group(1) for d in diagnostics
-                     if (m := re.search(r"undefined variable '(IMAGE|LEFT|RIGHT)'", d.message))}
+                     if (m := re.search(r"undefined variable '(IMAGE|LEFT|RIGHT|VIDEO)'",
+                                        d.message))}
                     - set(bound))
     if not wanted:
         return ""
     return ("This program reads " + ", ".join(wanted) + ": upload "
             + ("a LEFT/RIGHT pair (task nlvr)" if "LEFT" in wanted or "RIGHT" in wanted
-               else "an image") + ".")
+               else "a video (task video)" if "VIDEO" in wanted else "an image") + ".")
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -227,15 +243,16 @@ def save_downloads(trace: Trace, folder: Path, page: str | None = None) -> list[
 
 
 def run_program(vp: Any, program: str, image: Any = None, left: Any = None, right: Any = None,
-                *, task: str = "gqa", folders: RunFolders | None = None,
+                *, video: Any = None, task: str = "gqa", folders: RunFolders | None = None,
                 on_step: Callable[[StepRecord], None] | None = None) -> RunOutput:
-    """Run a (possibly hand-edited) program on the uploaded images; never raises for bad
-    input: every failure comes back as a message.
+    """Run a (possibly hand-edited) program on the uploaded images (and video); never raises
+    for bad input: every failure comes back as a message.
 
     Args:
         vp: a `visprog.api.VisProg`.
         program: the program text.
         image, left, right: uploads (paths, PIL images, arrays or None).
+        video: the VIDEO upload (a video file's path) or None.
         task: decides how a yes/no result is printed.
         folders: where the downloads go (a fresh temporary base when None).
         on_step: called with each finished step (progress display).
@@ -245,13 +262,13 @@ def run_program(vp: Any, program: str, image: Any = None, left: Any = None, righ
     if problem:
         return RunOutput(False, message=message_box("error", problem))
     try:
-        bound = read_inputs(vp, image, left, right)
+        bound = read_inputs(vp, image, left, right, video)
     except ImageError as e:
-        return RunOutput(False, message=message_box("error", "Can't use the uploaded image",
-                                                    _esc(e)))
+        return RunOutput(False, message=upload_problem(e))
     if not bound:
         return RunOutput(False, message=message_box(
-            "error", "Upload an image first (or a LEFT/RIGHT pair for nlvr), or click an example."))
+            "error", "Upload an image first (or a LEFT/RIGHT pair for nlvr, a video for the "
+                     "video task), or click an example."))
     folders = folders or RunFolders()
     try:
         # the uploads are read once (above); parse and check once, then run
@@ -349,8 +366,8 @@ def rounds_html(trace: Trace | None) -> str:
 
 
 def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
-        right: Any = None, *, folders: RunFolders | None = None, agent: bool = False
-        ) -> tuple[str | None, RunOutput]:
+        right: Any = None, *, video: Any = None, folders: RunFolders | None = None,
+        agent: bool = False) -> tuple[str | None, RunOutput]:
     """Plan, run and repair in one go (`vp.run`): the program that answered (for the code
     box) and what to show, with every attempt of the repair loop listed. With `agent`, the
     program is written in rounds (`vp.run(..., mode="agent")`) and every round is listed
@@ -367,19 +384,26 @@ def ask(vp: Any, question: str, task: str, image: Any = None, left: Any = None,
     if getattr(vp, "llm", None) is None or not hasattr(vp, "run"):
         return None, RunOutput(False, message=message_box("warn", "This visprog has no planner.",
                                                           _esc(NO_LLM_MESSAGE)))
-    try:
-        bound = read_inputs(vp, image, left, right)
+    wanted = TASKS[task]
+    try:  # only the uploads the task reads (a hidden box may still hold an earlier one)
+        bound = read_inputs(vp, *(v if name in wanted else None for name, v in
+                                  (("IMAGE", image), ("LEFT", left), ("RIGHT", right),
+                                   ("VIDEO", video))))
     except ImageError as e:
-        return None, RunOutput(False, message=message_box("error", "Can't use the uploaded image",
-                                                          _esc(e)))
-    pair = TASKS[task] == ("LEFT", "RIGHT")
-    if (pair and not {"LEFT", "RIGHT"} <= set(bound)) or (not pair and "IMAGE" not in bound):
-        return None, RunOutput(False, message=message_box(
-            "error", "Upload " + ("a LEFT/RIGHT pair" if pair else "an image") + " first."))
+        return None, RunOutput(False, message=upload_problem(e))
+    if not set(wanted) <= set(bound):
+        what = {("LEFT", "RIGHT"): "a LEFT/RIGHT pair", ("VIDEO",): "a video"}.get(
+            wanted, "an image")
+        return None, RunOutput(False, message=message_box("error", f"Upload {what} first."))
     folders = folders or RunFolders()
     try:
-        target = (bound["LEFT"], bound["RIGHT"]) if pair else bound["IMAGE"]
-        out = vp.run(target, question, task=task, **({"mode": "agent"} if agent else {}))
+        mode = {"mode": "agent"} if agent else {}
+        if wanted == ("VIDEO",):
+            out = vp.run(None, question, task=task, video=bound["VIDEO"], **mode)
+        else:
+            target = (bound["LEFT"], bound["RIGHT"]) if wanted == ("LEFT", "RIGHT") \
+                else bound["IMAGE"]
+            out = vp.run(target, question, task=task, **mode)
     except (StepError, AgentError) as e:  # every attempt failed: show them all, and the trace
         trace = e.trace
         page = trace.to_html() if trace is not None else None
@@ -491,10 +515,49 @@ def example_images() -> dict[str, Path]:
     return {name: folder / name for name in EXAMPLE_PHOTOS if (folder / name).is_file()}
 
 
-def example_rows(paths: dict[str, Path]) -> list[list[Any]]:
-    """Rows for gr.Examples: task, question, program, image, left, right; one a task at
-    least, on real photos. The programs use only modules that run without a planner (and
-    rows whose photo is missing are left out)."""
+EXAMPLE_VIDEO = "coffee_pan.webm"  # made from coffee.png by `example_video`: VP8, which
+# browsers play (the page shows it), in WebM
+EXAMPLE_VIDEO_SIZE, EXAMPLE_VIDEO_FRAMES, EXAMPLE_VIDEO_FPS = (320, 240), 16, 8
+
+
+def example_video(folder: str | Path, photos: dict[str, Path]) -> Path | None:
+    """The video example: a camera panning across the coffee photo (2 s of VP8 in WebM,
+    written with PyAV into `folder`, once), so the demo ships no video of its own; None
+    without PyAV or the photo."""
+    target = Path(folder) / EXAMPLE_VIDEO
+    if target.is_file():
+        return target
+    if "coffee.png" not in photos:
+        return None
+    try:
+        import av
+    except ImportError:
+        return None
+    with Image.open(photos["coffee.png"]) as im:
+        photo = im.convert("RGB")
+    w, h = EXAMPLE_VIDEO_SIZE
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part.webm")
+    with av.open(str(part), "w") as out:
+        stream = out.add_stream("libvpx", rate=EXAMPLE_VIDEO_FPS)
+        stream.bit_rate = 1_000_000
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(EXAMPLE_VIDEO_FRAMES):
+            x = round(i * (photo.width - w) / (EXAMPLE_VIDEO_FRAMES - 1))
+            frame = photo.crop((x, (photo.height - h) // 2, x + w, (photo.height + h) // 2))
+            for packet in stream.encode(av.VideoFrame.from_image(frame)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    part.replace(target)  # a reader never sees half a file
+    return target
+
+
+def example_rows(paths: dict[str, Path], video: Path | None = None) -> list[list[Any]]:
+    """Rows for gr.Examples: task, question, program, image, left, right, video; one a
+    task at least, on real photos (the video: a pan across one, `example_video`). The
+    programs use only modules that run without a planner (and rows whose photo or video is
+    missing are left out)."""
     rows = [
         ["gqa", "Is there a cat?",
          "CAT=Loc(image=IMAGE, object='cat')\nN=Count(box=CAT)\n"
@@ -526,7 +589,12 @@ def example_rows(paths: dict[str, Path]) -> list[list[Any]]:
     for task, question, program, *photos in rows:
         if all(p is None or p in paths for p in photos):
             out.append([task, question, program,
-                        *(None if p is None else str(paths[p]) for p in photos)])
+                        *(None if p is None else str(paths[p]) for p in photos), None])
+    if video is not None:
+        out.append(["video", "How many cups go past?",
+                    "CUPS=Track(video=VIDEO, object='cup')\nN=Count(box=CUPS)\n"
+                    "RESULT=Result(var=N)",
+                    None, None, None, str(video)])
     return out
 
 
@@ -581,30 +649,35 @@ def build_app(vp: Any, *, folders: RunFolders | None = None) -> Any:
         return gr.update(value=image, visible=image is not None)
 
     def on_task(task: str):
-        pair = TASKS.get(task, ("IMAGE",)) == ("LEFT", "RIGHT")
-        return (gr.update(visible=not pair), gr.update(visible=pair),
+        wanted = TASKS.get(task, ("IMAGE",))
+        return (gr.update(visible=wanted == ("IMAGE",)),
+                gr.update(visible=wanted == ("LEFT", "RIGHT")),
+                gr.update(visible=wanted == ("VIDEO",)),
                 gr.update(placeholder=TASK_HELP.get(task, "")))
 
     def on_plan(question: str, task: str):
         text, message = plan_program(vp, question, task)
         return (gr.update() if text is None else text), message
 
-    def on_ask(question: str, task: str, image: Any, left: Any, right: Any, agent: bool):
-        text, out = ask(vp, question, task, image, left, right, folders=folders,
+    def on_ask(question: str, task: str, image: Any, left: Any, right: Any, video: Any,
+               agent: bool):
+        text, out = ask(vp, question, task, image, left, right, video=video, folders=folders,
                         agent=bool(agent))
         return ((gr.update() if text is None else text), out.message, out.result_text,
                 shown_image(out.result_image), out.trace_html, out.files or None)
 
-    def on_run(program: str, task: str, image: Any, left: Any, right: Any,
+    def on_run(program: str, task: str, image: Any, left: Any, right: Any, video: Any,
                progress=gr.Progress()):
-        out = run_program(vp, program, image, left, right, task=task, folders=folders,
+        out = run_program(vp, program, image, left, right, video=video, task=task,
+                          folders=folders,
                           on_step=step_progress(progress, count_steps(vp, program)))
         return (out.message, out.result_text, shown_image(out.result_image), out.trace_html,
                 out.files or None)
 
     with gr.Blocks(title="visprog demo") as app:
         gr.Markdown("## visprog: visual programs, step by step\n"
-                    "Upload an image (or a LEFT/RIGHT pair), ask a question, press **Plan** "
+                    "Upload an image (a LEFT/RIGHT pair, or a video for the video task), "
+                    "ask a question, press **Plan** "
                     "to get a program, edit it if you like, and press **Run**. "
                     f"Engine preset: `{_esc(getattr(vp, 'preset', '?'))}`.")
         with gr.Row():
@@ -621,6 +694,11 @@ def build_app(vp: Any, *, folders: RunFolders | None = None) -> Any:
                     right = gr.Image(type="filepath", image_mode=None, label="RIGHT",
                                      sources=["upload", "clipboard"], elem_id="right-input",
                                      height=200)
+                with gr.Group(visible=False) as video_box:
+                    # taken as uploaded: no conversion, which would need an ffmpeg program
+                    # (PyAV's own FFmpeg decodes it); the sound is never read
+                    video = gr.Video(label="VIDEO", sources=["upload"], elem_id="video-input",
+                                     height=280, format=None, include_audio=True)
                 question = gr.Textbox(label="Question or instruction", lines=2,
                                       placeholder=TASK_HELP["gqa"], elem_id="question",
                                       max_length=MAX_QUESTION_CHARS)
@@ -643,18 +721,21 @@ def build_app(vp: Any, *, folders: RunFolders | None = None) -> Any:
         downloads = gr.File(label="Download the trace (HTML, JSON)", file_count="multiple",
                             interactive=False, elem_id="downloads")
         if paths:
-            gr.Examples(example_rows(paths), inputs=[task, question, program, image, left, right],
+            clip = example_video(folders.base / "examples", paths)
+            gr.Examples(example_rows(paths, clip),
+                        inputs=[task, question, program, image, left, right, video],
                         label="Examples (click one, then Run)", elem_id="examples")
             gr.Markdown("Example photos from scikit-image's sample data: " + "; ".join(
                 f"{name}: {_esc(credit)}" for name, credit in EXAMPLE_PHOTOS.items()
-                if name in paths) + ".", elem_id="example-credits")
+                if name in paths) + (" (the video pans across the coffee photo)" if clip
+                                     else "") + ".", elem_id="example-credits")
 
-        task.change(on_task, [task], [single, pair, question])
+        task.change(on_task, [task], [single, pair, video_box, question])
         plan_btn.click(on_plan, [question, task], [program, status])
         question.submit(on_plan, [question, task], [program, status])
-        ask_btn.click(on_ask, [question, task, image, left, right, agent_mode],
+        ask_btn.click(on_ask, [question, task, image, left, right, video, agent_mode],
                       [program, status, result_text, result_image, trace_view, downloads])
-        run_btn.click(on_run, [program, task, image, left, right],
+        run_btn.click(on_run, [program, task, image, left, right, video],
                       [status, result_text, result_image, trace_view, downloads])
     return app
 
@@ -711,12 +792,14 @@ def launch(preset: str = "default", *, port: int | None = None, host: str = "127
 
     check_port(host, port)
     vp = vp or VisProg(preset=preset, cache=cache, cache_dir=cache_dir, max_pixels=max_pixels)
-    app = build_app(vp)
+    folders = RunFolders()
+    app = build_app(vp, folders=folders)
     app.queue(default_concurrency_limit=1)  # one engine, one run at a time
     try:
         app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
                    max_file_size=MAX_UPLOAD_SIZE,
-                   allowed_paths=sorted({str(p.parent) for p in example_images().values()}),
+                   allowed_paths=sorted({str(p.parent) for p in example_images().values()}
+                                        | {str(folders.base / "examples")}),
                    css=CSS, theme=gr.themes.Soft(), footer_links=[], quiet=not block)
     except OSError as e:  # taken between the check and the launch
         if port is None:

@@ -128,21 +128,24 @@ def test_look_is_not_cached_and_shows_what_it_looks_at():
     assert again.trace["R"].cached and not again.trace["L"].cached
     assert again.value is again.trace.inputs["IMAGE"]
     settings = AgentSettings(look_max_pixels=100 * 100, look_min_pixels=50 * 50)
-    text, im = look_at(first.trace, 1, settings, True)
+    view = look_at(first.trace, 1, settings, True)
+    text, [im] = view.text, view.images
     assert text.startswith("Look at R: 1 region of a 320x240 image (drawn in {image})")
     assert "region [0, 0, 500, 500]" in text
     assert im.size[0] * im.size[1] <= 100 * 100 and im.size != (320, 240)
     assert np.asarray(im).std() > 0  # the scene with the box drawn over it
-    text, im = look_at(first.trace, 1, settings, False)
-    assert im is None and "region [0, 0, 500, 500]" in text and "{image}" not in text
-    text, im = look_at(first.trace, 3, settings, True)
-    assert text == "Look at N: Number: 1" and im is None
-    text, im = look_at(first.trace, 4, settings, True)
+    view = look_at(first.trace, 1, settings, False)
+    text, shown = view.text, view.images
+    assert shown == [] and "region [0, 0, 500, 500]" in text and "{image}" not in text
+    view = look_at(first.trace, 3, settings, True)
+    assert view.text == "Look at N: Number: 1" and view.images == []
+    view = look_at(first.trace, 4, settings, True)
+    text, [im] = view.text, view.images
     assert text == "Look at IMAGE: an image of 320x240 pixels ({image})."
     assert im.size[0] * im.size[1] <= 100 * 100
     tiny = Trace("L=Look(var=X)", steps=[first.trace.steps[4]])
     tiny.steps[0].output = scene((10, 10))
-    _, im = look_at(tiny, 0, settings, True)
+    [im] = look_at(tiny, 0, settings, True).images
     assert im.size[0] * im.size[1] >= 50 * 50  # small crops are scaled up to be seen
 
 
@@ -227,7 +230,7 @@ def test_agent_prompt_describes_look_and_region_and_the_oneshot_prompt_does_not(
     assert "Look(" not in oneshot[0]["content"] and "Region(" not in oneshot[0]["content"]
 
 
-@pytest.mark.parametrize("task", ["gqa", "nlvr", "imgedit"])
+@pytest.mark.parametrize("task", ["gqa", "nlvr", "imgedit", "video"])
 def test_agent_examples_check_round_by_round(task):
     from visprog.api import VisProg
     from visprog.language.checker import check
@@ -768,7 +771,7 @@ def test_a_look_at_objects_finds_the_image_they_were_found_in_through_aliases():
     out = vp.execute("R=Region(image=IMAGE, box=[0, 0, 500, 500])\nA=R\nL1=Look(var=A)\n"
                      "L2=Look(var=L1)", image=big)
     settings = AgentSettings()
-    _, drawn = look_at(out.trace, 3, settings, True)
+    [drawn] = look_at(out.trace, 3, settings, True).images
     assert abs(drawn.size[0] / drawn.size[1] - 1.5) < 0.01  # scaled up into the bounds
     # the red picture under the box, not the grey canvas of objects with no image
     assert np.asarray(drawn)[150, 250].tolist() == [250, 10, 10]

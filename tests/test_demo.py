@@ -249,7 +249,7 @@ def test_planning_without_llm_says_so():
     assert text is None and "Planning is not available" in message
 
 
-def test_examples_are_real_photos_in_an_installed_wheel_and_their_programs_check(vp):
+def test_examples_are_real_photos_in_an_installed_wheel_and_their_programs_check(vp, tmp_path):
     pytest.importorskip("skimage")
     paths = demo.example_images()
     assert set(paths) == set(demo.EXAMPLE_PHOTOS)  # all in scikit-image's wheel
@@ -260,11 +260,23 @@ def test_examples_are_real_photos_in_an_installed_wheel_and_their_programs_check
         with Image.open(path) as im:
             assert min(im.size) >= 300  # photos, not drawings
     rows = demo.example_rows(paths)
+    assert {r[0] for r in rows} == set(demo.TASKS) - {"video"}  # no video given
+    pytest.importorskip("av")
+    clip = demo.example_video(tmp_path, paths)
+    assert demo.example_video(tmp_path, paths) == clip  # made once
+    video = vp.bind(video=clip)["VIDEO"]
+    assert video.size == demo.EXAMPLE_VIDEO_SIZE and video.end == pytest.approx(2.0)
+    # a pan across the photo: the first frame is its left part, the last its right part
+    with Image.open(paths["coffee.png"]) as photo:
+        left = np.asarray(photo.convert("RGB").crop((0, 80, 320, 320)), dtype=float)
+    assert abs(np.asarray(video.frames[0], dtype=float) - left).mean() < 12
+    rows = demo.example_rows(paths, clip)
     assert {r[0] for r in rows} == set(demo.TASKS)
-    for task, question, program, image, left, right in rows:
-        inputs = {name: "Image" for name in demo.TASKS[task]}
+    for task, question, program, image, left, right, video in rows:
+        inputs = {name: "Video" if name == "VIDEO" else "Image" for name in demo.TASKS[task]}
         assert vp.check(program, inputs) == [], (task, program)
         assert (image is not None) == ("IMAGE" in inputs)
+        assert (video is not None) == ("VIDEO" in inputs)
         assert question and len(question) <= demo.MAX_QUESTION_CHARS
     # a photo that is not there leaves its rows out, not a broken example
     fewer = {k: v for k, v in paths.items() if k != "chelsea.png"}
@@ -283,7 +295,7 @@ def test_build_app_wires_the_widgets(vp, tmp_path):
     app = demo.build_app(vp, folders=demo.RunFolders(tmp_path))
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
     assert {"program", "run-btn", "plan-btn", "ask-btn", "status", "trace-view", "downloads",
-            "image-input", "left-input", "right-input", "result-text"} <= ids
+            "image-input", "left-input", "right-input", "video-input", "result-text"} <= ids
     config = json.dumps(app.get_config_file(), default=str)
     assert "Run" in config and "Plan" in config
 

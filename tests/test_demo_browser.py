@@ -304,3 +304,93 @@ def test_ask_flagged_every_time_warns_with_findings_and_the_trace_panels_read(br
     pg.screenshot(path=str(ARTIFACTS / "demo_ask_flagged.png"), full_page=True)
     pg.locator("iframe.vp-trace").screenshot(path=str(ARTIFACTS / "demo_ask_flagged_trace.png"))
     pg.close()
+
+
+VIDEO_PROGRAM = ("SQUARES=Track(video=VIDEO, object='red square')\n"
+                 "N=Count(box=SQUARES)\n"
+                 "RESULT=Result(var=N)")
+
+
+@pytest.fixture(scope="module")
+def square_clip(tmp_path_factory):
+    pytest.importorskip("av")
+    from video_clips import square_frames, write_clip
+
+    # VP8 in WebM: a codec the browser plays, so the page shows the upload
+    return write_clip(tmp_path_factory.mktemp("clip") / "square.webm", square_frames(8), fps=4,
+                      codec="libvpx")
+
+
+def _upload_video(page, clip) -> None:
+    page.locator("#task input[value=video]").check()
+    page.wait_for_selector("#video-input", state="visible")
+    assert not page.locator("#image-input").is_visible()  # the video task reads VIDEO only
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.wait_for_selector("#video-input video")
+    # the browser plays it: its first frame decoded, its size known
+    page.wait_for_function("() => document.querySelector('#video-input video').readyState >= 2")
+    assert page.locator("#video-input video").evaluate(
+        "v => [v.videoWidth, v.videoHeight]") == [160, 120]
+
+
+def test_video_upload_runs_and_the_trace_shows_its_frames(page, square_clip):
+    _upload_video(page, square_clip)
+    _set_program(page, VIDEO_PROGRAM)
+    _run(page)
+    assert "Ran 3 steps" in page.locator("#status").inner_text()
+    assert page.locator("#result-text textarea").input_value().isdigit()
+    trace = page.frame_locator("iframe.vp-trace")
+    assert trace.locator("section.card").count() == 3
+    # the video and its tracks as strips of frames with their times
+    strips = trace.locator(".strip")
+    assert strips.count() >= 2 and "0.00 s" in strips.first.inner_text()
+    widths = trace.locator(".strip img").evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 8 and all(w > 0 for w in widths)
+    page.screenshot(path=str(ARTIFACTS / "demo_video_run.png"), full_page=True)
+
+
+def test_video_example_loads_the_clip_and_runs(page):
+    pytest.importorskip("av")
+    page.locator("#examples table tbody tr").filter(has_text="cups go past").first.click()
+    page.wait_for_selector("#video-input video")
+    page.wait_for_function("() => document.querySelector('#video-input video').readyState >= 2")
+    assert page.locator("#video-input video").evaluate(
+        "v => [v.videoWidth, v.videoHeight]") == list(demo.EXAMPLE_VIDEO_SIZE)
+    assert page.locator("#task input[value=video]").is_checked()
+    assert "Track(video=VIDEO" in page.locator("#program .cm-content").inner_text()
+    _run(page)
+    assert "Ran 3 steps" in page.locator("#status").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "demo_video_example.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def video_planning_server():
+    """The demo with an LLM (a scripted server) that writes a video program."""
+    from llm_server import ScriptedServer, scripted_client
+
+    with ScriptedServer([], respond=lambda body: VIDEO_PROGRAM) as llm_server:
+        vp = VisProg(preset="tiny", cache=False, plugins=False, llm=scripted_client(llm_server))
+        port = _free_port()
+        blocks = demo.launch(vp=vp, port=port, block=False)
+        yield f"http://127.0.0.1:{port}/", llm_server
+        blocks.close()
+
+
+def test_ask_about_an_uploaded_video(browser, video_planning_server, square_clip):
+    url, llm_server = video_planning_server
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(url)
+    pg.wait_for_selector("#run-btn")
+    _upload_video(pg, square_clip)
+    pg.locator("#question textarea").fill("How many red squares go past?")
+    pg.click("#ask-btn")
+    pg.wait_for_selector("#status .vp-msg")
+    assert "Answered" in pg.locator("#status").inner_text()
+    assert pg.locator("#result-text textarea").input_value().isdigit()
+    assert "SQUARES=Track(video=VIDEO" in pg.locator("#program .cm-content").inner_text()
+    request = llm_server.requests[-1]
+    assert "VIDEO (Video)" in request["messages"][0]["content"]
+    assert "How many red squares go past?" in request["messages"][-1]["content"]
+    pg.screenshot(path=str(ARTIFACTS / "demo_video_ask.png"), full_page=True)
+    pg.close()

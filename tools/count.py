@@ -4,7 +4,7 @@ from visprog.registry import tool
 from visprog.values import Objects, Tracks
 
 
-@tool("Count", params={"box": "Objects|Tracks"}, returns="Number", draw_on=None, tasks=("gqa",))
+@tool("Count", params={"box": "Objects|Tracks"}, returns="Number", draw_on=None, tasks=("gqa", "video"))
 def count(box: Objects | Tracks) -> int:
     """The number of objects."""
     if not isinstance(box, (Objects, Tracks)):

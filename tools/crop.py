@@ -117,7 +117,8 @@ def _make_context_crop(name: str, doc: str) -> Tool:
 
     crop.__name__ = f"crop_{name.lower()}"
     return tool(name, params={"image": "Image", "box": "Objects"}, returns="Image",
-                doc=doc, settings={"context_margin": CONTEXT_MARGIN}, tasks=("gqa", "agent"))(crop)
+                doc=doc, settings={"context_margin": CONTEXT_MARGIN},
+                tasks=("gqa", "agent", "video"))(crop)
 
 
 def _make_side_crop(name: str, side: str) -> Tool:

@@ -15,7 +15,7 @@ from visprog.registry import tool
 
 @tool("Eval", params={"expr": "Text"}, returns="Bool|Number|Text",
       refs={"expr": referenced_names}, expr_types={"expr": expr_types}, draw_on=None,
-      tasks=("gqa", "nlvr"))
+      tasks=("gqa", "nlvr", "video"))
 def eval_tool(expr: str, variables: Mapping[str, Any] | None = None):
     """Evaluates an expression over variables, e.g. "'yes' if {N} > 0 else 'no'"."""
     return evaluate(expr, variables or {})

@@ -308,7 +308,7 @@ class Sam3(Detector):
 
 class Loc(ModelTool):
     name = "Loc"
-    tasks = ("gqa", "knowtag")  # the planner's prompts that describe it
+    tasks = ("gqa", "knowtag", "video")  # the planner's prompts that describe it
     params = {"image": "Image", "object": "Text"}
     returns = "Objects"
     doc = "open-vocabulary detection of `object`; 'TOP'/'BOTTOM'/'LEFT'/'RIGHT' give that half"

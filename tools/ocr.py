@@ -155,7 +155,7 @@ def matches(line: str, query: str) -> bool:
 
 class Ocr(ModelTool):
     name = "Ocr"
-    tasks = ("gqa",)  # the planner's prompts that describe it
+    tasks = ("gqa", "video")  # the planner's prompts that describe it
     params = {"image": "Image"}
     returns = "Text"
     doc = ("reads the text in the image (signs, labels, numbers), lines in reading order "

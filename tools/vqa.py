@@ -284,7 +284,7 @@ INSTRUCTION = "Reply with only the answer: one or two words, or a number."
 
 class Vqa(ModelTool):
     name = "Vqa"
-    tasks = ("gqa", "nlvr")  # the planner's prompts that describe it
+    tasks = ("gqa", "nlvr", "video")  # the planner's prompts that describe it
     params = {"image": "Image", "question": "Text"}
     returns = "Text"
     doc = "answers a question about the image in a word or two (lower case)"

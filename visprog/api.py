@@ -391,7 +391,7 @@ class VisProg:
         config's [planner] keys (repair, repair_attempts, checks, critic, select, mode and
         agent mode's budgets), then `repair` (True, False, a number of corrections, a
         mapping), `mode` ("oneshot" or "agent") and `agent` (a mapping of rounds, steps,
-        images, look_max_pixels, look_min_pixels) over them.
+        images, look_max_pixels, look_min_pixels, look_frames) over them.
 
         Raises:
             ConfigError: a bad setting (an unknown check or mode, a negative count...).
@@ -422,6 +422,13 @@ class VisProg:
         """Query values bound to LEFT and RIGHT (NLVR)."""
         from visprog.query import pair
         return pair(self, left, right)
+
+    def video(self, video: VideoLike, **sampling: Any) -> Any:
+        """A query value bound to VIDEO (read as `video=` reads it; `fps=`, `frames=`...
+        sample it as `load_video` does): its methods are the modules that take a Video
+        (`vp.video("clip.mp4").track("car").count()`); nothing runs until `.value`."""
+        from visprog.query import video as video_query
+        return video_query(self, video, **sampling)
 
     @property
     def fn(self) -> Any:
@@ -462,7 +469,7 @@ class VisProg:
         """
         return self.planner(task, **options).plan(question)
 
-    def run(self, image: ImageLike, question: str, task: str = "gqa", *,
+    def run(self, image: ImageLike, question: str, task: str | None = None, *,
             right: ImageLike = None, video: VideoLike = None, vote: int = 1,
             use_cache: bool = True, repair: Any = None, mode: str | None = None,
             agent: Any = None, **options: Any) -> RunResult:
@@ -470,9 +477,10 @@ class VisProg:
 
         For `task="nlvr"` pass the pair: `run((left, right), statement, task="nlvr")` or
         `run(left, statement, task="nlvr", right=right)`. A question about a video binds
-        VIDEO: `run(None, question, task=..., video="clip.mp4")`, or pass a `Video`
-        (`vp.load_video(...)`) as `image`. The planner's attempts (errors and
-        token usage) go into `trace.events`.
+        VIDEO: `run(None, question, video="clip.mp4")` (task "video" unless `task` says
+        otherwise), or pass a `Video` (`vp.load_video(...)`) as `image`. Without a video
+        the task is "gqa" unless given. The planner's attempts (errors and token usage) go
+        into `trace.events`.
 
         Plan, run, look back and select go through the planning loop
         (`visprog.planning.loop`): a step that raised, or a result the checks
@@ -498,7 +506,8 @@ class VisProg:
                 default the config's [planner] settings (on, 2 corrections, every check).
             mode: "oneshot" or "agent" (default the config's [planner] mode, "oneshot").
             agent: agent mode's budgets, a mapping of rounds, steps, images (and
-                look_max_pixels, look_min_pixels); default the config's [planner]
+                look_max_pixels, look_min_pixels, look_frames: the frames a Look at a
+                video shows, each counted as an image); default the config's [planner]
                 agent_rounds, agent_steps, agent_images (6, 40, 8).
 
         Raises:
@@ -519,6 +528,8 @@ class VisProg:
             if video is not None:
                 raise ValueError("give the video once: as image or as video=, not both")
             image, video = None, image
+        if task is None:
+            task = "video" if video is not None else "gqa"
         if isinstance(image, (tuple, list)):
             if len(image) != 2:
                 raise ValueError(f"a pair of images is (left, right); got "

@@ -451,12 +451,37 @@ def _terminate_as_interrupt() -> Any:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _eval_sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The [video] keys --fps and --frames set for `visprog eval` (--fps alone turns a
+    configured `frames` off)."""
+    out: dict[str, Any] = {}
+    if args.fps is not None:
+        out.update(fps=args.fps, frames=0)
+    if args.frames is not None:
+        out["frames"] = args.frames
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
     vp = _engine(args)
     if args.no_plan_cache:  # the planner reads the [planner] table when it is made
         vp.config["planner"] = {**dict(vp.config.get("planner", {})), "cache": False}
+    recipe = vp.assembly.recipe
+    sampling = _eval_sampling(args)
+    if sampling:  # each item's video, sampled as --fps/--frames say (here and on workers)
+        from dataclasses import replace
+
+        from visprog.values import VideoSettings
+
+        video = {**dict(vp.config.get("video") or {}), **sampling}
+        try:
+            vp.video_settings = VideoSettings.make(video)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        vp.config["video"] = video
+        recipe = replace(recipe, config={**recipe.config, "video": video})
     executor = None
     if getattr(args, "ray", None):
         import functools
@@ -465,8 +490,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from visprog.hosting.cluster import ray_executor
 
         # each worker assembles this engine again, from its recipe (the resolved config)
-        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe,
-                                                            vp.assembly.recipe))
+        executor = ray_executor(args.ray, functools.partial(VisProg.from_recipe, recipe))
     with _terminate_as_interrupt():
         run_eval(args, vp, executor, repair=repair_option(args))
     return EXIT_OK
@@ -556,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from visprog.evaluation.harness import add_eval_arguments
 
-    p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2 or a JSONL")
+    p = sub.add_parser("eval", help="score programs or the planner on GQA, NLVR2, V*Bench, "
+                                    "HR-Bench, NExT-QA, EgoSchema or a JSONL")
     add_eval_arguments(p)
     add_repair_arguments(p)
     _add_engine_flags(p)
@@ -681,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_batch_arguments(p: Any) -> None:
     """The flags of `visprog batch` (the engine flags are added by the CLI)."""
     p.add_argument("items", help="JSONL, one item a line: {id, program or program_file, "
-                                 "image | left and right, inputs}")
+                                 "image | left and right | video, inputs}")
     p.add_argument("--out", help="results JSONL (default: standard output)")
     p.add_argument("--traces", help="folder to save each item's trace as <id>.json")
     p.add_argument("--images", dest="image_dir",
@@ -733,12 +758,13 @@ def run_items(args: Any, vp: Any) -> int:
                                    f"{program_file}: {e}") from None
         if "program" not in row:
             raise DatasetError(f"{args.items}:{lineno}: missing field 'program'")
-        for key in ("image", "left", "right"):
+        for key in ("image", "left", "right", "video"):
             if isinstance(row.get(key), str):
                 row[key] = str(base / row[key])
         row.setdefault("id", lineno)
         items.append(BatchItem(**{k: row.get(k) for k in
-                                  ("program", "image", "left", "right", "inputs", "id")}))
+                                  ("program", "image", "left", "right", "inputs", "id",
+                                   "video")}))
     if args.image_dir:
         image_dir = Path(args.image_dir)
     elif args.out:

@@ -58,9 +58,13 @@ class BatchItem:
     inputs: Mapping[str, Any] | None = None
     id: Any = None
     question: str | None = None
-    task: str = "gqa"
+    task: str | None = None  # None: "video" for an item with a video, else "gqa"
     events: Sequence[Any] = ()
     video: Any = None
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = "video" if self.video is not None else "gqa"
 
 
 class BatchRunner:

@@ -1,5 +1,5 @@
-"""Evaluation data sets: GQA, NLVR2, V*Bench, HR-Bench and a generic JSONL, read into one
-`EvalItem` form.
+"""Evaluation data sets: GQA, NLVR2, V*Bench, HR-Bench, NExT-QA, EgoSchema and a generic
+JSONL, read into one `EvalItem` form.
 
 - GQA: the official questions JSON, a dict of question id -> {"imageId", "question",
   "answer", "types": {"structural", "semantic", "detailed"}, ...}, and a folder of
@@ -10,7 +10,10 @@
   sub-folder for the train split). Explicit "left"/"right" fields, or an "images" list of
   two, take precedence.
 - Generic JSONL: {"image", "question", "answer"} per line, with optional "id", "program",
-  "left"/"right" (pairs), "type" (a question type for the report) and "task".
+  "left"/"right" (pairs), "type" (a question type for the report) and "task"; or
+  {"video", "question", "answer"} for a question about a video (task "video"). Either may
+  have "options" (a list, lettered A, B..., or letter -> text): then it is multiple choice
+  and "answer" is the right letter, index or option text.
 
 - V*Bench (Wu & Xie 2023, `craigwu/vstar_bench`), multiple choice, in either published form:
   its `test_questions.jsonl`, one question per line with "image" (e.g.
@@ -27,8 +30,24 @@
   "image_path". The images are written once into a folder (`--images`, default
   `<file>_images/` beside it) as `<index>.<jpg|png|...>`.
 
+- NExT-QA (Xiao et al. 2021, `doc-doc/NExT-QA`), multiple choice over videos: its
+  `val.csv`/`test.csv` with the columns "video" (a video id), "question", "answer" (the
+  right option's index, 0-4), "qid", "type" (CW, CH: causal; TN, TC, TP: temporal; DL, DC,
+  DO: descriptive) and "a0".."a4". An item's id is "<video>_<qid>", as the official
+  script's. The videos are `<folder>/<path>.mp4`, the path from `map_vid_vidorID.json`
+  (video id -> "0000/2440175990", looked for beside the CSV, then in the videos folder),
+  or `<folder>/<video>.mp4` without one; the folder is `--images` (or `--videos`), default
+  `NExTVideo/` beside the CSV when there is one. Types are reported as the official script
+  does: by type, with TP counted as TN, and by group (causal, temporal, descriptive).
+- EgoSchema (Mangalam et al. 2023, `egoschema/EgoSchema`), multiple choice over three-minute
+  videos: its `questions.json` (a list of {"q_uid", "question", "option 0".."option 4"}, or
+  the folder holding it) and `subset_answers.json` beside it (q_uid -> the right option's
+  index), for the 500 questions whose answers are published (the full set is scored on
+  EgoSchema's own server: its questions without an answer are left out, with a warning).
+  The videos are `<q_uid>.mp4` in the folder given, default `videos/` beside the file.
+
 A multiple-choice item's question is its question followed by the options, one per line as
-"(A) text", and its answer is the right letter; it is scored by the option the prediction
+"(A) text", and its answer is the right letter (NExT-QA's and EgoSchema's index 0 is A); it is scored by the option the prediction
 chooses (a letter, or an option's text: `visprog.evaluation.answers.choose_option`), as the
 benchmarks' own scripts score the option a model chose.
 
@@ -51,10 +70,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from visprog.errors import DatasetError, VisProgWarning
-from visprog.values.text import plural
+from visprog.values.text import OPTION_LINE, plural
 from visprog.values.textfiles import read_text
 
-FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench")
+FORMATS = ("gqa", "nlvr2", "jsonl", "vstar", "hrbench", "nextqa", "egoschema")
+VIDEO_FOLDERS = {"nextqa": "NExTVideo", "egoschema": "videos"}  # the default videos folders
+EGOSCHEMA_QUESTIONS, EGOSCHEMA_ANSWERS = "questions.json", "subset_answers.json"
+NEXTQA_MAP = "map_vid_vidorID.json"  # video id -> its path under the videos folder
 VSTAR_CATEGORIES = ("direct_attributes", "relative_position")  # the official folder's parts
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -67,8 +89,10 @@ class EvalItem:
         id: unique within the data set (a string).
         question: the question or statement.
         answer: the reference answer.
-        task: "gqa" (one image, a word answer) or "nlvr" (two images, True/False).
+        task: "gqa" (one image, a word answer), "nlvr" (two images, True/False) or
+            "video" (a video, a word answer).
         image, left, right: image paths (`image` for gqa, `left`/`right` for nlvr).
+        video: a video file's path (the VIDEO input) for a video question.
         program: a ready program, or None to plan one with the LLM.
         types: question types for the per-type report, e.g. {"structural": "verify"}.
         options: a multiple-choice item's options, letter -> text ({"A": "red", ...}); its
@@ -85,21 +109,34 @@ class EvalItem:
     program: str | None = None
     types: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
+    video: str | None = None
+
+    def files(self) -> list[str]:
+        """The input files it reads (images and video)."""
+        return [p for p in (self.image, self.left, self.right, self.video)
+                if isinstance(p, str)]
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """'vstar' for V*Bench's folder or JSON lines with "image", "text" and "label";
-    'hrbench' for a .tsv; 'nlvr2' for JSON lines with an "identifier" and a "sentence";
-    'jsonl' for other JSON lines (a first line that is a whole object of plain fields); 'gqa'
-    for a file holding one object of question id -> question (on many lines, or one)."""
+    'hrbench' for a .tsv; 'nextqa' for a .csv; 'egoschema' for a JSON list of questions
+    with a "q_uid" (or a folder holding EgoSchema's questions.json); 'nlvr2' for JSON lines
+    with an "identifier" and a "sentence"; 'jsonl' for other JSON lines (a first line that
+    is a whole object of plain fields); 'gqa' for a file holding one object of question id
+    -> question (on many lines, or one)."""
     p = Path(path)
     if p.is_dir():
         if any((p / c).is_dir() for c in VSTAR_CATEGORIES):
             return "vstar"
+        if (p / EGOSCHEMA_QUESTIONS).is_file():
+            return "egoschema"
         raise DatasetError(f"{p}: a folder is a data set only as V*Bench's (with "
-                           f"{' or '.join(VSTAR_CATEGORIES)} inside)")
+                           f"{' or '.join(VSTAR_CATEGORIES)} inside) or EgoSchema's (with "
+                           f"{EGOSCHEMA_QUESTIONS} inside)")
     if p.suffix.lower() == ".tsv":
         return "hrbench"
+    if p.suffix.lower() == ".csv":
+        return "nextqa"
     with open(p, "rb") as f:
         head = f.read(1 << 16).decode("utf-8-sig", errors="replace")
     stripped = head.lstrip()
@@ -115,6 +152,11 @@ def detect_format(path: str | os.PathLike) -> str:
     if isinstance(first, dict) and first and all(isinstance(v, dict) for v in first.values()) \
             and "question" not in first:
         return "gqa"  # the whole questions file on one line
+    if isinstance(first, list) or (first is None and stripped.startswith("[")):
+        if '"q_uid"' in head:
+            return "egoschema"
+        raise DatasetError(f"{p}: a JSON list is a data set only as EgoSchema's questions "
+                           f"(objects with a \"q_uid\"); pass --format {'|'.join(FORMATS)}")
     if isinstance(first, dict):
         return "jsonl"  # a line with a field missing is reported by the JSONL reader
     if stripped.startswith("{"):
@@ -129,25 +171,28 @@ def load_dataset(path: str | os.PathLike, fmt: str | None = None, *,
     """Read a data set.
 
     Args:
-        path: the questions file (V*Bench: its test_questions.jsonl or its folder).
-        fmt: "gqa", "nlvr2", "jsonl", "vstar", "hrbench", or None to detect it.
-        images: the images folder; default: the folder of `path` (for GQA: its `images`
-            sub-folder when there is one; for HR-Bench, where the images are written:
-            `<file>_images/` beside it).
+        path: the questions file (V*Bench: its test_questions.jsonl or its folder;
+            EgoSchema: its questions.json or its folder).
+        fmt: one of `FORMATS`, or None to detect it.
+        images: the images (or videos) folder; default: the folder of `path` (for GQA: its
+            `images` sub-folder when there is one; for HR-Bench, where the images are
+            written: `<file>_images/` beside it; NExT-QA: `NExTVideo/` beside it, EgoSchema:
+            `videos/` beside it, when there is one).
         programs: optional JSONL of {"id", "program"} to attach ready programs.
 
     Raises:
         DatasetError: unreadable file, bad JSON, a missing field, repeated ids.
     """
     p = Path(path)
-    if not p.is_file() and not (p.is_dir() and fmt in (None, "vstar")):
+    if not p.is_file() and not (p.is_dir() and fmt in (None, "vstar", "egoschema")):
         raise DatasetError(f"data set file not found: {p}")
     fmt = fmt or detect_format(p)
     if fmt not in FORMATS:
         raise DatasetError(f"unknown data set format {fmt!r}; formats: {', '.join(FORMATS)}")
     folder = Path(images) if images else _default_images(p, fmt)
     reader = {"gqa": _read_gqa, "nlvr2": _read_nlvr2, "jsonl": _read_jsonl,
-              "vstar": _read_vstar, "hrbench": _read_hrbench}[fmt]
+              "vstar": _read_vstar, "hrbench": _read_hrbench, "nextqa": _read_nextqa,
+              "egoschema": _read_egoschema}[fmt]
     items = list(reader(p, folder))
     seen: set[str] = set()
     for item in items:
@@ -194,6 +239,9 @@ def _default_images(path: Path, fmt: str) -> Path:
         return path
     if fmt == "hrbench":
         return path.parent / f"{path.stem}_images"
+    if fmt in VIDEO_FOLDERS:
+        base = path if path.is_dir() else path.parent
+        return base / VIDEO_FOLDERS[fmt] if (base / VIDEO_FOLDERS[fmt]).is_dir() else base
     return path.parent
 
 
@@ -247,21 +295,61 @@ def _pair(row: dict, ident: str, images: Path, path: Path, lineno: int) -> tuple
 def _read_jsonl(path: Path, images: Path) -> Iterator[EvalItem]:
     for lineno, row in _json_lines(path):
         pair = bool(row.get("left") or row.get("right"))
-        task = row.get("task") or ("nlvr" if pair else "gqa")
+        video = row.get("video")
+        if video is not None and (pair or row.get("image")):
+            raise DatasetError(f"{path}:{lineno}: an item reads a video or images, not both")
+        task = row.get("task") or ("nlvr" if pair else "video" if video is not None else "gqa")
         item_type = row.get("type")
+        question = str(_field(row, "question", path, lineno))
+        answer = _field(row, "answer", path, lineno)
+        options: dict[str, str] = {}
+        if row.get("options") is not None:
+            options = _options(row["options"], f"{path}:{lineno}")
+            answer = _answer_letter(answer, options, f"{path}:{lineno}")
+            question = choice_question(question, options)
         yield EvalItem(
-            id=str(row.get("id", lineno)), question=_field(row, "question", path, lineno),
-            answer=str(_field(row, "answer", path, lineno)), task=task,
-            image=None if pair else str(images / _field(row, "image", path, lineno)),
+            id=str(row.get("id", lineno)), question=question, answer=str(answer), task=task,
+            image=None if pair or video is not None else
+            str(images / _field(row, "image", path, lineno)),
             left=str(images / row["left"]) if pair else None,
             right=str(images / _field(row, "right", path, lineno)) if pair else None,
-            program=row.get("program"),
+            video=str(images / str(video)) if video is not None else None,
+            program=row.get("program"), options=options,
             types={"type": str(item_type)} if item_type is not None else {})
+
+
+def _options(raw: Any, where: str) -> dict[str, str]:
+    """A JSONL item's options: a list (lettered A, B, ...) or letter -> text."""
+    if isinstance(raw, list):
+        raw = {chr(ord("A") + i): v for i, v in enumerate(raw)}
+    if not isinstance(raw, dict) or not 2 <= len(raw) <= 26 or not all(
+            isinstance(v, (str, int, float)) and str(v).strip() for v in raw.values()):
+        raise DatasetError(f"{where}: 'options' must be a list of two or more texts, or "
+                           f"letter -> text")
+    options = {str(k).strip().upper(): str(v).strip() for k, v in raw.items()}
+    if any(len(k) != 1 or not k.isalpha() for k in options):
+        raise DatasetError(f"{where}: options are lettered A, B, C...; got "
+                           f"{', '.join(options)}")
+    return options
+
+
+def _answer_letter(answer: Any, options: dict[str, str], where: str) -> str:
+    """The right option's letter from a letter, an index (0 is A) or the option's text."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        letters = list(options)
+        if not 0 <= answer < len(letters):
+            raise DatasetError(f"{where}: the answer {answer} is not the index of an option "
+                               f"(0 to {len(letters) - 1})")
+        return letters[answer]
+    text = str(answer).strip()
+    same = [k for k, v in options.items() if v == text]
+    if len(same) == 1 and text.strip("()").upper() not in options:
+        return same[0]
+    return _letter(text, options, where)
 
 
 # -- multiple choice ---------------------------------------------------------------------------
 
-_OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*\S)\s*$")
 
 
 def choice_question(question: str, options: dict[str, str]) -> str:
@@ -285,7 +373,7 @@ def _read_vstar(path: Path, images: Path) -> Iterator[EvalItem]:
         text = str(_field(row, "text", path, lineno))
         stem, options = [], {}
         for line in text.split("\n"):
-            m = _OPTION_LINE.match(line.strip())
+            m = OPTION_LINE.match(line.strip())
             if m and m.group(1) not in options:
                 options[m.group(1)] = m.group(2)
             elif not options:
@@ -344,6 +432,129 @@ def _read_vstar_folder(folder: Path, images: Path) -> Iterator[EvalItem]:
     if not found:
         raise DatasetError(f"{folder}: no V*Bench annotations (*.json) in "
                            f"{' or '.join(VSTAR_CATEGORIES)}")
+
+
+# -- video multiple choice -----------------------------------------------------------------
+
+NEXTQA_COLUMNS = ("video", "question", "answer", "qid", "type", "a0", "a1")
+NEXTQA_GROUPS = {"C": "causal", "T": "temporal", "D": "descriptive"}
+INDEX_LETTERS = "ABCDEFGHIJ"  # option i (0-based) of NExT-QA and EgoSchema is letter i
+
+
+def _indexed_options(texts: list[Any], where: str) -> dict[str, str]:
+    options = {}
+    for i, text in enumerate(texts):
+        if text is None or not str(text).strip():
+            raise DatasetError(f"{where}: option {i} is empty")
+        options[INDEX_LETTERS[i]] = str(text).strip()
+    return options
+
+
+def _index_answer(value: Any, options: dict[str, str], where: str) -> str:
+    """The letter of an answer given as an option's index (an int, or its digits)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) >= len(options):
+        raise DatasetError(f"{where}: the answer {value!r} is not the index of an option "
+                           f"(0 to {len(options) - 1})")
+    return INDEX_LETTERS[int(text)]
+
+
+def _read_nextqa(path: Path, videos: Path) -> Iterator[EvalItem]:
+    """NExT-QA's multiple-choice CSV; the videos by `map_vid_vidorID.json` when found."""
+    mapping: dict[str, str] = {}
+    for where in (path.parent / NEXTQA_MAP, videos / NEXTQA_MAP):
+        if where.is_file():
+            try:
+                data = json.loads(read_text(where))
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{where}: not NExT-QA's video map: {e}") from None
+            if not isinstance(data, dict):
+                raise DatasetError(f"{where}: NExT-QA's video map is an object of video id "
+                                   f"-> path")
+            mapping = {str(k): str(v) for k, v in data.items()}
+            break
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise DatasetError(f"could not read {path}: {e}") from None
+    with f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in NEXTQA_COLUMNS if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: not a NExT-QA CSV: it needs the columns "
+                               f"{', '.join(NEXTQA_COLUMNS)}...; missing {', '.join(missing)}")
+        try:
+            for lineno, row in enumerate(reader, 2):
+                where = f"{path}:{lineno}"
+                video = str(_field(row, "video", path, lineno)).strip()
+                qid = str(_field(row, "qid", path, lineno)).strip()
+                options = _indexed_options(
+                    [row.get(f"a{i}") for i in range(10) if f"a{i}" in header], where)
+                qtype = str(row.get("type") or "").strip().upper()
+                qtype = "TN" if qtype == "TP" else qtype  # as the official script counts it
+                types = {"type": qtype} if qtype else {}
+                if qtype[:1] in NEXTQA_GROUPS:
+                    types["group"] = NEXTQA_GROUPS[qtype[0]]
+                if not video or not qid:
+                    raise DatasetError(f"{where}: missing video or qid")
+                relative = mapping.get(video, video) if mapping else video
+                yield EvalItem(id=f"{video}_{qid}", question=choice_question(
+                                   str(_field(row, "question", path, lineno)), options),
+                               answer=_index_answer(row["answer"], options, where),
+                               task="video", video=str(videos / f"{relative}.mp4"),
+                               options=options, types=types)
+        except csv.Error as e:
+            raise DatasetError(f"{path}: bad CSV: {e}") from None
+
+
+def _read_egoschema(path: Path, videos: Path) -> Iterator[EvalItem]:
+    """EgoSchema's questions with the answers of `subset_answers.json` beside them (or an
+    "answer" of their own); those with none are left out, with a warning."""
+    if path.is_dir():
+        path = path / EGOSCHEMA_QUESTIONS
+    try:
+        data = json.loads(read_text(path))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not EgoSchema's questions: {e}") from None
+    if not isinstance(data, list) or not all(isinstance(q, dict) for q in data):
+        raise DatasetError(f"{path}: EgoSchema's questions are a JSON list of objects")
+    answers: dict[str, Any] = {}
+    answers_file = path.parent / EGOSCHEMA_ANSWERS
+    if answers_file.is_file():
+        try:
+            answers = json.loads(read_text(answers_file))
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{answers_file}: not EgoSchema's answers: {e}") from None
+        if not isinstance(answers, dict):
+            raise DatasetError(f"{answers_file}: EgoSchema's answers are an object of q_uid "
+                               f"-> the right option's index")
+    items, unanswered = [], 0
+    for n, q in enumerate(data):
+        where = f"{path}: question {n}"
+        uid = str(_field(q, "q_uid", path, f"question {n}")).strip()
+        answer = answers.get(uid, q.get("answer"))
+        if answer is None:
+            unanswered += 1
+            continue
+        options = _indexed_options([q.get(f"option {i}") for i in range(10)
+                                    if f"option {i}" in q], f"{where} ({uid})")
+        if len(options) < 2:
+            raise DatasetError(f"{where} ({uid}): needs 'option 0', 'option 1'...")
+        items.append(EvalItem(
+            id=uid, question=choice_question(str(_field(q, "question", path, f"question {n}")),
+                                             options),
+            answer=_index_answer(answer, options, f"{answers_file} ({uid})"), task="video",
+            video=str(videos / f"{uid}.mp4"), options=options))
+    if not items:
+        raise DatasetError(f"{path}: no question has an answer: EgoSchema's published answers "
+                           f"are {EGOSCHEMA_ANSWERS} beside the questions (the full set is "
+                           f"scored on EgoSchema's server)")
+    if unanswered:
+        warnings.warn(f"{path}: {plural(unanswered, 'question')} with no answer in "
+                      f"{EGOSCHEMA_ANSWERS} left out (EgoSchema scores the full set on its "
+                      f"server)", VisProgWarning, stacklevel=3)
+    return iter(items)
 
 
 HRBENCH_COLUMNS = ("index", "question", "answer", "A", "B")

@@ -13,9 +13,9 @@ cutting off a last line that a kill left half-written, and retries the items tha
 a reason outside the program (`cause` below). The summary's `this_run` says how many items
 were resumed, retried and new.
 
-Before any planning, every item's image files are looked for: an item whose files are missing
-is written at once as an `error` whose message names the folder looked in and `--images`;
-when no item's images are there, `evaluate` raises `DatasetError` before doing any work.
+Before any planning, every item's image (or video) files are looked for: an item whose files
+are missing is written at once as an `error` whose message names the folder looked in and
+`--images` (`--videos`); when no item's files are there, `evaluate` raises `DatasetError` before doing any work.
 
 Each result line: id, task, question, answer, program, prediction (as the benchmark writes
 it, `visprog.values.text.show`), correct, status, error and cause. Status is one of:
@@ -54,7 +54,10 @@ program at once. Either mode, each line says what its item
 cost: `rounds` (agent rounds; one-shot: programs run), `steps` (of the final program),
 `llm_calls`, `llm_tokens`, `images` and `image_tokens` (sent to the planner); the summary's
 "cost" averages them per item, with `seconds` per item (this run's wall time over its items),
-so one-shot and agent can be compared on the same models.
+so one-shot and agent can be compared on the same models. An item with a video (NExT-QA,
+EgoSchema, JSONL with "video") also says how many of its video's frames the run looked at
+(`frames`: read by a module or shown to the planner, `visprog.evaluation.frames`) of those
+sampled (`frames_sampled`), and the summary averages both.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ from visprog.engine.batch import BatchItem
 from visprog.engine.core import ItemResult
 from visprog.engine.schedule import AUTO, batch_size_arg
 from visprog.evaluation.datasets import FORMATS, DatasetError, EvalItem
+from visprog.evaluation.frames import frames_looked_at
 from visprog.errors import (CheckError, ConfigError, HostError, ImageError, LLMError,
                             ModelLoadError, ParseError, RemoteModelError, VisProgWarning)
 from visprog.traces.events import AgentRun, PlanAttempt, Repair, plan_events
@@ -236,25 +240,25 @@ def evaluate(vp: Any, items: Sequence[EvalItem], results_path: str | os.PathLike
 
 
 def missing_images(item: EvalItem) -> str | None:
-    """Why an item's image files can't be read (not there, not a file), naming the folder
-    looked in; None when they are there (http(s) addresses are not looked for)."""
-    gone = [p for p in (item.image, item.left, item.right)
-            if isinstance(p, str) and "://" not in p and not os.path.isfile(p)]
+    """Why an item's image (or video) files can't be read (not there, not a file), naming
+    the folder looked in; None when they are there (http(s) addresses are not looked for)."""
+    gone = [p for p in item.files() if "://" not in p and not os.path.isfile(p)]
     if not gone:
         return None
     folders = sorted({str(Path(p).parent.resolve()) for p in gone})
-    what = "image file not found" if len(gone) == 1 else "image files not found"
-    return (f"{what}: {', '.join(gone)} (looked in {' and '.join(folders)}; give the images "
-            f"folder with --images)")
+    kind = "video" if gone == [item.video] else "image"
+    what = f"{kind} file not found" if len(gone) == 1 else f"{kind} files not found"
+    return (f"{what}: {', '.join(gone)} (looked in {' and '.join(folders)}; give the {kind}s "
+            f"folder with --{kind}s)")
 
 
 def _none_found(todo: Sequence[EvalItem], missing: dict[str, str]) -> str:
-    folders = sorted({str(Path(p).parent.resolve()) for it in todo
-                      for p in (it.image, it.left, it.right) if isinstance(p, str)})
+    folders = sorted({str(Path(p).parent.resolve()) for it in todo for p in it.files()})
     shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
     first = missing[todo[0].id]
-    return (f"none of the {plural(len(todo), 'item')} to evaluate has its images: looked in "
-            f"{shown}; give the images folder with --images (the first: {first})")
+    kind = "videos" if all(it.video for it in todo) else "images"
+    return (f"none of the {plural(len(todo), 'item')} to evaluate has its {kind}: looked in "
+            f"{shown}; give the {kind} folder with --{kind} (the first: {first})")
 
 
 def failure_cause(error: Any) -> str | None:
@@ -324,12 +328,22 @@ def summarize(records: Iterable[dict[str, Any]], ids: Sequence[str] | None = Non
 COSTS = ("rounds", "steps", "llm_calls", "llm_tokens", "images", "image_tokens")
 
 
+VIDEO_COSTS = ("frames", "frames_sampled")  # video items: frames looked at, of those sampled
+
+
 def _cost_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """What an item cost on average (over the lines that say; None when none does)."""
+    """What an item cost on average (over the lines that say; None when none does); for
+    video items also the frames looked at and sampled (over the items with a video that
+    ran)."""
     known = [r for r in rows if all(k in r for k in COSTS)]
     if not known:
         return None
-    return {k: round(sum(float(r[k] or 0) for r in known) / len(known), 3) for k in COSTS}
+    out = {k: round(sum(float(r[k] or 0) for r in known) / len(known), 3) for k in COSTS}
+    videos = [r for r in rows if all(r.get(k) is not None for k in VIDEO_COSTS)]
+    if videos:
+        out.update({k: round(sum(float(r[k]) for r in videos) / len(videos), 3)
+                    for k in VIDEO_COSTS})
+    return out
 
 
 def _repair_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -392,6 +406,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{cost['llm_calls']:g} LLM calls, {cost['llm_tokens']:g} LLM tokens, "
                      f"{cost['images']:g} images ({cost['image_tokens']:g} image tokens)"
                      f"{seconds}")
+        if cost.get("frames") is not None:
+            lines.append(f"frames looked at: {cost['frames']:g} per video item (of "
+                         f"{cost['frames_sampled']:g} sampled)")
     for kind, cells in summary["by_type"].items():
         parts = ", ".join(f"{name} {c['accuracy']:.1%} (n={c['n']})" for name, c in cells.items())
         lines.append(f"by {kind}: {parts}")
@@ -445,7 +462,8 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
             continue
         by_id[item.id] = item
         batch.append(BatchItem(item.program, image=item.image, left=item.left, right=item.right,
-                               id=item.id, question=item.question, task=item.task))
+                               video=item.video, id=item.id, question=item.question,
+                               task=item.task))
     if not batch:
         return
 
@@ -456,14 +474,17 @@ def _run_chunk(vp: Any, items: list[EvalItem], write: Callable[[dict[str, Any]],
             None if planned else str(item.program))
         events = res.trace.events if res.trace is not None else []
         steps = len(res.trace.steps) if res.trace is not None else 0
+        video = _video_frames(res.trace, getattr(vp, "registry", None))
         if res.error is None:
             status = "correct" if is_correct(res.value, item.answer, item.options) else "wrong"
-            write(_record(item, source, res.value, status, None, events=events, steps=steps))
+            write(_record(item, source, res.value, status, None, events=events, steps=steps,
+                          video=video))
         else:
             unplanned = planned and res.program is None and not isinstance(res.error, ImageError)
             status = "no_program" if unplanned or isinstance(res.error, (ParseError, CheckError)) \
                 else "error"
-            write(_record(item, source, None, status, res.error, events=events, steps=steps))
+            write(_record(item, source, None, status, res.error, events=events, steps=steps,
+                          video=video))
 
     options: dict[str, Any] = {} if repair is None else {"repair": repair}
     options.update(_mode_options(mode, agent))
@@ -516,8 +537,18 @@ def _costs(events: Sequence[Any], steps: int) -> dict[str, Any]:
             "image_tokens": 0}
 
 
+def _video_frames(trace: Any, registry: Any) -> dict[str, int]:
+    """A video item's frames: those its run looked at (`frames_looked_at`), of those
+    sampled; nothing for an item without a video."""
+    looked = frames_looked_at(trace, registry)
+    if looked is None:
+        return {}
+    return {"frames": looked, "frames_sampled": len(trace.inputs["VIDEO"])}
+
+
 def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *,
-            events: Sequence[Any] = (), steps: int = 0) -> dict[str, Any]:
+            events: Sequence[Any] = (), steps: int = 0,
+            video: dict[str, int] | None = None) -> dict[str, Any]:
     if program is not None and not isinstance(program, str):
         program = getattr(program, "source", str(program))
     correct = status == "correct"
@@ -543,7 +574,7 @@ def _record(item: EvalItem, program: Any, value: Any, status: str, error: Any, *
               "types": item.types, "first_prediction": first_prediction,
               "first_correct": first_correct, "repairs": rep["kinds"],
               "attempts": rep["attempts"] if program is not None else 0,
-              "findings": rep["findings"], **_costs(events, steps)}
+              "findings": rep["findings"], **_costs(events, steps), **(video or {})}
     if item.options:  # multiple choice: the option the answer chose
         record["chosen"] = choose_option(value, item.options) if prediction is not None else None
     return record
@@ -605,15 +636,25 @@ def _progress(total: int, initial: int, *, enabled: bool) -> Any:
 def add_eval_arguments(p: Any) -> None:
     """The flags of `visprog eval` (the engine flags are added by the CLI)."""
     p.add_argument("dataset", help="questions file: GQA questions JSON, NLVR2 JSONL, V*Bench's "
-                                   "test_questions.jsonl or folder, HR-Bench TSV, or JSONL of "
-                                   "{image, question, answer[, program]}")
+                                   "test_questions.jsonl or folder, HR-Bench TSV, NExT-QA CSV, "
+                                   "EgoSchema questions.json or folder, or JSONL of {image or "
+                                   "video, question, answer[, options, program]}")
     p.add_argument("--format", choices=FORMATS,
                    help="data set format (default: detected from the file)")
     p.add_argument("--mode", choices=MODES,
                    help="oneshot: plan each program at once; agent: write it in rounds, the "
                         "planner looking at what each round found (default: the config's "
                         "[planner] mode, oneshot unless set)")
-    p.add_argument("--images", help="images folder (default: beside the data set file)")
+    p.add_argument("--images", "--videos", dest="images",
+                   help="images (or videos) folder (default: beside the data set file; "
+                        "NExT-QA: NExTVideo/ beside it, EgoSchema: videos/ beside it, when "
+                        "there)")
+    p.add_argument("--fps", type=float,
+                   help="sample each item's video at this many frames a second (default: "
+                        "the config's [video] fps, 2)")
+    p.add_argument("--frames", type=int,
+                   help="or this many frames of each video, spread evenly (EgoSchema's "
+                        "three minutes at 2 a second are more than [video] max_frames, 256)")
     p.add_argument("--programs", help="JSONL of {id, program}: ready programs for the items")
     p.add_argument("--out", help="results JSONL (default: <dataset>.results.jsonl); "
                                  "a rerun resumes from it")

@@ -9,10 +9,13 @@ returns `Finding`s; a run with findings is re-planned with them as feedback (see
 The rules (`CHECKS`, each can be switched off by name):
 
 - `answer_type`: the kind of answer the question asks for (yes/no, a number, a colour, a
-  word; an image for editing tasks) against the answer; in a question task an image or
-  regions never answer, whatever the wording.
-- `empty_used`: a step that finds regions (Loc, Select, ...) found none of an object the
-  question takes for granted, and a later step used that empty result.
+  word; an image for editing tasks) against the answer; in a question task an image,
+  regions, a video or tracks never answer, whatever the wording. A multiple-choice question
+  (its options on lines of their own, "(A) text") is answered by anything that chooses one
+  of them: a letter or an option's text (`visprog.values.text.choose_option`).
+- `empty_used`: a step that finds regions (Loc, Select, ...) or tracks objects (Track)
+  found none of an object the question takes for granted, and a later step used that
+  empty result.
 - `crop_fallback`: a Crop step got no region and so kept the whole image.
 - `vqa_on_missing`: a yes/no question was put to Vqa about a crop of a region that was not
   found.
@@ -28,8 +31,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.traces.events import Finding  # a trace records findings (repair and vote events)
 from visprog.traces.records import Trace
-from visprog.values import Objects
-from visprog.values.text import show
+from visprog.values import Objects, Tracks, Video
+from visprog.values.text import choose_option, question_options, show
 
 # First words of a question answered yes or no.
 YES_NO_START = {"is", "are", "was", "were", "am", "do", "does", "did", "can", "could", "has",
@@ -50,6 +53,7 @@ _STOP = {"the", "a", "an", "of", "in", "on", "at", "to", "is", "are", "and", "or
          "top", "bottom"}
 _FINDER_ARGS = ("object", "query", "category")  # the text argument that names what is sought
 IMAGE_TASKS = ("imgedit", "knowtag")  # tasks answered with an image; the others with words
+NOT_ANSWERS = ("objects", "image", "video", "tracks")  # what never answers a question
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,17 @@ def expected_answer(question: str, task: str = "gqa") -> str | None:
 
 def answer_kind(value: Any) -> str:
     """The kind of an answer value: "yesno", "number", "colour", "word", "empty", "image",
-    "objects" or "other"."""
+    "objects", "video", "tracks" or "other"."""
     if isinstance(value, bool):
         return "yesno"
     if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, Objects):
         return "objects"
+    if isinstance(value, Video):
+        return "video"
+    if isinstance(value, Tracks):
+        return "tracks"
     if hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
         return "image"
     if isinstance(value, str):
@@ -183,16 +191,25 @@ def check_answer_type(facts: RunFacts) -> list[Finding]:
     want = expected_answer(facts.question, facts.task)
     got = answer_kind(facts.value)
     shown = show(facts.value, typed=True, limit=60)
+    options = question_options(facts.question) if facts.task not in IMAGE_TASKS else {}
+    if options:  # multiple choice: whatever chooses an option answers ("B", "two", True)
+        if got not in ("empty", "other", *NOT_ANSWERS) \
+                and choose_option(facts.value, options) is not None:
+            return []
+        listed = ", ".join(f"({k})" for k in options)
+        return [Finding("answer_type", f"the question asks to choose one of the options "
+                                       f"{listed}, but the answer is {shown}, which chooses "
+                                       f"none")]
     if want is None:
         # the wording does not say which answer ("Is it to our right or left?"), but a
-        # question task's answer is never an image or regions
-        if facts.task in IMAGE_TASKS or got not in ("image", "objects"):
+        # question task's answer is never an image, regions, a video or tracks
+        if facts.task in IMAGE_TASKS or got not in NOT_ANSWERS:
             return []
         return [Finding("answer_type", f"the question asks for words (yes/no, a number or a "
                                        f"name), but the answer is {shown}")]
     if want == "image":
         ok = got == "image"
-    elif got in ("empty", "objects", "image", "other"):
+    elif got in ("empty", "other", *NOT_ANSWERS):
         ok = False
     elif want == "word":
         ok = got != "yesno"  # a number or a colour can answer "what"/"which"
@@ -210,7 +227,8 @@ def check_empty_used(facts: RunFacts) -> list[Finding]:
         return []
     out = []
     for rec in facts.trace.steps:
-        if not (isinstance(rec.output, Objects) and len(rec.output) == 0) or rec.module is None:
+        if not (isinstance(rec.output, (Objects, Tracks)) and len(rec.output) == 0) \
+                or rec.module is None:
             continue
         sought = next((rec.args[a] for a in _FINDER_ARGS if isinstance(rec.args.get(a), str)),
                       None)

@@ -34,7 +34,8 @@ same loop with the program written in rounds (`PlanningLoop.agent`): the planner
 few steps against the program so far (`Planner.write_rounds`, every item's round at once),
 they run going on from the item's kept run (the runner's jobs carry `resume`), and the
 planner reads what they gave (each new step's summary, what its Look steps show:
-`visprog.planning.agent.look_at`), until it writes Result (judged by the checks and the
+`visprog.planning.agent.look_at`; a video's frames count against the images budget one by
+one), until it writes Result (judged by the checks and the
 critic as above: findings become the next observation) or a budget ends the run (its
 answer: the last value the program computed). Each round is a `Round` event, the end an
 `AgentRun` event.
@@ -73,7 +74,7 @@ from visprog.values.text import answer_key, record_value, show
 
 # Keys of the config's [planner] table that belong to this loop, not to the Planner.
 AGENT_KEYS = ("mode", "agent_rounds", "agent_steps", "agent_images", "look_max_pixels",
-              "look_min_pixels")
+              "look_min_pixels", "look_frames")
 SETTING_KEYS = ("repair", "repair_attempts", "checks", "critic", "select", *AGENT_KEYS)
 SELECT_MODES = ("checks", "majority")
 MODES = ("oneshot", "agent")
@@ -804,13 +805,16 @@ class Track:
             whole = self.attempt.parsed  # type: ignore[union-attr]
             skipped = [s.source.strip() for s in whole.steps[bad.index + 1:]]
         sends = _takes_images(self.item.planner)
-        looks, images, texts = [], [], []
+        looks, images, texts, frames = [], [], [], []
         for rec in trace.steps[first:]:
             if rec.module == "Look" and rec.error is None:
-                text, im = look_at(trace, rec.index, self.budget, sends)
-                if im is not None:
+                room = self.budget.images - self.images - len(images)
+                view = look_at(trace, rec.index, self.budget, sends, room)
+                text = view.text
+                for im in view.images:  # each image (a frame of a video too) numbered in order
                     images.append(im)
-                    text = text.replace("{image}", f"image {len(images)}")
+                    text = text.replace("{image}", f"image {len(images)}", 1)
+                frames += view.frames
                 looks.append(rec.arg_vars.get("var", ""))
                 texts.append(text)
         if images and self.images + len(images) > self.budget.images:
@@ -832,6 +836,7 @@ class Track:
         r = self.round
         assert r is not None
         r.observation, r.looks, r.images, r.image_tokens = text, looks, list(images), tokens
+        r.frames = frames
         self.add_round()
         self.messages = self.messages + [
             {"role": "assistant", "content": self.write.plan.text},

@@ -72,6 +72,14 @@ TASKS: dict[str, TaskSpec] = {
         "Instruction",
         "tag things in the image IMAGE by name, using knowledge (List) where needed; the "
         "Result is the tagged image."),
+    "video": TaskSpec(
+        "video", {"VIDEO": "Video"},
+        "Question",
+        "answer a question about the video VIDEO; the Result is a short text answer (a word, "
+        "a number, or yes/no), or, when the question lists options as (A), (B)..., the "
+        "letter of one. Times are seconds from the video's start: Track follows objects "
+        "through the whole video, FrameAt gives the frame at a time as an Image for the "
+        "image modules, VideoQa answers from a few frames at once."),
 }
 
 # Agent mode's prompts also describe the modules that name the pseudo-task "agent" in their

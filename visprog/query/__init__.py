@@ -11,7 +11,7 @@
 
 A query value stands for a step not yet run. Its methods come from the registry's declarations:
 a module is a method of the values its first parameter takes (Image, Objects, Number, Bool,
-TextList), in snake case; every module is also a function of `vp.fn`, which is the only home
+TextList, Video, Tracks), in snake case; every module is also a function of `vp.fn`, which is the only home
 of those whose first parameter is written text or anything (Eval, List, Result). Each call is
 checked by the project's checker at once, and a mistake raises `QueryError` (a `CheckError`)
 naming the caller's file and line. Python operators on Number/Bool/Text values build Eval
@@ -39,12 +39,12 @@ from visprog.query.expr import SCALARS, ExprProblem, const, expr_from_text, make
 from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
                             caller, compile_query, fail, snake_case)
 from visprog.registry import closest_name
-from visprog.values import MAX_NESTING, Objects, load_image, nesting_depth
+from visprog.values import MAX_NESTING, Objects, Tracks, Video, load_image, nesting_depth
 from visprog.values.text import a, plural, show
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
 # writes (an expression, a question for the LLM), so those modules are `vp.fn` functions.
-METHOD_TYPES = frozenset({"Image", "Objects", "Number", "Bool", "TextList"})
+METHOD_TYPES = frozenset({"Image", "Objects", "Number", "Bool", "TextList", "Video", "Tracks"})
 # Attributes of query values that a module's method may not shadow (it stays on `vp.fn`).
 RESERVED = frozenset({"value", "run", "program", "inputs", "trace", "named", "types", "then",
                       "and_", "or_", "xor", "not_", "batch_item"})
@@ -53,8 +53,8 @@ RESERVED = frozenset({"value", "run", "program", "inputs", "trace", "named", "ty
 UNNAMEABLE = frozenset(n.upper() for n in (*DEFAULT_INPUTS, *RESERVED_NAMES))
 
 __all__ = ["Query", "ImageQuery", "ObjectsQuery", "ValueQuery", "TextListQuery", "AnyQuery",
-           "QueryError", "NoSuchMethod", "Functions", "image", "pair", "functions",
-           "as_batch_item", "snake_case"]
+           "VideoQuery", "TracksQuery", "QueryError", "NoSuchMethod", "Functions", "image",
+           "pair", "video", "functions", "as_batch_item", "snake_case"]
 
 
 # --------------------------------------------------------------------------- values
@@ -231,6 +231,16 @@ class TextListQuery(Query):
     """A TextList value."""
 
 
+class VideoQuery(Query):
+    """A Video value (`vp.video(...)`, Frames, Clip): its methods are the modules that take
+    a video (`track`, `frame_at`, `frames`, `clip`, `video_qa`)."""
+
+
+class TracksQuery(Query):
+    """A Tracks value (what Track gives): `count`, `first_seen`, `last_seen`, `seen_for`,
+    `objects_at`."""
+
+
 class ObjectsQuery(Query):
     """An Objects value. `len()`, iteration and indexing run the query, then give single
     regions as values of their own (bound inputs of the programs that use them)."""
@@ -329,14 +339,17 @@ class AnyQuery(ValueQuery):
 
 
 BASES: dict[str, type] = {"Image": ImageQuery, "Objects": ObjectsQuery,
-                          "TextList": TextListQuery, "Value": ValueQuery, "Any": AnyQuery}
+                          "TextList": TextListQuery, "Video": VideoQuery,
+                          "Tracks": TracksQuery, "Value": ValueQuery, "Any": AnyQuery}
 KIND_TYPES = {"Image": {"Image"}, "Objects": {"Objects"}, "TextList": {"TextList"},
-              "Value": {"Number", "Bool"}, "Any": set(METHOD_TYPES)}
+              "Video": {"Video"}, "Tracks": {"Tracks"}, "Value": {"Number", "Bool"},
+              "Any": set(METHOD_TYPES)}
+SINGLE_KINDS = ("Image", "Objects", "TextList", "Video", "Tracks")
 
 
 def kind_of(types: frozenset[str]) -> str:
     t = set(types) - {"None"}
-    for kind in ("Image", "Objects", "TextList"):
+    for kind in SINGLE_KINDS:
         if t == {kind}:
             return kind
     return "Value" if t and t <= SCALARS else "Any"
@@ -470,9 +483,14 @@ def to_node(vp: Any, value: Any, what: str) -> Any:
         return Input("IMAGE", loaded, frozenset({"Image"}), ("image", id(value)), value)
     if isinstance(value, Objects):
         return Input("OBJECTS", value, frozenset({"Objects"}), ("objects", id(value)), value)
+    if isinstance(value, Video):
+        vp.video_settings.check(value)  # a Video keeps to the limits, as a bound one does
+        return Input("VIDEO", value, frozenset({"Video"}), ("video", id(value)), value)
+    if isinstance(value, Tracks):
+        return Input("TRACKS", value, frozenset({"Tracks"}), ("tracks", id(value)), value)
     raise fail(f"{what}: can't pass {a(type(value).__name__)} into a program",
-               "pass a query value, an image, Objects, text, a number, a bool, None or a "
-               "list of those")
+               "pass a query value, an image, Objects, a Video, Tracks, text, a number, a "
+               "bool, None or a list of those")
 
 
 def call(vp: Any, tool_name: str, label: str, args: tuple, kwargs: Mapping[str, Any], *,
@@ -560,7 +578,7 @@ def run_arguments(inputs: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rest = {}
     for name, value in inputs.items():
-        if name in ("IMAGE", "LEFT", "RIGHT"):
+        if name in ("IMAGE", "LEFT", "RIGHT", "VIDEO"):
             out[name.lower()] = value
         else:
             rest[name] = value
@@ -584,6 +602,21 @@ def pair(vp: Any, left: Any, right: Any) -> tuple[ImageQuery, ImageQuery]:
     return tuple(wrap(vp, Input(name, bound[name], frozenset({"Image"}),  # type: ignore
                                 ("image", name, id(src)), src))
                  for name, src in (("LEFT", left), ("RIGHT", right)))
+
+
+def video(vp: Any, source: Any, **sampling: Any) -> VideoQuery:
+    """`vp.video(clip)`: a video file, a folder of frames, a list of images or a `Video`,
+    as the program's VIDEO, read (and sampled: `fps=`, `frames=`...) as `vp.load_video`
+    reads it."""
+    if isinstance(source, VideoQuery):
+        return source
+    if source is None:
+        raise fail("vp.video(): give a video file's path, a folder of frames, a list of "
+                   "images or a Video", "e.g. vp.video('clip.mp4')")
+    loaded = vp.load_video(source, **sampling) if sampling else vp.bind(video=source)["VIDEO"]
+    key = (os.fspath(source) if isinstance(source, (str, os.PathLike)) else id(source),
+           tuple(sorted(sampling.items())))
+    return wrap(vp, Input("VIDEO", loaded, frozenset({"Video"}), ("video", key), source))
 
 
 def functions(vp: Any) -> Functions:

@@ -90,15 +90,16 @@ class Compiled:
 
 
 def base_name(node: Any) -> str:
-    """A node's readable name before collisions: its own name, else for a detection the
-    text it looks for (PERSON, RED_CAR), else the module in upper snake case (COUNT)."""
+    """A node's readable name before collisions: its own name, else for a detection (or a
+    Track) the text it looks for (PERSON, RED_CAR), else the module in upper snake case
+    (COUNT)."""
     if isinstance(node, Input):
         return node.name
     if node.name:
         return node.name
     if isinstance(node, Op):
         return "EVAL"
-    if node.types == frozenset({"Objects"}):
+    if node.types in (frozenset({"Objects"}), frozenset({"Tracks"})):
         text = next((v for _, v in node.args if isinstance(v, str) and v.strip()), None)
         if text is not None:
             name = re.sub(r"[^A-Z0-9]+", "_", text.upper()).strip("_")[:24].rstrip("_")

@@ -410,6 +410,8 @@ class Round:
         observation: the text the planner read next ("" after the last round).
         looks: the variables shown by Look steps.
         images: the images sent to the planner (none for a model that takes no images).
+        frames: the times (seconds, the input video's) of the video frames among them (a
+            Look at a Video or at Tracks).
         usage: the round's LLM token counts.
         image_tokens: the images' tokens, estimated as Qwen3-VL counts them (one per 32x32
             pixels).
@@ -431,6 +433,7 @@ class Round:
     calls: int = 0
     plan_seconds: float = 0.0
     run_seconds: float = 0.0
+    frames: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _event_dict(self)
@@ -443,6 +446,7 @@ class Round:
         d["looks"] = [str(v) for v in _list(d.get("looks") or [])]
         d["images"] = list(_list(d.get("images") or []))
         d["usage"] = dict(_mapping(d.get("usage") or {}))
+        d["frames"] = [float(t) for t in _list(d.get("frames") or [])]
         return cls(**d)
 
 

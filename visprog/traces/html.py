@@ -71,7 +71,7 @@ class _Page:
         self._keep: list[Any] = []  # keeps cached objects alive so their ids stay unique
         # variable -> the image its Objects were drawn over, so a later step that takes
         # them without their image (Count(box=FACES)) draws them over it too
-        self.drawn_on: dict[str, Image.Image] = {}
+        self.drawn_on: dict[str, Image.Image | Video] = {}  # variable -> what it was drawn over
 
     def data_uri(self, im: Image.Image) -> str:
         key = id(im)
@@ -228,17 +228,24 @@ def _encode(im: Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(best).decode('ascii')}"
 
 
-def _under(page: _Page, value: Any, over: Image.Image | None,
-           var: str | None) -> Image.Image | None:
-    """The image to draw `value` over when it is Objects: the step's own image when the
-    regions belong to one of its size, else the image they were drawn over where the
-    variable `var` was made; None: a plain canvas."""
-    if not isinstance(value, Objects):
+def _under(page: _Page, value: Any, over: Image.Image | Video | None,
+           var: str | None) -> Image.Image | Video | None:
+    """What to draw `value` over when it is Objects (an image) or Tracks (a video): the
+    step's own image or video when the value belongs to one of its size, else the one it
+    was drawn over where the variable `var` was made; None: a plain canvas."""
+    if isinstance(value, Tracks):
+        def fits(v: Any) -> bool:
+            return isinstance(v, Video) and len(v) == len(value.times) \
+                and v.size == tuple(value.frame_size)
+    elif isinstance(value, Objects):
+        def fits(v: Any) -> bool:
+            return isinstance(v, Image.Image) and v.size == value.image_size
+    else:
         return over
-    if isinstance(over, Image.Image) and over.size == value.image_size:
+    if fits(over):
         return over
     earlier = page.drawn_on.get(var) if var else None
-    return earlier if earlier is not None and earlier.size == value.image_size else None
+    return earlier if fits(earlier) else None
 
 
 def _background(step: StepRecord) -> Image.Image | Video | None:

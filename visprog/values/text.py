@@ -31,12 +31,16 @@ normal forms of a prediction and its reference, and a vote counts runs by theirs
 Values that are not answers (an image, a list of objects) normalise to a marker that can
 never equal a reference answer; `answer_key` tells them apart by content instead, so two
 runs that made the same image vote together.
+
+A multiple-choice question lists its options one a line as "(A) text" (`question_options`
+reads them back); `choose_option` is the option an answer chooses (a letter, or an option's
+text), what the benchmarks score and what the result checks accept as an answer.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -44,7 +48,8 @@ from visprog.values.codec import digest
 from visprog.values.objects import Objects
 from visprog.values.video import Tracks, Video
 
-__all__ = ["show", "record_value", "normalize", "answer_key", "plural", "a",
+__all__ = ["show", "record_value", "normalize", "answer_key", "choose_option",
+           "question_options", "plural", "a",
            "NUMBER_WORDS"]
 
 SHOWN_LABELS = 5  # labels listed for Objects; the rest are "..."
@@ -249,6 +254,62 @@ def answer_key(value: Any) -> str:
         return f"{type(value).__name__}:{digest(value)[:16]}"
     except TypeError:
         return f"{type(value).__name__}:{value!r:.200}"
+
+
+_LETTER_ALONE = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
+_LETTER_SAID = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*"
+                          r"[:\-]?\s*\(?([A-Za-z])\)?(?:[.:)]|\s|$)", re.IGNORECASE)
+_LETTER_LEADS = re.compile(r"^(?:\(([A-Za-z])\)|([A-Z])[.:)])\s")
+
+
+def choose_option(prediction: Any, options: Mapping[str, str]) -> str | None:
+    """The letter of the option `prediction` chooses, or None when it chooses none or is
+    ambiguous.
+
+    First a letter of the options, alone or said as one ("b", "(B)", "B.", "Answer: B",
+    "(B) blue", "B. blue"); else the option whose text (in normal form) equals the
+    prediction's, else the one option whose text holds the prediction's words in a row, or
+    whose words the prediction holds ("left" chooses "The ladder is on the left side.").
+
+    >>> choose_option("(B)", {"A": "red", "B": "blue"})
+    'B'
+    >>> choose_option("dark blue", {"A": "red", "B": "blue"})
+    'B'
+    >>> choose_option("purple", {"A": "red", "B": "blue"}) is None
+    True
+    """
+    letters = {str(k).upper(): str(v) for k, v in options.items()}
+    raw = str(prediction).strip() if isinstance(prediction, str) else ""
+    for pattern in (_LETTER_ALONE, _LETTER_SAID, _LETTER_LEADS):
+        m = pattern.match(raw)
+        if m:
+            letter = next(g for g in m.groups() if g).upper()
+            if letter in letters:
+                return letter
+    said = normalize(prediction)
+    if not said:
+        return None
+    forms = {k: normalize(v) for k, v in letters.items()}
+    equal = [k for k, v in forms.items() if v and v == said]
+    if equal:
+        return equal[0] if len(equal) == 1 else None
+    within = [k for k, v in forms.items()
+              if v and (f" {said} " in f" {v} " or f" {v} " in f" {said} ")]
+    return within[0] if len(within) == 1 else None
+
+
+OPTION_LINE = re.compile(r"^\(([A-Z])\)\s*(.*\S)\s*$")  # "(A) text": an option on its own line
+
+
+def question_options(question: str) -> dict[str, str]:
+    """The options a multiple-choice question lists, one a line as "(A) text" (as the
+    evaluation gives them to the planner): letter -> text; {} when it lists fewer than two."""
+    found: dict[str, str] = {}
+    for line in str(question).split("\n"):
+        m = OPTION_LINE.match(line.strip())
+        if m and m.group(1) not in found:
+            found[m.group(1)] = m.group(2)
+    return found if len(found) >= 2 else {}
 
 
 def _answer_number(x: Any) -> str:
