@@ -10,6 +10,7 @@ box threshold is calibrated so it keeps about 8 boxes an image, as trained weigh
 
     python benchmarks/bench_gpu.py                          # the GPU: build once, measure
     python benchmarks/bench_gpu.py --work /data/bench       # keep the checkpoints (~17 GB)
+    python benchmarks/bench_gpu.py --build-only --work ...  # only build them (CPU, minutes)
     python benchmarks/bench_gpu.py --skip replace-latency --replace-steps 10
     python benchmarks/bench_gpu.py --preset tiny --smoke    # CPU, tiny models: the tests
 
@@ -156,7 +157,9 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-class Bench:
+class Timer:
+    """Wall-clock seconds of a call, the GPU's queued work included (synchronised)."""
+
     def __init__(self, device: str):
         import torch
 
@@ -175,7 +178,7 @@ class Bench:
         return time.perf_counter() - t, out
 
 
-def latency(vp: Any, bench: Bench, calls: dict, modules: list[str], reps: int,
+def latency(vp: Any, timer: Timer, calls: dict, modules: list[str], reps: int,
             batch: int, warm: bool = True) -> dict[str, Any]:
     """Seconds per call of each module's batched entry point at batch 1 and `batch` (after
     an untimed call of that shape when `warm`: a GPU picks its kernels per shape)."""
@@ -186,12 +189,12 @@ def latency(vp: Any, bench: Bench, calls: dict, modules: list[str], reps: int,
           flush=True)
     for module in modules:
         fn, make = vp.registry.get(module).batch_fn, calls[module]
-        first, _ = bench.timed(lambda: fn([make()]))  # loads the model
+        first, _ = timer.timed(lambda: fn([make()]))  # loads the model
         row = {"first_call_s": first}
         for size in (1, batch):
             if warm:
-                bench.timed(lambda: fn([make() for _ in range(size)]))
-            times = [bench.timed(lambda: fn([make() for _ in range(size)]))[0] / size
+                timer.timed(lambda: fn([make() for _ in range(size)]))
+            times = [timer.timed(lambda: fn([make() for _ in range(size)]))[0] / size
                      for _ in range(reps)]
             row[f"batch_{size}_s_per_call"] = statistics.median(times)
         row["speedup"] = row["batch_1_s_per_call"] / row[f"batch_{batch}_s_per_call"]
@@ -202,7 +205,7 @@ def latency(vp: Any, bench: Bench, calls: dict, modules: list[str], reps: int,
     return out
 
 
-def end_to_end(vp: Any, bench: Bench, items: list[dict], sizes: list[int]) -> dict[str, Any]:
+def end_to_end(vp: Any, timer: Timer, items: list[dict], sizes: list[int]) -> dict[str, Any]:
     """Programs/s of the items one at a time, with auto batch sizes and with fixed ones, and
     seconds per question (from the start of a run to that item's answer)."""
     n = len(items)
@@ -237,7 +240,7 @@ def end_to_end(vp: Any, bench: Bench, items: list[dict], sizes: list[int]) -> di
              ("auto (second run)", batched("auto"))]
     modes += [(f"fixed {s}", batched(s)) for s in sizes]
     for label, fn in modes:
-        seconds, (answered, values) = bench.timed(fn)
+        seconds, (answered, values) = timer.timed(fn)
         baseline = values if baseline is None else baseline
         same = sum(_same(a, b) for a, b in zip(baseline, values))
         learned = vp._sizers["auto"].sizes() if label.startswith("auto") else {}
@@ -276,15 +279,15 @@ def _same(a: Any, b: Any) -> bool:
         return a == b
 
 
-def memory(vp: Any, bench: Bench) -> dict[str, Any]:
+def memory(vp: Any, timer: Timer) -> dict[str, Any]:
     """Peak GPU memory since the start (every module loaded and run), and the models held."""
     loaded = [{"kind": m["kind"], "dtype": str(m["dtype"]).replace("torch.", ""),
                "mb": round(m.get("bytes", 0) / 2**20)} for m in vp.models.loaded()]
     unloads = [e for e in vp.models.events if e.get("event") == "unload"]
     out: dict[str, Any] = {"models": loaded, "models_mb": sum(m["mb"] for m in loaded),
                            "unloads": len(unloads)}
-    torch = bench.torch
-    if bench.cuda:
+    torch = timer.torch
+    if timer.cuda:
         out.update({"peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20),
                     "peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20),
                     "allocated_now_mb": round(torch.cuda.memory_allocated() / 2**20),
@@ -292,7 +295,7 @@ def memory(vp: Any, bench: Bench) -> dict[str, Any]:
                                              / 2**20)})
     print("\n3. memory of the default set: " + ", ".join(
         f"{m['kind']} {m['dtype']} {m['mb']} MB" for m in loaded), flush=True)
-    if bench.cuda:
+    if timer.cuda:
         print(f"   peak GPU memory allocated {out['peak_allocated_mb']} MB (reserved "
               f"{out['peak_reserved_mb']} MB) of {out['device_total_mb']} MB; models "
               f"{out['models_mb']} MB; {len(unloads)} unloads by the memory budget", flush=True)
@@ -301,7 +304,7 @@ def memory(vp: Any, bench: Bench) -> dict[str, Any]:
     return out
 
 
-def vlm_dtypes(vp: Any, bench: Bench, calls: dict, reps: int, batch: int, device: str,
+def vlm_dtypes(vp: Any, timer: Timer, calls: dict, reps: int, batch: int, device: str,
                config: dict[str, Any]) -> dict[str, Any]:
     """Vqa's model loaded in bf16 and in fp16 (each in an engine of its own), the same
     calls through each: load seconds, seconds per call at batch 1 and `batch`, answers that
@@ -316,8 +319,8 @@ def vlm_dtypes(vp: Any, bench: Bench, calls: dict, reps: int, batch: int, device
         print(f"\n4. VLM dtype: {note}", flush=True)
         return {"skipped": note}
     vp.models.unload()  # room for two more copies
-    if bench.cuda:
-        bench.torch.cuda.empty_cache()
+    if timer.cuda:
+        timer.torch.cuda.empty_cache()
     make = calls["Vqa"]
     questions = [make() for _ in range(batch)]
     out: dict[str, Any] = {}
@@ -329,12 +332,12 @@ def vlm_dtypes(vp: Any, bench: Bench, calls: dict, reps: int, batch: int, device
         engine = VisProg(preset=vp.preset, cache=False, plugins=False, device=device,
                          config={**config, "Vqa": {**config.get("Vqa", {}), "dtype": dtype}})
         tool = engine.registry.get("Vqa")
-        load, _ = bench.timed(lambda: tool.batch_fn(questions[:1]))
+        load, _ = timer.timed(lambda: tool.batch_fn(questions[:1]))
         row = {"first_call_s": load,
                "loaded_as": [str(m["dtype"]).replace("torch.", "")
                              for m in engine.models.loaded()]}
         for size in (1, batch):
-            times = [bench.timed(lambda: tool.batch_fn(questions[:size]))[0] / size
+            times = [timer.timed(lambda: tool.batch_fn(questions[:size]))[0] / size
                      for _ in range(reps)]
             row[f"batch_{size}_s_per_call"] = statistics.median(times)
         answers[dtype] = tool.batch_fn(questions)
@@ -345,8 +348,8 @@ def vlm_dtypes(vp: Any, bench: Bench, calls: dict, reps: int, batch: int, device
               f"{row[f'batch_{batch}_s_per_call']:.3f} s per call; first call {load:.2f} s",
               flush=True)
         engine.models.unload()
-        if bench.cuda:
-            bench.torch.cuda.empty_cache()
+        if timer.cuda:
+            timer.torch.cuda.empty_cache()
     out["answers_agree"] = sum(a == b for a, b in zip(answers["bf16"], answers["fp16"]))
     out["fp16_vs_bf16_batch_1"] = out["fp16"]["batch_1_s_per_call"] / out["bf16"]["batch_1_s_per_call"]
     print(f"   answers agreeing: {out['answers_agree']}/{batch} (random weights: a near tie "
@@ -394,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Replace's denoising steps (default: the preset's, 30)")
     p.add_argument("--skip", default="", help=f"sections to leave out: {', '.join(SECTIONS)}, "
                                               "or <module>-latency (e.g. replace-latency)")
+    p.add_argument("--build-only", action="store_true",
+                   help="build the full-size checkpoints into --work and stop (a first, "
+                        "separate step; no GPU needed)")
     p.add_argument("--json", help="write the figures here (after each section)")
     args = p.parse_args(argv)
     smoke = args.smoke
@@ -406,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--skip: unknown {sorted(unknown)}; sections are {', '.join(SECTIONS)}")
 
+    if args.build_only:
+        full_size_config(Path(args.work))
+        return 0
     device = pick(args.device, smoke)
     import torch
 
@@ -413,10 +422,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from visprog.api import VisProg
 
-    bench = Bench(device)
+    timer = Timer(device)
     figures: dict[str, Any] = {"device": device, "preset": args.preset, "smoke": smoke,
                                "torch": torch.__version__}
-    if bench.cuda:
+    if timer.cuda:
         props = torch.cuda.get_device_properties(torch.device(device))
         figures["gpu"] = {"name": props.name, "memory_mb": round(props.total_memory / 2**20),
                           "compute": f"{props.major}.{props.minor}"}
@@ -440,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     config["Loc"] = {**config.get("Loc", {}), "box_threshold": threshold, "text_threshold": 0.0}
     figures["loc_box_threshold"] = threshold
     calibrated = time.perf_counter() - t0
-    if bench.cuda:
+    if timer.cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     vp = VisProg(preset=args.preset, cache=False, plugins=False, device=device, config=config)
@@ -451,20 +460,20 @@ def main(argv: list[str] | None = None) -> int:
     calls = module_calls(images)
     if "latency" not in skip:
         modules = [m for m in MODULES if f"{m.lower()}-latency" not in skip]
-        figures["latency"] = latency(vp, bench, calls, modules, reps, batch, warm=not smoke)
+        figures["latency"] = latency(vp, timer, calls, modules, reps, batch, warm=not smoke)
         save()
     if "end-to-end" not in skip:
         scenes = make_images(args.images or (2 if smoke else 8), size)
         items = [{"program": TEMPLATES[i % len(TEMPLATES)], "id": i,
                   "image": scenes[(i // len(TEMPLATES) + i) % len(scenes)]}
                  for i in range(programs)]
-        figures["end_to_end"] = end_to_end(vp, bench, items, sizes)
+        figures["end_to_end"] = end_to_end(vp, timer, items, sizes)
         save()
     if "memory" not in skip:
-        figures["memory"] = memory(vp, bench)
+        figures["memory"] = memory(vp, timer)
         save()
     if "vlm-dtype" not in skip:
-        figures["vlm_dtype"] = vlm_dtypes(vp, bench, calls, reps, batch, device, config)
+        figures["vlm_dtype"] = vlm_dtypes(vp, timer, calls, reps, batch, device, config)
         save()
     print("JSON " + json.dumps(figures, default=str), flush=True)
     return 0

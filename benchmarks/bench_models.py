@@ -91,9 +91,14 @@ def candidates(size=(640, 480), n=4):
                               size, labels=["dog"] * n, scores=[0.9] * n)
 
 
-def _save(folder: Path, model: Any, processor: Any) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+_DRY = False  # `dry_builds`: the savers make their models on the meta device and save nothing
+
+
+def _save(folder: Path, *parts: Any) -> None:
+    """Every saver ends here: each part (a model, a processor, a pipeline) saved into folder."""
+    if not _DRY:
+        for part in parts:
+            part.save_pretrained(folder)
 
 
 # -- full-size random checkpoints ------------------------------------------------------------
@@ -233,9 +238,9 @@ def save_sd_inpaint(folder: Path) -> None:
                         sample_size=512)
     sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           skip_prk_steps=True, steps_offset=1)
-    StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+    _save(folder, StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False).save_pretrained(folder)
+                                   requires_safety_checker=False))
 
 
 def save_sdxl_inpaint(folder: Path) -> None:
@@ -258,10 +263,11 @@ def save_sdxl_inpaint(folder: Path) -> None:
         pipe = _sdxl_pipeline(tok, eot)
     finally:
         torch.set_default_dtype(previous)
-    pipe.save_pretrained(folder)
+    _save(folder, pipe)
 
 
 def _sdxl_pipeline(tok: Any, eot: int) -> Any:
+    import torch
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler,
                            StableDiffusionXLInpaintPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -286,9 +292,10 @@ def _sdxl_pipeline(tok: Any, eot: int) -> Any:
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", steps_offset=1,
-                                       timestep_spacing="leading")
+    with torch.device("cpu"):  # its tables live on the CPU (and can't be meta in a dry run)
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                           beta_schedule="scaled_linear", steps_offset=1,
+                                           timestep_spacing="leading")
     return StableDiffusionXLInpaintPipeline(
         vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet,
         scheduler=scheduler, requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
@@ -379,9 +386,9 @@ def save_sam3(folder: Path) -> None:
     cfg = Sam3Config()
     cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
-    Sam3Model(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(_sam3.SAM3_DEFAULTS))
+    _save(folder, Sam3Model(cfg), tok)
+    if not _DRY:
+        (folder / "preprocessor_config.json").write_text(json.dumps(_sam3.SAM3_DEFAULTS))
 
 
 def save_mm_grounding_dino(folder: Path, loc_edge: int = 800) -> None:
@@ -555,6 +562,28 @@ BENCHES: dict[str, Bench] = {
 
 # -- measuring (in a child process per module and device) -----------------------------------
 
+def check_savers(names: list[str] | None = None) -> list[str]:
+    """Every saver (or those of `names`) run dry: its full-size models made on the meta
+    device (no memory, no weights) and nothing saved, so a library change or a wrong config
+    shows here, in seconds, rather than in a long run. The problems found, one line each."""
+    import torch
+
+    global _DRY
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names or list(BENCHES):
+            bench = BENCHES[name]
+            _DRY = True
+            try:
+                with torch.device("meta"):
+                    bench.save(Path(tmp) / name)
+            except Exception as e:  # noqa: BLE001 (each bench's own line)
+                problems.append(f"{name} (saver): {type(e).__name__}: {e}")
+            finally:
+                _DRY = False
+    return problems
+
+
 def check_benches() -> list[str]:
     """Every bench's tool built on its tiny checkpoint (its module, backend and settings
     exist) and its typical call checked against the module's declaration (argument names
@@ -719,8 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="keep the saved random checkpoints here (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     p.add_argument("--smoke", action="store_true",
-                   help="every bench's tool built on its tiny checkpoint and its call checked "
-                        "(nothing loaded), then each of --modules on its tiny checkpoint, in "
+                   help="every bench's saver run on the meta device and its tool built on "
+                        "its tiny checkpoint, its call checked (nothing loaded), then each "
+                        "of --modules on its tiny checkpoint, in "
                         "this process: one call and a batch of 2 (checks that the benchmark "
                         "still runs; figures meaningless)")
     p.add_argument("--_save", help=argparse.SUPPRESS)
@@ -742,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown modules {unknown}; choose from {', '.join(BENCHES)}")
     if a.smoke:
-        problems = check_benches()  # all of them, loading nothing
+        problems = check_savers() + check_benches()  # all of them, loading nothing
         rows = []
         for name in names:
             try:

@@ -100,6 +100,25 @@ def test_bench_models_check_names_a_broken_bench(bench, monkeypatch):
     assert len(problems) == 4
 
 
+def test_bench_models_dry_run_names_a_broken_saver(bench, monkeypatch):
+    """The savers run dry (meta device, nothing saved) in the smoke check: a full-size config
+    the library refuses is caught there, in seconds."""
+    mod = bench("bench_models")
+
+    def save_bad_bert(folder):
+        from transformers import BertConfig, BertModel
+
+        # 1000 is not a multiple of 12 heads: BertModel refuses it
+        mod._save(folder, BertModel(BertConfig(hidden_size=1000, num_attention_heads=12)))
+
+    good = mod.BENCHES["Vqa[vilt]"]
+    monkeypatch.setitem(mod.BENCHES, "Vqa[bad saver]", mod.Bench(
+        save_bad_bert, "Vqa", good.settings, good.checkpoints, good.kwargs, tiny=good.tiny))
+    problems = mod.check_savers(["Vqa[vilt]", "Vqa[bad saver]"])
+    assert len(problems) == 1 and problems[0].startswith("Vqa[bad saver] (saver): ValueError")
+    assert not mod._DRY  # back to saving for real
+
+
 def test_bench_memory_loads_lazily(bench, tmp_path):
     out = tmp_path / "memory.json"
     assert bench("bench_memory").main(["--smoke", "--json", str(out)]) == 0
@@ -160,7 +179,8 @@ def test_bench_gpu_percentiles(bench):
 
 @pytest.mark.slow
 def test_bench_hosting_smoke(bench, tmp_path):
-    """Needs Ray: a local cluster, both hosts side by side, values identical."""
+    """Needs Ray: a local cluster, both hosts side by side, values identical, and where a
+    hosted request's time goes."""
     pytest.importorskip("ray.serve")
     out = tmp_path / "hosting.json"
     assert bench("bench_hosting").main(["--smoke", "--json", str(out)]) == 0
@@ -170,4 +190,6 @@ def test_bench_hosting_smoke(bench, tmp_path):
         row = figures["modes"][mode]
         assert row["in_process_programs_per_s"] > 0 and row["ray_programs_per_s"] > 0
         for module in ("Loc", "Vqa"):
-            assert figures["profile_ms_per_request"][mode][module]["requests"] > 0
+            parts = figures["profile_ms_per_request"][mode][module]
+            assert parts["requests"] > 0 and parts["replica_run_ms"] > 0
+            assert parts["client_wait_ms"] >= parts["replica_run_ms"]
