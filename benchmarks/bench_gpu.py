@@ -93,7 +93,7 @@ def full_size_config(work: Path, loc_edge: int = 800) -> dict[str, dict[str, Any
         folder = work / name.replace("[", "_").replace("]", "")
         jobs[module] = (name, folder, options)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=3) as pool:  # SAM 3 and Qwen are shared by two
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three at a time: ~15 GB of RAM at most
         done = {m: pool.submit(ensure_saved, name, folder, 3600, **options)
                 for m, (name, folder, options) in jobs.items()}
         saved = {m: f.result() for m, f in done.items()}

@@ -36,10 +36,11 @@ PROGRAM = "ANSWER=Vqa(image=IMAGE, question='what color is the car?')"
 
 def dummy_args(tool, image):
     """Arguments of the declared types, to call any model module once."""
-    from visprog.values import Objects
+    from visprog.values import Objects, Region
 
     w, h = image.size
-    objects = Objects.from_boxes([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
+    objects = Objects.empty((w, h)).with_regions(
+        [Region(box=(w * 0.2, h * 0.2, w * 0.6, h * 0.7), label="car")])
     by_type = {"Image": image, "Objects": objects, "Text": "car", "TextList": ["car", "dog"],
                "Number": 2}
     args = {}

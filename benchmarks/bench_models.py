@@ -57,12 +57,16 @@ class Bench:
     warm: Callable[[], None] | None = None  # imports done before timing the load
     tiny: dict[str, Any] = field(default_factory=dict)  # --smoke: the tiny preset's instead
 
-    def tool(self, folder: Path | None, ctx: Any) -> Any:
-        """The module's Tool on the saved checkpoints (None: the tiny ones, for --smoke)."""
-        from visprog.tools import model_modules
+    def tool(self, folder: Path | None, device: str) -> tuple[Any, Any]:
+        """The module's Tool on the saved checkpoints (None: the tiny ones, for --smoke), and
+        the model manager it loads with: an engine's (`VisProg`, the default preset with
+        these settings), so the module is built as any run builds it."""
+        from visprog.api import VisProg
 
         settings = {**self.settings, **(self.tiny if folder is None else self.checkpoints(folder))}
-        return model_modules()[self.module].build(settings, ctx)
+        vp = VisProg(preset="default", config={self.module: settings}, device=device,
+                     cache=False, plugins=False)
+        return vp.registry.get(self.module), vp.models
 
 
 def hf_classes(*names: str) -> Callable[[], None]:
@@ -588,14 +592,12 @@ def check_benches() -> list[str]:
     """Every bench's tool built on its tiny checkpoint (its module, backend and settings
     exist) and its typical call checked against the module's declaration (argument names
     and types); nothing is loaded. The problems found, one line each."""
-    from visprog.models import ModelManager
-    from visprog.tools import ToolContext
     from visprog.values.types import fits, type_of
 
     problems = []
     for name, bench in BENCHES.items():
         try:
-            tool = bench.tool(None, ToolContext(models=ModelManager(device="cpu")))
+            tool, _ = bench.tool(None, "cpu")
             kwargs = bench.kwargs()
         except Exception as e:  # noqa: BLE001 (each bench's own line)
             problems.append(f"{name}: {type(e).__name__}: {e}")
@@ -626,14 +628,10 @@ def measure(name: str, folder: Path | None, device: str, calls: int, batch: int
     """Load and call one module's tool (folder None: its tiny checkpoint); the figures."""
     import torch
 
-    from visprog.tools import ToolContext
-    from visprog.models import ModelManager
-
     bench = BENCHES[name]
     if bench.warm:
         bench.warm()
-    mm = ModelManager(device=device)
-    tool = bench.tool(folder, ToolContext(models=mm))
+    tool, mm = bench.tool(folder, device)
     kwargs = bench.kwargs()
     cuda = device.startswith("cuda")
 

@@ -242,11 +242,11 @@ def _fresh_replica(app: str, timeout: float = 120.0) -> None:
     _wait_ready(app, timeout)
 
 
-def test_a_replica_waits_for_company_only_where_there_is_some(cluster, served_by_cli):
-    """The 'cli' replica waits up to 2 s to fill a batch of 4 calls. A request that fills one
-    runs at once (though a new replica waits for company); after a batch of one request a
-    lone request runs at once too; a request that finds another in the replica waits for
-    company again (the client's timing and the replica's own, both reported)."""
+def test_full_and_lone_requests_do_not_wait_for_company(cluster, served_by_cli):
+    """The 'cli' replica waits up to 2 s to fill a batch of 4 calls, where company is likely
+    (the policy itself: tests/test_hosting_wire.py). A request that fills a batch runs at
+    once (though a new replica waits for company); so does a lone request after a batch of
+    one. The client's timing and the replica's own, both reported, say so."""
     assert served_by_cli[0].returncode == 0, served_by_cli[0].stderr[-2000:]
     _fresh_replica("cli")
     vp = VisProg(preset="tiny", cache=False, config=str(served_by_cli[1]))
@@ -261,11 +261,10 @@ def test_a_replica_waits_for_company_only_where_there_is_some(cluster, served_by
 
     assert queued(4) < 1.0         # full: no wait, though a new replica waits for company
     assert queued(1) < 1.0         # alone, after a batch of one request: no wait
-    assert queued(5) >= 1.9        # 4 + 1: the 1 found the 4 in the replica and waited 2 s
-    assert queued(1) < 1.0         # alone again
+    assert queued(1) < 1.0
     stats = client.stats()
-    assert stats["requests"] >= 5 and stats["seconds"]["run"] > 0
-    assert client.seconds["wait"] > 1.9 and client.seconds["encode"] > 0
+    assert stats["requests"] == 3 and stats["calls"] == 6 and stats["seconds"]["run"] > 0
+    assert client.seconds["wait"] > stats["seconds"]["run"] > 0 and client.seconds["encode"] > 0
 
 
 def _kill_replica_soon(app: str, delay: float) -> threading.Thread:

@@ -79,6 +79,13 @@ class ModuleServer:
         max_batch_size, batch_wait_s: Ray Serve batching of this replica.
     """
 
+    # Where a replica's time goes (`stats()["seconds"]`) and how busy it is: counted from
+    # these class defaults, so request handling needs nothing more from `__init__`.
+    requests = 0
+    queued_s = decode_s = run_s = encode_s = 0.0
+    in_replica = 0             # requests received and not yet answered (the event loop's)
+    last_batch_alone = False   # whether the last batch held a single request
+
     def __init__(self, module: str, config: Mapping[str, Any], catalog: ModuleCatalog,
                  max_batch_size: int = 16, batch_wait_s: float = 0.01, warmup: bool = True):
         from visprog.models.memory import make_manager
@@ -100,10 +107,6 @@ class ModuleServer:
         self.batches = 0
         self.calls = 0
         self.batch_sizes: list[int] = []
-        self.requests = 0
-        self.in_replica = 0  # requests received and not yet answered (the event loop's count)
-        self.last_batch_alone = False  # whether the last batch held a single request
-        self.seconds = {"queued": 0.0, "decode": 0.0, "run": 0.0, "encode": 0.0}
         self.warmup_error = warm_up(self.tool) if warmup else None
 
     async def __call__(self, request: bytes, calls: int = 1) -> bytes:
@@ -123,7 +126,7 @@ class ModuleServer:
 
     async def _run_async(self, arrivals: list[Arrival]) -> list[bytes]:
         now = time.perf_counter()
-        self.seconds["queued"] += sum(now - a.at for a in arrivals)
+        self.queued_s += sum(now - a.at for a in arrivals)
         self.last_batch_alone = len(arrivals) == 1
         # The model runs in a worker thread so the replica keeps taking requests meanwhile.
         return await asyncio.to_thread(self._run, [a.request for a in arrivals])
@@ -154,9 +157,9 @@ class ModuleServer:
         for i, results in outcomes.items():
             replies[i] = self._encode(results)
         self.requests += len(requests)
-        for key, seconds in (("decode", t1 - t0), ("run", t2 - t1),
-                             ("encode", time.perf_counter() - t2)):
-            self.seconds[key] += seconds
+        self.decode_s += t1 - t0
+        self.run_s += t2 - t1
+        self.encode_s += time.perf_counter() - t2
         return replies  # type: ignore[return-value]
 
     @staticmethod
@@ -190,7 +193,9 @@ class ModuleServer:
     def stats(self) -> dict[str, Any]:
         return {"batches": self.batches, "calls": self.calls,
                 "batch_sizes": list(self.batch_sizes), "pid": os.getpid(),
-                "requests": self.requests, "seconds": dict(self.seconds),
+                "requests": self.requests,
+                "seconds": {"queued": self.queued_s, "decode": self.decode_s, "run": self.run_s,
+                            "encode": self.encode_s},
                 "events": [dict(e) for e in self.models.events],
                 "warmup_error": self.warmup_error,
                 "loaded": self.models.loaded()}
