@@ -81,7 +81,10 @@ def one_run(vp, llm, image):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=20, help="runs to take the median of")
+    p.add_argument("--smoke", action="store_true", help="2 runs: check that it works")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.reps = 2
 
     from visprog.api import VisProg
     from visprog.traces.events import AgentRun

@@ -87,10 +87,14 @@ def trace_construction(make, depth: int = 2) -> tuple[list[str], set[tuple[str, 
     return path, upward
 
 
-def main() -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help="the same measures (they take seconds on the tiny preset)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.preset = "tiny"
 
     from visprog.api import VisProg
     from visprog.cli import build_parser
@@ -137,7 +141,8 @@ def main() -> None:
     print(f"entry-point reads per VisProg: {len(reads)}")
     lines = len((ROOT / "visprog" / "api.py").read_text(encoding="utf-8").splitlines())
     print(f"lines of visprog/api.py: {lines}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,6 +6,7 @@
    warm in the same process, and warm from disk in a new VisProg instance.
 
 Run: python benchmarks/bench_engine.py [--runs N] [--sleep SECONDS]
+     python benchmarks/bench_engine.py --smoke      # a few runs: seconds (the tests)
 """
 from __future__ import annotations
 
@@ -218,15 +219,20 @@ def bench_cold_warm(sleep: float, runs: int) -> None:
               f"({from_disk[-1][1]} cached steps, median of {len(from_disk)})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=500, help="runs per overhead figure")
     ap.add_argument("--sleep", type=float, default=0.05, help="seconds each model step sleeps")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help="20 runs, 1 ms sleeps (checks that the benchmark runs; figures rough)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.runs, args.sleep = 20, 0.001
     bench_overhead(args.runs, (64, 48))
     bench_overhead(args.runs, (640, 480))
     bench_cold_warm(args.sleep, max(5, args.runs // 50))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,12 +9,13 @@ manager ended up holding.
   engine that loads everything at start-up would), then the same program.
 
     python benchmarks/bench_memory.py                 # tiny preset: offline, small models
-    python benchmarks/bench_memory.py --full-size     # Vqa, Loc and Select use full-size
-                                                      # random BLIP / GroundingDINO-tiny
+    python benchmarks/bench_memory.py --full-size     # Loc and Vqa full size (random weights)
+    python benchmarks/bench_memory.py --smoke         # eager loads Loc and Vqa only (the tests)
 
-With `--full-size` the two largest models of the default preset (BLIP VQA and
-GroundingDINO-tiny, built from their default configs as in bench_batch.py) replace their tiny
-versions; the other modules keep the preset's checkpoints. `--preset default` uses the real
+With `--full-size` the Loc and Vqa models of the default preset (MM-GroundingDINO and
+Qwen3-VL-2B; with `--full-size classic`, GroundingDINO and BLIP VQA), built from their
+published configs with random weights as in bench_batch.py, replace their tiny versions;
+the other modules keep the preset's checkpoints. `--preset default` uses the real
 checkpoints (they must already be in the Hugging Face cache: nothing is downloaded here).
 """
 from __future__ import annotations
@@ -35,10 +36,11 @@ PROGRAM = "ANSWER=Vqa(image=IMAGE, question='what color is the car?')"
 
 def dummy_args(tool, image):
     """Arguments of the declared types, to call any model module once."""
-    from visprog.values import Objects
+    from visprog.values import Objects, Region
 
     w, h = image.size
-    objects = Objects([(w * 0.2, h * 0.2, w * 0.6, h * 0.7)], (w, h), labels=["car"])
+    objects = Objects.empty((w, h)).with_regions(
+        [Region(box=(w * 0.2, h * 0.2, w * 0.6, h * 0.7), label="car")])
     by_type = {"Image": image, "Objects": objects, "Text": "car", "TextList": ["car", "dog"],
                "Number": 2}
     args = {}
@@ -56,16 +58,13 @@ def child(args) -> dict:
     from PIL import Image
 
     from visprog.api import VisProg
-    from visprog.config import find_modules
 
     config = {}
     if args.full_size:
         sys.path.insert(0, str(Path(__file__).parent))
-        from bench_batch import build_checkpoints
+        from bench_batch import full_size_config
 
-        blip, gdino = build_checkpoints(Path(args.work), 224)
-        config = {"Vqa": {"checkpoint": str(blip)}, "Loc": {"checkpoint": str(gdino)},
-                  "Select": {"checkpoints": {"grounding_dino": str(gdino)}}}
+        config = full_size_config(args.full_size, Path(args.work), 224)
     base_rss = _peak_rss_mb()
     vp = VisProg(preset=args.preset, config=config, cache=False, plugins=False,
                  device=args.device)
@@ -73,7 +72,10 @@ def child(args) -> dict:
     skipped = []
     t0 = time.perf_counter()
     if args.mode == "eager":
-        for name in find_modules(plugins=False).classes:
+        # the model modules: the tools with a section of settings
+        modules = [n for n, section in vp.config.items()
+                   if isinstance(section, dict) and vp.registry.find(n) is not None]
+        for name in args.modules.split(",") if args.modules else modules:
             tool = vp.registry.find(name)
             if tool is None:
                 continue
@@ -108,23 +110,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--device", default=None, help="cpu, cuda (default: the preset's)")
-    p.add_argument("--full-size", action="store_true",
-                   help="full-size random BLIP and GroundingDINO-tiny for Vqa, Loc, Select")
+    p.add_argument("--full-size", nargs="?", const="default", default=None,
+                   help="full-size random Loc and Vqa of this preset (default, or classic)")
     p.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp"))
                                          / "visprog_bench_models"))
+    p.add_argument("--modules", default="",
+                   help="eager: call only these model modules up front (default: all)")
+    p.add_argument("--smoke", action="store_true",
+                   help="eager calls Loc and Vqa only (checks that the benchmark runs)")
+    p.add_argument("--json", help="also write the figures here")
     p.add_argument("--mode", choices=("lazy", "eager"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.smoke:
+        args.modules, args.full_size = args.modules or "Loc,Vqa", None
     if args.mode:  # the child process
         print("RESULT " + json.dumps(child(args)))
         return 0
     if args.full_size:  # build the checkpoints once, outside the measured processes
         sys.path.insert(0, str(Path(__file__).parent))
-        from bench_batch import build_checkpoints
-        build_checkpoints(Path(args.work), 224)
+        from bench_batch import full_size_config
+        full_size_config(args.full_size, Path(args.work), 224)
     rows = []
     for mode in ("lazy", "eager"):
         cmd = [sys.executable, __file__, "--mode", mode, "--preset", args.preset,
-               "--work", args.work] + (["--full-size"] if args.full_size else []) + (
+               "--work", args.work, "--modules", args.modules] + (
+               ["--full-size", args.full_size] if args.full_size else []) + (
                ["--device", args.device] if args.device else [])
         done = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -145,6 +155,8 @@ def main(argv=None) -> int:
     lazy, eager = rows
     print(f"lazy loading saves {eager['peak_rss_mb'] - lazy['peak_rss_mb']:.0f} MB of peak RSS "
           f"({lazy['peak_rss_mb'] / eager['peak_rss_mb']:.0%} of eager)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 

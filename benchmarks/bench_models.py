@@ -8,6 +8,8 @@ temporary folder, then loaded and called through the module's own tool (the same
 
     python benchmarks/bench_models.py                      # every module, CPU (+ CUDA fp16 if any)
     python benchmarks/bench_models.py --device cpu --modules Loc,Vqa --calls 3
+    python benchmarks/bench_models.py --smoke              # every module on its tiny checkpoint,
+                                                           # in this process: seconds (the tests)
 
 Figures per module and device: load seconds (from_pretrained + move to device), the first
 call, the median of `--calls` further calls, optionally the per-item time of one batched call
@@ -15,9 +17,11 @@ of `--batch` items, parameter bytes, the peak resident memory above the process'
 loading (VmHWM - VmRSS from /proc/self/status; torch's CPU tensors count in it), and on CUDA
 the peak allocated GPU memory. Importing the libraries is not counted in the load time.
 
-Adding a module: write `save(folder)` (random full-size checkpoint(s) with save_pretrained),
-`tool(folder, ctx)` (the module's Tool, settings pointing into folder) and `kwargs()` (one
-typical call) and add `Bench(...)` to BENCHES under the module's name.
+Adding a module: write `save(folder)` (random full-size checkpoint(s) with save_pretrained)
+and add a `Bench(...)` to BENCHES under the module's name: the module, its settings, the
+settings that point into the folder, `kwargs()` (one typical call) and the tiny checkpoints
+`--smoke` uses instead. benchmarks/bench_batch.py and bench_gpu.py build their full-size
+models with these savers too (`ensure_saved`).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,11 +48,25 @@ BENCH_WORDS = ["a", "photo", "of", "the", "dog", "cat", "person", "car", "red", 
 class Bench:
     """How to benchmark one model module (see the module docstring)."""
 
-    save: Callable[[Path], None]
-    tool: Callable[[Path, Any], Any]
+    save: Callable[..., None]        # (folder, **options): the full-size random checkpoint(s)
+    module: str                      # the model module's name ("Loc")
+    settings: dict[str, Any]         # its settings besides the checkpoints (the backend...)
+    checkpoints: Callable[[Path], dict[str, Any]]  # folder -> the settings naming the saves
     kwargs: Callable[[], dict[str, Any]]
     note: str = ""
     warm: Callable[[], None] | None = None  # imports done before timing the load
+    tiny: dict[str, Any] = field(default_factory=dict)  # --smoke: the tiny preset's instead
+
+    def tool(self, folder: Path | None, device: str) -> tuple[Any, Any]:
+        """The module's Tool on the saved checkpoints (None: the tiny ones, for --smoke), and
+        the model manager it loads with: an engine's (`VisProg`, the default preset with
+        these settings), so the module is built as any run builds it."""
+        from visprog.api import VisProg
+
+        settings = {**self.settings, **(self.tiny if folder is None else self.checkpoints(folder))}
+        vp = VisProg(preset="default", config={self.module: settings}, device=device,
+                     cache=False, plugins=False)
+        return vp.registry.get(self.module), vp.models
 
 
 def hf_classes(*names: str) -> Callable[[], None]:
@@ -74,26 +92,39 @@ def candidates(size=(640, 480), n=4):
 
     w, h = size
     return Objects([(i * w / n, h / 4, (i + 1) * w / n, 3 * h / 4) for i in range(n)],
-                   size, labels=["dog"] * n, scores=[0.9] * n)
+                              size, labels=["dog"] * n, scores=[0.9] * n)
 
 
-def _save(folder: Path, model: Any, processor: Any) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+_DRY = False  # `dry_builds`: the savers make their models on the meta device and save nothing
+
+
+def _save(folder: Path, *parts: Any) -> None:
+    """Every saver ends here: each part (a model, a processor, a pipeline) saved into folder."""
+    if not _DRY:
+        for part in parts:
+            part.save_pretrained(folder)
 
 
 # -- full-size random checkpoints ------------------------------------------------------------
 
-def save_grounding_dino(folder: Path) -> None:
-    """grounding-dino-tiny's architecture: Swin-T + BERT-base, 900 queries, 800 px."""
-    from transformers import (GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessorPil, GroundingDinoProcessor)
+def grounding_processor(loc_edge: int = 800) -> Any:
+    """GroundingDINO's processor (the published one: shortest edge 800, longest 1333; a
+    smaller `loc_edge` keeps the aspect limit) with a small BERT vocabulary."""
+    from transformers import GroundingDinoImageProcessorPil, GroundingDinoProcessor
 
     from visprog.models import tiny_bert_tokenizer
 
-    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
+    size = {"shortest_edge": loc_edge, "longest_edge": loc_edge * 1333 // 800}
+    return GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size=size),
                                   tokenizer=tiny_bert_tokenizer(BENCH_WORDS))
-    _save(folder, GroundingDinoForObjectDetection(GroundingDinoConfig()), proc)
+
+
+def save_grounding_dino(folder: Path, loc_edge: int = 800) -> None:
+    """grounding-dino-tiny's architecture: Swin-T + BERT-base, 900 queries, 800 px."""
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    _save(folder, GroundingDinoForObjectDetection(GroundingDinoConfig()),
+          grounding_processor(loc_edge))
 
 
 def save_owlv2(folder: Path) -> None:
@@ -211,9 +242,67 @@ def save_sd_inpaint(folder: Path) -> None:
                         sample_size=512)
     sched = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           skip_prk_steps=True, steps_offset=1)
-    StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+    _save(folder, StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False).save_pretrained(folder)
+                                   requires_safety_checker=False))
+
+
+def save_sdxl_inpaint(folder: Path) -> None:
+    """diffusers/stable-diffusion-xl-1.0-inpainting-0.1's architecture (each component's
+    config.json): UNet 2.6B (blocks 320/640/1280, transformer depths 1/2/10, cross-attention
+    2048, in_channels 9, "text_time" embedding of 2816), the SDXL VAE (scaling 0.13025,
+    force_upcast), CLIP ViT-L/14 text encoder and OpenCLIP ViT-bigG/14 with projection (full
+    49408-token embeddings; a small BPE vocabulary in the tokenizers), EulerDiscrete
+    scheduler. Made and saved in float16 (the published fp16 variant): about 7 GB."""
+    import torch
+
+    from visprog.models import tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer(BENCH_WORDS)
+    tok.model_max_length = 77
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # made in float16: 7 GB while building, not 21
+    try:
+        pipe = _sdxl_pipeline(tok, eot)
+    finally:
+        torch.set_default_dtype(previous)
+    _save(folder, pipe)
+
+
+def _sdxl_pipeline(tok: Any, eot: int) -> Any:
+    import torch
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler,
+                           StableDiffusionXLInpaintPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    ids = dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=eot,
+               pad_token_id=eot, bos_token_id=eot - 1)
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                       num_hidden_layers=12, num_attention_heads=12,
+                                       hidden_act="quick_gelu", projection_dim=768, **ids))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+        hidden_act="gelu", projection_dim=1280, **ids))
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=9, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+        use_linear_projection=True, cross_attention_dim=2048, addition_embed_type="text_time",
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+    with torch.device("cpu"):  # its tables live on the CPU (and can't be meta in a dry run)
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                           beta_schedule="scaled_linear", steps_offset=1,
+                                           timestep_spacing="leading")
+    return StableDiffusionXLInpaintPipeline(
+        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet,
+        scheduler=scheduler, requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
 
 
 def save_depth_anything(folder: Path) -> None:
@@ -257,7 +346,8 @@ def save_qwen3_vl(folder: Path) -> None:
                            deepstack_visual_indexes=[5, 11, 17]),
         tie_word_embeddings=True, **_qwen_ids(tok))
     torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration(cfg).to(torch.bfloat16)
+    # made in bfloat16 (not made in float32 and cast): half the memory while building
+    model = Qwen3VLForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16)
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
         image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
@@ -300,22 +390,18 @@ def save_sam3(folder: Path) -> None:
     cfg = Sam3Config()
     cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
-    Sam3Model(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(_sam3.SAM3_DEFAULTS))
+    _save(folder, Sam3Model(cfg), tok)
+    if not _DRY:
+        (folder / "preprocessor_config.json").write_text(json.dumps(_sam3.SAM3_DEFAULTS))
 
 
-def save_mm_grounding_dino(folder: Path) -> None:
+def save_mm_grounding_dino(folder: Path, loc_edge: int = 800) -> None:
     """mm_grounding_dino_tiny's architecture (MMGroundingDinoConfig defaults): Swin-T + BERT-base,
     900 queries, 800 px, GroundingDINO's processor."""
-    from transformers import (GroundingDinoImageProcessorPil, GroundingDinoProcessor,
-                              MMGroundingDinoConfig, MMGroundingDinoForObjectDetection)
+    from transformers import MMGroundingDinoConfig, MMGroundingDinoForObjectDetection
 
-    from visprog.models import tiny_bert_tokenizer
-
-    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(),
-                                  tokenizer=tiny_bert_tokenizer(BENCH_WORDS))
-    _save(folder, MMGroundingDinoForObjectDetection(MMGroundingDinoConfig()), proc)
+    _save(folder, MMGroundingDinoForObjectDetection(MMGroundingDinoConfig()),
+          grounding_processor(loc_edge))
 
 
 def save_nothing(folder: Path) -> None:
@@ -324,69 +410,6 @@ def save_nothing(folder: Path) -> None:
 
 
 # -- the benchmarks --------------------------------------------------------------------------
-
-def _loc(backend: str):
-    def tool(folder: Path, ctx: Any):
-        from visprog.tools import loc
-
-        return loc.Loc.build({"backend": backend, "checkpoint": str(folder)}, ctx)
-    return tool
-
-
-def _select(folder: Path, ctx: Any):
-    from visprog.tools import select_objects
-
-    return select_objects.Select.build({"backend": "sam", "checkpoints": {
-        "grounding_dino": str(folder / "gd"), "sam": str(folder / "sam")}}, ctx)
-
-
-def _select_sam3(folder: Path, ctx: Any):
-    from visprog.tools import select_objects
-
-    return select_objects.Select.build({"backend": "sam3", "checkpoints": {"sam3": str(folder)}}, ctx)
-
-
-def _classify(backend: str):
-    def tool(folder: Path, ctx: Any):
-        from visprog.tools import classify
-
-        return classify.Classify.build({"backend": backend, "checkpoint": str(folder)}, ctx)
-    return tool
-
-
-def _vqa(backend: str):
-    def tool(folder: Path, ctx: Any):
-        from visprog.tools import vqa
-
-        return vqa.Vqa.build({"backend": backend, "checkpoint": str(folder)}, ctx)
-    return tool
-
-
-def _seg(folder: Path, ctx: Any):
-    from visprog.tools import seg
-
-    return seg.Seg.build({"backend": "mask2former", "checkpoint": str(folder)}, ctx)
-
-
-def _facedet(folder: Path, ctx: Any):
-    from visprog.tools import facedet
-
-    return facedet.FaceDet.build({"backend": "cascade"}, ctx)
-
-
-def _replace(folder: Path, ctx: Any):
-    from visprog.tools import replace
-
-    return replace.Replace.build({"backend": "sd", "checkpoint": str(folder), "steps": 2, "resolution": 512,
-                          "safety_checker": False, "seed": 0}, ctx)
-
-
-def _depth(folder: Path, ctx: Any):
-    from visprog.tools import depth
-
-    # map_cache 0: every call runs the model (the cache would answer repeated images)
-    return depth.Depth.build({"checkpoint": str(folder), "map_cache": 0}, ctx)
-
 
 _FRESH = iter(range(1, 10**9))
 
@@ -433,70 +456,164 @@ def face_image():
     return image
 
 
+def at(key: str, sub: str = "") -> Callable[[Path], dict[str, Any]]:
+    """`checkpoints` of a Bench: the setting `key` names the saved folder (or its `sub`)."""
+    return lambda folder: {key: str(folder / sub if sub else folder)}
+
+
+def image_object() -> dict[str, Any]:
+    return {"image": sample_image(), "object": "dog"}
+
+
+def image_question() -> dict[str, Any]:
+    return {"image": sample_image(), "question": "what color is the car?"}
+
+
+def image_candidates(n: int = 4, **more: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: {"image": sample_image(), "object": candidates(n=n), **more}
+
+
+REPLACE_KWARGS = image_candidates(n=1, prompt="a photo of a red car")
+CATEGORIES = ["dog", "cat", "person", "car"]
+
 BENCHES: dict[str, Bench] = {
-    "Loc[grounding_dino]": Bench(save_grounding_dino, _loc("grounding_dino"),
-                 lambda: {"image": sample_image(), "object": "dog"}, "GroundingDINO-T, 640x480",
-                 hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor")),
+    "Loc[grounding_dino]": Bench(
+        save_grounding_dino, "Loc", {"backend": "grounding_dino"}, at("checkpoint"),
+        image_object, "GroundingDINO-T, 640x480",
+        hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor"),
+        tiny={"checkpoint": "tiny:grounding_dino"}),
     "Loc[mm_grounding_dino]": Bench(
-        save_mm_grounding_dino, _loc("mm_grounding_dino"),
-        lambda: {"image": sample_image(), "object": "dog"}, "MM-GroundingDINO-T, 640x480 (default)",
-        hf_classes("MMGroundingDinoForObjectDetection", "GroundingDinoProcessor")),
-    "Loc[sam3]": Bench(save_sam3, _loc("sam3"), lambda: {"image": sample_image(), "object": "dog"},
-                       "SAM 3 detections, 1008 px", hf_classes("Sam3Model", "CLIPTokenizer")),
-    "Select[sam3]": Bench(save_sam3, _select_sam3,
-                          lambda: {"image": sample_image(), "object": candidates(),
-                                   "query": "dog,cat"},
-                          "SAM 3, 4 candidates, 2 query parts (2 rows), 1008 px (default)",
-                          hf_classes("Sam3Model", "CLIPTokenizer")),
-    "Loc[owlv2]": Bench(save_owlv2, _loc("owlv2"),
-                        lambda: {"image": sample_image(), "object": "dog"}, "OWLv2 B/16 960px",
-                        hf_classes("Owlv2ForObjectDetection", "Owlv2Processor")),
-    "Select[sam]": Bench(save_grounding_dino_and_sam, _select,
-                    lambda: {"image": sample_image(), "object": candidates(), "query": "dog,cat"},
-                    "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries",
-                    hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor",
-                               "SamModel", "SamProcessor")),
-    "Classify": Bench(save_siglip2, _classify("siglip2"),
-                      lambda: {"image": sample_image(), "object": candidates(n=8),
-                               "categories": ["dog", "cat", "person", "car"]},
-                      "SigLIP2 B/16 NaFlex (256 patches), 8 crops x 4 categories",
-                      hf_classes("Siglip2Model", "Siglip2Processor")),
-    "Classify[clip]": Bench(save_clip, _classify("clip"),
-                            lambda: {"image": sample_image(), "object": candidates(n=8),
-                                     "categories": ["dog", "cat", "person", "car"]},
-                            "CLIP B/32, 8 crops x 4 categories",
-                            hf_classes("CLIPModel", "CLIPProcessor")),
-    "Vqa": Bench(save_qwen3_vl, _vqa("vlm"),
-                 lambda: {"image": sample_image(), "question": "what color is the car?"},
-                 "Qwen3-VL-2B, 640x480 -> 300 image tokens, 10 new tokens (random weights "
-                 "rarely stop early)",
-                 hf_classes("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")),
-    "Vqa[blip]": Bench(save_blip, _vqa("blip"),
-                 lambda: {"image": sample_image(), "question": "what color is the car?"},
-                 "BLIP ViT-B/16 384px", hf_classes("BlipForQuestionAnswering", "BlipProcessor")),
-    "Vqa[vilt]": Bench(save_vilt, _vqa("vilt"),
-                       lambda: {"image": sample_image(), "question": "what color is the car?"},
-                       "ViLT B/32", hf_classes("ViltForQuestionAnswering", "ViltProcessor")),
-    "Seg": Bench(save_mask2former, _seg, lambda: {"image": sample_image()},
-                 "Mask2Former Swin-T panoptic (133 classes), 640x480 -> 384x512"),
-    "FaceDet": Bench(save_nothing, _facedet, lambda: {"image": face_image()},
-                     "LBP cascade (scikit-image, CPU only), 640x480 -> 512x384; YuNet needs its "
-                     "model file, not available offline"),
-    "Depth": Bench(save_depth_anything, _depth,
-                   lambda: {"image": fresh_image(), "object": candidates()},
-                   "Depth Anything V2 Small (ViT-S/14), 640x480 -> 518x686, 4 objects",
-                   hf_classes("DepthAnythingForDepthEstimation", "DPTImageProcessorPil")),
-    "Ocr": Bench(save_nothing, _ocr, lambda: {"image": sign_image()},
-                 "PP-OCRv4 det + rec + cls (REAL weights from rapidocr-onnxruntime, onnxruntime "
-                 "CPU), 640x480, 2 lines"),
-    "Replace[sd]": Bench(save_sd_inpaint, _replace,
-                     lambda: {"image": sample_image(), "object": candidates(n=2)[:1],
-                              "prompt": "a photo of a red car"},
-                     "SD 1.5 inpainting, 512x384, only 2 steps (default 30: ~15x the UNet part)"),
+        save_mm_grounding_dino, "Loc", {"backend": "mm_grounding_dino"}, at("checkpoint"),
+        image_object, "MM-GroundingDINO-T, 640x480 (default)",
+        hf_classes("MMGroundingDinoForObjectDetection", "GroundingDinoProcessor"),
+        tiny={"checkpoint": "tiny:mm_grounding_dino"}),
+    "Loc[sam3]": Bench(
+        save_sam3, "Loc", {"backend": "sam3"}, at("checkpoint"), image_object,
+        "SAM 3 detections, 1008 px", hf_classes("Sam3Model", "CLIPTokenizer"),
+        tiny={"checkpoint": "tiny:sam3"}),
+    "Select[sam3]": Bench(
+        save_sam3, "Select", {"backend": "sam3"}, lambda f: {"checkpoints": {"sam3": str(f)}},
+        image_candidates(query="dog,cat"),
+        "SAM 3, 4 candidates, 2 query parts (2 rows), 1008 px (default)",
+        hf_classes("Sam3Model", "CLIPTokenizer"), tiny={"checkpoints": {"sam3": "tiny:sam3"}}),
+    "Loc[owlv2]": Bench(
+        save_owlv2, "Loc", {"backend": "owlv2"}, at("checkpoint"), image_object,
+        "OWLv2 B/16 960px", hf_classes("Owlv2ForObjectDetection", "Owlv2Processor"),
+        tiny={"checkpoint": "tiny:owlv2"}),
+    "Select[sam]": Bench(
+        save_grounding_dino_and_sam, "Select", {"backend": "sam"},
+        lambda f: {"checkpoints": {"grounding_dino": str(f / "gd"), "sam": str(f / "sam")}},
+        image_candidates(query="dog,cat"), "GroundingDINO-T + SAM ViT-B, 4 candidates, 2 queries",
+        hf_classes("GroundingDinoForObjectDetection", "GroundingDinoProcessor", "SamModel",
+                   "SamProcessor"),
+        tiny={"checkpoints": {"grounding_dino": "tiny:grounding_dino", "sam": "tiny:sam"}}),
+    "Classify": Bench(
+        save_siglip2, "Classify", {"backend": "siglip2"}, at("checkpoint"),
+        image_candidates(n=8, categories=CATEGORIES),
+        "SigLIP2 B/16 NaFlex (256 patches), 8 crops x 4 categories",
+        hf_classes("Siglip2Model", "Siglip2Processor"), tiny={"checkpoint": "tiny:siglip2"}),
+    "Classify[clip]": Bench(
+        save_clip, "Classify", {"backend": "clip"}, at("checkpoint"),
+        image_candidates(n=8, categories=CATEGORIES), "CLIP B/32, 8 crops x 4 categories",
+        hf_classes("CLIPModel", "CLIPProcessor"), tiny={"checkpoint": "tiny:clip"}),
+    "Vqa": Bench(
+        save_qwen3_vl, "Vqa", {"backend": "vlm"}, at("checkpoint"), image_question,
+        "Qwen3-VL-2B, 640x480 -> 300 image tokens, 10 new tokens (random weights rarely stop "
+        "early)", hf_classes("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+        tiny={"checkpoint": "tiny:qwen3_vl"}),
+    "Vqa[blip]": Bench(
+        save_blip, "Vqa", {"backend": "blip"}, at("checkpoint"), image_question,
+        "BLIP ViT-B/16 384px", hf_classes("BlipForQuestionAnswering", "BlipProcessor"),
+        tiny={"checkpoint": "tiny:blip_vqa"}),
+    "Vqa[vilt]": Bench(
+        save_vilt, "Vqa", {"backend": "vilt"}, at("checkpoint"), image_question, "ViLT B/32",
+        hf_classes("ViltForQuestionAnswering", "ViltProcessor"), tiny={"checkpoint": "tiny:vilt"}),
+    "Seg": Bench(
+        save_mask2former, "Seg", {"backend": "mask2former"}, at("checkpoint"),
+        lambda: {"image": sample_image()},
+        "Mask2Former Swin-T panoptic (133 classes), 640x480 -> 384x512",
+        tiny={"checkpoint": "tiny:mask2former"}),
+    "FaceDet": Bench(
+        save_nothing, "FaceDet", {"backend": "cascade"}, lambda f: {},
+        lambda: {"image": face_image()},
+        "LBP cascade (scikit-image, CPU only), 640x480 -> 512x384; YuNet needs its model file, "
+        "not available offline"),
+    # map_cache 0: every call runs the model (the cache would answer repeated images)
+    "Depth": Bench(
+        save_depth_anything, "Depth", {"map_cache": 0}, at("checkpoint"),
+        lambda: {"image": fresh_image(), "object": candidates()},
+        "Depth Anything V2 Small (ViT-S/14), 640x480 -> 518x686, 4 objects",
+        hf_classes("DepthAnythingForDepthEstimation", "DPTImageProcessorPil"),
+        tiny={"checkpoint": "tiny:depth_anything"}),
+    "Ocr": Bench(
+        save_nothing, "Ocr", {"checkpoint": "pp-ocrv4"}, lambda f: {},
+        lambda: {"image": sign_image()},
+        "PP-OCRv4 det + rec + cls (REAL weights from rapidocr-onnxruntime, onnxruntime CPU), "
+        "640x480, 2 lines"),
+    "Replace": Bench(
+        save_sdxl_inpaint, "Replace", {"backend": "sdxl", "steps": 2, "resolution": 1024,
+                                       "seed": 0}, at("checkpoint"), REPLACE_KWARGS,
+        "SDXL inpainting (UNet 2.6B, two CLIP text encoders), 1024x768, only 2 steps "
+        "(default 30: ~15x the UNet part) (default)",
+        tiny={"checkpoint": "tiny:sdxl_inpaint", "resolution": 64}),
+    "Replace[sd]": Bench(
+        save_sd_inpaint, "Replace", {"backend": "sd", "steps": 2, "resolution": 512,
+                                     "safety_checker": False, "seed": 0}, at("checkpoint"),
+        REPLACE_KWARGS, "SD 1.5 inpainting, 512x384, only 2 steps (default 30: ~15x the UNet part)",
+        tiny={"checkpoint": "tiny:sd_inpaint", "resolution": 64}),
 }
 
 
 # -- measuring (in a child process per module and device) -----------------------------------
+
+def check_savers(names: list[str] | None = None) -> list[str]:
+    """Every saver (or those of `names`) run dry: its full-size models made on the meta
+    device (no memory, no weights) and nothing saved, so a library change or a wrong config
+    shows here, in seconds, rather than in a long run. The problems found, one line each."""
+    import torch
+
+    global _DRY
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names or list(BENCHES):
+            bench = BENCHES[name]
+            _DRY = True
+            try:
+                with torch.device("meta"):
+                    bench.save(Path(tmp) / name)
+            except Exception as e:  # noqa: BLE001 (each bench's own line)
+                problems.append(f"{name} (saver): {type(e).__name__}: {e}")
+            finally:
+                _DRY = False
+    return problems
+
+
+def check_benches() -> list[str]:
+    """Every bench's tool built on its tiny checkpoint (its module, backend and settings
+    exist) and its typical call checked against the module's declaration (argument names
+    and types); nothing is loaded. The problems found, one line each."""
+    from visprog.values.types import fits, type_of
+
+    problems = []
+    for name, bench in BENCHES.items():
+        try:
+            tool, _ = bench.tool(None, "cpu")
+            kwargs = bench.kwargs()
+        except Exception as e:  # noqa: BLE001 (each bench's own line)
+            problems.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        declared = {p.name: p for p in tool.params}
+        for arg, value in kwargs.items():
+            if arg not in declared:
+                problems.append(f"{name}: {tool.name} takes no argument {arg!r}")
+            elif not fits({type_of(value)}, declared[arg].types):
+                problems.append(f"{name}: {tool.name}'s {arg} is {type_of(value)}, it takes "
+                                f"{'|'.join(sorted(declared[arg].types))}")
+        missing = [p.name for p in tool.params if p.required and p.name not in kwargs]
+        if missing:
+            problems.append(f"{name}: the call lacks {tool.name}'s {missing}")
+    return problems
+
 
 def _proc_status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -506,18 +623,15 @@ def _proc_status_kb(field: str) -> int:
     return 0
 
 
-def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dict[str, Any]:
-    """Load and call one module's tool; returns the figures."""
+def measure(name: str, folder: Path | None, device: str, calls: int, batch: int
+            ) -> dict[str, Any]:
+    """Load and call one module's tool (folder None: its tiny checkpoint); the figures."""
     import torch
-
-    from visprog.models import ToolContext
-    from visprog.models import ModelManager
 
     bench = BENCHES[name]
     if bench.warm:
         bench.warm()
-    mm = ModelManager(device=device)
-    tool = bench.tool(folder, ToolContext(models=mm))
+    tool, mm = bench.tool(folder, device)
     kwargs = bench.kwargs()
     cuda = device.startswith("cuda")
 
@@ -549,7 +663,7 @@ def measure(name: str, folder: Path, device: str, calls: int, batch: int) -> dic
         # a bundle without weights (FaceDet's cascade) has no dtype, whatever the device's
         "module": name, "device": device,
         "dtype": loaded[0]["dtype"] if loaded and loaded[0]["bytes"] else "-",
-        "note": bench.note,
+        "note": bench.note if folder is not None else f"the tiny checkpoint: {bench.tiny}",
         "load_s": sum(m["load_seconds"] for m in loaded),
         "first_call_s": first, "median_call_s": statistics.median(times) if times else first,
         "batch_per_item_s": per_item, "batch": batch,
@@ -570,6 +684,18 @@ def _params(mm: Any) -> int:
         for m in _modules_in(entry["bundle"]):
             n += sum(t.numel() for t in list(m.parameters()) + list(m.buffers()))
     return n
+
+
+def ensure_saved(name: str, folder: Path, timeout: float = 3600, **options: Any) -> Path:
+    """Save BENCHES[name]'s full-size random checkpoint into `folder` (in a child process, so
+    its memory is given back) unless an earlier run did; `options` go to its saver (Loc's
+    `loc_edge`). Returns the folder."""
+    if not (folder / "saved.ok").exists():
+        t0 = time.perf_counter()
+        _child(["--_save", name, "--_folder", str(folder), "--_options", json.dumps(options)],
+               timeout)
+        (folder / "saved.ok").write_text(f"{time.perf_counter() - t0:.1f}")
+    return folder
 
 
 def _child(args: list[str], timeout: float) -> str:
@@ -619,13 +745,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--workdir", help="keep the saved random checkpoints here (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
+    p.add_argument("--smoke", action="store_true",
+                   help="every bench's saver run on the meta device and its tool built on "
+                        "its tiny checkpoint, its call checked (nothing loaded), then each "
+                        "of --modules on its tiny checkpoint, in "
+                        "this process: one call and a batch of 2 (checks that the benchmark "
+                        "still runs; figures meaningless)")
     p.add_argument("--_save", help=argparse.SUPPRESS)
+    p.add_argument("--_options", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--_measure", help=argparse.SUPPRESS)
     p.add_argument("--_folder", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     if a._save:
-        BENCHES[a._save].save(Path(a._folder))
+        BENCHES[a._save].save(Path(a._folder), **json.loads(a._options))
         print("saved")
         return 0
     if a._measure:
@@ -636,6 +769,21 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         p.error(f"unknown modules {unknown}; choose from {', '.join(BENCHES)}")
+    if a.smoke:
+        problems = check_savers() + check_benches()  # all of them, loading nothing
+        rows = []
+        for name in names:
+            try:
+                rows.append(measure(name, None, "cpu", 0, 2))
+            except Exception as e:  # noqa: BLE001 (reported, and the exit status says so)
+                rows.append({"module": name, "device": "cpu", "error": f"{type(e).__name__}: {e}"})
+        print_table(rows)
+        for problem in problems:
+            print(f"ERROR {problem}", file=sys.stderr)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"checked": len(BENCHES), "problems": problems,
+                                                "rows": rows}, indent=2))
+        return 1 if problems or any("error" in r for r in rows) else 0
     if a.device == "all":
         import torch
 
@@ -648,10 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             folder = root / name.replace("[", "_").replace("]", "")
             try:
-                if not (folder / "saved.ok").exists():
-                    t0 = time.perf_counter()
-                    _child(["--_save", name, "--_folder", str(folder)], a.timeout)
-                    (folder / "saved.ok").write_text(f"{time.perf_counter() - t0:.1f}")
+                ensure_saved(name, folder, a.timeout)
             except Exception as e:  # report and go on with the other modules
                 rows += [{"module": name, "device": d, "error": f"save: {e}"} for d in devices]
                 continue

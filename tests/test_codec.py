@@ -157,6 +157,19 @@ def test_the_wire_carries_the_codecs_bytes():
     same(calls, decode_request(data))
 
 
+def test_one_image_in_many_calls_crosses_the_wire_once():
+    """A batch's calls often share their image (four questions about one photo): the
+    request carries its pixels once, and the replica gets one image for them all. Equal
+    pixels in another object still travel apart (no hashing on the wire)."""
+    photo, twin = rgb(64, 48, seed=1), rgb(64, 48, seed=1)
+    calls = [{"image": photo, "q": "a"}, {"image": photo, "q": "b"}, {"image": twin, "q": "c"}]
+    data = encode_request(calls)
+    assert len(data) < 2 * 64 * 48 * 3 + 1000  # two blobs of pixels, not three
+    back = decode_request(data)
+    same(calls, back)
+    assert back[0]["image"] is back[1]["image"] and back[2]["image"] is not back[0]["image"]
+
+
 # -- exact (cache, wire) versus record (trace) -----------------------------------------------
 
 class Opaque:

@@ -198,10 +198,11 @@ def _wait_ready(app: str, timeout: float = 90.0) -> None:
 @pytest.fixture(scope="module")
 def served_by_cli(cluster, tmp_path_factory):
     """`visprog serve` run in another process deploys Vqa (app 'cli') to the test cluster and
-    exits. Its replica waits 2 s to fill a batch, which gives the kill test its window."""
+    exits. Its replica waits 2 s to fill a batch (of 4 calls) when it waits at all, which
+    gives the kill test its window and the waiting test clear figures."""
     config = tmp_path_factory.mktemp("serve-cli") / "cluster.toml"
     config.write_text('[Vqa]\nhost = "ray"\nray_app = "cli"\nnum_cpus = 0.25\n'
-                      'batch_wait_s = 2.0\nmax_batch_size = 64\n')
+                      'batch_wait_s = 2.0\nmax_batch_size = 4\n')
     env = {**os.environ, "RAY_ADDRESS": ""}
     try:
         proc = subprocess.run(
@@ -229,6 +230,43 @@ def _replica_actors(app: str) -> list[str]:
             if a["name"].startswith(f"SERVE_REPLICA::{app}-Vqa#")]
 
 
+def _fresh_replica(app: str, timeout: float = 120.0) -> None:
+    """Replace the app's replica by a new one (which has served nothing yet) and wait for it."""
+    old = set(_replica_actors(app))
+    for name in old:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + timeout
+    while not (set(_replica_actors(app)) - old):
+        assert time.monotonic() < deadline, "Serve did not replace the replica"
+        time.sleep(0.5)
+    _wait_ready(app, timeout)
+
+
+def test_full_and_lone_requests_do_not_wait_for_company(cluster, served_by_cli):
+    """The 'cli' replica waits up to 2 s to fill a batch of 4 calls, where company is likely
+    (the policy itself: tests/test_hosting_wire.py). A request that fills a batch runs at
+    once (though a new replica waits for company); so does a lone request after a batch of
+    one. The client's timing and the replica's own, both reported, say so."""
+    assert served_by_cli[0].returncode == 0, served_by_cli[0].stderr[-2000:]
+    _fresh_replica("cli")
+    vp = VisProg(preset="tiny", cache=False, config=str(served_by_cli[1]))
+    client = client_of(vp.registry.get("Vqa"))
+
+    def queued(calls: int) -> float:
+        """Seconds the requests of one call of `calls` questions waited in the replica."""
+        before = client.stats()["seconds"]["queued"]
+        client.call([{"image": picture(80 + i), "question": "what is it?"}
+                     for i in range(calls)])
+        return client.stats()["seconds"]["queued"] - before
+
+    assert queued(4) < 1.0         # full: no wait, though a new replica waits for company
+    assert queued(1) < 1.0         # alone, after a batch of one request: no wait
+    assert queued(1) < 1.0
+    stats = client.stats()
+    assert stats["requests"] == 3 and stats["calls"] == 6 and stats["seconds"]["run"] > 0
+    assert client.seconds["wait"] > stats["seconds"]["run"] > 0 and client.seconds["encode"] > 0
+
+
 def _kill_replica_soon(app: str, delay: float) -> threading.Thread:
     def kill():
         time.sleep(delay)
@@ -241,12 +279,13 @@ def _kill_replica_soon(app: str, delay: float) -> threading.Thread:
 
 
 def test_replica_killed_mid_call(cluster, served_by_cli, local_vp):
-    """The replica (waiting 2 s to fill a batch) is killed while our request waits in it.
-    Without retries: a HostError naming the module and address, and no cache entry. With
+    """The replica (new, so waiting 2 s to fill a batch) is killed while our request waits in
+    it. Without retries: a HostError naming the module and address, and no cache entry. With
     retries: Serve starts a new replica and the retried request gives the right answer (or,
     if that takes too long, the same clear error: never a wrong answer)."""
     assert served_by_cli[0].returncode == 0, served_by_cli[0].stderr[-2000:]
     app = "cli"
+    _fresh_replica(app)  # one that has answered a lone request answers the next at once
     program = "A=Vqa(image=IMAGE, question='is there a cat?')"
     image = picture(6)
     expected = local_vp.execute(program, image=image).value

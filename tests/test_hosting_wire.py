@@ -197,6 +197,73 @@ def test_every_error_class_lives_in_visprog_errors():
     assert elsewhere == internal, elsewhere
 
 
+def test_a_replica_waits_for_company_only_where_there_is_some():
+    """The replica's batching policy, without Ray: before each request is queued it sets how
+    long the batch that request may open waits for company. A new replica waits; a lone
+    request after a batch of one does not; a request that finds others in the replica does,
+    and so does the next one after a batch of several. The calls a request says it carries
+    size batches, clamped to 1..max_batch_size."""
+    import asyncio
+
+    from visprog.hosting.serve import ModuleServer
+
+    class Batcher:  # what ModuleServer uses of Ray Serve's @serve.batch wrapper
+        def __init__(self):
+            self.waits, self.queued = [], []
+
+        def set_batch_wait_timeout_s(self, seconds):
+            self.waits.append(seconds)
+
+        async def __call__(self, arrival):
+            done = asyncio.get_running_loop().create_future()
+            self.queued.append((arrival, done))
+            return await done
+
+    server = ModuleServer.__new__(ModuleServer)
+    server.max_batch_size, server.batch_wait_s = 8, 0.25
+    server.run_batch = batcher = Batcher()
+    server._run = lambda requests: [b"reply " + r for r in requests]
+
+    async def batch() -> None:
+        """Run everything queued as one batch, as Ray Serve would."""
+        taken, batcher.queued = batcher.queued, []
+        replies = await server._run_async([a for a, _ in taken])
+        for (_, done), reply in zip(taken, replies):
+            done.set_result(reply)
+
+    async def scenario() -> list:
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(server(b"a", 3))
+        await asyncio.sleep(0)
+        assert batcher.waits == [0.25]                 # a new replica waits for company
+        await batch()
+        assert await first == b"reply a" and batcher.queued == []
+        lone = loop.create_task(server(b"b"))
+        await asyncio.sleep(0)
+        assert batcher.waits[-1] == 0.0                # alone, after a batch of one
+        company = loop.create_task(server(b"c", 1))
+        await asyncio.sleep(0)
+        assert batcher.waits[-1] == 0.25               # another one is in the replica
+        await batch()                                  # b and c together
+        assert [await lone, await company] == [b"reply b", b"reply c"]
+        after_two = loop.create_task(server(b"d", "not a number"))
+        await asyncio.sleep(0)
+        assert batcher.waits[-1] == 0.25               # the last batch had company
+        calls = [a.calls for a, _ in batcher.queued]
+        await batch()
+        await after_two
+        big = loop.create_task(server(b"e", 500))
+        await asyncio.sleep(0)
+        assert batcher.waits[-1] == 0.0                # alone again: no wait
+        calls += [a.calls for a, _ in batcher.queued]
+        await batch()
+        await big
+        return calls
+
+    assert asyncio.run(scenario()) == [1, 8]           # clamped to 1..max_batch_size
+    assert server.in_replica == 0                      # every request answered
+
+
 # -- without Ray installed ---------------------------------------------------------------------
 
 def test_a_hosted_module_without_ray_fails_clearly(monkeypatch):

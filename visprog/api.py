@@ -118,11 +118,7 @@ class VisProg:
         self.registry = assembly.registry
         self.cache = assembly.cache
         self.image_limits = assembly.image_limits
-        # how input videos are sampled and what they may be: the config's [video] table
-        try:
-            self.video_settings = VideoSettings.make(self.config.get("video"))
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        self.video_settings = assembly.video_settings  # the config's [video] table
         # One engine for every way of running: lone runs, batches, planned runs.
         self.engine = Engine(self.registry, self.cache, models=self.models)
         self._sizers: dict[Any, Any] = {}  # batch size -> sizer, so "auto" keeps what it measured
@@ -396,7 +392,6 @@ class VisProg:
         Raises:
             ConfigError: a bad setting (an unknown check or mode, a negative count...).
         """
-        from visprog.errors import ConfigError
         from visprog.planning.loop import RepairSettings
 
         try:

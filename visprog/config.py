@@ -37,7 +37,8 @@ from visprog.errors import ConfigError
 from visprog.models.model_tool import ModelTool, ToolContext, is_model_tool, settings_known
 from visprog.models.model_tool import merge_settings as merge
 from visprog.registry import Plugin, Registry, Tool, normalize_name, read_plugins
-from visprog.values import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE,
+                            VideoSettings)
 from visprog.values.textfiles import read_text
 
 PRESETS_FILE = "presets.toml"
@@ -294,6 +295,8 @@ class Assembly:
         image_limits: `load_image`'s limits for input images (max_pixels, min_side,
             max_aspect).
         recipe: how to make it again elsewhere (`Recipe`).
+        video_settings: how input videos are sampled and what they may be (the config's
+            [video] table, `visprog.values.VideoSettings`).
     """
 
     preset: str | None
@@ -307,6 +310,7 @@ class Assembly:
     modules: Modules
     image_limits: dict[str, Any]
     recipe: Recipe
+    video_settings: Any = None
 
     def describe(self) -> dict[str, Any]:
         """What runs, as `visprog config show` prints it: every model module's backend,
@@ -410,9 +414,13 @@ def _assemble(recipe: Recipe, modules: Modules, *, llm: Any = None, cache: Any =
         hosts = {}
     if cache is None:
         cache = recipe.cache
+    try:
+        video = VideoSettings.make(config.get("video"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     return Assembly(recipe.preset, config, models, llm, llm_error, registry, hosts,
                     make_cache(cache, recipe.cache_dir), modules, dict(recipe.image_limits),
-                    recipe)
+                    recipe, video)
 
 
 def make_cache(cache: Any, cache_dir: str | os.PathLike | None = None) -> Any:

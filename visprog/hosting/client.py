@@ -11,6 +11,7 @@ Hosting is configuration, not code. A module's section names its host:
     num_cpus = 1                 # (server side) CPUs per replica
     max_batch_size = 16          # calls a request carries; calls a replica's batched call takes
     batch_wait_s = 0.01          # (server side) how long a replica waits to fill a batch
+                                 # while requests come together (visprog/hosting/serve.py)
     timeout_s = 120              # (client side) per request
     retries = 2                  # (client side) extra attempts when the host fails
     warmup = true                # (server side) load the models when a replica starts
@@ -288,6 +289,9 @@ class RayModuleClient:
         self._lock = threading.Lock()
         self.requests = 0        # requests sent, retries included
         self.retried = 0         # requests sent again after a host failure
+        # where this client's time went: encoding requests, waiting for the replies (the
+        # round trip: routing, transfer, the replica's queue and work), decoding them
+        self.seconds = {"encode": 0.0, "wait": 0.0, "decode": 0.0}
 
     @property
     def address(self) -> str:
@@ -358,7 +362,10 @@ class RayModuleClient:
         """
         size = max(1, self.spec.max_batch_size)
         groups = [calls[i:i + size] for i in range(0, len(calls), size)]
+        t0 = time.perf_counter()
         payloads = [encode_request(g, self.spec.module) for g in groups]
+        t1 = time.perf_counter()
+        self._spent("encode", t1 - t0)
         replies: list[bytes | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         attempts, last_error = 0, None
@@ -377,7 +384,8 @@ class RayModuleClient:
                 last_error = e
                 continue
             deadline = time.monotonic() + self.spec.timeout_s
-            sent = [(i, handle.remote(payloads[i])) for i in pending]
+            # the number of calls sizes the replica's batches without decoding the bytes
+            sent = [(i, handle.remote(payloads[i], len(groups[i]))) for i in pending]
             self.requests += len(sent)
             failed = []
             for i, response in sent:
@@ -389,8 +397,17 @@ class RayModuleClient:
                     failed.append(i)
                     last_error = e
             pending = failed
-        return [value for group, reply in zip(groups, replies)
-                for value in decode_reply(reply, self.spec.module, len(group))]  # type: ignore[arg-type]
+        t2 = time.perf_counter()
+        self._spent("wait", t2 - t1)
+        try:
+            return [value for group, reply in zip(groups, replies)
+                    for value in decode_reply(reply, self.spec.module, len(group))]  # type: ignore[arg-type]
+        finally:
+            self._spent("decode", time.perf_counter() - t2)
+
+    def _spent(self, what: str, seconds: float) -> None:
+        with self._lock:  # callers in many threads share one client
+            self.seconds[what] += seconds
 
     def stats(self) -> dict[str, Any]:
         """The deployment's counters (batches, calls, batch sizes, model events), asked of

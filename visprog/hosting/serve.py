@@ -5,14 +5,21 @@ visprog/hosting/client.py for the config keys). Each replica assembles its modul
 an in-process interpreter does (`visprog.config.assemble_replica`, handed down in the
 catalog: the same settings, its own model manager, memory budget included) and serves:
 
-- `__call__(request bytes) -> reply bytes`: one or more calls (a client sends a batch's calls
-  together, up to `max_batch_size` a request). Ray Serve's `@serve.batch` coalesces the
-  requests that arrive together (up to `max_batch_size` requests, waiting at most
-  `batch_wait_s`); their calls go to the module's batched entry point `max_batch_size` at a
-  time. If a batch raises, its calls run one by one so an error reaches only its own call.
+- `__call__(request bytes, calls) -> reply bytes`: one or more calls (a client sends a
+  batch's calls together, up to `max_batch_size` a request, and says how many). Ray Serve's
+  `@serve.batch` coalesces the requests that arrive together, counting their calls: a batch
+  is full at `max_batch_size` calls and then runs at once (a full request never waits);
+  otherwise it waits at most `batch_wait_s` for more, but only where company is likely: a
+  request that finds no other in the replica, when the last batch also held a single
+  request, runs at once (a lone caller, one program after another, pays no wait); one that
+  finds others there, or follows a batch of several, waits for company (so does the first
+  request of a new replica). The calls go to the module's batched entry point
+  `max_batch_size` at a time. If a batch raises, its calls run one by one so an error
+  reaches only its own call.
 - `describe()`: the module's declaration (name, version, settings), which clients check.
-- `stats()`: counters for tests and monitoring: batches run, calls served, batch sizes, and
-  the replica's model load/unload events.
+- `stats()`: counters for tests and monitoring: batches run, calls served, batch sizes, the
+  replica's model load/unload events, and where its time went (`seconds`: waiting in the
+  batch queue, decoding requests, running the module, encoding replies).
 
     visprog serve --config cluster.toml --preset default            # local Ray, blocks
     visprog serve --config cluster.toml --address 10.0.0.5:6379     # deploy to a cluster, exit
@@ -25,12 +32,41 @@ import asyncio
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from visprog.hosting.client import (RAY_AUTH_MODE, TOKEN_HINT, HostSpec, ModuleCatalog,
                                     connect_ray, decode_request, encode_error, encode_reply,
                                     host_spec, outcome_error, outcome_ok, split_config,
                                     token_path)
+
+
+# Ray starts its worker processes, every replica among them, at niceness 15, below its own
+# daemons. A replica is the service here; at 15 it gets the CPU only when nothing else on
+# the machine wants it (on a shared 2-core machine its module ran several times slower than
+# the same module in the client's process). A local Ray that visprog starts runs them at the
+# client's priority; for a cluster started with `ray start`, set RAY_worker_niceness=0 there.
+LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
+def start_local_ray(num_cpus: float | None = None, **options: Any) -> None:
+    """Start a local Ray instance for serving (no dashboard, workers at normal priority)."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False,
+             _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG),
+             **({"num_cpus": num_cpus} if num_cpus else {}), **options)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A request as it waits in the batch queue: its bytes, how many calls it carries (as
+    the client says, at least 1: it only sizes batches, the bytes are what runs) and when
+    it came."""
+
+    request: bytes
+    calls: int
+    at: float
 
 
 class ModuleServer:
@@ -44,6 +80,13 @@ class ModuleServer:
         max_batch_size, batch_wait_s: Ray Serve batching of this replica.
     """
 
+    # Where a replica's time goes (`stats()["seconds"]`) and how busy it is: counted from
+    # these class defaults, so request handling needs nothing more from `__init__`.
+    requests = 0
+    queued_s = decode_s = run_s = encode_s = 0.0
+    in_replica = 0             # requests received and not yet answered (the event loop's)
+    last_batch_alone = False   # whether the last batch held a single request
+
     def __init__(self, module: str, config: Mapping[str, Any], catalog: ModuleCatalog,
                  max_batch_size: int = 16, batch_wait_s: float = 0.01, warmup: bool = True):
         from ray import serve
@@ -53,23 +96,42 @@ class ModuleServer:
         self.tool = assembly.registry.get(module)
         # Ray Serve's batching, made here so this module imports without ray (the CLI
         # builds its parser from it) and each deployment gets its own batch size.
-        self.max_batch_size = max_batch_size
-        self.run_batch = serve.batch(max_batch_size=max_batch_size,
-                                     batch_wait_timeout_s=batch_wait_s)(self._run_async)
+        self.max_batch_size = max(1, max_batch_size)
+        self.batch_wait_s = batch_wait_s
+        # Batches are counted in calls, not requests: a request that fills one runs at once
+        # instead of waiting batch_wait_s for company it has no room for.
+        self.run_batch = serve.batch(
+            max_batch_size=self.max_batch_size, batch_wait_timeout_s=batch_wait_s,
+            batch_size_fn=lambda arrivals: sum(a.calls for a in arrivals))(self._run_async)
         self.batches = 0
         self.calls = 0
         self.batch_sizes: list[int] = []
         self.warmup_error = warm_up(self.tool) if warmup else None
 
+    async def __call__(self, request: bytes, calls: int = 1) -> bytes:
+        try:
+            calls = min(max(1, int(calls)), self.max_batch_size)
+        except (TypeError, ValueError):
+            calls = 1
+        # Waiting for company pays only where there is some. Ray Serve reads the wait when a
+        # batch's first request arrives (set here, just before it is queued).
+        alone = self.in_replica == 0 and self.last_batch_alone
+        self.run_batch.set_batch_wait_timeout_s(0.0 if alone else self.batch_wait_s)
+        self.in_replica += 1
+        try:
+            return await self.run_batch(Arrival(request, calls, time.perf_counter()))
+        finally:
+            self.in_replica -= 1
 
-    async def __call__(self, request: bytes) -> bytes:
-        return await self.run_batch(request)
-
-    async def _run_async(self, requests: list[bytes]) -> list[bytes]:
+    async def _run_async(self, arrivals: list[Arrival]) -> list[bytes]:
+        now = time.perf_counter()
+        self.queued_s += sum(now - a.at for a in arrivals)
+        self.last_batch_alone = len(arrivals) == 1
         # The model runs in a worker thread so the replica keeps taking requests meanwhile.
-        return await asyncio.to_thread(self._run, requests)
+        return await asyncio.to_thread(self._run, [a.request for a in arrivals])
 
     def _run(self, requests: list[bytes]) -> list[bytes]:
+        t0 = time.perf_counter()
         replies: list[bytes | None] = [None] * len(requests)
         outcomes: dict[int, list[Any]] = {}
         flat: list[tuple[int, int, dict[str, Any]]] = []  # (request, call in it, kwargs)
@@ -81,7 +143,8 @@ class ModuleServer:
                 continue
             outcomes[i] = [None] * len(calls)
             flat += [(i, j, c) for j, c in enumerate(calls)]
-        size = max(1, self.max_batch_size)
+        t1 = time.perf_counter()
+        size = self.max_batch_size
         for start in range(0, len(flat), size):
             chunk = flat[start:start + size]
             self.batches += 1
@@ -89,8 +152,13 @@ class ModuleServer:
             self.calls += len(chunk)
             for (i, j, _), result in zip(chunk, self._run_calls([c for _, _, c in chunk])):
                 outcomes[i][j] = result
+        t2 = time.perf_counter()
         for i, results in outcomes.items():
             replies[i] = self._encode(results)
+        self.requests += len(requests)
+        self.decode_s += t1 - t0
+        self.run_s += t2 - t1
+        self.encode_s += time.perf_counter() - t2
         return replies  # type: ignore[return-value]
 
     @staticmethod
@@ -124,6 +192,9 @@ class ModuleServer:
     def stats(self) -> dict[str, Any]:
         return {"batches": self.batches, "calls": self.calls,
                 "batch_sizes": list(self.batch_sizes), "pid": os.getpid(),
+                "requests": self.requests,
+                "seconds": {"queued": self.queued_s, "decode": self.decode_s, "run": self.run_s,
+                            "encode": self.encode_s},
                 "events": [dict(e) for e in self.models.events],
                 "warmup_error": self.warmup_error,
                 "loaded": self.models.loaded()}
@@ -228,8 +299,7 @@ def main(args: Any, config: Mapping[str, Any], catalog: ModuleCatalog) -> int:
     if args.address:
         connect_ray(args.address)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False,
-                 **({"num_cpus": args.num_cpus} if args.num_cpus else {}))
+        start_local_ray(args.num_cpus)
     deploy(config, catalog, [s.module for s in specs])
     address = ray.get_runtime_context().gcs_address
     for s in specs:

@@ -107,6 +107,9 @@ class Encoder:
         self.store = store
         self.exact = exact
         self._stored: dict[str, dict[str, Any]] = {}  # content hash -> reference
+        # id -> (the image, its node): one image object used many times (the same photo in
+        # every call of a request) is stored once, whatever the store, without hashing it
+        self._seen: dict[int, tuple[Image.Image, dict[str, Any]]] = {}
 
     def encode(self, value: Any) -> Any:
         """The node of `value`.
@@ -191,6 +194,14 @@ class Encoder:
         return dict(ref)
 
     def _image(self, im: Image.Image) -> dict[str, Any]:
+        seen = self._seen.get(id(im))
+        if seen is not None and seen[0] is im:
+            return dict(seen[1])
+        node = self._new_image(im)
+        self._seen[id(im)] = (im, node)  # holding the image keeps its id from being reused
+        return dict(node)
+
+    def _new_image(self, im: Image.Image) -> dict[str, Any]:
         if im.mode not in PNG_MODES:
             if self.exact:
                 raise TypeError(f"can't encode an image of mode {im.mode!r} exactly")
