@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from visprog.api import VisProg, module_catalog
+    from visprog.api import VisProg
+    from visprog.config import module_catalog
     from visprog.hosting.client import client_of
     from visprog.hosting.serve import deploy
 

@@ -32,7 +32,8 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from visprog.values import codec  # noqa: E402
-from visprog.api import VisProg, module_catalog  # noqa: E402
+from visprog.api import VisProg  # noqa: E402
+from visprog.config import module_catalog  # noqa: E402
 from visprog.engine.cache import StepCache  # noqa: E402
 from visprog.config import load_config  # noqa: E402
 from visprog.errors import StepError  # noqa: E402

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from visprog.api import VisProg, module_catalog
+from visprog.api import VisProg
+from visprog.config import module_catalog
 from visprog.config import load_config
 from visprog.errors import ConfigError, StepError
 from visprog.hosting.client import HostError, client_of, split_config

@@ -11,22 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from PIL import Image
-
 from visprog.engine.core import Engine, ItemResult, Job, StepCallback
 from visprog.engine.schedule import AUTO, make_batch_size
-from visprog.errors import ConfigError, Diagnostic, StepError, VideoError, VisProgError
+from visprog.errors import ConfigError, Diagnostic, VisProgError
 from visprog.language.checker import check as check_program
 from visprog.language.checker import check_or_raise
 from visprog.language.parser import parse
 from visprog.language.program import Program
-from visprog.config import module_catalog  # noqa: F401 - hosting's view of the tools, public here
 from visprog.registry import Tool
 from visprog.traces.events import as_event
 from visprog.traces.records import Trace
 from visprog.values.text import plural
-from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_NESTING,
-                            Video, VideoSettings, load_image, load_video, nesting_depth, type_of)
+from visprog.values import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Video,
+                            VideoSettings, type_of)
+from visprog.values.inputs import InputReader
 from visprog.values.text import show
 
 ImageLike = Any  # a path, bytes, PIL image or numpy array
@@ -117,11 +115,23 @@ class VisProg:
         self._llm_error = assembly.llm_error  # said when planning
         self.registry = assembly.registry
         self.cache = assembly.cache
-        self.image_limits = assembly.image_limits
-        self.video_settings = assembly.video_settings  # the config's [video] table
+        # images and videos are read under the one set of limits and [video] settings
+        self.inputs = InputReader(assembly.image_limits, assembly.video_settings)
         # One engine for every way of running: lone runs, batches, planned runs.
         self.engine = Engine(self.registry, self.cache, models=self.models)
         self._sizers: dict[Any, Any] = {}  # batch size -> sizer, so "auto" keeps what it measured
+
+    @property
+    def image_limits(self) -> dict[str, Any]:
+        return self.inputs.image_limits
+
+    @property
+    def video_settings(self) -> VideoSettings:
+        return self.inputs.video_settings
+
+    @video_settings.setter
+    def video_settings(self, settings: VideoSettings) -> None:
+        self.inputs.video_settings = settings
 
     # -- tools ------------------------------------------------------------------------------
     def register(self, tool: Tool, *, replace: bool = False) -> Tool:
@@ -145,49 +155,15 @@ class VisProg:
     def bind(self, image: ImageLike = None, *, left: ImageLike = None, right: ImageLike = None,
              video: VideoLike = None, inputs: Mapping[str, Any] | None = None,
              read: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The input variables of a run: images are read (paths, arrays, PIL), checked
-        against the image limits and converted to RGB; `video` (VIDEO) is decoded and
-        sampled as the config's `[video]` table says (`self.video_settings`) and checked
-        against its limits (a `Video` passed in is checked as it is); other values are bound
-        as given. `read` maps paths already read to their image or video, so an input shared
-        by many items is read (and hashed) once.
+        """The input variables of a run, read under this engine's image limits and `[video]`
+        settings (`visprog.values.inputs.InputReader.bind`; `read`: paths already read).
 
         Raises:
-            ImageError: an image can't be read or is outside the limits (a `VideoError`, one
-                kind of ImageError, for a video).
+            ImageError: an image or video can't be read or is outside the limits.
             ValueError: a value nests lists deeper than `values.MAX_NESTING`.
         """
-        bound: dict[str, Any] = {}
-        for name, value in (("IMAGE", image), ("LEFT", left), ("RIGHT", right)):
-            if value is not None:
-                bound[name] = self._read(value, read)
-        if video is not None:
-            bound["VIDEO"] = self._read_video(video, read)
-        for name, value in (inputs or {}).items():
-            if isinstance(value, Video):
-                value = self._read_video(value, read)
-            elif isinstance(value, Image.Image) or type(value).__module__ == "numpy":
-                value = self._read(value, read)
-            elif nesting_depth(value) > MAX_NESTING:
-                raise ValueError(f"input {name!r} nests lists more than {MAX_NESTING} deep")
-            bound[name] = value
-        return bound
-
-    def _read(self, value: ImageLike, read: dict[str, Any] | None) -> Any:
-        if read is None or not isinstance(value, (str, os.PathLike)):
-            return load_image(value, **self.image_limits)
-        key = os.fspath(value)
-        if key not in read:
-            read[key] = load_image(value, **self.image_limits)
-        return read[key]
-
-    def _read_video(self, value: VideoLike, read: dict[str, Any] | None) -> Video:
-        if read is None or not isinstance(value, (str, os.PathLike)):
-            return load_video(value, self.video_settings, image_limits=self.image_limits)
-        key = ("video", os.fspath(value))
-        if key not in read:
-            read[key] = load_video(value, self.video_settings, image_limits=self.image_limits)
-        return read[key]
+        return self.inputs.bind(image, left=left, right=right, video=video, inputs=inputs,
+                                read=read)
 
     def load_video(self, source: VideoLike, **sampling: Any) -> Video:
         """A video read as `video=` would read it, with sampling settings of its own over the
@@ -196,11 +172,7 @@ class VisProg:
         Raises:
             VideoError: it can't be read, is outside the limits, or a setting is wrong.
         """
-        try:
-            settings = VideoSettings.make(self.video_settings, **sampling)
-        except ValueError as e:
-            raise VideoError(str(e)) from e
-        return load_video(source, settings, image_limits=self.image_limits)
+        return self.inputs.load_video(source, **sampling)
 
     def job(self, program: str | Program, bound: Mapping[str, Any], *, id: Any = None,
             events: Any = (), meta: Mapping[str, Any] | None = None,
@@ -281,7 +253,7 @@ class VisProg:
         from visprog.engine.batch import BatchItem
         from visprog.query import as_batch_item
 
-        items = [_batch_item(as_batch_item(raw), i)  # query values become program text
+        items = [BatchItem.make(as_batch_item(raw), i)  # query values become program text
                  for i, raw in enumerate(items)]
         settings = self.repair_settings(repair, mode=mode, agent=agent)
         read: dict[str, Any] = {}  # path -> image: shared images are read (and hashed) once
@@ -303,7 +275,7 @@ class VisProg:
                     self._batch_planner(item.task, planners, raises=True)
                 else:
                     job = self.job(program, bound, id=item_id, events=item.events,
-                                   meta=_question_meta(item))
+                                   meta=item.meta)
                 todo.append((item_id, item, bound, job))
             except VisProgError as e:
                 trace = None
@@ -311,7 +283,7 @@ class VisProg:
                     trace = Trace(program=program.source if program is not None else "",
                                   inputs=dict(bound), error=str(e),
                                   events=[as_event(x) for x in item.events],
-                                  meta={"preset": self.preset, **_question_meta(item)})
+                                  meta={"preset": self.preset, **item.meta})
                 results.append(ItemResult(item_id, None, program, trace, e))
                 if on_item is not None:
                     on_item(results[-1])
@@ -327,7 +299,7 @@ class VisProg:
                     item.question or "", item.task, {k: type_of(v) for k, v in bound.items()},
                     planner, None if job is None else job.program,
                     [] if job is None else job.events, id=item_id,
-                    payload=(bound, _question_meta(item))))
+                    payload=(bound, item.meta)))
             ran = iter(self._answer(loop_items, settings, batch_size=batch_size,
                                     use_cache=use_cache, no_cache=no_cache, on_item=on_item))
         else:
@@ -354,30 +326,12 @@ class VisProg:
                 no_cache: Iterable[str] = (), on_item: Any = None) -> list[ItemResult]:
         """Items (`visprog.planning.loop.LoopItem`, payload: bound inputs and meta) through
         the planning loop; each program it runs is a job of this engine (`job`, `run_jobs`)."""
-        from visprog.planning.loop import PlanningLoop
+        from functools import partial
 
-        def runner(todo: list[Any], on_result: Any = None) -> list[ItemResult]:
-            jobs = []
-            for position, (case, attempt) in enumerate(todo):
-                bound, meta = case.item.payload
-                n = len(case.attempts) - 1  # the attempt that runs is the case's last
-                # the job's id is its position while it runs, so each result that ends is
-                # reported to the loop at once (candidates of a vote share the item's id)
-                job = self.job(attempt.parsed, bound, id=position,
-                               events=attempt.plan_events, checked=True,
-                               meta={**meta, **({"attempt": n} if n else {})})
-                # agent mode: a round goes on from the item's run so far, and keeps it
-                job.resume, job.keep = attempt.resume, attempt.keep
-                jobs.append(job)
+        from visprog.planning.loop import PlanningLoop, engine_runner
 
-            def ended(res: ItemResult) -> None:
-                position, res.id = res.id, todo[res.id][0].item.id
-                if on_result is not None:
-                    on_result(position, res)
-
-            return self.run_jobs(jobs, batch_size=batch_size, use_cache=use_cache,
-                                 no_cache=no_cache, on_item=ended)
-
+        runner = engine_runner(self.job, partial(self.run_jobs, batch_size=batch_size,
+                                                 use_cache=use_cache, no_cache=no_cache))
         loop = PlanningLoop(settings, self._critic(settings))
         return loop.answer(items, runner, on_item=on_item)
 
@@ -542,37 +496,6 @@ class VisProg:
         if res.error is not None:
             raise res.error
         return RunResult(res.value, res.program, res.trace)
-
-
-def _batch_item(raw: Any, index: int) -> Any:
-    """A `run_batch` item as a `BatchItem`: one already, a mapping of its fields, or a
-    program (text or parsed) with no inputs.
-
-    Raises:
-        TypeError: anything else, or a mapping with a key `BatchItem` does not have.
-    """
-    from dataclasses import fields
-
-    from visprog.engine.batch import BatchItem
-
-    if isinstance(raw, BatchItem):
-        return raw
-    if isinstance(raw, (str, Program)):
-        return BatchItem(program=raw)
-    if isinstance(raw, Mapping):
-        known = [f.name for f in fields(BatchItem)]
-        unknown = [k for k in raw if k not in known]
-        if unknown:
-            raise TypeError(f"run_batch item {index}: unknown key{'s' if len(unknown) > 1 else ''}"
-                            f" {', '.join(map(repr, unknown))}; an item's keys are "
-                            f"{', '.join(known)}")
-        return BatchItem(**raw)
-    raise TypeError(f"run_batch item {index}: expected a mapping (program, image...), a "
-                    f"BatchItem, a query value or program text, got {type(raw).__name__}")
-
-
-def _question_meta(item: Any) -> dict[str, Any]:
-    return {"task": item.task, "question": item.question} if item.question else {}
 
 
 def describe_config(preset: str = "default", config: str | os.PathLike | Mapping | None = None,

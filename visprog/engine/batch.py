@@ -26,7 +26,7 @@ Semantics, chosen so that a batched run and a lone run can be compared step by s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from visprog.engine.core import BatchStats, Engine, ItemResult, Job
@@ -65,6 +65,35 @@ class BatchItem:
     def __post_init__(self) -> None:
         if self.task is None:
             self.task = "video" if self.video is not None else "gqa"
+
+    @classmethod
+    def make(cls, raw: Any, index: int = 0) -> BatchItem:
+        """A `run_batch` item as a `BatchItem`: one already, a mapping of its fields, or a
+        program (text or parsed) with no inputs.
+
+        Raises:
+            TypeError: anything else, or a mapping with a key a `BatchItem` does not have.
+        """
+        if isinstance(raw, BatchItem):
+            return raw
+        if isinstance(raw, (str, Program)):
+            return cls(program=raw)
+        if isinstance(raw, Mapping):
+            known = [f.name for f in fields(cls)]
+            unknown = [k for k in raw if k not in known]
+            if unknown:
+                raise TypeError(f"run_batch item {index}: unknown "
+                                f"key{'s' if len(unknown) > 1 else ''} "
+                                f"{', '.join(map(repr, unknown))}; an item's keys are "
+                                f"{', '.join(known)}")
+            return cls(**raw)
+        raise TypeError(f"run_batch item {index}: expected a mapping (program, image...), a "
+                        f"BatchItem, a query value or program text, got {type(raw).__name__}")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What its trace's meta says of it: the task and question, when it has one."""
+        return {"task": self.task, "question": self.question} if self.question else {}
 
 
 class BatchRunner:

@@ -297,6 +297,34 @@ class Case:
 Runner = Callable[..., Sequence[Any]]
 
 
+def engine_runner(make_job: Callable[..., Any], run_jobs: Callable[..., Sequence[Any]]) -> Runner:
+    """A `Runner` over an engine: `make_job(program, bound, id=, events=, checked=, meta=)`
+    prepares a run (`VisProg.job`) and `run_jobs(jobs, on_item=)` runs them together. Each
+    item's `payload` is its (bound inputs, trace meta)."""
+
+    def runner(todo: list[tuple[Case, RunAttempt]], on_result: Any = None) -> Sequence[Any]:
+        jobs = []
+        for position, (case, attempt) in enumerate(todo):
+            bound, meta = case.item.payload
+            n = len(case.attempts) - 1  # the attempt that runs is the case's last
+            # the job's id is its position while it runs, so each result that ends is
+            # reported to the loop at once (candidates of a vote share the item's id)
+            job = make_job(attempt.parsed, bound, id=position, events=attempt.plan_events,
+                           checked=True, meta={**meta, **({"attempt": n} if n else {})})
+            # agent mode: a round goes on from the item's run so far, and keeps it
+            job.resume, job.keep = attempt.resume, attempt.keep
+            jobs.append(job)
+
+        def ended(res: ItemResult) -> None:
+            position, res.id = res.id, todo[res.id][0].item.id
+            if on_result is not None:
+                on_result(position, res)
+
+        return run_jobs(jobs, on_item=ended)
+
+    return runner
+
+
 def _deadline_s(item: LoopItem) -> float | None:
     return getattr(item.planner, "deadline_s", DEFAULT_DEADLINE_S)
 
