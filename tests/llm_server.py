@@ -169,3 +169,17 @@ def scripted_client(server: ScriptedServer, **kw: Any) -> Any:
 
     kw.setdefault("backoff", 0.01)
     return OpenAIChat(model="test-model", base_url=server.url, api_key="test-key", **kw)
+
+
+def image_parts(message: dict) -> list:
+    """The image parts of a chat message the server received."""
+    content = message["content"]
+    return [] if isinstance(content, str) else [p for p in content if p["type"] == "image_url"]
+
+
+def text_of(message: dict) -> str:
+    """The text of a chat message the server received (its text parts joined)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "\n".join(p["text"] for p in content if p["type"] == "text")

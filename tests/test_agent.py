@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_server import Reply, ScriptedServer, scripted_client
+from llm_server import Reply, ScriptedServer, image_parts, scripted_client, text_of
 from visprog.errors import ConfigError, StepError, VisProgError
 from visprog.language.parser import parse
 from visprog.planning.agent import AgentError, AgentSettings, look_at
@@ -50,18 +50,6 @@ def engine(server, *, images=False, **kw):
     llm.takes_images = images
     kw.setdefault("cache", False)
     return VisProg(preset="tiny", llm=llm, plugins=False, **kw)
-
-
-def image_parts(message):
-    content = message["content"]
-    return [] if isinstance(content, str) else [p for p in content if p["type"] == "image_url"]
-
-
-def text_of(message):
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "\n".join(p["text"] for p in content if p["type"] == "text")
 
 
 # --------------------------------------------------------------------------- Region and Look

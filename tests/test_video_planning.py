@@ -15,7 +15,7 @@ from PIL import Image
 pytest.importorskip("av")
 pytest.importorskip("torch")
 
-from llm_server import ScriptedServer, scripted_client  # noqa: E402
+from llm_server import ScriptedServer, image_parts, scripted_client, text_of  # noqa: E402
 from video_clips import square_frames, write_clip  # noqa: E402
 from visprog.errors import VideoError  # noqa: E402
 from visprog.planning.agent import AgentSettings, look_at  # noqa: E402
@@ -52,18 +52,6 @@ def engine(vp, server, *, images=False):
     vp.llm = scripted_client(server)
     vp.llm.takes_images = images
     return vp
-
-
-def image_parts(message):
-    content = message["content"]
-    return [] if isinstance(content, str) else [p for p in content if p["type"] == "image_url"]
-
-
-def text_of(message):
-    content = message["content"]
-    if isinstance(content, str):
-        return content
-    return "\n".join(p["text"] for p in content if p["type"] == "text")
 
 
 # --------------------------------------------------------------------------- what a Look shows

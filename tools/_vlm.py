@@ -76,22 +76,28 @@ def _qwen_ids(tok) -> dict[str, int]:
             "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>")}
 
 
+def _qwen3vl_image_processor():
+    """Qwen3-VL's image processor as published (Qwen/Qwen3-VL-2B-Instruct
+    preprocessor_config.json: patch_size=16, merge_size=2, temporal_patch_size=2,
+    image_mean=image_std=[0.5]*3, size={"shortest_edge": 65536, "longest_edge": 16777216}:
+    min and max PIXELS, not edge lengths)."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+
+
 def build_tiny_qwen3_vl(folder: Path) -> None:
     """Qwen3-VL (Qwen3VLForConditionalGeneration) of about 0.1M random parameters."""
     import torch
-    from transformers import (Qwen2VLImageProcessorPil, Qwen3VLConfig,
-                              Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
     from visprog.models.vlm import image_only
 
     torch.manual_seed(0)
     tok = qwen_tokenizer()
-    # Qwen/Qwen3-VL-2B-Instruct preprocessor_config.json: patch_size=16, merge_size=2,
-    # temporal_patch_size=2, image_mean=image_std=[0.5]*3, size={"shortest_edge": 65536,
-    # "longest_edge": 16777216} (min and max PIXELS, not edge lengths).
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
-        image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    image_processor = _qwen3vl_image_processor()
     processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                              chat_template=QWEN_CHAT_TEMPLATE)
     cfg = Qwen3VLConfig(
@@ -163,20 +169,16 @@ def build_tiny_qwen3_5(folder: Path) -> None:
     then 1 gated full-attention layer; their pure-torch fallback, no fla or causal-conv1d)
     behind the Qwen3-VL vision tower and processor."""
     import torch
-    from transformers import (Qwen2VLImageProcessorPil, Qwen3_5Config,
-                              Qwen3_5ForConditionalGeneration, Qwen3VLProcessor)
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor
 
     from visprog.models.vlm import image_only
 
     torch.manual_seed(0)
     tok = qwen_tokenizer("Qwen3_5Tokenizer", QWEN3_5_CHAT_TEMPLATE)
     tok.add_tokens(["<think>", "</think>"])  # whole tokens, decoded as text (as published)
-    # transformers maps qwen3_5 to Qwen2VLImageProcessor(Pil) and Qwen3VLProcessor; the
-    # published preprocessor_config.json has the Qwen3-VL values: patch 16, merge 2, temporal
-    # 2, mean = std = 0.5, size 65536..16777216 PIXELS.
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
-        image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    # transformers maps qwen3_5 to Qwen3-VL's image processor and processor; the
+    # published preprocessor_config.json has the Qwen3-VL values.
+    image_processor = _qwen3vl_image_processor()
     processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                              chat_template=QWEN3_5_CHAT_TEMPLATE)
     cfg = Qwen3_5Config(

@@ -245,13 +245,21 @@ def _default_images(path: Path, fmt: str) -> Path:
     return path.parent
 
 
-def _read_gqa(path: Path, images: Path) -> Iterator[EvalItem]:
+def _json_file(path: Path, what: str, kind: type, shape: str) -> Any:
+    """A data set's JSON file, which must be a `kind` (a dict or a list): `what` it is and
+    its `shape` name it in the errors."""
     try:
         data = json.loads(read_text(path))
     except (OSError, ValueError) as e:  # unreadable, not UTF-8 (names the line), bad JSON
-        raise DatasetError(f"{path}: not a GQA questions file: {e}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: a GQA questions file is an object of question id -> question")
+        raise DatasetError(f"{path}: not {what}: {e}") from None
+    if not isinstance(data, kind):
+        raise DatasetError(f"{path}: {shape}")
+    return data
+
+
+def _read_gqa(path: Path, images: Path) -> Iterator[EvalItem]:
+    data = _json_file(path, "a GQA questions file", dict,
+                      "a GQA questions file is an object of question id -> question")
     for qid, q in data.items():
         if not isinstance(q, dict):
             raise DatasetError(f"{path}: question {qid!r} is not an object (a GQA questions "
@@ -403,12 +411,8 @@ def _read_vstar_folder(folder: Path, images: Path) -> Iterator[EvalItem]:
             continue
         for ann in sorted(sub.glob("*.json")):
             found = True
-            try:
-                data = json.loads(read_text(ann))
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"{ann}: not a V*Bench annotation: {e}") from None
-            if not isinstance(data, dict):
-                raise DatasetError(f"{ann}: a V*Bench annotation is a JSON object")
+            data = _json_file(ann, "a V*Bench annotation", dict,
+                              "a V*Bench annotation is a JSON object")
             raw = _field(data, "options", ann, "options")
             if not isinstance(raw, list) or len(raw) < 2 or not all(
                     isinstance(o, str) and o.strip() for o in raw):
@@ -464,13 +468,8 @@ def _read_nextqa(path: Path, videos: Path) -> Iterator[EvalItem]:
     mapping: dict[str, str] = {}
     for where in (path.parent / NEXTQA_MAP, videos / NEXTQA_MAP):
         if where.is_file():
-            try:
-                data = json.loads(read_text(where))
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"{where}: not NExT-QA's video map: {e}") from None
-            if not isinstance(data, dict):
-                raise DatasetError(f"{where}: NExT-QA's video map is an object of video id "
-                                   f"-> path")
+            data = _json_file(where, "NExT-QA's video map", dict,
+                              "NExT-QA's video map is an object of video id -> path")
             mapping = {str(k): str(v) for k, v in data.items()}
             break
     try:
@@ -522,13 +521,9 @@ def _read_egoschema(path: Path, videos: Path) -> Iterator[EvalItem]:
     answers: dict[str, Any] = {}
     answers_file = path.parent / EGOSCHEMA_ANSWERS
     if answers_file.is_file():
-        try:
-            answers = json.loads(read_text(answers_file))
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{answers_file}: not EgoSchema's answers: {e}") from None
-        if not isinstance(answers, dict):
-            raise DatasetError(f"{answers_file}: EgoSchema's answers are an object of q_uid "
-                               f"-> the right option's index")
+        answers = _json_file(answers_file, "EgoSchema's answers", dict,
+                             "EgoSchema's answers are an object of q_uid -> the right "
+                             "option's index")
     items, unanswered = [], 0
     for n, q in enumerate(data):
         where = f"{path}: question {n}"
