@@ -308,11 +308,11 @@ def test_cli_has_demo_subcommand():
 
 
 def test_a_run_reads_each_upload_once_and_renders_the_trace_once(vp, folders, photo, monkeypatch):
-    import visprog.api as api_module
+    import visprog.values.inputs as inputs_module
 
     reads, renders = [], []
-    real_load, real_html = api_module.load_image, Trace.to_html
-    monkeypatch.setattr(api_module, "load_image",
+    real_load, real_html = inputs_module.load_image, Trace.to_html
+    monkeypatch.setattr(inputs_module, "load_image",
                         lambda *a, **k: reads.append(1) or real_load(*a, **k))
     monkeypatch.setattr(Trace, "to_html", lambda self: renders.append(1) or real_html(self))
     out = demo.run_program(vp, HALF_PROGRAM, photo, folders=folders)

@@ -632,6 +632,13 @@ def test_a_known_value_shows_itself_an_unknown_one_is_refused(vp):
     assert repr(region) == "<Objects input LEFT_0: 1 region (LEFT)>"
     assert str(region).splitlines()[1].split()[:2] == ["0", "LEFT"]
     assert f"{region}" == str(region)
+    # a notebook: before the run, the program (nothing runs); after, the regions drawn
+    # over the image they were found in, as the trace draws them
+    other = image.loc("RIGHT")
+    assert "not run" in other._repr_html_() and "<img" not in other._repr_html_()
+    assert "LEFT" in half._repr_html_()
+    drawn = re.findall(r'<img src="([^"]+)"', half._repr_html_())
+    assert drawn and drawn[0] in half.trace.to_html()
     n = half.count()
     with pytest.raises(QueryError, match="can't be converted or formatted"):
         f"{n}"

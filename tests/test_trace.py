@@ -381,6 +381,30 @@ def test_html_draws_a_steps_objects_over_the_image_they_were_found_on():
     assert _img_srcs(_card(mixed, 2))[1] == found_drawn
 
 
+def test_the_result_and_a_notebook_value_draw_objects_over_their_image_not_grey():
+    from visprog.traces.html import render_value_html
+
+    image, objs = _photo(), _objects()
+    found = StepRecord(0, 1, "OBJ0=Loc(image=IMAGE, object='cat')", "OBJ0", "Loc",
+                       args={"image": image, "object": "cat"}, arg_vars={"image": "IMAGE"},
+                       output=objs, draw_on="image")
+    alias = StepRecord(1, 2, "R=OBJ0", "R", None, args={"var": objs},
+                       arg_vars={"var": "OBJ0"}, output=objs, draw_on=None)
+    trace = Trace("...", [found, alias], inputs={"IMAGE": image}, result=objs)
+    page = trace.to_html()
+    drawn = _img_srcs(_card(page, 1))[-1]
+    result = page[page.index("<h2>Result</h2>"):page.index("<h2>Inputs</h2>")]
+    assert _img_srcs(result) == [drawn]  # the result is drawn where its step drew it
+    alone = render_value_html(trace)
+    assert _img_srcs(alone) == [drawn] and "<h2>" not in alone  # the value, nothing else
+    # a result that no step made (nothing to draw over) stays on the plain canvas
+    plain = Trace("...", [found], inputs={"IMAGE": image}, result=Objects(objs.boxes,
+                                                                          objs.image_size))
+    assert _img_srcs(render_value_html(plain)) != [drawn]
+    failed = Trace("...", [found], error="boom")
+    assert "boom" in render_value_html(failed) and "<img" not in render_value_html(failed)
+
+
 def test_html_region_table_labels_every_column_and_has_only_those_with_content():
     page = _trace().to_html()
     table = page[page.index('<table class="regions">'):]

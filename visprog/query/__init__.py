@@ -167,6 +167,17 @@ class Query:
         state = f"ran): {show(value, limit=60)}" if known else "not run)"
         return f"<{kind} query {last} ({plural(steps, 'step')}, {state}>"
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: once the query ran, its value (Objects drawn over the image
+        they were found in, Tracks over their video); before, the program it would run (a
+        repr runs nothing)."""
+        from html import escape
+
+        if self._result is not None:
+            from visprog.traces.html import render_value_html
+            return render_value_html(self._result.trace)
+        return f"<pre>{escape(repr(self))}</pre>"
+
     def __str__(self) -> str:
         """The value as text once it is known (an input, a query that ran); before, Python
         can't format it (it would need the run)."""

@@ -256,6 +256,27 @@ def _background(step: StepRecord) -> Image.Image | Video | None:
     return background(step)
 
 
+def _drawn_over(page: _Page, step: StepRecord, over: Image.Image | Video | None = None
+                ) -> Image.Image | Video | None:
+    """What a step's output is drawn over (`over`: the step's background), remembered for
+    its variable so later steps that read it draw it there too."""
+    # an alias (A=B) is drawn where B was
+    under = _under(page, step.output, over if over is not None else _background(step),
+                   step.arg_vars.get("var") if step.module is None else None)
+    if under is not None:
+        page.drawn_on[step.target] = under
+    else:
+        page.drawn_on.pop(step.target, None)  # a new value of the name: not drawn yet
+    return under
+
+
+def _result_over(page: _Page, steps: list[StepRecord], result: Any) -> Any:
+    """What the result is drawn over: where the step that made it drew its output (Objects
+    over the image they were found in, not over grey)."""
+    maker = next((s for s in reversed(steps) if s.error is None and s.output is result), None)
+    return None if maker is None else page.drawn_on.get(maker.target)
+
+
 def _source_block(program: str, bad_line: int | None) -> str:
     rows = []
     for n, text in enumerate(program.splitlines() or [""], start=1):
@@ -289,13 +310,7 @@ def _step_card(page: _Page, step: StepRecord) -> str:
         rows.append(f'<tr><td class="k">error</td><td><div class="err">{_esc(step.error)}'
                     f'</div></td></tr>')
     else:
-        # an alias (A=B) is drawn where B was
-        under = _under(page, step.output, over, step.arg_vars.get("var") if step.module is None
-                       else None)
-        if under is not None:
-            page.drawn_on[step.target] = under
-        else:
-            page.drawn_on.pop(step.target, None)  # a new value of the name: not drawn yet
+        under = _drawn_over(page, step, over)
         rows.append(f'<tr><td class="k">{_esc(step.target)} =</td><td>'
                     f'{page.value(step.output, over=under, alt=step.target)}</td></tr>')
     cls = "card failed" if failed else "card"
@@ -407,6 +422,23 @@ def _scoped(css: str, root: str) -> str:
     return "".join(rules)
 
 
+def render_value_html(trace: Any) -> str:
+    """A run's result alone, as a notebook shows a value (one <div>, its style scoped):
+    Objects drawn over the image they were found in, Tracks over their video, else the
+    value; the error when the run failed."""
+    page = _Page()
+    if trace.error is not None:
+        body = f'<div class="err">{_esc(trace.error)}</div>'
+    else:
+        steps = [s for s in trace.steps if s.error is None]
+        for step in steps:  # what each output is drawn over, without drawing the steps
+            _drawn_over(page, step)
+        over = _result_over(page, steps, trace.result)
+        body = f'<div>{page.value(trace.result, over=over, alt="result")}</div>'
+    return (f'<div class="visprog-trace"><style>{_scoped(_CSS, ".visprog-trace")}</style>'
+            f'{body}</div>')
+
+
 def render_html(trace: Any, *, fragment: bool = False) -> str:
     """The whole trace as one HTML page (a string); `fragment`: as a part of another page
     (what a notebook shows: one <div>, its style scoped to it)."""
@@ -429,16 +461,19 @@ def render_html(trace: Any, *, fragment: bool = False) -> str:
            f'<div class="meta muted">{len(steps)} step{"s" if len(steps) != 1 else ""}, '
            f'{sum(s.duration for s in steps) * 1000:.1f} ms</div>',
            '<h2>Program</h2>', _source_block(trace.program, failed_line)]
+    cards = [_step_card(page, s) for s in steps]  # first: they say what is drawn over what
     if trace.error is not None:
         out += ['<h2>Error</h2>', f'<div class="err">{_esc(trace.error)}</div>']
     else:
-        out += ['<h2>Result</h2>', f'<div>{page.value(trace.result, alt="result")}</div>']
+        over = _result_over(page, steps, trace.result)
+        out += ['<h2>Result</h2>', f'<div>{page.value(trace.result, over=over, alt="result")}'
+                '</div>']
     if trace.inputs:
         rows = "".join(f'<tr><td class="k">{_esc(k)}</td><td>{page.value(v, alt=str(k))}</td></tr>'
                        for k, v in trace.inputs.items())
         out += ['<h2>Inputs</h2>', f'<table class="kv">{rows}</table>']
     out.append('<h2>Steps</h2>')
-    out += [_step_card(page, s) for s in steps]
+    out += cards
     if failed_line is not None:
         out.append('<div class="muted">Steps after the failed one did not run.</div>')
     rounds, ends = trace.find(Round), trace.find(AgentRun)
