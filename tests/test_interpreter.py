@@ -407,3 +407,17 @@ def test_regions_of_zero_area_are_dropped_as_they_leave_any_tool(run, registry):
     fake = registry.get("FakeLoc")
     [(ok, cars)] = run_chunk(fake, [{"image": gradient(), "object": "car"}])
     assert ok and len(cars) == 2
+
+
+def test_a_cache_entry_from_before_the_cleaning_leaves_the_cache_cleaned(registry):
+    cache = StepCache(disk_dir=None)
+    keys, real_put = [], cache.put
+    cache.put = lambda key, value: keys.append(key) or real_put(key, value)
+    interp = Interpreter(registry, cache)
+    interp.run(parse("F=Flat(image=IMAGE)"), {"IMAGE": gradient()})
+    [key] = keys
+    raw = registry.get("Flat").fn(gradient())  # as an older version cached it: all four
+    real_put(key, raw)
+    _, trace = interp.run(parse("F=Flat(image=IMAGE)\nN=Count(box=F)"), {"IMAGE": gradient()})
+    assert trace["F"].cached and list(trace["F"].output.labels) == ["sq"]
+    assert trace["N"].output == 1

@@ -186,11 +186,16 @@ def _checked(tool: Tool, value: Any) -> Outcome:
         check_output(tool.name, tool.returns, value)
     except TypeError as e:
         return False, e
+    return True, _without_empty_regions(value)
+
+
+def _without_empty_regions(value: Any) -> Any:
+    """Objects less their regions of zero area; any other value as it is."""
     if isinstance(value, Objects) and len(value):
         has_area = value.areas > 0
         if not has_area.all():
-            value = value[has_area]
-    return True, value
+            return value[has_area]
+    return value
 
 
 def _call_one(tool: Tool, kwargs: Mapping[str, Any]) -> Outcome:
@@ -507,6 +512,8 @@ class _RunContext:
             if caching:
                 hit = cache.get(key)
                 if hit is not MISS:
+                    # an entry written before tools' outputs were cleaned leaves as they do now
+                    hit = _without_empty_regions(hit)
                     stats.cache_hits += 1
                     record.cached = True
                     memo.output(hit, key, cached=True)
