@@ -191,11 +191,16 @@ def _checked(tool: Tool, value: Any) -> Outcome:
 
 def _without_empty_regions(value: Any) -> Any:
     """Objects less their regions of zero area; any other value as it is."""
-    if isinstance(value, Objects) and len(value):
-        has_area = value.areas > 0
-        if not has_area.all():
-            return value[has_area]
+    if isinstance(value, Objects) and len(value) and _has_empty_region(value.boxes):
+        return value[value.areas > 0]
     return value
+
+
+def _has_empty_region(boxes: Any) -> bool:
+    # every step's output passes here: for a few boxes plain Python is ~5x faster than numpy
+    if len(boxes) <= 64:
+        return any(x2 <= x1 or y2 <= y1 for x1, y1, x2, y2 in boxes.tolist())
+    return not bool((boxes[:, 2:] > boxes[:, :2]).all())
 
 
 def _call_one(tool: Tool, kwargs: Mapping[str, Any]) -> Outcome:
