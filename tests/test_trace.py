@@ -401,6 +401,15 @@ def test_the_result_and_a_notebook_value_draw_objects_over_their_image_not_grey(
     plain = Trace("...", [found], inputs={"IMAGE": image}, result=Objects(objs.boxes,
                                                                           objs.image_size))
     assert _img_srcs(render_value_html(plain)) != [drawn]
+    # through the Result module, as a program ends (its output is its argument)
+    # (a copy of it: the engine's Result gives its own value)
+    copy = objs[list(range(len(objs)))]
+    ended = StepRecord(1, 2, "RESULT=Result(var=OBJ0)", "RESULT", "Result", args={"var": objs},
+                       arg_vars={"var": "OBJ0"}, output=copy, draw_on=None)
+    via_result = Trace("...", [found, ended], inputs={"IMAGE": image}, result=copy)
+    assert _img_srcs(render_value_html(via_result)) == [drawn]
+    page = via_result.to_html()
+    assert _img_srcs(page[page.index("<h2>Result</h2>"):page.index("<h2>Inputs</h2>")]) == [drawn]
     failed = Trace("...", [found], error="boom")
     assert "boom" in render_value_html(failed) and "<img" not in render_value_html(failed)
 

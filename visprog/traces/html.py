@@ -260,9 +260,11 @@ def _drawn_over(page: _Page, step: StepRecord, over: Image.Image | Video | None 
                 ) -> Image.Image | Video | None:
     """What a step's output is drawn over (`over`: the step's background), remembered for
     its variable so later steps that read it draw it there too."""
-    # an alias (A=B) is drawn where B was
-    under = _under(page, step.output, over if over is not None else _background(step),
-                   step.arg_vars.get("var") if step.module is None else None)
+    # regions made from regions without an image (A=B, Result(var=B), a filter) are drawn
+    # where those were, when of that image's size
+    var = next((step.arg_vars[k] for k, v in step.args.items()
+                if isinstance(v, (Objects, Tracks)) and step.arg_vars.get(k)), None)
+    under = _under(page, step.output, over if over is not None else _background(step), var)
     if under is not None:
         page.drawn_on[step.target] = under
     else:
