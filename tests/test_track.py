@@ -213,3 +213,52 @@ def test_video_qa_shows_several_frames_with_their_times(vp, clip):
     answer = vp.execute("A=VideoQa(video=VIDEO, question='where is the square?')",
                         video=clip).value
     assert isinstance(answer, str) and len(answer.split()) <= 3
+
+
+def test_video_qa_endpoint_sends_the_frames_after_their_times_in_one_turn(clip):
+    """The "endpoint" backend: one request a clip, against the scripted loopback server,
+    with each frame an image part after its time and the question last."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from llm_server import Reply, ScriptedServer
+    from visprog.config import load_config
+    from visprog.models import ToolContext
+    from visprog.tools.video_qa import VideoQa
+
+    video = load_video(clip, {"fps": 8})
+    settings = {**load_config("tiny")["VideoQa"], "backend": "endpoint", "frames": 3}
+    with ScriptedServer([Reply("The square is on the Left side."), Reply("Yes.")]) as server:
+        ep = {"model": "served-vlm", "base_url": server.url, "api_key": "k", "backoff": 0.01}
+        tool = VideoQa.build({**settings, "endpoint": ep}, ToolContext())
+        answers = tool.batch_fn([{"video": video, "question": "where is the square?"},
+                                 {"video": video, "question": "is it moving?"}])
+    assert answers == ["the square is", "yes"]  # shortened as the local model's are
+    assert tool.settings["model"] == "served-vlm" and "checkpoint" not in tool.settings
+    assert len(server.requests) == 2
+    first = next(r for r in server.requests if "where" in r["messages"][0]["content"][-1]["text"])
+    content = first["messages"][0]["content"]
+    assert [c["type"] for c in content] == ["text", "image_url"] * 3 + ["text"]
+    assert [c["text"] for c in content[:-1:2]] == ["at 0.25 s:", "at 1 s:", "at 1.62 s:"]
+    sent = Image.open(io.BytesIO(base64.b64decode(content[1]["image_url"]["url"].split(",")[1])))
+    assert sent.size == video.evenly(3).frames[0].size  # the frame itself (within max_pixels)
+    assert content[-1]["text"].startswith("where is the square?\nReply with only the answer")
+    assert first["max_tokens"] == settings["max_new_tokens"] and first["temperature"] == 0.0
+
+
+def test_video_qa_endpoint_settings_are_checked_and_named(clip, monkeypatch):
+    from visprog.config import load_config
+    from visprog.models import ToolContext
+    from visprog.tools.video_qa import VideoQa
+
+    monkeypatch.delenv("VISPROG_VQA_MODEL", raising=False)
+    settings = {**load_config("tiny")["VideoQa"], "backend": "endpoint"}
+    with pytest.raises(ConfigError, match=r"VideoQa.*\[VideoQa.endpoint\] model"):
+        VideoQa.build(settings, ToolContext())
+    with pytest.raises(ConfigError, match="VideoQa"):
+        VideoQa.build({**settings, "endpoint": {"model": "m", "api_key": "k",
+                                                "timeout": "soon"}}, ToolContext())
+    with pytest.raises(ConfigError, match="vlm, endpoint"):
+        VideoQa.build({**settings, "backend": "blip"}, ToolContext())

@@ -33,7 +33,7 @@ Settings (section `[Vqa]`; defaults and the other presets in `Vqa.presets`):
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
@@ -253,19 +253,7 @@ class Endpoint(ChatVlm):
     uses_torch = False
 
     def __init__(self, s: dict[str, Any]):
-        from visprog.models.remote import RemoteModelError, VisionEndpoint
-
-        ep = dict(s.get("endpoint") or {})
-        try:
-            self.client = VisionEndpoint(
-                ep.get("model") or None, ep.get("base_url") or None, ep.get("api_key") or None,
-                timeout=float(ep.get("timeout", 60.0)), max_retries=int(ep.get("max_retries", 3)),
-                backoff=float(ep.get("backoff", 0.5)),
-                max_backoff=float(ep.get("max_backoff", 8.0)),
-                concurrency=int(ep.get("concurrency", 8)),
-                image_format=str(ep.get("image_format", "png")))
-        except RemoteModelError as e:
-            raise SettingsError(f"Vqa: {e}") from e
+        self.client = endpoint_client(s, "Vqa")
         super().__init__(s)
 
     def configure(self, s: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +263,27 @@ class Endpoint(ChatVlm):
         s = self.settings
         return self.client.ask_many([(im, vlm_prompt(q, s["instruction"])) for im, q in items],
                                     max_tokens=s["max_new_tokens"])
+
+
+def endpoint_client(s: Mapping[str, Any], module: str) -> Any:
+    """The `VisionEndpoint` of a module's `endpoint` table (model, base_url, api_key,
+    timeout, max_retries, backoff, max_backoff, concurrency, image_format).
+
+    Raises:
+        SettingsError: no model or key, a bad value, or the `openai` package is missing.
+    """
+    from visprog.models.remote import RemoteModelError, VisionEndpoint
+
+    ep = dict(s.get("endpoint") or {})
+    try:
+        return VisionEndpoint(
+            ep.get("model") or None, ep.get("base_url") or None, ep.get("api_key") or None,
+            timeout=float(ep.get("timeout", 60.0)), max_retries=int(ep.get("max_retries", 3)),
+            backoff=float(ep.get("backoff", 0.5)), max_backoff=float(ep.get("max_backoff", 8.0)),
+            concurrency=int(ep.get("concurrency", 8)),
+            image_format=str(ep.get("image_format", "png")), section=f"{module}.endpoint")
+    except (RemoteModelError, TypeError, ValueError) as e:
+        raise SettingsError(f"{module}: {e}") from e
 
 
 # -- the tool --------------------------------------------------------------------------------

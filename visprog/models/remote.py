@@ -1,6 +1,7 @@
 """A vision model behind an OpenAI-compatible chat-completions endpoint (vLLM or Ollama
-serving a VLM, or a hosted model): a question and an image go as one chat message with
-image content, and the reply's text is the answer.
+serving a VLM, or a hosted model): a question and its images go as one chat message with
+image content (Vqa: one image; VideoQa: frames, each after its time), and the reply's text
+is the answer.
 
 The request policy is the planner's client's, one loop for both (`ChatServer` in
 visprog/models/openai_api.py): bounded retries after a timeout, a connection error, HTTP 429
@@ -52,6 +53,7 @@ class VisionEndpoint:
         timeout: seconds per request; max_retries, backoff, max_backoff: as the planner's.
         concurrency: most requests in flight at once.
         image_format: "png" (default) or "jpeg".
+        section: the config table its settings come from, named in errors ("Vqa.endpoint").
 
     Raises:
         RemoteModelError: no model or key, or the `openai` package is missing.
@@ -60,16 +62,17 @@ class VisionEndpoint:
     def __init__(self, model: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, *, timeout: float = 60.0, max_retries: int = 3,
                  backoff: float = 0.5, max_backoff: float = 8.0, concurrency: int = 8,
-                 image_format: str = "png"):
+                 image_format: str = "png", section: str = "Vqa.endpoint"):
         self.model = model or os.environ.get(ENV_VQA_MODEL, "")
+        owner = section.split(".")[0]
         if not self.model:
-            raise RemoteModelError(f"Vqa's endpoint backend needs a model: set [Vqa.endpoint] "
+            raise RemoteModelError(f"{owner}'s endpoint backend needs a model: set [{section}] "
                                    f"model = \"...\" or {ENV_VQA_MODEL}")
         self.base_url = base_url or os.environ.get(ENV_VQA_BASE_URL) or None
         key = api_key or os.environ.get(ENV_VQA_API_KEY) or os.environ.get(ENV_API_KEY)
         if not key:
             raise RemoteModelError(
-                f"no API key for Vqa's endpoint: set {ENV_VQA_API_KEY} or {ENV_API_KEY}; a local "
+                f"no API key for {owner}'s endpoint: set {ENV_VQA_API_KEY} or {ENV_API_KEY}; a local "
                 f"server without auth accepts any value, e.g. {ENV_VQA_API_KEY}=none")
         self.concurrency = max(1, int(concurrency))
         self.image_format = image_format
@@ -78,7 +81,7 @@ class VisionEndpoint:
             model=self.model, base_url=self.base_url, api_key=key, timeout=timeout,
             max_retries=max_retries, backoff=backoff, max_backoff=max_backoff,
             error=RemoteModelError, what="vision request",
-            connect_hint=f"set [Vqa.endpoint] base_url or {ENV_VQA_BASE_URL} to its address",
+            connect_hint=f"set [{section}] base_url or {ENV_VQA_BASE_URL} to its address",
             refusal_hints={401: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY}",
                            403: f"check {ENV_VQA_API_KEY} / {ENV_API_KEY} and its permissions",
                            404: f"check the model name ({self.model!r}) and the base_url "
@@ -89,33 +92,37 @@ class VisionEndpoint:
     def where(self) -> str:
         return self.server.where
 
-    def messages(self, image: Image.Image, text: str) -> list[dict[str, Any]]:
+    def messages(self, *parts: Image.Image | str) -> list[dict[str, Any]]:
+        """One user turn of `parts` in their order: images as data URLs, the rest as text."""
         return [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_data_url(image, self.image_format)}},
-            {"type": "text", "text": text}]}]
+            {"type": "image_url", "image_url": {"url": image_data_url(p, self.image_format)}}
+            if isinstance(p, Image.Image) else {"type": "text", "text": str(p)}
+            for p in parts]}]
 
-    def ask(self, image: Image.Image, text: str, *, max_tokens: int = 16) -> str:
-        """One answer, greedy (temperature 0).
+    def ask(self, *parts: Image.Image | str, max_tokens: int = 16) -> str:
+        """One answer to a turn of images and texts (`ask(image, question)`), greedy
+        (temperature 0).
 
         Raises:
             RemoteModelError: unreachable server, refused request, retries used up, or an
                 enclosing `deadline` reached.
         """
-        args = {"model": self.model, "messages": self.messages(image, text),
+        args = {"model": self.model, "messages": self.messages(*parts),
                 "temperature": 0.0, "max_tokens": int(max_tokens)}
         _, choices = self.server.create(**args)
         if not choices or getattr(choices[0], "message", None) is None:
             raise RemoteModelError(f"the vision endpoint at {self.where} returned no choices")
         return choices[0].message.content or ""
 
-    def ask_many(self, pairs: Sequence[tuple[Image.Image, str]], *, max_tokens: int = 16
+    def ask_many(self, turns: Sequence[Sequence[Image.Image | str]], *, max_tokens: int = 16
                  ) -> list[str]:
-        """One answer per (image, text), in order; at most `concurrency` requests at once.
+        """One answer per turn (its parts as `ask` takes them: (image, text)...), in order;
+        at most `concurrency` requests at once.
         The first failure is raised once every request has ended. Each request runs in a
         copy of the caller's context, so an enclosing `deadline` holds in the threads too."""
-        if len(pairs) <= 1 or self.concurrency == 1:
-            return [self.ask(im, t, max_tokens=max_tokens) for im, t in pairs]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pairs))) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self.ask, im, t,
-                                   max_tokens=max_tokens) for im, t in pairs]
+        if len(turns) <= 1 or self.concurrency == 1:
+            return [self.ask(*parts, max_tokens=max_tokens) for parts in turns]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(turns))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, self.ask, *parts,
+                                   max_tokens=max_tokens) for parts in turns]
             return [f.result() for f in futures]
