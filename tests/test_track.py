@@ -237,6 +237,7 @@ def test_video_qa_endpoint_sends_the_frames_after_their_times_in_one_turn(clip):
                                  {"video": video, "question": "is it moving?"}])
     assert answers == ["the square is", "yes"]  # shortened as the local model's are
     assert tool.settings["model"] == "served-vlm" and "checkpoint" not in tool.settings
+    assert VideoQa.describe_model(tool.settings) == f"served-vlm at {server.url}"  # config show
     assert len(server.requests) == 2
     first = next(r for r in server.requests if "where" in r["messages"][0]["content"][-1]["text"])
     content = first["messages"][0]["content"]

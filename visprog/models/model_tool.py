@@ -279,6 +279,8 @@ class ModelTool:
         model file, an LLM) says so in its own class."""
         if settings.get("checkpoint"):
             return str(settings["checkpoint"])
+        if settings.get("model") and settings.get("base_url"):  # a server's model answers
+            return f"{settings['model']} at {settings['base_url']}"
         if isinstance(settings.get("checkpoints"), Mapping):
             return ", ".join(f"{k}={v}" for k, v in settings["checkpoints"].items())
         return "-"
