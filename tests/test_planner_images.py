@@ -335,12 +335,13 @@ def test_a_text_only_turn_after_images_and_after_vqa_is_unchanged(models, regist
     assert llm.chat(text, max_tokens=40).texts == before.texts
 
 
-def test_a_prompt_whose_images_do_not_fit_the_context_is_refused(models, registry):
+def test_an_image_that_can_not_fit_the_context_is_left_out_with_a_note(models, registry):
     llm = planner("tiny:qwen3_vl", models, registry, image_max_pixels=4096 * 4096)
     # the context (32768) less what is kept for the reply leaves about 4000 tokens for the
-    # prompt; the image alone is 2400x2400 / 32^2 = 5625
-    with pytest.raises(LLMError, match="image_max_pixels"):
-        llm.chat(looked(picture((2400, 2400), 11)), max_tokens=28000)
+    # prompt; the image alone is 2400x2400 / 32^2 = 5625: the planner writes without it
+    seen = llm.chat(looked(picture((2400, 2400), 11)), max_tokens=28000)
+    assert "image_tokens" not in seen.usage and seen.usage["prompt_tokens"] < 4000
+    assert check(parse(seen.text), registry, INPUTS) == []  # still a valid program
     with pytest.raises(LLMError, match="image_max_pixels"):
         LocalConstrained("tiny:qwen3_vl", image_max_pixels=0)
 
@@ -388,3 +389,29 @@ def test_a_cache_key_of_messages_with_images_digests_their_pixels():
     assert same != messages_digest(text_messages(looked(picture(seed=1))))
     with pytest.raises(TypeError, match="cache key"):
         messages_digest([{"role": "user", "content": [{"type": "x", "x": object()}]}])
+
+
+def test_images_over_the_context_are_left_out_oldest_first(models, registry, one_thread,
+                                                             monkeypatch):
+    """The newest observation matters most: when a prompt with its images does not fit the
+    model's context, its oldest images give way to a note, one at a time, until it fits."""
+    import visprog.planning.llm_local as local
+
+    llm = planner("tiny:qwen3_vl", models, registry)
+    two = looked(picture((160, 120), 2))
+    two[1] = {"role": "user", "content": [{"type": "text", "text": "Question: how many cats?"},
+                                          {"type": "image", "image": picture((160, 120), 1)}]}
+    one = [*two[:1], {"role": "user", "content": [two[1]["content"][0],
+                                                  {"type": "text", "text": local.LEFT_OUT}]},
+           *two[2:]]
+    full, fits = llm.chat(two, max_tokens=20), llm.chat(one, max_tokens=20)
+    assert full.usage["image_tokens"] == 2 * fits.usage["image_tokens"] > 0
+    # a context that holds the prompt with one image, not with two
+    room = fits.usage["prompt_tokens"] + 20 + local._GENERATION_MARGIN
+    monkeypatch.setattr(local, "_context_size", lambda model: room)
+    trimmed = llm.chat(two, max_tokens=20)
+    assert trimmed.usage == fits.usage and trimmed.text == fits.text  # the older image left out
+    # too small even without images: a clear error, not a cut prompt
+    monkeypatch.setattr(local, "_context_size", lambda model: 20 + local._GENERATION_MARGIN + 40)
+    with pytest.raises(LLMError, match="no image left to leave out"):
+        llm.chat(two, max_tokens=20)

@@ -356,8 +356,11 @@ class LocalConstrained:
         `keep` tokens (the question matters most). Returns (batch, prompt lengths, image
         tokens per row).
 
+        A prompt with images longer than `keep` tokens leaves out its oldest images, one at
+        a time, each replaced by a note saying so, until it fits.
+
         Raises:
-            LLMError: a prompt with images longer than `keep` tokens (its images can't be cut).
+            LLMError: a prompt still too long with no image left to leave out.
         """
         import torch
 
@@ -365,17 +368,26 @@ class LocalConstrained:
 
         model, tok = self._shared.model, self._shared.tokenizer
         if self.takes_images and any(message_images(m) for m in rows):
-            chats = [[{**m, "content": _parts(m["content"], self.image_max_pixels)}
-                      for m in messages] for messages in rows]
-            batch = self._shared.processor.apply_chat_template(
-                chats, add_generation_prompt=True, tokenize=True, return_dict=True,
-                return_tensors="pt", processor_kwargs={"padding": True},
-                **self._template_kwargs())
-            lengths = [int(x) for x in batch["attention_mask"].sum(1)]
-            if max(lengths) > keep:
-                raise LLMError(f"a prompt with its images is {max(lengths)} tokens; the model's "
-                               f"context leaves {keep} for it: lower image_max_pixels "
-                               f"(now {self.image_max_pixels}) or send fewer images")
+            rows = list(rows)
+            while True:
+                chats = [[{**m, "content": _parts(m["content"], self.image_max_pixels)}
+                          for m in messages] for messages in rows]
+                batch = self._shared.processor.apply_chat_template(
+                    chats, add_generation_prompt=True, tokenize=True, return_dict=True,
+                    return_tensors="pt", processor_kwargs={"padding": True},
+                    **self._template_kwargs())
+                lengths = [int(x) for x in batch["attention_mask"].sum(1)]
+                if max(lengths) <= keep:
+                    break
+                # too long: the oldest images go first (the newest observation matters most)
+                trimmed = [_without_oldest_image(m) if n > keep else m
+                           for m, n in zip(rows, lengths)]
+                if any(t is None for t in trimmed):
+                    raise LLMError(f"a prompt is {max(lengths)} tokens with no image left to "
+                                   f"leave out; the model's context leaves {keep} for it: "
+                                   f"lower max_tokens or image_max_pixels (now "
+                                   f"{self.image_max_pixels})")
+                rows = trimmed
             image_id = _image_token_id(model)
             ids = batch["input_ids"]
             images = [int((row == image_id).sum()) if image_id is not None else 0 for row in ids]
@@ -636,6 +648,23 @@ def _image_token_id(model: Any) -> int | None:
     if value is None:
         value = getattr(cfg, "image_token_index", None)
     return value if isinstance(value, int) else None
+
+
+LEFT_OUT = "(an earlier image, left out: the model's context is full)"
+
+
+def _without_oldest_image(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The messages with their first image part replaced by a note that it was left out;
+    None when they have no image."""
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if isinstance(content, str) or not content:
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image":
+                parts = [*content[:j], {"type": "text", "text": LEFT_OUT}, *content[j + 1:]]
+                return [*messages[:i], {**m, "content": parts}, *messages[i + 1:]]
+    return None
 
 
 def _parts(content: Any, max_pixels: int) -> list[dict[str, Any]]:
