@@ -39,7 +39,7 @@ from visprog.query.expr import SCALARS, ExprProblem, const, expr_from_text, make
 from visprog.query.program import (Call, Compiled, Input, NoSuchMethod, QueryError, base_name,
                             caller, compile_query, fail, snake_case)
 from visprog.registry import closest_name
-from visprog.values import MAX_NESTING, Objects, Tracks, Video, load_image, nesting_depth
+from visprog.values import MAX_NESTING, Objects, Tracks, Video, nesting_depth
 from visprog.values.text import a, plural, show
 
 # Types whose values get a module as a method. A first parameter of Text is text the program
@@ -490,12 +490,12 @@ def to_node(vp: Any, value: Any, what: str) -> Any:
                        "lists hold names, strings and numbers; flatten the nesting")
         return tuple(to_node(vp, v, what) for v in value)
     if isinstance(value, (Image.Image, np.ndarray)):
-        loaded = load_image(value, **vp.image_limits)
+        loaded = vp.inputs.image(value)  # under the limits every input is read with
         return Input("IMAGE", loaded, frozenset({"Image"}), ("image", id(value)), value)
     if isinstance(value, Objects):
         return Input("OBJECTS", value, frozenset({"Objects"}), ("objects", id(value)), value)
     if isinstance(value, Video):
-        vp.video_settings.check(value)  # a Video keeps to the limits, as a bound one does
+        vp.inputs.video(value)  # a Video keeps to the limits, as a bound one does
         return Input("VIDEO", value, frozenset({"Video"}), ("video", id(value)), value)
     if isinstance(value, Tracks):
         return Input("TRACKS", value, frozenset({"Tracks"}), ("tracks", id(value)), value)
