@@ -256,15 +256,15 @@ def _background(step: StepRecord) -> Image.Image | Video | None:
     return background(step)
 
 
-def _drawn_over(page: _Page, step: StepRecord, over: Image.Image | Video | None = None
+def _drawn_over(page: _Page, step: StepRecord, over: Image.Image | Video | None
                 ) -> Image.Image | Video | None:
-    """What a step's output is drawn over (`over`: the step's background), remembered for
+    """What a step's output is drawn over (`over`: the step's `_background`), remembered for
     its variable so later steps that read it draw it there too."""
     # regions made from regions without an image (A=B, Result(var=B), a filter) are drawn
     # where those were, when of that image's size
     var = next((step.arg_vars[k] for k, v in step.args.items()
                 if isinstance(v, (Objects, Tracks)) and step.arg_vars.get(k)), None)
-    under = _under(page, step.output, over if over is not None else _background(step), var)
+    under = _under(page, step.output, over, var)
     if under is not None:
         page.drawn_on[step.target] = under
     else:
@@ -434,7 +434,7 @@ def render_value_html(trace: Any) -> str:
     else:
         steps = [s for s in trace.steps if s.error is None]
         for step in steps:  # what each output is drawn over, without drawing the steps
-            _drawn_over(page, step)
+            _drawn_over(page, step, _background(step))
         over = _result_over(page, steps, trace.result)
         body = f'<div>{page.value(trace.result, over=over, alt="result")}</div>'
     return (f'<div class="visprog-trace"><style>{_scoped(_CSS, ".visprog-trace")}</style>'
