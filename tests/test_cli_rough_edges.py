@@ -177,3 +177,24 @@ def test_trace_show_of_a_trace_without_its_files_folder(work, capsys):
     missing: list[str] = []
     trace = Trace.load_json(work / "moved" / "t.json", missing=missing)
     assert str(trace.inputs["IMAGE"]) == "image 40x30 (file missing)" and len(missing) == 1
+
+
+def test_eval_flags_reach_the_engine_and_every_ray_worker(tmp_path, monkeypatch):
+    """--no-plan-cache and --frames are settings of the one recipe that the client's engine
+    and each Ray worker's are assembled from (the workers used the config's before)."""
+    import visprog.evaluation.harness as harness
+    import visprog.hosting.cluster as cluster
+
+    made = {}
+    monkeypatch.setattr(cluster, "ray_executor",
+                        lambda address, factory: made.setdefault("factory", factory))
+    monkeypatch.setattr(harness, "cmd_eval",
+                        lambda args, vp, executor, **kw: made.update(vp=vp) or EXIT_OK)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "q", "image": "a.png", "question": "?"}) + "\n")
+    assert main(["eval", str(data), *TINY, "--no-progress", "--no-cache", "--no-plan-cache",
+                 "--frames", "3", "--ray", "auto"]) == EXIT_OK
+    worker = made["factory"]()
+    for vp in (made["vp"], worker):
+        assert vp.config["planner"]["cache"] is False
+        assert vp.video_settings.frames == 3 and vp.config["video"]["frames"] == 3

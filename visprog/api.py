@@ -129,10 +129,6 @@ class VisProg:
     def video_settings(self) -> VideoSettings:
         return self.inputs.video_settings
 
-    @video_settings.setter
-    def video_settings(self, settings: VideoSettings) -> None:
-        self.inputs.video_settings = settings
-
     # -- tools ------------------------------------------------------------------------------
     def register(self, tool: Tool, *, replace: bool = False) -> Tool:
         """Add a module (see `visprog.registry.tool`)."""

@@ -466,22 +466,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from visprog.evaluation.harness import cmd_eval as run_eval
 
     vp = _engine(args)
-    if args.no_plan_cache:  # the planner reads the [planner] table when it is made
-        vp.config["planner"] = {**dict(vp.config.get("planner", {})), "cache": False}
-    recipe = vp.assembly.recipe
+    # the flags' settings over the configuration, in the one recipe that this engine and
+    # every Ray worker's are assembled from
+    flags: dict[str, Any] = {}
+    if args.no_plan_cache:
+        flags["planner"] = {"cache": False}
     sampling = _eval_sampling(args)
-    if sampling:  # each item's video, sampled as --fps/--frames say (here and on workers)
+    if sampling:  # each item's video, sampled as --fps/--frames say
+        flags["video"] = sampling
+    recipe = vp.assembly.recipe
+    if flags:
         from dataclasses import replace
 
-        from visprog.values import VideoSettings
+        from visprog.api import VisProg
+        from visprog.errors import ConfigError
+        from visprog.models.model_tool import merge_settings
 
-        video = {**dict(vp.config.get("video") or {}), **sampling}
+        recipe = replace(recipe, config=merge_settings(recipe.config, flags))
         try:
-            vp.video_settings = VideoSettings.make(video)
-        except ValueError as e:
+            vp = VisProg.from_recipe(recipe)
+        except ConfigError as e:  # the configuration alone assembled: the flags are wrong
             raise UsageError(str(e)) from None
-        vp.config["video"] = video
-        recipe = replace(recipe, config={**recipe.config, "video": video})
     executor = None
     if getattr(args, "ray", None):
         import functools
