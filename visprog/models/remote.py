@@ -41,6 +41,11 @@ def image_data_url(image: Image.Image, fmt: str = "png") -> str:
     return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def image_url_part(image: Image.Image, fmt: str = "png") -> dict[str, Any]:
+    """An image as a content part of an OpenAI chat message (its data URL)."""
+    return {"type": "image_url", "image_url": {"url": image_data_url(image, fmt)}}
+
+
 class VisionEndpoint:
     """A chat-completions endpoint that takes images.
 
@@ -95,9 +100,8 @@ class VisionEndpoint:
     def messages(self, *parts: Image.Image | str) -> list[dict[str, Any]]:
         """One user turn of `parts` in their order: images as data URLs, the rest as text."""
         return [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image_data_url(p, self.image_format)}}
-            if isinstance(p, Image.Image) else {"type": "text", "text": str(p)}
-            for p in parts]}]
+            image_url_part(p, self.image_format) if isinstance(p, Image.Image)
+            else {"type": "text", "text": str(p)} for p in parts]}]
 
     def ask(self, *parts: Image.Image | str, max_tokens: int = 16) -> str:
         """One answer to a turn of images and texts (`ask(image, question)`), greedy

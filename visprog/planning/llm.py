@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from visprog.models.images import bound_pixels
 from visprog.models.openai_api import OPENAI_URL, ChatServer
-from visprog.models.remote import image_data_url
+from visprog.models.remote import image_url_part
 from visprog.planning.chat import (IMAGE_MAX_PIXELS, ChatClient, LLMError, LLMReply, add_usage,
                                    check_messages, content_text, deadline, image_pixels,
                                    images_flag, time_left)
@@ -67,8 +67,7 @@ def message_to_openai(message: dict[str, Any], images: bool, *,
     parts: list[dict[str, Any]] = []
     for part in content or ():
         if part.get("type") == "image":
-            url = image_data_url(bound_pixels(part["image"], max_pixels), image_format)
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(image_url_part(bound_pixels(part["image"], max_pixels), image_format))
         else:
             parts.append({"type": "text", "text": part["text"]})
     return {**message, "content": parts}
