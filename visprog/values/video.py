@@ -73,6 +73,19 @@ def _end(end: float | None, times: np.ndarray, sampling: Mapping[str, Any]) -> f
     return float(times[-1] + step)
 
 
+def evenly_spread(times: Sequence[float], end: float, n: int) -> list[int]:
+    """The frames (indices into `times`, increasing) on screen at the middle of each n-th
+    of [times[0], end], each once: fewer than `n` where several middles fall in one frame."""
+    times = list(times)
+    start = float(times[0])
+    picks: list[int] = []
+    for k in range(n):
+        i = max(0, bisect.bisect_right(times, start + (k + 0.5) * (end - start) / n) - 1)
+        if not picks or picks[-1] != i:
+            picks.append(i)
+    return picks
+
+
 def spans_of(times: np.ndarray, end: float) -> np.ndarray:
     """How long each frame stands for: up to the next frame's time, the last up to `end`."""
     if not len(times):
@@ -181,9 +194,7 @@ class Video(Sequence[Image.Image]):
             raise ValueError(f"pick at least 1 frame, not {n}")
         if n >= len(self):
             return self
-        start = float(self.times[0])
-        picks = sorted({self.index_at(start + (i + 0.5) * (self.end - start) / n)
-                        for i in range(n)})
+        picks = evenly_spread(self.times.tolist(), self.end, n)
         if len(picks) < n:  # uneven times: fill with the frames nearest the gaps
             rest = [i for i in np.linspace(0, len(self) - 1, n).round().astype(int)
                     if i not in picks]

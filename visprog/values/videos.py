@@ -35,7 +35,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from visprog.errors import ImageError, VideoError
 from visprog.values.images import load_image
-from visprog.values.video import Video
+from visprog.values.video import Video, evenly_spread
 
 VIDEO_DEFAULTS: dict[str, Any] = {
     "fps": 2.0,            # frames kept per second of clip
@@ -233,7 +233,7 @@ def _read_images(items: list[Any], s: VideoSettings, name: str,
     s._check_duration(end, name)
     picks = list(range(len(items)))
     if s.frames:
-        picks = _evenly(times, end, s.frames)
+        picks = evenly_spread(times, end, s.frames)
     s._check_count(len(picks), name)
     limits = dict(image_limits or {})
     if s.max_frame_pixels is not None:
@@ -251,19 +251,6 @@ def _read_images(items: list[Any], s: VideoSettings, name: str,
                      source=name)
     except ValueError as e:
         raise VideoError(f"{name}: {e}") from e
-
-
-def _evenly(times: list[float], end: float, n: int) -> list[int]:
-    """The frames on screen at the middle of each n-th of [times[0], end], each once."""
-    import bisect
-
-    start = times[0]
-    picks = []
-    for k in range(n):
-        i = max(0, bisect.bisect_right(times, start + (k + 0.5) * (end - start) / n) - 1)
-        if not picks or picks[-1] != i:
-            picks.append(i)
-    return picks
 
 
 def _bounded(im: Image.Image, max_side: int | None) -> Image.Image:
